@@ -1,0 +1,59 @@
+# docker-image-exporter — developer entry points. `make run` and `make test` set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= examples/config.yaml
+IMAGE ?= docker-image-exporter:dev
+BASE_IMAGE ?= python:3.12-slim
+OFFLINE ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck pytest test-deps venv bench image test-engines clean dashboards
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+## run: the exporter against the local engine (DOCKER_HOST or the default socket), remediation off
+run: venv
+	$(BIN)/docker-image-exporter --config.file $(CONFIG)
+
+## test: system packages (as root on Debian), venv, ruff, mypy, pytest
+test: test-deps venv lint typecheck pytest
+
+test-deps:
+	@scripts/install-test-deps.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest -ra $(PYTEST_ARGS)
+
+## dashboards: regenerate dashboards/*.json from their generator
+dashboards: venv
+	$(BIN)/python -m dashboards.generate
+
+## bench: benchmarks against a private engine; results land in benchmarks/results/
+bench: test-deps venv
+	$(BIN)/python -m benchmarks.run
+
+## image: the container image (OFFLINE=1 builds with no network inside the build)
+image:
+	scripts/build-image.sh "$(IMAGE)" "$(BASE_IMAGE)" "$(OFFLINE)"
+
+## test-engines: the engine-backed suite against every engine in the matrix
+test-engines: test-deps venv
+	$(BIN)/python -m tests.harness.matrix
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

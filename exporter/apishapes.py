@@ -1,0 +1,164 @@
+"""Normalise Engine API payloads across versions 1.41-1.52, Podman and the containerd image store.
+
+Every quirk lives here, in pure functions over the raw JSON, so unit tests can feed recorded payloads:
+`-1` meaning "not computed", `<none>:<none>` versus empty arrays, `null` lists, `VirtualSize` removed in
+1.44, registry hosts with ports, Podman IDs without `sha256:`, and zero times meaning "unknown".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from exporter.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Image, ImageRef
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def normalize_id(raw: str) -> str:
+    """Engine IDs as `sha256:<hex>` (Podman omits the prefix) so IDs compare across endpoints."""
+    raw = raw or ""
+    return raw if ":" in raw or not raw else f"sha256:{raw}"
+
+
+def _known(value: Any) -> int | None:
+    """Engine sizes/counts use -1 (and sometimes null) for 'not computed'."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return int(value)
+
+
+def parse_time(value: Any) -> float | None:
+    """RFC 3339 (nanosecond precision allowed) or epoch seconds to epoch seconds; zero time is None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    text = str(value)
+    if text.startswith("0001-01-01"):
+        return None
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    main, sep, rest = text.partition(".")
+    if sep:  # trim fractional seconds to microseconds, keep the zone
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits) :]
+        text = f"{main}.{digits[:6]}{zone}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_refs(repo_tags: Any) -> tuple[ImageRef, ...]:
+    refs = (ImageRef.parse(t) for t in (repo_tags or ()) if isinstance(t, str))
+    return tuple(sorted({r for r in refs if r is not None}))
+
+
+def parse_digests(repo_digests: Any) -> tuple[str, ...]:
+    return tuple(sorted(d for d in (repo_digests or ()) if isinstance(d, str) and "@" in d and "<none>" not in d))
+
+
+def parse_image(raw: Mapping[str, Any]) -> Image:
+    """One `/images/json` entry; `Size` is preferred over the removed `VirtualSize`."""
+    size = _known(raw.get("Size"))
+    if size is None:
+        size = _known(raw.get("VirtualSize")) or 0
+    labels = raw.get("Labels") or {}
+    return Image(
+        id=normalize_id(str(raw.get("Id", ""))),
+        refs=parse_refs(raw.get("RepoTags")),
+        digests=parse_digests(raw.get("RepoDigests")),
+        created=float(raw.get("Created") or 0),
+        size=size,
+        shared_size=_known(raw.get("SharedSize")),
+        labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}) if labels else _EMPTY,
+        containers=_known(raw.get("Containers")) or 0,
+    )
+
+
+def parse_containers(raw: Any) -> tuple[Container, ...]:
+    return tuple(
+        Container(
+            id=str(c.get("Id", "")),
+            image_id=normalize_id(str(c.get("ImageID") or "")),
+            state=str(c.get("State") or ""),
+        )
+        for c in (raw or ())
+    )
+
+
+def parse_last_tag_time(inspect: Mapping[str, Any]) -> float | None:
+    """`Metadata.LastTagTime` from image inspect; absent or zero time means unknown."""
+    return parse_time((inspect.get("Metadata") or {}).get("LastTagTime"))
+
+
+def parse_engine_info(version: Mapping[str, Any], info: Mapping[str, Any], api_version: str) -> EngineInfo:
+    """Engine identity; detects Podman and the containerd image store, whose semantics differ."""
+    components = version.get("Components") or []
+    podman = (
+        any("podman" in str(c.get("Name", "")).lower() for c in components)
+        or "podman" in str(version.get("Platform", {}).get("Name", "")).lower()
+    )
+    driver = str(info.get("Driver") or "")
+    driver_status = info.get("DriverStatus") or []
+    containerd_store = driver.startswith("io.containerd.snapshotter") or any(
+        isinstance(row, list) and row and "driver-type" in str(row[0]) and "snapshotter" in str(row[-1])
+        for row in driver_status
+    )
+    return EngineInfo(
+        version=str(version.get("Version") or ""),
+        api_version=api_version,
+        storage_driver=driver,
+        os=str(version.get("Os") or info.get("OSType") or ""),
+        arch=str(version.get("Arch") or info.get("Architecture") or ""),
+        containerd_store=containerd_store,
+        podman=podman,
+    )
+
+
+def parse_build_cache(raw: Any) -> BuildCache:
+    """Sizes as `docker system df` shows them: shared records are not counted, in-use ones not reclaimable."""
+    entries = [e for e in (raw or ()) if isinstance(e, Mapping)]
+    own = [e for e in entries if not e.get("Shared")]
+    size = sum(_known(e.get("Size")) or 0 for e in own)
+    reclaimable = sum(_known(e.get("Size")) or 0 for e in own if not e.get("InUse"))
+    return BuildCache(size=size, reclaimable=reclaimable, entries=len(entries))
+
+
+def parse_disk_usage(raw: Mapping[str, Any], taken_at: float) -> DiskUsage:
+    """`/system/df`: layer bytes, per-image shared sizes, and reclaimable bytes exactly as the CLI does.
+
+    Reclaimable = LayersSize - sum(Size - SharedSize) over images used by a container (docker CLI's
+    formula). The per-type 1.52 summaries are preferred when present (`ImageUsage.Reclaimable`).
+    """
+    images = [parse_image(i) for i in (raw.get("Images") or ())]
+    shared = {i.id: i.shared_size for i in images if i.shared_size is not None}
+    layers = _known(raw.get("LayersSize"))
+    image_usage = raw.get("ImageUsage") or {}
+    if layers is None:
+        layers = _known(image_usage.get("TotalSize")) or 0
+    used = sum(max(i.size - (i.shared_size or 0), 0) for i in images if i.containers > 0)
+    reclaimable = _known(image_usage.get("Reclaimable"))
+    if reclaimable is None:
+        reclaimable = max(layers - used, 0)
+    cache_raw = raw.get("BuildCache")
+    cache_usage = raw.get("BuildCacheUsage")
+    build_cache = None
+    if cache_raw is not None or cache_usage is not None or "BuilderSize" in raw:
+        build_cache = parse_build_cache(cache_raw)
+        if isinstance(cache_usage, Mapping):
+            build_cache = BuildCache(
+                size=_known(cache_usage.get("TotalSize")) or build_cache.size,
+                reclaimable=_known(cache_usage.get("Reclaimable")) or build_cache.reclaimable,
+                entries=_known(cache_usage.get("TotalCount")) or build_cache.entries,
+            )
+    return DiskUsage(
+        taken_at=taken_at,
+        layers_size=layers,
+        reclaimable=reclaimable,
+        shared_sizes=MappingProxyType(shared),
+        build_cache=build_cache,
+    )

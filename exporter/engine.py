@@ -1,0 +1,223 @@
+"""The only module that imports `docker`: an async facade over the blocking SDK.
+
+Why lanes: the SDK blocks and one client's thread safety is undocumented (docker-py #3229), so each lane
+is one worker thread owning one client. Cheap calls (lists, inspects, deletes) share the `api` lane; the
+expensive `/system/df` and build-cache prune get the `df` lane so they never run twice at once and never
+hold up a poll; the event stream has its own client. Clients are built lazily inside their thread, so the
+exporter starts while the engine is down, and are dropped on connection errors so the API version is
+renegotiated when the engine comes back (possibly upgraded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("image", "container")
+
+
+class EngineError(Exception):
+    """The engine answered with an error that is not about reachability."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EngineUnavailable(EngineError):
+    """The engine could not be reached or did not answer in time."""
+
+
+class EngineConflict(EngineError):
+    """409: the image is in use, has children, or another prune is running."""
+
+
+class EngineNotFound(EngineError):
+    """404: the image (or reference) is already gone."""
+
+
+def _translate(exc: Exception) -> EngineError:
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code
+        message = str(exc.explanation or exc)
+        if status == 409:
+            return EngineConflict(message, status)
+        if status == 404:
+            return EngineNotFound(message, status)
+        return EngineError(message, status)
+    return EngineUnavailable(f"{type(exc).__name__}: {exc}")
+
+
+class Engine:
+    """Async access to one Docker-API engine (dockerd or Podman) with per-call timeouts."""
+
+    def __init__(self, host: str | None, timeout: float = 30.0, disk_usage_timeout: float = 300.0) -> None:
+        self.host = host
+        self.timeout = timeout
+        self.disk_usage_timeout = disk_usage_timeout
+        self.api_version: str | None = None
+        self._lanes = {
+            "api": ThreadPoolExecutor(1, thread_name_prefix="engine-api"),
+            "df": ThreadPoolExecutor(1, thread_name_prefix="engine-df"),
+        }
+        self._local = threading.local()
+        self._stream: Any = None
+        self._stream_lock = threading.Lock()
+
+    # -- clients -------------------------------------------------------------------------------------
+    def _new_client(self, timeout: float | None) -> docker.APIClient:
+        tls: Any = False
+        if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
+            tls = docker.utils.kwargs_from_env().get("tls", False)
+        client = docker.APIClient(base_url=self.host, version="auto", timeout=timeout, tls=tls)
+        if self.api_version != client.api_version:
+            log.info("engine API version negotiated: %s (host %s)", client.api_version, self.host or "default")
+        self.api_version = client.api_version
+        return client
+
+    def _client(self, timeout: float) -> docker.APIClient:
+        client: docker.APIClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._new_client(timeout)
+            self._local.client = client
+        return client
+
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            client.close()
+
+    def _run(self, fn: Callable[[docker.APIClient], T], timeout: float) -> T:
+        try:
+            return fn(self._client(timeout))
+        except (docker.errors.APIError, docker.errors.NotFound) as exc:
+            raise _translate(exc) from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            self._drop_client()
+            raise _translate(exc) from exc
+
+    async def call(self, fn: Callable[[docker.APIClient], T], *, lane: str = "api") -> T:
+        """Run `fn(client)` in the lane's worker thread; a hung engine becomes EngineUnavailable."""
+        timeout = self.disk_usage_timeout if lane == "df" else self.timeout
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._lanes[lane], self._run, fn, timeout)
+        try:
+            return await asyncio.wait_for(future, timeout + 5)
+        except TimeoutError:
+            raise EngineUnavailable(f"engine did not answer within {timeout + 5:.0f}s") from None
+
+    # -- reads ----------------------------------------------------------------------------------------
+    async def version_and_info(self) -> tuple[dict[str, Any], dict[str, Any], str]:
+        def get(c: docker.APIClient) -> tuple[dict[str, Any], dict[str, Any], str]:
+            return c.version(api_version=False), c.info(), str(c.api_version)
+
+        return await self.call(get)
+
+    async def list_images(self, shared_size: bool) -> list[dict[str, Any]]:
+        """`/images/json`; `shared-size=1` asks 1.42+ engines to compute SharedSize (older ones ignore it)."""
+
+        def get(c: docker.APIClient) -> list[dict[str, Any]]:
+            params = {"shared-size": "1"} if shared_size else {}
+            return list(c._result(c._get(c._url("/images/json"), params=params), True) or [])
+
+        return await self.call(get)
+
+    async def list_containers(self) -> list[dict[str, Any]]:
+        def get(c: docker.APIClient) -> list[dict[str, Any]]:
+            return list(c._result(c._get(c._url("/containers/json"), params={"all": "1"}), True) or [])
+
+        return await self.call(get)
+
+    async def inspect_image(self, ref: str) -> dict[str, Any]:
+        return await self.call(lambda c: dict(c.inspect_image(ref)))
+
+    async def inspect_container(self, container_id: str) -> dict[str, Any]:
+        return await self.call(lambda c: dict(c.inspect_container(container_id)))
+
+    async def disk_usage(self, types: tuple[str, ...] | None) -> dict[str, Any]:
+        """`/system/df`, limited to `types` where the API (1.42+) supports it; one at a time (df lane)."""
+
+        def get(c: docker.APIClient) -> dict[str, Any]:
+            params = {"type": list(types)} if types else {}
+            return dict(c._result(c._get(c._url("/system/df"), params=params), True) or {})
+
+        return await self.call(get, lane="df")
+
+    # -- writes (only the remediation executor calls these) -----------------------------------------
+    async def remove_image(self, ref: str) -> list[dict[str, Any]]:
+        """`DELETE /images/{ref}` without force: in-use or multi-reference images are never forced."""
+        return await self.call(lambda c: list(c.remove_image(ref, force=False, noprune=False) or []))
+
+    async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.call(lambda c: dict(c.prune_images(filters=dict(filters)) or {}))
+
+    async def prune_builds(self, keep_storage: int | None, filters: Mapping[str, Any]) -> dict[str, Any]:
+        def prune(c: docker.APIClient) -> dict[str, Any]:
+            params: dict[str, Any] = {"filters": json.dumps({k: [v] for k, v in filters.items()})}
+            if keep_storage:
+                params["keep-storage"] = keep_storage
+            return dict(c._result(c._post(c._url("/build/prune"), params=params), True) or {})
+
+        return await self.call(prune, lane="df")
+
+    # -- events ---------------------------------------------------------------------------------------
+    def follow_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+        """Block, delivering decoded image/container events until the stream ends or `close_events`."""
+        try:
+            client = self._new_client(None)
+            stream = client.events(decode=True, filters={"type": list(EVENT_TYPES)})
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            raise _translate(exc) from exc
+        with self._stream_lock:
+            self._stream = stream
+        try:
+            for event in stream:
+                if isinstance(event, dict):
+                    on_event(event)
+        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError) as exc:
+            raise EngineUnavailable(f"event stream broke: {exc}") from exc
+        finally:
+            with self._stream_lock:
+                self._stream = None
+            client.close()
+
+    def close_events(self) -> None:
+        """Called from the event loop thread to end a blocking `follow_events`."""
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # closing a half-dead socket may raise anything; it is ending anyway
+                log.debug("closing event stream: %s", exc)
+
+    def close(self) -> None:
+        self.close_events()
+        for lane in self._lanes.values():
+            lane.shutdown(wait=False, cancel_futures=True)
+
+
+def api_at_least(version: str | None, wanted: str) -> bool:
+    """Compare `1.41`-style API versions."""
+    if not version:
+        return False
+    try:
+        have = tuple(int(p) for p in version.split("."))
+        want = tuple(int(p) for p in wanted.split("."))
+    except ValueError:
+        return False
+    return have >= want

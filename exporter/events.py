@@ -1,0 +1,134 @@
+"""Follow the engine's event stream: refresh within a second of a change, and learn image use/arrival.
+
+The blocking stream runs in a thread and hands each event to the event loop. Any image or container change
+wakes the poller (debounced there). Container create/start records the image's last-used time; image
+pull/load/tag/import records its arrival, so a freshly pulled old image counts as young for `min_age`.
+The engine replays only its last 256 events, so after a reconnect we re-list (wake the poller) instead of
+replaying. Event shapes differ (an untag names an ID on the classic store, a reference on the containerd
+store; Podman says `loadfromarchive`): every name is resolved through an inspect, and the poller's
+new-ID detection catches what events cannot name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from exporter.engine import Engine, EngineError
+from exporter.history import ImageHistory
+from exporter.poller import Poller
+from exporter.selfmetrics import PollMetrics
+
+log = logging.getLogger(__name__)
+
+ARRIVAL_ACTIONS = frozenset({"pull", "load", "tag", "import", "loadfromarchive"})
+USE_ACTIONS = frozenset({"create", "start"})
+IMAGE_CHANGES = frozenset({"delete", "untag", "prune", "remove"}) | ARRIVAL_ACTIONS
+CONTAINER_CHANGES = frozenset({"create", "destroy", "remove", "start", "die"})
+MAX_BACKOFF = 30.0
+
+
+def event_time(event: dict[str, Any]) -> float:
+    nanos = event.get("timeNano")
+    if isinstance(nanos, int) and nanos > 0:
+        return nanos / 1e9
+    seconds = event.get("time")
+    return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else time.time()
+
+
+class EventFollower:
+    """One task: keep an event stream open, reconnecting with backoff while the engine is away."""
+
+    def __init__(self, engine: Engine, poller: Poller, history: ImageHistory, metrics: PollMetrics) -> None:
+        self.engine = engine
+        self.poller = poller
+        self.history = history
+        self.metrics = metrics
+        self.connected = False
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 1.0
+        worker = asyncio.create_task(self._handle_events())
+        try:
+            while True:
+                started = time.monotonic()
+
+                def deliver(event: dict[str, Any]) -> None:
+                    loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+                try:
+                    self.connected = True
+                    self.poller.wake()  # re-list: events missed while disconnected cannot be replayed
+                    await asyncio.to_thread(self.engine.follow_events, deliver)
+                    log.info("event stream ended; reconnecting")
+                except EngineError as exc:
+                    if time.monotonic() - started > 5:
+                        log.warning("event stream lost: %s", exc)
+                    else:
+                        log.debug("event stream unavailable: %s", exc)
+                    self.metrics.errors.labels("events").inc()
+                finally:
+                    self.connected = False
+                self.poller.wake()  # the engine may be gone: let the poller say so now
+                if time.monotonic() - started > 30:
+                    backoff = 1.0
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            self.engine.close_events()
+            worker.cancel()
+
+    async def _handle_events(self) -> None:
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            try:
+                await self.handle(event)
+            except EngineError as exc:
+                log.debug("could not resolve event %s: %s", event.get("Action"), exc)
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("Type")
+        action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
+        actor = event.get("Actor") or {}
+        attributes = actor.get("Attributes") or {}
+        when = event_time(event)
+        if kind == "image" and action in IMAGE_CHANGES:
+            if action in ARRIVAL_ACTIONS:
+                image_id = await self._resolve_image(str(actor.get("ID") or event.get("id") or ""))
+                if image_id:
+                    self.history.mark_arrived(image_id, when)
+            self.poller.wake()
+        elif kind == "container" and action in CONTAINER_CHANGES:
+            if action in USE_ACTIONS:
+                image_id = await self._container_image(str(actor.get("ID") or ""), attributes.get("image"))
+                if image_id:
+                    self.history.mark_used(image_id, when)
+            self.poller.wake()
+
+    async def _resolve_image(self, name: str) -> str | None:
+        if not name:
+            return None
+        snapshot = self.poller.snapshot
+        if snapshot is not None and name in snapshot.by_id:
+            return name
+        try:
+            return str((await self.engine.inspect_image(name)).get("Id") or "") or None
+        except EngineError:
+            return None
+
+    async def _container_image(self, container_id: str, image_attr: Any) -> str | None:
+        if container_id:
+            try:
+                inspect = await self.engine.inspect_container(container_id)
+                image = str(inspect.get("Image") or "")
+                if image:
+                    return image if ":" in image else f"sha256:{image}"
+            except EngineError:
+                pass  # container already gone (e.g. --rm): fall back to the image name in the event
+        return await self._resolve_image(str(image_attr or ""))

@@ -1,0 +1,199 @@
+"""Background refresh: builds a new immutable Snapshot every `poll.interval`, or sooner when woken.
+
+The poller is the only reader of the cheap endpoints (/version, /info, /images/json,
+/containers/json, image inspect for LastTagTime) and of statvfs. It never raises out of its loop: a failed
+stage is counted, `up` goes to 0 and the last good data keeps being served with its age visible.
+/system/df lives in `diskusage`, which hands its result here to be merged into the next published view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from exporter import apishapes
+from exporter.config import Config
+from exporter.engine import Engine, EngineError, api_at_least
+from exporter.history import ImageHistory
+from exporter.selfmetrics import PollMetrics
+from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, Snapshot
+
+log = logging.getLogger(__name__)
+
+# Marking running images as used at most this often keeps the state file from being rewritten every poll.
+RUNNING_USE_RESOLUTION = 60.0
+
+
+def read_filesystem(path: str) -> Filesystem:
+    """statvfs of the engine's data root: what `df` shows, in bytes (avail = space for non-root)."""
+    st = os.statvfs(path)
+    return Filesystem(path=path, size=st.f_blocks * st.f_frsize, avail=st.f_bavail * st.f_frsize)
+
+
+class Poller:
+    """Owns the current Snapshot; `wake()` asks for a refresh soon (debounced)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        history: ImageHistory,
+        metrics: PollMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.history = history
+        self.metrics = metrics
+        self.clock = clock
+        self.snapshot: Snapshot | None = None
+        self.up = False
+        self.last_error: str | None = None
+        self.disk_usage: DiskUsage | None = None
+        self.on_change: list[Callable[[], None]] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tag_times: dict[tuple[str, tuple[str, ...]], float | None] = {}
+        self._seen_ids: set[str] | None = None
+        self._parts: tuple[EngineInfo, list[Image], list[Container], Filesystem | None] | None = None
+        self._published_ids: frozenset[str] = frozenset()
+        self.ready = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """One task: poll, then sleep until the interval passes or something wakes us."""
+        while True:
+            await self.poll_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll.interval)
+            if self._wake.is_set():
+                await asyncio.sleep(self.config.poll.debounce)  # let a burst of events settle
+                self._wake.clear()
+
+    async def poll_once(self) -> Snapshot | None:
+        """Refresh now; concurrent callers wait for the one poll in progress instead of starting another."""
+        async with self._lock:
+            start = time.monotonic()
+            self.metrics.polls.inc()
+            try:
+                await self._poll()
+            finally:
+                self.metrics.duration.set(time.monotonic() - start)
+            return self.snapshot
+
+    async def _stage(self, stage: str, call: Any) -> Any:
+        try:
+            return await call
+        except EngineError as exc:
+            self.metrics.errors.labels(stage).inc()
+            self.last_error = f"{stage}: {exc}"
+            raise
+
+    async def _poll(self) -> None:
+        now = self.clock()
+        try:
+            version, info, api = await self._stage("info", self.engine.version_and_info())
+            engine = apishapes.parse_engine_info(version, info, api)
+            shared = api_at_least(api, "1.42") and not engine.podman
+            raw_images = await self._stage("images", self.engine.list_images(shared_size=shared))
+            raw_containers = await self._stage("containers", self.engine.list_containers())
+            images = [apishapes.parse_image(raw) for raw in raw_images]
+            await self._stage("images", self._fill_tag_times(images))
+        except EngineError as exc:
+            if self.up:
+                log.warning("engine unreachable or failing, serving last snapshot: %s", exc)
+            self.up = False
+            return
+        filesystem: Filesystem | None = None
+        try:
+            filesystem = await asyncio.to_thread(read_filesystem, self.config.filesystem.path)
+        except OSError as exc:
+            self.metrics.errors.labels("filesystem").inc()
+            self.last_error = f"filesystem: {exc}"
+            log.warning("cannot statvfs %s: %s", self.config.filesystem.path, exc)
+        containers = list(apishapes.parse_containers(raw_containers))
+        if not self.up:
+            log.info("engine reachable: %s (API %s, %s)", engine.version, api, engine.storage_driver)
+        self.up = True
+        self.last_error = None
+        self._track_history(images, containers, now)
+        self._parts = (engine, images, containers, filesystem)
+        self._publish(now)
+        await asyncio.to_thread(self.history.save)
+
+    async def _fill_tag_times(self, images: list[Image]) -> None:
+        """LastTagTime needs one inspect per image: only for images (or tag sets) not seen before."""
+        wanted = {(i.id, tuple(str(r) for r in i.refs)) for i in images}
+        self._tag_times = {k: v for k, v in self._tag_times.items() if k in wanted}
+        for key in wanted - self._tag_times.keys():
+            try:
+                inspect = await self.engine.inspect_image(key[0])
+            except EngineError as exc:
+                if exc.status == 404:  # deleted between list and inspect: the next poll will not list it
+                    continue
+                raise
+            self._tag_times[key] = apishapes.parse_last_tag_time(inspect)
+
+    def _track_history(self, images: list[Image], containers: list[Container], now: float) -> None:
+        ids = {i.id for i in images}
+        if self._seen_ids is not None:
+            for new_id in ids - self._seen_ids:
+                self.history.mark_arrived(new_id, now)
+        self._seen_ids = ids
+        for c in containers:
+            if c.state == "running" and now - self.history.last_used.get(c.image_id, 0.0) > RUNNING_USE_RESOLUTION:
+                self.history.mark_used(c.image_id, now)
+        self.history.retain(ids)
+
+    def set_disk_usage(self, usage: DiskUsage) -> None:
+        """Called by the disk-usage task: merge the new /system/df data into a fresh published view."""
+        self.disk_usage = usage
+        if self._parts is not None:
+            self._publish(self.snapshot.taken_at if self.snapshot else usage.taken_at)
+
+    def _publish(self, taken_at: float) -> None:
+        assert self._parts is not None
+        engine, images, containers, filesystem = self._parts
+        in_use: dict[str, int] = {}
+        for c in containers:
+            in_use[c.image_id] = in_use.get(c.image_id, 0) + 1
+        du = self.disk_usage
+        merged: list[Image] = []
+        for image in images:
+            shared = image.shared_size
+            if shared is None and du is not None:
+                shared = du.shared_sizes.get(image.id)
+            merged.append(
+                replace(
+                    image,
+                    shared_size=shared,
+                    containers=in_use.get(image.id, 0),
+                    last_tag_time=self._tag_times.get((image.id, tuple(str(r) for r in image.refs))),
+                    last_used=self.history.last_used.get(image.id),
+                    arrived=self.history.arrived.get(image.id),
+                )
+            )
+        self.snapshot = Snapshot(
+            taken_at=taken_at,
+            engine=engine,
+            images=tuple(merged),
+            containers=tuple(containers),
+            disk_usage=du,
+            filesystem=filesystem,
+            by_id=MappingProxyType({i.id: i for i in merged}),
+        )
+        self.ready.set()
+        ids = frozenset(self.snapshot.by_id)
+        if ids != self._published_ids:
+            self._published_ids = ids
+            for callback in self.on_change:
+                callback()

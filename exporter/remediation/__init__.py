@@ -1,0 +1,1 @@
+"""Alert-driven remediation: webhook, routing, planning and executing image deletions safely."""

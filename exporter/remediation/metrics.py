@@ -1,0 +1,98 @@
+"""Remediation and webhook metrics, instrumented directly (they count the exporter's own actions).
+
+Every label set a configured action can produce is created at startup, so series exist at 0 and
+`increase()` / absence alerts work from the first scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from exporter.remediation.planner import SKIP_REASONS
+
+TRIGGERS = ("alert", "schedule", "manual")
+RESULTS = ("success", "partial", "failure", "dry_run")
+ALERT_STATUSES = ("firing", "resolved")
+ALERT_OUTCOMES = ("routed", "unrouted", "out_of_scope", "deduplicated", "cooldown")
+WEBHOOK_CODES = ("200", "400", "401", "404", "405", "409", "413", "422", "500", "503")
+
+
+class RemediationMetrics:
+    """Counters and gauges for runs, deletions, skips and webhook traffic (on the app's registry)."""
+
+    def __init__(self, registry: CollectorRegistry, actions: Iterable[str]) -> None:
+        self.runs = Counter(
+            "docker_remediation_runs",
+            "Remediation runs by action, trigger (alert, schedule, manual) and result "
+            "(success, partial, failure, dry_run).",
+            ["action", "trigger", "result"],
+            registry=registry,
+        )
+        self.images_deleted = Counter(
+            "docker_remediation_images_deleted",
+            "Images that remediation removed from the engine (the engine answered Deleted for the image ID; "
+            "untagging a tag of an image that stays is not counted).",
+            ["action"],
+            registry=registry,
+        )
+        self.reclaimed = Counter(
+            "docker_remediation_reclaimed_bytes",
+            "Bytes freed by remediation: unique sizes of images that really disappeared plus build cache "
+            "SpaceReclaimed (a lower bound: layers shared only among deleted images are not counted).",
+            ["action"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "docker_remediation_skipped_images",
+            "Images a run selected but did not delete, by reason; counted once per run (dry runs included).",
+            ["action", "reason"],
+            registry=registry,
+        )
+        self.last_run = Gauge(
+            "docker_remediation_last_run_timestamp_seconds",
+            "When the last run of the action ended (any result, dry runs included); 0 = never since start.",
+            ["action"],
+            registry=registry,
+        )
+        self.last_reclaimed = Gauge(
+            "docker_remediation_last_run_reclaimed_bytes",
+            "Bytes the last run of the action freed (0 for dry runs).",
+            ["action"],
+            registry=registry,
+        )
+        self.running = Gauge(
+            "docker_remediation_running",
+            "1 while a run of the action is in progress.",
+            ["action"],
+            registry=registry,
+        )
+        self.webhook_requests = Counter(
+            "docker_webhook_requests",
+            "Requests to the remediation HTTP endpoints (webhook and actions API) by response code.",
+            ["code"],
+            registry=registry,
+        )
+        self.webhook_alerts = Counter(
+            "docker_webhook_alerts",
+            "Alerts received on the webhook by alert status and what happened to them.",
+            ["status", "outcome"],
+            registry=registry,
+        )
+        for action in actions:
+            for trigger in TRIGGERS:
+                for result in RESULTS:
+                    self.runs.labels(action, trigger, result)
+            self.images_deleted.labels(action)
+            self.reclaimed.labels(action)
+            for reason in SKIP_REASONS:
+                self.skipped.labels(action, reason)
+            self.last_run.labels(action)
+            self.last_reclaimed.labels(action)
+            self.running.labels(action)
+        for code in WEBHOOK_CODES:
+            self.webhook_requests.labels(code)
+        for status in ALERT_STATUSES:
+            for outcome in ALERT_OUTCOMES:
+                self.webhook_alerts.labels(status, outcome)

@@ -1,0 +1,334 @@
+"""Deletion plans: snapshot + action + protection rules + now -> which images go, which stay, and why.
+
+Pure on purpose (no engine, no clock, no files): every safety rule can be tested from a hand-built
+snapshot, and the same plan is what dry runs show, what the executor follows and what the audit log cites.
+
+Rules every image action shares (checked in this order, the first that applies is the skip reason):
+in use by any container, running or stopped (`in_use`); a reference matching a protected glob
+(`protected_reference`, protects the whole image); a protected label (`protected_label`); tagged but never
+pushed or pulled (`local_only`, when `protect.local_only`, for tagged images only); younger than `min_age`
+counted from `Image.age_reference` (`too_young`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from exporter.config import ActionConfig, ProtectConfig
+from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+from exporter.units import format_duration
+
+SkipReason = Literal[
+    "in_use",
+    "protected_reference",
+    "protected_label",
+    "local_only",
+    "too_young",
+    "conflict",
+    "not_found",
+    "max_deletions",
+]
+SKIP_REASONS: tuple[SkipReason, ...] = (
+    "in_use",
+    "protected_reference",
+    "protected_label",
+    "local_only",
+    "too_young",
+    "conflict",
+    "not_found",
+    "max_deletions",
+)
+SizeBasis = Literal["unique", "total"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One image to delete (by ID when dangling) or to untag (`references`, one DELETE each, in order).
+
+    `removes_image` is False when the image keeps other tags (keep_last untagging one repository's old tag):
+    then deleting frees nothing and `size` does not count towards the estimate.
+    """
+
+    image_id: str
+    references: tuple[str, ...]
+    size: int
+    size_basis: SizeBasis
+    reason: str
+    removes_image: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.image_id,
+            "references": list(self.references),
+            "size": self.size,
+            "size_basis": self.size_basis,
+            "removes_image": self.removes_image,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An image the action selected but must not touch, and the rule that says so."""
+
+    image_id: str
+    references: tuple[str, ...]
+    size: int
+    size_basis: SizeBasis
+    reason: SkipReason
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.image_id,
+            "references": list(self.references),
+            "size": self.size,
+            "size_basis": self.size_basis,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run intends; `candidates` are in execution order."""
+
+    action: str
+    type: str
+    now: float
+    candidates: tuple[Candidate, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    kept: tuple[str, ...] = ()
+    target_avail_ratio: float | None = None
+    filesystem: Filesystem | None = None
+    goal_met: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def estimated_bytes(self) -> int:
+        """Bytes the candidates free if all go (unique sizes; untag-only candidates count 0)."""
+        return sum(c.size for c in self.candidates if c.removes_image)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "action": self.action,
+            "type": self.type,
+            "candidates": [c.to_json() for c in self.candidates],
+            "skipped": [s.to_json() for s in self.skipped],
+            "estimated_bytes": self.estimated_bytes,
+            "size_note": "size is the image's unique size (what deleting it frees) when the engine computed "
+            "shared sizes (size_basis=unique), else its total size (size_basis=total, an upper bound)",
+        }
+        if self.kept:
+            data["kept"] = list(self.kept)
+        if self.target_avail_ratio is not None:
+            data["target_avail_ratio"] = self.target_avail_ratio
+            data["goal_met_at_plan_time"] = self.goal_met
+            if self.filesystem is not None:
+                data["filesystem"] = {
+                    "path": self.filesystem.path,
+                    "size": self.filesystem.size,
+                    "avail": self.filesystem.avail,
+                    "avail_ratio": round(self.filesystem.avail_ratio, 6),
+                }
+        if self.notes:
+            data["notes"] = list(self.notes)
+        return data
+
+
+def image_size(image: Image) -> tuple[int, SizeBasis]:
+    """What deleting the image frees: its unique size when known, else its total size (an upper bound)."""
+    unique = image.unique_size
+    if unique is not None:
+        return unique, "unique"
+    return image.size, "total"
+
+
+def _ago(seconds: float) -> str:
+    return format_duration(max(seconds, 0.0))
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def exclusion(
+    image: Image, action: ActionConfig, protect: ProtectConfig, now: float
+) -> tuple[SkipReason, str] | None:
+    """The first safety rule that forbids touching `image` for this action, with a human detail."""
+    if image.containers > 0:
+        return "in_use", f"used by {image.containers} container(s) (running or stopped)"
+    for ref in image.refs:
+        rule = protect.reference_rule(str(ref))
+        if rule is not None:
+            return "protected_reference", f"{ref} matches protect.references {rule!r}"
+    rule = protect.label_rule(image.labels)
+    if rule is not None:
+        return "protected_label", f"label matches protect.labels {rule!r}"
+    if protect.local_only and image.local_only and action.type in ("keep_last", "prune_unused", "free_space"):
+        return "local_only", "tagged but has no repo digest (built or loaded here, exists nowhere else)"
+    age = now - image.age_reference
+    if age < action.min_age:
+        return "too_young", f"{_ago(age)} old, min_age {format_duration(action.min_age)}"
+    return None
+
+
+def _skip(image: Image, refs: Iterable[ImageRef | str], reason: SkipReason, detail: str) -> Skip:
+    size, basis = image_size(image)
+    return Skip(image.id, tuple(str(r) for r in refs), size, basis, reason, detail)
+
+
+def _candidate(image: Image, refs: Iterable[ImageRef | str], reason: str, removes_image: bool = True) -> Candidate:
+    size, basis = image_size(image)
+    return Candidate(image.id, tuple(str(r) for r in refs), size, basis, reason, removes_image)
+
+
+def _whole_images(
+    images: Iterable[Image], action: ActionConfig, protect: ProtectConfig, now: float, describe: str
+) -> tuple[list[tuple[Image, Candidate]], list[Skip]]:
+    """Candidates that delete whole images (all tags, or by ID when dangling) plus the skips."""
+    candidates: list[tuple[Image, Candidate]] = []
+    skipped: list[Skip] = []
+    for image in images:
+        excluded = exclusion(image, action, protect, now)
+        if excluded is not None:
+            skipped.append(_skip(image, image.refs, *excluded))
+            continue
+        age = _ago(now - image.age_reference)
+        kind = "dangling" if image.dangling else "unused"
+        candidates.append((image, _candidate(image, image.refs, f"{kind}, {age} old{describe}")))
+    return candidates, skipped
+
+
+def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+    """Untagged images no container uses, older than min_age, without a protected label."""
+    pairs, skipped = _whole_images(snapshot.dangling, action, protect, now, "")
+    ordered = sorted(pairs, key=lambda p: (p[0].age_reference, p[0].id))  # oldest first
+    return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped))
+
+
+def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+    """Every image no container uses (tagged or not), older than min_age and unprotected."""
+    pairs, skipped = _whole_images(snapshot.images, action, protect, now, "")
+    ordered = sorted(pairs, key=lambda p: (not p[0].dangling, p[0].age_reference, p[0].id))
+    return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped))
+
+
+def plan_free_space(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+    """Dangling first, then least recently used; the executor stops once the filesystem goal is met."""
+    fs = snapshot.filesystem
+    target = action.target_avail_ratio
+    if fs is None:
+        return Plan(
+            action.name,
+            action.type,
+            now,
+            target_avail_ratio=target,
+            notes=("the data-root filesystem could not be read (filesystem.path): nothing can be measured",),
+        )
+    if fs.avail_ratio >= target:
+        return Plan(action.name, action.type, now, target_avail_ratio=target, filesystem=fs, goal_met=True)
+    pairs, skipped = _whole_images(snapshot.images, action, protect, now, "")
+    ordered = sorted(pairs, key=lambda p: (not p[0].dangling, p[0].recency, p[0].id))
+    candidates: list[Candidate] = []
+    tagged_rank = 0
+    for image, cand in ordered:
+        if image.dangling:
+            candidates.append(cand)
+            continue
+        tagged_rank += 1
+        if image.last_used is not None:
+            why = f"unused for {_ago(now - image.last_used)} (LRU rank {tagged_rank})"
+        else:
+            why = f"never seen used, {_ago(now - image.age_reference)} old (LRU rank {tagged_rank})"
+        candidates.append(Candidate(cand.image_id, cand.references, cand.size, cand.size_basis, why))
+    return Plan(
+        action.name,
+        action.type,
+        now,
+        tuple(candidates),
+        tuple(skipped),
+        target_avail_ratio=target,
+        filesystem=fs,
+    )
+
+
+def plan_keep_last(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+    """Per repository keep the `keep` newest tags (image created time, ties: higher tag name is newer).
+
+    Every tag counts towards the `keep` newest, protected or young ones too, so the action never removes a
+    tag that is among the newest `keep`. Older tags are untagged one by one; the image itself disappears
+    only when its last tag goes. An image that is in use or protected keeps all its tags.
+    """
+    by_repo: dict[str, list[tuple[Image, ImageRef]]] = {}
+    for image in snapshot.images:
+        for ref in image.refs:
+            by_repo.setdefault(ref.repository, []).append((image, ref))
+    old_refs: dict[str, list[ImageRef]] = {}
+    why: dict[str, list[str]] = {}
+    kept: list[str] = []
+    images: dict[str, Image] = {}
+    for repo, entries in sorted(by_repo.items()):
+        entries.sort(key=lambda e: (e[0].created, e[1].tag), reverse=True)
+        total = len(entries)
+        for rank, (image, ref) in enumerate(entries, start=1):
+            if rank <= action.keep:
+                kept.append(f"{ref} ({_ordinal(rank)} newest of {total}, keep {action.keep})")
+                continue
+            images[image.id] = image
+            old_refs.setdefault(image.id, []).append(ref)
+            why.setdefault(image.id, []).append(
+                f"tag {ref.tag} {_ordinal(rank)} newest of {total} in repo {repo} (keep {action.keep})"
+            )
+    candidates: list[tuple[Image, Candidate]] = []
+    skipped: list[Skip] = []
+    for image_id, refs in old_refs.items():
+        image = images[image_id]
+        refs.sort()
+        excluded = exclusion(image, action, protect, now)
+        if excluded is not None:
+            skipped.append(_skip(image, refs, *excluded))
+            continue
+        removes = set(refs) == set(image.refs)
+        reason = "; ".join(why[image_id])
+        if not removes:
+            reason += " (untag only: the image keeps other tags)"
+        candidates.append((image, _candidate(image, refs, reason, removes)))
+    ordered = sorted(candidates, key=lambda p: (p[0].created, p[0].id))  # oldest first
+    skipped.sort(key=lambda s: s.image_id)
+    return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped), tuple(kept))
+
+
+def plan_build_cache(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+    """Build cache has no per-image candidates: the engine prunes it (keep-storage, until=min_age)."""
+    notes = [f"POST /build/prune until={format_duration(action.min_age)}"]
+    if action.keep_storage:
+        notes.append(f"keep-storage={action.keep_storage}")
+    du = snapshot.disk_usage
+    if du is not None and du.build_cache is not None:
+        notes.append(f"build cache reclaimable at last /system/df: {du.build_cache.reclaimable} bytes")
+    return Plan(action.name, action.type, now, notes=tuple(notes))
+
+
+_PLANNERS = {
+    "prune_dangling": plan_prune_dangling,
+    "prune_unused": plan_prune_unused,
+    "free_space": plan_free_space,
+    "keep_last": plan_keep_last,
+    "build_cache": plan_build_cache,
+}
+
+
+def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+    """The plan for `action` on `snapshot` at time `now`."""
+    return _PLANNERS[action.type](snapshot, action, protect, now)
+
+
+def skip_counts(skips: Iterable[Skip]) -> Mapping[SkipReason, int]:
+    counts: dict[SkipReason, int] = {}
+    for s in skips:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    return counts

@@ -1,0 +1,151 @@
+"""The immutable view of one engine at one moment: what the collector renders and the planner decides on.
+
+Everything here is plain data, built by the poller from normalised API payloads (see `apishapes`); nothing
+in this module talks to the engine, so metrics and deletion plans are testable from recorded payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+NONE_LABEL = "<none>"
+
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    """One `repository:tag` of an image; the repository may carry a registry host with a port."""
+
+    repository: str
+    tag: str
+
+    def __str__(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+    @classmethod
+    def parse(cls, text: str) -> ImageRef | None:
+        """Split at the last `:` after the last `/` (so `host:5000/ns/app:1` works); None for `<none>`."""
+        if not text or text.startswith(NONE_LABEL) or "@" in text:
+            return None
+        slash = text.rfind("/")
+        colon = text.rfind(":")
+        if colon > slash:
+            return cls(text[:colon], text[colon + 1 :])
+        return cls(text, "latest")
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image as `/images/json` lists it, with what the exporter learned about it elsewhere."""
+
+    id: str
+    refs: tuple[ImageRef, ...]
+    digests: tuple[str, ...]
+    created: float
+    size: int
+    shared_size: int | None
+    labels: Mapping[str, str]
+    containers: int = 0
+    last_tag_time: float | None = None
+    last_used: float | None = None
+    arrived: float | None = None
+
+    @property
+    def short_id(self) -> str:
+        """12 hex characters, whatever the engine prefixes (`sha256:` or nothing on Podman)."""
+        return self.id.split(":", 1)[-1][:12]
+
+    @property
+    def dangling(self) -> bool:
+        return not self.refs
+
+    @property
+    def local_only(self) -> bool:
+        """Tagged but never pushed or pulled: it exists nowhere else, so deleting it loses it."""
+        return bool(self.refs) and not self.digests
+
+    @property
+    def unique_size(self) -> int | None:
+        """Bytes only this image holds: what deleting it alone frees."""
+        if self.shared_size is None:
+            return None
+        return max(self.size - self.shared_size, 0)
+
+    @property
+    def age_reference(self) -> float:
+        """When the image last became 'new' here: the latest of created, last tag, and arrival."""
+        return max(t for t in (self.created, self.last_tag_time, self.arrived) if t is not None)
+
+    @property
+    def recency(self) -> float:
+        """Least-recently-used ordering key: last use when known, else when it became new here."""
+        return self.last_used if self.last_used is not None else self.age_reference
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    image_id: str
+    state: str
+
+
+@dataclass(frozen=True)
+class BuildCache:
+    size: int
+    reclaimable: int
+    entries: int
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """The expensive `/system/df` answer, taken rarely; `taken_at` says how old it is."""
+
+    taken_at: float
+    layers_size: int
+    reclaimable: int
+    shared_sizes: Mapping[str, int]
+    build_cache: BuildCache | None
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    path: str
+    size: int
+    avail: int
+
+    @property
+    def avail_ratio(self) -> float:
+        return self.avail / self.size if self.size else 1.0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    version: str
+    api_version: str
+    storage_driver: str
+    os: str
+    arch: str
+    containerd_store: bool = False
+    podman: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Images, containers and disk data from one poll, plus when it was taken."""
+
+    taken_at: float
+    engine: EngineInfo | None
+    images: tuple[Image, ...] = ()
+    containers: tuple[Container, ...] = ()
+    disk_usage: DiskUsage | None = None
+    filesystem: Filesystem | None = None
+    by_id: Mapping[str, Image] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def dangling(self) -> tuple[Image, ...]:
+        return tuple(i for i in self.images if i.dangling)
+
+    @property
+    def unused(self) -> tuple[Image, ...]:
+        return tuple(i for i in self.images if i.containers == 0)

@@ -1,0 +1,1 @@
+"""Small HTML pages served by the exporter."""

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the system programs the tests run for real (dockerd, Prometheus, Alertmanager, a registry,
+# mmdebstrap). Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
+set -euo pipefail
+declare -A need=(
+  [dockerd]=docker.io
+  [prometheus]=prometheus
+  [promtool]=prometheus
+  [prometheus-alertmanager]=prometheus-alertmanager
+  [amtool]=prometheus-alertmanager
+  [docker-registry]=docker-registry
+  [mmdebstrap]=mmdebstrap
+  [docker-compose]=docker-compose
+  [mkfs.ext4]=e2fsprogs
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("${need[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "install-test-deps: installing $pkgs"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  # Debian starts the packaged services; the tests run private instances and never use these.
+  for svc in docker.socket docker containerd prometheus prometheus-alertmanager docker-registry; do
+    systemctl stop "$svc" >/dev/null 2>&1 || true
+  done
+else
+  echo "install-test-deps: missing $pkgs (run as root on Debian, or install them); engine tests will skip" >&2
+fi

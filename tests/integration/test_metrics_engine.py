@@ -1,0 +1,292 @@
+"""Every metric of the exporter equals what the private engine's own API says (issue 2's "done when").
+
+Expected values are computed here straight from raw engine payloads (/images/json, /containers/json,
+/system/df, image inspect) and statvfs, never from the exporter's own code, so a wrong formula in the
+exporter fails these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.dockerd import PrivateDockerd, free_port, isolated_env
+from tests.harness.exporter import ExporterProcess, parse_samples
+from tests.harness.fixtures import ExporterFactory
+from tests.harness.images import LoadedScenario
+
+pytestmark = pytest.mark.engine
+
+
+def _ref_parts(ref: str) -> tuple[str, str]:
+    slash, colon = ref.rfind("/"), ref.rfind(":")
+    return (ref[:colon], ref[colon + 1 :]) if colon > slash else (ref, "latest")
+
+
+def _tags(raw: dict[str, Any]) -> list[str]:
+    return [t for t in (raw.get("RepoTags") or []) if not t.startswith("<none>")]
+
+
+def _build_cache_entry(engine: PrivateDockerd, workdir: Path) -> None:
+    """A real BuildKit build (FROM scratch, no network) so the engine has build-cache records."""
+    docker_cli = shutil.which("docker", path="/usr/bin") or "docker"
+    ctx = workdir / "ctx"
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "payload").write_bytes(os.urandom(150_000))
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY payload /payload\n")
+    env = {**isolated_env(), "DOCKER_HOST": engine.host, "DOCKER_BUILDKIT": "1"}
+    subprocess.run([docker_cli, "build", "-q", "-t", "built/here:1", str(ctx)], env=env, check=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def scene(loaded_dockerd: LoadedScenario, tmp_path_factory: pytest.TempPathFactory) -> LoadedScenario:
+    _build_cache_entry(loaded_dockerd.engine, tmp_path_factory.mktemp("build"))
+    return loaded_dockerd
+
+
+@pytest.fixture
+def exporter(scene: LoadedScenario, exporter_factory: ExporterFactory, tmp_path: Path) -> ExporterProcess:
+    config = {
+        "poll": {"interval": "10m", "disk_usage_interval": "10m"},
+        "filesystem": {"path": str(scene.engine.data_root)},
+        "state": {"path": str(tmp_path / "state.json")},
+    }
+    exp = exporter_factory(scene.engine, config)
+    exp.wait_for(lambda: exp.sample("docker_images_disk_usage_bytes") is not None, what="first /system/df")
+    return exp
+
+
+def _series(text: str, name: str) -> dict[tuple[str, str, str], float]:
+    return {
+        (lbl["repository"], lbl["tag"], lbl["image_id"]): v for n, lbl, v in parse_samples(text) if n == name
+    }
+
+
+def test_every_metric_matches_the_engine(scene: LoadedScenario, exporter: ExporterProcess) -> None:
+    api = scene.engine.client().api
+    text = exporter.metrics_text()
+    raw_images = api.images()
+    raw_df = api.df()
+    containers = api.containers(all=True)
+    used_ids = {c["ImageID"] for c in containers}
+    tagged = [i for i in raw_images if _tags(i)]
+    dangling = [i for i in raw_images if not _tags(i)]
+
+    def value(name: str, **labels: str) -> float | None:
+        for n, lbl, v in parse_samples(text):
+            if n == name and all(lbl.get(k) == want for k, want in labels.items()):
+                return v
+        return None
+
+    assert value("docker_up") == 1
+    version = api.version()
+    assert value("docker_engine_info", version=version["Version"], api_version=api.api_version) == 1
+
+    # totals
+    assert value("docker_images") == len(raw_images)
+    assert value("docker_images_size_bytes") == sum(i["Size"] for i in raw_images)
+    assert value("docker_images_dangling") == len(api.images(filters={"dangling": True})) == len(dangling) >= 3
+    assert value("docker_images_dangling_size_bytes") == sum(i["Size"] for i in dangling)
+    assert value("docker_images_unused") == sum(1 for i in raw_images if i["Id"] not in used_ids)
+    assert value("docker_images_local_only") == sum(1 for i in tagged if not i.get("RepoDigests"))
+    assert value("docker_images_disk_usage_bytes") == raw_df["LayersSize"]
+    in_use_unique = sum(i["Size"] - i["SharedSize"] for i in raw_df["Images"] if i["Containers"] > 0)
+    assert value("docker_images_reclaimable_bytes") == raw_df["LayersSize"] - in_use_unique
+    assert in_use_unique > 0  # the stopped container really pins its image
+
+    # build cache, as `docker system df` counts it (shared records once, in-use not reclaimable)
+    cache = raw_df["BuildCache"] or []
+    own = [c for c in cache if not c["Shared"]]
+    assert value("docker_build_cache_entries") == len(cache) > 0
+    assert value("docker_build_cache_size_bytes") == sum(c["Size"] for c in own) > 0
+    assert value("docker_build_cache_reclaimable_bytes") == sum(c["Size"] for c in own if not c["InUse"])
+
+    # per repository
+    repos: dict[str, dict[str, int]] = {}
+    tag_counts: dict[str, int] = {}
+    for image in raw_images:
+        for ref in _tags(image):
+            repo, _tag = _ref_parts(ref)
+            repos.setdefault(repo, {})[image["Id"]] = image["Size"]
+            tag_counts[repo] = tag_counts.get(repo, 0) + 1
+    assert "127.0.0.1:5000/ns/api" in repos  # registry host with a port stays in the repository
+    for repo, ids in repos.items():
+        assert value("docker_repository_images", repository=repo) == len(ids), repo
+        assert value("docker_repository_tags", repository=repo) == tag_counts[repo], repo
+        assert value("docker_repository_size_bytes", repository=repo) == sum(ids.values()), repo
+
+    # per tag: compare with /system/df -v's per-image rows
+    df_by_id = {i["Id"]: i for i in raw_df["Images"]}
+    sizes = _series(text, "docker_image_size_bytes")
+    expected_keys = set()
+    for image in raw_images:
+        short = image["Id"].split(":", 1)[1][:12]
+        refs = [_ref_parts(r) for r in _tags(image)] or [("<none>", "<none>")]
+        inspect = api.inspect_image(image["Id"])
+        for repo, tag in refs:
+            key = (repo, tag, short)
+            expected_keys.add(key)
+            labels = {"repository": repo, "tag": tag, "image_id": short}
+            df = df_by_id[image["Id"]]
+            assert sizes[key] == image["Size"] == df["Size"], key
+            assert value("docker_image_shared_size_bytes", **labels) == df["SharedSize"], key
+            assert value("docker_image_unique_size_bytes", **labels) == df["Size"] - df["SharedSize"], key
+            assert value("docker_image_created_timestamp_seconds", **labels) == image["Created"], key
+            assert value("docker_image_containers", **labels) == df["Containers"], key
+            last_tag = (inspect.get("Metadata") or {}).get("LastTagTime", "")
+            if not last_tag or last_tag.startswith("0001-"):
+                assert value("docker_image_last_tag_timestamp_seconds", **labels) is None, key
+    assert set(sizes) == expected_keys
+    assert ("team/web", "latest", scene.ids["web"].split(":")[1][:12]) in sizes  # one image, several tags
+    assert sum(1 for k in sizes if k[0] == "team/web" and k[2] == scene.ids["web"].split(":")[1][:12]) == 3
+    # shared layers give real shared sizes: web shares base_os and runtime with web_old
+    web_labels = {"repository": "team/web", "tag": "1.0", "image_id": scene.ids["web"].split(":")[1][:12]}
+    assert (value("docker_image_shared_size_bytes", **web_labels) or 0) >= 4 * 1024 * 1024
+
+    # the data-root filesystem
+    st = os.statvfs(scene.engine.data_root)
+    path = str(scene.engine.data_root)
+    assert value("docker_filesystem_size_bytes", path=path) == st.f_blocks * st.f_frsize
+    avail = value("docker_filesystem_avail_bytes", path=path)
+    assert avail is not None and abs(avail - st.f_bavail * st.f_frsize) < 64 * 1024 * 1024
+
+    # freshness bookkeeping
+    now = time.time()
+    assert now - 60 < (value("docker_exporter_snapshot_timestamp_seconds") or 0) <= now
+    assert now - 60 < (value("docker_exporter_disk_usage_timestamp_seconds") or 0) <= now
+    assert value("docker_exporter_image_series_dropped") == 0
+
+
+def test_series_cap_keeps_largest_and_totals(
+    scene: LoadedScenario, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    exp = exporter_factory(
+        scene.engine,
+        {"metrics": {"max_image_series": 3}, "filesystem": {"path": str(scene.engine.data_root)},
+         "state": {"path": str(tmp_path / "s.json")}},
+    )
+    text = exp.metrics_text()
+    raw_images = scene.engine.client().api.images()
+    rows = sum(max(len(_tags(i)), 1) for i in raw_images)
+    sizes = _series(text, "docker_image_size_bytes")
+    assert len(sizes) == 3
+    assert min(sizes.values()) >= sorted((i["Size"] for i in raw_images), reverse=True)[2]
+    assert exp.sample("docker_exporter_image_series_dropped") == rows - 3
+    assert exp.sample("docker_images") == len(raw_images)  # totals never depend on the cap
+
+    off = exporter_factory(
+        scene.engine, {"metrics": {"per_image": False}, "state": {"path": str(tmp_path / "t.json")}}
+    )
+    assert off.samples("docker_image_size_bytes") == []
+    assert off.sample("docker_images") == len(raw_images)
+
+
+def test_promtool_accepts_the_exposition(exporter: ExporterProcess) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool missing (make test installs Debian's prometheus)") if os.environ.get(
+            "CI"
+        ) == "true" else pytest.skip("promtool missing")
+    text = exporter.metrics_text()
+    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert not result.stdout.strip() and not result.stderr.strip(), (result.stdout + result.stderr).decode()
+
+
+@pytest.fixture
+def mutable(dockerd: PrivateDockerd) -> Iterator[PrivateDockerd]:
+    from tests.harness.images import load_scenario, scenario_basic
+
+    load_scenario(dockerd, scenario_basic())
+    yield dockerd
+
+
+def test_rmi_shows_within_two_seconds_via_events(
+    mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    exp = exporter_factory(
+        mutable,
+        {"poll": {"interval": "10m"}, "filesystem": {"path": str(mutable.data_root)},
+         "state": {"path": str(tmp_path / "s.json")}},
+    )
+    before = exp.sample("docker_images")
+    assert exp.sample("docker_image_size_bytes", {"repository": "team/web", "tag": "0.9"}) is not None
+    mutable.cli("rmi", "team/web:0.9")
+    removed_at = time.monotonic()
+    exp.wait_for(
+        lambda: exp.sample("docker_image_size_bytes", {"repository": "team/web", "tag": "0.9"}) is None,
+        timeout=10,
+        interval=0.05,
+        what="team/web:0.9 gone from /metrics",
+    )
+    # With a 10 minute poll interval only the event stream can explain the refresh; how fast it is
+    # (well under 2 s) is measured in benchmarks/, not asserted here.
+    print(f"rmi visible on /metrics after {time.monotonic() - removed_at:.2f}s")
+    assert exp.sample("docker_images") == (before or 0) - 1
+
+
+def test_container_start_records_last_used_and_persists(
+    mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    config = {"poll": {"interval": "10m"}, "state": {"path": str(state)}}
+    exp = exporter_factory(mutable, config)
+    labels = {"repository": "tools/keep", "tag": "1"}
+    assert exp.sample("docker_image_last_used_timestamp_seconds", labels) is None
+    before = time.time()
+    mutable.cli("create", "--name", "uses-keep", "tools/keep:1")
+    used = exp.wait_for(
+        lambda: exp.sample("docker_image_last_used_timestamp_seconds", labels), timeout=10, what="last used"
+    )
+    assert before - 1 <= used <= time.time() + 1
+    exp.stop()
+    assert state.exists()
+    again = exporter_factory(mutable, config)
+    assert again.sample("docker_image_last_used_timestamp_seconds", labels) == pytest.approx(used)
+
+
+def test_corrupt_state_file_is_survivable(
+    mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    exp = exporter_factory(mutable, {"state": {"path": str(state)}})
+    assert exp.sample("docker_up") == 1
+    assert "ignoring unreadable image history" in exp.logs()
+
+
+def test_engine_outage_and_recovery(
+    mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    exp = exporter_factory(
+        mutable, {"poll": {"interval": "2s"}, "state": {"path": str(tmp_path / "s.json")}}
+    )
+    images = exp.sample("docker_images")
+    taken = exp.sample("docker_exporter_snapshot_timestamp_seconds")
+    mutable.kill()
+    exp.wait_for(lambda: exp.sample("docker_up") == 0, timeout=10, what="docker_up 0 after kill")
+    # the last good snapshot is still served, with its age visible
+    assert exp.sample("docker_images") == images
+    assert exp.sample("docker_exporter_snapshot_timestamp_seconds") == taken
+    assert (exp.sample("docker_exporter_poll_errors_total", {"stage": "info"}) or 0) >= 1
+    assert exp.running
+    mutable.start()
+    exp.wait_for(lambda: exp.sample("docker_up") == 1, timeout=30, what="docker_up 1 after restart")
+    assert (exp.sample("docker_exporter_snapshot_timestamp_seconds") or 0) > (taken or 0)
+
+
+def test_starts_while_engine_is_down(exporter_factory: ExporterFactory, tmp_path: Path) -> None:
+    dead = f"unix:///tmp/die-dead-{free_port()}.sock"
+    exp = exporter_factory(dead, {"state": {"path": str(tmp_path / "s.json")}}, ready=False)
+    assert exp.sample("docker_up") == 0
+    status, _ = exp.request("GET", "/-/ready")
+    assert status == 503
+    status, body = exp.request("GET", "/")
+    assert status == 200 and b"DOWN" in body

@@ -1,0 +1,151 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.cli import main
+from exporter.config import ConfigError, load_config, parse_config
+
+FULL = """
+docker: {host: unix:///run/x.sock, timeout: 10s}
+poll: {interval: 15s, disk_usage_interval: 10m}
+filesystem: {path: /srv/docker}
+metrics: {per_image: false, max_image_series: 50}
+state: {path: /tmp/state.json}
+remediation:
+  enabled: true
+  dry_run: true
+  auth: {bearer_token: s3cret}
+  scope: ['host="node-1"']
+  protect:
+    references: ["*:production", "registry.example.com/base/*"]
+    labels: ["keep=true", "pinned"]
+  audit_log: /tmp/audit.jsonl
+  actions:
+    clean-dangling: {type: prune_dangling, min_age: 1h}
+    keep-five: {type: keep_last, keep: 5, min_age: 1h}
+    free-disk: {type: free_space, target_avail_ratio: 0.3, min_age: 10m, max_deletions: 500}
+    builder: {type: build_cache, keep_storage: 5GB, min_age: 24h}
+    weekly: {type: prune_unused, min_age: 720h, schedule: 168h}
+  routes:
+    - matchers: ['alertname="DockerDiskPressure"', 'severity=~"warning|critical"']
+      action: free-disk
+      cooldown: 10m
+"""
+
+
+def test_full_example_parses() -> None:
+    config = parse_config(yaml.safe_load(FULL))
+    assert config.docker.timeout == 10
+    assert config.poll.disk_usage_interval == 600
+    assert not config.metrics.per_image
+    r = config.remediation
+    assert r.enabled and r.dry_run and r.auth.bearer_token == "s3cret"
+    assert r.actions["free-disk"].target_avail_ratio == 0.3
+    assert r.actions["free-disk"].max_deletions == 500
+    assert r.actions["builder"].keep_storage == 5_000_000_000
+    assert r.actions["weekly"].schedule == 168 * 3600
+    assert r.routes[0].action == "free-disk" and r.routes[0].cooldown == 600
+    assert r.routes[0].matchers[1].matches({"severity": "critical"})
+    assert r.protect.reference_rule("app:production") == "*:production"
+    assert r.protect.reference_rule("app:staging") is None
+    assert r.protect.label_rule({"keep": "true"}) == "keep=true"
+    assert r.protect.label_rule({"keep": "false"}) is None
+    assert r.protect.label_rule({"pinned": ""}) == "pinned"
+    assert r.protect.local_only  # on by default
+
+
+def test_defaults_have_remediation_off() -> None:
+    config = parse_config(None)
+    assert not config.remediation.enabled
+    assert config.poll.interval == 30 and config.metrics.max_image_series == 2000
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        ({"pol": {}}, "pol: unknown key"),
+        ({"poll": {"interval": "30"}}, "poll.interval: expected a duration"),
+        ({"poll": {"interval": "0s"}}, "poll.interval: must be at least 1s"),
+        ({"metrics": {"max_image_series": -1}}, "metrics.max_image_series: must be >= 0"),
+        ({"metrics": {"per_image": "yes"}}, "metrics.per_image: expected true or false"),
+        ({"docker": []}, "docker: must be a mapping"),
+        ({"remediation": {"enabled": True}}, "remediation.auth: is required when remediation is enabled"),
+        (
+            {"remediation": {"actions": {"x": {"type": "nuke"}}}},
+            "remediation.actions.x.type: must be one of",
+        ),
+        ({"remediation": {"actions": {"x": {"type": "keep_last"}}}}, "remediation.actions.x.keep: is required"),
+        (
+            {"remediation": {"actions": {"x": {"type": "free_space", "target_avail_ratio": 1.5}}}},
+            "remediation.actions.x.target_avail_ratio: must be between 0 and 1",
+        ),
+        (
+            {"remediation": {"actions": {"x": {"type": "prune_dangling", "keep": 3}}}},
+            "remediation.actions.x.keep: unknown key",
+        ),
+        ({"remediation": {"routes": [{"matchers": ['a="b"'], "action": "nope"}]}}, "routes[0].action: names no action"),
+        ({"remediation": {"routes": [{"action": "x"}]}}, "remediation.routes[0].matchers: is required"),
+        ({"remediation": {"scope": ["host"]}}, "remediation.scope: not a matcher"),
+        ({"remediation": {"auth": {"bearer_token_file": "/nonexistent/x"}}}, "bearer_token_file: cannot read"),
+        (
+            {"remediation": {"auth": {"bearer_token": "a", "bearer_token_file": "/etc/hostname"}}},
+            "give either bearer_token or bearer_token_file",
+        ),
+        ({"remediation": {"relay": {"url_template": "http://x/"}}}, "remediation.relay.url_template: must contain"),
+    ],
+)
+def test_errors_name_the_key(doc: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_all_problems_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"poll": {"interval": "x", "bogus": 1}, "metrics": {"per_image": 3}})
+    assert len(err.value.problems) == 3
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok\n")
+    (tmp_path / "pw").write_text("pw\n")
+    config = parse_config(
+        {
+            "remediation": {
+                "enabled": True,
+                "auth": {
+                    "bearer_token_file": str(tmp_path / "token"),
+                    "basic_auth": {"username": "am", "password_file": str(tmp_path / "pw")},
+                },
+            }
+        }
+    )
+    assert config.remediation.auth.bearer_token == "tok"
+    assert config.remediation.auth.basic_auth is not None
+    assert config.remediation.auth.basic_auth.password == "pw"
+
+
+def test_load_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("poll: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_config_check_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text(FULL)
+    assert main(["--config.file", str(good), "--config.check"]) == 0
+    bad = tmp_path / "bad.yml"
+    bad.write_text("metrics: {max_image_series: many}\n")
+    assert main(["--config.file", str(bad), "--config.check"]) == 1
+    assert "metrics.max_image_series" in capsys.readouterr().err
+
+
+def test_shipped_examples_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for path in [root / "examples" / "config.yaml", *sorted((root / "examples").glob("**/exporter*.y*ml"))]:
+        load_config(path)
