@@ -132,29 +132,31 @@ def parse_disk_usage(raw: Mapping[str, Any], taken_at: float) -> DiskUsage:
     """`/system/df`: layer bytes, per-image shared sizes, and reclaimable bytes exactly as the CLI does.
 
     Reclaimable = LayersSize - sum(Size - SharedSize) over images used by a container (docker CLI's
-    formula). The per-type 1.52 summaries are preferred when present (`ImageUsage.Reclaimable`).
+    formula). API 1.52 moved the data into per-type summaries (`ImageUsage`, `BuildCacheUsage`, with
+    `Items` when asked with `verbose=1`); their totals are used when the legacy fields are absent.
     """
-    images = [parse_image(i) for i in (raw.get("Images") or ())]
+    image_usage: Mapping[str, Any] = raw.get("ImageUsage") or {}
+    raw_images = raw.get("Images") or image_usage.get("Items") or ()
+    images = [parse_image(i) for i in raw_images]
     shared = {i.id: i.shared_size for i in images if i.shared_size is not None}
     layers = _known(raw.get("LayersSize"))
-    image_usage = raw.get("ImageUsage") or {}
     if layers is None:
         layers = _known(image_usage.get("TotalSize")) or 0
-    used = sum(max(i.size - (i.shared_size or 0), 0) for i in images if i.containers > 0)
     reclaimable = _known(image_usage.get("Reclaimable"))
     if reclaimable is None:
+        used = sum(max(i.size - (i.shared_size or 0), 0) for i in images if i.containers > 0)
         reclaimable = max(layers - used, 0)
-    cache_raw = raw.get("BuildCache")
-    cache_usage = raw.get("BuildCacheUsage")
+    cache_usage = raw.get("BuildCacheUsage") if isinstance(raw.get("BuildCacheUsage"), Mapping) else None
     build_cache = None
-    if cache_raw is not None or cache_usage is not None or "BuilderSize" in raw:
-        build_cache = parse_build_cache(cache_raw)
-        if isinstance(cache_usage, Mapping):
-            build_cache = BuildCache(
-                size=_known(cache_usage.get("TotalSize")) or build_cache.size,
-                reclaimable=_known(cache_usage.get("Reclaimable")) or build_cache.reclaimable,
-                entries=_known(cache_usage.get("TotalCount")) or build_cache.entries,
-            )
+    if "BuildCache" in raw or "BuilderSize" in raw:
+        build_cache = parse_build_cache(raw.get("BuildCache"))
+    elif cache_usage is not None:
+        items = parse_build_cache(cache_usage.get("Items"))
+        build_cache = BuildCache(
+            size=_known(cache_usage.get("TotalSize")) or items.size,
+            reclaimable=_known(cache_usage.get("Reclaimable")) or items.reclaimable,
+            entries=_known(cache_usage.get("TotalCount")) or items.entries,
+        )
     return DiskUsage(
         taken_at=taken_at,
         layers_size=layers,

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.collector import SnapshotCollector
@@ -86,7 +86,6 @@ def create_app(
     engine: Engine | None = None,
 ) -> web.Application:
     """App factory: tests pass their own config and engine; `cli` passes the real ones."""
-    disable_created_metrics()  # `_created` samples double the series count and nothing here needs them
     services = Services(config, docker_host, engine)
     app = web.Application(client_max_size=config.remediation.max_body_bytes)
     app[SERVICES] = services

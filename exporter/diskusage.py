@@ -53,7 +53,7 @@ class DiskUsageRefresher:
         types = ("image", "build-cache") if info and api_at_least(info.api_version, "1.42") else None
         start = time.monotonic()
         try:
-            raw = await self.engine.disk_usage(types)
+            raw = await self.engine.disk_usage(types, verbose=bool(info and api_at_least(info.api_version, "1.52")))
         except EngineError as exc:
             self.metrics.errors.labels("disk_usage").inc()
             log.warning("/system/df failed: %s", exc)

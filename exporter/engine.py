@@ -148,11 +148,16 @@ class Engine:
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         return await self.call(lambda c: dict(c.inspect_container(container_id)))
 
-    async def disk_usage(self, types: tuple[str, ...] | None) -> dict[str, Any]:
-        """`/system/df`, limited to `types` where the API (1.42+) supports it; one at a time (df lane)."""
+    async def disk_usage(self, types: tuple[str, ...] | None, verbose: bool = False) -> dict[str, Any]:
+        """`/system/df`, limited to `types` where the API (1.42+) supports it; one at a time (df lane).
+
+        `verbose` asks 1.52+ engines for per-item records inside their per-type summaries.
+        """
 
         def get(c: docker.APIClient) -> dict[str, Any]:
-            params = {"type": list(types)} if types else {}
+            params: dict[str, Any] = {"type": list(types)} if types else {}
+            if verbose:
+                params["verbose"] = "1"
             return dict(c._result(c._get(c._url("/system/df"), params=params), True) or {})
 
         return await self.call(get, lane="df")

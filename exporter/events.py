@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
+from exporter.apishapes import normalize_id
 from exporter.engine import Engine, EngineError
 from exporter.history import ImageHistory
 from exporter.poller import Poller
@@ -28,6 +30,7 @@ USE_ACTIONS = frozenset({"create", "start"})
 IMAGE_CHANGES = frozenset({"delete", "untag", "prune", "remove"}) | ARRIVAL_ACTIONS
 CONTAINER_CHANGES = frozenset({"create", "destroy", "remove", "start", "die"})
 MAX_BACKOFF = 30.0
+_HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
 
 
 def event_time(event: dict[str, Any]) -> float:
@@ -115,8 +118,9 @@ class EventFollower:
         if not name:
             return None
         snapshot = self.poller.snapshot
-        if snapshot is not None and name in snapshot.by_id:
-            return name
+        candidate = normalize_id(name) if _HEX_ID.fullmatch(name) else name  # Podman names IDs bare
+        if snapshot is not None and candidate in snapshot.by_id:
+            return candidate
         try:
             return str((await self.engine.inspect_image(name)).get("Id") or "") or None
         except EngineError:

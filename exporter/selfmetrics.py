@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 POLL_STAGES = ("info", "images", "containers", "filesystem", "disk_usage", "events")
 
@@ -11,6 +11,8 @@ class PollMetrics:
     """Counters and gauges about polling; registered on the app's own registry, never the global one."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # `_created` samples double the counter series and nothing here needs them (process-wide switch).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.polls = Counter(
             "docker_exporter_polls",
             "Polls of the engine started by the exporter (timer, events or remediation).",

@@ -6,6 +6,7 @@ completed step; a buffered log could lose exactly the lines an operator needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -55,10 +56,8 @@ class AuditLog:
 
     def _close(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass
             self._file = None
 
     def close(self) -> None:

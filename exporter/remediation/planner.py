@@ -155,9 +155,7 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def exclusion(
-    image: Image, action: ActionConfig, protect: ProtectConfig, now: float
-) -> tuple[SkipReason, str] | None:
+def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: float) -> tuple[SkipReason, str] | None:
     """The first safety rule that forbids touching `image` for this action, with a human detail."""
     if image.containers > 0:
         return "in_use", f"used by {image.containers} container(s) (running or stopped)"

@@ -1,24 +1,307 @@
-"""Placeholder until the remediation service lands (being written now)."""
+"""Ties remediation together: routes, once-only run claims, cooldowns, schedules, metrics and history.
+
+State that makes runs happen "once" (which action is running, when each last started) lives in this
+process only. After a restart the cooldown is forgotten, so one more run may happen inside it; that is
+safe because every run re-plans from a fresh snapshot, so a repeated run only deletes what is (still)
+eligible.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from exporter.config import RemediationConfig
-from exporter.engine import Engine
-from exporter.poller import Poller
+from exporter import apishapes
+from exporter.config import ActionConfig, RemediationConfig, RouteConfig
+from exporter.engine import Engine, EngineError, api_at_least
+from exporter.poller import Poller, read_filesystem
+from exporter.remediation.api import make_list_handler, make_run_handler
+from exporter.remediation.audit import AuditError, AuditLog
+from exporter.remediation.executor import Executor, Run, Trigger
+from exporter.remediation.metrics import RemediationMetrics
+from exporter.remediation.planner import make_plan
+from exporter.remediation.webhook import Alert, error_response, make_webhook_handler, route_alert
+from exporter.snapshot import Filesystem, Snapshot
+
+log = logging.getLogger(__name__)
+
+HISTORY_SIZE = 100
+STOP_GRACE_SECONDS = 30.0
 
 
 class RemediationService:
-    def __init__(self, config: RemediationConfig, engine: Engine, poller: Poller, registry: CollectorRegistry) -> None:
-        self.config = config
+    """Created by the app when `remediation.enabled`; owns every path that may delete an image."""
 
+    def __init__(
+        self,
+        config: RemediationConfig,
+        engine: Engine,
+        poller: Poller,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        read_fs: Callable[[str], Filesystem] = read_filesystem,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.poller = poller
+        self.clock = clock
+        self.monotonic = monotonic
+        self.metrics = RemediationMetrics(registry, config.actions)
+        self.audit = AuditLog(config.audit_log)
+        self.executor = Executor(engine, self.audit, self.metrics, read_fs)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self.last_started: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Run]] = set()
+        self._schedules: list[asyncio.Task[None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
-        return []
+        return [
+            web.post("/webhook/alertmanager", make_webhook_handler(self)),
+            web.get("/api/v1/actions", make_list_handler(self)),
+            web.post("/api/v1/actions/{name}", make_run_handler(self)),
+        ]
 
     async def start(self) -> None:
-        return None
+        """Check the audit log is writable and start one timer task per scheduled action."""
+        try:
+            await asyncio.to_thread(self.audit.check)
+        except AuditError as exc:
+            log.error("%s: every remediation run will fail until this is fixed", exc)
+        for action in self.config.actions.values():
+            if action.schedule is not None:
+                self._schedules.append(asyncio.create_task(self._scheduled(action), name=f"schedule-{action.name}"))
+        log.info(
+            "remediation enabled: %d actions, %d routes, dry_run=%s, audit log %s",
+            len(self.config.actions),
+            len(self.config.routes),
+            self.config.dry_run,
+            self.config.audit_log,
+        )
 
     async def stop(self) -> None:
-        return None
+        """Stop schedules, let running runs end after their current deletion, then close the audit log."""
+        self.executor.stopping = True
+        for schedule in self._schedules:
+            schedule.cancel()
+        for schedule in self._schedules:
+            with contextlib.suppress(asyncio.CancelledError):
+                await schedule
+        if self._tasks:
+            _done, pending = await asyncio.wait(list(self._tasks), timeout=STOP_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.audit.close()
+
+    async def _scheduled(self, action: ActionConfig) -> None:
+        """First run one interval after start (not at startup), then every interval."""
+        assert action.schedule is not None
+        while True:
+            await asyncio.sleep(action.schedule)
+            run = self.begin(action.name, "schedule", (), self.config.dry_run)
+            if run is None:
+                log.info("scheduled run of %s skipped: a run is in progress", action.name)
+                continue
+            await self.run_to_completion(run)
+
+    # -- HTTP helpers -----------------------------------------------------------------------------------
+    async def counted(
+        self, handle: Callable[[web.Request], Awaitable[web.Response]], request: web.Request
+    ) -> web.Response:
+        """Run a handler and count its answer in docker_webhook_requests_total{code}."""
+        code = 500
+        try:
+            response = await handle(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
+        except Exception:
+            log.exception("remediation endpoint %s failed", request.path)
+            return error_response(500, "internal error (see the exporter log)")
+        finally:
+            self.metrics.webhook_requests.labels(str(code)).inc()
+
+    def describe(self) -> dict[str, Any]:
+        """GET /api/v1/actions: the configured actions and recent runs, newest first."""
+        now = self.monotonic()
+        actions = []
+        for name, action in self.config.actions.items():
+            started = self.last_started.get(name)
+            actions.append(
+                {
+                    "name": name,
+                    "type": action.type,
+                    "running": self.executor.is_running(name),
+                    "schedule_seconds": action.schedule,
+                    "max_deletions": action.max_deletions,
+                    "min_age_seconds": action.min_age,
+                    "seconds_since_last_start": None if started is None else round(now - started, 3),
+                }
+            )
+        return {"dry_run": self.config.dry_run, "actions": actions, "runs": list(self.history)}
+
+    # -- accepting work ---------------------------------------------------------------------------------
+    def begin(self, name: str, trigger: Trigger, fingerprints: Sequence[str], dry_run: bool) -> Run | None:
+        """Claim `name` for a new run (None if one is in progress); the cooldown starts now."""
+        if not self.executor.try_begin(name):
+            return None
+        self.last_started[name] = self.monotonic()
+        action = self.config.actions[name]
+        return Run(
+            action=name,
+            type=action.type,
+            trigger=trigger,
+            dry_run=dry_run,
+            fingerprints=tuple(fingerprints),
+            started_at=self.clock(),
+        )
+
+    def in_cooldown(self, name: str, route: RouteConfig) -> bool:
+        started = self.last_started.get(name)
+        return started is not None and self.monotonic() - started < route.cooldown
+
+    def accept_alerts(self, alerts: Sequence[Alert]) -> web.Response:
+        """Route alerts and start what is due, with no await in between (so claims cannot interleave)."""
+        decisions: list[tuple[Alert, str, RouteConfig | None]] = []
+        by_action: dict[str, tuple[RouteConfig, list[Alert]]] = {}
+        for alert in alerts:
+            outcome, route = route_alert(alert, self.config.scope, self.config.routes)
+            decisions.append((alert, outcome, route))
+            if route is not None:
+                by_action.setdefault(route.action, (route, []))[1].append(alert)
+        verdict: dict[str, str] = {}
+        for name, (route, _) in by_action.items():
+            if self.executor.is_running(name):
+                verdict[name] = "deduplicated"
+            elif self.in_cooldown(name, route):
+                verdict[name] = "cooldown"
+            else:
+                verdict[name] = "routed"
+        if "routed" in verdict.values() and not self.poller.up:
+            names = ", ".join(n for n, v in verdict.items() if v == "routed")
+            return error_response(503, f"engine unreachable: cannot run {names} now (retry later)")
+        runs = []
+        for name, (_, routed_alerts) in by_action.items():
+            if verdict[name] != "routed":
+                continue
+            run = self.begin(name, "alert", sorted({a.fingerprint for a in routed_alerts}), self.config.dry_run)
+            if run is None:  # cannot happen without an await since the check, but never run twice
+                verdict[name] = "deduplicated"
+                continue
+            self.start_background(run)
+            runs.append({"action": name, "run_id": run.run_id, "dry_run": run.dry_run})
+        answer = []
+        for alert, outcome, route in decisions:
+            final = verdict[route.action] if route is not None else outcome
+            self.metrics.webhook_alerts.labels(alert.status, final).inc()
+            answer.append(
+                {
+                    "fingerprint": alert.fingerprint,
+                    "status": alert.status,
+                    "outcome": final,
+                    "action": route.action if route is not None else None,
+                }
+            )
+        return web.json_response({"status": "ok", "runs_started": runs, "alerts": answer})
+
+    def start_background(self, run: Run) -> asyncio.Task[Run]:
+        """Run in a task the service tracks (stop() waits for it)."""
+        task = asyncio.create_task(self._run(run), name=f"remediation-{run.action}-{run.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- running ----------------------------------------------------------------------------------------
+    async def run_to_completion(self, run: Run) -> Run:
+        """Plan on a fresh snapshot and execute; always releases the claim and records the run.
+
+        Shielded from the caller's cancellation (a client hanging up on a manual run must not leave a run
+        half-recorded); `stop()` ends runs through `executor.stopping` instead.
+        """
+        return await asyncio.shield(self.start_background(run))
+
+    async def _run(self, run: Run) -> Run:
+        action = self.config.actions[run.action]
+        try:
+            snapshot = await self.poller.poll_once()
+            if not self.poller.up or snapshot is None:
+                run.result = "failure"
+                run.detail = f"engine unreachable: {self.poller.last_error or 'no snapshot'}"
+                run.finished_at = self.clock()
+            else:
+                if action.type != "build_cache":
+                    snapshot = await self._with_shared_sizes(snapshot)
+                plan = make_plan(snapshot, action, self.config.protect, self.clock())
+                log.info(
+                    "remediation run %s: %s (%s, trigger %s, dry_run=%s): %d candidates, %d skipped, ~%d bytes",
+                    run.run_id,
+                    run.action,
+                    action.type,
+                    run.trigger,
+                    run.dry_run,
+                    len(plan.candidates),
+                    len(plan.skipped),
+                    plan.estimated_bytes,
+                )
+                await self.executor.execute(run, plan, action)
+        except Exception as exc:  # a bug must not leave the action claimed forever
+            log.exception("remediation run %s of %s crashed", run.run_id, run.action)
+            run.result = "failure"
+            run.detail = f"internal error: {exc}"
+            run.finished_at = self.clock()
+        finally:
+            self.executor.end(run.action)
+            self._record(run)
+            self.poller.wake()
+        return run
+
+    async def _with_shared_sizes(self, snapshot: Snapshot) -> Snapshot:
+        """Unique sizes need SharedSize, which API 1.41 only gives in /system/df: refresh it when missing."""
+        if all(image.shared_size is not None for image in snapshot.images):
+            return snapshot
+        engine = snapshot.engine
+        types = ("image",) if engine is not None and api_at_least(engine.api_version, "1.42") else None
+        try:
+            raw = await self.engine.disk_usage(types)
+        except EngineError as exc:
+            log.warning("cannot refresh shared sizes (/system/df): %s; sizes are totals (upper bounds)", exc)
+            return snapshot
+        self.poller.set_disk_usage(apishapes.parse_disk_usage(raw, self.clock()))
+        return self.poller.snapshot or snapshot
+
+    def _record(self, run: Run) -> None:
+        result = run.result or "failure"
+        m = self.metrics
+        m.runs.labels(run.action, run.trigger, result).inc()
+        m.images_deleted.labels(run.action).inc(run.images_deleted)
+        m.reclaimed.labels(run.action).inc(run.reclaimed_bytes)
+        for outcome in run.outcomes:
+            if outcome.skip_reason is not None:
+                m.skipped.labels(run.action, outcome.skip_reason).inc()
+        m.last_run.labels(run.action).set(run.finished_at or self.clock())
+        m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
+        self.history.appendleft(run.summary())
+        log.info(
+            "remediation run %s of %s ended: %s, %d images deleted, %d bytes reclaimed%s",
+            run.run_id,
+            run.action,
+            result,
+            run.images_deleted,
+            run.reclaimed_bytes,
+            f" ({run.detail})" if run.detail else "",
+        )

@@ -21,6 +21,7 @@ from tests.harness.dockerd import PrivateDockerd, free_port, isolated_env
 from tests.harness.exporter import ExporterProcess, parse_samples
 from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import LoadedScenario
+from tests.harness.requires import require_programs
 
 pytestmark = pytest.mark.engine
 
@@ -64,9 +65,7 @@ def exporter(scene: LoadedScenario, exporter_factory: ExporterFactory, tmp_path:
 
 
 def _series(text: str, name: str) -> dict[tuple[str, str, str], float]:
-    return {
-        (lbl["repository"], lbl["tag"], lbl["image_id"]): v for n, lbl, v in parse_samples(text) if n == name
-    }
+    return {(lbl["repository"], lbl["tag"], lbl["image_id"]): v for n, lbl, v in parse_samples(text) if n == name}
 
 
 def test_every_metric_matches_the_engine(scene: LoadedScenario, exporter: ExporterProcess) -> None:
@@ -169,8 +168,11 @@ def test_series_cap_keeps_largest_and_totals(
 ) -> None:
     exp = exporter_factory(
         scene.engine,
-        {"metrics": {"max_image_series": 3}, "filesystem": {"path": str(scene.engine.data_root)},
-         "state": {"path": str(tmp_path / "s.json")}},
+        {
+            "metrics": {"max_image_series": 3},
+            "filesystem": {"path": str(scene.engine.data_root)},
+            "state": {"path": str(tmp_path / "s.json")},
+        },
     )
     text = exp.metrics_text()
     raw_images = scene.engine.client().api.images()
@@ -181,21 +183,15 @@ def test_series_cap_keeps_largest_and_totals(
     assert exp.sample("docker_exporter_image_series_dropped") == rows - 3
     assert exp.sample("docker_images") == len(raw_images)  # totals never depend on the cap
 
-    off = exporter_factory(
-        scene.engine, {"metrics": {"per_image": False}, "state": {"path": str(tmp_path / "t.json")}}
-    )
+    off = exporter_factory(scene.engine, {"metrics": {"per_image": False}, "state": {"path": str(tmp_path / "t.json")}})
     assert off.samples("docker_image_size_bytes") == []
     assert off.sample("docker_images") == len(raw_images)
 
 
 def test_promtool_accepts_the_exposition(exporter: ExporterProcess) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool missing (make test installs Debian's prometheus)") if os.environ.get(
-            "CI"
-        ) == "true" else pytest.skip("promtool missing")
+    require_programs("promtool")
     text = exporter.metrics_text()
-    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    result = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert not result.stdout.strip() and not result.stderr.strip(), (result.stdout + result.stderr).decode()
 
@@ -213,8 +209,11 @@ def test_rmi_shows_within_two_seconds_via_events(
 ) -> None:
     exp = exporter_factory(
         mutable,
-        {"poll": {"interval": "10m"}, "filesystem": {"path": str(mutable.data_root)},
-         "state": {"path": str(tmp_path / "s.json")}},
+        {
+            "poll": {"interval": "10m"},
+            "filesystem": {"path": str(mutable.data_root)},
+            "state": {"path": str(tmp_path / "s.json")},
+        },
     )
     before = exp.sample("docker_images")
     assert exp.sample("docker_image_size_bytes", {"repository": "team/web", "tag": "0.9"}) is not None
@@ -245,7 +244,7 @@ def test_container_start_records_last_used_and_persists(
     used = exp.wait_for(
         lambda: exp.sample("docker_image_last_used_timestamp_seconds", labels), timeout=10, what="last used"
     )
-    assert before - 1 <= used <= time.time() + 1
+    assert used is not None and before - 1 <= used <= time.time() + 1
     exp.stop()
     assert state.exists()
     again = exporter_factory(mutable, config)
@@ -262,12 +261,8 @@ def test_corrupt_state_file_is_survivable(
     assert "ignoring unreadable image history" in exp.logs()
 
 
-def test_engine_outage_and_recovery(
-    mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
-) -> None:
-    exp = exporter_factory(
-        mutable, {"poll": {"interval": "2s"}, "state": {"path": str(tmp_path / "s.json")}}
-    )
+def test_engine_outage_and_recovery(mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path) -> None:
+    exp = exporter_factory(mutable, {"poll": {"interval": "2s"}, "state": {"path": str(tmp_path / "s.json")}})
     images = exp.sample("docker_images")
     taken = exp.sample("docker_exporter_snapshot_timestamp_seconds")
     mutable.kill()

@@ -1,0 +1,107 @@
+"""The collector renders a snapshot faithfully; built from normalised payloads, no engine needed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import MappingProxyType
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.collector import SnapshotCollector, image_series
+from exporter.config import MetricsConfig
+from exporter.selfmetrics import PollMetrics
+from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+
+
+def image(
+    id_: str, size: int, *refs: str, shared: int | None = 0, containers: int = 0, digests: tuple[str, ...] = ()
+) -> Image:
+    return Image(
+        id=f"sha256:{id_ * 64}"[:71],
+        refs=tuple(r for r in (ImageRef.parse(x) for x in refs) if r is not None),
+        digests=digests,
+        created=1000.0,
+        size=size,
+        shared_size=shared,
+        labels=MappingProxyType({}),
+        containers=containers,
+    )
+
+
+class FakePoller:
+    def __init__(self, snapshot: Snapshot | None, up: bool = True) -> None:
+        self.snapshot = snapshot
+        self.up = up
+
+
+def render(snapshot: Snapshot | None, up: bool = True, **metrics: object) -> tuple[CollectorRegistry, str]:
+    registry = CollectorRegistry()
+    PollMetrics(registry)
+    registry.register(SnapshotCollector(FakePoller(snapshot, up), MetricsConfig(**metrics)))  # type: ignore[arg-type]
+    return registry, generate_latest(registry).decode()
+
+
+SNAP = Snapshot(
+    taken_at=1234.0,
+    engine=EngineInfo("20.10.24", "1.41", "overlay2", "linux", "amd64"),
+    images=(
+        image("a", 500, "app:1", "app:latest", "reg.local:5000/team/app:1", shared=100, containers=1),
+        image("b", 300, shared=None),
+        image("c", 200, "app:0", digests=("app@sha256:x",)),
+    ),
+    disk_usage=DiskUsage(1200.0, 700, 250, MappingProxyType({}), BuildCache(50, 20, 3)),
+    filesystem=Filesystem("/var/lib/docker", 10_000, 2_500),
+)
+
+
+def test_totals_and_repositories() -> None:
+    reg, _ = render(SNAP)
+    v = reg.get_sample_value
+    assert v("docker_up") == 1
+    assert v("docker_images") == 3
+    assert v("docker_images_size_bytes") == 1000
+    assert v("docker_images_dangling") == 1 and v("docker_images_dangling_size_bytes") == 300
+    assert v("docker_images_unused") == 2
+    assert v("docker_images_local_only") == 1  # "a" is tagged with no digest; "c" has one
+    assert v("docker_images_disk_usage_bytes") == 700 and v("docker_images_reclaimable_bytes") == 250
+    assert v("docker_repository_images", {"repository": "app"}) == 2
+    assert v("docker_repository_tags", {"repository": "app"}) == 3
+    assert v("docker_repository_size_bytes", {"repository": "app"}) == 700
+    assert v("docker_repository_tags", {"repository": "reg.local:5000/team/app"}) == 1
+    assert v("docker_build_cache_entries") == 3
+    assert v("docker_filesystem_avail_bytes", {"path": "/var/lib/docker"}) == 2500
+
+
+def test_per_tag_series_and_unknown_shared_size() -> None:
+    reg, _ = render(SNAP)
+    v = reg.get_sample_value
+    a = {"repository": "app", "tag": "latest", "image_id": "a" * 12}
+    assert v("docker_image_size_bytes", a) == 500
+    assert v("docker_image_unique_size_bytes", a) == 400
+    assert v("docker_image_containers", a) == 1
+    none = {"repository": "<none>", "tag": "<none>", "image_id": "b" * 12}
+    assert v("docker_image_size_bytes", none) == 300
+    assert v("docker_image_shared_size_bytes", none) is None  # unknown is absent, not zero
+
+
+def test_cap_drops_smallest_and_counts_them() -> None:
+    reg, _ = render(SNAP, max_image_series=2)
+    assert reg.get_sample_value("docker_exporter_image_series_dropped") == 3  # 6 rows, 2 kept
+    assert reg.get_sample_value("docker_images") == 3
+    assert [str(r) for _, r in image_series(SNAP.images)][:3] == ["app:1", "app:latest", "reg.local:5000/team/app:1"]
+
+
+def test_before_first_poll_only_health() -> None:
+    reg, text = render(None, up=False)
+    assert reg.get_sample_value("docker_up") == 0
+    assert "docker_images " not in text
+
+
+def test_every_exported_name_is_documented() -> None:
+    _, text = render(SNAP)
+    documented = set(re.findall(r"`(docker_[a-z_]+)`", DOCS.read_text()))
+    exported = set(re.findall(r"^(docker_\w+)[{ ]", text, re.M))
+    assert exported and not exported - documented, f"document in docs/metrics.md: {sorted(exported - documented)}"
