@@ -9,7 +9,7 @@ BASE_IMAGE ?= python:3.12-slim
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck pytest test-deps venv bench image test-engines clean dashboards
+.PHONY: run test lint typecheck pytest test-deps venv bench image test-engines clean dashboards helm-assets
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,15 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
-## dashboards: regenerate dashboards/*.json from their generator
+## dashboards: regenerate the alert rules, dashboards/*.json (they share thresholds) and the Helm chart's copies
 dashboards: venv
+	$(BIN)/python -m alerts.render
 	$(BIN)/python -m dashboards.generate
+	$(MAKE) helm-assets
+
+## helm-assets: copy dashboards and rules into the chart (Helm reads only files inside it); tests fail on drift
+helm-assets: venv
+	$(BIN)/python scripts/sync-helm-assets.py
 
 ## bench: benchmarks against a private engine; results land in benchmarks/results/
 bench: test-deps venv

@@ -22,7 +22,11 @@ pytestmark = pytest.mark.engine
 
 _ENGINE = os.environ.get("DIE_ENGINE", "").strip() or "bookworm"
 # Other engines give other IDs and sizes (the containerd store), so each engine of the matrix has its own file.
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / ("metrics.prom" if _ENGINE == "bookworm" else f"metrics-{_ENGINE}.prom")
+GOLDEN = (
+    Path(__file__).resolve().parents[1]
+    / "golden"
+    / ("metrics.prom" if _ENGINE == "bookworm" else f"metrics-{_ENGINE}.prom")
+)
 FIXED_NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 VOLATILE_VALUES = re.compile(
     r"^(docker_exporter_(snapshot|disk_usage)_timestamp_seconds|docker_exporter_.*duration_seconds|"

@@ -145,7 +145,7 @@ def test_config_check_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "metrics.max_image_series" in capsys.readouterr().err
 
 
-def test_shipped_examples_are_valid() -> None:
-    root = Path(__file__).resolve().parents[2]
-    for path in [root / "examples" / "config.yaml", *sorted((root / "examples").glob("**/exporter*.y*ml"))]:
-        load_config(path)
+def test_make_run_config_is_valid() -> None:
+    # the compose example's config is checked in test_compose.py, with its container paths mapped
+    config = load_config(Path(__file__).resolve().parents[2] / "examples" / "config.yaml")
+    assert not config.remediation.enabled  # `make run` only reads

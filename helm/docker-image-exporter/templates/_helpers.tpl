@@ -1,0 +1,168 @@
+{{/* Chart name (nameOverride wins). */}}
+{{- define "docker-image-exporter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name; release name alone when it already contains the chart name. */}}
+{{- define "docker-image-exporter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "docker-image-exporter.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "docker-image-exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "docker-image-exporter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "docker-image-exporter.labels" -}}
+helm.sh/chart: {{ include "docker-image-exporter.chart" . }}
+{{ include "docker-image-exporter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "docker-image-exporter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "docker-image-exporter.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "docker-image-exporter.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Paths inside the container. */}}
+{{- define "docker-image-exporter.configDir" -}}/etc/docker-image-exporter/config{{- end }}
+{{- define "docker-image-exporter.secretDir" -}}/etc/docker-image-exporter/secrets{{- end }}
+{{- define "docker-image-exporter.stateDir" -}}/var/lib/docker-image-exporter{{- end }}
+
+{{/* "true" when config.remediation.enabled is true, else empty. */}}
+{{- define "docker-image-exporter.remediationEnabled" -}}
+{{- $rem := get (.Values.config | default dict) "remediation" | default dict }}
+{{- if eq (toString (get $rem "enabled")) "true" }}true{{ end }}
+{{- end }}
+
+{{/* Name of the Secret holding the webhook credentials. */}}
+{{- define "docker-image-exporter.secretName" -}}
+{{- default (printf "%s-webhook" (include "docker-image-exporter.fullname" .)) .Values.webhookAuth.existingSecret }}
+{{- end }}
+
+{{/* Which credential files exist ("true" or empty). */}}
+{{- define "docker-image-exporter.hasBearer" -}}
+{{- if .Values.webhookAuth.existingSecret }}
+{{- if .Values.webhookAuth.existingSecretKeys.bearerToken }}true{{ end }}
+{{- else if .Values.webhookAuth.bearerToken }}true{{ end }}
+{{- end }}
+
+{{- define "docker-image-exporter.hasBasic" -}}
+{{- if .Values.webhookAuth.existingSecret }}
+{{- if .Values.webhookAuth.existingSecretKeys.basicAuthPassword }}true{{ end }}
+{{- else if .Values.webhookAuth.basicAuth.password }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the pod mounts the credentials Secret. */}}
+{{- define "docker-image-exporter.mountSecret" -}}
+{{- if and (include "docker-image-exporter.remediationEnabled" .) (or (include "docker-image-exporter.hasBearer" .) (include "docker-image-exporter.hasBasic" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+The exporter's config file: .Values.config plus what the chart knows (where it mounts the socket, the data
+root, the state directory and the credential files). Explicit settings in .Values.config win, except that
+credentials are never accepted twice.
+*/}}
+{{- define "docker-image-exporter.config" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- $docker := get $cfg "docker" | default dict }}
+{{- if not (hasKey $docker "host") }}
+{{- $_ := set $docker "host" "unix:///var/run/docker.sock" }}
+{{- end }}
+{{- $_ := set $cfg "docker" $docker }}
+{{- $fs := get $cfg "filesystem" | default dict }}
+{{- if not (hasKey $fs "path") }}
+{{- $_ := set $fs "path" .Values.hostPaths.dockerDataRoot }}
+{{- end }}
+{{- $_ := set $cfg "filesystem" $fs }}
+{{- $state := get $cfg "state" | default dict }}
+{{- if not (hasKey $state "path") }}
+{{- $_ := set $state "path" (printf "%s/state.json" (include "docker-image-exporter.stateDir" .)) }}
+{{- end }}
+{{- $_ := set $cfg "state" $state }}
+{{- if include "docker-image-exporter.remediationEnabled" . }}
+{{- $rem := get $cfg "remediation" }}
+{{- $auth := get $rem "auth" | default dict }}
+{{- $secretDir := include "docker-image-exporter.secretDir" . }}
+{{- if include "docker-image-exporter.hasBearer" . }}
+{{- if or (hasKey $auth "bearer_token") (hasKey $auth "bearer_token_file") }}
+{{- fail "set the bearer token either in webhookAuth or in config.remediation.auth, not both" }}
+{{- end }}
+{{- $_ := set $auth "bearer_token_file" (printf "%s/bearer-token" $secretDir) }}
+{{- end }}
+{{- if include "docker-image-exporter.hasBasic" . }}
+{{- if hasKey $auth "basic_auth" }}
+{{- fail "set basic auth either in webhookAuth or in config.remediation.auth, not both" }}
+{{- end }}
+{{- if not .Values.webhookAuth.basicAuth.username }}
+{{- fail "webhookAuth.basicAuth.username is required with a basic-auth password" }}
+{{- end }}
+{{- $_ := set $auth "basic_auth" (dict "username" .Values.webhookAuth.basicAuth.username "password_file" (printf "%s/basic-auth-password" $secretDir)) }}
+{{- end }}
+{{- if not (or (hasKey $auth "bearer_token") (hasKey $auth "bearer_token_file") (hasKey $auth "basic_auth")) }}
+{{- fail "config.remediation.enabled needs credentials: set webhookAuth.bearerToken, webhookAuth.basicAuth or webhookAuth.existingSecret" }}
+{{- end }}
+{{- $_ := set $rem "auth" $auth }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/*
+Threshold formatting for the PrometheusRule, matching alerts/render.py: promNumber = `_num` (integers
+without a decimal point, other numbers in shortest form), promPercent = `_pct` (0.15 -> 15%), promBytes =
+`_bytes` (5368709120 -> 5GiB). Strings pass through unchanged.
+*/}}
+{{- define "docker-image-exporter.promNumber" -}}
+{{- if kindIs "string" . }}{{ . }}
+{{- else if eq (float64 .) (floor .) }}{{ int64 . }}
+{{- else }}{{ toString (float64 .) }}
+{{- end }}
+{{- end }}
+
+{{- define "docker-image-exporter.promPercent" -}}
+{{- if kindIs "string" . }}{{ . }}
+{{- else }}{{ printf "%.6g%%" (mulf . 100) }}
+{{- end }}
+{{- end }}
+
+{{- define "docker-image-exporter.promBytes" -}}
+{{- if kindIs "string" . }}{{ . }}
+{{- else }}
+{{- $v := float64 . }}
+{{- if ge $v 1099511627776.0 }}{{ printf "%.6gTiB" (divf $v 1099511627776) }}
+{{- else if ge $v 1073741824.0 }}{{ printf "%.6gGiB" (divf $v 1073741824) }}
+{{- else if ge $v 1048576.0 }}{{ printf "%.6gMiB" (divf $v 1048576) }}
+{{- else if ge $v 1024.0 }}{{ printf "%.6gKiB" (divf $v 1024) }}
+{{- else }}{{ printf "%.6gB" $v }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,180 @@
+"""The engine compatibility matrix: the engine-backed integration suite once per engine kind.
+
+``python -m tests.harness.matrix`` (``make test-engines``) prepares each engine (see ``engines.py``), starts
+it once to learn its API version, then runs ``pytest -m engine tests/integration`` with ``DIE_ENGINE=<name>``
+so the harness fixtures start that engine instead of bookworm's. It prints one summary row per engine and
+exits non-zero if any engine could not be prepared or any test failed.
+
+Choose engines with ``DIE_ENGINES=bookworm,sid-containerd`` or as arguments; pytest arguments go after
+``--`` (``python -m tests.harness.matrix sid -- -k events``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tests.harness.engines import ENGINE_NAMES, EngineUnavailable, prepare_engine, start_engine
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Row:
+    """One engine's outcome; ``status`` is ok, failed, no-tests or unavailable."""
+
+    engine: str
+    status: str = "ok"
+    api_version: str = "-"
+    store: str = "-"
+    start_seconds: float = 0.0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.status in ("failed", "unavailable")
+
+
+def _selected(args: list[str]) -> list[str]:
+    names = args or [n.strip() for n in os.environ.get("DIE_ENGINES", "").split(",") if n.strip()]
+    names = names or list(ENGINE_NAMES)
+    unknown = [n for n in names if n not in ENGINE_NAMES]
+    if unknown:
+        raise SystemExit(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINE_NAMES)}")
+    return names
+
+
+def _probe(row: Row) -> None:
+    """Start the engine once on its own: proves it runs here and gives the API version for the table."""
+    spec = prepare_engine(row.engine)
+    row.store = "containerd" if spec.containerd_store else ("podman" if spec.kind == "podman" else "classic")
+    workdir = Path(tempfile.mkdtemp(prefix=f"die-probe-{row.engine[:6]}-", dir="/tmp"))
+    try:
+        started = time.monotonic()
+        engine = start_engine(spec, workdir)
+        row.start_seconds = time.monotonic() - started
+        try:
+            row.api_version = engine.api_version()
+        finally:
+            engine.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"matrix: {row.engine}: {spec.description}; API {row.api_version}; started in {row.start_seconds:.1f}s")
+
+
+def _count(junit: Path, row: Row) -> None:
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    for suite in suites:
+        total = int(suite.get("tests", 0))
+        row.failed += int(suite.get("failures", 0))
+        row.errors += int(suite.get("errors", 0))
+        row.skipped += int(suite.get("skipped", 0))
+        row.passed += total - int(suite.get("failures", 0)) - int(suite.get("errors", 0)) - int(suite.get("skipped", 0))
+
+
+def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
+    """Prepare, probe and test one engine; every failure ends up in the row, never as an exception."""
+    row = Row(name)
+    started = time.monotonic()
+    try:
+        _probe(row)
+    except EngineUnavailable as exc:
+        row.status, row.note = "unavailable", str(exc).splitlines()[0]
+        row.seconds = time.monotonic() - started
+        return row
+    except Exception as exc:  # the engine did not start: say why in the table, go on with the next one
+        row.status, row.note = "unavailable", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row.seconds = time.monotonic() - started
+        return row
+    with tempfile.TemporaryDirectory(prefix="die-matrix-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        argv = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "engine",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            "-ra",
+            *(pytest_args or ["tests/integration"]),
+        ]
+        env = {**os.environ, "DIE_ENGINE": name}
+        print(f"matrix: {name}: DIE_ENGINE={name} {' '.join(argv[1:])}", flush=True)
+        try:
+            code = subprocess.run(argv, cwd=REPO, env=env, timeout=timeout, check=False).returncode
+        except subprocess.TimeoutExpired:
+            code, row.note = -1, f"timed out after {timeout:.0f}s"
+        if junit.exists():
+            _count(junit, row)
+    row.seconds = time.monotonic() - started
+    if code == 5:  # pytest: nothing collected
+        row.status = "failed" if os.environ.get("CI") == "true" else "no-tests"
+        row.note = row.note or "no engine tests collected"
+    elif code != 0 or row.failed or row.errors:
+        row.status = "failed"
+        row.note = row.note or f"pytest exit {code}"
+    return row
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("engine", "store", "API", "start s", "passed", "failed", "skipped", "errors", "seconds", "status")
+    lines = [head] + [
+        (
+            r.engine,
+            r.store,
+            r.api_version,
+            f"{r.start_seconds:.1f}",
+            str(r.passed),
+            str(r.failed),
+            str(r.skipped),
+            str(r.errors),
+            f"{r.seconds:.0f}",
+            r.status + (f": {r.note}" if r.note else ""),
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in lines
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    pytest_args: list[str] = []
+    if "--" in args:
+        split = args.index("--")
+        args, pytest_args = args[:split], args[split + 1 :]
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.matrix", description=__doc__.split("\n")[0])
+    parser.add_argument("engines", nargs="*", help=f"engine names (default: $DIE_ENGINES or {','.join(ENGINE_NAMES)})")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--timeout", type=float, default=float(os.environ.get("DIE_ENGINE_TIMEOUT", 1800)), help="seconds per engine"
+    )
+    opts = parser.parse_args(args)
+    rows = [run_engine(name, pytest_args, opts.timeout) for name in _selected(opts.engines)]
+    print("\nengine matrix:\n" + format_table(rows), flush=True)
+    if opts.json:
+        opts.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return 1 if any(r.bad for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

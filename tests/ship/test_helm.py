@@ -1,0 +1,454 @@
+"""The Helm chart, checked with Helm's own engine (helm-python-sdk = Helm v4's Go SDK) and Kubernetes schemas.
+
+Every ``ci/*-values.yaml`` scenario lints clean (strict) and renders; every rendered core object validates
+against the Kubernetes 1.30 schemas (strict: unknown fields fail); the prometheus-operator objects are checked
+structurally; the dashboards in the ConfigMaps equal ``dashboards/``; the PrometheusRule equals
+``alerts.render.render_rules`` with the same thresholds; the rendered exporter config passes the exporter's
+own config validation; and the chart's copies of the dashboards and rules have not drifted from the sources.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (in the [test] extra)")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+
+from alerts.render import DEFAULT_THRESHOLDS, render_rules  # noqa: E402
+from exporter.config import parse_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "docker-image-exporter"
+KUBE_VERSION = "1.30.0"
+RELEASE = "die"
+NAMESPACE = "monitoring"
+SCENARIOS = ("default", "remediation", "all")
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+SECRET_DIR = "/etc/docker-image-exporter/secrets"
+
+
+def scenario_values(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text()) or {}
+    assert isinstance(data, dict)
+    return data
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart renders for `values` (NOTES.txt left out)."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects: list[dict[str, Any]] = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                assert isinstance(doc, dict), f"{path}: not a mapping"
+                objects.append(doc)
+    return objects
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def exporter_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "exporter")
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: render(scenario_values(name)) for name in SCENARIOS}
+
+
+def _sync_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sync_helm_assets", ROOT / "scripts" / "sync-helm-assets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("sync_helm_assets", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------- lint/schema
+
+
+def test_every_scenario_file_exists() -> None:
+    assert sorted(p.name for p in (CHART / "ci").glob("*-values.yaml")) == sorted(f"{s}-values.yaml" for s in SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_lint_is_clean(scenario: str) -> None:
+    report = helm.lint(CHART, scenario_values(scenario), strict=True, kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"imagee": {"tag": "x"}},
+        {"web": {"port": 70000}},
+        {"log": {"format": "text"}},
+        {"prometheusRule": {"thresholds": {"disk_for": ["5m"]}}},
+        {"serviceMonitor": {"enabled": "yes"}},
+    ],
+)
+def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"remediation": {"enabled": True}}}, "needs credentials"),
+        (
+            {
+                "config": {"remediation": {"enabled": True, "auth": {"bearer_token": "x"}}},
+                "webhookAuth": {"bearerToken": "y"},
+            },
+            "not both",
+        ),
+        (
+            {"config": {"remediation": {"enabled": True}}, "webhookAuth": {"basicAuth": {"password": "p"}}},
+            "username is required",
+        ),
+        ({"prometheusRule": {"enabled": True, "thresholds": {"disk_avail_ratio": 0.1}}}, "unknown threshold"),
+        ({"prometheusRule": {"enabled": True, "thresholds": {"disk_for": 300}}}, "must be a string"),
+        (
+            {"prometheusRule": {"enabled": True, "thresholds": {"disk_avail_ratio_warning_clear": 0.1}}},
+            "clears at",
+        ),
+    ],
+)
+def test_render_refuses_inconsistent_values(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(values)
+
+
+# --------------------------------------------------------------------------------------------- objects
+
+
+EXPECTED_KINDS: dict[str, Counter[str]] = {
+    "default": Counter(ConfigMap=1, DaemonSet=1, Service=2, ServiceAccount=1),
+    "remediation": Counter(ConfigMap=1, DaemonSet=1, Service=2, ServiceAccount=1, Secret=1),
+    # dashboards: one ConfigMap each (counted in the test)
+    "all": Counter(DaemonSet=1, Service=2, ServiceAccount=1, ServiceMonitor=1, PrometheusRule=1, NetworkPolicy=1),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_renders_the_expected_objects(rendered: dict[str, list[dict[str, Any]]], scenario: str) -> None:
+    kinds = Counter(o["kind"] for o in rendered[scenario])
+    expected = Counter(EXPECTED_KINDS[scenario])
+    if scenario == "all":
+        expected["ConfigMap"] = 1 + len(list((ROOT / "dashboards").glob("*.json")))
+    assert kinds == expected
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_core_objects_validate_strictly(rendered: dict[str, list[dict[str, Any]]], scenario: str) -> None:
+    checked = 0
+    for obj in rendered[scenario]:
+        if obj["kind"] in OPERATOR_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = "/".join(str(p) for p in exc.path)
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {path}: {exc.message}")
+        checked += 1
+    assert checked >= 5
+
+
+def test_service_monitor_structure(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["all"]
+    sm = one(objects, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["namespace"] == "monitoring"
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert set(sm["spec"]) <= {"endpoints", "selector", "namespaceSelector", "jobLabel"}
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics" and endpoint["interval"] == "15s"
+    assert endpoint["relabelings"][0]["targetLabel"] == "node"
+    # the selector picks exactly one Service (the headless one would double every target) with port http
+    selector = sm["spec"]["selector"]
+    matching = [s for s in by_kind(objects, "Service") if _selects(selector, s["metadata"].get("labels", {}))]
+    assert [s["spec"].get("clusterIP") for s in matching] == [None]
+    assert [p["name"] for p in matching[0]["spec"]["ports"]] == ["http"]
+    # the job label is the Service's app.kubernetes.io/name, which the DockerImageExporterDown rule matches
+    assert matching[0]["metadata"]["labels"][sm["spec"]["jobLabel"]] == "docker-image-exporter"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        present = expr["key"] in labels
+        if expr["operator"] == "DoesNotExist" and present:
+            return False
+        if expr["operator"] == "Exists" and not present:
+            return False
+    return True
+
+
+def test_service_and_headless_service_select_the_pods(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for scenario in SCENARIOS:
+        objects = rendered[scenario]
+        pod_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+        services = by_kind(objects, "Service")
+        assert sorted(s["spec"].get("clusterIP", "") for s in services) == ["", "None"]
+        for svc in services:
+            assert _selects({"matchLabels": svc["spec"]["selector"]}, pod_labels)
+            assert svc["spec"]["ports"][0]["targetPort"] == "http"
+
+
+# --------------------------------------------------------------------------------------------- daemonset
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]], scenario: str) -> None:
+    objects = rendered[scenario]
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    container = exporter_container(objects)
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10151
+    assert pod["automountServiceAccountToken"] is False
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    # writable places despite the read-only root: state/audit directory and /tmp only
+    writable = {m["mountPath"] for m in mounts.values() if not m.get("readOnly")}
+    remediation = scenario != "default"
+    assert writable == {"/var/lib/docker-image-exporter", "/tmp"} | ({"/var/run/docker.sock"} if remediation else set())
+    assert mounts["docker-data-root"]["readOnly"] is True
+    # the socket is read-write exactly when remediation is on (deleting images needs it)
+    assert mounts["docker-socket"]["readOnly"] is (not remediation)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["docker-socket"]["hostPath"]["type"] == "Socket"
+    values = scenario_values(scenario)
+    host_paths = {"dockerSocket": "/var/run/docker.sock", "dockerDataRoot": "/var/lib/docker"}
+    host_paths.update(values.get("hostPaths", {}))
+    assert volumes["docker-socket"]["hostPath"]["path"] == host_paths["dockerSocket"]
+    assert volumes["docker-data-root"]["hostPath"]["path"] == host_paths["dockerDataRoot"]
+    assert mounts["docker-data-root"]["mountPath"] == host_paths["dockerDataRoot"]
+    assert pod["securityContext"]["supplementalGroups"] == [values.get("dockerSocketGroup", 0)]
+
+
+def test_state_on_host_path_gets_a_chown_init_container(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pod = one(rendered["remediation"], "DaemonSet")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["state"]["hostPath"]["path"] == "/var/lib/docker-image-exporter"
+    (init,) = pod["initContainers"]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    default_pod = one(rendered["default"], "DaemonSet")["spec"]["template"]["spec"]
+    assert "emptyDir" in {v["name"]: v for v in default_pod["volumes"]}["state"]
+    assert "initContainers" not in default_pod
+
+
+def test_args_follow_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    args = exporter_container(rendered["all"])["args"]
+    assert "--web.listen-address=:9999" in args
+    assert "--log.format=json" in args and "--log.level=debug" in args
+    assert args[0] == "--config.file=/etc/docker-image-exporter/config/config.yaml"
+    assert args[-1] == "--docker.host=unix:///var/run/docker.sock"
+    assert exporter_container(rendered["all"])["image"].endswith(
+        "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    )
+    assert exporter_container(rendered["default"])["image"].endswith(":0.1.0")
+
+
+# --------------------------------------------------------------------------------------------- config/secret
+
+
+def _config(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    cms = [c for c in by_kind(objects, "ConfigMap") if "config.yaml" in c.get("data", {})]
+    assert len(cms) == 1
+    data = yaml.safe_load(cms[0]["data"]["config.yaml"])
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_config_passes_the_exporters_validation(
+    rendered: dict[str, list[dict[str, Any]]], scenario: str, tmp_path: Path
+) -> None:
+    config = _config(rendered[scenario])
+    # the credential files the pod would mount, here in tmp_path
+    (tmp_path / "bearer-token").write_text("t0ken\n")
+    (tmp_path / "basic-auth-password").write_text("pw\n")
+    text = yaml.safe_dump(config).replace(SECRET_DIR, str(tmp_path))
+    parsed = parse_config(yaml.safe_load(text))
+    values = scenario_values(scenario)
+    assert parsed.docker.host == "unix:///var/run/docker.sock"
+    assert parsed.filesystem.path == values.get("hostPaths", {}).get("dockerDataRoot", "/var/lib/docker")
+    assert parsed.state.path == "/var/lib/docker-image-exporter/state.json"
+    assert parsed.remediation.enabled is (scenario != "default")
+    if scenario == "remediation":
+        assert parsed.remediation.auth.bearer_token == "t0ken"
+        assert parsed.remediation.auth.basic_auth is not None
+        assert parsed.remediation.auth.basic_auth.username == "alertmanager"
+        assert parsed.remediation.auth.basic_auth.password == "pw"
+        assert [r.action for r in parsed.remediation.routes] == ["free-disk", "clean-dangling"]
+    if scenario == "all":
+        assert parsed.poll.interval == 15 and parsed.remediation.dry_run is True
+        assert parsed.remediation.auth.bearer_token == "t0ken" and parsed.remediation.auth.basic_auth is None
+
+
+def test_webhook_credentials_reach_the_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["remediation"]
+    secret = one(objects, "Secret")
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
+        "bearer-token": "ci-bearer-token",
+        "basic-auth-password": "ci-basic-password",
+    }
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["webhook-auth"]["secret"]
+    assert volume["secretName"] == secret["metadata"]["name"]
+    assert {i["key"]: i["path"] for i in volume["items"]} == {
+        "bearer-token": "bearer-token",
+        "basic-auth-password": "basic-auth-password",
+    }
+    config = _config(objects)
+    assert config["remediation"]["auth"] == {
+        "bearer_token_file": f"{SECRET_DIR}/bearer-token",
+        "basic_auth": {"username": "alertmanager", "password_file": f"{SECRET_DIR}/basic-auth-password"},
+    }
+    # no credential ever lands in the ConfigMap
+    assert "ci-bearer-token" not in json.dumps(by_kind(objects, "ConfigMap"))
+    # existingSecret: nothing created, the named key is mounted
+    all_objects = rendered["all"]
+    assert by_kind(all_objects, "Secret") == []
+    pod = one(all_objects, "DaemonSet")["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["webhook-auth"]["secret"]
+    assert volume["secretName"] == "docker-image-exporter-webhook"
+    assert volume["items"] == [{"key": "token", "path": "bearer-token"}]
+    # remediation off: no credentials mounted even if given
+    default = render({"webhookAuth": {"bearerToken": "unused"}})
+    assert by_kind(default, "Secret") == []
+    assert "webhook-auth" not in {m["name"] for m in exporter_container(default)["volumeMounts"]}
+
+
+# --------------------------------------------------------------------------------------------- assets
+
+
+def test_dashboards_equal_the_source(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    sources = {p.name: json.loads(p.read_text()) for p in sorted((ROOT / "dashboards").glob("*.json"))}
+    assert sources, "dashboards/*.json is empty: the chart would ship no dashboards"
+    found: dict[str, Any] = {}
+    for cm in by_kind(rendered["all"], "ConfigMap"):
+        if cm["metadata"]["labels"].get("grafana_dashboard") == "1":
+            assert cm["metadata"]["annotations"] == {"grafana_folder": "Docker"}
+            assert cm["metadata"]["namespace"] == "monitoring"
+            for key, text in cm["data"].items():
+                found[key] = json.loads(text)
+    assert found == sources
+
+
+def _prometheus_rule(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    rule = one(objects, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule["spec"]) == {"groups"}
+    for group in rule["spec"]["groups"]:
+        assert set(group) == {"name", "rules"}
+        for r in group["rules"]:
+            assert {"alert", "expr", "labels", "annotations"} <= set(r)
+    return rule
+
+
+def _scaled_thresholds() -> dict[str, Any]:
+    """Every threshold changed: ratios x0.9, integers x3 (+1), durations and strings replaced."""
+    out: dict[str, Any] = {}
+    for key, value in DEFAULT_THRESHOLDS.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            out[key] = value * 3 + 1
+        elif isinstance(value, float):
+            out[key] = round(value * 0.9, 6)
+        elif key == "exporter_job_regex":
+            out[key] = "my-exporter|docker-image-exporter"
+        else:
+            out[key] = "17m"
+    return out
+
+
+@pytest.mark.parametrize("case", ["defaults", "all-values", "every-threshold-changed"])
+def test_prometheus_rule_equals_the_alerts_source(rendered: dict[str, list[dict[str, Any]]], case: str) -> None:
+    if case == "all-values":
+        objects = rendered["all"]
+        thresholds = scenario_values("all")["prometheusRule"]["thresholds"]
+    else:
+        thresholds = {} if case == "defaults" else _scaled_thresholds()
+        objects = render({"prometheusRule": {"enabled": True, "thresholds": thresholds}})
+    rule = _prometheus_rule(objects)
+    assert rule["spec"]["groups"] == render_rules(thresholds)["groups"]
+
+
+def test_chart_assets_have_not_drifted_from_the_sources() -> None:
+    problems = _sync_module().drift()
+    assert problems == [], "run `python scripts/sync-helm-assets.py`:\n" + "\n".join(problems)
+
+
+def test_drift_check_notices_a_changed_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drift test is only worth something if a stale copy makes it fail."""
+    sync = _sync_module()
+    files = sync.expected_files()
+    fake_chart = tmp_path / "files"
+    for path, content in files.items():
+        target = fake_chart / path.relative_to(sync.FILES)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    monkeypatch.setattr(sync, "RULES_DST", fake_chart / "alerts" / "rules.yaml")
+    monkeypatch.setattr(sync, "DEFAULTS_DST", fake_chart / "alerts" / "default-thresholds.yaml")
+    monkeypatch.setattr(sync, "DASHBOARDS_DST", fake_chart / "dashboards")
+    monkeypatch.setattr(sync, "FILES", fake_chart)
+    monkeypatch.setattr(sync, "ROOT", tmp_path)
+    assert sync.drift() == []
+    rules = fake_chart / "alerts" / "rules.yaml"
+    rules.write_text(rules.read_text().replace("for: '@@str:disk_for@@'", "for: 5m", 1))
+    stale = fake_chart / "dashboards" / "removed-upstream.json"
+    stale.write_text("{}")
+    problems = sync.drift()
+    assert any("rules.yaml" in p for p in problems) and any("removed-upstream.json" in p for p in problems)
+
+
+def _walk(obj: Any) -> Iterator[str]:
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def test_no_placeholder_survives_rendering(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    leftovers = [s for s in _walk(rendered["all"]) if "@@" in s]
+    assert leftovers == []

@@ -1,0 +1,302 @@
+"""The alert rules: committed file equals the renderer, promtool accepts them, and promtool's unit tests prove
+each alert fires and stays quiet — and fail when the rules are broken on purpose (mutation controls)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from alerts import render
+from alerts.render import DEFAULT_THRESHOLDS, REMEDIATION_LABELS, dump_rules, render_rules, render_rules_text
+from tests.harness.dockerd import find_program
+from tests.harness.requires import require_programs
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "alerts" / "docker-image-exporter.rules.yml"
+TESTS_DIR = REPO / "alerts" / "tests"
+TEST_FILES = sorted(TESTS_DIR.glob("*.test.yml"))
+
+
+def _promtool() -> str:
+    require_programs("promtool")
+    path = find_program("promtool")
+    assert path is not None
+    return path
+
+
+def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
+
+
+def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+# ----------------------------------------------------------------------------------------- file and shape
+
+
+def test_committed_rules_equal_renderer() -> None:
+    assert RULES.read_text(encoding="utf-8") == render_rules_text(), (
+        "alerts/docker-image-exporter.rules.yml differs from alerts/render.py: run `python -m alerts.render`"
+    )
+
+
+def test_every_alert_is_complete() -> None:
+    rules = _rules(yaml.safe_load(RULES.read_text(encoding="utf-8")))
+    assert {r["alert"] for r in rules} == set(REMEDIATION_LABELS)
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["for"], name
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert rule["labels"]["remediation"] == REMEDIATION_LABELS[name], name
+        for key in ("summary", "description"):
+            assert "{{ $labels.instance }}" in rule["annotations"][key], f"{name} {key} does not name the host"
+
+
+def test_remediation_labels_match_example_routes() -> None:
+    """Every non-"none" remediation label is routed to the webhook by the example Alertmanager configs and
+    mapped to an action by the example exporter config."""
+    actionable = {v for v in REMEDIATION_LABELS.values() if v != "none"}
+    for path in (REPO / "examples/alertmanager/alertmanager.yml", REPO / "examples/compose/alertmanager.yml"):
+        text = path.read_text(encoding="utf-8")
+        for label in actionable:
+            assert label in text, f"{path}: {label} not routed"
+    exporter = yaml.safe_load((REPO / "examples/compose/exporter.yml").read_text(encoding="utf-8"))
+    routed = {r["action"]: r["matchers"] for r in exporter["remediation"]["routes"]}
+    for label in actionable:
+        assert label in exporter["remediation"]["actions"], label
+        assert f'remediation="{label}"' in routed[label], label
+
+
+def test_promtool_check_rules() -> None:
+    result = _run([_promtool(), "check", "rules", str(RULES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_rules(render_rules()))} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    assert TEST_FILES, "no alerts/tests/*.test.yml"
+    result = _run([_promtool(), "test", "rules", *map(str, TEST_FILES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_firing_and_quiet_cases() -> None:
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for path in TEST_FILES:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for case in doc["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert fires == set(REMEDIATION_LABELS), f"never shown firing: {set(REMEDIATION_LABELS) - fires}"
+    assert quiet == set(REMEDIATION_LABELS), f"never shown quiet: {set(REMEDIATION_LABELS) - quiet}"
+
+
+# ----------------------------------------------------------------------------------------- mutation controls
+
+
+def _drop_fresh_series_arm(doc: dict[str, Any]) -> None:
+    for rule in _rules(doc):
+        if rule["alert"] == "DockerRemediationFailing":
+            start = rule["expr"].index(" or (docker_remediation_runs_total")
+            end = rule["expr"].index("offset 1h) > 0", start) + len("offset 1h) > 0")
+            rule["expr"] = rule["expr"][:start] + rule["expr"][end:]
+
+
+def _drop_dry_run_exclusion(doc: dict[str, Any]) -> None:
+    for rule in _rules(doc):
+        if rule["alert"] == "DockerRemediationNotFreeingSpace":
+            rule["expr"] = rule["expr"].split("\nunless on (job, instance, action)")[0]
+
+
+def _dangling_needs_both(doc: dict[str, Any]) -> None:
+    for rule in _rules(doc):
+        if rule["alert"] == "DockerDanglingImagesPiling":
+            rule["expr"] = rule["expr"].replace("or on (job, instance)", "and on (job, instance)")
+
+
+MUTATIONS: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], None] | None, str]] = [
+    (
+        "no low watermark",
+        {"disk_avail_ratio_warning_clear": 0.15, "disk_avail_ratio_critical_clear": 0.05},
+        None,
+        "disk",
+    ),
+    ("exporter job not filtered", {"exporter_job_regex": ".*"}, None, "health"),
+    ("stale threshold ignored", {"stale_seconds": 3600}, None, "health"),
+    ("reclaimable floor ignored", {"reclaimable_min_bytes": 0}, None, "images"),
+    ("failure counter born at 1 missed", {}, _drop_fresh_series_arm, "remediation"),
+    ("dry runs counted as not freeing", {}, _drop_dry_run_exclusion, "remediation"),
+    ("dangling needs size and count", {}, _dangling_needs_both, "images"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mutate", "test_file"),
+    [pytest.param(o, m, f, id=name) for name, o, m, f in MUTATIONS],
+)
+def test_unit_tests_catch_broken_rules(
+    tmp_path: Path,
+    overrides: dict[str, Any],
+    mutate: Callable[[dict[str, Any]], None] | None,
+    test_file: str,
+) -> None:
+    """Each promtool test file must fail against rules broken in a way it is meant to catch."""
+    promtool = _promtool()
+    doc = render_rules(overrides)
+    if mutate is not None:
+        mutate(doc)
+    assert dump_rules(doc) != render_rules_text(), "the mutation changed nothing"
+    (tmp_path / "alerts" / "tests").mkdir(parents=True)
+    (tmp_path / "alerts" / RULES.name).write_text(dump_rules(doc), encoding="utf-8")
+    target = tmp_path / "alerts" / "tests" / f"{test_file}.test.yml"
+    shutil.copy(TESTS_DIR / f"{test_file}.test.yml", target)
+    assert _run([promtool, "check", "rules", str(tmp_path / "alerts" / RULES.name)]).returncode == 0
+    result = _run([promtool, "test", "rules", str(target)])
+    assert result.returncode != 0, f"{test_file}.test.yml still passes with broken rules:\n{result.stdout}"
+
+
+# ----------------------------------------------------------------------------------------- overrides
+
+
+def test_overrides_for_the_e2e_loop(tmp_path: Path) -> None:
+    """What the end-to-end loop does: fire below 50 % free at once, no hysteresis, keep firing 2m after."""
+    promtool = _promtool()
+    text = render_rules_text(
+        {
+            "disk_avail_ratio_warning": 0.5,
+            "disk_avail_ratio_warning_clear": 0.5,
+            "disk_for": "0s",
+            "disk_keep_firing_for": "2m",
+        }
+    )
+    warning = next(
+        r
+        for r in _rules(yaml.safe_load(text))
+        if r["alert"] == "DockerDiskPressure" and r["labels"]["severity"] == "warning"
+    )
+    assert "ALERTS" not in warning["expr"], "clear == fire: no hysteresis arm"
+    assert warning["keep_firing_for"] == "2m" and warning["for"] == "0s"
+    (tmp_path / "rules.yml").write_text(text, encoding="utf-8")
+    labels = {
+        "severity": "warning",
+        "remediation": "free-disk",
+        "job": "docker-image-exporter",
+        "instance": "127.0.0.1:10151",
+        "path": "/var/lib/docker",
+    }
+    description = (
+        "The filesystem holding /var/lib/docker on 127.0.0.1:10151 has {v} space available (fires below 50%). "
+        "Routed to the free-disk remediation, which deletes least-recently-used unused images."
+    )
+
+    def firing(value: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "exp_labels": labels,
+                "exp_annotations": {
+                    "summary": f"Docker data root on 127.0.0.1:10151 has only {value} free",
+                    "description": description.format(v=value),
+                },
+            }
+        ]
+
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f"docker_filesystem_size_bytes{_lbl(labels)}", "values": "100x10"},
+                    # 60 % free, 40 % at 2m, 70 % from 4m: fires at once, keeps firing 2m after recovery.
+                    {"series": f"docker_filesystem_avail_bytes{_lbl(labels)}", "values": "60 60 40 40 70x6"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "DockerDiskPressure", "exp_alerts": []},
+                    {"eval_time": "2m", "alertname": "DockerDiskPressure", "exp_alerts": firing("40%")},
+                    {"eval_time": "5m", "alertname": "DockerDiskPressure", "exp_alerts": firing("40%")},
+                    {"eval_time": "7m", "alertname": "DockerDiskPressure", "exp_alerts": []},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "loop.test.yml").write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
+    result = _run([promtool, "test", "rules", "loop.test.yml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _lbl(labels: dict[str, str]) -> str:
+    keep = {k: v for k, v in labels.items() if k in ("job", "instance", "path")}
+    return "{" + ",".join(f'{k}="{v}"' for k, v in keep.items()) + "}"
+
+
+def test_merge_thresholds_rejects_typos_and_inverted_watermarks() -> None:
+    with pytest.raises(KeyError, match="disk_avail_ratio_warnin"):
+        render_rules({"disk_avail_ratio_warnin": 0.5})
+    with pytest.raises(ValueError, match="must be >="):
+        render_rules({"disk_avail_ratio_warning": 0.5})  # clear level 0.2 is below it
+    with pytest.raises(TypeError):
+        render_rules({"disk_for": 300})
+    with pytest.raises(TypeError):
+        render_rules({"dangling_images": True})
+
+
+def test_string_thresholds_pass_through_for_templating() -> None:
+    placeholder = "{{ .Values.alerts.diskAvailRatioWarning }}"
+    rules = _rules(render_rules({"disk_avail_ratio_warning": placeholder}))
+    assert any(placeholder in r["expr"] for r in rules if r["alert"] == "DockerDiskPressure")
+    assert any(placeholder in r["expr"] for r in rules if r["alert"] == "DockerRemediationNotFreeingSpace")
+
+
+def test_every_threshold_is_used() -> None:
+    """Changing any threshold changes the rendered rules: no dead knobs in DEFAULT_THRESHOLDS."""
+    base = render_rules_text()
+    for key, value in DEFAULT_THRESHOLDS.items():
+        if key == "disk_keep_firing_for":
+            changed: Any = "3m"
+        elif isinstance(value, str):
+            changed = "7h" if key.endswith(("_for", "_window")) else value + "x"
+        else:
+            changed = value * 1.01 if key.endswith("_clear") else value * 0.99
+        if key == "disk_avail_ratio_warning":
+            changed = 0.149
+        assert render_rules_text({key: changed}) != base, key
+
+
+def test_cli_writes_overridden_rules(tmp_path: Path) -> None:
+    out = tmp_path / "rules.yml"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alerts.render",
+            "--set",
+            "disk_avail_ratio_warning=0.5",
+            "--set",
+            "disk_avail_ratio_warning_clear=0.6",
+            "--set",
+            "disk_for=0s",
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_text(encoding="utf-8") == render_rules_text(
+        {"disk_avail_ratio_warning": 0.5, "disk_avail_ratio_warning_clear": 0.6, "disk_for": "0s"}
+    )
+    assert "< 0.5\n" in out.read_text(encoding="utf-8")
+    assert render.main(["--output", str(tmp_path / "default.yml")]) == 0
+    assert (tmp_path / "default.yml").read_text(encoding="utf-8") == RULES.read_text(encoding="utf-8")
