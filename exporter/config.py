@@ -318,6 +318,18 @@ def _action(name: str, s: _Section) -> ActionConfig:
     return ActionConfig(**{**action.__dict__, **extra})
 
 
+def _env_names(value: Any) -> tuple[str, ...]:
+    """Strings with `${VAR}` expanded from the environment (a DaemonSet pod learns its own node/IP so)."""
+    names = []
+    for text in _str_list(value):
+        expanded = os.path.expandvars(text)
+        if "$" in expanded:
+            raise ValueError(f"{text!r} names an environment variable that is not set")
+        if expanded:
+            names.append(expanded)
+    return tuple(names)
+
+
 def _relay(s: _Section) -> RelayConfig:
     peers_raw: Any = s.value("peers", {}, lambda v: v)
     peers: dict[str, str] = {}
@@ -332,13 +344,15 @@ def _relay(s: _Section) -> RelayConfig:
     relay = RelayConfig(
         enabled=s.value("enabled", False, _bool),
         host_label=s.value("host_label", "instance", _str),
-        self_names=s.value("self_names", (), _str_list),
+        self_names=s.value("self_names", (), _env_names),
         peers=peers,
         url_template=s.value("url_template", RelayConfig.url_template, _str),
         timeout=s.value("timeout", 10.0, _duration(0.1)),
     )
     if "{host}" not in relay.url_template:
         s.error("url_template", "must contain {host}")
+    if relay.enabled and not relay.self_names:
+        s.error("self_names", "is required when relay is enabled: the host label values that mean this host")
     s.finish()
     return relay
 

@@ -23,12 +23,13 @@ from tests.harness.dockerd import PrivateDockerd
 from tests.harness.fixtures import EngineFactory, ExporterFactory, LoopFactory
 from tests.harness.images import ImageSpec, Layer, create_container, load_images
 from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, webhook_receiver_config
+from tests.harness.registry import PrivateRegistry
 from tests.harness.requires import require_programs
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
 MIB = 1024 * 1024
-FS_MB = 320
+FS_MB = 330
 FIRE_BELOW = 0.5  # the rules' DockerDiskPressure threshold, raised for a small filesystem
 CLEAR_ABOVE = 0.55
 TARGET = 0.6  # the free_space action's goal
@@ -40,13 +41,14 @@ def avail_ratio(path: Path) -> float:
     return st.f_bavail / st.f_blocks
 
 
-def fill(engine: PrivateDockerd) -> dict[str, list[str]]:
-    """Images that push the filesystem under the threshold: victims, plus three kinds that must survive."""
+def fill(engine: PrivateDockerd, registry: PrivateRegistry) -> dict[str, list[str]]:
+    """Images that push the filesystem under the threshold: pulled-like victims (pushed to a registry, so
+    they have repo digests and exist elsewhere), plus four kinds that must survive."""
     old = datetime.now(UTC) - timedelta(days=30)
     base = Layer.random(4 * MIB, "loop-base")
     victims = [
         ImageSpec(
-            tags=[f"ci/build:{n}"],
+            tags=[registry.ref(f"ci/build:{n}")],
             layers=[base, Layer.random(22 * MIB, f"victim-{n}")],
             created=old + timedelta(hours=n),
         )
@@ -58,8 +60,12 @@ def fill(engine: PrivateDockerd) -> dict[str, list[str]]:
         ),
         "reference": ImageSpec(tags=["app:production"], layers=[Layer.random(12 * MIB, "prod")], created=old),
         "in_use": ImageSpec(tags=["db:5"], layers=[Layer.random(12 * MIB, "db")], created=old),
+        "local_only": ImageSpec(tags=["built/here:1"], layers=[Layer.random(8 * MIB, "local")], created=old),
     }
-    load_images(engine, [*victims, *keepers.values()])
+    for spec in [*victims, *keepers.values()]:  # one by one: dockerd stages each load in its data root
+        load_images(engine, [spec])
+    for spec in victims:
+        engine.cli("push", spec.tags[0])
     create_container(engine, "db:5", name="db-stopped")
     return {"victims": [s.tags[0] for s in victims], "keepers": [s.tags[0] for s in keepers.values()]}
 
@@ -68,12 +74,13 @@ def test_disk_pressure_loop(
     dockerd_factory: EngineFactory,
     loop_fs_factory: LoopFactory,
     exporter_factory: ExporterFactory,
+    registry: PrivateRegistry,
     tmp_path: Path,
 ) -> None:
     require_programs("prometheus", "prometheus-alertmanager")
     fs = loop_fs_factory(FS_MB)
     engine = dockerd_factory("loop", data_root=fs.mountpoint / "docker")
-    images = fill(engine)
+    images = fill(engine, registry)
     start_ratio = avail_ratio(fs.mountpoint)
     assert start_ratio < FIRE_BELOW, f"filling left {start_ratio:.0%} available; the alert could not fire"
 

@@ -65,7 +65,7 @@ class _Recipe:
     suite: str | None  # Debian suite to fetch docker.io/containerd from; None = use the system's
     containerd_store: bool
     summary: str
-    feature_flag: bool = True  # dockerd understands `--feature` (27+)
+    feature_flag: bool = True  # dockerd understands `--feature` (27+); older ones read it from a config file
 
 
 _CONTAINERD_STORE_ARGS = ("--feature", "containerd-snapshotter=true")
@@ -110,8 +110,7 @@ def prepare_engine(name: str, cache_dir: Path = DEFAULT_CACHE_DIR) -> EngineSpec
     recipe = RECIPES.get(name)
     if recipe is None:
         raise EngineUnavailable(f"unknown engine {name!r}; known: {', '.join(ENGINE_NAMES)}")
-    # dockerd 27+ takes the store as a flag (visible in `ps`); older ones only from daemon.json (make_engine).
-    extra = _CONTAINERD_STORE_ARGS if recipe.containerd_store and recipe.feature_flag else ()
+    extra: tuple[str, ...] = _CONTAINERD_STORE_ARGS if recipe.containerd_store else ()
     if recipe.kind == "podman":
         version = _ensure_podman(name)
         return EngineSpec(name, "podman", None, (), False, f"{recipe.summary}; podman {version}")
@@ -122,6 +121,8 @@ def prepare_engine(name: str, cache_dir: Path = DEFAULT_CACHE_DIR) -> EngineSpec
         version = _first_line([dockerd, "--version"])
         return EngineSpec(name, "dockerd", None, extra, recipe.containerd_store, f"{recipe.summary}; {version}")
     manifest = _ensure_suite(name, recipe.suite, cache_dir)
+    if recipe.containerd_store and not recipe.feature_flag:
+        extra = ("--config-file", str(_containerd_store_config(cache_dir / recipe.suite)))
     versions = ", ".join(f"{pkg} {ver}" for pkg, ver in sorted(manifest["packages"].items()))
     return EngineSpec(
         name=name,
@@ -146,22 +147,27 @@ def suite_manifest(suite: str, cache_dir: Path = DEFAULT_CACHE_DIR) -> dict[str,
 def make_engine(
     spec: EngineSpec, workdir: Path, *, data_root: Path | None = None, name: str | None = None
 ) -> PrivateDockerd | PodmanService:
-    """An engine of kind ``spec`` on ``workdir``, configured but not started (fixtures start/stop it).
-
-    The containerd image store is switched on in the engine's private ``daemon.json`` (``features``), which
-    every dockerd from 24 on reads; the ``--feature`` flag in ``extra_args`` exists only from 27 on.
-    """
+    """An engine of kind ``spec`` on ``workdir``, configured but not started (fixtures start/stop it)."""
     if spec.kind == "podman":
         return PodmanService(workdir, data_root=data_root, name=name or spec.name)
-    engine = PrivateDockerd(
+    return PrivateDockerd(
         workdir, data_root=data_root, bin_dir=spec.bin_dir, extra_args=spec.extra_args, name=name or spec.name
     )
-    engine.workdir.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {}
-    if spec.containerd_store and not spec.extra_args:
-        config["features"] = {"containerd-snapshotter": True}
-    engine.config_file.write_text(json.dumps(config) + "\n")
-    return engine
+
+
+def _containerd_store_config(suite_dir: Path) -> Path:
+    """A daemon.json that only enables the containerd image store, for dockerds without ``--feature`` (< 27).
+
+    Passed as a second ``--config-file`` after PrivateDockerd's own (the last one wins), so the spec alone
+    selects the store, however a fixture builds the engine. That engine ignores the workdir's daemon.json.
+    """
+    path = suite_dir / "containerd-store.json"
+    content = json.dumps({"features": {"containerd-snapshotter": True}}) + "\n"
+    if not path.exists() or path.read_text() != content:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(content)
+        os.replace(tmp, path)
+    return path
 
 
 def start_engine(spec: EngineSpec, workdir: Path, *, start_timeout: float = 60.0) -> PrivateDockerd | PodmanService:
@@ -169,6 +175,20 @@ def start_engine(spec: EngineSpec, workdir: Path, *, start_timeout: float = 60.0
     engine = make_engine(spec, workdir)
     engine.start(timeout=start_timeout)
     return engine
+
+
+def check_engine(spec: EngineSpec, engine: PrivateDockerd) -> str:
+    """Confirm a started engine is what ``spec`` promises (store kind); returns its API version.
+
+    A containerd-store column that silently ran the classic store would pass tests it should fail.
+    """
+    info = engine.get_json("/info")
+    status = {str(k): str(v) for k, v in (info.get("DriverStatus") or [])}
+    on_containerd = status.get("driver-type") == "io.containerd.snapshotter.v1"
+    if spec.kind == "dockerd" and on_containerd != spec.containerd_store:
+        want = "containerd" if spec.containerd_store else "classic"
+        raise EngineUnavailable(f"engine {spec.name}: expected the {want} image store, /info says {info.get('Driver')}")
+    return engine.api_version()
 
 
 # --- fetching newer dockerds from Debian's archive -------------------------------------------------------
@@ -427,6 +447,9 @@ class PodmanService(PrivateDockerd):
             CONTAINERS_STORAGE_CONF=str(self.workdir / "storage.conf"),
             CONTAINERS_REGISTRIES_CONF=str(self.workdir / "registries.conf"),
             TMPDIR=str(self.tmp_dir),
+            # The docker CLI builds with BuildKit over gRPC, which Podman's API lacks ("unable to upgrade
+            # to h2c"); the classic builder endpoint works.
+            DOCKER_BUILDKIT="0",
         )
 
     def _roots(self) -> list[Path]:

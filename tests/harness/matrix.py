@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.harness.engines import ENGINE_NAMES, EngineUnavailable, prepare_engine, start_engine
+from tests.harness.engines import ENGINE_NAMES, EngineUnavailable, check_engine, prepare_engine, start_engine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def _probe(row: Row) -> None:
         engine = start_engine(spec, workdir)
         row.start_seconds = time.monotonic() - started
         try:
-            row.api_version = engine.api_version()
+            row.api_version = check_engine(spec, engine)
         finally:
             engine.stop()
     finally:

@@ -1,0 +1,178 @@
+"""The planner on hand-built snapshots: every exclusion rule, ordering and reason, without an engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import MappingProxyType
+
+from exporter.config import ActionConfig, ProtectConfig
+from exporter.remediation.planner import make_plan
+from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+
+NOW = 1_700_000_000.0
+DAY = 86400.0
+PROTECT = ProtectConfig(references=("*:production", "registry.example.com/base/*"), labels=("keep=true", "pinned"))
+
+
+def img(
+    name: str,
+    refs: Sequence[str] = (),
+    *,
+    age: float = 10 * DAY,
+    size: int = 1000,
+    shared: int | None = 0,
+    containers: int = 0,
+    labels: dict[str, str] | None = None,
+    pushed: bool = True,
+    last_tag: float | None = None,
+    arrived: float | None = None,
+    last_used: float | None = None,
+) -> Image:
+    parsed = tuple(r for r in (ImageRef.parse(t) for t in refs) if r is not None)
+    return Image(
+        id=f"sha256:{name:0<64}"[:71],
+        refs=parsed,
+        digests=tuple(f"{r.repository}@sha256:{'d' * 64}" for r in parsed) if pushed else (),
+        created=NOW - age,
+        size=size,
+        shared_size=shared,
+        labels=MappingProxyType(labels or {}),
+        containers=containers,
+        last_tag_time=last_tag,
+        arrived=arrived,
+        last_used=last_used,
+    )
+
+
+def snap(*images: Image, fs: Filesystem | None = None) -> Snapshot:
+    return Snapshot(
+        taken_at=NOW, engine=None, images=images, filesystem=fs, by_id=MappingProxyType({i.id: i for i in images})
+    )
+
+
+def action(kind: str, **kw: object) -> ActionConfig:
+    return ActionConfig(name="a", type=kind, **kw)  # type: ignore[arg-type]
+
+
+def test_prune_unused_applies_every_exclusion_and_names_the_rule():
+    images = [
+        img("a1", ["app:1"]),
+        img("a2", ["app:2"], containers=1),
+        img("a3", ["app:production", "app:3"]),
+        img("a4", ["registry.example.com/base/os:12"]),
+        img("a5", ["app:5"], labels={"keep": "true"}),
+        img("a6", ["app:6"], labels={"pinned": "anything"}),
+        img("a7", ["app:7"], pushed=False),
+        img("a8", ["app:8"], age=30 * 60),
+        img("a9", ["app:9"], last_tag=NOW - 60),  # re-tagged a minute ago
+        img("b1", ["app:10"], arrived=NOW - 120),  # pulled two minutes ago (old image, new here)
+        img("b2", [], age=2 * DAY),
+        img("b3", [], age=2 * DAY, labels={"keep": "true"}),
+    ]
+    plan = make_plan(snap(*images), action("prune_unused", min_age=3600.0), PROTECT, NOW)
+    assert [c.image_id[7:9] for c in plan.candidates] == ["b2", "a1"]  # dangling first, then oldest
+    reasons = {s.image_id[7:9]: s.reason for s in plan.skipped}
+    assert reasons == {
+        "a2": "in_use",
+        "a3": "protected_reference",
+        "a4": "protected_reference",
+        "a5": "protected_label",
+        "a6": "protected_label",
+        "a7": "local_only",
+        "a8": "too_young",
+        "a9": "too_young",
+        "b1": "too_young",
+        "b3": "protected_label",
+    }
+    detail = {s.image_id[7:9]: s.detail for s in plan.skipped}
+    assert "'*:production'" in detail["a3"]
+    assert "min_age 1h" in detail["b1"]
+    assert plan.candidates[1].references == ("app:1",)
+    assert plan.candidates[0].references == ()  # dangling: deleted by ID
+
+
+def test_local_only_can_be_switched_off_and_never_applies_to_dangling_or_prune_dangling():
+    images = [img("a1", ["app:1"], pushed=False), img("a2", [], pushed=False)]
+    off = ProtectConfig(local_only=False)
+    assert {c.image_id[7:9] for c in make_plan(snap(*images), action("prune_unused"), off, NOW).candidates} == {
+        "a1",
+        "a2",
+    }
+    on = make_plan(snap(*images), action("prune_unused"), ProtectConfig(), NOW)
+    assert [c.image_id[7:9] for c in on.candidates] == ["a2"]
+    dangling = make_plan(snap(*images), action("prune_dangling"), ProtectConfig(), NOW)
+    assert [c.image_id[7:9] for c in dangling.candidates] == ["a2"]
+    assert dangling.skipped == ()  # the tagged image is not selected by prune_dangling at all
+
+
+def test_keep_last_ranks_per_repository_and_untags_only_old_references():
+    images = [
+        img("n1", ["app:9"], age=1 * DAY),
+        img("n2", ["app:8"], age=2 * DAY),
+        img("n3", ["app:7", "other:x"], age=3 * DAY),  # other:x is the only tag of repo other
+        img("o1", ["app:6", "mirror:6"], age=4 * DAY),  # mirror:6 kept: only app:6 is untagged
+        img("o2", ["app:5", "app:5.0"], age=5 * DAY),  # both old: the image goes
+        img("o3", ["app:4"], age=6 * DAY, containers=1),
+        img("o4", ["app:3", "app:production"], age=7 * DAY),
+    ]
+    plan = make_plan(snap(*images), action("keep_last", keep=3, min_age=3600.0), PROTECT, NOW)
+    by_id = {c.image_id[7:9]: c for c in plan.candidates}
+    assert set(by_id) == {"o1", "o2"}
+    assert by_id["o1"].references == ("app:6",)
+    assert by_id["o1"].removes_image is False
+    assert "untag only" in by_id["o1"].reason
+    assert by_id["o2"].references == ("app:5", "app:5.0")
+    assert by_id["o2"].removes_image is True
+    assert plan.estimated_bytes == 1000  # only o2 frees anything
+    # ties in created time: the higher tag name counts as newer, so app:5.0 is 5th and app:5 is 6th
+    assert "tag 5.0 5th newest of 9 in repo app (keep 3); tag 5 6th newest" in by_id["o2"].reason
+    assert {s.image_id[7:9]: s.reason for s in plan.skipped} == {"o3": "in_use", "o4": "protected_reference"}
+    assert set(plan.skipped[1].references) == {"app:3", "app:production"}
+    assert any(k.startswith("other:x (1st newest of 1") for k in plan.kept)
+
+
+def test_keep_last_counts_young_and_protected_tags_among_the_newest():
+    images = [
+        img("y1", ["app:3"], age=60),  # too young, but still one of the 2 newest
+        img("p1", ["app:2"], age=2 * DAY, labels={"keep": "true"}),
+        img("o1", ["app:1"], age=3 * DAY),
+    ]
+    plan = make_plan(snap(*images), action("keep_last", keep=2), PROTECT, NOW)
+    assert [c.image_id[7:9] for c in plan.candidates] == ["o1"]
+    assert plan.skipped == ()
+
+
+def test_free_space_orders_dangling_then_least_recently_used():
+    fs = Filesystem("/var/lib/docker", size=1000, avail=100)
+    images = [
+        img("t1", ["a:1"], age=20 * DAY, last_used=NOW - DAY),
+        img("t2", ["a:2"], age=5 * DAY),  # never used: recency = 5 days ago
+        img("t3", ["a:3"], age=30 * DAY, last_used=NOW - 3600),
+        img("d1", [], age=DAY),
+        img("t4", ["a:4"], age=40 * DAY, containers=1),
+    ]
+    plan = make_plan(snap(*images, fs=fs), action("free_space", target_avail_ratio=0.5), PROTECT, NOW)
+    assert [c.image_id[7:9] for c in plan.candidates] == ["d1", "t2", "t1", "t3"]
+    assert "LRU rank 1" in plan.candidates[1].reason and "never seen used" in plan.candidates[1].reason
+    assert "unused for 1d (LRU rank 2)" in plan.candidates[2].reason
+    assert [s.reason for s in plan.skipped] == ["in_use"]
+    assert plan.goal_met is False
+
+
+def test_free_space_goal_already_met_or_unmeasurable_plans_nothing():
+    images = [img("d1", [])]
+    met = make_plan(
+        snap(*images, fs=Filesystem("/x", 1000, 600)), action("free_space", target_avail_ratio=0.5), PROTECT, NOW
+    )
+    assert met.goal_met is True and met.candidates == ()
+    blind = make_plan(snap(*images), action("free_space", target_avail_ratio=0.5), PROTECT, NOW)
+    assert blind.candidates == () and blind.filesystem is None
+
+
+def test_sizes_are_unique_when_known_and_say_so_otherwise():
+    known = img("k1", [], size=1000, shared=400)
+    unknown = img("u1", [], size=1000, shared=None)
+    plan = make_plan(snap(known, unknown), action("prune_dangling"), PROTECT, NOW)
+    sizes = {c.image_id[7:9]: (c.size, c.size_basis) for c in plan.candidates}
+    assert sizes == {"k1": (600, "unique"), "u1": (1000, "total")}
+    assert plan.to_json()["candidates"][0]["size_basis"] in ("unique", "total")

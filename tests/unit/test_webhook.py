@@ -1,0 +1,309 @@
+"""Webhook and actions API over HTTP: auth, limits, validation, routing, once-only acceptance.
+
+Nothing here may reach an engine: the engine is a stand-in whose reads fail as an unreachable engine does
+and whose writes fail the test. Deletion through the webhook is tested against a real engine in
+tests/integration/test_webhook_engine.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from exporter.config import Config, parse_config
+from exporter.engine import Engine, EngineUnavailable
+from exporter.history import ImageHistory
+from exporter.poller import Poller
+from exporter.remediation.service import RemediationService
+from exporter.remediation.webhook import authorized, parse_webhook
+from exporter.selfmetrics import PollMetrics
+
+TOKEN = "s3cret-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class NoEngine(Engine):
+    """Reads fail like an unreachable engine; any write is a test failure."""
+
+    def __init__(self) -> None:
+        super().__init__("unix:///nonexistent/never.sock")
+
+    async def call(self, fn: Any, *, lane: str = "api") -> Any:
+        raise EngineUnavailable("no engine in unit tests")
+
+    async def remove_image(self, ref: str) -> list[dict[str, Any]]:
+        raise AssertionError(f"unit test reached remove_image({ref})")
+
+    async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("unit test reached prune_images")
+
+    async def prune_builds(self, keep_storage: int | None, filters: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("unit test reached prune_builds")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_config(tmp_path: Path, **remediation: Any) -> Config:
+    base: dict[str, Any] = {
+        "enabled": True,
+        "auth": {"bearer_token": TOKEN, "basic_auth": {"username": "am", "password": "pw"}},
+        "audit_log": str(tmp_path / "audit.jsonl"),
+        "scope": ['host="node-1"'],
+        "max_body_bytes": 4096,
+        "actions": {"free-disk": {"type": "free_space", "target_avail_ratio": 0.3}},
+        "routes": [{"matchers": ['alertname="DockerDiskPressure"'], "action": "free-disk", "cooldown": "10m"}],
+    }
+    base.update(remediation)
+    return parse_config({"remediation": base})
+
+
+@pytest.fixture
+async def app_factory(tmp_path: Path, aiohttp_client: Any) -> Any:
+    async def factory(**remediation: Any) -> tuple[TestClient[Any, Any], RemediationService, Clock]:
+        config = make_config(tmp_path, **remediation)
+        registry = CollectorRegistry()
+        engine = NoEngine()
+        poller = Poller(engine, config, ImageHistory(None), PollMetrics(registry))
+        clock = Clock()
+        service = RemediationService(config.remediation, engine, poller, registry, monotonic=clock)
+        app = web.Application(client_max_size=config.remediation.max_body_bytes)
+        app.router.add_routes(service.routes())
+
+        async def lifecycle(_app: web.Application) -> Any:
+            await service.start()
+            yield
+            await service.stop()
+
+        app.cleanup_ctx.append(lifecycle)
+        client = await aiohttp_client(app)
+        return client, service, clock
+
+    return factory
+
+
+def alert(status: str = "firing", **labels: str) -> dict[str, Any]:
+    labels = {"alertname": "DockerDiskPressure", "host": "node-1", **labels}
+    return {
+        "status": status,
+        "labels": labels,
+        "annotations": {},
+        "startsAt": "2024-01-01T00:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": "fp-" + "-".join(f"{k}={v}" for k, v in sorted(labels.items())),
+    }
+
+
+def body(*alerts: dict[str, Any]) -> bytes:
+    return json.dumps({"version": "4", "status": "firing", "receiver": "r", "alerts": list(alerts)}).encode()
+
+
+def requests_total(service: RemediationService, code: int) -> float:
+    value = service.metrics.webhook_requests.labels(str(code))._value.get()
+    return float(value)
+
+
+def alerts_total(service: RemediationService, status: str, outcome: str) -> float:
+    return float(service.metrics.webhook_alerts.labels(status, outcome)._value.get())
+
+
+# --------------------------------------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Token {TOKEN}"},
+        {"Authorization": "Basic " + base64.b64encode(b"am:wrong").decode()},
+        {"Authorization": "Basic !!!notbase64"},
+    ],
+)
+async def test_missing_or_wrong_credentials_get_401_with_a_challenge(app_factory, headers):
+    client, service, _ = await app_factory()
+    for path, method in (
+        ("/webhook/alertmanager", "POST"),
+        ("/api/v1/actions", "GET"),
+        ("/api/v1/actions/free-disk", "POST"),
+    ):
+        resp = await client.request(method, path, data=body(alert()), headers=headers)
+        assert resp.status == 401
+        challenges = resp.headers.getall("WWW-Authenticate")
+        assert any(c.startswith("Bearer") for c in challenges) and any(c.startswith("Basic") for c in challenges)
+    assert requests_total(service, 401) == 3
+    assert len(service.history) == 0 and service.last_started == {}
+
+
+async def test_token_in_query_string_is_not_accepted(app_factory):
+    client, _, _ = await app_factory()
+    for query in (f"?token={TOKEN}", f"?access_token={TOKEN}", f"?bearer_token={TOKEN}"):
+        resp = await client.post("/webhook/alertmanager" + query, data=body(alert(status="resolved")))
+        assert resp.status == 401
+
+
+async def test_basic_auth_and_bearer_both_work(app_factory):
+    client, _, _ = await app_factory()
+    basic = {"Authorization": "Basic " + base64.b64encode(b"am:pw").decode()}
+    for headers in (BEARER, basic):
+        resp = await client.post("/webhook/alertmanager", data=body(alert(status="resolved")), headers=headers)
+        assert resp.status == 200
+
+
+def test_authorized_is_strict():
+    config = make_config(Path("/tmp")).remediation.auth
+    assert authorized(f"Bearer {TOKEN}", config)
+    assert authorized(f"bearer {TOKEN}", config)  # the scheme is case-insensitive (RFC 7235)
+    assert not authorized(f"Bearer {TOKEN.upper()}", config)
+    assert not authorized("Basic " + base64.b64encode(b"am:pw:extra").decode(), config)
+    assert not authorized("Basic " + base64.b64encode(b"ampw").decode(), config)
+    assert not authorized(None, config)
+
+
+# --------------------------------------------------------------------------------------------- bodies
+
+
+async def test_oversized_bodies_get_413_and_are_counted(app_factory):
+    client, service, _ = await app_factory()
+    big = body(*[alert(n=str(i)) for i in range(200)])
+    assert len(big) > 4096
+    resp = await client.post("/webhook/alertmanager", data=big, headers=BEARER)
+    assert resp.status == 413
+
+    async def chunks() -> Any:  # no Content-Length: the limit applies while reading
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    resp = await client.post("/webhook/alertmanager", data=chunks(), headers=BEARER)
+    assert resp.status == 413
+    assert requests_total(service, 413) == 2
+    assert alerts_total(service, "firing", "routed") == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"not json", 400),
+        (b"\xff\xfe", 400),
+        (b"[]", 422),
+        (b'{"version": "4"}', 422),
+        (b'{"alerts": {}}', 422),
+        (b'{"alerts": ["x"]}', 422),
+        (b'{"alerts": [{"status": "firing"}]}', 422),
+        (b'{"alerts": [{"status": "firing", "labels": {}}]}', 422),
+        (b'{"alerts": [{"status": "firing", "labels": {"a": 1}}]}', 422),
+        (b'{"alerts": [{"status": "burning", "labels": {"a": "b"}}]}', 422),
+        (b'{"version": "3", "alerts": []}', 422),
+        (b'{"receiver": 7, "alerts": []}', 422),
+    ],
+)
+async def test_bodies_that_can_never_succeed(app_factory, payload, status):
+    client, service, _ = await app_factory()
+    resp = await client.post("/webhook/alertmanager", data=payload, headers=BEARER)
+    assert resp.status == status
+    assert (await resp.json())["status"] == "error"
+    assert requests_total(service, status) == 1
+    assert not service.executor.is_running("free-disk")
+
+
+def test_parse_webhook_fills_a_missing_fingerprint_stably():
+    one = parse_webhook(b'{"alerts": [{"status": "firing", "labels": {"b": "2", "a": "1"}}]}')
+    two = parse_webhook(b'{"alerts": [{"status": "firing", "labels": {"a": "1", "b": "2"}}]}')
+    assert one[0].fingerprint == two[0].fingerprint
+
+
+# --------------------------------------------------------------------------------------------- routing
+
+
+async def test_resolved_unrouted_and_out_of_scope_alerts_are_acknowledged_not_run(app_factory):
+    client, service, _ = await app_factory()
+    payload = body(
+        alert(status="resolved"),
+        alert(alertname="SomethingElse"),
+        alert(host="node-2"),
+    )
+    resp = await client.post("/webhook/alertmanager", data=payload, headers=BEARER)
+    assert resp.status == 200
+    answer = await resp.json()
+    assert [a["outcome"] for a in answer["alerts"]] == ["unrouted", "unrouted", "out_of_scope"]
+    assert answer["runs_started"] == []
+    assert alerts_total(service, "resolved", "unrouted") == 1
+    assert alerts_total(service, "firing", "unrouted") == 1
+    assert alerts_total(service, "firing", "out_of_scope") == 1
+    assert service.last_started == {}
+
+
+async def test_routed_alert_while_engine_unreachable_is_503_and_claims_nothing(app_factory):
+    client, service, _ = await app_factory()
+    assert service.poller.up is False
+    resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
+    assert resp.status == 503
+    assert service.last_started == {}
+    assert requests_total(service, 503) == 1
+    resp = await client.post("/api/v1/actions/free-disk?dry_run=true", headers=BEARER)
+    assert resp.status == 503
+
+
+async def test_one_run_then_cooldown_then_again(app_factory):
+    """The run itself fails here (no engine: its fresh poll fails); what is tested is the acceptance."""
+    client, service, clock = await app_factory()
+    service.poller.up = True  # pretend the last poll succeeded, so the webhook accepts work
+    resp = await client.post("/webhook/alertmanager", data=body(alert(), alert(severity="x")), headers=BEARER)
+    assert resp.status == 200
+    answer = await resp.json()
+    assert len(answer["runs_started"]) == 1
+    assert [a["outcome"] for a in answer["alerts"]] == ["routed", "routed"]
+    await service.stop()  # waits for the background run
+    run = service.history[0]
+    assert run["trigger"] == "alert" and sorted(run["alert_fingerprints"]) == sorted(
+        a["fingerprint"] for a in answer["alerts"]
+    )
+    assert run["result"] == "failure"
+
+    service.poller.up = True
+    clock.now += 599
+    resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
+    assert (await resp.json())["alerts"][0]["outcome"] == "cooldown"
+    clock.now += 2
+    resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
+    assert (await resp.json())["alerts"][0]["outcome"] == "routed"
+    assert alerts_total(service, "firing", "cooldown") == 1
+    assert alerts_total(service, "firing", "routed") == 3
+
+
+async def test_alert_for_a_running_action_is_deduplicated(app_factory):
+    client, service, _ = await app_factory()
+    service.poller.up = True
+    assert service.executor.try_begin("free-disk")  # a run in progress
+    resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
+    assert resp.status == 200
+    assert (await resp.json())["alerts"][0]["outcome"] == "deduplicated"
+    resp = await client.post("/api/v1/actions/free-disk", headers=BEARER)
+    assert resp.status == 409
+    service.executor.end("free-disk")
+
+
+async def test_actions_api_codes(app_factory):
+    client, service, _ = await app_factory()
+    service.poller.up = True
+    assert (await client.post("/api/v1/actions/nope", headers=BEARER)).status == 404
+    assert (await client.post("/api/v1/actions/free-disk?dry_run=maybe", headers=BEARER)).status == 400
+    resp = await client.get("/api/v1/actions", headers=BEARER)
+    assert resp.status == 200
+    listing = await resp.json()
+    assert [a["name"] for a in listing["actions"]] == ["free-disk"]
+    assert listing["runs"] == []
