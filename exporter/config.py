@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,7 @@ class RelayConfig:
     self_names: tuple[str, ...] = ()
     peers: Mapping[str, str] = field(default_factory=dict)
     url_template: str = "http://{host}/webhook/alertmanager"
+    host_regex: str = r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]{1,5})?"
     timeout: float = 10.0
 
 
@@ -259,6 +261,15 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _regex(value: Any) -> str:
+    text = _str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {text!r}: {exc}") from None
+    return text
+
+
 def _matchers(value: Any) -> tuple[Matcher, ...]:
     return tuple(parse_matcher(text) for text in _str_list(value))
 
@@ -347,6 +358,7 @@ def _relay(s: _Section) -> RelayConfig:
         self_names=s.value("self_names", (), _env_names),
         peers=peers,
         url_template=s.value("url_template", RelayConfig.url_template, _str),
+        host_regex=s.value("host_regex", RelayConfig.host_regex, _regex),
         timeout=s.value("timeout", 10.0, _duration(0.1)),
     )
     if "{host}" not in relay.url_template:

@@ -15,8 +15,8 @@ from exporter.remediation.planner import SKIP_REASONS
 TRIGGERS = ("alert", "schedule", "manual")
 RESULTS = ("success", "partial", "failure", "dry_run")
 ALERT_STATUSES = ("firing", "resolved")
-ALERT_OUTCOMES = ("routed", "unrouted", "out_of_scope", "deduplicated", "cooldown")
-WEBHOOK_CODES = ("200", "400", "401", "404", "405", "409", "413", "422", "500", "503")
+ALERT_OUTCOMES = ("routed", "unrouted", "out_of_scope", "deduplicated", "cooldown", "relayed")
+WEBHOOK_CODES = ("200", "400", "401", "404", "405", "409", "413", "422", "500", "502", "503")
 
 
 class RemediationMetrics:
@@ -74,6 +74,14 @@ class RemediationMetrics:
             ["code"],
             registry=registry,
         )
+        self.relays = Counter(
+            "docker_webhook_relays",
+            "Fleet mode: webhook deliveries relayed to another host's exporter, by result (ok, failed).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", "failed"):
+            self.relays.labels(result)
         self.webhook_alerts = Counter(
             "docker_webhook_alerts",
             "Alerts received on the webhook by alert status and what happened to them.",
@@ -88,8 +96,7 @@ class RemediationMetrics:
             self.reclaimed.labels(action)
             for reason in SKIP_REASONS:
                 self.skipped.labels(action, reason)
-            self.last_run.labels(action)
-            self.last_reclaimed.labels(action)
+            # last_run/last_reclaimed appear with the first run: a 0 timestamp would read as "ran in 1970"
             self.running.labels(action)
         for code in WEBHOOK_CODES:
             self.webhook_requests.labels(code)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from exporter.remediation.audit import AuditError, AuditLog
 from exporter.remediation.executor import Executor, Run, Trigger
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import make_plan
+from exporter.remediation.relay import Relay
 from exporter.remediation.webhook import Alert, error_response, make_webhook_handler, route_alert
 from exporter.snapshot import Filesystem, Snapshot
 
@@ -62,6 +64,7 @@ class RemediationService:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.last_started: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Run]] = set()
+        self.relay = Relay(config.relay) if config.relay.enabled else None
         self._schedules: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -78,6 +81,8 @@ class RemediationService:
             await asyncio.to_thread(self.audit.check)
         except AuditError as exc:
             log.error("%s: every remediation run will fail until this is fixed", exc)
+        if self.relay is not None:
+            await self.relay.start()
         for action in self.config.actions.values():
             if action.schedule is not None:
                 self._schedules.append(asyncio.create_task(self._scheduled(action), name=f"schedule-{action.name}"))
@@ -105,6 +110,8 @@ class RemediationService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.audit.close()
+        if self.relay is not None:
+            await self.relay.stop()
 
     async def _scheduled(self, action: ActionConfig) -> None:
         """First run one interval after start (not at startup), then every interval."""
@@ -175,8 +182,40 @@ class RemediationService:
         started = self.last_started.get(name)
         return started is not None and self.monotonic() - started < route.cooldown
 
-    def accept_alerts(self, alerts: Sequence[Alert]) -> web.Response:
-        """Route alerts and start what is due, with no await in between (so claims cannot interleave)."""
+    async def accept_delivery(
+        self, envelope: Mapping[str, Any], alerts: Sequence[Alert], authorization: str, relayed_by: str | None
+    ) -> web.Response:
+        """One webhook delivery: act on this host's alerts, relay the others (fleet mode), answer for all.
+
+        Local alerts are accepted first (no await before their claims); relays follow. Any failed relay
+        makes the answer 502 so Alertmanager retries; the retry finds the local action claimed or cooling
+        down, so it never runs twice.
+        """
+        if self.relay is None:
+            return self.accept_alerts(alerts)
+        split = self.relay.split(alerts, relayed=relayed_by is not None)
+        local = self.accept_alerts(split.local, extra=[(a, "out_of_scope") for a in split.misrouted])
+        if local.status != 200 or not split.foreign:
+            return local
+        results = await self.relay.forward_all(envelope, split.foreign, authorization)
+        for result in results:
+            self.metrics.relays.labels("ok" if result.ok else "failed").inc()
+        for alerts_for_host in split.foreign.values():
+            for alert in alerts_for_host:
+                self.metrics.webhook_alerts.labels(alert.status, "relayed").inc()
+        payload = json.loads(local.body) if isinstance(local.body, bytes) else {}
+        payload["relayed"] = [r.to_json() for r in results]
+        if all(r.ok for r in results):
+            return web.json_response(payload)
+        payload["status"] = "error"
+        payload["error"] = "relay to a peer failed; retry the delivery"
+        return web.json_response(payload, status=502)
+
+    def accept_alerts(self, alerts: Sequence[Alert], extra: Sequence[tuple[Alert, str]] = ()) -> web.Response:
+        """Route alerts and start what is due, with no await in between (so claims cannot interleave).
+
+        `extra` are alerts already decided elsewhere (fleet mode's misrouted ones): counted and reported.
+        """
         decisions: list[tuple[Alert, str, RouteConfig | None]] = []
         by_action: dict[str, tuple[RouteConfig, list[Alert]]] = {}
         for alert in alerts:
@@ -206,6 +245,7 @@ class RemediationService:
             self.start_background(run)
             runs.append({"action": name, "run_id": run.run_id, "dry_run": run.dry_run})
         answer = []
+        decisions.extend((alert, outcome, None) for alert, outcome in extra)
         for alert, outcome, route in decisions:
             final = verdict[route.action] if route is not None else outcome
             self.metrics.webhook_alerts.labels(alert.status, final).inc()

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from exporter.remediation.service import RemediationService
 
 REALM = "docker-image-exporter"
+# The hop header of fleet mode (relay.py): a delivery carrying it came from a peer and is never relayed on.
+HOP_HEADER = "X-Docker-Image-Exporter-Relayed-By"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -44,6 +46,7 @@ class Alert:
     status: str
     labels: Mapping[str, str]
     fingerprint: str
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as received, for relays
 
 
 # --------------------------------------------------------------------------------------------- auth
@@ -117,6 +120,11 @@ def _fingerprint(labels: Mapping[str, str]) -> str:
 
 def parse_webhook(body: bytes) -> list[Alert]:
     """Validate an Alertmanager v4 webhook body; raise PayloadError (400/422) naming the problem."""
+    return parse_envelope(body)[1]
+
+
+def parse_envelope(body: bytes) -> tuple[dict[str, Any], list[Alert]]:
+    """The validated body (everything but `alerts`, kept for relays) and its alerts."""
     try:
         data: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -148,8 +156,8 @@ def parse_webhook(body: bytes) -> list[Alert]:
         fingerprint = raw.get("fingerprint")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise PayloadError(422, f"{where}.fingerprint must be a string")
-        parsed.append(Alert(status, dict(labels), fingerprint or _fingerprint(labels)))
-    return parsed
+        parsed.append(Alert(status, dict(labels), fingerprint or _fingerprint(labels), raw))
+    return {k: v for k, v in data.items() if k != "alerts"}, parsed
 
 
 def route_alert(
@@ -183,9 +191,10 @@ def make_webhook_handler(service: RemediationService) -> Handler:
         if body is None:
             return error_response(413, f"body larger than {config.max_body_bytes} bytes")
         try:
-            alerts = parse_webhook(body)
+            envelope, alerts = parse_envelope(body)
         except PayloadError as exc:
             return error_response(exc.status, str(exc))
-        return service.accept_alerts(alerts)
+        relayed_by = request.headers.get(HOP_HEADER)
+        return await service.accept_delivery(envelope, alerts, request.headers["Authorization"], relayed_by)
 
     return handler

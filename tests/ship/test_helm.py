@@ -296,9 +296,10 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_rendered_config_passes_the_exporters_validation(
-    rendered: dict[str, list[dict[str, Any]]], scenario: str, tmp_path: Path
+    rendered: dict[str, list[dict[str, Any]]], scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(rendered[scenario])
+    monkeypatch.setenv("POD_IP", "10.1.2.3")  # the DaemonSet's downward API gives each pod its own
     # the credential files the pod would mount, here in tmp_path
     (tmp_path / "bearer-token").write_text("t0ken\n")
     (tmp_path / "basic-auth-password").write_text("pw\n")
@@ -315,6 +316,7 @@ def test_rendered_config_passes_the_exporters_validation(
         assert parsed.remediation.auth.basic_auth.username == "alertmanager"
         assert parsed.remediation.auth.basic_auth.password == "pw"
         assert [r.action for r in parsed.remediation.routes] == ["free-disk", "clean-dangling"]
+        assert parsed.remediation.relay.enabled and parsed.remediation.relay.self_names == ("10.1.2.3:10151",)
     if scenario == "all":
         assert parsed.poll.interval == 15 and parsed.remediation.dry_run is True
         assert parsed.remediation.auth.bearer_token == "t0ken" and parsed.remediation.auth.basic_auth is None
