@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
+from types import MappingProxyType
 
 from exporter import apishapes
 from exporter.config import PollConfig
@@ -60,4 +62,8 @@ class DiskUsageRefresher:
             return
         finally:
             self.metrics.disk_usage_duration.set(time.monotonic() - start)
-        self.poller.set_disk_usage(apishapes.parse_disk_usage(raw, time.time()))
+        usage = apishapes.parse_disk_usage(raw, time.time())
+        if info is not None and info.podman:
+            # Podman's /system/df answers LayersSize 0 and SharedSize 0: unknown, not zero
+            usage = replace(usage, layers_size=None, reclaimable=None, shared_sizes=MappingProxyType({}))
+        self.poller.set_disk_usage(usage)

@@ -172,6 +172,8 @@ class Poller:
             shared = image.shared_size
             if shared is None and du is not None:
                 shared = du.shared_sizes.get(image.id)
+            if engine.podman:
+                shared = None  # Podman reports SharedSize 0 for images that do share layers
             merged.append(
                 replace(
                     image,

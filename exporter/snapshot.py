@@ -102,8 +102,8 @@ class DiskUsage:
     """The expensive `/system/df` answer, taken rarely; `taken_at` says how old it is."""
 
     taken_at: float
-    layers_size: int
-    reclaimable: int
+    layers_size: int | None  # None where the engine does not compute it (Podman answers 0)
+    reclaimable: int | None
     shared_sizes: Mapping[str, int]
     build_cache: BuildCache | None
 

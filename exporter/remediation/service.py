@@ -65,6 +65,7 @@ class RemediationService:
         self.last_started: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Run]] = set()
         self.relay = Relay(config.relay) if config.relay.enabled else None
+        self._warned_local_only = False
         self._schedules: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -286,6 +287,7 @@ class RemediationService:
             else:
                 if action.type != "build_cache":
                     snapshot = await self._with_shared_sizes(snapshot)
+                self._warn_engine_limits(snapshot)
                 plan = make_plan(snapshot, action, self.config.protect, self.clock())
                 log.info(
                     "remediation run %s: %s (%s, trigger %s, dry_run=%s): %d candidates, %d skipped, ~%d bytes",
@@ -310,9 +312,24 @@ class RemediationService:
             self.poller.wake()
         return run
 
+    def _warn_engine_limits(self, snapshot: Snapshot) -> None:
+        """Say once when protect.local_only cannot protect anything on this engine."""
+        engine = snapshot.engine
+        if self._warned_local_only or engine is None or not self.config.protect.local_only:
+            return
+        if engine.containerd_store or engine.podman:
+            self._warned_local_only = True
+            log.warning(
+                "protect.local_only protects nothing on %s: the engine gives every image a repo digest, "
+                "even images built or loaded here; protect them with protect.labels or protect.references",
+                "Podman" if engine.podman else "the containerd image store",
+            )
+
     async def _with_shared_sizes(self, snapshot: Snapshot) -> Snapshot:
         """Unique sizes need SharedSize, which API 1.41 only gives in /system/df: refresh it when missing."""
-        if all(image.shared_size is not None for image in snapshot.images):
+        if all(image.shared_size is not None for image in snapshot.images) or (
+            snapshot.engine is not None and snapshot.engine.podman
+        ):
             return snapshot
         engine = snapshot.engine
         types = ("image",) if engine is not None and api_at_least(engine.api_version, "1.42") else None
