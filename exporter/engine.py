@@ -76,6 +76,7 @@ class Engine:
         self._local = threading.local()
         self._stream: Any = None
         self._stream_lock = threading.Lock()
+        self._events_closed = False
 
     # -- clients -------------------------------------------------------------------------------------
     def _new_client(self, timeout: float | None) -> docker.APIClient:
@@ -188,6 +189,10 @@ class Engine:
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
             raise _translate(exc) from exc
         with self._stream_lock:
+            if self._events_closed:  # closed while we were connecting: do not block on a fresh stream
+                stream.close()
+                client.close()
+                return
             self._stream = stream
         try:
             for event in stream:
@@ -201,8 +206,9 @@ class Engine:
             client.close()
 
     def close_events(self) -> None:
-        """Called from the event loop thread to end a blocking `follow_events`."""
+        """Called from the event loop thread to end a blocking `follow_events`, and any that starts later."""
         with self._stream_lock:
+            self._events_closed = True
             stream = self._stream
         if stream is not None:
             try:
