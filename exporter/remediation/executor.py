@@ -268,6 +268,12 @@ class Executor:
             return
         try:
             answer = await self.engine.prune_builds(action.keep_storage or None, filters)
+        except EngineNotFound as exc:
+            # Podman 4.3 has no build-cache endpoint: say so plainly instead of "unexpected engine error".
+            raise RunAborted(
+                f"build_cache is not supported by this engine: POST /build/prune answered 404 ({exc}); "
+                "nothing was pruned (on Podman, build layers are images: use prune_dangling)"
+            ) from exc
         except EngineError as exc:
             raise RunAborted(f"POST /build/prune failed: {exc}") from exc
         reclaimed = int(answer.get("SpaceReclaimed") or 0)

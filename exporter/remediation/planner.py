@@ -305,6 +305,8 @@ def plan_build_cache(snapshot: Snapshot, action: ActionConfig, protect: ProtectC
     notes = [f"POST /build/prune until={format_duration(action.min_age)}"]
     if action.keep_storage:
         notes.append(f"keep-storage={action.keep_storage}")
+    if snapshot.engine is not None and snapshot.engine.podman:
+        notes.append("Podman 4.3 has no POST /build/prune (404): a real run fails and prunes nothing")
     du = snapshot.disk_usage
     if du is not None and du.build_cache is not None:
         notes.append(f"build cache reclaimable at last /system/df: {du.build_cache.reclaimable} bytes")

@@ -214,14 +214,18 @@ def pids_in_cgroups_of(ids: Sequence[str]) -> list[int]:
 
 
 def remove_cgroups_of(ids: Sequence[str]) -> None:
-    """rmdir the (now empty) cgroups a killed shim could not remove, v1 controllers and v2 alike."""
+    """rmdir the (now empty) cgroups a killed shim (or Podman's conmon) left, v1 controllers and v2 alike."""
     root = Path("/sys/fs/cgroup")
     if not ids or not root.is_dir():
         return
     hierarchies = [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]
     for cid in ids:
         for h in hierarchies:
-            for cand in (h / "docker" / cid, h / "system.slice" / f"docker-{cid}.scope"):
+            for cand in (
+                h / "docker" / cid,
+                h / "system.slice" / f"docker-{cid}.scope",
+                h / "libpod_parent" / f"libpod-{cid}",  # Podman with the cgroupfs manager
+            ):
                 with contextlib.suppress(OSError):
                     cand.rmdir()
 

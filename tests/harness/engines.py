@@ -177,15 +177,35 @@ def start_engine(spec: EngineSpec, workdir: Path, *, start_timeout: float = 60.0
     return engine
 
 
+StoreKind = Literal["classic", "containerd", "podman"]
+
+
+def engine_store(engine: PrivateDockerd) -> StoreKind:
+    """Which image store a running engine uses, from its own ``/version`` and ``/info`` answers.
+
+    Tests use it to pick the documented semantics (docs/engines.md): what ``Id`` means, what ``Size``
+    and ``SharedSize`` count. The values they compare are still read from that engine's API.
+    """
+    version = engine.get_json("/version")
+    components = version.get("Components") or []
+    if any("podman" in str(c.get("Name", "")).lower() for c in components):
+        return "podman"
+    info = engine.get_json("/info")
+    status = {str(row[0]): str(row[-1]) for row in (info.get("DriverStatus") or []) if row}
+    return "containerd" if status.get("driver-type") == "io.containerd.snapshotter.v1" else "classic"
+
+
 def check_engine(spec: EngineSpec, engine: PrivateDockerd) -> str:
     """Confirm a started engine is what ``spec`` promises (store kind); returns its API version.
 
     A containerd-store column that silently ran the classic store would pass tests it should fail.
     """
-    info = engine.get_json("/info")
-    status = {str(k): str(v) for k, v in (info.get("DriverStatus") or [])}
-    on_containerd = status.get("driver-type") == "io.containerd.snapshotter.v1"
+    store = engine_store(engine)
+    on_containerd = store == "containerd"
+    if spec.kind == "podman" and store != "podman":
+        raise EngineUnavailable(f"engine {spec.name}: expected Podman, /version says {engine.version().get('Version')}")
     if spec.kind == "dockerd" and on_containerd != spec.containerd_store:
+        info = engine.get_json("/info")
         want = "containerd" if spec.containerd_store else "classic"
         raise EngineUnavailable(f"engine {spec.name}: expected the {want} image store, /info says {info.get('Driver')}")
     return engine.api_version()
@@ -440,6 +460,7 @@ class PodmanService(PrivateDockerd):
     def __init__(self, workdir: Path, *, data_root: Path | None = None, name: str = "podman") -> None:
         storage = data_root if data_root is not None else Path(workdir) / "storage"
         super().__init__(workdir, data_root=storage, name=name, own_containerd=False)
+        self.insecure_registries: list[str] = []
         # PrivateDockerd's exec root doubles as podman's run root: leftovers are found and reaped there.
         self.tmp_dir = self.workdir / "tmp"
         self.env.update(
@@ -454,6 +475,13 @@ class PodmanService(PrivateDockerd):
 
     def _roots(self) -> list[Path]:
         return [self.data_root, self.exec_root, self.tmp_dir]
+
+    def container_ids(self) -> list[str]:
+        """Containers in this instance's storage (``overlay-containers/<id>``), for reaping and leak checks."""
+        try:
+            return [p.name for p in (self.data_root / "overlay-containers").iterdir() if len(p.name) == 64]
+        except OSError:
+            return []
 
     def _write_config(self) -> None:
         for path in (self.data_root, self.exec_root, self.tmp_dir, self.workdir / "networks"):
@@ -485,7 +513,20 @@ class PodmanService(PrivateDockerd):
             f'[storage]\ndriver = "overlay"\ngraphroot = "{self.data_root}"\nrunroot = "{self.exec_root}"\n'
         )
         # No unqualified-search registries: a short name never turns into a network pull.
-        (self.workdir / "registries.conf").write_text("unqualified-search-registries = []\n")
+        (self.workdir / "registries.conf").write_text(
+            "unqualified-search-registries = []\n"
+            + "".join(f'[[registry]]\nlocation = "{r}"\ninsecure = true\n' for r in self.insecure_registries)
+        )
+
+    def add_insecure_registry(self, address: str) -> None:
+        """Allow plain HTTP to ``address`` (``host:port``), as dockerd does for 127.0.0.0/8 by default.
+
+        Podman reads registries.conf once per process, so a running service is restarted to pick it up.
+        """
+        self.insecure_registries.append(address)
+        if self.running:
+            self.stop()
+            self.start()
 
     def podman_argv(self) -> list[str]:
         """The podman CLI bound to this instance's storage (for set-up that bypasses the API)."""

@@ -25,7 +25,9 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.harness import engines
 from tests.harness.dockerd import LoopFilesystem, PrivateDockerd, remove_workdir, short_workdir
+from tests.harness.engines import EngineSpec
 from tests.harness.exporter import ExporterProcess
 from tests.harness.images import LoadedScenario, load_scenario, scenario_basic
 from tests.harness.registry import PrivateRegistry
@@ -137,6 +139,14 @@ class EngineFactory(Protocol):
     ) -> PrivateDockerd: ...
 
 
+def engine_spec() -> EngineSpec:
+    """The engine kind `DIE_ENGINE` selects (default bookworm), prepared; skip (fail under CI) if it cannot be."""
+    try:
+        return engines.prepare_engine(engines.engine_name_from_env())
+    except engines.EngineUnavailable as exc:
+        skip_or_fail(str(exc))
+
+
 def new_engine(
     workdir: Path,
     name: str | None = None,
@@ -147,33 +157,22 @@ def new_engine(
 ) -> PrivateDockerd:
     """An engine (not started) of the kind `DIE_ENGINE` selects, unless bin_dir/extra_args say otherwise.
 
-    `name` only labels the engine (logs, reprs) when the kind comes from DIE_ENGINE.
+    `name` only labels the engine (logs, reprs). Start it with `start_engine_checked` so a column of the
+    matrix never silently runs another store than it promises.
     """
-    engine_kind = os.environ.get("DIE_ENGINE", "").strip() or "bookworm"
-    if engine_kind == "bookworm" or bin_dir is not None or extra_args:
+    if bin_dir is not None or extra_args:
         return PrivateDockerd(
-            workdir, data_root=data_root, bin_dir=bin_dir, extra_args=extra_args, name=name or "bookworm"
+            workdir, data_root=data_root, bin_dir=bin_dir, extra_args=extra_args, name=name or "custom"
         )
-    from tests.harness import engines  # only needed for the matrix
+    return engines.make_engine(engine_spec(), workdir, data_root=data_root, name=name)
 
-    try:
-        spec = engines.prepare_engine(engine_kind)
-    except engines.EngineUnavailable as exc:
-        skip_or_fail(str(exc))
-    engine: PrivateDockerd
-    if spec.kind == "podman":
-        engine = engines.PodmanService(workdir, name=name or spec.name)
-        if data_root is not None:
-            engine.data_root = data_root
-    else:
-        engine = PrivateDockerd(
-            workdir,
-            data_root=data_root,
-            bin_dir=spec.bin_dir,
-            extra_args=spec.extra_args,
-            name=name or spec.name,
-        )
-    return engine
+
+def start_engine_checked(engine: PrivateDockerd, timeout: float = 60) -> None:
+    """Start `engine` and, when it is of the `DIE_ENGINE` kind, confirm its store via `check_engine`."""
+    engine.start(timeout=timeout)
+    spec = engine_spec()
+    if engine.bin_dir == spec.bin_dir and engine.extra_args == spec.extra_args:
+        engines.check_engine(spec, engine)
 
 
 def _teardown_engine(engine: PrivateDockerd) -> None:
@@ -206,7 +205,7 @@ def dockerd_factory(request: pytest.FixtureRequest, loop_fs_factory: Any) -> Ite
         label = f"{engine.name}#{len(started)}"
         add_diagnostics(request.node, f"{label} dockerd.log ({engine.workdir})", lambda: engine.log_tail(60))
         if start:
-            engine.start(timeout=60)
+            start_engine_checked(engine, timeout=60)
         return engine
 
     yield factory
@@ -232,7 +231,7 @@ def loaded_dockerd() -> Iterator[LoadedScenario]:
     require_engine()
     engine = new_engine(short_workdir(), "loaded")
     try:
-        engine.start(timeout=60)
+        start_engine_checked(engine, timeout=60)
         yield load_scenario(engine, scenario_basic())
     finally:
         _teardown_engine(engine)

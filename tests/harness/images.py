@@ -17,7 +17,7 @@ import struct
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -292,6 +292,40 @@ def load_images(engine: PrivateDockerd, specs: Sequence[ImageSpec]) -> list[str]
     return ids
 
 
+def listed_ref(engine: PrivateDockerd, ref: str) -> str:
+    """How the engine lists a reference we loaded or tagged as ``ref``: as given on dockerd (either store);
+    Podman qualifies short names (``localhost/app:1`` after a load, ``docker.io/library/app:1`` when
+    tagged through the API). Read from the engine's own ``/images/json``; KeyError if it lists no such tag.
+    """
+    listed = [t for img in engine.get_json("/images/json") for t in (img.get("RepoTags") or [])]
+    for candidate in (ref, f"localhost/{ref}", f"docker.io/library/{ref}", f"docker.io/{ref}"):
+        if candidate in listed:
+            return candidate
+    raise KeyError(f"{ref!r} is not among the engine's tags {sorted(listed)}")
+
+
+def load_successors(engine: PrivateDockerd, specs: Sequence[ImageSpec]) -> list[str]:
+    """Load images that take over tags of images already there, leaving those dangling as a rebuild does.
+
+    A plain `docker load` does that on the classic store, on Docker 28's containerd store and on Podman.
+    Docker 26.1's containerd store instead *deletes* an image whose last tag a load takes (no dangling
+    record; `docker tag` over an existing tag does keep one), so on the containerd store the successors
+    are loaded under temporary tags and moved with `docker tag`. Not on Podman: its API qualifies names
+    given to `tag` as `docker.io/library/...`, which would leave the loaded `localhost/...` tags in place.
+    """
+    from tests.harness.engines import engine_store  # engines imports dockerd, which imports nothing of ours
+
+    if not specs or engine_store(engine) != "containerd":
+        return load_images(engine, specs)
+    staged = [replace(spec, tags=[f"die-successor/{spec.short_id}:staged"]) for spec in specs]
+    ids = load_images(engine, staged)
+    for spec, stage in zip(specs, staged, strict=True):
+        for tag in spec.tags:
+            engine.cli("tag", stage.tags[0], tag)
+        engine.cli("rmi", stage.tags[0])  # only untags: the image keeps its real tags
+    return ids
+
+
 def make_dangling(engine: PrivateDockerd, spec: ImageSpec) -> str:
     """Load `spec`, then move its tags to a fresh image (as a rebuild does), leaving it `<none>:<none>`.
 
@@ -307,7 +341,7 @@ def make_dangling(engine: PrivateDockerd, spec: ImageSpec) -> str:
         created=spec.created + timedelta(seconds=1),
         labels=spec.labels,
     )
-    load_images(engine, [successor])
+    load_successors(engine, [successor])
     return old_id
 
 
@@ -353,7 +387,7 @@ def load_scenario(engine: PrivateDockerd, scenario: Scenario) -> LoadedScenario:
     keys = list(scenario.images)
     ids = dict(zip(keys, load_images(engine, [scenario.images[k] for k in keys]), strict=True))
     succ_keys = list(scenario.successors)
-    ids.update(zip(succ_keys, load_images(engine, [scenario.successors[k] for k in succ_keys]), strict=True))
+    ids.update(zip(succ_keys, load_successors(engine, [scenario.successors[k] for k in succ_keys]), strict=True))
     all_specs = scenario.all_specs()
     containers = {
         # by tag where there is one, so `docker ps` shows what a user would see

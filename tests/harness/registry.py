@@ -72,6 +72,22 @@ class PrivateRegistry:
                 raise EngineError(f"registry not ready after {timeout}s:\n{self._log_tail()}")
             time.sleep(0.05)
 
+    def manifest_digest(self, name: str, tag: str) -> str:
+        """The digest the registry serves for `name:tag` (`Docker-Content-Digest` of its manifest)."""
+        accept = ", ".join(
+            (
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+                "application/vnd.oci.image.index.v1+json",
+            )
+        )
+        req = urllib.request.Request(
+            f"http://{self.address}/v2/{name}/manifests/{tag}", method="HEAD", headers={"Accept": accept}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return str(resp.headers["Docker-Content-Digest"])
+
     def _log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -5,6 +5,7 @@ never relayed again."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,25 +20,46 @@ from tests.harness.images import ImageSpec, Layer, load_images
 pytestmark = pytest.mark.engine
 
 TOKEN = "fleet-token"
+MIN_AGE_SECONDS = 2
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
 
+def _timestamp(text: str) -> float:
+    main, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{main}.{(frac + '000000')[:6]}+00:00").timestamp()
+
+
 def dangling_images(engine: PrivateDockerd, host: str) -> list[str]:
+    """Two untagged images built 10 days ago, old enough for `min_age` on every engine once returned.
+
+    The containerd store sets `LastTagTime` to the load time (docs/engines.md), and the exporter counts
+    an image as new since it was last tagged, so there a just-loaded image is seconds old whatever its
+    `created`: wait until the engine's own times say the images are older than min_age.
+    """
     old = datetime.now(UTC) - timedelta(days=10)
     specs = [ImageSpec(tags=[], layers=[Layer.random(64 * 1024, f"{host}-{n}")], created=old) for n in range(2)]
-    return load_images(engine, specs)
+    ids = load_images(engine, specs)
+    newest = 0.0
+    for image_id in ids:
+        inspect = engine.get_json(f"/images/{image_id}/json")
+        for stamp in (inspect["Created"], (inspect.get("Metadata") or {}).get("LastTagTime") or ""):
+            if stamp and not stamp.startswith("0001-"):
+                newest = max(newest, _timestamp(stamp))
+    time.sleep(max(0.0, newest + MIN_AGE_SECONDS + 0.5 - time.time()))
+    return ids
 
 
 def start_exporter(factory: ExporterFactory, engine: PrivateDockerd, tmp: Path, name: str) -> ExporterProcess:
     exp = factory(engine, None, start=False)
     exp.write_config(
         {
+            "filesystem": {"path": str(engine.data_root)},
             "state": {"path": str(tmp / f"{name}-state.json")},
             "remediation": {
                 "enabled": True,
                 "auth": {"bearer_token": TOKEN},
                 "audit_log": str(tmp / f"{name}-audit.jsonl"),
-                "actions": {"clean-dangling": {"type": "prune_dangling", "min_age": "1h"}},
+                "actions": {"clean-dangling": {"type": "prune_dangling", "min_age": f"{MIN_AGE_SECONDS}s"}},
                 "routes": [{"matchers": ['alertname="DockerDanglingImagesPiling"'], "action": "clean-dangling"}],
                 "relay": {"enabled": True, "self_names": [exp.address], "timeout": "3s"},
             },
