@@ -166,6 +166,33 @@ def _timeseries(pid: int, title: str, description: str, unit: str, targets: list
     )
 
 
+def _free_space_stat(pid: int, what: str, **kw: Any) -> Panel:
+    """The data-root free share as a stat coloured at the DockerDiskPressure levels."""
+    return _stat(
+        pid,
+        "Data root free",
+        _free_space_description(what),
+        "percentunit",
+        AVAIL_RATIO,
+        defaults={"thresholds": _free_space_thresholds(), "min": 0, "max": 1},
+        **kw,
+    )
+
+
+def _free_space_timeseries(pid: int, title: str, what: str) -> Panel:
+    """The data-root free share over time with the alert levels drawn as lines."""
+    return _timeseries(
+        pid,
+        title,
+        _free_space_description(what),
+        "percentunit",
+        [Target(AVAIL_RATIO, "{{instance}} {{path}}")],
+        width=12,
+        thresholds_style="line+area",
+        defaults={"thresholds": _free_space_thresholds(), "min": 0, "max": 1},
+    )
+
+
 def _bargauge(pid: int, title: str, description: str, unit: str, targets: list[Target], **kw: Any) -> Panel:
     return Panel(
         pid,
@@ -297,16 +324,7 @@ def images_dashboard() -> Dashboard:
                 "short",
                 sel("docker_images_local_only"),
             ),
-            _stat(
-                5,
-                "Data root free",
-                _free_space_description(
-                    "Free share of the filesystem holding the engine's data root (statvfs avail/size)."
-                ),
-                "percentunit",
-                AVAIL_RATIO,
-                defaults={"thresholds": _free_space_thresholds(), "min": 0, "max": 1},
-            ),
+            _free_space_stat(5, "Free share of the filesystem holding the engine's data root (statvfs avail/size)."),
             _stat(
                 6,
                 "Reclaimable by image prune",
@@ -320,15 +338,10 @@ def images_dashboard() -> Dashboard:
         101,
         "Data-root filesystem",
         [
-            _timeseries(
+            _free_space_timeseries(
                 7,
                 "Data-root free space (with alert thresholds)",
-                _free_space_description("How much of the data-root filesystem is free over time."),
-                "percentunit",
-                [Target(AVAIL_RATIO, "{{instance}} {{path}}")],
-                width=12,
-                thresholds_style="line+area",
-                defaults={"thresholds": _free_space_thresholds(), "min": 0, "max": 1},
+                "How much of the data-root filesystem is free over time.",
             ),
             _timeseries(
                 8,
@@ -647,15 +660,7 @@ def remediation_dashboard() -> Dashboard:
                 legend="{{action}}",
                 width=4,
             ),
-            _stat(
-                5,
-                "Data root free",
-                _free_space_description("Free share of the data-root filesystem."),
-                "percentunit",
-                AVAIL_RATIO,
-                width=5,
-                defaults={"thresholds": _free_space_thresholds(), "min": 0, "max": 1},
-            ),
+            _free_space_stat(5, "Free share of the data-root filesystem.", width=5),
         ],
     )
     activity = Row(
@@ -673,15 +678,10 @@ def remediation_dashboard() -> Dashboard:
                 fill=80,
                 width=12,
             ),
-            _timeseries(
+            _free_space_timeseries(
                 7,
                 "Data-root free space during remediation",
-                _free_space_description("Free share of the data root; the run annotations show whether runs moved it."),
-                "percentunit",
-                [Target(AVAIL_RATIO, "{{instance}} {{path}}")],
-                width=12,
-                thresholds_style="line+area",
-                defaults={"thresholds": _free_space_thresholds(), "min": 0, "max": 1},
+                "Free share of the data root; the run annotations show whether runs moved it.",
             ),
             _timeseries(
                 8,

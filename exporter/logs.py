@@ -20,30 +20,27 @@ def _logfmt_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, str]:
+    """The same keys in both formats, in go-kit's order, so log pipelines need one parser per format."""
+    fields = {
+        "ts": _timestamp(record),
+        "level": record.levelname.lower().replace("warning", "warn"),
+        "caller": record.name,
+        "msg": record.getMessage(),
+    }
+    if record.exc_info:
+        fields["err"] = formatter.formatException(record.exc_info)
+    return fields
+
+
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower().replace("warning", "warn"),
-            "caller": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            fields["err"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(self, record).items())
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower().replace("warning", "warn"),
-            "caller": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            fields["err"] = self.formatException(record.exc_info)
-        return json.dumps(fields)
+        return json.dumps(_fields(self, record))
 
 
 def setup_logging(level: str, fmt: str) -> None:

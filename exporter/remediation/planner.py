@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from exporter.config import ActionConfig, ProtectConfig
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
@@ -30,16 +30,7 @@ SkipReason = Literal[
     "not_found",
     "max_deletions",
 ]
-SKIP_REASONS: tuple[SkipReason, ...] = (
-    "in_use",
-    "protected_reference",
-    "protected_label",
-    "local_only",
-    "too_young",
-    "conflict",
-    "not_found",
-    "max_deletions",
-)
+SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
 SizeBasis = Literal["unique", "total"]
 
 

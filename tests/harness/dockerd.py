@@ -24,6 +24,8 @@ from typing import Any
 
 import docker
 
+from tests.harness.lifecycle import Managed
+
 #: Linux `sun_path` holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -250,7 +252,7 @@ def terminate_pids(pids: Sequence[int], timeout: float = 10) -> None:
 # --------------------------------------------------------------------------------------------- dockerd
 
 
-class PrivateDockerd:
+class PrivateDockerd(Managed):
     """One dockerd on its own directories and socket; start/stop/kill/restart as often as a test needs."""
 
     def __init__(
@@ -480,15 +482,6 @@ class PrivateDockerd:
             terminate_pids([p for p in ours if _argv0(p) == "containerd"], timeout=5)
         with contextlib.suppress(FileNotFoundError):
             self.pidfile.unlink()
-
-    def __enter__(self) -> PrivateDockerd:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"PrivateDockerd({self.name!r}, host={self.host!r}, running={self.running})"

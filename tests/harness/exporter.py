@@ -16,13 +16,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.dockerd import DOCKER_ENV_VARS, free_port
+from tests.harness.lifecycle import Managed
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def find_sample(text: str, name: str, labels: Mapping[str, str] | None = None) -
     return None
 
 
-class ExporterProcess:
+class ExporterProcess(Managed):
     """`python -m exporter` with a config written from a dict, listening on a free loopback port."""
 
     def __init__(
@@ -166,15 +166,6 @@ class ExporterProcess:
         if self._proc is None:
             raise ExporterError(f"{self.name} not running")
         self._proc.send_signal(sig)
-
-    def __enter__(self) -> ExporterProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- HTTP ---------------------------------------------------------------------------------------------
 

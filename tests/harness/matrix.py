@@ -117,6 +117,7 @@ def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
             "no:cacheprovider",
             f"--junitxml={junit}",
             "-ra",
+            "--durations=5",  # where each engine spends its minutes, in the CI log
             *(pytest_args or ["tests/integration"]),
         ]
         env = {**os.environ, "DIE_ENGINE": name}

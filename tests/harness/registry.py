@@ -10,14 +10,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
 from tests.harness.dockerd import EngineError, find_program, free_port, isolated_env
+from tests.harness.lifecycle import Managed
 
 
-class PrivateRegistry:
+class PrivateRegistry(Managed):
     """`docker-registry serve` with filesystem storage under `workdir` on 127.0.0.1:<free port>."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -106,12 +106,3 @@ class PrivateRegistry:
                 self._proc.kill()
                 self._proc.wait(timeout)
         self._proc = None
-
-    def __enter__(self) -> PrivateRegistry:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

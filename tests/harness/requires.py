@@ -7,6 +7,8 @@ failure, never a skip.
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -53,3 +55,11 @@ def require_programs(*programs: str) -> None:
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         skip_or_fail(f"{what} needs root")
+
+
+def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run Debian's promtool (skip or fail when it is missing); the caller reads returncode and output."""
+    require_programs("promtool")
+    path = find_program("promtool")
+    assert path is not None
+    return subprocess.run([path, *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False)

@@ -15,24 +15,12 @@ import yaml
 
 from alerts import render
 from alerts.render import DEFAULT_THRESHOLDS, REMEDIATION_LABELS, dump_rules, render_rules, render_rules_text
-from tests.harness.dockerd import find_program
-from tests.harness.requires import require_programs
+from tests.harness.requires import run_promtool
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "alerts" / "docker-image-exporter.rules.yml"
 TESTS_DIR = REPO / "alerts" / "tests"
 TEST_FILES = sorted(TESTS_DIR.glob("*.test.yml"))
-
-
-def _promtool() -> str:
-    require_programs("promtool")
-    path = find_program("promtool")
-    assert path is not None
-    return path
-
-
-def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
 
 
 def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -76,14 +64,14 @@ def test_remediation_labels_match_example_routes() -> None:
 
 
 def test_promtool_check_rules() -> None:
-    result = _run([_promtool(), "check", "rules", str(RULES)])
+    result = run_promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(_rules(render_rules()))} rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
     assert TEST_FILES, "no alerts/tests/*.test.yml"
-    result = _run([_promtool(), "test", "rules", *map(str, TEST_FILES)])
+    result = run_promtool("test", "rules", *map(str, TEST_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -149,7 +137,6 @@ def test_unit_tests_catch_broken_rules(
     test_file: str,
 ) -> None:
     """Each promtool test file must fail against rules broken in a way it is meant to catch."""
-    promtool = _promtool()
     doc = render_rules(overrides)
     if mutate is not None:
         mutate(doc)
@@ -158,8 +145,8 @@ def test_unit_tests_catch_broken_rules(
     (tmp_path / "alerts" / RULES.name).write_text(dump_rules(doc), encoding="utf-8")
     target = tmp_path / "alerts" / "tests" / f"{test_file}.test.yml"
     shutil.copy(TESTS_DIR / f"{test_file}.test.yml", target)
-    assert _run([promtool, "check", "rules", str(tmp_path / "alerts" / RULES.name)]).returncode == 0
-    result = _run([promtool, "test", "rules", str(target)])
+    assert run_promtool("check", "rules", str(tmp_path / "alerts" / RULES.name)).returncode == 0
+    result = run_promtool("test", "rules", str(target))
     assert result.returncode != 0, f"{test_file}.test.yml still passes with broken rules:\n{result.stdout}"
 
 
@@ -168,7 +155,6 @@ def test_unit_tests_catch_broken_rules(
 
 def test_overrides_for_the_e2e_loop(tmp_path: Path) -> None:
     """What the end-to-end loop does: fire below 50 % free at once, no hysteresis, keep firing 2m after."""
-    promtool = _promtool()
     text = render_rules_text(
         {
             "disk_avail_ratio_warning": 0.5,
@@ -229,7 +215,7 @@ def test_overrides_for_the_e2e_loop(tmp_path: Path) -> None:
         ],
     }
     (tmp_path / "loop.test.yml").write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
-    result = _run([promtool, "test", "rules", "loop.test.yml"], cwd=tmp_path)
+    result = run_promtool("test", "rules", "loop.test.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

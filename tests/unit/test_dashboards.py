@@ -19,8 +19,7 @@ import yaml
 from alerts.render import DEFAULT_THRESHOLDS
 from dashboards import generate
 from dashboards.generate import all_queries, queries_that_may_be_empty, substitute_variables
-from tests.harness.dockerd import find_program
-from tests.harness.requires import require_programs
+from tests.harness.requires import run_promtool
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "docker-image-exporter"
@@ -38,17 +37,6 @@ def _dashboards() -> list[dict[str, Any]]:
 
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in dashboard["panels"] if p["type"] != "row"]
-
-
-def _promtool() -> str:
-    require_programs("promtool")
-    path = find_program("promtool")
-    assert path is not None
-    return path
-
-
-def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
 
 
 # ----------------------------------------------------------------------------------------- drift, shape
@@ -267,23 +255,21 @@ def _rule_file_with(exprs: list[str]) -> str:
 
 
 def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
-    promtool = _promtool()
     exprs = [substitute_variables(q, JOB, INSTANCE) for _u, _t, q in all_queries()]
     rules = tmp_path / "dashboards.rules.yml"
     rules.write_text(_rule_file_with(exprs), encoding="utf-8")
-    result = _run([promtool, "check", "rules", str(rules)])
+    result = run_promtool("check", "rules", str(rules))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
 
 
 def test_promtool_check_rejects_broken_promql(tmp_path: Path) -> None:
     """Control for the test above: the same harness fails on bad PromQL and on unsubstituted variables."""
-    promtool = _promtool()
     unsubstituted = next(q for _u, _t, q in all_queries() if "$__rate_interval" in q)
     for bad in ("sum by (instance (docker_images)", unsubstituted):
         rules = tmp_path / "bad.rules.yml"
         rules.write_text(_rule_file_with([bad]), encoding="utf-8")
-        assert _run([promtool, "check", "rules", str(rules)]).returncode != 0, bad
+        assert run_promtool("check", "rules", str(rules)).returncode != 0, bad
 
 
 # A host as the exporter's metric contract describes it, with every optional thing present (a last-used time,
@@ -374,7 +360,7 @@ def _empty_check(tmp_path: Path, exprs: list[tuple[str, str]]) -> subprocess.Com
         ],
     }
     (tmp_path / "empty.test.yml").write_text(yaml.safe_dump(test, sort_keys=False, width=1000), encoding="utf-8")
-    return _run([_promtool(), "test", "rules", "empty.test.yml"], cwd=tmp_path)
+    return run_promtool("test", "rules", "empty.test.yml", cwd=tmp_path)
 
 
 def test_every_query_returns_data_for_a_host_shaped_like_the_contract(tmp_path: Path) -> None:
