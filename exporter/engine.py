@@ -78,6 +78,11 @@ class Engine:
         self._stream_lock = threading.Lock()
         self._events_closed = False
 
+    @property
+    def where(self) -> str:
+        """The address for logs: the configured host, or the SDK's platform default."""
+        return self.host or "unix:///var/run/docker.sock (default)"
+
     # -- clients -------------------------------------------------------------------------------------
     def _new_client(self, timeout: float | None) -> docker.APIClient:
         tls: Any = False
@@ -85,7 +90,7 @@ class Engine:
             tls = docker.utils.kwargs_from_env().get("tls", False)
         client = docker.APIClient(base_url=self.host, version="auto", timeout=timeout, tls=tls)
         if self.api_version != client.api_version:
-            log.info("engine API version negotiated: %s (host %s)", client.api_version, self.host or "default")
+            log.info("engine API version negotiated: %s (host %s)", client.api_version, self.where)
         self.api_version = client.api_version
         return client
 

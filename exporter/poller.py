@@ -55,6 +55,7 @@ class Poller:
         self.clock = clock
         self.snapshot: Snapshot | None = None
         self.up = False
+        self._logged_up: bool | None = None  # the engine state last logged: log transitions only, the first too
         self.last_error: str | None = None
         self.disk_usage: DiskUsage | None = None
         self.on_change: list[Callable[[], None]] = []
@@ -109,8 +110,10 @@ class Poller:
             images = [apishapes.parse_image(raw) for raw in raw_images]
             await self._stage("images", self._fill_tag_times(images))
         except EngineError as exc:
-            if self.up:
-                log.warning("engine unreachable or failing, serving last snapshot: %s", exc)
+            if self._logged_up is not False:
+                served = "serving the last snapshot" if self.snapshot else "no snapshot yet, /-/ready answers 503"
+                log.warning("engine %s unreachable or failing (%s); retrying: %s", self.engine.where, served, exc)
+                self._logged_up = False
             self.up = False
             return
         filesystem: Filesystem | None = None
@@ -121,8 +124,9 @@ class Poller:
             self.last_error = f"filesystem: {exc}"
             log.warning("cannot statvfs %s: %s", self.config.filesystem.path, exc)
         containers = list(apishapes.parse_containers(raw_containers))
-        if not self.up:
+        if self._logged_up is not True:
             log.info("engine reachable: %s (API %s, %s)", engine.version, api, engine.storage_driver)
+            self._logged_up = True
         self.up = True
         self.last_error = None
         self._track_history(images, containers, now)

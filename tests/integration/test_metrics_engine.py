@@ -352,8 +352,12 @@ def test_engine_outage_and_recovery(mutable: PrivateDockerd, exporter_factory: E
     assert exp.sample("docker_exporter_snapshot_timestamp_seconds") == taken
     assert (exp.sample("docker_exporter_poll_errors_total", {"stage": "info"}) or 0) >= 1
     assert exp.running
+    exp.wait_for(lambda: "serving the last snapshot" in exp.logs(), timeout=10, what="the outage logged")
     mutable.start()
     exp.wait_for(lambda: exp.sample("docker_up") == 1, timeout=30, what="docker_up 1 after restart")
+    # each transition is logged once: startup, outage, recovery; not once per failed poll
+    assert exp.logs().count("unreachable or failing") == 1
+    assert exp.logs().count("engine reachable") == 2
     assert (exp.sample("docker_exporter_snapshot_timestamp_seconds") or 0) > (taken or 0)
 
 
@@ -365,3 +369,5 @@ def test_starts_while_engine_is_down(exporter_factory: ExporterFactory, tmp_path
     assert status == 503
     status, body = exp.request("GET", "/")
     assert status == 200 and b"DOWN" in body
+    # the operator is told at once which address failed, not only by docker_up 0
+    exp.wait_for(lambda: f"engine {dead} unreachable" in exp.logs(), timeout=10, what="the failure logged")
