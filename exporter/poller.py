@@ -56,6 +56,7 @@ class Poller:
         self.snapshot: Snapshot | None = None
         self.up = False
         self._logged_up: bool | None = None  # the engine state last logged: log transitions only, the first too
+        self._logged_fs_error: str | None = None  # likewise for statvfs, so a missing mount warns once
         self.last_error: str | None = None
         self.disk_usage: DiskUsage | None = None
         self.on_change: list[Callable[[], None]] = []
@@ -116,19 +117,25 @@ class Poller:
                 self._logged_up = False
             self.up = False
             return
+        self.last_error = None  # the engine answered; a statvfs failure below is the one left to show
         filesystem: Filesystem | None = None
         try:
             filesystem = await asyncio.to_thread(read_filesystem, self.config.filesystem.path)
         except OSError as exc:
             self.metrics.errors.labels("filesystem").inc()
             self.last_error = f"filesystem: {exc}"
-            log.warning("cannot statvfs %s: %s", self.config.filesystem.path, exc)
+            if str(exc) != self._logged_fs_error:
+                log.warning("cannot statvfs %s (filesystem.path): %s", self.config.filesystem.path, exc)
+                self._logged_fs_error = str(exc)
+        else:
+            if self._logged_fs_error is not None:
+                log.info("statvfs %s works again", self.config.filesystem.path)
+            self._logged_fs_error = None
         containers = list(apishapes.parse_containers(raw_containers))
         if self._logged_up is not True:
             log.info("engine reachable: %s (API %s, %s)", engine.version, api, engine.storage_driver)
             self._logged_up = True
         self.up = True
-        self.last_error = None
         self._track_history(images, containers, now)
         self._parts = (engine, images, containers, filesystem)
         self._publish(now)

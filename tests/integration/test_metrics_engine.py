@@ -334,6 +334,32 @@ def test_corrupt_state_file_is_survivable(
     assert "ignoring unreadable image history" in exp.logs()
 
 
+def test_unreadable_data_root_is_shown_once_and_leaves_the_rest(
+    mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    """A `filesystem.path` that is not mounted (a common container mistake): image metrics still flow, the
+    filesystem series are absent (not 0), the error is counted, shown on `/` and logged once, not per poll."""
+    missing = tmp_path / "not-mounted"
+    exp = exporter_factory(
+        mutable,
+        {"poll": {"interval": "1s"}, "filesystem": {"path": str(missing)}, "state": {"path": str(tmp_path / "s.json")}},
+    )
+    assert exp.sample("docker_up") == 1
+    assert exp.sample("docker_images") is not None
+    exp.wait_for(
+        lambda: (exp.sample("docker_exporter_poll_errors_total", {"stage": "filesystem"}) or 0) >= 3,
+        timeout=15,
+        what="three failed statvfs polls",
+    )
+    assert exp.sample("docker_filesystem_avail_bytes") is None
+    status, body = exp.request("GET", "/")
+    assert status == 200 and b"filesystem:" in body and str(missing).encode() in body
+    assert exp.logs().count("cannot statvfs") == 1
+    missing.mkdir()
+    exp.wait_for(lambda: exp.sample("docker_filesystem_avail_bytes") is not None, timeout=15, what="statvfs again")
+    assert "works again" in exp.logs()
+
+
 def test_engine_outage_and_recovery(mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path) -> None:
     exp = exporter_factory(
         mutable,
