@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -84,11 +84,21 @@ def create_app(
     docker_host: str | None,
     telemetry_path: str = "/metrics",
     engine: Engine | None = None,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> web.Application:
-    """App factory: tests pass their own config and engine; `cli` passes the real ones."""
+    """App factory: tests pass their own config and engine; `cli` passes the real ones.
+
+    `headers` (from `--web.config.file`) go on every response, errors included.
+    """
     services = Services(config, docker_host, engine)
     app = web.Application(client_max_size=config.remediation.max_body_bytes)
     app[SERVICES] = services
+    if headers:
+
+        async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
+            response.headers.update(headers)
+
+        app.on_response_prepare.append(add_headers)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         async for _step in services.run():

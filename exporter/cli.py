@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, load_config, load_web_config
 from exporter.logs import LEVELS, setup_logging
 
 DEFAULT_PORT = 10151
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_listen_address,
         help=f"address to listen on (default :{DEFAULT_PORT})",
     )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        help="exporter-toolkit web config: TLS (with client certificates) and response headers",
+    )
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", help="metrics path")
     p.add_argument(
         "--docker.host",
@@ -60,13 +65,18 @@ def resolve_docker_host(flag: str | None, config: Config) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    from exporter.web.tls import server_context
+
     try:
         config = load_config(args.config_file)
+        web_config = load_web_config(args.web_config_file)
+        ssl_context = server_context(web_config)  # loads the certificates now: a bad pair stops startup
     except ConfigError as exc:
         print(f"docker-image-exporter: {exc}", file=sys.stderr)
         return 1
     if args.config_check:
-        print(f"docker-image-exporter: configuration {args.config_file or '(defaults)'} is valid")
+        checked = " and ".join(filter(None, [args.config_file or "(defaults)", args.web_config_file]))
+        print(f"docker-image-exporter: configuration {checked} is valid")
         return 0
     if not args.telemetry_path.startswith("/"):
         print("docker-image-exporter: --web.telemetry-path must start with /", file=sys.stderr)
@@ -76,13 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     docker_host = resolve_docker_host(args.docker_host, config)
     host, port = args.listen
     log.info(
-        "starting docker-image-exporter %s on %s:%d, engine %s, remediation %s",
+        "starting docker-image-exporter %s on %s://%s:%d, engine %s, remediation %s",
         __version__,
+        "https" if ssl_context else "http",
         host or "*",
         port,
         docker_host or "default socket",
         "enabled" if config.remediation.enabled else "disabled",
     )
-    app = create_app(config, docker_host=docker_host, telemetry_path=args.telemetry_path)
-    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
+    app = create_app(config, docker_host=docker_host, telemetry_path=args.telemetry_path, headers=web_config.headers)
+    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None, shutdown_timeout=10)
     return 0

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
@@ -20,13 +20,7 @@ from exporter.remediation.matchers import Matcher, parse_matcher
 from exporter.units import parse_bytes, parse_duration
 
 ActionType = Literal["prune_dangling", "prune_unused", "keep_last", "free_space", "build_cache"]
-ACTION_TYPES: tuple[ActionType, ...] = (
-    "prune_dangling",
-    "prune_unused",
-    "keep_last",
-    "free_space",
-    "build_cache",
-)
+ACTION_TYPES: tuple[ActionType, ...] = get_args(ActionType)
 
 T = TypeVar("T")
 
@@ -261,6 +255,12 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping, got {value!r}")
+    return value
+
+
 def _regex(value: Any) -> str:
     text = _str(value)
     try:
@@ -467,16 +467,147 @@ def parse_config(data: Any) -> Config:
     )
 
 
+def _read_yaml(path: str | os.PathLike[str], flag: str) -> Any:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{flag}: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{flag}: {path} is not valid YAML: {exc}"]) from None
+
+
 def load_config(path: str | os.PathLike[str] | None) -> Config:
     """Read and validate the YAML file; no file means all defaults (remediation off)."""
     if path is None:
         return parse_config({})
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError([f"--config.file: cannot read {path}: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"--config.file: {path} is not valid YAML: {exc}"]) from None
-    return parse_config(data)
+    return parse_config(_read_yaml(path, "--config.file"))
+
+
+# --------------------------------------------------------------------------------------------------
+# --web.config.file: the Prometheus exporter-toolkit format, the subset Python's ssl can honour
+# --------------------------------------------------------------------------------------------------
+ClientAuthType = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+#: The response headers exporter-toolkit lets `http_server_config.headers` set.
+SECURITY_HEADERS = (
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
+    "Content-Security-Policy",
+)
+# exporter-toolkit keys we do not implement: refused by name rather than as "unknown key".
+_UNSUPPORTED_WEB_KEYS = {
+    "basic_auth_users": "is not supported (bcrypt is not a dependency): use TLS client certificates "
+    "(client_auth_type: RequireAndVerifyClientCert) or a proxy; the webhook has its own remediation.auth",
+    "tls_server_config.cert": "is not supported: put the certificate in a file and use cert_file",
+    "tls_server_config.key": "is not supported: put the key in a file and use key_file",
+    "tls_server_config.cipher_suites": "is not supported: Python's ssl defaults are used",
+    "tls_server_config.curve_preferences": "is not supported: Python's ssl defaults are used",
+    "tls_server_config.prefer_server_cipher_suites": "is not supported",
+    "tls_server_config.client_allowed_sans": "is not supported",
+    "http_server_config.http2": "is not supported: the server speaks HTTP/1.1",
+}
+_UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert")
+
+
+@dataclass(frozen=True)
+class TLSServerConfig:
+    cert_file: str
+    key_file: str
+    client_auth_type: ClientAuthType = "NoClientCert"
+    client_ca_file: str | None = None
+    min_version: TLSVersion = "TLS12"
+    max_version: TLSVersion | None = None
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """What `--web.config.file` asks of the HTTP server; the default is plain HTTP with no extra headers."""
+
+    tls: TLSServerConfig | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _str(value)
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {text!r}")
+        return text
+
+    return convert
+
+
+def _readable_file(value: Any) -> str:
+    path = _str(value)
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"cannot read {path}")
+    return path
+
+
+def _refuse_unsupported(section: _Section, prefix: str) -> None:
+    for key in list(section.data):
+        reason = _UNSUPPORTED_WEB_KEYS.get(f"{prefix}{key}")
+        if reason is not None:
+            section.seen.add(str(key))
+            section.error(str(key), reason)
+
+
+def parse_web_config(data: Any) -> WebConfig:
+    """Validate an exporter-toolkit web config; every problem names its key, as in the main config."""
+    problems: list[str] = []
+    top = _Section(data, "", problems)
+    _refuse_unsupported(top, "")
+    tls = None
+    if top.has("tls_server_config"):
+        t = top.section("tls_server_config")
+        _refuse_unsupported(t, "tls_server_config.")
+        cert = t.required("cert_file", _readable_file, "")
+        key = t.required("key_file", _readable_file, "")
+        auth: Any = "NoClientCert"
+        if t.data.get("client_auth_type") in _UNVERIFIED_CLIENT_AUTH:
+            t.seen.add("client_auth_type")
+            t.error(
+                "client_auth_type",
+                f"{t.data['client_auth_type']} is not supported (Python's ssl verifies every client "
+                "certificate it accepts): use VerifyClientCertIfGiven or RequireAndVerifyClientCert",
+            )
+        else:
+            auth = t.value("client_auth_type", "NoClientCert", _choice(get_args(ClientAuthType)))
+        ca = t.value("client_ca_file", None, _readable_file)
+        if auth != "NoClientCert" and ca is None and "client_ca_file" not in t.data:
+            t.error("client_ca_file", f"is required with client_auth_type {auth}")
+        versions = get_args(TLSVersion)
+        low: Any = t.value("min_version", "TLS12", _choice(versions))
+        high: Any = t.value("max_version", None, _choice(versions))
+        if high is not None and versions.index(high) < versions.index(low):
+            t.error("max_version", f"{high} is below min_version {low}")
+        t.finish()
+        tls = TLSServerConfig(cert, key, auth, ca, low, high)
+    headers: list[tuple[str, str]] = []
+    if top.has("http_server_config"):
+        h = top.section("http_server_config")
+        _refuse_unsupported(h, "http_server_config.")
+        raw: Mapping[str, Any] = h.value("headers", {}, _mapping)
+        for name, value in raw.items():
+            if name not in SECURITY_HEADERS:
+                h.error(f"headers.{name}", f"not settable here; allowed: {', '.join(SECURITY_HEADERS)}")
+            elif not isinstance(value, str):
+                h.error(f"headers.{name}", f"expected a string, got {value!r}")
+            else:
+                headers.append((name, value))
+        h.finish()
+    top.finish()
+    if problems:
+        raise ConfigError(problems)
+    return WebConfig(tls, tuple(headers))
+
+
+def load_web_config(path: str | os.PathLike[str] | None) -> WebConfig:
+    """Read `--web.config.file`; no file means plain HTTP."""
+    if path is None:
+        return WebConfig()
+    return parse_web_config(_read_yaml(path, "--web.config.file"))

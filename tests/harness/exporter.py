@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -59,13 +60,15 @@ class ExporterProcess(Managed):
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         name: str = "exporter",
+        client_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.engine_host = engine_host
         self.config = dict(config or {})
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.address}"
+        self.client_tls = client_tls  # set: the exporter serves HTTPS (--web.config.file) and we speak it
+        self.url = f"{'https' if client_tls else 'http'}://{self.address}"
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         self.name = name
@@ -171,7 +174,7 @@ class ExporterProcess(Managed):
 
     def _status(self, path: str) -> int | None:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+            with urllib.request.urlopen(self.url + path, timeout=5, context=self.client_tls) as resp:
                 status: int = resp.status
                 return status
         except urllib.error.HTTPError as e:
@@ -190,7 +193,7 @@ class ExporterProcess(Managed):
         """One HTTP request to the exporter; (status, body) for every status, errors included."""
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.client_tls) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()

@@ -19,6 +19,7 @@ When a test fails, the tails of its engines' and exporters' logs are attached to
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -290,6 +291,7 @@ class ExporterFactory(Protocol):
         extra_args: Sequence[str] = (),
         start: bool = True,
         ready: bool = True,
+        client_tls: ssl.SSLContext | None = None,
     ) -> ExporterProcess: ...
 
 
@@ -309,9 +311,12 @@ def exporter_factory(request: pytest.FixtureRequest) -> Iterator[ExporterFactory
         extra_args: Sequence[str] = (),
         start: bool = True,
         ready: bool = True,
+        client_tls: ssl.SSLContext | None = None,
     ) -> ExporterProcess:
         host = engine if isinstance(engine, str) else engine.host
-        exp = ExporterProcess(workdir, host, config, extra_args=extra_args, name=f"exporter{len(made)}")
+        exp = ExporterProcess(
+            workdir, host, config, extra_args=extra_args, name=f"exporter{len(made)}", client_tls=client_tls
+        )
         made.append(exp)
         add_diagnostics(request.node, f"{exp.name} stderr", lambda: exp.logs(60))
         if start:

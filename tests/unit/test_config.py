@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import ConfigError, load_config, parse_config
+from exporter.config import ConfigError, WebConfig, load_config, load_web_config, parse_config, parse_web_config
 
 FULL = """
 docker: {host: unix:///run/x.sock, timeout: 10s}
@@ -149,3 +149,59 @@ def test_make_run_config_is_valid() -> None:
     # the compose example's config is checked in test_compose.py, with its container paths mapped
     config = load_config(Path(__file__).resolve().parents[2] / "examples" / "config.yaml")
     assert not config.remediation.enabled  # `make run` only reads
+
+
+# ------------------------------------------------------------------------------------- --web.config.file
+
+
+def _web(tmp_path: Path, tls: dict[str, object] | None = None, **top: object) -> dict[str, object]:
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    doc: dict[str, object] = dict(top)
+    if tls is not None:
+        doc["tls_server_config"] = {"cert_file": str(tmp_path / "c.pem"), "key_file": str(tmp_path / "k.pem"), **tls}
+    return doc
+
+
+def test_no_web_config_is_plain_http() -> None:
+    assert load_web_config(None) == WebConfig()
+
+
+def test_web_config_accepts_the_exporter_toolkit_subset(tmp_path: Path) -> None:
+    doc = _web(
+        tmp_path,
+        {
+            "client_auth_type": "VerifyClientCertIfGiven",
+            "client_ca_file": str(tmp_path / "c.pem"),
+            "max_version": "TLS13",
+        },
+        http_server_config={"headers": {"X-Content-Type-Options": "nosniff"}},
+    )
+    web = parse_web_config(doc)
+    assert web.tls is not None and web.tls.client_auth_type == "VerifyClientCertIfGiven"
+    assert web.tls.min_version == "TLS12"  # exporter-toolkit's default
+    assert web.headers == (("X-Content-Type-Options", "nosniff"),)
+
+
+@pytest.mark.parametrize(
+    ("tls", "top", "expected"),
+    [
+        ({"client_auth_type": "RequireAndVerifyClientCert"}, {}, "tls_server_config.client_ca_file: is required"),
+        ({"client_auth_type": "RequireAnyClientCert"}, {}, "tls_server_config.client_auth_type: RequireAnyClientCert"),
+        ({"client_auth_type": "Maybe"}, {}, "tls_server_config.client_auth_type: must be one of"),
+        ({"min_version": "TLS13", "max_version": "TLS12"}, {}, "tls_server_config.max_version: TLS12 is below"),
+        ({"cipher_suites": ["TLS_AES_128_GCM_SHA256"]}, {}, "tls_server_config.cipher_suites: is not supported"),
+        ({"key_file": "/nonexistent/k.pem"}, {}, "tls_server_config.key_file: cannot read /nonexistent/k.pem"),
+        ({"certfile": "typo"}, {}, "tls_server_config.certfile: unknown key"),
+        (None, {"basic_auth_users": {"p": "h"}}, "basic_auth_users: is not supported"),
+        (None, {"http_server_config": {"headers": {"Server": "x"}}}, "http_server_config.headers.Server: not settable"),
+        (None, {"http_server_config": {"http2": True}}, "http_server_config.http2: is not supported"),
+    ],
+)
+def test_web_config_errors_name_the_key(
+    tmp_path: Path, tls: dict[str, object] | None, top: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_web_config(_web(tmp_path, tls, **top))
+    assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
+    assert len(info.value.problems) == 1, info.value.problems  # one mistake, one message
