@@ -118,6 +118,15 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class ClientTLSConfig:
+    """Prometheus's `tls_config` for outgoing HTTPS: whom to trust, and the certificate to present."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class RelayConfig:
     """Fleet mode: alerts about another host are relayed to that host's exporter instead of run here."""
 
@@ -128,6 +137,7 @@ class RelayConfig:
     url_template: str = "http://{host}/webhook/alertmanager"
     host_regex: str = r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]{1,5})?"
     timeout: float = 10.0
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,13 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value
 
 
+def _readable_file(value: Any) -> str:
+    path = _str(value)
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"cannot read {path}")
+    return path
+
+
 def _regex(value: Any) -> str:
     text = _str(value)
     try:
@@ -341,6 +358,18 @@ def _env_names(value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _client_tls(s: _Section) -> ClientTLSConfig:
+    tls = ClientTLSConfig(
+        ca_file=s.value("ca_file", None, _readable_file),
+        cert_file=s.value("cert_file", None, _readable_file),
+        key_file=s.value("key_file", None, _readable_file),
+    )
+    if ("cert_file" in s.data) != ("key_file" in s.data):
+        s.error("cert_file" if "cert_file" not in s.data else "key_file", "cert_file and key_file go together")
+    s.finish()
+    return tls
+
+
 def _relay(s: _Section) -> RelayConfig:
     peers_raw: Any = s.value("peers", {}, lambda v: v)
     peers: dict[str, str] = {}
@@ -360,6 +389,7 @@ def _relay(s: _Section) -> RelayConfig:
         url_template=s.value("url_template", RelayConfig.url_template, _str),
         host_regex=s.value("host_regex", RelayConfig.host_regex, _regex),
         timeout=s.value("timeout", 10.0, _duration(0.1)),
+        tls=_client_tls(s.section("tls_config")),
     )
     if "{host}" not in relay.url_template:
         s.error("url_template", "must contain {host}")
@@ -539,13 +569,6 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
         return text
 
     return convert
-
-
-def _readable_file(value: Any) -> str:
-    path = _str(value)
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"cannot read {path}")
-    return path
 
 
 def _refuse_unsupported(section: _Section, prefix: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,16 @@ class Relay:
                 foreign.setdefault(host, []).append(alert)
         return Split(local, foreign, misrouted)
 
+    def _client_tls(self) -> ssl.SSLContext | None:
+        """Built per relay (alerts are rare), so rotated CA and client certificate files are always current."""
+        tls = self.config.tls
+        if tls.ca_file is None and tls.cert_file is None:
+            return None  # the system's trust store, no client certificate
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file is not None and tls.key_file is not None:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        return context
+
     def url_for(self, host: str) -> str | None:
         """The peer webhook URL for a host label value, or None when relaying there is not allowed."""
         if self.config.peers:
@@ -101,7 +112,8 @@ class Relay:
         body = {**envelope, "alerts": [dict(a.raw) for a in alerts]}
         headers = {"Authorization": authorization, HOP_HEADER: self.config.self_names[0]}
         try:
-            async with self._session.post(url, json=body, headers=headers) as response:
+            tls = await asyncio.to_thread(self._client_tls) if url.startswith("https://") else None
+            async with self._session.post(url, json=body, headers=headers, ssl=tls or True) as response:
                 await response.read()
                 result = RelayResult(host, url, len(alerts), status=response.status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -7,6 +7,7 @@ down), so these run against a dead socket and are not part of the engine matrix.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -184,3 +185,70 @@ def test_bad_web_config_stops_startup_naming_the_key(
     )
     assert result.returncode == 1, result.stdout
     assert named in result.stderr
+
+
+def _remediation(tmp_path: Path, name: str, relay: dict[str, Any] | None = None) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "enabled": True,
+        "auth": {"bearer_token": "t"},
+        "audit_log": str(tmp_path / f"{name}-audit.jsonl"),
+        "actions": {"clean": {"type": "prune_dangling"}},
+        "routes": [{"matchers": ['alertname="DockerDanglingImagesPiling"'], "action": "clean"}],
+    }
+    if relay is not None:
+        section["relay"] = {"enabled": True, "self_names": ["a"], "timeout": "5s", **relay}
+    return {"state": {"path": str(tmp_path / f"{name}.json")}, "remediation": section}
+
+
+def test_relay_reaches_an_https_peer_with_its_client_certificate(
+    exporter_factory: ExporterFactory, tmp_path: Path, pki: dict[str, KeyPair]
+) -> None:
+    """Fleet mode across hosts: exporter A relays an alert about B to B's HTTPS webhook, presenting the
+    client certificate B requires. Both engines are down, so B's answer is its own 503: proof that the
+    request crossed TLS and reached B's handler. Without the client certificate B refuses the handshake."""
+    web = tmp_path / "b-web.yml"
+    web.write_text(
+        yaml.safe_dump(
+            {
+                "tls_server_config": {
+                    "cert_file": str(pki["server"].cert),
+                    "key_file": str(pki["server"].key),
+                    "client_auth_type": "RequireAndVerifyClientCert",
+                    "client_ca_file": str(pki["ca"].cert),
+                }
+            }
+        )
+    )
+    dead = f"unix:///tmp/die-dead-{free_port()}.sock"
+    b = exporter_factory(
+        dead,
+        _remediation(tmp_path, "b"),
+        extra_args=["--web.config.file", str(web)],
+        ready=False,
+        client_tls=client_context(pki["ca"], pki["client"]),
+    )
+    peers = {"b": f"{b.url}/webhook/alertmanager"}
+    with_cert = {
+        "peers": peers,
+        "tls_config": {
+            "ca_file": str(pki["ca"].cert),
+            "cert_file": str(pki["client"].cert),
+            "key_file": str(pki["client"].key),
+        },
+    }
+    a = exporter_factory(dead, _remediation(tmp_path, "a", with_cert), ready=False)
+    alert = {"status": "firing", "labels": {"alertname": "DockerDanglingImagesPiling", "instance": "b"}}
+    body = json.dumps({"version": "4", "status": "firing", "receiver": "r", "groupKey": "{}", "alerts": [alert]})
+    headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+
+    status, answer = a.request("POST", "/webhook/alertmanager", body.encode(), headers)
+    relayed = json.loads(answer)["relayed"][0]
+    assert status == 502 and relayed.get("status") == 503, answer  # B's own "engine unreachable"
+    assert "engine" in b.logs() and b.sample("docker_webhook_requests_total", {"code": "503"}) == 1
+
+    ca_only = {"peers": peers, "tls_config": {"ca_file": str(pki["ca"].cert)}}
+    a2 = exporter_factory(dead, _remediation(tmp_path, "a2", ca_only), ready=False)
+    status, answer = a2.request("POST", "/webhook/alertmanager", body.encode(), headers)
+    relayed = json.loads(answer)["relayed"][0]
+    assert status == 502 and relayed["status"] is None and relayed["error"], answer
+    assert b.sample("docker_webhook_requests_total", {"code": "503"}) == 1  # B's handler never saw it

@@ -205,3 +205,15 @@ def test_web_config_errors_name_the_key(
         parse_web_config(_web(tmp_path, tls, **top))
     assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
     assert len(info.value.problems) == 1, info.value.problems  # one mistake, one message
+
+
+def test_relay_tls_config_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("x")
+    base = {"enabled": True, "self_names": ["a"]}
+    ok = parse_config({"remediation": {"relay": {**base, "tls_config": {"ca_file": str(tmp_path / "ca.crt")}}}})
+    assert ok.remediation.relay.tls.ca_file == str(tmp_path / "ca.crt")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"remediation": {"relay": {**base, "tls_config": {"cert_file": str(tmp_path / "ca.crt")}}}})
+    assert info.value.problems == ["remediation.relay.tls_config.key_file: cert_file and key_file go together"]
+    with pytest.raises(ConfigError, match=r"remediation\.relay\.tls_config\.ca_file: cannot read /nope"):
+        parse_config({"remediation": {"relay": {**base, "tls_config": {"ca_file": "/nope"}}}})
