@@ -118,7 +118,11 @@ class PrivatePrometheus(_Program):
         rules: Sequence[Mapping[str, Any]] = (),
         alertmanagers: Sequence[str] = (),
         job: str = "docker-image-exporter",
+        extra_jobs: Sequence[Mapping[str, Any]] = (),
+        tls_config: Mapping[str, Any] | None = None,
     ) -> None:
+        """`tls_config` (Prometheus's own keys) makes the main job scrape over HTTPS; `extra_jobs` are added
+        as they are."""
         super().__init__(workdir, "prometheus")
         rule_files = []
         for index, rule_doc in enumerate(rules):
@@ -128,8 +132,10 @@ class PrivatePrometheus(_Program):
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
             "rule_files": rule_files,
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}, *extra_jobs],
         }
+        if tls_config is not None:
+            config["scrape_configs"][0] |= {"scheme": "https", "tls_config": dict(tls_config)}
         if alertmanagers:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
         self.config_path = self.workdir / "prometheus.yml"
@@ -213,8 +219,13 @@ def webhook_receiver_config(
     group_interval: str = "5s",
     repeat_interval: str = "1h",
     matchers: Sequence[str] = (),
+    tls_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An Alertmanager config that sends matching alerts to the exporter's webhook with a bearer token file."""
+    """An Alertmanager config that sends matching alerts to the exporter's webhook with a bearer token file
+    (and, for an https:// url, Alertmanager's `tls_config`)."""
+    http_config: dict[str, Any] = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
+    if tls_config is not None:
+        http_config["tls_config"] = dict(tls_config)
     route: dict[str, Any] = {
         "receiver": "exporter",
         "group_by": list(group_by),
@@ -234,7 +245,7 @@ def webhook_receiver_config(
                     {
                         "url": url,
                         "send_resolved": True,
-                        "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}},
+                        "http_config": http_config,
                     }
                 ],
             },
