@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import ssl
 import statistics
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.harness.certs import client_context, issue, make_ca
 from tests.harness.dockerd import PrivateDockerd, remove_workdir, short_workdir
 from tests.harness.exporter import ExporterProcess
 from tests.harness.images import Layer, load_images, tiny_images
@@ -37,9 +39,10 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def timed_get(url: str) -> tuple[float, int]:
+def timed_get(url: str, context: ssl.SSLContext | None = None) -> tuple[float, int]:
+    """One GET on a new connection (urllib does not keep connections): with HTTPS, a full handshake."""
     start = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    with urllib.request.urlopen(url, timeout=30, context=context) as resp:
         body = resp.read()
     return time.perf_counter() - start, len(body)
 
@@ -110,10 +113,42 @@ def bench_count(count: int) -> dict[str, Any]:
         result["dry_run_status"] = status
         result["rss_after_bytes"] = rss_bytes(exp.pid)
         exp.stop()
+        result.update(bench_tls_scrape(engine, workdir))
     finally:
         engine.stop()
         remove_workdir(workdir)
     return result
+
+
+def bench_tls_scrape(engine: PrivateDockerd, workdir: Path) -> dict[str, Any]:
+    """The same scrape over HTTPS (--web.config.file, P-256 certificate), a new handshake every time."""
+    pki = workdir / "pki"
+    ca = make_ca(pki, "bench-ca")
+    server = issue(ca, pki, "bench-exporter")
+    web = workdir / "web.yml"
+    web.write_text(json.dumps({"tls_server_config": {"cert_file": str(server.cert), "key_file": str(server.key)}}))
+    exp = ExporterProcess(
+        workdir / "exp-tls",
+        engine.host,
+        {
+            "poll": {"interval": "10m"},
+            "filesystem": {"path": str(engine.data_root)},
+            "state": {"path": str(workdir / "tls-state.json")},
+        },
+        name="bench-tls",
+        extra_args=["--web.config.file", str(web)],
+        client_tls=client_context(ca),
+    )
+    try:
+        exp.start(timeout=120)
+        exp.wait_ready(timeout=300)
+        latencies = [timed_get(exp.url + "/metrics", exp.client_tls)[0] for _ in range(SCRAPES)]
+    finally:
+        exp.stop()
+    return {
+        "scrape_tls_seconds_median": round(statistics.median(latencies), 4),
+        "scrape_tls_seconds_max": round(max(latencies), 4),
+    }
 
 
 def main() -> int:
