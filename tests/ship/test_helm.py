@@ -3,8 +3,8 @@
 Every ``ci/*-values.yaml`` scenario lints clean (strict) and renders; every rendered core object validates
 against the Kubernetes 1.30 schemas (strict: unknown fields fail); the prometheus-operator objects are checked
 structurally; the dashboards in the ConfigMaps equal ``dashboards/``; the PrometheusRule equals
-``alerts.render.render_rules`` with the same thresholds; the rendered exporter config passes the exporter's
-own config validation; and the chart's copies of the dashboards and rules have not drifted from the sources.
+``alerts.render.render_rules`` with the same thresholds; the rendered exporter config and web config (HTTPS)
+pass the exporter's own validation; and the chart's copies of the dashboards and rules have not drifted from the sources.
 """
 
 from __future__ import annotations
@@ -26,16 +26,18 @@ helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (i
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
 from alerts.render import DEFAULT_THRESHOLDS, render_rules  # noqa: E402
-from exporter.config import parse_config  # noqa: E402
+from exporter.config import parse_config, parse_web_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "docker-image-exporter"
 KUBE_VERSION = "1.30.0"
 RELEASE = "die"
 NAMESPACE = "monitoring"
-SCENARIOS = ("default", "remediation", "all")
+SCENARIOS = ("default", "remediation", "all", "tls")
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 SECRET_DIR = "/etc/docker-image-exporter/secrets"
+TLS_DIR = "/etc/docker-image-exporter/tls"
+WEB_CONFIG_FLAG = "--web.config.file=/etc/docker-image-exporter/config/web.yml"
 
 
 def scenario_values(name: str) -> dict[str, Any]:
@@ -110,6 +112,11 @@ def test_lint_is_clean(scenario: str) -> None:
         {"log": {"format": "text"}},
         {"prometheusRule": {"thresholds": {"disk_for": ["5m"]}}},
         {"serviceMonitor": {"enabled": "yes"}},
+        {"web": {"tls": {"clientAuthType": "RequireAnyClientCert"}}},
+        {"web": {"tls": {"minVersion": "TLS1.2"}}},
+        {"web": {"tls": {"enabled": "true"}}},
+        {"web": {"headers": {"Server": "die"}}},
+        {"serviceMonitor": {"tlsConfig": "insecure"}},
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
@@ -138,6 +145,18 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
             {"prometheusRule": {"enabled": True, "thresholds": {"disk_avail_ratio_warning_clear": 0.1}}},
             "clears at",
         ),
+        ({"web": {"tls": {"enabled": True}}}, "needs web.tls.secretName"),
+        (
+            {"web": {"tls": {"enabled": True, "secretName": "t", "minVersion": "TLS13", "maxVersion": "TLS12"}}},
+            "below web.tls.minVersion",
+        ),
+        (
+            {
+                "web": {"tls": {"enabled": True, "secretName": "t"}},
+                "serviceMonitor": {"enabled": True, "namespace": "observability"},
+            },
+            "set serviceMonitor.tlsConfig",
+        ),
     ],
 )
 def test_render_refuses_inconsistent_values(values: dict[str, Any], message: str) -> None:
@@ -153,6 +172,7 @@ EXPECTED_KINDS: dict[str, Counter[str]] = {
     "remediation": Counter(ConfigMap=1, DaemonSet=1, Service=2, ServiceAccount=1, Secret=1),
     # dashboards: one ConfigMap each (counted in the test)
     "all": Counter(DaemonSet=1, Service=2, ServiceAccount=1, ServiceMonitor=1, PrometheusRule=1, NetworkPolicy=1),
+    "tls": Counter(ConfigMap=1, DaemonSet=1, Service=2, ServiceAccount=1, Secret=1, ServiceMonitor=1),
 }
 
 
@@ -238,8 +258,11 @@ def test_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]], scenario:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10151
     assert pod["automountServiceAccountToken"] is False
-    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    if scenario == "tls":  # client certificates required: the kubelet cannot pass an HTTPS probe
+        assert container["livenessProbe"]["tcpSocket"] == container["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    else:
+        assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     # writable places despite the read-only root: state/audit directory and /tmp only
@@ -300,10 +323,12 @@ def test_rendered_config_passes_the_exporters_validation(
 ) -> None:
     config = _config(rendered[scenario])
     monkeypatch.setenv("POD_IP", "10.1.2.3")  # the DaemonSet's downward API gives each pod its own
-    # the credential files the pod would mount, here in tmp_path
+    monkeypatch.setenv("NODE_NAME", "node-1")
+    # the credential and certificate files the pod would mount, here in tmp_path
     (tmp_path / "bearer-token").write_text("t0ken\n")
     (tmp_path / "basic-auth-password").write_text("pw\n")
-    text = yaml.safe_dump(config).replace(SECRET_DIR, str(tmp_path))
+    tls_dir = _dummy_tls_files(tmp_path)
+    text = yaml.safe_dump(config).replace(SECRET_DIR, str(tmp_path)).replace(TLS_DIR, str(tls_dir))
     parsed = parse_config(yaml.safe_load(text))
     values = scenario_values(scenario)
     assert parsed.docker.host == "unix:///var/run/docker.sock"
@@ -320,6 +345,170 @@ def test_rendered_config_passes_the_exporters_validation(
     if scenario == "all":
         assert parsed.poll.interval == 15 and parsed.remediation.dry_run is True
         assert parsed.remediation.auth.bearer_token == "t0ken" and parsed.remediation.auth.basic_auth is None
+    if scenario == "tls":
+        relay = parsed.remediation.relay
+        assert relay.enabled and relay.self_names == ("node-1",) and relay.url_template.startswith("https://")
+        assert (relay.tls.ca_file, relay.tls.cert_file, relay.tls.key_file) == tuple(
+            str(tls_dir / name) for name in ("ca.crt", "tls.crt", "tls.key")
+        )
+
+
+def _dummy_tls_files(tmp_path: Path) -> Path:
+    """Stand-ins for the mounted kubernetes.io/tls Secret (the validators only check that they are readable)."""
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (tls_dir / name).write_text(f"dummy {name}\n")
+    return tls_dir
+
+
+def _web_config(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    cm = next(c for c in by_kind(objects, "ConfigMap") if "config.yaml" in c.get("data", {}))
+    if "web.yml" not in cm["data"]:
+        return None
+    data = yaml.safe_load(cm["data"]["web.yml"])
+    assert isinstance(data, dict)
+    return data
+
+
+def _tls_values(client_auth: str, **extra: Any) -> dict[str, Any]:
+    return {"web": {"tls": {"enabled": True, "secretName": "die-tls", "clientAuthType": client_auth}}, **extra}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_web_config_passes_the_exporters_validation(
+    rendered: dict[str, list[dict[str, Any]]], scenario: str, tmp_path: Path
+) -> None:
+    objects = rendered[scenario]
+    web = _web_config(objects)
+    args = exporter_container(objects)["args"]
+    if scenario != "tls":  # plain HTTP: no web config, no flag
+        assert web is None and not any(a.startswith("--web.config.file") for a in args)
+        return
+    assert web is not None
+    assert WEB_CONFIG_FLAG in args
+    tls_dir = _dummy_tls_files(tmp_path)
+    parsed = parse_web_config(yaml.safe_load(yaml.safe_dump(web).replace(TLS_DIR, str(tls_dir))))
+    assert parsed.tls is not None
+    assert parsed.tls.cert_file == str(tls_dir / "tls.crt") and parsed.tls.key_file == str(tls_dir / "tls.key")
+    assert parsed.tls.client_auth_type == "RequireAndVerifyClientCert"
+    assert parsed.tls.client_ca_file == str(tls_dir / "ca.crt")
+    assert (parsed.tls.min_version, parsed.tls.max_version) == ("TLS12", "TLS13")
+    assert dict(parsed.headers) == scenario_values("tls")["web"]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expect_tls", "expect_headers"),
+    [
+        (_tls_values("NoClientCert"), True, False),
+        (_tls_values("VerifyClientCertIfGiven"), True, False),
+        ({"web": {"headers": {"X-Content-Type-Options": "nosniff"}}}, False, True),
+    ],
+    ids=["tls-no-client-cert", "tls-verify-if-given", "headers-only"],
+)
+def test_web_config_variants_pass_the_exporters_validation(
+    values: dict[str, Any], expect_tls: bool, expect_headers: bool, tmp_path: Path
+) -> None:
+    objects = render(values)
+    web = _web_config(objects)
+    assert web is not None and WEB_CONFIG_FLAG in exporter_container(objects)["args"]
+    tls_dir = _dummy_tls_files(tmp_path)
+    parsed = parse_web_config(yaml.safe_load(yaml.safe_dump(web).replace(TLS_DIR, str(tls_dir))))
+    assert (parsed.tls is not None) is expect_tls
+    assert bool(parsed.headers) is expect_headers
+    if parsed.tls is not None:
+        auth = values["web"]["tls"]["clientAuthType"]
+        assert parsed.tls.client_auth_type == auth
+        # the CA is only asked for when client certificates are verified (a public-CA Secret has no ca.crt)
+        assert parsed.tls.client_ca_file == (None if auth == "NoClientCert" else str(tls_dir / "ca.crt"))
+    mounts = {m["name"] for m in exporter_container(objects)["volumeMounts"]}
+    assert ("tls" in mounts) is expect_tls
+
+
+def test_tls_secret_is_mounted_read_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["tls"]
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    mount = {m["name"]: m for m in exporter_container(objects)["volumeMounts"]}["tls"]
+    assert mount == {"name": "tls", "mountPath": TLS_DIR, "readOnly": True}
+    volume = {v["name"]: v for v in pod["volumes"]}["tls"]["secret"]
+    # the whole Secret (no items): kubelet then swaps renewed certificates in and the exporter reloads them
+    assert volume == {"secretName": "docker-image-exporter-tls", "defaultMode": 0o440}
+    annotations = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/web-config" in annotations
+    # nothing is mounted, and no flag is passed, without TLS
+    for scenario in ("default", "all"):
+        default_pod = one(rendered[scenario], "DaemonSet")["spec"]["template"]["spec"]
+        assert "tls" not in {v["name"] for v in default_pod["volumes"]}
+        assert "checksum/web-config" not in one(rendered[scenario], "DaemonSet")["spec"]["template"]["metadata"].get(
+            "annotations", {}
+        )
+
+
+@pytest.mark.parametrize(
+    ("client_auth", "expected"),
+    [
+        (None, {"httpGet": {"path": "/-/ready", "port": "http"}}),
+        ("NoClientCert", {"httpGet": {"path": "/-/ready", "port": "http", "scheme": "HTTPS"}}),
+        ("VerifyClientCertIfGiven", {"httpGet": {"path": "/-/ready", "port": "http", "scheme": "HTTPS"}}),
+        # the kubelet presents no client certificate: only the TCP port can be checked
+        ("RequireAndVerifyClientCert", {"tcpSocket": {"port": "http"}}),
+    ],
+)
+def test_probes_follow_the_client_certificate_policy(client_auth: str | None, expected: dict[str, Any]) -> None:
+    objects = render(_tls_values(client_auth) if client_auth else {})
+    container = exporter_container(objects)
+    readiness = container["readinessProbe"]
+    assert {k: v for k, v in readiness.items() if k in ("httpGet", "tcpSocket")} == expected
+    assert readiness["periodSeconds"] == 10 and readiness["failureThreshold"] == 3
+    liveness = container["livenessProbe"]
+    if "httpGet" in expected:
+        assert liveness["httpGet"] == {**expected["httpGet"], "path": "/-/healthy"}
+    else:
+        assert liveness["tcpSocket"] == {"port": "http"} and "httpGet" not in liveness
+    kubernetes_validate.validate(one(objects, "DaemonSet"), KUBE_VERSION, strict=True)
+
+
+def test_service_monitor_scrapes_https(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    (endpoint,) = one(rendered["tls"], "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    secret = "docker-image-exporter-tls"
+    assert endpoint["tlsConfig"] == {
+        "serverName": f"{RELEASE}-docker-image-exporter.{NAMESPACE}.svc",
+        "ca": {"secret": {"name": secret, "key": "ca.crt"}},
+        "cert": {"secret": {"name": secret, "key": "tls.crt"}},
+        "keySecret": {"name": secret, "key": "tls.key"},
+    }
+    # no client certificate is presented when none is required
+    (endpoint,) = one(
+        render(_tls_values("VerifyClientCertIfGiven", serviceMonitor={"enabled": True})), "ServiceMonitor"
+    )["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and set(endpoint["tlsConfig"]) == {"serverName", "ca"}
+    # serviceMonitor.tlsConfig is passed verbatim (e.g. a ServiceMonitor in Prometheus's namespace)
+    own = {"ca": {"secret": {"name": "exporter-ca", "key": "ca.crt"}}, "serverName": "exporter.example"}
+    values = _tls_values("NoClientCert", serviceMonitor={"enabled": True, "namespace": "obs", "tlsConfig": own})
+    (endpoint,) = one(render(values), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"] == own
+    # plain HTTP: no scheme, no tlsConfig
+    (endpoint,) = one(rendered["all"], "ServiceMonitor")["spec"]["endpoints"]
+    assert "scheme" not in endpoint and "tlsConfig" not in endpoint
+
+
+def _notes(values: dict[str, Any]) -> str:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return str(next(text for path, text in manifests.items() if path.endswith("NOTES.txt")))
+
+
+def test_notes_warn_about_a_plain_http_relay_under_tls() -> None:
+    relay = {"enabled": True, "self_names": ["${POD_IP}:10151"]}
+    values = _tls_values("NoClientCert", webhookAuth={"bearerToken": "x"})
+    values["config"] = {"remediation": {"enabled": True, "relay": relay}}
+    notes = _notes(values)
+    assert "url_template is not https://" in notes
+    assert f"https://{RELEASE}-docker-image-exporter.{NAMESPACE}.svc:10151/webhook/alertmanager" in notes
+    relay["url_template"] = "https://{host}/webhook/alertmanager"
+    assert "url_template is not https://" not in _notes(values)
+    assert "url_template is not https://" not in _notes(scenario_values("tls"))
 
 
 def test_webhook_credentials_reach_the_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:

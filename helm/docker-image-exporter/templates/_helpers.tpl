@@ -57,6 +57,96 @@ app.kubernetes.io/component: exporter
 {{- define "docker-image-exporter.configDir" -}}/etc/docker-image-exporter/config{{- end }}
 {{- define "docker-image-exporter.secretDir" -}}/etc/docker-image-exporter/secrets{{- end }}
 {{- define "docker-image-exporter.stateDir" -}}/var/lib/docker-image-exporter{{- end }}
+{{- define "docker-image-exporter.tlsDir" -}}/etc/docker-image-exporter/tls{{- end }}
+
+{{/* "true" when web.tls.enabled, else empty; fails on values that cannot work. */}}
+{{- define "docker-image-exporter.tlsEnabled" -}}
+{{- $tls := .Values.web.tls | default dict }}
+{{- if $tls.enabled }}
+{{- if not $tls.secretName }}
+{{- fail "web.tls.enabled needs web.tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key (and ca.crt to verify client certificates)" }}
+{{- end }}
+{{- if and $tls.maxVersion (lt $tls.maxVersion (default "TLS12" $tls.minVersion)) }}
+{{- fail (printf "web.tls.maxVersion %s is below web.tls.minVersion %s" $tls.maxVersion (default "TLS12" $tls.minVersion)) }}
+{{- end }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the exporter verifies client certificates of every connection (probes cannot be HTTPS). */}}
+{{- define "docker-image-exporter.clientCertRequired" -}}
+{{- if and (include "docker-image-exporter.tlsEnabled" .) (eq (toString .Values.web.tls.clientAuthType) "RequireAndVerifyClientCert") }}true{{ end }}
+{{- end }}
+
+{{/*
+The --web.config.file contents (exporter-toolkit format), or empty when neither TLS nor headers are set
+(plain HTTP, no flag).
+*/}}
+{{- define "docker-image-exporter.webConfig" -}}
+{{- $web := dict }}
+{{- if include "docker-image-exporter.tlsEnabled" . }}
+{{- $tls := .Values.web.tls }}
+{{- $dir := include "docker-image-exporter.tlsDir" . }}
+{{- $auth := default "NoClientCert" $tls.clientAuthType }}
+{{- $server := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) "client_auth_type" $auth "min_version" (default "TLS12" $tls.minVersion) }}
+{{- if ne $auth "NoClientCert" }}
+{{- $_ := set $server "client_ca_file" (printf "%s/ca.crt" $dir) }}
+{{- end }}
+{{- with $tls.maxVersion }}
+{{- $_ := set $server "max_version" . }}
+{{- end }}
+{{- $_ := set $web "tls_server_config" $server }}
+{{- end }}
+{{- with .Values.web.headers }}
+{{- $_ := set $web "http_server_config" (dict "headers" .) }}
+{{- end }}
+{{- if $web }}
+{{- toYaml $web }}
+{{- end }}
+{{- end }}
+
+{{/*
+A probe from values, adapted to the web config: with TLS an httpGet probe without a scheme gets HTTPS;
+with RequireAndVerifyClientCert an httpGet probe becomes a tcpSocket probe on the same port, because the
+kubelet presents no client certificate and the TLS handshake would fail. Other probe kinds pass unchanged.
+Call with (dict "probe" .Values.livenessProbe "root" $).
+*/}}
+{{- define "docker-image-exporter.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- if and (hasKey $probe "httpGet") (include "docker-image-exporter.tlsEnabled" .root) }}
+{{- if include "docker-image-exporter.clientCertRequired" .root }}
+{{- $port := get $probe.httpGet "port" | default "http" }}
+{{- $probe = omit $probe "httpGet" }}
+{{- $_ := set $probe "tcpSocket" (dict "port" $port) }}
+{{- else if not (hasKey $probe.httpGet "scheme") }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/*
+The ServiceMonitor endpoint's tlsConfig: serviceMonitor.tlsConfig when set, else the CA (and with
+RequireAndVerifyClientCert the client certificate) of web.tls.secretName, which prometheus-operator can
+only read from the ServiceMonitor's own namespace.
+*/}}
+{{- define "docker-image-exporter.serviceMonitorTLSConfig" -}}
+{{- if .Values.serviceMonitor.tlsConfig }}
+{{- toYaml .Values.serviceMonitor.tlsConfig }}
+{{- else }}
+{{- $smNamespace := default .Release.Namespace .Values.serviceMonitor.namespace }}
+{{- if ne $smNamespace .Release.Namespace }}
+{{- fail (printf "web.tls with serviceMonitor.namespace %s: the default serviceMonitor.tlsConfig references Secret %s, which prometheus-operator only reads from the ServiceMonitor's namespace; set serviceMonitor.tlsConfig (e.g. ca/cert/keySecret from a Secret in %s, or caFile/certFile/keyFile mounted into Prometheus)" $smNamespace .Values.web.tls.secretName $smNamespace) }}
+{{- end }}
+{{- $secret := .Values.web.tls.secretName }}
+{{- $cfg := dict "serverName" (printf "%s.%s.svc" (include "docker-image-exporter.fullname" .) .Release.Namespace) "ca" (dict "secret" (dict "name" $secret "key" "ca.crt")) }}
+{{- if include "docker-image-exporter.clientCertRequired" . }}
+{{- $_ := set $cfg "cert" (dict "secret" (dict "name" $secret "key" "tls.crt")) }}
+{{- $_ := set $cfg "keySecret" (dict "name" $secret "key" "tls.key") }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+{{- end }}
 
 {{/* "true" when config.remediation.enabled is true, else empty. */}}
 {{- define "docker-image-exporter.remediationEnabled" -}}
