@@ -13,6 +13,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config, load_web_config
 from exporter.logs import LEVELS, setup_logging
+from exporter.web.tls import server_context
 
 DEFAULT_PORT = 10151
 log = logging.getLogger("exporter")
@@ -65,8 +66,6 @@ def resolve_docker_host(flag: str | None, config: Config) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    from exporter.web.tls import server_context
-
     try:
         config = load_config(args.config_file)
         web_config = load_web_config(args.web_config_file)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import threading
 import time
 
 from exporter.config import ConfigError, TLSServerConfig, WebConfig
@@ -56,20 +55,24 @@ def build_context(config: TLSServerConfig) -> ssl.SSLContext:
 
 
 class ReloadingTLS:
-    """The server's SSLContext, replaced on the next handshake after cert, key or CA files change."""
+    """The server's SSLContext, replaced on the next handshake after cert, key or CA files change.
+
+    Handshakes run on the event loop's thread (asyncio's SSL transport), so no lock is needed; the check
+    is a few `stat` calls at most once a second, and a rebuild reads three small files.
+    """
 
     CHECK_INTERVAL = 1.0
 
     def __init__(self, config: TLSServerConfig) -> None:
         self.config = config
         self._files = [f for f in (config.cert_file, config.key_file, config.client_ca_file) if f]
-        self._lock = threading.Lock()
         self._stamp = self._stamps()
-        self._current = build_context(config)
         self._checked = time.monotonic()
-        self.reloads = 0
-        self.context = build_context(config)  # what the listener holds: it only routes to `_current`
+        # The listener keeps this context for good; each handshake is routed to `_current`, which is it
+        # until the first reload.
+        self.context = build_context(config)
         self.context.sni_callback = self._on_hello
+        self._current = self.context
 
     def _stamps(self) -> tuple[float, ...]:
         stamps = []
@@ -83,13 +86,12 @@ class ReloadingTLS:
     def current(self) -> ssl.SSLContext:
         """The context for a new connection, rebuilt first if a file changed since the last check."""
         now = time.monotonic()
-        with self._lock:
-            if now - self._checked >= self.CHECK_INTERVAL:
-                self._checked = now
-                stamp = self._stamps()
-                if stamp != self._stamp:
-                    self._reload(stamp)
-            return self._current
+        if now - self._checked >= self.CHECK_INTERVAL:
+            self._checked = now
+            stamp = self._stamps()
+            if stamp != self._stamp:
+                self._reload(stamp)
+        return self._current
 
     def _reload(self, stamp: tuple[float, ...]) -> None:
         try:
@@ -98,7 +100,6 @@ class ReloadingTLS:
             log.error("keeping the previous TLS certificate: %s", "; ".join(exc.problems))
             return
         self._current, self._stamp = context, stamp
-        self.reloads += 1
         log.info("TLS certificate files changed; reloaded %s", self.config.cert_file)
 
     def _on_hello(self, connection: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:

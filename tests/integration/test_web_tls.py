@@ -80,8 +80,9 @@ def test_https_serves_metrics_with_headers_and_refuses_plain_http(
         assert resp.headers["X-Frame-Options"] == "deny"
         assert resp.headers["Strict-Transport-Security"] == "max-age=60"
     assert "docker_up 0.0" in body
-    status, _ = exp.request("GET", "/does-not-exist")  # headers on errors too
-    assert status == 404
+    with pytest.raises(urllib.error.HTTPError) as missing:  # headers on errors too
+        urllib.request.urlopen(exp.url + "/does-not-exist", timeout=10, context=client_context(pki["ca"]))
+    assert missing.value.code == 404 and missing.value.headers["X-Frame-Options"] == "deny"
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         urllib.request.urlopen(f"http://{exp.address}/metrics", timeout=5).read()
     # a client that does not trust the exporter's CA is refused by its own verification
