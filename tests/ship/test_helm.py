@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 SECRET_DIR = "/etc/docker-image-exporter/secrets"
 TLS_DIR = "/etc/docker-image-exporter/tls"
 WEB_CONFIG_FLAG = "--web.config.file=/etc/docker-image-exporter/config/web.yml"
+RULES_FILE = ROOT / "alerts" / "docker-image-exporter.rules.yml"
+#: The two values the chart cannot default (no published image; the socket's gid differs between nodes).
+REQUIRED: dict[str, Any] = {"image": {"repository": "registry.example.com/die"}, "docker": {"socketGroup": 999}}
 
 
 def scenario_values(name: str) -> dict[str, Any]:
@@ -46,8 +50,18 @@ def scenario_values(name: str) -> dict[str, Any]:
     return data
 
 
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every object the chart renders for `values` (NOTES.txt left out)."""
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def render(values: dict[str, Any], *, required: bool = True) -> list[dict[str, Any]]:
+    """Every object the chart renders for `values` (NOTES.txt left out), with REQUIRED filled in unless
+    `required` is false (then `values` must carry them itself, as the ci/ scenarios do)."""
+    if required:
+        values = _merged(REQUIRED, values)
     with helm.Chart.load(CHART) as chart:
         manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     objects: list[dict[str, Any]] = []
@@ -78,7 +92,7 @@ def exporter_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {name: render(scenario_values(name)) for name in SCENARIOS}
+    return {name: render(scenario_values(name), required=False) for name in SCENARIOS}
 
 
 def _sync_module() -> ModuleType:
@@ -111,12 +125,21 @@ def test_lint_is_clean(scenario: str) -> None:
         {"web": {"port": 70000}},
         {"log": {"format": "text"}},
         {"prometheusRule": {"thresholds": {"disk_for": ["5m"]}}},
-        {"serviceMonitor": {"enabled": "yes"}},
+        {"prometheus": {"monitor": {"enabled": "yes"}}},
+        {"prometheus": {"monitor": {"sampleLimit": -1}}},
+        {"prometheus": {"monitor": {"additionalLabels": {"release": 1}}}},
+        {"prometheus": {"monitr": {}}},
+        {"docker": {"socketGroup": "docker"}},
+        {"docker": {"socketGroup": -1}},
+        {"docker": {"runAsRoot": "yes"}},
+        {"image": {"registry": 5}},
+        {"revisionHistoryLimit": -1},
+        {"namespaceOverride": ["a"]},
         {"web": {"tls": {"clientAuthType": "RequireAnyClientCert"}}},
         {"web": {"tls": {"minVersion": "TLS1.2"}}},
         {"web": {"tls": {"enabled": "true"}}},
         {"web": {"headers": {"Server": "die"}}},
-        {"serviceMonitor": {"tlsConfig": "insecure"}},
+        {"prometheus": {"monitor": {"tlsConfig": "insecure"}}},
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
@@ -153,15 +176,136 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
         (
             {
                 "web": {"tls": {"enabled": True, "secretName": "t"}},
-                "serviceMonitor": {"enabled": True, "namespace": "observability"},
+                "prometheus": {"monitor": {"enabled": True, "namespace": "observability"}},
             },
-            "set serviceMonitor.tlsConfig",
+            "set prometheus.monitor.tlsConfig",
+        ),
+        # values renamed in chart 0.2.0 name their new key instead of being ignored
+        ({"dockerSocketGroup": 998}, "dockerSocketGroup was renamed docker.socketGroup"),
+        ({"serviceMonitor": {"enabled": True}}, r"serviceMonitor\.\* was renamed prometheus\.monitor\.\*"),
+        (
+            {"prometheusRule": {"labels": {"release": "x"}}},
+            "prometheusRule.labels was renamed prometheusRule.additionalLabels",
         ),
     ],
 )
 def test_render_refuses_inconsistent_values(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=message):
         render(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"docker": {"socketGroup": 998}}, "image.repository is required"),
+        ({"docker": {"socketGroup": 998}, "image": {"repository": "", "tag": "0.1.0"}}, "image.repository is required"),
+        ({"image": {"repository": "r.example/die"}}, "docker.socketGroup is required"),
+        ({"image": {"repository": "r.example/die"}, "docker": {"socketGroup": None}}, "docker.socketGroup is required"),
+        ({}, "is required"),
+    ],
+    ids=["no-repository", "empty-repository", "no-socket-group", "null-socket-group", "nothing"],
+)
+def test_render_requires_the_image_and_the_socket_group(values: dict[str, Any], message: str) -> None:
+    """No published image and no gid that fits every node: a render without them fails naming the value
+    instead of deploying an image nobody pushed, or pods that cannot reach the engine (docker_up 0)."""
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(values, required=False)
+
+
+def test_socket_group_message_says_how_to_find_the_gid() -> None:
+    values = {"image": {"repository": "r.example/die"}, "hostPaths": {"dockerSocket": "/run/docker.sock"}}
+    with pytest.raises(helm.HelmRenderError) as excinfo:
+        render(values, required=False)
+    assert "stat -c %g /run/docker.sock" in str(excinfo.value) and "docker.runAsRoot" in str(excinfo.value)
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ({"repository": "r.example/die"}, "r.example/die:0.1.0"),  # tag: the chart's appVersion
+        ({"registry": "r.example", "repository": "team/die", "tag": "1.2.3"}, "r.example/team/die:1.2.3"),
+        ({"repository": "die", "digest": DIGEST}, f"die@{DIGEST}"),
+        ({"registry": "r.example", "repository": "die", "tag": "1.2", "digest": DIGEST}, f"r.example/die:1.2@{DIGEST}"),
+    ],
+    ids=["repository-only", "registry-repository-tag", "digest", "tag-and-digest"],
+)
+def test_image_reference(image: dict[str, Any], expected: str) -> None:
+    objects = render({"image": image})
+    assert exporter_container(objects)["image"] == expected
+
+
+def test_global_image_registry_replaces_image_registry() -> None:
+    """As in the prometheus-community charts: umbrella charts and mirrors set one registry for all."""
+    values = {"image": {"registry": "r.example", "repository": "team/die"}, "global": {"imageRegistry": "mirror.local"}}
+    assert exporter_container(render(values))["image"] == "mirror.local/team/die:0.1.0"
+
+
+def test_socket_group_joins_the_pods_supplemental_groups() -> None:
+    pod = one(render({"docker": {"socketGroup": 0}}), "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["supplementalGroups"] == [0]  # a root:root 0660 socket: 0 is a real answer
+    values = {
+        "docker": {"socketGroup": 998},
+        "podSecurityContext": {"runAsUser": 10151, "supplementalGroups": [5, 998]},
+    }
+    pod = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["supplementalGroups"] == [998, 5]
+
+
+def test_run_as_root_needs_no_socket_group() -> None:
+    values = {"image": {"repository": "r.example/die"}, "docker": {"runAsRoot": True}}
+    values["persistence"] = {"hostPath": "/var/lib/docker-image-exporter"}
+    objects = render(values, required=False)
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 0 and pod["securityContext"]["runAsNonRoot"] is False
+    assert "supplementalGroups" not in pod["securityContext"]
+    # root connects as the socket's owner: still no capability, no privilege escalation
+    sc = exporter_container(objects)["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+    assert "initContainers" not in pod  # nothing to chown for root
+    kubernetes_validate.validate(one(objects, "DaemonSet"), KUBE_VERSION, strict=True)
+
+
+def test_namespace_override_moves_every_namespaced_object(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    values = scenario_values("all")
+    chart_namespace = values["namespaceOverride"]
+    assert chart_namespace != NAMESPACE
+    explicit = {"ServiceMonitor": "monitoring", "PrometheusRule": "monitoring"}
+    for obj in rendered["all"]:
+        is_dashboard = obj["kind"] == "ConfigMap" and "grafana_dashboard" in obj["metadata"]["labels"]
+        expected = "monitoring" if is_dashboard else explicit.get(obj["kind"], chart_namespace)
+        assert obj["metadata"]["namespace"] == expected, (obj["kind"], obj["metadata"]["name"])
+    sm = one(rendered["all"], "ServiceMonitor")
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [chart_namespace]}
+    # without the override: the release namespace
+    assert {o["metadata"]["namespace"] for o in rendered["default"]} == {NAMESPACE}
+
+
+def test_revision_history_limit(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert one(rendered["default"], "DaemonSet")["spec"]["revisionHistoryLimit"] == 10
+    assert one(rendered["all"], "DaemonSet")["spec"]["revisionHistoryLimit"] == 3
+
+
+def _alert_names() -> set[str]:
+    rules = yaml.safe_load(RULES_FILE.read_text())
+    return {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_example_routes_name_alerts_that_exist() -> None:
+    """Routes in the chart's values, scenarios, README and deploy docs match alerts the rules produce."""
+    names = _alert_names()
+    sources = [CHART / "values.yaml", CHART / "README.md", ROOT / "docs" / "deploy.md"]
+    sources += sorted((CHART / "ci").glob("*.yaml")) + sorted((ROOT / "examples").rglob("*.yml"))
+    referenced: dict[str, set[str]] = {}
+    for path in sources:
+        for name in re.findall(r'alertname=~?\\?"([A-Za-z0-9_|]+)\\?"', path.read_text()):
+            for alert in name.split("|"):
+                referenced.setdefault(alert, set()).add(path.name)
+    assert referenced, "no example route found: the test would check nothing"
+    unknown = {alert: files for alert, files in referenced.items() if alert not in names}
+    assert unknown == {}, f"routes on alerts no rule produces (known: {sorted(names)})"
 
 
 # --------------------------------------------------------------------------------------------- objects
@@ -205,9 +349,11 @@ def test_service_monitor_structure(rendered: dict[str, list[dict[str, Any]]]) ->
     sm = one(objects, "ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["namespace"] == "monitoring"
-    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert set(sm["spec"]) <= {"endpoints", "selector", "namespaceSelector", "jobLabel"}
-    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # prometheus.monitor.additionalLabels
+    assert set(sm["spec"]) <= {"endpoints", "selector", "namespaceSelector", "jobLabel", "sampleLimit"}
+    assert sm["spec"]["sampleLimit"] == 20000
+    assert "sampleLimit" not in one(rendered["tls"], "ServiceMonitor")["spec"]  # 0: no limit
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [scenario_values("all")["namespaceOverride"]]}
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics" and endpoint["interval"] == "15s"
     assert endpoint["relabelings"][0]["targetLabel"] == "node"
@@ -255,8 +401,14 @@ def test_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]], scenario:
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 10151
+    values = scenario_values(scenario)
+    if values.get("docker", {}).get("runAsRoot"):  # opted into root: no socket group needed
+        assert pod["securityContext"]["runAsNonRoot"] is False and pod["securityContext"]["runAsUser"] == 0
+        assert "supplementalGroups" not in pod["securityContext"]
+    else:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10151
+        assert pod["securityContext"]["supplementalGroups"] == [values["docker"]["socketGroup"]]
     assert pod["automountServiceAccountToken"] is False
     if scenario == "tls":  # client certificates required: the kubelet cannot pass an HTTPS probe
         assert container["livenessProbe"]["tcpSocket"] == container["readinessProbe"]["tcpSocket"] == {"port": "http"}
@@ -274,13 +426,11 @@ def test_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]], scenario:
     assert mounts["docker-socket"]["readOnly"] is (not remediation)
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["docker-socket"]["hostPath"]["type"] == "Socket"
-    values = scenario_values(scenario)
     host_paths = {"dockerSocket": "/var/run/docker.sock", "dockerDataRoot": "/var/lib/docker"}
     host_paths.update(values.get("hostPaths", {}))
     assert volumes["docker-socket"]["hostPath"]["path"] == host_paths["dockerSocket"]
     assert volumes["docker-data-root"]["hostPath"]["path"] == host_paths["dockerDataRoot"]
     assert mounts["docker-data-root"]["mountPath"] == host_paths["dockerDataRoot"]
-    assert pod["securityContext"]["supplementalGroups"] == [values.get("dockerSocketGroup", 0)]
 
 
 def test_state_on_host_path_gets_a_chown_init_container(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -300,10 +450,11 @@ def test_args_follow_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert "--log.format=json" in args and "--log.level=debug" in args
     assert args[0] == "--config.file=/etc/docker-image-exporter/config/config.yaml"
     assert args[-1] == "--docker.host=unix:///var/run/docker.sock"
-    assert exporter_container(rendered["all"])["image"].endswith(
+    assert exporter_container(rendered["all"])["image"] == (
+        "registry.example.com/mirror/docker-image-exporter:0.1.0"
         "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     )
-    assert exporter_container(rendered["default"])["image"].endswith(":0.1.0")
+    assert exporter_container(rendered["default"])["image"] == "registry.example.com/docker-image-exporter:0.1.0"
 
 
 # --------------------------------------------------------------------------------------------- config/secret
@@ -480,12 +631,13 @@ def test_service_monitor_scrapes_https(rendered: dict[str, list[dict[str, Any]]]
     }
     # no client certificate is presented when none is required
     (endpoint,) = one(
-        render(_tls_values("VerifyClientCertIfGiven", serviceMonitor={"enabled": True})), "ServiceMonitor"
+        render(_tls_values("VerifyClientCertIfGiven", prometheus={"monitor": {"enabled": True}})), "ServiceMonitor"
     )["spec"]["endpoints"]
     assert endpoint["scheme"] == "https" and set(endpoint["tlsConfig"]) == {"serverName", "ca"}
-    # serviceMonitor.tlsConfig is passed verbatim (e.g. a ServiceMonitor in Prometheus's namespace)
+    # prometheus.monitor.tlsConfig is passed verbatim (e.g. a ServiceMonitor in Prometheus's namespace)
     own = {"ca": {"secret": {"name": "exporter-ca", "key": "ca.crt"}}, "serverName": "exporter.example"}
-    values = _tls_values("NoClientCert", serviceMonitor={"enabled": True, "namespace": "obs", "tlsConfig": own})
+    monitor = {"enabled": True, "namespace": "obs", "tlsConfig": own}
+    values = _tls_values("NoClientCert", prometheus={"monitor": monitor})
     (endpoint,) = one(render(values), "ServiceMonitor")["spec"]["endpoints"]
     assert endpoint["tlsConfig"] == own
     # plain HTTP: no scheme, no tlsConfig
@@ -494,6 +646,7 @@ def test_service_monitor_scrapes_https(rendered: dict[str, list[dict[str, Any]]]
 
 
 def _notes(values: dict[str, Any]) -> str:
+    values = _merged(REQUIRED, values)
     with helm.Chart.load(CHART) as chart:
         manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     return str(next(text for path, text in manifests.items() if path.endswith("NOTES.txt")))
@@ -643,3 +796,10 @@ def _walk(obj: Any) -> Iterator[str]:
 def test_no_placeholder_survives_rendering(rendered: dict[str, list[dict[str, Any]]]) -> None:
     leftovers = [s for s in _walk(rendered["all"]) if "@@" in s]
     assert leftovers == []
+
+
+def test_notes_explain_the_socket_group_and_pod_security() -> None:
+    notes = _notes({"docker": {"socketGroup": 998}, "namespaceOverride": "die-system"})
+    assert "supplemental group 998 (docker.socketGroup)" in notes
+    assert "kubectl label namespace die-system pod-security.kubernetes.io/enforce=privileged" in notes
+    assert "runs as ROOT" in _notes({"docker": {"runAsRoot": True}})

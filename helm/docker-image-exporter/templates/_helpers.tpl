@@ -45,11 +45,74 @@ app.kubernetes.io/component: exporter
 {{- end }}
 {{- end }}
 
+{{/* Namespace of the namespaced objects: namespaceOverride, else the release namespace. */}}
+{{- define "docker-image-exporter.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
+{{/*
+The image reference, <registry>/<repository>:<tag>[@<digest>] as in the prometheus-community charts
+(global.imageRegistry wins over image.registry; no registry: the repository as given). There is no
+published image, so an empty repository fails rather than pointing at an image nobody pushed.
+*/}}
 {{- define "docker-image-exporter.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- $image := .Values.image }}
+{{- if not $image.repository }}
+{{- fail "image.repository is required: no docker-image-exporter image is published yet. Build and push one (make image IMAGE=registry.example.com/docker-image-exporter:0.1.0; docker push ...) and set image.repository (with image.registry / image.tag as needed), e.g. --set image.repository=registry.example.com/docker-image-exporter" }}
+{{- end }}
+{{- $registry := default $image.registry ((.Values.global | default dict).imageRegistry) }}
+{{- $name := ternary (printf "%s/%s" $registry $image.repository) $image.repository (not (empty $registry)) }}
+{{- if $image.digest }}
+{{- if $image.tag }}
+{{- printf "%s:%s@%s" $name $image.tag $image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s@%s" $name $image.digest }}
+{{- end }}
+{{- else }}
+{{- printf "%s:%s" $name (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pod's securityContext: podSecurityContext plus the Docker socket's group. The gid that owns the socket
+differs between distributions and cannot be learned at render time (an init container could stat it, but
+runAsGroup/supplementalGroups of the main container are fixed before any container runs), so it is required,
+unless docker.runAsRoot: uid 0 connects as the socket's owner (root:docker 0660) without any capability.
+*/}}
+{{- define "docker-image-exporter.podSecurityContext" -}}
+{{- $sc := deepCopy (.Values.podSecurityContext | default dict) }}
+{{- $docker := .Values.docker | default dict }}
+{{- $group := $docker.socketGroup }}
+{{- if $docker.runAsRoot }}
+{{- $_ := set $sc "runAsUser" 0 }}
+{{- $_ := set $sc "runAsGroup" 0 }}
+{{- $_ := set $sc "runAsNonRoot" false }}
+{{- else if kindIs "invalid" $group }}
+{{- fail (printf "docker.socketGroup is required: the gid that owns %s on the nodes (run `stat -c %%g %s` on a node, e.g. --set docker.socketGroup=998; 0 when it is root:root). The exporter runs as uid 10151 and without that group cannot connect (docker_up stays 0). Alternatively docker.runAsRoot=true runs it as root." .Values.hostPaths.dockerSocket .Values.hostPaths.dockerSocket) }}
+{{- end }}
+{{- if not (kindIs "invalid" $group) }}
+{{- $groups := list (int64 $group) }}
+{{- range ($sc.supplementalGroups | default list) }}
+{{- $groups = append $groups (int64 .) }}
+{{- end }}
+{{- $_ := set $sc "supplementalGroups" ($groups | uniq) }}
+{{- end }}
+{{- toYaml $sc }}
+{{- end }}
+
+{{/*
+Values renamed in 0.2.0: fail naming the new key instead of silently ignoring the old one (the schema lets
+the old keys through for this message).
+*/}}
+{{- define "docker-image-exporter.renamedValues" -}}
+{{- if hasKey .Values "dockerSocketGroup" }}
+{{- fail "dockerSocketGroup was renamed docker.socketGroup (and no longer defaults to 0); see Upgrading in the chart README" }}
+{{- end }}
+{{- if hasKey .Values "serviceMonitor" }}
+{{- fail "serviceMonitor.* was renamed prometheus.monitor.* (serviceMonitor.labels is prometheus.monitor.additionalLabels); see Upgrading in the chart README" }}
+{{- end }}
+{{- if hasKey (.Values.prometheusRule | default dict) "labels" }}
+{{- fail "prometheusRule.labels was renamed prometheusRule.additionalLabels; see Upgrading in the chart README" }}
 {{- end }}
 {{- end }}
 
@@ -126,20 +189,21 @@ Call with (dict "probe" .Values.livenessProbe "root" $).
 {{- end }}
 
 {{/*
-The ServiceMonitor endpoint's tlsConfig: serviceMonitor.tlsConfig when set, else the CA (and with
+The ServiceMonitor endpoint's tlsConfig: prometheus.monitor.tlsConfig when set, else the CA (and with
 RequireAndVerifyClientCert the client certificate) of web.tls.secretName, which prometheus-operator can
 only read from the ServiceMonitor's own namespace.
 */}}
 {{- define "docker-image-exporter.serviceMonitorTLSConfig" -}}
-{{- if .Values.serviceMonitor.tlsConfig }}
-{{- toYaml .Values.serviceMonitor.tlsConfig }}
+{{- $namespace := include "docker-image-exporter.namespace" . }}
+{{- if .Values.prometheus.monitor.tlsConfig }}
+{{- toYaml .Values.prometheus.monitor.tlsConfig }}
 {{- else }}
-{{- $smNamespace := default .Release.Namespace .Values.serviceMonitor.namespace }}
-{{- if ne $smNamespace .Release.Namespace }}
-{{- fail (printf "web.tls with serviceMonitor.namespace %s: the default serviceMonitor.tlsConfig references Secret %s, which prometheus-operator only reads from the ServiceMonitor's namespace; set serviceMonitor.tlsConfig (e.g. ca/cert/keySecret from a Secret in %s, or caFile/certFile/keyFile mounted into Prometheus)" $smNamespace .Values.web.tls.secretName $smNamespace) }}
+{{- $smNamespace := default $namespace .Values.prometheus.monitor.namespace }}
+{{- if ne $smNamespace $namespace }}
+{{- fail (printf "web.tls with prometheus.monitor.namespace %s: the default prometheus.monitor.tlsConfig references Secret %s, which prometheus-operator only reads from the ServiceMonitor's namespace; set prometheus.monitor.tlsConfig (e.g. ca/cert/keySecret from a Secret in %s, or caFile/certFile/keyFile mounted into Prometheus)" $smNamespace .Values.web.tls.secretName $smNamespace) }}
 {{- end }}
 {{- $secret := .Values.web.tls.secretName }}
-{{- $cfg := dict "serverName" (printf "%s.%s.svc" (include "docker-image-exporter.fullname" .) .Release.Namespace) "ca" (dict "secret" (dict "name" $secret "key" "ca.crt")) }}
+{{- $cfg := dict "serverName" (printf "%s.%s.svc" (include "docker-image-exporter.fullname" .) $namespace) "ca" (dict "secret" (dict "name" $secret "key" "ca.crt")) }}
 {{- if include "docker-image-exporter.clientCertRequired" . }}
 {{- $_ := set $cfg "cert" (dict "secret" (dict "name" $secret "key" "tls.crt")) }}
 {{- $_ := set $cfg "keySecret" (dict "name" $secret "key" "tls.key") }}
