@@ -27,7 +27,7 @@ if [ -z "${DOCKER_GID:-}" ]; then
             "stack runs on (stat -c %g <socket>), or DOCKER_SOCKET to the socket's path" >&2
         exit 1
     fi
-    DOCKER_GID="$(stat -c %g "$socket")"
+    DOCKER_GID="$(stat -c %g "$socket" 2>/dev/null || stat -f %g "$socket")"   # GNU, else BSD/macOS stat
 fi
 case "$DOCKER_GID" in
     "" | *[!0-9]*) echo "$0: DOCKER_GID must be a numeric gid, not '$DOCKER_GID'" >&2; exit 1 ;;

@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -339,6 +341,17 @@ def test_make_token_keeps_the_token_and_the_users_env(quickstart_copy: Path) -> 
     forced = _make_token(quickstart_copy, "--force", DOCKER_GID=DOCKER_GID)
     assert forced.returncode == 0
     assert (quickstart_copy / "secrets" / "token").read_text(encoding="utf-8") != first
+
+
+def test_make_token_reads_the_group_of_the_socket(quickstart_copy: Path) -> None:
+    """Without DOCKER_GID the script records the group owning the socket (a socket of the test's own here)."""
+    with tempfile.TemporaryDirectory(prefix="sock") as short_dir, socket.socket(socket.AF_UNIX) as server:
+        path = Path(short_dir) / "docker.sock"  # unix socket paths are limited to ~107 bytes: keep it short
+        server.bind(str(path))
+        result = _make_token(quickstart_copy, DOCKER_SOCKET=str(path))
+        gid = path.stat().st_gid
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"DOCKER_GID={gid}" in (quickstart_copy / ".env").read_text(encoding="utf-8").splitlines()
 
 
 def test_make_token_needs_the_socket_group(quickstart_copy: Path) -> None:
