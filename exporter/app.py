@@ -46,7 +46,7 @@ class Services:
         self.poller.on_change.append(self.disk_usage.mark_changed)
         self.registry.register(SnapshotCollector(self.poller, config.metrics))
         self.remediation = (
-            RemediationService(config.remediation, self.engine, self.poller, self.registry)
+            RemediationService(config.remediation, self.engine, self.poller, self.registry, disk_usage=self.disk_usage)
             if config.remediation.enabled
             else None
         )
