@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -17,9 +17,6 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import MetricsConfig
 from exporter.snapshot import NONE_LABEL, Image, ImageRef, Snapshot
-
-if TYPE_CHECKING:
-    from exporter.poller import Poller
 
 PER_IMAGE_LABELS = ["repository", "tag", "image_id"]
 
@@ -45,10 +42,20 @@ def image_series(images: Iterable[Image]) -> list[tuple[Image, ImageRef | None]]
     return rows
 
 
+class SnapshotSource(Protocol):
+    """All the collector reads (the poller provides it): the current snapshot, and whether the engine answered."""
+
+    @property
+    def snapshot(self) -> Snapshot | None: ...
+
+    @property
+    def up(self) -> bool: ...
+
+
 class SnapshotCollector(Collector):
     """Renders the poller's current snapshot; `docker_up` says whether the last poll reached the engine."""
 
-    def __init__(self, poller: Poller, config: MetricsConfig) -> None:
+    def __init__(self, poller: SnapshotSource, config: MetricsConfig) -> None:
         self.poller = poller
         self.config = config
 

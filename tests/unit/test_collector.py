@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -37,10 +38,10 @@ class FakePoller:
         self.up = up
 
 
-def render(snapshot: Snapshot | None, up: bool = True, **metrics: object) -> tuple[CollectorRegistry, str]:
+def render(snapshot: Snapshot | None, up: bool = True, **metrics: Any) -> tuple[CollectorRegistry, str]:
     registry = CollectorRegistry()
     PollMetrics(registry)
-    registry.register(SnapshotCollector(FakePoller(snapshot, up), MetricsConfig(**metrics)))  # type: ignore[arg-type]
+    registry.register(SnapshotCollector(FakePoller(snapshot, up), MetricsConfig(**metrics)))
     return registry, generate_latest(registry).decode()
 
 
