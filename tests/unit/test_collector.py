@@ -7,12 +7,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import SnapshotCollector, image_series
-from exporter.config import MetricsConfig
+from exporter.app import SERVICES, create_app
+from exporter.collector import GAUGE_FAMILIES, INFO_FAMILIES, SnapshotCollector, image_series
+from exporter.config import MetricsConfig, parse_config
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from tests.unit.recorded import RecordedEngine
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -106,3 +109,45 @@ def test_every_exported_name_is_documented() -> None:
     documented = set(re.findall(r"`(docker_[a-z_]+)`", DOCS.read_text()))
     exported = set(re.findall(r"^(docker_\w+)[{ ]", text, re.M))
     assert exported and not exported - documented, f"document in docs/metrics.md: {sorted(exported - documented)}"
+
+
+def test_describe_names_every_family_collect_yields() -> None:
+    collector = SnapshotCollector(FakePoller(SNAP), MetricsConfig())
+    described = {(m.name, m.type) for m in collector.describe()}
+    collected = {(m.name, m.type) for m in collector.collect()}
+    assert described == collected  # SNAP has every optional part: per-image rows, df, build cache, filesystem
+    assert {n for n, _ in described} == {*GAUGE_FAMILIES, *INFO_FAMILIES}
+    assert all(m.samples == [] for m in collector.describe())  # no values: registering never renders
+
+
+@pytest.fixture
+async def metrics_client(tmp_path: Path, aiohttp_client: Any) -> Any:
+    """The real app over a recorded engine, after its first poll."""
+    config = parse_config({"filesystem": {"path": str(tmp_path)}, "state": {"path": str(tmp_path / "state.json")}})
+    app = create_app(config, docker_host=None, engine=RecordedEngine("bookworm"))
+    client = await aiohttp_client(app)
+    await app[SERVICES].poller.ready.wait()
+    return client
+
+
+def families(text: str) -> set[str]:
+    return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+
+
+async def test_name_parameter_selects_families(metrics_client: Any) -> None:
+    everything = families(await (await metrics_client.get("/metrics")).text())
+    assert {
+        "docker_up",
+        "docker_images",
+        "docker_exporter_polls_total",
+        "process_cpu_seconds_total",
+        "python_info",
+    } <= everything
+    response = await metrics_client.get("/metrics", params=[("name[]", "docker_up")])
+    assert response.status == 200
+    text = await response.text()
+    assert families(text) == {"docker_up"} and "docker_up 1.0" in text
+    response = await metrics_client.get(
+        "/metrics", params=[("name[]", "docker_images"), ("name[]", "docker_exporter_build_info")]
+    )
+    assert families(await response.text()) == {"docker_images", "docker_exporter_build_info"}
