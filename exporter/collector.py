@@ -65,6 +65,16 @@ def _gauge(name: str, doc: str, value: float | None, labels: Iterable[str] = ())
     return family
 
 
+def build_labels() -> dict[str, str]:
+    """`docker_exporter_build_info` labels; revision and build date exist only in packaged builds."""
+    return {
+        "version": exporter.__version__,
+        "revision": str(getattr(exporter, "__revision__", None) or "unknown"),
+        "build_date": str(getattr(exporter, "__build_date__", None) or "unknown"),
+        "python_version": platform.python_version(),
+    }
+
+
 def image_series(images: Iterable[Image]) -> list[tuple[Image, ImageRef | None]]:
     """One row per tag (dangling images get one `<none>` row), largest images first, then by name."""
     rows: list[tuple[Image, ImageRef | None]] = []
@@ -102,9 +112,11 @@ class SnapshotCollector(Collector):
         snapshot = self.poller.snapshot
         yield _gauge("docker_up", "1 if the last poll reached the engine, 0 if not.", 1.0 if self.poller.up else 0.0)
         build = InfoMetricFamily(
-            "docker_exporter_build", "Version of docker-image-exporter.", labels=["version", "python_version"]
+            "docker_exporter_build",
+            "Version, git revision and build date of docker-image-exporter (unknown outside release builds), "
+            "and the Python running it.",
         )
-        build.add_metric([], {"version": exporter.__version__, "python_version": platform.python_version()})
+        build.add_metric([], build_labels())
         yield build
         if snapshot is None:
             return

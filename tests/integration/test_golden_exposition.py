@@ -38,7 +38,9 @@ VOLATILE_VALUES = re.compile(
     r"docker_exporter_polls_total|docker_filesystem_\w+|docker_image_last_(used|tag)_timestamp_seconds|"
     r"docker_build_cache_\w+)\b"
 )
-VOLATILE_LABELS = re.compile(r'(version|api_version|python_version|storage_driver|os|arch|path)="[^"]*"')
+VOLATILE_LABELS = re.compile(
+    r'(version|api_version|python_version|revision|build_date|storage_driver|os|arch|path)="[^"]*"'
+)
 # The client library's process_* and python_* families describe the exporter process, not the engine.
 RUNTIME_FAMILIES = re.compile(r"^(# (HELP|TYPE) )?(process|python)_")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 from types import MappingProxyType
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+import exporter
 from exporter.app import SERVICES, create_app
-from exporter.collector import GAUGE_FAMILIES, INFO_FAMILIES, SnapshotCollector, image_series
+from exporter.collector import GAUGE_FAMILIES, INFO_FAMILIES, SnapshotCollector, build_labels, image_series
 from exporter.config import MetricsConfig, parse_config
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
@@ -118,6 +120,20 @@ def test_describe_names_every_family_collect_yields() -> None:
     assert described == collected  # SNAP has every optional part: per-image rows, df, build cache, filesystem
     assert {n for n, _ in described} == {*GAUGE_FAMILIES, *INFO_FAMILIES}
     assert all(m.samples == [] for m in collector.describe())  # no values: registering never renders
+
+
+def test_build_info_reads_revision_and_build_date_when_packaged(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_labels()["version"] == exporter.__version__
+    monkeypatch.delattr(exporter, "__revision__", raising=False)
+    monkeypatch.delattr(exporter, "__build_date__", raising=False)
+    assert (build_labels()["revision"], build_labels()["build_date"]) == ("unknown", "unknown")
+    monkeypatch.setattr(exporter, "__revision__", "0123abc", raising=False)
+    monkeypatch.setattr(exporter, "__build_date__", "2026-11-29T00:00:00Z", raising=False)
+    reg, _ = render(None)
+    labels = {"version": exporter.__version__, "revision": "0123abc", "build_date": "2026-11-29T00:00:00Z"}
+    assert (
+        reg.get_sample_value("docker_exporter_build_info", {**labels, "python_version": platform.python_version()}) == 1
+    )
 
 
 @pytest.fixture
