@@ -1,13 +1,16 @@
 """Normalise Engine API payloads across versions 1.41-1.52, Podman and the containerd image store.
 
-Every quirk lives here, in pure functions over the raw JSON, so unit tests can feed recorded payloads:
-`-1` meaning "not computed", `<none>:<none>` versus empty arrays, `null` lists, `VirtualSize` removed in
-1.44, registry hosts with ports, Podman IDs without `sha256:`, and zero times meaning "unknown".
+Every quirk of what the engine *answers* lives here, in pure functions over the raw JSON, so unit tests can
+feed recorded payloads: `-1` meaning "not computed", `<none>:<none>` versus empty arrays, `null` lists,
+`VirtualSize` removed in 1.44, registry hosts with ports, Podman IDs without `sha256:`, Podman's zero
+shared and layer sizes, the repo digests Podman and the containerd store give every image, and zero times
+meaning "unknown". What the exporter *asks* (query parameters by API version) is `engine.Engine`'s job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 from exporter.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Image, ImageRef
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_EMPTY_SIZES: Mapping[str, int] = MappingProxyType({})
 
 
 def normalize_id(raw: str) -> str:
@@ -79,6 +83,24 @@ def parse_image(raw: Mapping[str, Any]) -> Image:
     )
 
 
+def shared_sizes_known(engine: EngineInfo | None) -> bool:
+    """False on Podman, which answers SharedSize 0 (and LayersSize 0) for images that do share layers."""
+    return engine is None or not engine.podman
+
+
+def local_images_have_digests(engine: EngineInfo | None) -> bool:
+    """Podman and the containerd store give every image a repo digest, even one built or loaded here."""
+    return engine is not None and (engine.podman or engine.containerd_store)
+
+
+def parse_images(raw: Iterable[Mapping[str, Any]] | None, engine: EngineInfo) -> list[Image]:
+    """`/images/json` as `parse_image` reads each entry, with sizes this engine cannot know made unknown."""
+    images = [parse_image(entry) for entry in (raw or ())]
+    if not shared_sizes_known(engine):
+        images = [replace(image, shared_size=None) for image in images]
+    return images
+
+
 def parse_containers(raw: Any) -> tuple[Container, ...]:
     return tuple(
         Container(
@@ -128,12 +150,14 @@ def parse_build_cache(raw: Any) -> BuildCache:
     return BuildCache(size=size, reclaimable=reclaimable, entries=len(entries))
 
 
-def parse_disk_usage(raw: Mapping[str, Any], taken_at: float) -> DiskUsage:
+def parse_disk_usage(raw: Mapping[str, Any], taken_at: float, engine: EngineInfo | None = None) -> DiskUsage:
     """`/system/df`: layer bytes, per-image shared sizes, and reclaimable bytes exactly as the CLI does.
 
     Reclaimable = LayersSize - sum(Size - SharedSize) over images used by a container (docker CLI's
     formula). API 1.52 moved the data into per-type summaries (`ImageUsage`, `BuildCacheUsage`, with
     `Items` when asked with `verbose=1`); their totals are used when the legacy fields are absent.
+    On engines whose shared sizes are not known (`shared_sizes_known`) layer and reclaimable bytes are
+    unknown too, not zero.
     """
     image_usage: Mapping[str, Any] = raw.get("ImageUsage") or {}
     raw_images = raw.get("Images") or image_usage.get("Items") or ()
@@ -157,6 +181,8 @@ def parse_disk_usage(raw: Mapping[str, Any], taken_at: float) -> DiskUsage:
             reclaimable=_known(cache_usage.get("Reclaimable")) or items.reclaimable,
             entries=_known(cache_usage.get("TotalCount")) or items.entries,
         )
+    if not shared_sizes_known(engine):
+        return DiskUsage(taken_at, None, None, _EMPTY_SIZES, build_cache)
     return DiskUsage(
         taken_at=taken_at,
         layers_size=layers,

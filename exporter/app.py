@@ -24,7 +24,7 @@ from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.remediation.service import RemediationService
-from exporter.selfmetrics import PollMetrics
+from exporter.selfmetrics import PollMetrics, register_runtime_metrics
 from exporter.web.landing import render_landing
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,14 @@ class Services:
         self.engine = engine or Engine(docker_host, config.docker.timeout, config.docker.disk_usage_timeout)
         self.history = ImageHistory(config.state.path)
         self.metrics = PollMetrics(self.registry)
+        register_runtime_metrics(self.registry)
         self.poller = Poller(self.engine, config, self.history, self.metrics)
         self.disk_usage = DiskUsageRefresher(self.engine, self.poller, config.poll, self.metrics)
         self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
         self.poller.on_change.append(self.disk_usage.mark_changed)
         self.registry.register(SnapshotCollector(self.poller, config.metrics))
         self.remediation = (
-            RemediationService(config.remediation, self.engine, self.poller, self.registry)
+            RemediationService(config.remediation, self.engine, self.poller, self.registry, disk_usage=self.disk_usage)
             if config.remediation.enabled
             else None
         )

@@ -9,19 +9,50 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter import __version__
+import exporter
 from exporter.config import MetricsConfig
 from exporter.snapshot import NONE_LABEL, Image, ImageRef, Snapshot
 
-if TYPE_CHECKING:
-    from exporter.poller import Poller
-
 PER_IMAGE_LABELS = ["repository", "tag", "image_id"]
+
+# Every family collect() can yield (tests/unit/test_collector.py holds the two lists together). describe()
+# names them so `/metrics?name[]=...` (prometheus_client's restricted registry) can find this collector.
+GAUGE_FAMILIES = (
+    "docker_up",
+    "docker_exporter_snapshot_timestamp_seconds",
+    "docker_engine_info",
+    "docker_images",
+    "docker_images_size_bytes",
+    "docker_images_dangling",
+    "docker_images_dangling_size_bytes",
+    "docker_images_unused",
+    "docker_images_local_only",
+    "docker_repository_images",
+    "docker_repository_tags",
+    "docker_repository_size_bytes",
+    "docker_exporter_image_series_dropped",
+    "docker_image_size_bytes",
+    "docker_image_shared_size_bytes",
+    "docker_image_unique_size_bytes",
+    "docker_image_created_timestamp_seconds",
+    "docker_image_last_tag_timestamp_seconds",
+    "docker_image_last_used_timestamp_seconds",
+    "docker_image_containers",
+    "docker_exporter_disk_usage_timestamp_seconds",
+    "docker_images_disk_usage_bytes",
+    "docker_images_reclaimable_bytes",
+    "docker_build_cache_size_bytes",
+    "docker_build_cache_reclaimable_bytes",
+    "docker_build_cache_entries",
+    "docker_filesystem_size_bytes",
+    "docker_filesystem_avail_bytes",
+)
+INFO_FAMILIES = ("docker_exporter_build",)  # exposed with the `_info` suffix
 
 _FRESH = "Refreshed every poll and within about a second of image/container events."
 _DF = "From /system/df, refreshed every poll.disk_usage_interval (see docker_exporter_disk_usage_timestamp_seconds)."
@@ -32,6 +63,16 @@ def _gauge(name: str, doc: str, value: float | None, labels: Iterable[str] = ())
     if value is not None:
         family.add_metric([], value)
     return family
+
+
+def build_labels() -> dict[str, str]:
+    """`docker_exporter_build_info` labels; revision and build date exist only in packaged builds."""
+    return {
+        "version": exporter.__version__,
+        "revision": str(getattr(exporter, "__revision__", None) or "unknown"),
+        "build_date": str(getattr(exporter, "__build_date__", None) or "unknown"),
+        "python_version": platform.python_version(),
+    }
 
 
 def image_series(images: Iterable[Image]) -> list[tuple[Image, ImageRef | None]]:
@@ -45,23 +86,37 @@ def image_series(images: Iterable[Image]) -> list[tuple[Image, ImageRef | None]]
     return rows
 
 
+class SnapshotSource(Protocol):
+    """All the collector reads (the poller provides it): the current snapshot, and whether the engine answered."""
+
+    @property
+    def snapshot(self) -> Snapshot | None: ...
+
+    @property
+    def up(self) -> bool: ...
+
+
 class SnapshotCollector(Collector):
     """Renders the poller's current snapshot; `docker_up` says whether the last poll reached the engine."""
 
-    def __init__(self, poller: Poller, config: MetricsConfig) -> None:
+    def __init__(self, poller: SnapshotSource, config: MetricsConfig) -> None:
         self.poller = poller
         self.config = config
 
     def describe(self) -> Iterable[Metric]:
-        return []  # registration must not call collect() before the first poll
+        """Names and types only: registration must not call collect(), and `?name[]=` needs the names."""
+        yield from (GaugeMetricFamily(name, name) for name in GAUGE_FAMILIES)
+        yield from (InfoMetricFamily(name, name) for name in INFO_FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self.poller.snapshot
         yield _gauge("docker_up", "1 if the last poll reached the engine, 0 if not.", 1.0 if self.poller.up else 0.0)
         build = InfoMetricFamily(
-            "docker_exporter_build", "Version of docker-image-exporter.", labels=["version", "python_version"]
+            "docker_exporter_build",
+            "Version, git revision and build date of docker-image-exporter (unknown outside release builds), "
+            "and the Python running it.",
         )
-        build.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+        build.add_metric([], build_labels())
         yield build
         if snapshot is None:
             return

@@ -3,7 +3,8 @@
 It runs every `poll.disk_usage_interval`, and sooner after images change (but never more often than
 `poll.disk_usage_min_interval`), so disk-usage and reclaimable figures follow deletions without letting an
 event storm turn into a df storm. The data's age is exported as
-`docker_exporter_disk_usage_timestamp_seconds`.
+`docker_exporter_disk_usage_timestamp_seconds`. Remediation calls `refresh_now` when it needs shared sizes
+the last poll could not give (API 1.41), so every /system/df goes through here and the poller.
 """
 
 from __future__ import annotations
@@ -11,24 +12,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
-from types import MappingProxyType
+from collections.abc import Callable
 
 from exporter import apishapes
 from exporter.config import PollConfig
-from exporter.engine import Engine, EngineError, api_at_least
+from exporter.engine import Engine, EngineError
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
+from exporter.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
 
 class DiskUsageRefresher:
-    def __init__(self, engine: Engine, poller: Poller, config: PollConfig, metrics: PollMetrics) -> None:
+    """Owns every `/system/df` call and hands each result to the poller to publish."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        poller: Poller,
+        config: PollConfig,
+        metrics: PollMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.engine = engine
         self.poller = poller
         self.config = config
         self.metrics = metrics
+        self.clock = clock
         self._changed = asyncio.Event()
         self._last_attempt = 0.0
 
@@ -36,9 +47,9 @@ class DiskUsageRefresher:
         self._changed.set()
 
     async def run(self) -> None:
-        await self.poller.ready.wait()  # the API version decides which df query is allowed
+        await self.poller.ready.wait()  # parsing needs the engine's identity (Podman's sizes are unknown)
         while True:
-            await self.refresh()
+            await self.refresh_now()
             try:
                 await asyncio.wait_for(self._changed.wait(), self.config.disk_usage_interval)
             except TimeoutError:
@@ -48,22 +59,22 @@ class DiskUsageRefresher:
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    async def refresh(self) -> None:
+    async def refresh_now(self) -> Snapshot | None:
+        """Read /system/df now and publish it; the poller's new snapshot, or None when the call failed.
+
+        Calls never overlap: the engine facade runs them one at a time on its df lane.
+        """
         self._changed.clear()
         self._last_attempt = time.monotonic()
-        info = self.poller.snapshot.engine if self.poller.snapshot else None
-        types = ("image", "build-cache") if info and api_at_least(info.api_version, "1.42") else None
         start = time.monotonic()
         try:
-            raw = await self.engine.disk_usage(types, verbose=bool(info and api_at_least(info.api_version, "1.52")))
+            raw = await self.engine.disk_usage()
         except EngineError as exc:
             self.metrics.errors.labels("disk_usage").inc()
             log.warning("/system/df failed: %s", exc)
-            return
+            return None
         finally:
             self.metrics.disk_usage_duration.set(time.monotonic() - start)
-        usage = apishapes.parse_disk_usage(raw, time.time())
-        if info is not None and info.podman:
-            # Podman's /system/df answers LayersSize 0 and SharedSize 0: unknown, not zero
-            usage = replace(usage, layers_size=None, reclaimable=None, shared_sizes=MappingProxyType({}))
-        self.poller.set_disk_usage(usage)
+        info = self.poller.snapshot.engine if self.poller.snapshot else None
+        self.poller.set_disk_usage(apishapes.parse_disk_usage(raw, self.clock(), info))
+        return self.poller.snapshot

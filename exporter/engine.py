@@ -11,11 +11,10 @@ renegotiated when the engine comes back (possibly upgraded).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -27,6 +26,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("image", "container")
+# What the exporter reads from /system/df: never containers or volumes, which can cost minutes to size.
+DISK_USAGE_KINDS = ("image", "build-cache")
 
 
 class EngineError(Exception):
@@ -116,8 +117,12 @@ class Engine:
             self._drop_client()
             raise _translate(exc) from exc
 
-    async def call(self, fn: Callable[[docker.APIClient], T], *, lane: str = "api") -> T:
-        """Run `fn(client)` in the lane's worker thread; a hung engine becomes EngineUnavailable."""
+    async def _call(self, fn: Callable[[docker.APIClient], T], *, lane: str = "api") -> T:
+        """Run `fn(client)` in the lane's worker thread; a hung engine becomes EngineUnavailable.
+
+        Private: the client never leaves this module, so every engine call is a named method below and
+        the API-version quirks of its parameters are decided in one place.
+        """
         timeout = self.disk_usage_timeout if lane == "df" else self.timeout
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._lanes[lane], self._run, fn, timeout)
@@ -131,59 +136,62 @@ class Engine:
         def get(c: docker.APIClient) -> tuple[dict[str, Any], dict[str, Any], str]:
             return c.version(api_version=False), c.info(), str(c.api_version)
 
-        return await self.call(get)
+        return await self._call(get)
 
-    async def list_images(self, shared_size: bool) -> list[dict[str, Any]]:
-        """`/images/json`; `shared-size=1` asks 1.42+ engines to compute SharedSize (older ones ignore it)."""
+    async def list_images(self) -> list[dict[str, Any]]:
+        """`/images/json`, asking 1.42+ engines to compute SharedSize (`shared-size=1`; 1.41 leaves it -1).
+
+        The SDK's public `images()` cannot pass `shared-size`, hence the raw request.
+        """
 
         def get(c: docker.APIClient) -> list[dict[str, Any]]:
-            params = {"shared-size": "1"} if shared_size else {}
+            params = {"shared-size": "1"} if api_at_least(c.api_version, "1.42") else {}
             return list(c._result(c._get(c._url("/images/json"), params=params), True) or [])
 
-        return await self.call(get)
+        return await self._call(get)
 
     async def list_containers(self) -> list[dict[str, Any]]:
-        def get(c: docker.APIClient) -> list[dict[str, Any]]:
-            return list(c._result(c._get(c._url("/containers/json"), params={"all": "1"}), True) or [])
-
-        return await self.call(get)
+        """Every container, running or stopped: a stopped one still holds its image."""
+        return await self._call(lambda c: list(c.containers(all=True) or []))
 
     async def inspect_image(self, ref: str) -> dict[str, Any]:
-        return await self.call(lambda c: dict(c.inspect_image(ref)))
+        return await self._call(lambda c: dict(c.inspect_image(ref)))
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
-        return await self.call(lambda c: dict(c.inspect_container(container_id)))
+        return await self._call(lambda c: dict(c.inspect_container(container_id)))
 
-    async def disk_usage(self, types: tuple[str, ...] | None, verbose: bool = False) -> dict[str, Any]:
-        """`/system/df`, limited to `types` where the API (1.42+) supports it; one at a time (df lane).
+    async def disk_usage(self, kinds: Sequence[str] = DISK_USAGE_KINDS) -> dict[str, Any]:
+        """`/system/df`, one call at a time (df lane), limited to `kinds` where the API allows it.
 
-        `verbose` asks 1.52+ engines for per-item records inside their per-type summaries.
+        1.42+ honours `?type=` (1.41 computes everything, and a second concurrent call fails there);
+        1.52+ moves per-item records into per-type summaries, returned only with `verbose=1`. The SDK's
+        public `df()` takes neither parameter, hence the raw request.
         """
 
         def get(c: docker.APIClient) -> dict[str, Any]:
-            params: dict[str, Any] = {"type": list(types)} if types else {}
-            if verbose:
+            params: dict[str, Any] = {}
+            if api_at_least(c.api_version, "1.42"):
+                params["type"] = list(kinds)
+            if api_at_least(c.api_version, "1.52"):
                 params["verbose"] = "1"
             return dict(c._result(c._get(c._url("/system/df"), params=params), True) or {})
 
-        return await self.call(get, lane="df")
+        return await self._call(get, lane="df")
 
     # -- writes (only the remediation executor calls these) -----------------------------------------
     async def remove_image(self, ref: str) -> list[dict[str, Any]]:
         """`DELETE /images/{ref}` without force: in-use or multi-reference images are never forced."""
-        return await self.call(lambda c: list(c.remove_image(ref, force=False, noprune=False) or []))
+        return await self._call(lambda c: list(c.remove_image(ref, force=False, noprune=False) or []))
 
     async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.call(lambda c: dict(c.prune_images(filters=dict(filters)) or {}))
+        return await self._call(lambda c: dict(c.prune_images(filters=dict(filters)) or {}))
 
     async def prune_builds(self, keep_storage: int | None, filters: Mapping[str, Any]) -> dict[str, Any]:
-        def prune(c: docker.APIClient) -> dict[str, Any]:
-            params: dict[str, Any] = {"filters": json.dumps({k: [v] for k, v in filters.items()})}
-            if keep_storage:
-                params["keep-storage"] = keep_storage
-            return dict(c._result(c._post(c._url("/build/prune"), params=params), True) or {})
-
-        return await self.call(prune, lane="df")
+        """`POST /build/prune` on the df lane: it walks the whole cache, like `/system/df`."""
+        return await self._call(
+            lambda c: dict(c.prune_builds(filters=dict(filters), keep_storage=keep_storage or None) or {}),
+            lane="df",
+        )
 
     # -- events ---------------------------------------------------------------------------------------
     def follow_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:

@@ -49,7 +49,6 @@ class EventFollower:
         self.poller = poller
         self.history = history
         self.metrics = metrics
-        self.connected = False
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -64,7 +63,6 @@ class EventFollower:
                     loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
                 try:
-                    self.connected = True
                     self.poller.wake()  # re-list: events missed while disconnected cannot be replayed
                     await asyncio.to_thread(self.engine.follow_events, deliver)
                     log.info("event stream ended; reconnecting")
@@ -74,8 +72,6 @@ class EventFollower:
                     else:
                         log.debug("event stream unavailable: %s", exc)
                     self.metrics.errors.labels("events").inc()
-                finally:
-                    self.connected = False
                 self.poller.wake()  # the engine may be gone: let the poller say so now
                 if time.monotonic() - started > 30:
                     backoff = 1.0
@@ -132,7 +128,7 @@ class EventFollower:
                 inspect = await self.engine.inspect_container(container_id)
                 image = str(inspect.get("Image") or "")
                 if image:
-                    return image if ":" in image else f"sha256:{image}"
+                    return normalize_id(image)
             except EngineError:
                 pass  # container already gone (e.g. --rm): fall back to the image name in the event
         return await self._resolve_image(str(image_attr or ""))

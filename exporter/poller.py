@@ -20,7 +20,7 @@ from typing import Any
 
 from exporter import apishapes
 from exporter.config import Config
-from exporter.engine import Engine, EngineError, api_at_least
+from exporter.engine import Engine, EngineError
 from exporter.history import ImageHistory
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, Snapshot
@@ -105,10 +105,9 @@ class Poller:
         try:
             version, info, api = await self._stage("info", self.engine.version_and_info())
             engine = apishapes.parse_engine_info(version, info, api)
-            shared = api_at_least(api, "1.42") and not engine.podman
-            raw_images = await self._stage("images", self.engine.list_images(shared_size=shared))
+            raw_images = await self._stage("images", self.engine.list_images())
             raw_containers = await self._stage("containers", self.engine.list_containers())
-            images = [apishapes.parse_image(raw) for raw in raw_images]
+            images = apishapes.parse_images(raw_images, engine)
             await self._stage("images", self._fill_tag_times(images))
         except EngineError as exc:
             if self._logged_up is not False:
@@ -181,10 +180,8 @@ class Poller:
         merged: list[Image] = []
         for image in images:
             shared = image.shared_size
-            if shared is None and du is not None:
+            if shared is None and du is not None:  # 1.41 computes SharedSize only in /system/df
                 shared = du.shared_sizes.get(image.id)
-            if engine.podman:
-                shared = None  # Podman reports SharedSize 0 for images that do share layers
             merged.append(
                 replace(
                     image,

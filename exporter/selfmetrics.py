@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 POLL_STAGES = ("info", "images", "containers", "filesystem", "disk_usage", "events")
 
@@ -36,3 +44,14 @@ class PollMetrics:
             "Wall time of the last /system/df call, which is expensive on large hosts.",
             registry=registry,
         )
+
+
+def register_runtime_metrics(registry: CollectorRegistry) -> None:
+    """The standard `process_*` and `python_*` families, as on the client library's default registry.
+
+    The app serves its own registry (never the global one, so tests can build many apps), which leaves
+    these out unless registered here: memory, CPU, open file descriptors and GC activity of the exporter.
+    """
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)

@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from exporter import apishapes
 from exporter.config import ActionConfig, RemediationConfig, RouteConfig
-from exporter.engine import Engine, EngineError, api_at_least
+from exporter.diskusage import DiskUsageRefresher
+from exporter.engine import Engine
 from exporter.poller import Poller, read_filesystem
 from exporter.remediation.api import make_list_handler, make_run_handler
 from exporter.remediation.audit import AuditError, AuditLog
@@ -49,6 +50,7 @@ class RemediationService:
         poller: Poller,
         registry: CollectorRegistry,
         *,
+        disk_usage: DiskUsageRefresher,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         read_fs: Callable[[str], Filesystem] = read_filesystem,
@@ -56,6 +58,7 @@ class RemediationService:
         self.config = config
         self.engine = engine
         self.poller = poller
+        self.disk_usage = disk_usage
         self.clock = clock
         self.monotonic = monotonic
         self.metrics = RemediationMetrics(registry, config.actions)
@@ -317,7 +320,7 @@ class RemediationService:
         engine = snapshot.engine
         if self._warned_local_only or engine is None or not self.config.protect.local_only:
             return
-        if engine.containerd_store or engine.podman:
+        if apishapes.local_images_have_digests(engine):
             self._warned_local_only = True
             log.warning(
                 "protect.local_only protects nothing on %s: the engine gives every image a repo digest, "
@@ -327,19 +330,15 @@ class RemediationService:
 
     async def _with_shared_sizes(self, snapshot: Snapshot) -> Snapshot:
         """Unique sizes need SharedSize, which API 1.41 only gives in /system/df: refresh it when missing."""
-        if all(image.shared_size is not None for image in snapshot.images) or (
-            snapshot.engine is not None and snapshot.engine.podman
+        if all(image.shared_size is not None for image in snapshot.images) or not apishapes.shared_sizes_known(
+            snapshot.engine
         ):
             return snapshot
-        engine = snapshot.engine
-        types = ("image",) if engine is not None and api_at_least(engine.api_version, "1.42") else None
-        try:
-            raw = await self.engine.disk_usage(types)
-        except EngineError as exc:
-            log.warning("cannot refresh shared sizes (/system/df): %s; sizes are totals (upper bounds)", exc)
+        refreshed = await self.disk_usage.refresh_now()
+        if refreshed is None:
+            log.warning("cannot refresh shared sizes (/system/df failed); sizes are totals (upper bounds)")
             return snapshot
-        self.poller.set_disk_usage(apishapes.parse_disk_usage(raw, self.clock()))
-        return self.poller.snapshot or snapshot
+        return refreshed
 
     def _record(self, run: Run) -> None:
         result = run.result or "failure"

@@ -111,7 +111,7 @@ class ExporterProcess(Managed):
         return self._proc.pid if self._proc is not None else None
 
     def write_config(self, config: Mapping[str, Any] | None = None) -> Path:
-        """(Re)write the YAML config; pass a new dict then send SIGHUP or POST /-/reload to test reloads."""
+        """(Re)write the YAML config for the next `start` (the exporter reads its config only at start)."""
         if config is not None:
             self.config = dict(config)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ class ExporterProcess(Managed):
         return proc.returncode
 
     def signal(self, sig: int) -> None:
-        """Send a signal (SIGHUP for reload tests)."""
+        """Send `sig` to the running exporter (`stop` sends SIGTERM itself)."""
         if self._proc is None:
             raise ExporterError(f"{self.name} not running")
         self._proc.send_signal(sig)

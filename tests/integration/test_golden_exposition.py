@@ -1,7 +1,8 @@
 """A golden file pins the exposition's shape: names, HELP, TYPE, label sets and stable values.
 
 Images come from a scenario with a fixed clock, so IDs, sizes and created times are reproducible; values
-that depend on the moment (timestamps, durations, filesystem sizes, versions) are masked. Regenerate with
+that depend on the moment (timestamps, durations, filesystem sizes, versions) are masked, and the process_*
+and python_* families of the exporter process are left out. Regenerate with
 `UPDATE_GOLDEN=1 pytest tests/integration/test_golden_exposition.py` and review the diff.
 
 Each engine of the matrix has its own file (`DIE_ENGINE=sid-containerd` -> `metrics-sid-containerd.prom`):
@@ -37,12 +38,18 @@ VOLATILE_VALUES = re.compile(
     r"docker_exporter_polls_total|docker_filesystem_\w+|docker_image_last_(used|tag)_timestamp_seconds|"
     r"docker_build_cache_\w+)\b"
 )
-VOLATILE_LABELS = re.compile(r'(version|api_version|python_version|storage_driver|os|arch|path)="[^"]*"')
+VOLATILE_LABELS = re.compile(
+    r'(version|api_version|python_version|revision|build_date|storage_driver|os|arch|path)="[^"]*"'
+)
+# The client library's process_* and python_* families describe the exporter process, not the engine.
+RUNTIME_FAMILIES = re.compile(r"^(# (HELP|TYPE) )?(process|python)_")
 
 
 def normalise(text: str) -> str:
     lines = []
     for line in text.splitlines():
+        if RUNTIME_FAMILIES.match(line):
+            continue
         if not line.startswith("#"):
             line = VOLATILE_LABELS.sub(lambda m: f'{m.group(1)}="*"', line)
             if VOLATILE_VALUES.match(line):

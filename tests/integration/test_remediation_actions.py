@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.apishapes import normalize_id, parse_time
 from exporter.config import Config, parse_config
+from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
@@ -290,7 +291,8 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[Any]:
         for image_id, when in (used or {}).items():
             history.mark_used(image_id, when)
         poller = Poller(real, config, history, PollMetrics(registry))
-        service = RemediationService(config.remediation, real, poller, registry)
+        refresher = DiskUsageRefresher(real, poller, config.poll, poller.metrics)
+        service = RemediationService(config.remediation, real, poller, registry, disk_usage=refresher)
         await service.start()
         await poller.poll_once()  # what is here now counts as present at startup (not "arrived")
         follower = asyncio.create_task(EventFollower(real, poller, history, poller.metrics).run())

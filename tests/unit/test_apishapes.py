@@ -137,3 +137,20 @@ def test_ref_parse_edge_cases() -> None:
 def test_podman_ids_get_the_prefix() -> None:
     assert apishapes.normalize_id("abc123") == "sha256:abc123"
     assert apishapes.normalize_id("sha256:abc123") == "sha256:abc123"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_podman_shared_and_layer_sizes_are_unknown_not_zero(engine: str) -> None:
+    info = apishapes.parse_engine_info(load(engine, "version.json"), load(engine, "info.json"), "1.41")
+    images = apishapes.parse_images(load(engine, "images-shared-size.json"), info)
+    du = apishapes.parse_disk_usage(load(engine, "system-df.json"), 1.0, info)
+    if engine == "podman":
+        assert load(engine, "system-df.json")["LayersSize"] == 0  # what Podman answers, although layers exist
+        assert all(i.shared_size is None for i in images)
+        assert (du.layers_size, du.reclaimable, dict(du.shared_sizes)) == (None, None, {})
+        assert not apishapes.shared_sizes_known(info)
+    else:
+        assert images == [apishapes.parse_image(r) for r in load(engine, "images-shared-size.json")]
+        assert du == apishapes.parse_disk_usage(load(engine, "system-df.json"), 1.0)
+        assert du.layers_size
+    assert apishapes.local_images_have_digests(info) is (engine == "podman" or engine.endswith("-containerd"))

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import SnapshotCollector, image_series
-from exporter.config import MetricsConfig
+import exporter
+from exporter.app import SERVICES, create_app
+from exporter.collector import GAUGE_FAMILIES, INFO_FAMILIES, SnapshotCollector, build_labels, image_series
+from exporter.config import MetricsConfig, parse_config
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from tests.unit.recorded import RecordedEngine
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -37,10 +43,10 @@ class FakePoller:
         self.up = up
 
 
-def render(snapshot: Snapshot | None, up: bool = True, **metrics: object) -> tuple[CollectorRegistry, str]:
+def render(snapshot: Snapshot | None, up: bool = True, **metrics: Any) -> tuple[CollectorRegistry, str]:
     registry = CollectorRegistry()
     PollMetrics(registry)
-    registry.register(SnapshotCollector(FakePoller(snapshot, up), MetricsConfig(**metrics)))  # type: ignore[arg-type]
+    registry.register(SnapshotCollector(FakePoller(snapshot, up), MetricsConfig(**metrics)))
     return registry, generate_latest(registry).decode()
 
 
@@ -105,3 +111,59 @@ def test_every_exported_name_is_documented() -> None:
     documented = set(re.findall(r"`(docker_[a-z_]+)`", DOCS.read_text()))
     exported = set(re.findall(r"^(docker_\w+)[{ ]", text, re.M))
     assert exported and not exported - documented, f"document in docs/metrics.md: {sorted(exported - documented)}"
+
+
+def test_describe_names_every_family_collect_yields() -> None:
+    collector = SnapshotCollector(FakePoller(SNAP), MetricsConfig())
+    described = {(m.name, m.type) for m in collector.describe()}
+    collected = {(m.name, m.type) for m in collector.collect()}
+    assert described == collected  # SNAP has every optional part: per-image rows, df, build cache, filesystem
+    assert {n for n, _ in described} == {*GAUGE_FAMILIES, *INFO_FAMILIES}
+    assert all(m.samples == [] for m in collector.describe())  # no values: registering never renders
+
+
+def test_build_info_reads_revision_and_build_date_when_packaged(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_labels()["version"] == exporter.__version__
+    monkeypatch.delattr(exporter, "__revision__", raising=False)
+    monkeypatch.delattr(exporter, "__build_date__", raising=False)
+    assert (build_labels()["revision"], build_labels()["build_date"]) == ("unknown", "unknown")
+    monkeypatch.setattr(exporter, "__revision__", "0123abc", raising=False)
+    monkeypatch.setattr(exporter, "__build_date__", "2026-11-29T00:00:00Z", raising=False)
+    reg, _ = render(None)
+    labels = {"version": exporter.__version__, "revision": "0123abc", "build_date": "2026-11-29T00:00:00Z"}
+    assert (
+        reg.get_sample_value("docker_exporter_build_info", {**labels, "python_version": platform.python_version()}) == 1
+    )
+
+
+@pytest.fixture
+async def metrics_client(tmp_path: Path, aiohttp_client: Any) -> Any:
+    """The real app over a recorded engine, after its first poll."""
+    config = parse_config({"filesystem": {"path": str(tmp_path)}, "state": {"path": str(tmp_path / "state.json")}})
+    app = create_app(config, docker_host=None, engine=RecordedEngine("bookworm"))
+    client = await aiohttp_client(app)
+    await app[SERVICES].poller.ready.wait()
+    return client
+
+
+def families(text: str) -> set[str]:
+    return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+
+
+async def test_name_parameter_selects_families(metrics_client: Any) -> None:
+    everything = families(await (await metrics_client.get("/metrics")).text())
+    assert {
+        "docker_up",
+        "docker_images",
+        "docker_exporter_polls_total",
+        "process_cpu_seconds_total",
+        "python_info",
+    } <= everything
+    response = await metrics_client.get("/metrics", params=[("name[]", "docker_up")])
+    assert response.status == 200
+    text = await response.text()
+    assert families(text) == {"docker_up"} and "docker_up 1.0" in text
+    response = await metrics_client.get(
+        "/metrics", params=[("name[]", "docker_images"), ("name[]", "docker_exporter_build_info")]
+    )
+    assert families(await response.text()) == {"docker_images", "docker_exporter_build_info"}

@@ -1,45 +1,23 @@
 """Recorded event streams of every engine drive refreshes, last-used and arrival tracking.
 
-The engine facade is replaced by a lookup over the same engine's recorded /images/json and
-/containers/json payloads: only the resolution step (inspect by ID or name) is simulated, from real data.
+The engine facade is tests/unit/recorded.py's RecordedEngine: the same engine's recorded /images/json and
+/containers/json payloads; only the resolution step (inspect by ID or name) is simulated, from real data.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.apishapes import normalize_id
-from exporter.engine import EngineNotFound
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.selfmetrics import PollMetrics
+from tests.unit.recorded import FIXTURES, RecordedEngine
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
 ENGINES = sorted(p.name for p in FIXTURES.iterdir() if (p / "events.json").exists())
-
-
-class RecordedEngine:
-    def __init__(self, engine: str) -> None:
-        self.images = json.loads((FIXTURES / engine / "images.json").read_text())
-        self.containers = json.loads((FIXTURES / engine / "containers-all.json").read_text())
-
-    async def inspect_image(self, name: str) -> dict[str, Any]:
-        for image in self.images:
-            tags = image.get("RepoTags") or []
-            if normalize_id(name) == normalize_id(image["Id"]) or name in tags or f"localhost/{name}" in tags:
-                return {"Id": normalize_id(image["Id"])}
-        raise EngineNotFound(f"no such image {name}", 404)
-
-    async def inspect_container(self, container_id: str) -> dict[str, Any]:
-        for c in self.containers:
-            if c["Id"].startswith(container_id):
-                return {"Image": c["ImageID"]}
-        raise EngineNotFound(f"no such container {container_id}", 404)
 
 
 class CountingPoller:
@@ -58,7 +36,7 @@ async def test_recorded_events(engine: str) -> None:
     recorded = RecordedEngine(engine)
     poller = CountingPoller()
     history = ImageHistory(None)
-    follower = EventFollower(recorded, poller, history, PollMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+    follower = EventFollower(recorded, poller, history, PollMetrics(CollectorRegistry()))  # type: ignore[arg-type]  # CountingPoller
     for event in events:
         await follower.handle(event)
     changes = [e for e in events if e.get("Action") in {"delete", "untag", "tag", "load", "loadfromarchive", "create"}]

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Config, parse_config
+from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine, EngineUnavailable
 from exporter.history import ImageHistory
 from exporter.poller import Poller
@@ -36,7 +37,7 @@ class NoEngine(Engine):
     def __init__(self) -> None:
         super().__init__("unix:///nonexistent/never.sock")
 
-    async def call(self, fn: Any, *, lane: str = "api") -> Any:
+    async def _call(self, fn: Any, *, lane: str = "api") -> Any:
         raise EngineUnavailable("no engine in unit tests")
 
     async def remove_image(self, ref: str) -> list[dict[str, Any]]:
@@ -77,9 +78,13 @@ async def app_factory(tmp_path: Path, aiohttp_client: Any) -> Any:
         config = make_config(tmp_path, **remediation)
         registry = CollectorRegistry()
         engine = NoEngine()
-        poller = Poller(engine, config, ImageHistory(None), PollMetrics(registry))
+        metrics = PollMetrics(registry)
+        poller = Poller(engine, config, ImageHistory(None), metrics)
+        refresher = DiskUsageRefresher(engine, poller, config.poll, metrics)
         clock = Clock()
-        service = RemediationService(config.remediation, engine, poller, registry, monotonic=clock)
+        service = RemediationService(
+            config.remediation, engine, poller, registry, disk_usage=refresher, monotonic=clock
+        )
         app = web.Application(client_max_size=config.remediation.max_body_bytes)
         app.router.add_routes(service.routes())
 

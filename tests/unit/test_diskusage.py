@@ -1,0 +1,88 @@
+"""/system/df results reach the published snapshot through the refresher, on demand and in the background."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter import apishapes
+from exporter.config import parse_config
+from exporter.diskusage import DiskUsageRefresher
+from exporter.history import ImageHistory
+from exporter.poller import Poller
+from exporter.selfmetrics import PollMetrics
+from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine
+
+NOW = 1_800_000_000.0
+
+
+def make(
+    engine: str, tmp_path: Path, **poll: str
+) -> tuple[DiskUsageRefresher, Poller, RecordedEngine, CollectorRegistry]:
+    recorded = RecordedEngine(engine)
+    registry = CollectorRegistry()
+    metrics = PollMetrics(registry)
+    config = parse_config({"filesystem": {"path": str(tmp_path)}, "poll": dict(poll)})
+    poller = Poller(recorded, config, ImageHistory(None), metrics)
+    return DiskUsageRefresher(recorded, poller, config.poll, metrics, clock=lambda: NOW), poller, recorded, registry
+
+
+@pytest.mark.parametrize("engine", RECORDED_ENGINES)
+async def test_refresh_now_publishes_disk_usage(tmp_path: Path, engine: str) -> None:
+    refresher, poller, recorded, _ = make(engine, tmp_path)
+    polled = await poller.poll_once()
+    assert polled is not None and polled.engine is not None
+    snapshot = await refresher.refresh_now()
+    assert snapshot is poller.snapshot and snapshot is not None and snapshot is not polled
+    assert snapshot.disk_usage == apishapes.parse_disk_usage(recorded.df, NOW, polled.engine)
+    if recorded.api >= "1.42":  # the listing had every shared size already: df changes no image
+        assert snapshot.images == polled.images
+    if engine == "podman":  # LayersSize 0 and SharedSize 0 there: unknown, not zero
+        assert snapshot.disk_usage.layers_size is None and snapshot.disk_usage.reclaimable is None
+        assert all(i.shared_size is None for i in snapshot.images)
+    else:
+        assert snapshot.disk_usage.layers_size
+
+
+async def test_api_1_41_gets_shared_sizes_from_disk_usage(tmp_path: Path) -> None:
+    refresher, poller, recorded, _ = make("bookworm", tmp_path)
+    polled = await poller.poll_once()
+    assert polled is not None and all(i.shared_size is None for i in polled.images)
+    snapshot = await refresher.refresh_now()
+    assert snapshot is not None
+    from_df = {apishapes.normalize_id(i["Id"]): i["SharedSize"] for i in recorded.df["Images"]}
+    assert {i.id: i.shared_size for i in snapshot.images} == from_df
+    assert all(i.unique_size == i.size - from_df[i.id] for i in snapshot.images)
+
+
+async def test_a_failed_call_keeps_the_last_figures(tmp_path: Path) -> None:
+    refresher, poller, recorded, registry = make("sid", tmp_path)
+    await poller.poll_once()
+    first = await refresher.refresh_now()
+    assert first is not None and first.disk_usage is not None
+    recorded.failing = {"disk_usage"}
+    assert await refresher.refresh_now() is None
+    assert poller.snapshot is first and poller.disk_usage is first.disk_usage
+    assert registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": "disk_usage"}) == 1
+
+
+async def test_background_refresh_waits_for_the_first_poll_and_follows_changes(tmp_path: Path) -> None:
+    refresher, poller, recorded, _ = make("sid", tmp_path, disk_usage_interval="1h", disk_usage_min_interval="0s")
+    df_calls: asyncio.Queue[str] = asyncio.Queue()
+    recorded.on_call = lambda call: df_calls.put_nowait(call) if call == "disk_usage" else None
+    task = asyncio.create_task(refresher.run())
+    try:
+        await asyncio.sleep(0)
+        assert df_calls.empty()  # no engine identity yet: nothing to parse the answer with
+        await poller.poll_once()
+        await asyncio.wait_for(df_calls.get(), 10)
+        assert poller.snapshot is not None and poller.snapshot.disk_usage is not None
+        refresher.mark_changed()  # what the poller's on_change does when the set of images changes
+        await asyncio.wait_for(df_calls.get(), 10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -1,0 +1,157 @@
+"""The poller turns each recorded engine's answers into a Snapshot, and survives outages stage by stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter import apishapes
+from exporter.config import parse_config
+from exporter.history import ImageHistory
+from exporter.poller import Poller
+from exporter.selfmetrics import PollMetrics
+from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine
+
+PollerFactory = Callable[..., tuple[Poller, RecordedEngine, CollectorRegistry]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def make_poller(tmp_path: Path) -> PollerFactory:
+    def factory(engine: str = "bookworm", fs_path: Path = tmp_path) -> tuple[Poller, RecordedEngine, CollectorRegistry]:
+        recorded = RecordedEngine(engine)
+        registry = CollectorRegistry()
+        config = parse_config({"filesystem": {"path": str(fs_path)}})
+        poller = Poller(recorded, config, ImageHistory(None), PollMetrics(registry), clock=Clock())
+        return poller, recorded, registry
+
+    return factory
+
+
+def errors(registry: CollectorRegistry, stage: str) -> float | None:
+    return registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": stage})
+
+
+@pytest.mark.parametrize("engine", RECORDED_ENGINES)
+async def test_poll_publishes_what_the_engine_listed(make_poller: PollerFactory, tmp_path: Path, engine: str) -> None:
+    poller, recorded, _ = make_poller(engine)
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and poller.up and poller.ready.is_set() and poller.last_error is None
+    assert {i.id for i in snapshot.images} == {apishapes.normalize_id(r["Id"]) for r in recorded.images}
+    assert snapshot.by_id.keys() == {i.id for i in snapshot.images}
+    used: dict[str, int] = {}
+    for c in recorded.containers:
+        used[apishapes.normalize_id(c["ImageID"])] = used.get(apishapes.normalize_id(c["ImageID"]), 0) + 1
+    assert used and {i.id: i.containers for i in snapshot.images if i.containers} == used
+    assert snapshot.engine is not None and snapshot.engine.podman is (engine == "podman")
+    assert snapshot.engine.api_version == recorded.api
+    assert snapshot.filesystem is not None and snapshot.filesystem.path == str(tmp_path)
+    inspected = snapshot.by_id[apishapes.normalize_id(recorded.inspect["Id"])]
+    assert inspected.last_tag_time == apishapes.parse_last_tag_time(recorded.inspect)
+
+
+@pytest.mark.parametrize("engine", RECORDED_ENGINES)
+async def test_shared_sizes_known_only_where_the_listing_computes_them(make_poller: PollerFactory, engine: str) -> None:
+    poller, recorded, _ = make_poller(engine)
+    snapshot = await poller.poll_once()
+    assert snapshot is not None
+    shared = [i.shared_size for i in snapshot.images]
+    if engine == "podman":  # answers 0 for images that share layers: unknown, never a false 0
+        assert shared and all(s is None for s in shared)
+    elif recorded.api >= "1.42":  # shared-size=1 honoured: known from every poll
+        assert all(s is not None for s in shared) and any(s for s in shared)
+    else:  # 1.41 leaves -1: unknown until /system/df (tests/unit/test_diskusage.py)
+        assert all(s is None for s in shared)
+
+
+async def test_an_outage_keeps_the_last_snapshot_and_names_the_stage(make_poller: PollerFactory) -> None:
+    poller, recorded, registry = make_poller()
+    first = await poller.poll_once()
+    recorded.failing = {"list_containers"}
+    assert await poller.poll_once() is first
+    assert not poller.up
+    assert poller.last_error is not None and poller.last_error.startswith("containers:")
+    assert errors(registry, "containers") == 1 and errors(registry, "images") == 0
+    recorded.failing = set()
+    second = await poller.poll_once()
+    assert poller.up and poller.last_error is None and second is not first
+
+
+async def test_no_snapshot_while_the_engine_was_never_reached(make_poller: PollerFactory) -> None:
+    poller, recorded, registry = make_poller()
+    recorded.failing = {"version_and_info"}
+    assert await poller.poll_once() is None
+    assert not poller.up and not poller.ready.is_set()
+    assert errors(registry, "info") == 1
+    assert recorded.calls == ["version_and_info"]  # nothing else is asked of an engine that did not answer
+
+
+async def test_last_tag_time_is_inspected_once_per_image_and_tag_set(make_poller: PollerFactory) -> None:
+    poller, recorded, _ = make_poller()
+    await poller.poll_once()
+    assert recorded.calls.count("inspect_image") == len(recorded.images)
+    recorded.calls.clear()
+    await poller.poll_once()
+    assert recorded.calls.count("inspect_image") == 0
+    tagged = next(r for r in recorded.images if r.get("RepoTags") and r["RepoTags"] != ["<none>:<none>"])
+    tagged["RepoTags"] = [*tagged["RepoTags"], "extra:1"]  # a new tag may come with a new LastTagTime
+    await poller.poll_once()
+    assert recorded.calls.count("inspect_image") == 1
+
+
+async def test_an_image_deleted_between_list_and_inspect_is_not_an_error(make_poller: PollerFactory) -> None:
+    poller, recorded, registry = make_poller()
+    gone = apishapes.normalize_id(recorded.inspect["Id"])
+    recorded.gone = {gone}
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and poller.up and errors(registry, "images") == 0
+    assert snapshot.by_id[gone].last_tag_time is None
+    recorded.gone = set()
+    snapshot = await poller.poll_once()  # a skipped inspect is not remembered as "no tag time": asked again
+    assert snapshot is not None and snapshot.by_id[gone].last_tag_time == apishapes.parse_last_tag_time(
+        recorded.inspect
+    )
+
+
+async def test_on_change_fires_when_the_set_of_images_changes(make_poller: PollerFactory) -> None:
+    poller, recorded, _ = make_poller()
+    changes: list[int] = []
+    poller.on_change.append(lambda: changes.append(len(poller.snapshot.images if poller.snapshot else ())))
+    await poller.poll_once()
+    await poller.poll_once()
+    assert changes == [len(recorded.images)]
+    recorded.images.pop()
+    await poller.poll_once()
+    assert changes == [len(recorded.images) + 1, len(recorded.images)]
+
+
+async def test_images_appearing_after_the_first_poll_have_arrived(make_poller: PollerFactory) -> None:
+    poller, recorded, _ = make_poller()
+    late = recorded.images.pop()
+    await poller.poll_once()
+    assert poller.history.arrived == {}  # present at startup: arrival unknown, not "now"
+    recorded.images.append(late)
+    assert isinstance(poller.clock, Clock)
+    poller.clock.now += 60
+    await poller.poll_once()
+    assert poller.history.arrived == {apishapes.normalize_id(late["Id"]): poller.clock.now}
+
+
+async def test_a_missing_filesystem_is_reported_but_the_engine_is_up(
+    make_poller: PollerFactory, tmp_path: Path
+) -> None:
+    poller, _, registry = make_poller(fs_path=tmp_path / "not-mounted")
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and poller.up and snapshot.filesystem is None
+    assert poller.last_error is not None and poller.last_error.startswith("filesystem:")
+    assert errors(registry, "filesystem") == 1
