@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import ConfigError, WebConfig, load_config, load_web_config, parse_config, parse_web_config
+from exporter.config import BuildCacheAction, ConfigError, FreeSpaceAction, load_config, parse_config
+from exporter.web.webconfig import WebConfig, load_web_config, parse_web_config
 
 FULL = """
 docker: {host: unix:///run/x.sock, timeout: 10s}
@@ -41,9 +42,10 @@ def test_full_example_parses() -> None:
     assert not config.metrics.per_image
     r = config.remediation
     assert r.enabled and r.dry_run and r.auth.bearer_token == "s3cret"
-    assert r.actions["free-disk"].target_avail_ratio == 0.3
-    assert r.actions["free-disk"].max_deletions == 500
-    assert r.actions["builder"].keep_storage == 5_000_000_000
+    free_disk, builder = r.actions["free-disk"], r.actions["builder"]
+    assert isinstance(free_disk, FreeSpaceAction) and free_disk.target_avail_ratio == 0.3
+    assert free_disk.max_deletions == 500 and free_disk.name == "free-disk"
+    assert isinstance(builder, BuildCacheAction) and builder.keep_storage == 5_000_000_000
     assert r.actions["weekly"].schedule == 168 * 3600
     assert r.routes[0].action == "free-disk" and r.routes[0].cooldown == 600
     assert r.routes[0].matchers[1].matches({"severity": "critical"})
@@ -86,7 +88,7 @@ def test_defaults_have_remediation_off() -> None:
         ),
         ({"remediation": {"routes": [{"matchers": ['a="b"'], "action": "nope"}]}}, "routes[0].action: names no action"),
         ({"remediation": {"routes": [{"action": "x"}]}}, "remediation.routes[0].matchers: is required"),
-        ({"remediation": {"scope": ["host"]}}, "remediation.scope: not a matcher"),
+        ({"remediation": {"scope": ["host"]}}, "remediation.scope[0]: not a matcher"),
         ({"remediation": {"auth": {"bearer_token_file": "/nonexistent/x"}}}, "bearer_token_file: cannot read"),
         (
             {"remediation": {"auth": {"bearer_token": "a", "bearer_token_file": "/etc/hostname"}}},
