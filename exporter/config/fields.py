@@ -59,7 +59,7 @@ class Duration:
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         return {
-            "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"const": 0}],
+            "anyOf": [{"type": "string", "minLength": 1, "pattern": DURATION_PATTERN}, {"const": 0}],
             "description": f"Prometheus duration (e.g. 30s, 5m, 1h30m), {self.low} to {self.high}",
         }
 

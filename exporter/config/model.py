@@ -39,6 +39,14 @@ class Model(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """`key:` with nothing after it (YAML null) means the default, as it always has here."""
+        if isinstance(data, Mapping):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
 
 class DockerConfig(Model):
     host: StrictStr | None = None
@@ -169,7 +177,7 @@ class ActionBase(Model):
     """Younger images are never candidates (age: latest of created, last tag, arrival here)."""
     max_deletions: Annotated[StrictInt, Field(ge=1, le=100_000)] = 100
     """At most this many deletions per run."""
-    schedule: Annotated[float | None, Duration("1m", "90d")] = None
+    schedule: Annotated[float, Duration("1m", "90d")] | None = None
     """Also run on its own at this interval."""
 
 
