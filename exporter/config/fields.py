@@ -114,6 +114,10 @@ def _matcher(value: Any) -> Matcher:
     return parse_matcher(value)
 
 
+def _matcher_text(matcher: Matcher) -> str:
+    return str(matcher)
+
+
 def _http_url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"must be an http(s) URL, got {text!r}")
@@ -145,7 +149,7 @@ Secret = Annotated[StrictStr, AfterValidator(_not_blank)]
 MatcherField = Annotated[
     Matcher,
     PlainValidator(_matcher),
-    PlainSerializer(str),
+    PlainSerializer(_matcher_text),
     WithJsonSchema(
         {
             "type": "string",
