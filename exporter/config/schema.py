@@ -17,9 +17,7 @@ from exporter.config.model import Config
 from exporter.units import DURATION_PATTERN, format_duration
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "config.schema.json"
-SCHEMA_ID = (
-    "https://raw.githubusercontent.com/docker-image-exporter/docker-image-exporter/main/docs/config.schema.json"
-)
+SCHEMA_ID = "https://raw.githubusercontent.com/docker-image-exporter/docker-image-exporter/main/docs/config.schema.json"
 
 
 def _durations_as_written(schema: dict[str, Any]) -> None:
