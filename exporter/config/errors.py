@@ -26,9 +26,13 @@ class ConfigError(Exception):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def keyed(key: str, message: str) -> PydanticCustomError:
-    """An error about `key` (dotted, relative to the model being validated), for cross-field validators."""
-    return PydanticCustomError(_KEYED, "{key}: {message}", {"key": key, "message": message})
+def keyed(key: str | tuple[int | str, ...], message: str) -> PydanticCustomError:
+    """An error about `key` (dotted, or location parts, relative to what is being validated).
+
+    For validators that judge several keys at once and must say which one is wrong.
+    """
+    parts = tuple(key.split(".")) if isinstance(key, str) else key
+    return PydanticCustomError(_KEYED, "{key}: {message}", {"key": dotted(parts), "parts": parts, "message": message})
 
 
 def dotted(loc: tuple[int | str, ...]) -> str:
@@ -53,8 +57,10 @@ def _describe(error: ErrorDetails, loc: tuple[int | str, ...]) -> tuple[tuple[in
     kind = error["type"]
     ctx: dict[str, Any] = dict(error.get("ctx") or {})
     got = _shown(error, loc)
+    if loc and loc[-1] == "[key]":  # a mapping key that is not a string (YAML `5:` rather than `"5":`)
+        return loc[:-1], f"keys must be strings, got {got}"
     if kind == _KEYED:
-        return (*loc, *str(ctx["key"]).split(".")), str(ctx["message"])
+        return (*loc, *ctx["parts"]), str(ctx["message"])
     if kind == "value_error":
         return loc, str(ctx.get("error", error["msg"]))
     if kind == "extra_forbidden":

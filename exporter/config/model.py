@@ -11,7 +11,15 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from exporter.config.errors import keyed
@@ -309,7 +317,7 @@ class RemediationConfig(Model):
     """Turn the webhook and actions on."""
     dry_run: StrictBool = False
     """Plan and report, delete nothing (a per-call ?dry_run=false cannot override it)."""
-    auth: AuthConfig = Field(default_factory=AuthConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig, validate_default=True)
     """How Alertmanager authenticates; required when enabled."""
     scope: tuple[MatcherField, ...] = ()
     """Matchers every alert must match to be acted on here; others are acknowledged as out_of_scope."""
@@ -339,14 +347,24 @@ class RemediationConfig(Model):
             named[key] = {**body, "name": str(key)} if isinstance(body, Mapping) else body
         return named
 
-    @model_validator(mode="after")
-    def _consistent(self) -> RemediationConfig:
-        if self.enabled and self.auth.bearer_token is None and self.auth.basic_auth is None:
-            raise keyed("auth", "is required when remediation is enabled (bearer_token[_file] or basic_auth)")
-        for index, route in enumerate(self.routes):
-            if route.action not in self.actions:
-                raise keyed(f"routes[{index}].action", f"names no action under remediation.actions: {route.action!r}")
-        return self
+    @field_validator("auth")
+    @classmethod
+    def _auth_when_enabled(cls, auth: AuthConfig, info: ValidationInfo) -> AuthConfig:
+        if info.data.get("enabled") and auth.bearer_token is None and auth.basic_auth is None:
+            raise ValueError("is required when remediation is enabled (bearer_token[_file] or basic_auth)")
+        return auth
+
+    @field_validator("routes")
+    @classmethod
+    def _known_actions(cls, routes: tuple[RouteConfig, ...], info: ValidationInfo) -> tuple[RouteConfig, ...]:
+        """Checked here, not after the model, so it is reported together with any other problem."""
+        actions = info.data.get("actions")
+        if actions is None:  # actions are invalid themselves: already reported
+            return routes
+        for index, route in enumerate(routes):
+            if route.action not in actions:
+                raise keyed((index, "action"), f"names no action under remediation.actions: {route.action!r}")
+        return routes
 
 
 class Config(Model):

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -503,3 +505,52 @@ def test_any_duration_input_is_accepted_or_a_config_error(value: object) -> None
         assert all(p.startswith("poll.debounce: ") for p in exc.problems), exc.problems
     else:
         assert 0 <= config.poll.debounce <= 60
+
+
+_YAML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+_SECTION_KEYS = st.sampled_from(["docker", "poll", "metrics", "state", "remediation", "timeout", "interval", "x"])
+
+
+@given(st.dictionaries(_SECTION_KEYS, _YAML_VALUES | st.dictionaries(_SECTION_KEYS, _YAML_VALUES), max_size=4))
+def test_any_document_is_accepted_or_a_config_error(doc: dict[str, object]) -> None:
+    try:
+        parse_config(doc)
+    except ConfigError as exc:
+        assert exc.problems and all(": " in p for p in exc.problems), exc.problems
+
+
+def test_cross_key_problems_are_reported_with_the_rest() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "poll": {"interval": "x"},
+                "remediation": {
+                    "enabled": True,
+                    "auth": {},
+                    "actions": {"a": {"type": "prune_dangling"}},
+                    "routes": [{"matchers": ['a="b"'], "action": "a"}, {"matchers": ['a="b"'], "action": "nope"}],
+                },
+            }
+        )
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "poll.interval",
+        "remediation.auth",
+        "remediation.routes[1].action",
+    ]
+
+
+def test_config_does_not_import_the_remediation_package() -> None:
+    code = "import sys, exporter.config; print(sorted(m for m in sys.modules if m.startswith('exporter.remediation')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_web_config_file_is_read_strictly(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text("http_server_config:\n  headers: {X-Frame-Options: deny}\nhttp_server_config: {}\n")
+    with pytest.raises(ConfigError, match=r"--web.config.file: .* line 3: duplicate key 'http_server_config'"):
+        load_web_config(path)
