@@ -232,6 +232,16 @@ ActionConfig = Annotated[
 
 
 class RouteConfig(Model):
+    # The schema's approximation of `_not_everything`: matchers given and non-empty, or the explicit opt-in.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["matchers"], "properties": {"matchers": {"minItems": 1}}},
+                {"required": ["match_any_alert"], "properties": {"match_any_alert": {"const": True}}},
+            ]
+        }
+    )
+
     matchers: tuple[MatcherField, ...] = ()
     """All must match; at least one must require a label value (name="v" or name=~"re")."""
     match_any_alert: StrictBool = False

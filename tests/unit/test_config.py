@@ -463,13 +463,16 @@ def test_committed_schema_matches_the_models() -> None:
 def test_schema_accepts_the_examples_and_refuses_what_the_loader_refuses() -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
     root = Path(__file__).resolve().parents[2]
-    for doc in (yaml.safe_load(FULL), yaml.safe_load((root / "examples" / "config.yaml").read_text())):
+    examples = (root / "examples" / "config.yaml", root / "examples" / "compose" / "exporter.yml")
+    for doc in (yaml.safe_load(FULL), *(yaml.safe_load(p.read_text()) for p in examples), _route(match_any_alert=True)):
         jsonschema.validate(doc, schema)
     for bad in (
         {"poll": {"interval": "30m1h"}},
         {"poll": {"intervall": "30s"}},
         {"remediation": {"actions": {"x": {"type": "prune_dangling", "keep": 3}}}},
         {"remediation": {"actions": {"x": {"type": "keep_last"}}}},
+        _route(matchers=[]),
+        _route(),
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
