@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, load_config, load_web_config
+from exporter.config import Config, ConfigError, load_config
 from exporter.logs import LEVELS, setup_logging
 from exporter.web.tls import server_context
+from exporter.web.webconfig import load_web_config
 
 DEFAULT_PORT = 10151
 log = logging.getLogger("exporter")

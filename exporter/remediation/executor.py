@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from exporter.config import ActionConfig
+from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction
 from exporter.engine import Engine, EngineConflict, EngineError, EngineNotFound, EngineUnavailable
 from exporter.remediation.audit import AuditError, AuditLog
 from exporter.remediation.metrics import RemediationMetrics
@@ -234,7 +234,7 @@ class Executor:
                         skip.detail,
                     ),
                 )
-            if action.type == "build_cache":
+            if isinstance(action, BuildCacheAction):
                 await self._build_cache(run, action)
             else:
                 await self._images(run, plan, action)
@@ -259,7 +259,7 @@ class Executor:
             run.result = "failure"
             run.detail = run.detail or str(exc)
 
-    async def _build_cache(self, run: Run, action: ActionConfig) -> None:
+    async def _build_cache(self, run: Run, action: BuildCacheAction) -> None:
         filters = {"until": f"{int(action.min_age)}s"} if action.min_age > 0 else {}
         reason = f"build cache older than {int(action.min_age)}s, keep-storage {action.keep_storage}"
         if run.dry_run:
@@ -286,7 +286,8 @@ class Executor:
         run.result = "success"
 
     async def _images(self, run: Run, plan: Plan, action: ActionConfig) -> None:
-        free_space = action.type == "free_space"
+        free_space = isinstance(action, FreeSpaceAction)
+        target = action.target_avail_ratio if isinstance(action, FreeSpaceAction) else 1.0
         if free_space and plan.filesystem is None:
             raise RunAborted("free_space: the data-root filesystem could not be read")
         if free_space and plan.goal_met:
@@ -329,7 +330,7 @@ class Executor:
                 done += 1
                 if free_space and fs is not None:
                     projected_avail += cand.size if cand.removes_image else 0
-                    if projected_avail / fs.size >= action.target_avail_ratio:
+                    if projected_avail / fs.size >= target:
                         run.goal_met = True
                         break
                 continue
@@ -345,7 +346,7 @@ class Executor:
                 incomplete = True
             if free_space and fs is not None and outcome.result == "deleted":
                 run.filesystem_after = await self._read_fs(fs.path)
-                if run.filesystem_after.avail_ratio >= action.target_avail_ratio:
+                if run.filesystem_after.avail_ratio >= target:
                     run.goal_met = True
                     break
         if run.dry_run:

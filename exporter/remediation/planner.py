@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from exporter.config import ActionConfig, ProtectConfig
+from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, KeepLastAction, ProtectConfig
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
 from exporter.units import format_duration
 
@@ -206,7 +206,7 @@ def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: Protect
     return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped))
 
 
-def plan_free_space(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: ProtectConfig, now: float) -> Plan:
     """Dangling first, then least recently used; the executor stops once the filesystem goal is met."""
     fs = snapshot.filesystem
     target = action.target_avail_ratio
@@ -245,7 +245,7 @@ def plan_free_space(snapshot: Snapshot, action: ActionConfig, protect: ProtectCo
     )
 
 
-def plan_keep_last(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectConfig, now: float) -> Plan:
     """Per repository keep the `keep` newest tags (image created time, ties: higher tag name is newer).
 
     Every tag counts towards the `keep` newest, protected or young ones too, so the action never removes a
@@ -291,7 +291,7 @@ def plan_keep_last(snapshot: Snapshot, action: ActionConfig, protect: ProtectCon
     return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped), tuple(kept))
 
 
-def plan_build_cache(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
+def plan_build_cache(snapshot: Snapshot, action: BuildCacheAction, protect: ProtectConfig, now: float) -> Plan:
     """Build cache has no per-image candidates: the engine prunes it (keep-storage, until=min_age)."""
     notes = [f"POST /build/prune until={format_duration(action.min_age)}"]
     if action.keep_storage:
@@ -304,18 +304,17 @@ def plan_build_cache(snapshot: Snapshot, action: ActionConfig, protect: ProtectC
     return Plan(action.name, action.type, now, notes=tuple(notes))
 
 
-_PLANNERS = {
-    "prune_dangling": plan_prune_dangling,
-    "prune_unused": plan_prune_unused,
-    "free_space": plan_free_space,
-    "keep_last": plan_keep_last,
-    "build_cache": plan_build_cache,
-}
-
-
 def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """The plan for `action` on `snapshot` at time `now`."""
-    return _PLANNERS[action.type](snapshot, action, protect, now)
+    if isinstance(action, FreeSpaceAction):
+        return plan_free_space(snapshot, action, protect, now)
+    if isinstance(action, KeepLastAction):
+        return plan_keep_last(snapshot, action, protect, now)
+    if isinstance(action, BuildCacheAction):
+        return plan_build_cache(snapshot, action, protect, now)
+    if action.type == "prune_unused":
+        return plan_prune_unused(snapshot, action, protect, now)
+    return plan_prune_dangling(snapshot, action, protect, now)
 
 
 def skip_counts(skips: Iterable[Skip]) -> Mapping[SkipReason, int]:

@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from exporter.config import AuthConfig, RouteConfig
-from exporter.remediation.matchers import Matcher, all_match
+from exporter.matchers import Matcher, all_match
 
 if TYPE_CHECKING:
     from exporter.remediation.service import RemediationService

@@ -14,7 +14,8 @@ import os
 import ssl
 import time
 
-from exporter.config import ConfigError, TLSServerConfig, WebConfig
+from exporter.config import ConfigError
+from exporter.web.webconfig import TLSServerConfig, WebConfig
 
 log = logging.getLogger("exporter.web.tls")
 

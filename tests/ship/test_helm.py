@@ -27,7 +27,8 @@ helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (i
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
 from alerts.render import DEFAULT_THRESHOLDS, render_rules  # noqa: E402
-from exporter.config import parse_config, parse_web_config  # noqa: E402
+from exporter.config import parse_config  # noqa: E402
+from exporter.web.webconfig import parse_web_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "docker-image-exporter"

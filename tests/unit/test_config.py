@@ -1,10 +1,29 @@
+import json
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.cli import main
-from exporter.config import ConfigError, WebConfig, load_config, load_web_config, parse_config, parse_web_config
+from exporter.config import (
+    BuildCacheAction,
+    ConfigError,
+    FreeSpaceAction,
+    SecretFileError,
+    load_config,
+    parse_config,
+    read_secret_file,
+)
+from exporter.config.schema import SCHEMA_PATH, render
+from exporter.config.schema import main as schema_main
+from exporter.units import format_duration, parse_duration, parse_duration_ms
+from exporter.web.webconfig import WebConfig, load_web_config, parse_web_config
 
 FULL = """
 docker: {host: unix:///run/x.sock, timeout: 10s}
@@ -41,9 +60,10 @@ def test_full_example_parses() -> None:
     assert not config.metrics.per_image
     r = config.remediation
     assert r.enabled and r.dry_run and r.auth.bearer_token == "s3cret"
-    assert r.actions["free-disk"].target_avail_ratio == 0.3
-    assert r.actions["free-disk"].max_deletions == 500
-    assert r.actions["builder"].keep_storage == 5_000_000_000
+    free_disk, builder = r.actions["free-disk"], r.actions["builder"]
+    assert isinstance(free_disk, FreeSpaceAction) and free_disk.target_avail_ratio == 0.3
+    assert free_disk.max_deletions == 500 and free_disk.name == "free-disk"
+    assert isinstance(builder, BuildCacheAction) and builder.keep_storage == 5_000_000_000
     assert r.actions["weekly"].schedule == 168 * 3600
     assert r.routes[0].action == "free-disk" and r.routes[0].cooldown == 600
     assert r.routes[0].matchers[1].matches({"severity": "critical"})
@@ -86,7 +106,7 @@ def test_defaults_have_remediation_off() -> None:
         ),
         ({"remediation": {"routes": [{"matchers": ['a="b"'], "action": "nope"}]}}, "routes[0].action: names no action"),
         ({"remediation": {"routes": [{"action": "x"}]}}, "remediation.routes[0].matchers: is required"),
-        ({"remediation": {"scope": ["host"]}}, "remediation.scope: not a matcher"),
+        ({"remediation": {"scope": ["host"]}}, "remediation.scope[0]: not a matcher"),
         ({"remediation": {"auth": {"bearer_token_file": "/nonexistent/x"}}}, "bearer_token_file: cannot read"),
         (
             {"remediation": {"auth": {"bearer_token": "a", "bearer_token_file": "/etc/hostname"}}},
@@ -217,3 +237,323 @@ def test_relay_tls_config_is_checked(tmp_path: Path) -> None:
     assert info.value.problems == ["remediation.relay.tls_config.key_file: cert_file and key_file go together"]
     with pytest.raises(ConfigError, match=r"remediation\.relay\.tls_config\.ca_file: cannot read /nope"):
         parse_config({"remediation": {"relay": {**base, "tls_config": {"ca_file": "/nope"}}}})
+
+
+# ------------------------------------------------------------------------- strictness (issues 10 and 13)
+
+TOKEN = {"bearer_token": "s3cret"}
+
+
+def _route(**route: object) -> dict[str, object]:
+    return {
+        "remediation": {
+            "auth": TOKEN,
+            "actions": {"a": {"type": "prune_dangling"}},
+            "routes": [{"action": "a", **route}],
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        ({"docker": {"timeout": "300y"}}, "docker.timeout: must be at most 1h"),
+        ({"docker": {"timeout": "30m1h"}}, "docker.timeout: expected a duration"),
+        ({"docker": {"timeout": "1.5h"}}, "docker.timeout: expected a duration"),
+        ({"docker": {"timeout": 30}}, "docker.timeout: expected a duration"),  # a bare number is not seconds
+        ({"poll": {"interval": "2w"}}, "poll.interval: must be at most 1w"),
+        ({"poll": {"debounce": "1h"}}, "poll.debounce: must be at most 1m"),
+        ({"remediation": {"max_body_bytes": "5G"}}, "remediation.max_body_bytes: ambiguous size unit"),
+        ({"remediation": {"max_body_bytes": "1GiB"}}, "remediation.max_body_bytes: must be at most 64MiB"),
+        (
+            {"remediation": {"actions": {"keep-five": {"type": "keep_last", "keep": 0}}}},
+            "remediation.actions.keep-five.keep: must be >= 1",
+        ),
+        (
+            {"remediation": {"actions": {"b": {"type": "keep_last", "keep": 2, "keep_storage": "1GB"}}}},
+            "remediation.actions.b.keep_storage: unknown key",
+        ),
+        ({"remediation": {"actions": {"a": {"type": "prune_dangling", "name": "b"}}}}, "remediation.actions.a.name"),
+        (
+            {"remediation": {"actions": {"a": {"type": "prune_unused", "schedule": "10s"}}}},
+            "remediation.actions.a.schedule: must be at least 1m",
+        ),
+        ({"remediation": {"auth": {"bearer_token": ""}}}, "remediation.auth.bearer_token: must not be empty"),
+        ({"remediation": {"auth": {"bearer_token": "  "}}}, "remediation.auth.bearer_token: must not be empty"),
+        (
+            {"remediation": {"auth": {"basic_auth": {"username": "", "password": "pw"}}}},
+            "remediation.auth.basic_auth.username: must not be empty",
+        ),
+        (
+            {"remediation": {"auth": {"basic_auth": {"username": "am", "password": ""}}}},
+            "remediation.auth.basic_auth.password: must not be empty",
+        ),
+        (
+            {"remediation": {"auth": {"basic_auth": {"username": "am"}}}},
+            "remediation.auth.basic_auth.password: is required",
+        ),
+        (_route(matchers=[]), "remediation.routes[0].matchers: needs a matcher that requires a label value"),
+        (_route(), "remediation.routes[0].matchers: is required"),
+        (_route(matchers=['severity!="info"']), "remediation.routes[0].matchers: needs a matcher"),
+        (_route(matchers=['alertname=~".*"']), "remediation.routes[0].matchers: needs a matcher"),
+        (_route(matchers=['alertname=""']), "remediation.routes[0].matchers: needs a matcher"),
+        ({"remediation": {"protect": {"references": [" *:prod"]}}}, "remediation.protect.references[0]: ' *:prod'"),
+        ({"remediation": {"protect": {"labels": ["keep = true"]}}}, "remediation.protect.labels[0]: 'keep = true'"),
+        ({"remediation": {"protect": {"labels": ["keep= true"]}}}, "remediation.protect.labels[0]: 'keep= true'"),
+        ({"remediation": {"protect": {"labels": [""]}}}, "remediation.protect.labels[0]: ''"),
+        ({"remediation": {"relay": {"peers": {"a": "ftp://x"}}}}, "remediation.relay.peers.a: must be an http(s) URL"),
+        ({"remediation": {"relay": {"host_regex": "("}}}, "remediation.relay.host_regex: bad regular expression"),
+        ({"remediation": {"relay": {"enabled": True}}}, "remediation.relay.self_names: is required"),
+        ({"remediation": {"relay": {"self_names": ["${DIE_SURELY_UNSET_VAR}"]}}}, "remediation.relay.self_names"),
+        ("just text", "<top level>: must be a mapping"),
+    ],
+)
+def test_refused_with_the_key_named(doc: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_secret_values_never_appear_in_errors() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"remediation": {"auth": {"bearer_token": 123456789}}})
+    assert "123456789" not in str(err.value)
+    assert err.value.problems[0].startswith("remediation.auth.bearer_token: expected a string")
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"])
+def test_empty_secret_files_are_refused(tmp_path: Path, content: str) -> None:
+    (tmp_path / "token").write_text(content)
+    (tmp_path / "pw").write_text(content)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"remediation": {"auth": {"bearer_token_file": str(tmp_path / "token")}}})
+    assert err.value.problems == [
+        f"remediation.auth.bearer_token_file: {tmp_path / 'token'} is empty: an empty secret would let anybody in"
+    ]
+    with pytest.raises(ConfigError, match=r"remediation\.auth\.basic_auth\.password_file: .* is empty"):
+        parse_config(
+            {"remediation": {"auth": {"basic_auth": {"username": "u", "password_file": str(tmp_path / "pw")}}}}
+        )
+    with pytest.raises(SecretFileError, match="is empty"):
+        read_secret_file(tmp_path / "token")
+
+
+def test_read_secret_file_strips_and_names_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text("  tok\n")
+    assert read_secret_file(tmp_path / "t") == "tok"
+    with pytest.raises(SecretFileError, match=r"cannot read .*/missing"):
+        read_secret_file(tmp_path / "missing")
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    config = parse_config(
+        {"remediation": {"auth": {"bearer_token": "s3cret", "basic_auth": {"username": "u", "password": "pw99"}}}}
+    )
+    assert "s3cret" not in repr(config) and "pw99" not in repr(config)
+
+
+def test_a_route_for_every_alert_needs_the_explicit_opt_in() -> None:
+    config = parse_config(_route(matchers=[], match_any_alert=True))
+    assert config.remediation.routes[0].match_any_alert and config.remediation.routes[0].matchers == ()
+    config = parse_config(_route(matchers=['alertname=~"Docker.+"', 'severity!="info"']))
+    assert config.remediation.routes[0].matchers[0].requires_label()
+
+
+def test_durations_and_sizes_at_their_bounds() -> None:
+    config = parse_config(
+        {
+            "docker": {"timeout": "1h", "disk_usage_timeout": "59m59s999ms"},
+            "poll": {"debounce": 0, "disk_usage_min_interval": "0s", "interval": "1w"},
+            "remediation": {
+                "max_body_bytes": "64MiB",
+                "actions": {"b": {"type": "build_cache", "keep_storage": "5Gi"}},
+            },
+        }
+    )
+    assert config.docker.timeout == 3600 and config.docker.disk_usage_timeout == 3599.999
+    assert config.poll.debounce == 0 and config.poll.interval == 604800
+    assert config.remediation.max_body_bytes == 64 * 2**20
+    builder = config.remediation.actions["b"]
+    assert isinstance(builder, BuildCacheAction) and builder.keep_storage == 5 * 2**30
+
+
+def test_null_sections_and_keys_mean_the_defaults() -> None:
+    config = parse_config({"poll": None, "remediation": {"protect": None, "dry_run": None}})
+    assert config.poll.interval == 30 and not config.remediation.dry_run and config.remediation.protect.local_only
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yml"
+    path.write_text(text)
+    return path
+
+
+def test_duplicate_keys_are_refused_with_key_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "remediation:\n  dry_run: true\n  enabled: false\n  dry_run: false\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == [f"--config.file: {path} line 4: duplicate key 'dry_run' (first given on line 2)"]
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    text = """
+remediation:
+  actions:
+    base: &defaults {type: prune_unused, min_age: 48h, max_deletions: 5}
+    weekly: {<<: *defaults, schedule: 1w}
+"""
+    weekly = load_config(_write(tmp_path, text)).remediation.actions["weekly"]
+    assert weekly.min_age == 48 * 3600 and weekly.max_deletions == 5 and weekly.schedule == 604800
+
+
+BILLION_LAUGHS = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_alias_bomb_is_refused_with_bounded_memory(tmp_path: Path) -> None:
+    path = _write(tmp_path, BILLION_LAUGHS)
+    assert path.stat().st_size < 600
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"aliases expand to more than 100000 nodes"):
+            load_config(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+
+
+def test_recursive_alias_and_huge_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="recursive alias"):
+        load_config(_write(tmp_path, "poll: &p {interval: *p}\n"))
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_config(_write(tmp_path, "# " + "x" * (1 << 20) + "\n"))
+
+
+def test_config_check_runs_the_start_up_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bomb = _write(tmp_path, BILLION_LAUGHS)
+    assert main(["--config.file", str(bomb), "--config.check"]) == 1
+    assert "aliases expand" in capsys.readouterr().err
+    (tmp_path / "token").write_text("\n")
+    empty = tmp_path / "empty-token.yml"
+    empty.write_text(f"remediation: {{enabled: true, auth: {{bearer_token_file: {tmp_path / 'token'}}}}}\n")
+    assert main(["--config.file", str(empty), "--config.check"]) == 1
+    assert "remediation.auth.bearer_token_file" in capsys.readouterr().err
+    good = tmp_path / "good.yml"
+    good.write_text(FULL)
+    assert main(["--config.file", str(good), "--config.check"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ JSON Schema
+
+
+def test_committed_schema_matches_the_models() -> None:
+    assert SCHEMA_PATH.read_text() == render(), "run: python -m exporter.config.schema"
+    assert schema_main(["--check"]) == 0
+
+
+def test_schema_accepts_the_examples_and_refuses_what_the_loader_refuses() -> None:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    root = Path(__file__).resolve().parents[2]
+    examples = (root / "examples" / "config.yaml", root / "examples" / "compose" / "exporter.yml")
+    for doc in (yaml.safe_load(FULL), *(yaml.safe_load(p.read_text()) for p in examples), _route(match_any_alert=True)):
+        jsonschema.validate(doc, schema)
+    for bad in (
+        {"poll": {"interval": "30m1h"}},
+        {"poll": {"intervall": "30s"}},
+        {"remediation": {"actions": {"x": {"type": "prune_dangling", "keep": 3}}}},
+        {"remediation": {"actions": {"x": {"type": "keep_last"}}}},
+        _route(matchers=[]),
+        _route(),
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        with pytest.raises(ConfigError):
+            parse_config(bad)
+
+
+# ------------------------------------------------------------------------------------- property tests
+
+_UNITS = ("y", "w", "d", "h", "m", "s", "ms")
+_MS = {"y": 365 * 86400_000, "w": 7 * 86400_000, "d": 86400_000, "h": 3600_000, "m": 60_000, "s": 1000, "ms": 1}
+
+
+@given(st.lists(st.tuples(st.sampled_from(_UNITS), st.integers(0, 10**6)), min_size=1, unique_by=lambda t: t[0]))
+def test_valid_durations_round_trip(parts: list[tuple[str, int]]) -> None:
+    parts.sort(key=lambda p: _UNITS.index(p[0]))
+    text = "".join(f"{n}{unit}" for unit, n in parts)
+    assert parse_duration_ms(text) == sum(n * _MS[unit] for unit, n in parts)
+    seconds = parse_duration(text)
+    assert parse_duration(format_duration(seconds)) == seconds
+    if len(parts) > 1:  # Prometheus wants the largest unit first
+        with pytest.raises(ValueError, match="expected a duration"):
+            parse_duration("".join(f"{n}{unit}" for unit, n in reversed(parts)))
+
+
+@given(
+    st.one_of(st.text(max_size=20), st.text(alphabet="0123456789.ywdhms -", max_size=12), st.integers(), st.floats())
+)
+def test_any_duration_input_is_accepted_or_a_config_error(value: object) -> None:
+    try:
+        config = parse_config({"poll": {"debounce": value}})
+    except ConfigError as exc:
+        assert all(p.startswith("poll.debounce: ") for p in exc.problems), exc.problems
+    else:
+        assert 0 <= config.poll.debounce <= 60
+
+
+_YAML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+_SECTION_KEYS = st.sampled_from(["docker", "poll", "metrics", "state", "remediation", "timeout", "interval", "x"])
+
+
+@given(st.dictionaries(_SECTION_KEYS, _YAML_VALUES | st.dictionaries(_SECTION_KEYS, _YAML_VALUES), max_size=4))
+def test_any_document_is_accepted_or_a_config_error(doc: dict[str, object]) -> None:
+    try:
+        parse_config(doc)
+    except ConfigError as exc:
+        assert exc.problems and all(": " in p for p in exc.problems), exc.problems
+
+
+def test_cross_key_problems_are_reported_with_the_rest() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "poll": {"interval": "x"},
+                "remediation": {
+                    "enabled": True,
+                    "auth": {},
+                    "actions": {"a": {"type": "prune_dangling"}},
+                    "routes": [{"matchers": ['a="b"'], "action": "a"}, {"matchers": ['a="b"'], "action": "nope"}],
+                },
+            }
+        )
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "poll.interval",
+        "remediation.auth",
+        "remediation.routes[1].action",
+    ]
+
+
+def test_config_does_not_import_the_remediation_package() -> None:
+    code = "import sys, exporter.config; print(sorted(m for m in sys.modules if m.startswith('exporter.remediation')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_web_config_file_is_read_strictly(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text("http_server_config:\n  headers: {X-Frame-Options: deny}\nhttp_server_config: {}\n")
+    with pytest.raises(ConfigError, match=r"--web.config.file: .* line 3: duplicate key 'http_server_config'"):
+        load_web_config(path)

@@ -1,6 +1,6 @@
 import pytest
 
-from exporter.remediation.matchers import all_match, parse_matcher
+from exporter.matchers import all_match, parse_matcher
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,19 @@ def test_all_match_empty_matches_everything() -> None:
 def test_str_round_trips() -> None:
     m = parse_matcher(r'msg="say \"hi\""')
     assert parse_matcher(str(m)) == m
+
+
+@pytest.mark.parametrize(
+    ("text", "requires"),
+    [
+        ('alertname="X"', True),
+        ('alertname=~"Docker.+"', True),
+        ('alertname=""', False),  # matches alerts without the label
+        ('alertname=~".*"', False),
+        ('alertname=~"X|"', False),
+        ('severity!="info"', False),
+        ('severity!~"info"', False),
+    ],
+)
+def test_requires_label(text: str, requires: bool) -> None:
+    assert parse_matcher(text).requires_label() is requires

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import MappingProxyType
 
-from exporter.config import ActionConfig, ProtectConfig
+from exporter.config import ActionConfig, ProtectConfig, make_action
 from exporter.remediation.planner import make_plan
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
 
@@ -51,7 +51,7 @@ def snap(*images: Image, fs: Filesystem | None = None) -> Snapshot:
 
 
 def action(kind: str, **kw: object) -> ActionConfig:
-    return ActionConfig(name="a", type=kind, **kw)  # type: ignore[arg-type]
+    return make_action("a", type=kind, **kw)
 
 
 def test_prune_unused_applies_every_exclusion_and_names_the_rule():
@@ -69,7 +69,7 @@ def test_prune_unused_applies_every_exclusion_and_names_the_rule():
         img("b2", [], age=2 * DAY),
         img("b3", [], age=2 * DAY, labels={"keep": "true"}),
     ]
-    plan = make_plan(snap(*images), action("prune_unused", min_age=3600.0), PROTECT, NOW)
+    plan = make_plan(snap(*images), action("prune_unused", min_age="1h"), PROTECT, NOW)
     assert [c.image_id[7:9] for c in plan.candidates] == ["b2", "a1"]  # dangling first, then oldest
     reasons = {s.image_id[7:9]: s.reason for s in plan.skipped}
     assert reasons == {
@@ -115,7 +115,7 @@ def test_keep_last_ranks_per_repository_and_untags_only_old_references():
         img("o3", ["app:4"], age=6 * DAY, containers=1),
         img("o4", ["app:3", "app:production"], age=7 * DAY),
     ]
-    plan = make_plan(snap(*images), action("keep_last", keep=3, min_age=3600.0), PROTECT, NOW)
+    plan = make_plan(snap(*images), action("keep_last", keep=3, min_age="1h"), PROTECT, NOW)
     by_id = {c.image_id[7:9]: c for c in plan.candidates}
     assert set(by_id) == {"o1", "o2"}
     assert by_id["o1"].references == ("app:6",)

@@ -30,6 +30,18 @@ class Matcher:
         found = self.pattern.fullmatch(actual) is not None
         return found if self.op == "=~" else not found
 
+    def requires_label(self) -> bool:
+        """True when only alerts carrying this label with a non-empty value can match (`a="x"`, `a=~".+"`).
+
+        A route needs one such matcher: `a!="x"`, `a=""` or `a=~".*"` also match alerts without the label.
+        """
+        if self.op == "=":
+            return self.value != ""
+        if self.op == "=~":
+            assert self.pattern is not None
+            return self.pattern.fullmatch("") is None
+        return False
+
     def __str__(self) -> str:
         escaped = self.value.replace("\\", "\\\\").replace('"', '\\"')
         return f'{self.name}{self.op}"{escaped}"'

@@ -1,0 +1,98 @@
+"""Configuration: declarative models (model.py), errors that name the key, a strict YAML reader.
+
+`load_config` is what start-up and `--config.check` both run, so a config that passes the check starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from exporter.config.errors import ConfigError, problems_from
+from exporter.config.model import (
+    ACTION_TYPES,
+    ActionBase,
+    ActionConfig,
+    ActionType,
+    AuthConfig,
+    BasicAuth,
+    BuildCacheAction,
+    ClientTLSConfig,
+    Config,
+    DockerConfig,
+    FilesystemConfig,
+    FreeSpaceAction,
+    KeepLastAction,
+    MetricsConfig,
+    PollConfig,
+    ProtectConfig,
+    PruneDanglingAction,
+    PruneUnusedAction,
+    RelayConfig,
+    RemediationConfig,
+    RouteConfig,
+    StateConfig,
+)
+from exporter.config.secrets import SecretFileError, read_secret_file
+from exporter.config.yamlfile import read_yaml
+
+_UNIONS: dict[tuple[str, ...], frozenset[str]] = {("remediation", "actions"): frozenset(ACTION_TYPES)}
+_ACTIONS = TypeAdapter[dict[str, ActionConfig]](dict[str, ActionConfig])
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a parsed YAML document into a Config, or raise ConfigError listing every problem."""
+    try:
+        return Config.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc, _UNIONS)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate the YAML file; no file means all defaults (remediation off)."""
+    if path is None:
+        return parse_config({})
+    return parse_config(read_yaml(path, "--config.file"))
+
+
+def make_action(name: str, **fields: Any) -> ActionConfig:
+    """One validated action, as if written under `remediation.actions.<name>` (for code and tests)."""
+    try:
+        return _ACTIONS.validate_python({name: {**fields, "name": name}})[name]
+    except ValidationError as exc:
+        problems = problems_from(exc, {(): frozenset(ACTION_TYPES)})
+        raise ConfigError([f"remediation.actions.{p}" for p in problems]) from None
+
+
+__all__ = [
+    "ACTION_TYPES",
+    "ActionBase",
+    "ActionConfig",
+    "ActionType",
+    "AuthConfig",
+    "BasicAuth",
+    "BuildCacheAction",
+    "ClientTLSConfig",
+    "Config",
+    "ConfigError",
+    "DockerConfig",
+    "FilesystemConfig",
+    "FreeSpaceAction",
+    "KeepLastAction",
+    "MetricsConfig",
+    "PollConfig",
+    "ProtectConfig",
+    "PruneDanglingAction",
+    "PruneUnusedAction",
+    "RelayConfig",
+    "RemediationConfig",
+    "RouteConfig",
+    "SecretFileError",
+    "StateConfig",
+    "load_config",
+    "make_action",
+    "parse_config",
+    "read_secret_file",
+]

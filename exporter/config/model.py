@@ -1,0 +1,388 @@
+"""The configuration as frozen pydantic models: one per section, one per action type.
+
+`extra="forbid"` everywhere, so a typo in a safety setting is an error rather than silently ignored.
+Each field's docstring becomes its description in docs/config.schema.json.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from exporter.config.errors import keyed
+from exporter.config.fields import (
+    Duration,
+    HttpURL,
+    MatcherField,
+    Ratio,
+    ReadableFile,
+    Regex,
+    Secret,
+    Size,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
+from exporter.config.secrets import SecretFileError, read_secret_file
+
+ActionType = Literal["prune_dangling", "prune_unused", "keep_last", "free_space", "build_cache"]
+ACTION_TYPES: tuple[ActionType, ...] = get_args(ActionType)
+
+
+class Model(BaseModel):
+    """Frozen, unknown keys refused, descriptions from attribute docstrings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """`key:` with nothing after it (YAML null) means the default, as it always has here."""
+        if isinstance(data, Mapping):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class DockerConfig(Model):
+    host: StrictStr | None = None
+    """Engine address (`unix:///var/run/docker.sock`, `tcp://host:2376`); `--docker.host` wins over it."""
+    timeout: Annotated[float, Duration("1s", "1h")] = 30.0
+    """Per call for the cheap endpoints (lists, inspects, deletes)."""
+    disk_usage_timeout: Annotated[float, Duration("1s", "1h")] = 300.0
+    """For /system/df and build-cache prune, which can take minutes on big hosts."""
+
+
+class PollConfig(Model):
+    interval: Annotated[float, Duration("1s", "1w")] = 30.0
+    """Full refresh of images, containers and the filesystem (events refresh sooner)."""
+    disk_usage_interval: Annotated[float, Duration("1s", "1w")] = 300.0
+    """How often /system/df runs (it is expensive)."""
+    disk_usage_min_interval: Annotated[float, Duration("0s", "1w")] = 30.0
+    """After images change, /system/df is re-read once its data is at least this old."""
+    debounce: Annotated[float, Duration("0s", "1m")] = 0.5
+    """A burst of events causes one refresh after this quiet time."""
+
+
+class FilesystemConfig(Model):
+    path: StrictStr = "/var/lib/docker"
+    """A path on the engine's data-root filesystem; its statvfs feeds docker_filesystem_* and free_space."""
+
+
+class MetricsConfig(Model):
+    per_image: StrictBool = True
+    """Per-tag series (docker_image_*); off: totals and per-repository series only."""
+    max_image_series: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 2000
+    """Cap on per-tag series; the largest images are kept."""
+
+
+class StateConfig(Model):
+    path: StrictStr | None = "/var/lib/docker-image-exporter/state.json"
+    """Where last-used and arrival times persist; null keeps them in memory only."""
+
+
+class BasicAuth(Model):
+    username: Secret
+    """The user Alertmanager sends (http_config.basic_auth.username); must not be empty."""
+    password: Annotated[Secret, Field(repr=False)] = ""
+    """Inline password; give this or password_file. After loading, holds the password in effect."""
+    password_file: ReadableFile | None = None
+    """File holding the password (surrounding whitespace stripped; an empty file is refused)."""
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuth:
+        inline = self.password if "password" in self.model_fields_set else None
+        password = _secret(inline, self.password_file, "password", "password_file")
+        if password is None:
+            raise keyed("password", "is required (password or password_file)")
+        object.__setattr__(self, "password", password)
+        return self
+
+
+class AuthConfig(Model):
+    bearer_token: Annotated[Secret | None, Field(repr=False)] = None
+    """Token Alertmanager sends (http_config.authorization). After loading, holds the token in effect."""
+    bearer_token_file: ReadableFile | None = None
+    """File holding the token (surrounding whitespace stripped; an empty file is refused)."""
+    basic_auth: BasicAuth | None = None
+    """Basic auth (http_config.basic_auth)."""
+
+    @model_validator(mode="after")
+    def _one_token(self) -> AuthConfig:
+        token = _secret(self.bearer_token, self.bearer_token_file, "bearer_token", "bearer_token_file")
+        object.__setattr__(self, "bearer_token", token)
+        return self
+
+
+def _secret(inline: str | None, path: str | None, key: str, file_key: str) -> str | None:
+    """The secret given inline or in a file (the file form keeps it out of the config)."""
+    if inline is not None and path is not None:
+        raise keyed(key, f"give either {key} or {file_key}, not both")
+    if path is None:
+        return inline
+    try:
+        return read_secret_file(path)
+    except SecretFileError as exc:
+        raise keyed(file_key, str(exc)) from None
+
+
+def _reference_glob(pattern: str) -> str:
+    if not pattern or pattern != "".join(pattern.split()):
+        raise ValueError(f"{pattern!r}: image references contain no spaces, so this glob would never match")
+    return pattern
+
+
+def _label_rule(rule: str) -> str:
+    key, sep, value = rule.partition("=")
+    if not key or key != "".join(key.split()) or (sep and value != value.strip()):
+        raise ValueError(f"{rule!r}: want key=value or a bare key, without spaces around them")
+    return rule
+
+
+class ProtectConfig(Model):
+    references: tuple[Annotated[StrictStr, AfterValidator(_reference_glob)], ...] = ()
+    """Globs on repository:tag never deleted ("*:production", "registry.example.com/base/*")."""
+    labels: tuple[Annotated[StrictStr, AfterValidator(_label_rule)], ...] = ()
+    """key=value or bare key: images carrying it are never deleted."""
+    local_only: StrictBool = True
+    """Tagged images with no repo digest (built here, never pushed) are never deleted by keep_last,
+    prune_unused or free_space."""
+
+    def reference_rule(self, reference: str) -> str | None:
+        """The glob that protects `repo:tag`, if any."""
+        for pattern in self.references:
+            if fnmatch.fnmatchcase(reference, pattern):
+                return pattern
+        return None
+
+    def label_rule(self, labels: Mapping[str, str]) -> str | None:
+        """The `key=value` (or bare `key`) rule that protects an image with these labels, if any."""
+        for rule in self.labels:
+            key, sep, value = rule.partition("=")
+            if key in labels and (not sep or labels[key] == value):
+                return rule
+        return None
+
+
+class ActionBase(Model):
+    """What every action type has; each type adds only its own keys."""
+
+    name: SkipJsonSchema[str] = ""
+    """Set from the key under remediation.actions."""
+    min_age: Annotated[float, Duration("0s", "10y")] = 3600.0
+    """Younger images are never candidates (age: latest of created, last tag, arrival here)."""
+    max_deletions: Annotated[StrictInt, Field(ge=1, le=100_000)] = 100
+    """At most this many deletions per run."""
+    schedule: Annotated[float, Duration("1m", "90d")] | None = None
+    """Also run on its own at this interval."""
+
+
+class PruneDanglingAction(ActionBase):
+    """Untagged images."""
+
+    type: Literal["prune_dangling"]
+
+
+class PruneUnusedAction(ActionBase):
+    """Images no container uses."""
+
+    type: Literal["prune_unused"]
+
+
+class KeepLastAction(ActionBase):
+    """Per repository, tags older than the `keep` newest."""
+
+    type: Literal["keep_last"]
+    keep: Annotated[StrictInt, Field(ge=1, le=10_000)]
+    """How many of the newest tags per repository to keep."""
+
+
+class FreeSpaceAction(ActionBase):
+    """Least-recently-used first until the data-root filesystem has the target share available."""
+
+    type: Literal["free_space"]
+    target_avail_ratio: Ratio
+    """Share of the filesystem to have available, between 0 and 1."""
+
+
+class BuildCacheAction(ActionBase):
+    """Build cache older than min_age, down to keep_storage."""
+
+    type: Literal["build_cache"]
+    keep_storage: Annotated[int, Size("1PB")] = 0
+    """Build cache to keep (SI or IEC size)."""
+
+
+ActionConfig = Annotated[
+    PruneDanglingAction | PruneUnusedAction | KeepLastAction | FreeSpaceAction | BuildCacheAction,
+    Field(discriminator="type"),
+]
+
+
+class RouteConfig(Model):
+    # The schema's approximation of `_not_everything`: matchers given and non-empty, or the explicit opt-in.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["matchers"], "properties": {"matchers": {"minItems": 1}}},
+                {"required": ["match_any_alert"], "properties": {"match_any_alert": {"const": True}}},
+            ]
+        }
+    )
+
+    matchers: tuple[MatcherField, ...] = ()
+    """All must match; at least one must require a label value (name="v" or name=~"re")."""
+    match_any_alert: StrictBool = False
+    """Opt in to a route without such a matcher, which acts on every alert that reaches it."""
+    action: StrictStr
+    """A name under remediation.actions."""
+    cooldown: Annotated[float, Duration("0s", "1w")] = 600.0
+    """After a run, the same route does not start the action again for this long."""
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> RouteConfig:
+        if self.match_any_alert or any(m.requires_label() for m in self.matchers):
+            return self
+        if "matchers" not in self.model_fields_set:
+            raise keyed("matchers", "is required")
+        raise keyed(
+            "matchers",
+            'needs a matcher that requires a label value (name="v" or name=~"re" not matching ""): '
+            "these match every alert; set match_any_alert: true if that is meant",
+        )
+
+
+class ClientTLSConfig(Model):
+    """Prometheus's `tls_config` for outgoing HTTPS: whom to trust, and the certificate to present."""
+
+    ca_file: ReadableFile | None = None
+    """CA that signed the peers' certificates (default: the system trust store)."""
+    cert_file: ReadableFile | None = None
+    """Client certificate to present; goes with key_file."""
+    key_file: ReadableFile | None = None
+    """Client key; goes with cert_file."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise keyed("cert_file" if self.cert_file is None else "key_file", "cert_file and key_file go together")
+        return self
+
+
+def _env_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`${VAR}` expanded from the environment (a DaemonSet pod learns its own node/IP so); empties dropped."""
+    expanded = []
+    for text in names:
+        value = os.path.expandvars(text)
+        if "$" in value:
+            raise ValueError(f"{text!r} names an environment variable that is not set")
+        if value:
+            expanded.append(value)
+    return tuple(expanded)
+
+
+class RelayConfig(Model):
+    """Fleet mode: alerts about another host are relayed to that host's exporter instead of run here."""
+
+    enabled: StrictBool = False
+    """Relay alerts about other hosts to their exporters."""
+    host_label: StrictStr = "instance"
+    """The alert label that names the host."""
+    self_names: Annotated[tuple[StrictStr, ...], AfterValidator(_env_names)] = ()
+    """Label values that mean this host; ${VAR} is expanded from the environment."""
+    peers: Mapping[StrictStr, HttpURL] = Field(default_factory=dict)
+    """Explicit label value -> webhook URL map; when set, only these peers are used."""
+    url_template: StrictStr = "http://{host}/webhook/alertmanager"
+    """The peer's webhook URL; must contain {host}."""
+    host_regex: Regex = r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]{1,5})?"
+    """Label values allowed into url_template (the token is forwarded to the peer)."""
+    timeout: Annotated[float, Duration("100ms", "1h")] = 10.0
+    """Per relay request."""
+    tls: ClientTLSConfig = Field(default_factory=ClientTLSConfig, alias="tls_config")
+    """TLS for https:// peers."""
+
+    @model_validator(mode="after")
+    def _usable(self) -> RelayConfig:
+        if "{host}" not in self.url_template:
+            raise keyed("url_template", "must contain {host}")
+        if self.enabled and not self.self_names:
+            raise keyed("self_names", "is required when relay is enabled: the host label values that mean this host")
+        return self
+
+
+class RemediationConfig(Model):
+    enabled: StrictBool = False
+    """Turn the webhook and actions on."""
+    dry_run: StrictBool = False
+    """Plan and report, delete nothing (a per-call ?dry_run=false cannot override it)."""
+    auth: AuthConfig = Field(default_factory=AuthConfig, validate_default=True)
+    """How Alertmanager authenticates; required when enabled."""
+    scope: tuple[MatcherField, ...] = ()
+    """Matchers every alert must match to be acted on here; others are acknowledged as out_of_scope."""
+    protect: ProtectConfig = Field(default_factory=ProtectConfig)
+    """Images never deleted."""
+    audit_log: StrictStr = "/var/lib/docker-image-exporter/audit.jsonl"
+    """One JSON line per deletion and skip."""
+    actions: Mapping[str, ActionConfig] = Field(default_factory=dict)
+    """Named actions that routes and the API can run."""
+    routes: tuple[RouteConfig, ...] = ()
+    """Which alerts run which action."""
+    max_body_bytes: Annotated[int, Size("64MiB")] = 1 << 20
+    """Larger webhook bodies get 413."""
+    relay: RelayConfig = Field(default_factory=RelayConfig)
+    """Fleet mode."""
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _name_actions(cls, value: Any) -> Any:
+        """Each action learns its name from its key (a `name:` inside would be an unknown key)."""
+        if not isinstance(value, Mapping):
+            return value
+        named = {}
+        for key, body in value.items():
+            if isinstance(body, Mapping) and "name" in body:
+                raise keyed(f"{key}.name", "unknown key (an action's name is its key under actions)")
+            named[key] = {**body, "name": str(key)} if isinstance(body, Mapping) else body
+        return named
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_when_enabled(cls, auth: AuthConfig, info: ValidationInfo) -> AuthConfig:
+        if info.data.get("enabled") and auth.bearer_token is None and auth.basic_auth is None:
+            raise ValueError("is required when remediation is enabled (bearer_token[_file] or basic_auth)")
+        return auth
+
+    @field_validator("routes")
+    @classmethod
+    def _known_actions(cls, routes: tuple[RouteConfig, ...], info: ValidationInfo) -> tuple[RouteConfig, ...]:
+        """Checked here, not after the model, so it is reported together with any other problem."""
+        actions = info.data.get("actions")
+        if actions is None:  # actions are invalid themselves: already reported
+            return routes
+        for index, route in enumerate(routes):
+            if route.action not in actions:
+                raise keyed((index, "action"), f"names no action under remediation.actions: {route.action!r}")
+        return routes
+
+
+class Config(Model):
+    """docker-image-exporter configuration (--config.file)."""
+
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+    poll: PollConfig = Field(default_factory=PollConfig)
+    filesystem: FilesystemConfig = Field(default_factory=FilesystemConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig)
