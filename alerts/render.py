@@ -16,13 +16,14 @@ A threshold may also be given as a string: it is inserted verbatim, which lets a
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from exporter.units import parse_duration
 
 Threshold = int | float | str
 
@@ -85,8 +86,18 @@ REMEDIATION_LABELS: dict[str, str] = {
     "DockerRemediationNotFreeingSpace": "none",
 }
 
-_DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")
-_DURATION_KEYS = {k for k, v in DEFAULT_THRESHOLDS.items() if isinstance(v, str) and _DURATION.match(v)}
+
+def _is_duration(value: Threshold) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_duration(value)
+    except ValueError:
+        return False
+    return True
+
+
+_DURATION_KEYS = {k for k, v in DEFAULT_THRESHOLDS.items() if _is_duration(v)}
 _STRING_KEYS = {"exporter_job_regex"}
 
 HEADER = (
@@ -142,7 +153,8 @@ def _bytes(value: Threshold) -> str:
 
 
 def _is_zero_duration(value: Threshold) -> bool:
-    return isinstance(value, str) and re.fullmatch(r"0+(ms|s|m|h|d|w|y)?", value) is not None
+    """``"0s"``/``"0m"``: the field is left out. Placeholders and other strings are not durations."""
+    return _is_duration(value) and parse_duration(str(value)) == 0
 
 
 def _recent(selector: str, window: Threshold) -> str:
