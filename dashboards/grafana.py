@@ -91,7 +91,7 @@ def _annotation_json(name: str, target: Target) -> dict[str, Any]:
 
 
 def _variables() -> list[dict[str, Any]]:
-    def query_var(name: str, label: str, query: str) -> dict[str, Any]:
+    def query_var(name: str, label: str, query: str, all_value: str = ".+") -> dict[str, Any]:
         return {
             "name": name,
             "label": label,
@@ -102,7 +102,7 @@ def _variables() -> list[dict[str, Any]]:
             "refresh": 2,
             "includeAll": True,
             "multi": True,
-            "allValue": ".+",
+            "allValue": all_value,
             "current": {},
             "options": [],
             "regex": "",
@@ -123,7 +123,10 @@ def _variables() -> list[dict[str, Any]]:
             "hide": 0,
         },
         query_var("job", "Job", "label_values(docker_up, job)"),
-        query_var("instance", "Instance", 'label_values(docker_up{job=~"$job"}, instance)'),
+        # Kubernetes: the node a pod runs on (label from the chart's ServiceMonitor relabeling). "All" is `.*`
+        # so that series without a node label (plain hosts) still match; elsewhere the list is just empty.
+        query_var("node", "Node", 'label_values(docker_up{job=~"$job"}, node)', all_value=".*"),
+        query_var("instance", "Instance", 'label_values(docker_up{job=~"$job", node=~"$node"}, instance)'),
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alerts.render import DEFAULT_THRESHOLDS
-from dashboards.model import Dashboard, Panel, Row, Target, sel
+from dashboards.model import AVAIL_RATIO, Dashboard, Panel, Row, Target, sel
 from dashboards.panels import (
     RUN_ANNOTATION,
     bargauge,
@@ -13,6 +13,7 @@ from dashboards.panels import (
     stat,
     steps,
     timeseries,
+    used_space_thresholds,
 )
 
 UID = "docker-image-exporter-images"
@@ -75,6 +76,39 @@ def images_dashboard() -> Dashboard:
                 "Bytes that deleting every unused image would free (layers shared with used images stay).",
                 "bytes",
                 sel("docker_images_reclaimable_bytes"),
+            ),
+        ],
+    )
+    crit_used = 1 - float(DEFAULT_THRESHOLDS["disk_avail_ratio_critical"])
+    warn_used = 1 - float(DEFAULT_THRESHOLDS["disk_avail_ratio_warning"])
+    fleet = Row(
+        106,
+        "Fleet: hosts ranked",
+        [
+            bargauge(
+                27,
+                "Top hosts by reclaimable bytes",
+                "The 10 hosts (of those selected) where deleting every unused image would free the most: where a "
+                "prune_unused or keep_last action pays off first. Node is the Kubernetes node, where known.",
+                "bytes",
+                [
+                    Target(
+                        f"topk(10, {sel('docker_images_reclaimable_bytes')})",
+                        "{{node}} {{instance}}",
+                        instant=True,
+                    )
+                ],
+                width=12,
+            ),
+            bargauge(
+                28,
+                "Top hosts by data-root use",
+                "The 10 data-root filesystems (of the hosts selected) with the highest used share (1 - avail/size). "
+                f"Colours: DockerDiskPressure warning above {warn_used:.0%} used, critical above {crit_used:.0%}.",
+                "percentunit",
+                [Target(f"topk(10, 1 - ({AVAIL_RATIO}))", "{{node}} {{instance}} {{path}}", instant=True)],
+                width=12,
+                defaults={"thresholds": used_space_thresholds(), "min": 0, "max": 1},
             ),
         ],
     )
@@ -352,6 +386,6 @@ def images_dashboard() -> Dashboard:
         "Docker images",
         "Images, dangling and unused images, reclaimable space, build cache and the data-root filesystem of "
         "each Docker host, from docker-image-exporter.",
-        [overview, filesystem, space, repos, images, health],
+        [overview, fleet, filesystem, space, repos, images, health],
         annotations=[("Remediation runs", RUN_ANNOTATION)],
     )

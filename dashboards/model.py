@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
-FILTER = 'job=~"$job", instance=~"$instance"'
+# `node` is the Kubernetes node (the Helm chart's ServiceMonitor relabels it from the pod's node name); its
+# "All" value is `.*`, which also matches series without the label, so the filter is harmless elsewhere.
+FILTER = 'job=~"$job", node=~"$node", instance=~"$instance"'
 # One key covers a whole image row: these five labels identify a per-tag series.
 IMAGE_KEY = "job, instance, repository, tag, image_id"
 
 
 def sel(metric: str, extra: str = "") -> str:
-    """``metric{job=~"$job", instance=~"$instance", <extra>}`` — every query filters by the variables."""
+    """``metric{job=~"$job", node=~"$node", instance=~"$instance", <extra>}``: every query filters by the variables."""
     return f"{metric}{{{FILTER}{', ' + extra if extra else ''}}}"
 
 

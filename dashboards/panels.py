@@ -24,6 +24,16 @@ def free_space_thresholds() -> dict[str, Any]:
     return steps(("red", None), ("orange", crit), ("yellow", warn), ("green", clear))
 
 
+def used_space_thresholds() -> dict[str, Any]:
+    """The DockerDiskPressure levels as *used* shares (1 - free), for panels that rank hosts by use."""
+    crit = float(DEFAULT_THRESHOLDS["disk_avail_ratio_critical"])
+    warn = float(DEFAULT_THRESHOLDS["disk_avail_ratio_warning"])
+    clear = float(DEFAULT_THRESHOLDS["disk_avail_ratio_warning_clear"])
+    return steps(
+        ("green", None), ("yellow", round(1 - clear, 6)), ("orange", round(1 - warn, 6)), ("red", round(1 - crit, 6))
+    )
+
+
 def free_space_description(what: str) -> str:
     crit = float(DEFAULT_THRESHOLDS["disk_avail_ratio_critical"])
     warn = float(DEFAULT_THRESHOLDS["disk_avail_ratio_warning"])
@@ -41,7 +51,8 @@ def stat(pid: int, title: str, description: str, unit: str, expr: str, **kw: Any
         title,
         description,
         unit,
-        [Target(expr, legend=kw.pop("legend", "{{instance}}"), instant=True)],
+        # A range query, not an instant one: the sparkline (graphMode "area") needs the series over time.
+        [Target(expr, legend=kw.pop("legend", "{{instance}}"))],
         width=kw.pop("width", 4),
         height=kw.pop("height", 4),
         options={

@@ -45,6 +45,7 @@ def substitute_variables(
     job: str,
     instance: str,
     *,
+    node: str | None = None,
     rate_interval: str = "1m",
     interval: str = "1m",
     range_: str = "1h",
@@ -52,9 +53,11 @@ def substitute_variables(
     """Replace the Grafana variables in ``expr`` the way Grafana would, so Prometheus can run it.
 
     ``job`` and ``instance`` are matched literally (regex metacharacters escaped, as Grafana does for a
-    single selected value); ``$__rate_interval``/``$__interval``/``$__range`` get concrete durations.
+    single selected value); ``node`` too, and ``None`` stands for its "All" value ``.*`` (what a host outside
+    Kubernetes, without the label, needs); ``$__rate_interval``/``$__interval``/``$__range`` get concrete durations.
     """
     seconds = _duration_seconds(range_)
+    node_regex = ".*" if node is None else _regex_literal(node)
     replacements = {
         "$__rate_interval": rate_interval,
         "$__interval_ms": str(_duration_seconds(interval) * 1000),
@@ -65,6 +68,8 @@ def substitute_variables(
         "${job}": _regex_literal(job),
         "$job": _regex_literal(job),
         "${instance}": _regex_literal(instance),
+        "${node}": node_regex,
+        "$node": node_regex,
         "$instance": _regex_literal(instance),
     }
     # Longest names first, so "$__interval" never eats the start of "$__interval_ms".
