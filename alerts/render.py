@@ -129,6 +129,8 @@ def merge_thresholds(overrides: Mapping[str, Threshold] | None = None) -> dict[s
             raise TypeError(f"alert threshold {key!r} must be a number or a string, got {value!r}")
         if key in _DURATION_KEYS and not isinstance(value, str):
             raise TypeError(f"alert threshold {key!r} is a duration like '5m', got {value!r}")
+        if key in _STRING_KEYS and not isinstance(value, str):
+            raise TypeError(f"alert setting {key!r} must be a string, got {value!r}")
         merged[key] = value
     for fire, clear in (
         ("disk_avail_ratio_warning", "disk_avail_ratio_warning_clear"),

@@ -319,6 +319,8 @@ def test_merge_thresholds_rejects_typos_and_inverted_watermarks() -> None:
         render_rules({"disk_for": 300})
     with pytest.raises(TypeError):
         render_rules({"dangling_images": True})
+    with pytest.raises(TypeError, match="runbook_base_url"):
+        render_rules({"runbook_base_url": 1})
 
 
 def test_string_thresholds_pass_through_for_templating() -> None:
