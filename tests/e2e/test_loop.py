@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from alerts.render import render_rules
-from dashboards.generate import all_queries, queries_that_may_be_empty, substitute_variables
+from tests.harness.dashboard_queries import all_queries, queries_that_may_be_empty, substitute_variables
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.fixtures import EngineFactory, ExporterFactory, LoopFactory
 from tests.harness.images import ImageSpec, Layer, create_container, load_images

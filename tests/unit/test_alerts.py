@@ -3,6 +3,7 @@ each alert fires and stays quiet — and fail when the rules are broken on purpo
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -14,13 +15,21 @@ import pytest
 import yaml
 
 from alerts import render
-from alerts.render import DEFAULT_THRESHOLDS, REMEDIATION_LABELS, dump_rules, render_rules, render_rules_text
+from alerts.render import (
+    DEFAULT_THRESHOLDS,
+    REMEDIATION_LABELS,
+    dump_rules,
+    render_rules,
+    render_rules_text,
+    runbook_anchor,
+)
 from tests.harness.requires import run_promtool
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "alerts" / "docker-image-exporter.rules.yml"
 TESTS_DIR = REPO / "alerts" / "tests"
 TEST_FILES = sorted(TESTS_DIR.glob("*.test.yml"))
+RUNBOOKS = REPO / "docs" / "runbooks.md"
 
 
 def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -43,15 +52,66 @@ def test_every_alert_is_complete() -> None:
         name = rule["alert"]
         assert rule["for"], name
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
-        assert rule["labels"]["remediation"] == REMEDIATION_LABELS[name], name
+        assert rule["labels"].get("remediation") == REMEDIATION_LABELS[name], name
         for key in ("summary", "description"):
             assert "{{ $labels.instance }}" in rule["annotations"][key], f"{name} {key} does not name the host"
 
 
+def test_alerts_for_humans_carry_no_remediation_label() -> None:
+    """An alert no action can fix has no `remediation` label at all, so a route matching on the label (even
+    `remediation!=""` or a broad regex) can never send it to the webhook."""
+    for rule in _rules(render_rules()):
+        if REMEDIATION_LABELS[rule["alert"]] is None:
+            assert "remediation" not in rule["labels"], rule["alert"]
+    assert render_rules()["groups"] and any(v is None for v in REMEDIATION_LABELS.values())
+
+
+def test_exporter_down_is_a_warning() -> None:
+    """A scrape failure is not an outage of the hosts' Docker: nobody should be woken for it."""
+    severities = {r["labels"]["severity"] for r in _rules(render_rules()) if r["alert"] == "DockerImageExporterDown"}
+    assert severities == {"warning"}
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``markdown`` (lower case, punctuation dropped, spaces to -)."""
+    anchors = set()
+    for line in markdown.splitlines():
+        match = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match:
+            text = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_has_a_runbook_url_whose_section_exists() -> None:
+    anchors = _github_anchors(RUNBOOKS.read_text(encoding="utf-8"))
+    base = DEFAULT_THRESHOLDS["runbook_base_url"]
+    assert isinstance(base, str) and base.endswith("/docs/runbooks.md"), base
+    for rule in _rules(yaml.safe_load(RULES.read_text(encoding="utf-8"))):
+        url = rule["annotations"].get("runbook_url")
+        assert url == f"{base}#{runbook_anchor(rule['alert'])}", rule["alert"]
+        assert url.rpartition("#")[2] in anchors, f"docs/runbooks.md has no section for {rule['alert']}"
+
+
+def test_runbook_anchor_check_detects_a_missing_section() -> None:
+    """Control for the test above: a runbook without the alert's heading does not have its anchor."""
+    text = RUNBOOKS.read_text(encoding="utf-8")
+    assert runbook_anchor("DockerDiskPressure") in _github_anchors(text)
+    without = text.replace("## DockerDiskPressure\n", "## Disk pressure\n")
+    assert runbook_anchor("DockerDiskPressure") not in _github_anchors(without)
+
+
+def test_runbook_base_url_is_a_render_setting() -> None:
+    rules = _rules(render_rules({"runbook_base_url": "https://wiki.example.com/docker"}))
+    assert {r["annotations"]["runbook_url"] for r in rules} == {
+        f"https://wiki.example.com/docker#{runbook_anchor(name)}" for name in REMEDIATION_LABELS
+    }
+
+
 def test_remediation_labels_match_example_routes() -> None:
-    """Every non-"none" remediation label is routed to the webhook by the example Alertmanager configs and
+    """Every remediation label is routed to the webhook by the example Alertmanager configs and
     mapped to an action by the example exporter config."""
-    actionable = {v for v in REMEDIATION_LABELS.values() if v != "none"}
+    actionable = {v for v in REMEDIATION_LABELS.values() if v is not None}
     for path in (REPO / "examples/alertmanager/alertmanager.yml", REPO / "examples/compose/alertmanager.yml"):
         text = path.read_text(encoding="utf-8")
         for label in actionable:
@@ -104,6 +164,27 @@ def _drop_dry_run_exclusion(doc: dict[str, Any]) -> None:
             rule["expr"] = rule["expr"].split("\nunless on (job, instance, action)")[0]
 
 
+def _candidates_ignored(doc: dict[str, Any]) -> None:
+    """A run that selected nothing counts as stuck: the busy-but-healthy host must then alert."""
+    for rule in _rules(doc):
+        if rule["alert"] == "DockerRemediationNotFreeingSpace":
+            rule["expr"] = rule["expr"].replace("last_run_candidates > 0", "last_run_candidates >= 0")
+
+
+def _shortfall_ignored(doc: dict[str, Any]) -> None:
+    for rule in _rules(doc):
+        if rule["alert"] == "DockerRemediationNotFreeingSpace":
+            start = rule["expr"].index("  or on (job, instance, action)\n  docker_remediation_last_run_shortfall")
+            end = rule["expr"].index("\n", rule["expr"].index("shortfall_bytes > 0", start))
+            rule["expr"] = rule["expr"][:start] + rule["expr"][end + 1 :]
+
+
+def _filling_up_without_size_guard(doc: dict[str, Any]) -> None:
+    for rule in _rules(doc):
+        if rule["alert"] == "DockerDataRootFillingUp":
+            rule["expr"] = rule["expr"].split("\nand on (job, instance, path)")[0]
+
+
 def _dangling_needs_both(doc: dict[str, Any]) -> None:
     for rule in _rules(doc):
         if rule["alert"] == "DockerDanglingImagesPiling":
@@ -123,6 +204,10 @@ MUTATIONS: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], None] | No
     ("failure counter born at 1 missed", {}, _drop_fresh_series_arm, "remediation"),
     ("dry runs counted as not freeing", {}, _drop_dry_run_exclusion, "remediation"),
     ("dangling needs size and count", {}, _dangling_needs_both, "images"),
+    ("runs without candidates counted as stuck", {}, _candidates_ignored, "remediation"),
+    ("goal shortfall ignored", {}, _shortfall_ignored, "remediation"),
+    ("filling up beyond the horizon", {"filling_horizon_seconds": 864000}, None, "disk"),
+    ("filling up on a filesystem of size 0", {}, _filling_up_without_size_guard, "disk"),
 ]
 
 
@@ -190,6 +275,7 @@ def test_overrides_for_the_e2e_loop(tmp_path: Path) -> None:
                 "exp_annotations": {
                     "summary": f"Docker data root on 127.0.0.1:10151 has only {value} free",
                     "description": description.format(v=value),
+                    "runbook_url": f"{DEFAULT_THRESHOLDS['runbook_base_url']}#dockerdiskpressure",
                 },
             }
         ]
@@ -233,13 +319,17 @@ def test_merge_thresholds_rejects_typos_and_inverted_watermarks() -> None:
         render_rules({"disk_for": 300})
     with pytest.raises(TypeError):
         render_rules({"dangling_images": True})
+    with pytest.raises(TypeError, match="runbook_base_url"):
+        render_rules({"runbook_base_url": 1})
 
 
 def test_string_thresholds_pass_through_for_templating() -> None:
     placeholder = "{{ .Values.alerts.diskAvailRatioWarning }}"
     rules = _rules(render_rules({"disk_avail_ratio_warning": placeholder}))
     assert any(placeholder in r["expr"] for r in rules if r["alert"] == "DockerDiskPressure")
-    assert any(placeholder in r["expr"] for r in rules if r["alert"] == "DockerRemediationNotFreeingSpace")
+    base = "{{ .Values.runbookBaseUrl }}"
+    rules = _rules(render_rules({"runbook_base_url": base}))
+    assert all(r["annotations"]["runbook_url"].startswith(base + "#") for r in rules)
 
 
 def test_every_threshold_is_used() -> None:

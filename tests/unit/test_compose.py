@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts.render import REMEDIATION_LABELS
+from alerts.render import REMEDIATION_LABELS, render_rules
 from dashboards.generate import DASHBOARDS
 from tests.harness.dockerd import find_program
 from tests.harness.requires import require_programs
@@ -232,10 +232,11 @@ def test_alertmanager_config_checks_and_routes(path: Path) -> None:
     result = _run([amtool, "check-config", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
     for alertname, remediation in REMEDIATION_LABELS.items():
-        labels = [f"alertname={alertname}", "instance=host-a:10151", "severity=warning", f"remediation={remediation}"]
+        labels = [f"alertname={alertname}", "instance=host-a:10151", "severity=warning"]
+        labels += [f"remediation={remediation}"] if remediation else []
         routed = _run([amtool, "config", "routes", "test", f"--config.file={path}", *labels])
         receivers = set(routed.stdout.strip().split(","))
-        if remediation == "none":
+        if remediation is None:
             assert "docker-image-exporter" not in receivers, (alertname, receivers)
         else:
             assert "docker-image-exporter" in receivers, (alertname, receivers)
@@ -252,7 +253,8 @@ def test_example_prometheus_config_loads_the_rules() -> None:
     promtool = _tool("promtool")
     result = _run([promtool, "check", "config", str(REPO / "examples/prometheus/prometheus.yml")])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "docker-image-exporter.rules.yml" in result.stdout and "SUCCESS: 9 rules found" in result.stdout
+    count = sum(len(group["rules"]) for group in render_rules()["groups"])
+    assert "docker-image-exporter.rules.yml" in result.stdout and f"SUCCESS: {count} rules found" in result.stdout
 
 
 def test_compose_prometheus_config_loads_the_rules(compose_config: dict[str, Any], tmp_path: Path) -> None:
@@ -270,7 +272,8 @@ def test_compose_prometheus_config_loads_the_rules(compose_config: dict[str, Any
     checked.write_text(yaml.safe_dump(config), encoding="utf-8")
     result = _run([_tool("promtool"), "check", "config", str(checked)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    count = sum(len(group["rules"]) for group in render_rules()["groups"])
+    assert f"SUCCESS: {count} rules found" in result.stdout
 
 
 def test_grafana_provisioning_wires_datasource_and_dashboards(compose_config: dict[str, Any]) -> None:
