@@ -3,7 +3,8 @@
 Everything else lives in pyproject.toml. `exporter/__init__.py` reads the generated module and falls back to
 "unknown" (source checkouts and editable installs have none). The revision comes from `DIE_REVISION` (the
 container build passes its build-arg; builds from a copy without .git need it), else `git describe` of this
-tree; the date from `SOURCE_DATE_EPOCH` (reproducible builds), else now.
+tree; the date from `DIE_BUILD_DATE` (the container build's), else `SOURCE_DATE_EPOCH` (reproducible builds),
+else now.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 def revision() -> str:
-    if os.environ.get("DIE_REVISION"):
+    if os.environ.get("DIE_REVISION", "unknown") != "unknown":
         return os.environ["DIE_REVISION"]
     if not (ROOT / ".git").exists():  # never describe an enclosing repository the sources were copied into
         return "unknown"
@@ -38,7 +39,9 @@ def revision() -> str:
 
 
 def build_date() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH") or os.environ.get("DIE_BUILD_DATE_EPOCH")
+    if os.environ.get("DIE_BUILD_DATE", "unknown") != "unknown":  # the container build's `created`
+        return os.environ["DIE_BUILD_DATE"]
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch else datetime.datetime.now(datetime.UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
