@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from exporter.web.server import ListenerLimits, serve
+from exporter.web.server import ListenerLimits, connection_budget, serve
 from tests.harness.dockerd import free_port
 from tests.harness.exporter import ExporterProcess
 
@@ -178,12 +178,13 @@ async def test_when_every_slot_is_handling_a_request_a_newcomer_is_refused(caplo
 class LimitedExporter(ExporterProcess):
     """The exporter under a file descriptor limit (`prlimit`), like a container's or systemd's default."""
 
-    def __init__(self, *args: Any, nofile: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, nofile: int, hard_nofile: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.nofile = nofile
+        self.hard_nofile = hard_nofile or nofile
 
     def command(self) -> list[str]:
-        return ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--", *super().command()]
+        return ["prlimit", f"--nofile={self.nofile}:{self.hard_nofile}", "--", *super().command()]
 
 
 @pytest.fixture
@@ -305,3 +306,31 @@ def test_landing_page_says_what_to_do_when_the_socket_is_missing(
     assert page is not None
     assert "No such file or directory" in page
     assert "is the engine running? check --docker.host" in page
+
+
+def test_a_cap_above_the_descriptor_limit_is_lowered_with_a_warning(
+    tmp_path: Path, exporters: list[ExporterProcess]
+) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux)")
+    exp = LimitedExporter(tmp_path, NOWHERE, state_config(tmp_path), nofile=128)  # default cap 512
+    exporters.append(exp)
+    exp.start()
+    budget = connection_budget(128)
+    warnings = [line for line in exp.logs().splitlines() if "does not fit the file descriptor limit" in line]
+    assert len(warnings) == 1
+    assert f"--web.max-connections=512 does not fit the file descriptor limit 128: using {budget}" in warnings[0]
+    assert exp.sample("docker_up") == 0
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(tmp_path: Path, exporters: list[ExporterProcess]) -> None:
+    """As Go programs do: a soft limit of 128 under a hard 4096 leaves room for the default cap, no warning."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux)")
+    exp = LimitedExporter(tmp_path, NOWHERE, state_config(tmp_path), nofile=128, hard_nofile=4096)
+    exporters.append(exp)
+    exp.start()
+    assert exp.pid is not None
+    limits = Path(f"/proc/{exp.pid}/limits").read_text()
+    assert re.search(r"^Max open files\s+4096\s+4096\s", limits, re.M), limits
+    assert "does not fit the file descriptor limit" not in exp.logs()
