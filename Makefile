@@ -10,7 +10,7 @@ BASE_IMAGE ?= python:3.12-slim
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck pytest test-deps venv runtime-venv bench image test-engines clean dashboards helm-assets
+.PHONY: run test lint typecheck pytest test-deps venv runtime-venv bench bench-listener image test-engines clean dashboards helm-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ helm-assets: venv
 ## bench: benchmarks against a private engine; results land in benchmarks/results/
 bench: test-deps venv
 	$(BIN)/python -m benchmarks.run
+
+## bench-listener: /metrics latency while a slowloris client holds 1,100 connections (no engine needed)
+bench-listener: venv
+	$(BIN)/python -m benchmarks.listener
 
 ## image: the container image (OFFLINE=1 builds with no network inside the build)
 image:
