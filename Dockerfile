@@ -14,19 +14,25 @@ ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE} AS build
 # OFFLINE=1: install only from the wheelhouse that scripts/build-image.sh put into build/wheels (no index).
 ARG OFFLINE=0
+# Baked into the package by setup.py (exporter/_build.py: `--version`, docker_exporter_build_info); the
+# context has no .git to describe. The offline wheel is built on the host with the same values.
+ARG REVISION=unknown
+ARG CREATED=unknown
 # pip and setuptools are removed from the venv at the end: nothing installs into it at run time.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    DIE_REVISION=${REVISION} \
+    DIE_BUILD_DATE=${CREATED}
 # .dockerignore limits the context to the package, its metadata and the wheelhouse.
 COPY . /src
 RUN set -eu; \
     python3 -m venv /opt/venv; \
     if [ "$OFFLINE" = 1 ]; then \
-        ls /src/build/wheels/docker_image_exporter-*.whl >/dev/null 2>&1 \
+        ls /src/build/wheels/prometheus_docker_image_exporter-*.whl >/dev/null 2>&1 \
             || { echo "OFFLINE=1 but build/wheels has no project wheel: run scripts/build-image.sh" >&2; exit 1; }; \
-        /opt/venv/bin/pip install --no-index --find-links /src/build/wheels docker-image-exporter; \
+        /opt/venv/bin/pip install --no-index --find-links /src/build/wheels prometheus-docker-image-exporter; \
     else \
         /opt/venv/bin/pip install /src; \
     fi; \
@@ -48,12 +54,13 @@ ARG REVISION=unknown
 ARG CREATED=unknown
 ARG SOURCE=https://github.com/docker-image-exporter/docker-image-exporter
 ARG LICENSES=Apache-2.0
-LABEL org.opencontainers.image.title="docker-image-exporter" \
+LABEL org.opencontainers.image.title="prometheus-docker-image-exporter" \
       org.opencontainers.image.description="Prometheus exporter and Alertmanager remediation hook for Docker images" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.documentation="${SOURCE}#readme" \
       org.opencontainers.image.licenses="${LICENSES}"
 # A passwd/group entry without useradd (not every base has it). No home, no shell.
 RUN set -eu; \

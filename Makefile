@@ -1,4 +1,5 @@
 # docker-image-exporter — developer entry points. `make run` and `make test` set themselves up.
+# Another Python in its own venv: make pytest PYTHON=python3.13 VENV=.venv-3.13
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,18 +10,27 @@ BASE_IMAGE ?= python:3.12-slim
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck pytest test-deps venv bench image test-engines clean dashboards helm-assets
+.PHONY: run test lint typecheck pytest test-deps venv runtime-venv bench bench-listener image test-engines clean dashboards helm-assets
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+# The runtime dependencies only: what `make run` needs (seconds, not the test tools' minute and 75 MB).
+$(BIN)/.installed-runtime: pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Everything the tests, linters and generators need (the `test` extra), on top of the runtime.
+$(BIN)/.installed: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 venv: $(BIN)/.installed
+runtime-venv: $(BIN)/.installed-runtime
 
 ## run: the exporter against the local engine (DOCKER_HOST or the default socket), remediation off
-run: venv
+run: runtime-venv
 	$(BIN)/docker-image-exporter --config.file $(CONFIG)
 
 ## test: system packages (as root on Debian), venv, ruff, mypy, pytest
@@ -53,6 +63,10 @@ helm-assets: venv
 bench: test-deps venv
 	$(BIN)/python -m benchmarks.run
 
+## bench-listener: /metrics latency while a slowloris client holds 1,100 connections (no engine needed)
+bench-listener: venv
+	$(BIN)/python -m benchmarks.listener
+
 ## image: the container image (OFFLINE=1 builds with no network inside the build)
 image:
 	scripts/build-image.sh "$(IMAGE)" "$(BASE_IMAGE)" "$(OFFLINE)"
@@ -62,4 +76,4 @@ test-engines: test-deps venv
 	$(BIN)/python -m tests.harness.matrix
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache exporter/_build.py

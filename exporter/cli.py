@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import logging
 import os
+import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from aiohttp import web
-
-from exporter import __version__
+from exporter import __build_date__, __revision__, __version__
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import LEVELS, setup_logging
+from exporter.units import parse_duration
+from exporter.web.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_HEADER_TIMEOUT,
+    ListenerLimits,
+    ListenError,
+    format_address,
+    serve,
+)
 from exporter.web.tls import server_context
 from exporter.web.webconfig import load_web_config
 
@@ -29,10 +39,43 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
+def positive_int(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: want a whole number of at least 1, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def positive_duration(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
+        if seconds <= 0:
+            raise argparse.ArgumentTypeError(f"{flag}: want a duration above zero such as 10s, got {text!r}")
+        return seconds
+
+    return parse
+
+
+def version_text() -> str:
+    """node_exporter's `--version` layout, so fleet tooling that parses it finds the same fields."""
+    return (
+        f"docker-image-exporter, version {__version__} (revision: {__revision__})\n"
+        f"  build date:       {__build_date__}\n"
+        f"  python version:   {platform.python_version()} ({platform.python_implementation()})\n"
+        f"  platform:         {sys.platform}/{platform.machine()}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="docker-image-exporter",
         description="Prometheus exporter for Docker images, with alert-driven pruning.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps --version's lines as they are
     )
     p.add_argument("--config.file", dest="config_file", help="YAML configuration file (default: built-in defaults)")
     p.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config and exit")
@@ -50,18 +93,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", help="metrics path")
     p.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        default=DEFAULT_MAX_CONNECTIONS,
+        type=positive_int("--web.max-connections"),
+        help="open connections at most; over it the oldest stalled or idle one is closed "
+        f"(default {DEFAULT_MAX_CONNECTIONS}; keep it below the process's file descriptor limit)",
+    )
+    p.add_argument(
+        "--web.read-header-timeout",
+        dest="read_header_timeout",
+        default=DEFAULT_READ_HEADER_TIMEOUT,
+        type=positive_duration("--web.read-header-timeout"),
+        help=f"close a connection whose request headers are not complete after this long "
+        f"(default {DEFAULT_READ_HEADER_TIMEOUT:g}s)",
+    )
+    p.add_argument(
         "--docker.host",
         dest="docker_host",
         help="engine address (default: docker.host from the config, else DOCKER_HOST, else the platform default)",
     )
     p.add_argument("--log.level", dest="log_level", default="info", choices=LEVELS)
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"))
-    p.add_argument("--version", action="version", version=f"docker-image-exporter {__version__}")
+    p.add_argument("--version", action="version", version=version_text())
     return p
 
 
 def resolve_docker_host(flag: str | None, config: Config) -> str | None:
     return flag or config.docker.host or os.environ.get("DOCKER_HOST") or None
+
+
+def is_loopback(host: str | None) -> bool:
+    """True only for addresses no other machine can reach; None (all interfaces) and names that are not
+    `localhost` count as reachable."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_warning(host: str | None, port: int, *, tls: bool, remediation: bool) -> str | None:
+    """The start-up warning when image deletion is reachable from the network over plain HTTP, else None."""
+    if not remediation or tls or is_loopback(host):
+        return None
+    return (
+        f"remediation is enabled and served over plain HTTP on {format_address(host, port)}: anyone on the path "
+        "can read the webhook's credentials and replay them to delete images. Serve HTTPS with "
+        "--web.config.file (tls_server_config, ideally with client certificates), or listen on "
+        "127.0.0.1 behind a TLS proxy; see docs/security.md"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,14 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     docker_host = resolve_docker_host(args.docker_host, config)
     host, port = args.listen
     log.info(
-        "starting docker-image-exporter %s on %s://%s:%d, engine %s, remediation %s",
+        "starting docker-image-exporter %s (revision %s) on %s://%s:%d, engine %s, remediation %s",
         __version__,
+        __revision__,
         "https" if ssl_context else "http",
         host or "*",
         port,
         docker_host or "default socket",
         "enabled" if config.remediation.enabled else "disabled",
     )
+    warning = plain_http_warning(host, port, tls=ssl_context is not None, remediation=config.remediation.enabled)
+    if warning:
+        log.warning("%s", warning)
     app = create_app(config, docker_host=docker_host, telemetry_path=args.telemetry_path, headers=web_config.headers)
-    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None, shutdown_timeout=10)
+    limits = ListenerLimits(max_connections=args.max_connections, read_header_timeout=args.read_header_timeout)
+    try:
+        asyncio.run(serve(app, host=host, port=port, ssl_context=ssl_context, limits=limits))
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
     return 0

@@ -85,11 +85,13 @@ if [ "$OFFLINE" = 1 ]; then
   # from a copy of what the image gets, so no build/ or *.egg-info lands in the working tree.
   src=$(mktemp -d)
   trap 'rm -rf "$src"' EXIT
-  cp -r pyproject.toml exporter "$src"/
+  cp -r pyproject.toml setup.py exporter "$src"/
   for f in README.md LICENSE; do [ -e "$f" ] && cp "$f" "$src"/; done
   find "$src" -name __pycache__ -prune -exec rm -rf {} +
-  "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$wheels" "$src"
-  project_wheel=$(ls "$wheels"/docker_image_exporter-*.whl)
+  rm -f "$src"/exporter/_build.py
+  # the copy has no .git: setup.py bakes these into exporter/_build.py, as the online build does from build-args
+  DIE_REVISION=$revision DIE_BUILD_DATE=$created "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$wheels" "$src"
+  project_wheel=$(ls "$wheels"/prometheus_docker_image_exporter-*.whl)
   # Every runtime dependency, resolved for the target interpreter, binary wheels only (no builds in the image).
   "${pip[@]}" download --quiet --only-binary=:all: --dest "$wheels" \
     --implementation cp --python-version "$py_version" --abi "$abi" "${platform_args[@]}" \

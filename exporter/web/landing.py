@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 import time
 
-from exporter import __version__
+from exporter import __revision__, __version__
+from exporter.hints import engine_error_hint
 from exporter.snapshot import Snapshot
 from exporter.units import format_duration
 
@@ -31,7 +32,12 @@ def render_landing(
     else:
         engine, poll, images = "not reached yet", "none yet", "unknown"
     status = "up" if up else "DOWN"
-    error = f"<tr><th>Last error</th><td>{esc(last_error)}</td></tr>" if last_error else ""
+    error = ""
+    if last_error:
+        error = f"<tr><th>Last error</th><td>{esc(last_error)}</td></tr>"
+        hint = engine_error_hint(last_error)
+        if hint:
+            error += f"<tr><th>What to do</th><td>{esc(hint)}</td></tr>"
     links = [f'<li><a href="{esc(telemetry_path)}">Metrics</a></li>']
     links += ['<li><a href="/-/healthy">Health</a></li>', '<li><a href="/-/ready">Readiness</a></li>']
     if remediation:
@@ -41,7 +47,7 @@ def render_landing(
 <style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}</style></head>
 <body><h1>Docker Image Exporter</h1>
 <table>
-<tr><th>Version</th><td>{esc(__version__)}</td></tr>
+<tr><th>Version</th><td>{esc(__version__)} (revision {esc(__revision__)})</td></tr>
 <tr><th>Engine</th><td>{engine} at {esc(docker_host)}: <b>{status}</b></td></tr>
 <tr><th>Last poll</th><td>{poll}</td></tr>
 <tr><th>Images</th><td>{images}</td></tr>

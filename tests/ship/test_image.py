@@ -212,6 +212,13 @@ def test_image_metadata(built: Built) -> None:
     assert labels["org.opencontainers.image.version"] == project["version"]
     assert labels["org.opencontainers.image.licenses"] == project["license"]
     assert labels["org.opencontainers.image.source"] == project["urls"]["Source"]
+    assert labels["org.opencontainers.image.title"] == project["name"]
+    # the revision in the label is the one baked into the package (setup.py, from the build-arg)
+    version = built.engine.cli("run", "--rm", "--network", "none", IMAGE, "--version").stdout.decode()
+    assert version.splitlines()[0] == (
+        f"docker-image-exporter, version {project['version']} (revision: {labels['org.opencontainers.image.revision']})"
+    )
+    assert labels["org.opencontainers.image.revision"] != "unknown"
     assert config["Entrypoint"] == ["docker-image-exporter"]
     assert config["Cmd"] == ["--config.file=/etc/docker-image-exporter/config.yaml"]
     assert "10151/tcp" in config["ExposedPorts"]

@@ -1,0 +1,332 @@
+"""The HTTP listener: bind first, then start the app; keep slow or idle clients from starving everyone else.
+
+aiohttp waits forever for request headers, so a client that opens connections and never finishes a request
+(slowloris) holds a file descriptor each; at the usual 1,024-descriptor limit the process can no longer
+accept anyone, `/metrics` included. `ConnectionGuard` wraps aiohttp's protocol factory:
+
+- a request must deliver its complete headers within `read_header_timeout` of the connection (or, on a
+  kept-alive connection, of its first byte), else the connection is closed;
+- at most `max_connections` are open; a new one over the cap first closes the oldest connection that is not
+  handling a request (stalled or idle keep-alive), so a flood cannot lock out a real client; only when every
+  slot is busy handling a request is the newcomer closed at once;
+- what it closes is logged as one summary line per `LOG_INTERVAL`, not one line per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import errno
+import logging
+import resource
+import signal
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from aiohttp import web
+
+log = logging.getLogger("exporter.web.server")
+
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_READ_HEADER_TIMEOUT = 10.0
+#: asyncio accepts up to `backlog` connections per wake-up before any of them reaches `admit`: that many
+#: descriptors can be in use on top of the cap for a moment.
+ACCEPT_BACKLOG = 64
+#: Descriptors the rest of the process needs (engine connections per worker, logs, state, audit, epoll).
+RESERVED_DESCRIPTORS = 32
+#: At most one summary line of closed connections per this many seconds.
+LOG_INTERVAL = 10.0
+
+
+class ListenError(Exception):
+    """The listener could not be opened; the message names the address, the cause and the flag to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenerLimits:
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT
+
+
+def connection_budget(descriptor_limit: int) -> int:
+    """How many connections fit under a file descriptor limit with the accept burst and the process's own."""
+    return max(descriptor_limit - ACCEPT_BACKLOG - RESERVED_DESCRIPTORS, 1)
+
+
+def fit_descriptor_limit(limits: ListenerLimits) -> ListenerLimits:
+    """Raise the soft descriptor limit to the hard one (as Go programs do at start), then lower the cap, with
+    a warning, if it still does not fit: past the limit accept() fails and nobody gets in, scrapers included."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return limits
+    budget = connection_budget(soft)
+    if limits.max_connections <= budget:
+        return limits
+    log.warning(
+        "--web.max-connections=%d does not fit the file descriptor limit %d: using %d; raise the limit "
+        "(ulimit -n, systemd LimitNOFILE=, docker run --ulimit nofile=) or lower the flag",
+        limits.max_connections,
+        soft,
+        budget,
+    )
+    return dataclasses.replace(limits, max_connections=budget)
+
+
+class _State(enum.Enum):
+    WAITING = "waiting for request headers"  # the deadline runs
+    HANDLING = "handling a request"
+    IDLE = "idle keep-alive"
+
+
+class _Summary:
+    """Counts closed connections by reason and logs them as one line per interval."""
+
+    def __init__(self, limits: ListenerLimits, interval: float) -> None:
+        self.limits = limits
+        self.interval = interval
+        self.counts: Counter[str] = Counter()
+        self._flush: asyncio.TimerHandle | None = None
+
+    def note(self, reason: str) -> None:
+        self.counts[reason] += 1
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self.counts:
+            return
+        c, self.counts = self.counts, Counter()
+        parts = []
+        if c["timeout"]:
+            parts.append(
+                f"{c['timeout']} sent no complete request headers within {self.limits.read_header_timeout:g}s"
+                " (--web.read-header-timeout)"
+            )
+        if c["evicted"]:
+            parts.append(f"{c['evicted']} stalled or idle closed to admit new ones at --web.max-connections")
+        if c["refused"]:
+            parts.append(f"{c['refused']} refused: all {self.limits.max_connections} connections were busy")
+        log.warning(
+            "listener closed %d connections in the last %gs: %s; a steady stream means a scanner, a "
+            "slow-client attack, or a --web.max-connections=%d too low for the scrapers and webhooks",
+            sum(c.values()),
+            self.interval,
+            "; ".join(parts),
+            self.limits.max_connections,
+        )
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """One connection: aiohttp's request handler inside, with the header deadline and the slot around it."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self.guard = guard
+        self.inner: asyncio.Protocol = guard.server()
+        self.transport: asyncio.Transport | None = None
+        self.state = _State.WAITING
+        self.admitted = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport, plain or TLS
+        if not self.guard.admit(self):
+            self.transport.abort()
+            return
+        self.admitted = True
+        self._arm()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return
+        if self.state is _State.IDLE:  # the first byte of the next request on a kept-alive connection
+            self.state = _State.WAITING
+            self._arm()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.admitted else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.admitted:
+            self.guard.release(self)
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # -- request tracking (from the middleware) -------------------------------------------------------
+    def request_started(self) -> None:
+        self.state = _State.HANDLING
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self.state = _State.IDLE  # aiohttp's keep-alive timeout closes it if nothing follows
+
+    def close(self, reason: str) -> None:
+        self.guard.summary.note(reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm(self) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.guard.limits.read_header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.state is _State.WAITING:
+            self.close("timeout")
+
+
+class ConnectionGuard:
+    """A protocol factory for `loop.create_server` around aiohttp's `web.Server`, plus its middleware."""
+
+    def __init__(self, limits: ListenerLimits, log_interval: float = LOG_INTERVAL) -> None:
+        self.limits = limits
+        self.summary = _Summary(limits, log_interval)
+        self._server: web.Server | None = None
+        # insertion-ordered: the first entry not handling a request is the one to close under pressure
+        self._open: dict[asyncio.BaseTransport, GuardedProtocol] = {}
+
+    def attach(self, server: web.Server) -> None:
+        self._server = server
+
+    def server(self) -> asyncio.Protocol:
+        if self._server is None:
+            raise RuntimeError("ConnectionGuard used before attach()")
+        protocol: asyncio.Protocol = self._server()
+        return protocol
+
+    def __call__(self) -> GuardedProtocol:
+        return GuardedProtocol(self)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def admit(self, protocol: GuardedProtocol) -> bool:
+        """Take a slot for `protocol`, closing the oldest non-busy connection if the cap is reached."""
+        if len(self._open) >= self.limits.max_connections:
+            victim = next((p for p in self._open.values() if p.state is not _State.HANDLING), None)
+            if victim is None:
+                self.summary.note("refused")
+                return False
+            self._forget(victim)
+            victim.close("evicted")
+        assert protocol.transport is not None
+        self._open[protocol.transport] = protocol
+        return True
+
+    def release(self, protocol: GuardedProtocol) -> None:
+        self._forget(protocol)
+
+    def _forget(self, protocol: GuardedProtocol) -> None:
+        if protocol.transport is not None and self._open.get(protocol.transport) is protocol:
+            del self._open[protocol.transport]
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Headers are in once a handler runs: stop that connection's deadline until the handler returns."""
+        protocol = self._open.get(request.transport) if request.transport is not None else None
+        if protocol is not None:
+            protocol.request_started()
+        try:
+            return await handler(request)
+        finally:
+            if protocol is not None:
+                protocol.request_finished()
+
+
+def format_address(host: str | None, port: int) -> str:
+    """The address as `--web.listen-address` spells it: `:10151`, `127.0.0.1:10151`, `[::1]:10151`."""
+    if host is None:
+        return f":{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_LISTEN_CAUSES = {
+    errno.EADDRINUSE: "address already in use",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "address not available on this host",
+}
+
+
+def listen_error(host: str | None, port: int, exc: OSError) -> ListenError:
+    cause = _LISTEN_CAUSES.get(exc.errno or 0) or exc.strerror or str(exc)
+    return ListenError(f"cannot listen on {format_address(host, port)}: {cause}; change --web.listen-address")
+
+
+async def serve(
+    app: web.Application,
+    *,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    limits: ListenerLimits,
+    shutdown_timeout: float = 10.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Bind, start the app, serve until SIGTERM/SIGINT (or `stop`), then shut down in reverse order.
+
+    Binding comes first so that a taken port fails before any task starts: one line, nothing to undo.
+    Raises ListenError when the address cannot be bound.
+    """
+    loop = asyncio.get_running_loop()
+    limits = fit_descriptor_limit(limits)
+    guard = ConnectionGuard(limits)
+    try:
+        listener = await loop.create_server(
+            guard,
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=limits.read_header_timeout if ssl_context is not None else None,
+            backlog=ACCEPT_BACKLOG,
+            reuse_address=True,
+            start_serving=False,
+        )
+    except OSError as exc:
+        raise listen_error(host, port, exc) from None
+    app.middlewares.insert(0, guard.middleware)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()
+        assert runner.server is not None
+        guard.attach(runner.server)
+        await listener.start_serving()
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        listener.close()
+        await runner.cleanup()
+        with contextlib.suppress(TimeoutError):  # 3.12+ waits for every connection; cleanup closed them
+            await asyncio.wait_for(listener.wait_closed(), shutdown_timeout)
+        guard.summary.flush()

@@ -1,0 +1,104 @@
+"""Command-line parsing, `--version`, and the start-up decisions that need no listener."""
+
+from __future__ import annotations
+
+import errno
+import platform
+
+import pytest
+
+import exporter
+from exporter import cli
+from exporter.web.server import format_address, listen_error
+
+
+def test_version_has_node_exporters_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"docker-image-exporter, version {exporter.__version__} (revision: {exporter.__revision__})"
+    assert lines[1].split() == ["build", "date:", exporter.__build_date__]
+    assert lines[2].split()[:3] == ["python", "version:", platform.python_version()]
+    assert lines[3].startswith("  platform:")
+
+
+def test_build_info_falls_back_to_unknown_without_generated_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source checkout has no exporter/_build.py (setup.py writes it into wheels only)."""
+    import importlib
+
+    real = importlib.import_module
+
+    def no_build(name: str, package: str | None = None) -> object:
+        if name == "exporter._build":
+            raise ModuleNotFoundError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", no_build)
+    assert exporter._build_info() == ("unknown", "unknown")
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--web.max-connections", "0"], "--web.max-connections: want a whole number of at least 1, got '0'"),
+        (["--web.max-connections", "many"], "--web.max-connections: want a whole number of at least 1"),
+        (["--web.read-header-timeout", "0s"], "--web.read-header-timeout: want a duration above zero"),
+        (["--web.read-header-timeout", "soon"], "--web.read-header-timeout:"),
+        (["--web.listen-address", "10151"], "--web.listen-address: want [host]:port, got '10151'"),
+    ],
+)
+def test_bad_flags_name_the_flag(args: list[str], problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(args)
+    assert exit_info.value.code == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_listener_flags_parse() -> None:
+    args = cli.build_parser().parse_args(["--web.max-connections", "64", "--web.read-header-timeout", "1m30s"])
+    assert (args.max_connections, args.read_header_timeout) == (64, 90.0)
+    defaults = cli.build_parser().parse_args([])
+    assert (defaults.max_connections, defaults.read_header_timeout) == (512, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        (None, False),  # all interfaces
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("exporter.example.org", False),
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+    ],
+)
+def test_is_loopback(host: str | None, loopback: bool) -> None:
+    assert cli.is_loopback(host) is loopback
+
+
+def test_plain_http_warning_only_when_deletion_is_reachable_in_clear_text() -> None:
+    warning = cli.plain_http_warning(None, 10151, tls=False, remediation=True)
+    assert warning is not None
+    assert "plain HTTP on :10151" in warning
+    assert "--web.config.file" in warning
+    assert "docs/security.md" in warning
+    assert cli.plain_http_warning("10.0.0.5", 10151, tls=True, remediation=True) is None
+    assert cli.plain_http_warning("127.0.0.1", 10151, tls=False, remediation=True) is None
+    assert cli.plain_http_warning(None, 10151, tls=False, remediation=False) is None
+
+
+@pytest.mark.parametrize(("host", "text"), [(None, ":10151"), ("127.0.0.1", "127.0.0.1:10151"), ("::1", "[::1]:10151")])
+def test_format_address_round_trips_through_the_flag(host: str | None, text: str) -> None:
+    assert format_address(host, 10151) == text
+    assert cli.parse_listen_address(text) == (host, 10151)
+
+
+def test_listen_error_names_cause_and_flag() -> None:
+    err = listen_error(None, 10151, OSError(errno.EADDRINUSE, "Address already in use"))
+    assert str(err) == "cannot listen on :10151: address already in use; change --web.listen-address"
+    other = listen_error("10.9.9.9", 80, OSError(errno.ENETDOWN, "Network is down"))
+    assert str(other) == "cannot listen on 10.9.9.9:80: Network is down; change --web.listen-address"
