@@ -492,7 +492,8 @@ def test_valid_durations_round_trip(parts: list[tuple[str, int]]) -> None:
     text = "".join(f"{n}{unit}" for unit, n in parts)
     assert parse_duration_ms(text) == sum(n * _MS[unit] for unit, n in parts)
     seconds = parse_duration(text)
-    assert parse_duration(format_duration(seconds)) == seconds
+    if seconds < 2**41:  # beyond that a float second no longer holds every millisecond (ulp > 0.5 ms)
+        assert parse_duration(format_duration(seconds)) == seconds
     if len(parts) > 1:  # Prometheus wants the largest unit first
         with pytest.raises(ValueError, match="expected a duration"):
             parse_duration("".join(f"{n}{unit}" for unit, n in reversed(parts)))

@@ -88,7 +88,7 @@ def test_variables_datasource_job_node_instance() -> None:
 
 def test_node_label_is_the_one_the_chart_relabels() -> None:
     values = yaml.safe_load((REPO / "helm/docker-image-exporter/values.yaml").read_text(encoding="utf-8"))
-    relabelings = values["serviceMonitor"]["relabelings"]
+    relabelings = values["prometheus"]["monitor"]["relabelings"]
     assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node", "action": "replace"} in (
         relabelings
     )
