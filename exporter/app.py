@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -23,9 +24,12 @@ from exporter.engine import Engine
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
+from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics
 from exporter.web.landing import render_landing
+from exporter.web.relay import RelayClient
+from exporter.web.remediation import RemediationEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,19 @@ class Services:
         self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
         self.poller.on_change.append(self.disk_usage.mark_changed)
         self.registry.register(SnapshotCollector(self.poller, config.metrics))
+        remediation = config.remediation
+        self.relay_client = (
+            RelayClient(remediation.relay) if remediation.enabled and remediation.relay.enabled else None
+        )
         self.remediation = (
-            RemediationService(config.remediation, self.engine, self.poller, self.registry)
-            if config.remediation.enabled
+            RemediationService(
+                remediation,
+                self.engine,
+                self.poller,
+                self.registry,
+                relay=None if self.relay_client is None else Relay(remediation.relay, self.relay_client),
+            )
+            if remediation.enabled
             else None
         )
 
@@ -58,6 +72,8 @@ class Services:
             asyncio.create_task(self.disk_usage.run(), name="disk-usage"),
             asyncio.create_task(self.events.run(), name="events"),
         ]
+        if self.relay_client is not None:
+            await self.relay_client.start()
         if self.remediation is not None:
             await self.remediation.start()
         try:
@@ -65,6 +81,8 @@ class Services:
         finally:
             if self.remediation is not None:
                 await self.remediation.stop()
+            if self.relay_client is not None:
+                await self.relay_client.stop()
             for task in tasks:
                 task.cancel()
             self.engine.close_events()
@@ -73,9 +91,6 @@ class Services:
                     await task
             self.history.save()
             self.engine.close()
-
-
-SERVICES = web.AppKey("services", Services)
 
 
 def create_app(
@@ -92,7 +107,6 @@ def create_app(
     """
     services = Services(config, docker_host, engine)
     app = web.Application(client_max_size=config.remediation.max_body_bytes)
-    app[SERVICES] = services
     if headers:
 
         async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
@@ -131,5 +145,10 @@ def create_app(
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     if services.remediation is not None:
-        app.router.add_routes(services.remediation.routes())
+        app.router.add_routes(RemediationEndpoints(services.remediation, config.remediation.max_body_bytes).routes())
     return app
+
+
+def serve(app: web.Application, host: str | None, port: int, ssl_context: ssl.SSLContext | None) -> None:
+    """Serve until SIGINT/SIGTERM (the CLI's last step; kept here so only the web layer imports aiohttp)."""
+    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None, shutdown_timeout=10)

@@ -8,8 +8,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config, load_web_config
 from exporter.logs import LEVELS, setup_logging
@@ -80,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.telemetry_path.startswith("/"):
         print("docker-image-exporter: --web.telemetry-path must start with /", file=sys.stderr)
         return 1
-    from exporter.app import create_app  # imported late so --config.check stays fast and engine-free
+    from exporter.app import create_app, serve  # imported late so --config.check stays fast and engine-free
 
     docker_host = resolve_docker_host(args.docker_host, config)
     host, port = args.listen
@@ -94,5 +92,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         "enabled" if config.remediation.enabled else "disabled",
     )
     app = create_app(config, docker_host=docker_host, telemetry_path=args.telemetry_path, headers=web_config.headers)
-    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None, shutdown_timeout=10)
+    serve(app, host, port, ssl_context)
     return 0

@@ -22,9 +22,10 @@ from exporter.config import Config, parse_config
 from exporter.engine import Engine, EngineUnavailable
 from exporter.history import ImageHistory
 from exporter.poller import Poller
+from exporter.remediation.alerts import parse_envelope
 from exporter.remediation.service import RemediationService
-from exporter.remediation.webhook import authorized, parse_webhook
 from exporter.selfmetrics import PollMetrics
+from exporter.web.remediation import RemediationEndpoints, authorized
 
 TOKEN = "s3cret-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -81,7 +82,7 @@ async def app_factory(tmp_path: Path, aiohttp_client: Any) -> Any:
         clock = Clock()
         service = RemediationService(config.remediation, engine, poller, registry, monotonic=clock)
         app = web.Application(client_max_size=config.remediation.max_body_bytes)
-        app.router.add_routes(service.routes())
+        app.router.add_routes(RemediationEndpoints(service, config.remediation.max_body_bytes).routes())
 
         async def lifecycle(_app: web.Application) -> Any:
             await service.start()
@@ -220,10 +221,10 @@ async def test_bodies_that_can_never_succeed(app_factory, payload, status):
     assert not service.executor.is_running("free-disk")
 
 
-def test_parse_webhook_fills_a_missing_fingerprint_stably():
-    one = parse_webhook(b'{"alerts": [{"status": "firing", "labels": {"b": "2", "a": "1"}}]}')
-    two = parse_webhook(b'{"alerts": [{"status": "firing", "labels": {"a": "1", "b": "2"}}]}')
-    assert one[0].fingerprint == two[0].fingerprint
+def test_parse_envelope_fills_a_missing_fingerprint_stably():
+    one = parse_envelope(b'{"alerts": [{"status": "firing", "labels": {"b": "2", "a": "1"}}]}')
+    two = parse_envelope(b'{"alerts": [{"status": "firing", "labels": {"a": "1", "b": "2"}}]}')
+    assert one.alerts[0].fingerprint == two.alerts[0].fingerprint
 
 
 # --------------------------------------------------------------------------------------------- routing
