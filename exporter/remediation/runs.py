@@ -6,6 +6,7 @@ history and the metrics can read a run without depending on how it is executed.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +64,23 @@ class Run:
     def trigger_ref(self) -> list[str] | str:
         """What the audit log names as the trigger: alert fingerprints, or `schedule` / `manual`."""
         return list(self.fingerprints) if self.trigger == "alert" else self.trigger
+
+    def shortfall_bytes(self, target_avail_ratio: float | None) -> int | None:
+        """Bytes still missing to reach a free-space target when the run ended (0: met, or no byte goal).
+
+        After deletions the last statvfs counts; a dry run projects from the plan's filesystem plus the
+        candidates it would have deleted. None when the filesystem was never read (e.g. engine unreachable).
+        """
+        if target_avail_ratio is None or self.goal_met:
+            return 0
+        fs = self.filesystem_after or (self.plan.filesystem if self.plan else None)
+        if fs is None or self.plan is None:
+            return None
+        avail = fs.avail
+        if self.dry_run:
+            would = sum(1 for o in self.outcomes if o.result == "would_delete")
+            avail += sum(c.size for c in self.plan.candidates[:would] if c.removes_image)
+        return max(0, math.ceil(target_avail_ratio * fs.size) - avail)
 
     def summary(self) -> dict[str, Any]:
         """The bounded form kept in history: counts and what went, not every candidate."""

@@ -3,6 +3,11 @@
 No HTTP here: the web layer (exporter/web/remediation.py) authenticates and parses requests, calls this
 service, and turns its plain results (`DeliveryResult`, a `Run`, `Refused`) into responses.
 
+Previews are free: a dry run (`?dry_run=true`, or a global `dry_run: true`) never starts a cooldown and
+never holds the gate of real runs; it only keeps a second preview of the same action from starting while
+it runs. A real run that fails (engine unreachable, audit log unwritable, a crash) gives its cooldown back,
+so the next delivery of the alert tries again instead of being answered `cooldown` for nothing.
+
 State that makes runs happen "once" (which action is running, when each last started) lives in this
 process only. After a restart the cooldown is forgotten, so one more run may happen inside it; that is
 safe because every run re-plans from a fresh snapshot, so a repeated run only deletes what is (still)
@@ -68,9 +73,10 @@ class AlertOutcome:
     status: str
     outcome: str
     action: str | None
+    cooldown_remaining_seconds: float | None = None  # for `cooldown`: when a delivery would start a run
 
     def to_json(self) -> dict[str, Any]:
-        return record_json(self)
+        return record_json(self, omit_empty=("cooldown_remaining_seconds",))
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,8 @@ class RemediationService:
         self.executor = Executor(engine, self.audit, self.metrics, read_fs)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.last_started: dict[str, float] = {}
+        self._cooldown_claims: dict[str, tuple[float | None, float]] = {}  # run_id -> (before, claimed)
+        self._previewing: set[str] = set()
         self._tasks: set[asyncio.Task[Run]] = set()
         self.relay = relay
         self._warned_local_only = False
@@ -187,6 +195,7 @@ class RemediationService:
                     "name": name,
                     "type": action.type,
                     "running": self.executor.is_running(name),
+                    "previewing": name in self._previewing,
                     "schedule_seconds": action.schedule,
                     "max_deletions": action.max_deletions,
                     "min_age_seconds": action.min_age,
@@ -197,12 +206,19 @@ class RemediationService:
 
     # -- accepting work ---------------------------------------------------------------------------------
     def begin(self, name: str, trigger: Trigger, fingerprints: Sequence[str], dry_run: bool) -> Run | None:
-        """Claim `name` for a new run (None if one is in progress); the cooldown starts now."""
-        if not self.executor.try_begin(name):
+        """Claim `name` for a new run (None if one of the same kind is in progress).
+
+        A real run holds the executor's gate and starts the cooldown now; a dry run holds only the preview
+        gate, so it never delays or blocks a real run.
+        """
+        if dry_run:
+            if name in self._previewing:
+                return None
+            self._previewing.add(name)
+        elif not self.executor.try_begin(name):
             return None
-        self.last_started[name] = self.monotonic()
         action = self.config.actions[name]
-        return Run(
+        run = Run(
             action=name,
             type=action.type,
             trigger=trigger,
@@ -210,10 +226,37 @@ class RemediationService:
             fingerprints=tuple(fingerprints),
             started_at=self.clock(),
         )
+        if not dry_run:
+            claimed = self.monotonic()
+            self._cooldown_claims[run.run_id] = (self.last_started.get(name), claimed)
+            self.last_started[name] = claimed
+        return run
+
+    def busy(self, name: str, dry_run: bool) -> bool:
+        """Whether a run of this kind (real or preview) of the action is in progress."""
+        return name in self._previewing if dry_run else self.executor.is_running(name)
+
+    def cooldown_left(self, name: str, route: RouteConfig) -> float:
+        """Seconds until the route may start the action again (0 when it may now)."""
+        started = self.last_started.get(name)
+        return 0.0 if started is None else max(0.0, route.cooldown - (self.monotonic() - started))
 
     def in_cooldown(self, name: str, route: RouteConfig) -> bool:
-        started = self.last_started.get(name)
-        return started is not None and self.monotonic() - started < route.cooldown
+        return self.cooldown_left(name, route) > 0
+
+    def _end(self, run: Run) -> None:
+        """Release the run's gate; a failed real run also gives back the cooldown it claimed."""
+        if run.dry_run:
+            self._previewing.discard(run.action)
+            return
+        self.executor.end(run.action)
+        before, claimed = self._cooldown_claims.pop(run.run_id, (None, None))
+        if run.result == "failure" and self.last_started.get(run.action) == claimed:
+            if before is None:
+                self.last_started.pop(run.action, None)
+            else:
+                self.last_started[run.action] = before
+            log.info("run %s of %s failed: its cooldown is released, a redelivery runs again", run.run_id, run.action)
 
     async def accept_delivery(
         self, envelope: Envelope, authorization: str, relayed_by: str | None
@@ -252,12 +295,15 @@ class RemediationService:
             decisions.append((alert, outcome, route))
             if route is not None:
                 by_action.setdefault(route.action, (route, []))[1].append(alert)
+        dry_run = self.config.dry_run
         verdict: dict[str, str] = {}
+        remaining: dict[str, float] = {}
         for name, (route, _) in by_action.items():
-            if self.executor.is_running(name):
+            if self.busy(name, dry_run):
                 verdict[name] = "deduplicated"
-            elif self.in_cooldown(name, route):
+            elif not dry_run and self.in_cooldown(name, route):
                 verdict[name] = "cooldown"
+                remaining[name] = round(self.cooldown_left(name, route), 3)
             else:
                 verdict[name] = "routed"
         if "routed" in verdict.values() and not self.poller.up:
@@ -267,7 +313,7 @@ class RemediationService:
         for name, (_, routed_alerts) in by_action.items():
             if verdict[name] != "routed":
                 continue
-            run = self.begin(name, "alert", sorted({a.fingerprint for a in routed_alerts}), self.config.dry_run)
+            run = self.begin(name, "alert", sorted({a.fingerprint for a in routed_alerts}), dry_run)
             if run is None:  # cannot happen without an await since the check, but never run twice
                 verdict[name] = "deduplicated"
                 continue
@@ -278,9 +324,8 @@ class RemediationService:
         for alert, outcome, route in decisions:
             final = verdict[route.action] if route is not None else outcome
             self.metrics.webhook_alerts.labels(alert.status, final).inc()
-            answer.append(
-                AlertOutcome(alert.fingerprint, alert.status, final, route.action if route is not None else None)
-            )
+            action = route.action if route is not None else None
+            answer.append(AlertOutcome(alert.fingerprint, alert.status, final, action, remaining.get(action or "")))
         return DeliveryResult(tuple(runs), tuple(answer))
 
     async def run_manual(self, name: str, requested_dry_run: bool | None) -> Run | Refused:
@@ -292,7 +337,8 @@ class RemediationService:
             return Refused(503, "the engine is unreachable right now; nothing was run")
         run = self.begin(name, "manual", (), dry_run)
         if run is None:
-            return Refused(409, f"action {name!r} is already running")
+            kind = "a preview of" if dry_run else "a run of"
+            return Refused(409, f"{kind} action {name!r} is already running")
         return await self.run_to_completion(run)
 
     def start_background(self, run: Run) -> asyncio.Task[Run]:
@@ -342,7 +388,7 @@ class RemediationService:
             run.detail = f"internal error: {exc}"
             run.finished_at = self.clock()
         finally:
-            self.executor.end(run.action)
+            self._end(run)
             self._record(run)
             self.poller.wake()
         return run
@@ -387,6 +433,11 @@ class RemediationService:
                 m.skipped.labels(run.action, outcome.skip_reason).inc()
         m.last_run.labels(run.action).set(run.finished_at or self.clock())
         m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
+        m.last_candidates.labels(run.action).set(len(run.plan.candidates) if run.plan else 0)
+        action = self.config.actions[run.action]
+        shortfall = run.shortfall_bytes(action.target_avail_ratio if action.type == "free_space" else None)
+        if shortfall is not None:
+            m.last_shortfall.labels(run.action).set(shortfall)
         self.history.appendleft(run.summary())
         log.info(
             "remediation run %s of %s ended: %s, %d images deleted, %d bytes reclaimed%s",
