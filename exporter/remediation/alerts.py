@@ -52,6 +52,10 @@ def _load_json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(400, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError(400, "body is not JSON we accept: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        raise PayloadError(400, f"body is not JSON we accept: {exc}") from None
 
 
 def parse_envelope(body: bytes) -> Envelope:

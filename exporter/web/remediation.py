@@ -1,8 +1,14 @@
 """The remediation HTTP endpoints: the Alertmanager webhook (v4) and the actions API.
 
 Every endpoint goes through one guard (`RemediationEndpoints._endpoint`): authentication before anything
-else, one JSON error shape, and one count per answer in `docker_webhook_requests_total{code}`. The handlers
-only translate: request -> service call -> response; what may run, and when, is the service's decision.
+else (an unauthenticated request never reaches a body parser), one JSON error shape, and one count per
+answer in `docker_webhook_requests_total{code}`. Endpoints that can delete also refuse what a browser can be
+tricked into sending (CSRF): form and text content types (415), a foreign `Origin` (403), and any query
+parameter they do not know (400, so `?dryrun=true` never becomes a real run). The handlers only translate:
+request -> service call -> response; what may run, and when, is the service's decision.
+
+Client errors (bad bytes in a header, undecodable or truncated bodies) are 4xx without a traceback, and
+credentials are never logged: a refused `Authorization` header is described by its scheme at most.
 
 Codes follow what Alertmanager does with them: 2xx delivered (also for alerts we deliberately ignore), 4xx
 never retried within a flush (requests that can never succeed), 5xx retried (the engine is unreachable
@@ -17,9 +23,9 @@ import base64
 import binascii
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from exporter.config import AuthConfig
@@ -34,6 +40,9 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
+# What an HTML form (or a "simple" cross-origin fetch) can send without a CORS preflight.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+_SCHEME_SHOWN = 16  # characters of an unknown scheme worth logging
 
 
 # --------------------------------------------------------------------------------------------- auth
@@ -50,7 +59,8 @@ def authorized(header: str | None, auth: AuthConfig) -> bool:
     value = value.strip()
     scheme = scheme.lower()
     if scheme == "bearer" and auth.bearer_token is not None:
-        return hmac.compare_digest(value.encode(), auth.bearer_token.encode())
+        # aiohttp hands over non-UTF-8 header bytes as surrogates: compare those very bytes (never equal)
+        return hmac.compare_digest(value.encode("utf-8", "surrogateescape"), auth.bearer_token.encode())
     if scheme == "basic" and auth.basic_auth is not None:
         try:
             decoded = base64.b64decode(value.encode("ascii"), validate=True)
@@ -64,6 +74,17 @@ def authorized(header: str | None, auth: AuthConfig) -> bool:
         password_ok = hmac.compare_digest(password, expected_password)
         return bool(sep) and user_ok and password_ok
     return False
+
+
+def describe_credentials(header: str | None) -> str:
+    """What a log line may say about a refused `Authorization` header: its scheme, never its value."""
+    if not header or not header.strip():
+        return "no Authorization header"
+    scheme = header.strip().partition(" ")[0]
+    if scheme.lower() in ("bearer", "basic"):
+        return f"wrong {scheme.capitalize()} credentials"
+    printable = scheme.isascii() and scheme.isprintable() and len(scheme) <= _SCHEME_SHOWN
+    return f"unsupported scheme {scheme!r}" if printable else "malformed Authorization header"
 
 
 def unauthorized(auth: AuthConfig) -> web.Response:
@@ -98,6 +119,37 @@ def parse_dry_run(value: str | None) -> bool | None:
     raise ValueError(f"dry_run must be true or false, got {value!r}")
 
 
+def check_params(request: web.Request, allowed: Collection[str]) -> str | None:
+    """Why the query string is refused (an unknown or repeated parameter), or None when it is fine."""
+    unknown = sorted({key for key in request.query if key not in allowed})
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        return f"unknown query parameter(s) {', '.join(map(repr, unknown))} (allowed here: {known}); nothing was run"
+    repeated = sorted({key for key in request.query if len(request.query.getall(key)) > 1})
+    if repeated:
+        return f"query parameter(s) {', '.join(map(repr, repeated))} given more than once; nothing was run"
+    return None
+
+
+def check_cross_site(request: web.Request) -> web.Response | None:
+    """Refuse what a browser on another site could send on an operator's behalf (403/415), else None.
+
+    Alertmanager and API clients send JSON and no `Origin`; an HTML form cannot send `application/json`, and
+    a script on another origin that tries needs a CORS preflight, which this server never grants.
+    """
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and origin.lower() != f"{request.scheme}://{request.host}".lower():
+        return error_response(403, f"cross-origin request refused (Origin {origin!r} is not this exporter)")
+    declared = hdrs.CONTENT_TYPE in request.headers
+    mime = request.content_type
+    if declared and mime in _FORM_TYPES:
+        return error_response(415, f"Content-Type {mime} is not accepted: send application/json")
+    if request.body_exists and (not declared or mime != "application/json"):
+        shown = mime if declared else "none"
+        return error_response(415, f"a body needs Content-Type: application/json (got {shown})")
+    return None
+
+
 # --------------------------------------------------------------------------------------------- endpoints
 
 
@@ -110,32 +162,53 @@ class RemediationEndpoints:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/webhook/alertmanager", self._endpoint(self.webhook)),
+            web.post("/webhook/alertmanager", self._endpoint(self.webhook, params=())),
             web.get("/api/v1/actions", self._endpoint(self.list_actions)),
-            web.post("/api/v1/actions/{name}", self._endpoint(self.run_action)),
+            web.post("/api/v1/actions/{name}", self._endpoint(self.run_action, params=("dry_run",))),
         ]
 
-    def _endpoint(self, handle: Handler) -> Handler:
-        """Authenticate, answer errors as JSON, and count every answer by status code."""
+    def _endpoint(self, handle: Handler, *, params: Collection[str] | None = None) -> Handler:
+        """Authenticate, answer errors as JSON, and count every answer by status code.
+
+        `params` marks an endpoint that can delete: only those query parameters are allowed, and the
+        cross-site checks apply. None: a read-only endpoint.
+        """
         auth = self.service.config.auth
 
         async def endpoint(request: web.Request) -> web.Response:
-            code = 500
             try:
-                if not authorized(request.headers.get("Authorization"), auth):
-                    response = unauthorized(auth)
-                else:
-                    response = await handle(request)
+                response = await guarded(request)
             except web.HTTPRequestEntityTooLarge:
                 response = error_response(413, f"body larger than {self.max_body_bytes} bytes")
             except web.HTTPException as exc:
                 response = error_response(exc.status, exc.reason)
+            except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+                response = error_response(400, f"cannot read the body: {str(exc).strip()}")
+                # the rest of the body is unreadable: close after answering, and stop aiohttp from draining it
+                # afterwards (that drain would raise the same error again and log it as unhandled)
+                response.force_close()
+                request.content.feed_eof()
+            except ConnectionResetError:  # the client hung up mid-body: nobody to answer, nothing to log
+                response = error_response(400, "the client closed the connection before the body ended")
             except Exception:
                 log.exception("remediation endpoint %s failed", request.path)
                 response = error_response(500, "internal error (see the exporter log)")
-            code = response.status
-            self.service.metrics.webhook_requests.labels(str(code)).inc()
+            self.service.metrics.webhook_requests.labels(str(response.status)).inc()
             return response
+
+        async def guarded(request: web.Request) -> web.Response:
+            header = request.headers.get(hdrs.AUTHORIZATION)
+            if not authorized(header, auth):
+                log.info("%s %s refused: %s", request.method, request.path, describe_credentials(header))
+                return unauthorized(auth)
+            if params is not None:
+                refusal = check_cross_site(request)
+                if refusal is not None:
+                    return refusal
+                problem = check_params(request, params)
+                if problem is not None:
+                    return error_response(400, problem)
+            return await handle(request)
 
         return endpoint
 
