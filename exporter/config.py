@@ -135,7 +135,7 @@ class RelayConfig:
     self_names: tuple[str, ...] = ()
     peers: Mapping[str, str] = field(default_factory=dict)
     url_template: str = "http://{host}/webhook/alertmanager"
-    host_regex: str = r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]{1,5})?"
+    host_regex: str | None = None  # required without `peers`: no default lets an alert pick any host:port
     timeout: float = 10.0
     tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
 
@@ -387,7 +387,7 @@ def _relay(s: _Section) -> RelayConfig:
         self_names=s.value("self_names", (), _env_names),
         peers=peers,
         url_template=s.value("url_template", RelayConfig.url_template, _str),
-        host_regex=s.value("host_regex", RelayConfig.host_regex, _regex),
+        host_regex=s.value("host_regex", None, _regex),
         timeout=s.value("timeout", 10.0, _duration(0.1)),
         tls=_client_tls(s.section("tls_config")),
     )
@@ -395,6 +395,8 @@ def _relay(s: _Section) -> RelayConfig:
         s.error("url_template", "must contain {host}")
     if relay.enabled and not relay.self_names:
         s.error("self_names", "is required when relay is enabled: the host label values that mean this host")
+    if relay.enabled and not relay.peers and relay.host_regex is None:
+        s.error("host_regex", "is required when relay is enabled without peers: the host label values to relay to")
     s.finish()
     return relay
 

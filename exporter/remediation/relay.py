@@ -7,9 +7,9 @@ header so a relayed delivery is never relayed again, and a timeout. A failed rel
 502 so Alertmanager retries; the local part of a delivery is idempotent (once-only claims, cooldowns), so a
 retry never runs an action twice.
 
-The credentials travel to the peer, so the peer's address is constrained: `relay.peers` maps host label
-values to URLs explicitly, and otherwise the label must match `relay.host_regex` (a bare host[:port] by
-default, so a label cannot smuggle a path or userinfo into the URL template).
+The credentials travel to the peer, so the peer's address comes from configuration: `relay.peers` maps
+host label values to URLs explicitly, or else the label must fully match `relay.host_regex`, which is then
+required (there is no default: an alert naming `evil.example:80` must never receive the bearer token).
 
 This module decides *where* alerts go; sending is the web layer's job (exporter/web/relay.py), handed in
 as a `Transport` so this logic stays free of HTTP clients.
@@ -70,7 +70,7 @@ class Relay:
     def __init__(self, config: RelayConfig, transport: Transport) -> None:
         self.config = config
         self.transport = transport
-        self._host_re = re.compile(config.host_regex)
+        self._host_re = re.compile(config.host_regex) if config.host_regex is not None else None
 
     def split(self, alerts: Sequence[Alert], relayed: bool) -> Split:
         """Which alerts are ours. Alerts without the host label are local (scope still guards them)."""
@@ -91,7 +91,7 @@ class Relay:
         """The peer webhook URL for a host label value, or None when relaying there is not allowed."""
         if self.config.peers:
             return self.config.peers.get(host)
-        if not self._host_re.fullmatch(host):
+        if self._host_re is None or not self._host_re.fullmatch(host):
             return None
         return self.config.url_template.format(host=host)
 

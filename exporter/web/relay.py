@@ -1,6 +1,7 @@
 """The HTTP client of fleet mode: posts a relayed delivery to a peer exporter (see remediation/relay.py).
 
-A total timeout bounds every relay.
+Bounded on every side, because the peer's answer is not ours to trust: a total timeout, and at most
+`MAX_ANSWER_BYTES` of its body read (only its status matters).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import aiohttp
 
 from exporter.config import RelayConfig
 from exporter.remediation.relay import RelayError
+
+MAX_ANSWER_BYTES = 1 << 20
 
 
 class RelayClient:
@@ -41,12 +44,21 @@ class RelayClient:
         return context
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """The peer's status code; RelayError when there is none."""
+        """The peer's status code; RelayError when there is none (or its answer is larger than allowed)."""
         assert self._session is not None, "relay used before start()"
         try:
             tls = await asyncio.to_thread(self._client_tls) if url.startswith("https://") else None
             async with self._session.post(url, data=body, headers=dict(headers), ssl=tls or True) as response:
-                await response.read()
+                await _read_bounded(response, MAX_ANSWER_BYTES)
                 return response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RelayError(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> None:
+    """Drain the answer, refusing more than `limit` bytes (a peer must not make us buffer without end)."""
+    total = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            raise RelayError(f"answer larger than {limit} bytes")
