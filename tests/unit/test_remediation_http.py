@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 import exporter.web.remediation
+from exporter.remediation.alerts import parse_envelope
 from exporter.remediation.service import RemediationService
 from exporter.web.remediation import RemediationEndpoints
 from tests.unit.webhook_support import (
@@ -258,7 +259,7 @@ async def test_a_truncated_body_is_a_client_error_without_a_traceback(tmp_path, 
 async def test_unauthenticated_requests_never_reach_the_body_parser(app_factory, monkeypatch):
     client, _, _ = await ready_app(app_factory)
     parsed: list[bytes] = []
-    real = exporter.web.remediation.parse_envelope
+    real = parse_envelope
 
     def spy(data: bytes) -> Any:
         parsed.append(data)
