@@ -145,7 +145,7 @@ def create_app(
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     if services.remediation is not None:
-        app.router.add_routes(RemediationEndpoints(services.remediation, config.remediation.max_body_bytes).routes())
+        app.router.add_routes(RemediationEndpoints(services.remediation).routes())
     return app
 
 

@@ -156,9 +156,8 @@ def check_cross_site(request: web.Request) -> web.Response | None:
 class RemediationEndpoints:
     """The routes of the remediation API, bound to one service; registered by the app factory."""
 
-    def __init__(self, service: RemediationService, max_body_bytes: int) -> None:
+    def __init__(self, service: RemediationService) -> None:
         self.service = service
-        self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -179,7 +178,7 @@ class RemediationEndpoints:
             try:
                 response = await guarded(request)
             except web.HTTPRequestEntityTooLarge:
-                response = error_response(413, f"body larger than {self.max_body_bytes} bytes")
+                response = error_response(413, f"body larger than {self.service.config.max_body_bytes} bytes")
             except web.HTTPException as exc:
                 response = error_response(exc.status, exc.reason)
             except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip

@@ -121,7 +121,7 @@ def build_app(
     relay = Relay(relay_config, client) if client is not None else None
     service = RemediationService(config.remediation, engine, poller, registry, monotonic=clock, relay=relay)
     app = web.Application(client_max_size=config.remediation.max_body_bytes)
-    app.router.add_routes(RemediationEndpoints(service, config.remediation.max_body_bytes).routes())
+    app.router.add_routes(RemediationEndpoints(service).routes())
 
     async def lifecycle(_app: web.Application) -> Any:
         if client is not None:
