@@ -23,9 +23,12 @@ from exporter.engine import Engine
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
+from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics, register_runtime_metrics
 from exporter.web.landing import render_landing
+from exporter.web.relay import RelayClient
+from exporter.web.remediation import RemediationEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,20 @@ class Services:
         self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
         self.poller.on_change.append(self.disk_usage.mark_changed)
         self.registry.register(SnapshotCollector(self.poller, config.metrics))
+        remediation = config.remediation
+        self.relay_client = (
+            RelayClient(remediation.relay) if remediation.enabled and remediation.relay.enabled else None
+        )
         self.remediation = (
-            RemediationService(config.remediation, self.engine, self.poller, self.registry, disk_usage=self.disk_usage)
-            if config.remediation.enabled
+            RemediationService(
+                remediation,
+                self.engine,
+                self.poller,
+                self.registry,
+                disk_usage=self.disk_usage,
+                relay=None if self.relay_client is None else Relay(remediation.relay, self.relay_client),
+            )
+            if remediation.enabled
             else None
         )
 
@@ -59,6 +73,8 @@ class Services:
             asyncio.create_task(self.disk_usage.run(), name="disk-usage"),
             asyncio.create_task(self.events.run(), name="events"),
         ]
+        if self.relay_client is not None:
+            await self.relay_client.start()
         if self.remediation is not None:
             await self.remediation.start()
         try:
@@ -66,6 +82,8 @@ class Services:
         finally:
             if self.remediation is not None:
                 await self.remediation.stop()
+            if self.relay_client is not None:
+                await self.relay_client.stop()
             for task in tasks:
                 task.cancel()
             self.engine.close_events()
@@ -74,9 +92,6 @@ class Services:
                     await task
             self.history.save()
             self.engine.close()
-
-
-SERVICES = web.AppKey("services", Services)
 
 
 def create_app(
@@ -93,7 +108,6 @@ def create_app(
     """
     services = Services(config, docker_host, engine)
     app = web.Application(client_max_size=config.remediation.max_body_bytes)
-    app[SERVICES] = services
     if headers:
 
         async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
@@ -132,5 +146,5 @@ def create_app(
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     if services.remediation is not None:
-        app.router.add_routes(services.remediation.routes())
+        app.router.add_routes(RemediationEndpoints(services.remediation).routes())
     return app

@@ -306,8 +306,9 @@ class RelayConfig(Model):
     """Explicit label value -> webhook URL map; when set, only these peers are used."""
     url_template: StrictStr = "http://{host}/webhook/alertmanager"
     """The peer's webhook URL; must contain {host}."""
-    host_regex: Regex = r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]{1,5})?"
-    """Label values allowed into url_template (the token is forwarded to the peer)."""
+    host_regex: Regex | None = None
+    """Label values allowed into url_template (the token is forwarded to the peer); required without peers, so
+    no default lets an alert pick any host:port."""
     timeout: Annotated[float, Duration("100ms", "1h")] = 10.0
     """Per relay request."""
     tls: ClientTLSConfig = Field(default_factory=ClientTLSConfig, alias="tls_config")
@@ -319,6 +320,10 @@ class RelayConfig(Model):
             raise keyed("url_template", "must contain {host}")
         if self.enabled and not self.self_names:
             raise keyed("self_names", "is required when relay is enabled: the host label values that mean this host")
+        if self.enabled and not self.peers and self.host_regex is None:
+            raise keyed(
+                "host_regex", "is required when relay is enabled without peers: the host label values to relay to"
+            )
         return self
 
 

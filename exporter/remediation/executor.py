@@ -16,127 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction
 from exporter.engine import Engine, EngineConflict, EngineError, EngineNotFound, EngineUnavailable
 from exporter.remediation.audit import AuditError, AuditLog
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, SkipReason
+from exporter.remediation.runs import Outcome, OutcomeKind, Run
 from exporter.snapshot import Filesystem
 
 log = logging.getLogger(__name__)
-
-Trigger = Literal["alert", "schedule", "manual"]
-RunResultKind = Literal["success", "partial", "failure", "dry_run"]
-OutcomeKind = Literal["deleted", "untagged", "skipped", "would_delete"]
-
-
-@dataclass
-class Outcome:
-    """What happened to one candidate or skipped image in one run (also its audit line)."""
-
-    image_id: str | None
-    references: tuple[str, ...]
-    size: int
-    size_basis: str
-    reason: str
-    result: OutcomeKind
-    skip_reason: SkipReason | None = None
-    detail: str = ""
-    untagged: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.image_id,
-            "references": list(self.references),
-            "size": self.size,
-            "size_basis": self.size_basis,
-            "reason": self.reason,
-            "result": self.result,
-        }
-        if self.skip_reason is not None:
-            data["skip_reason"] = self.skip_reason
-        if self.detail:
-            data["detail"] = self.detail
-        if self.untagged:
-            data["untagged"] = list(self.untagged)
-        return data
-
-
-@dataclass
-class Run:
-    """One run of one action: its trigger, plan, outcomes and result; JSON for the API and history."""
-
-    action: str
-    type: str
-    trigger: Trigger
-    dry_run: bool
-    fingerprints: tuple[str, ...] = ()
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
-    started_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-    result: RunResultKind | None = None
-    detail: str = ""
-    plan: Plan | None = None
-    outcomes: list[Outcome] = field(default_factory=list)
-    reclaimed_bytes: int = 0
-    images_deleted: int = 0
-    goal_met: bool | None = None
-    filesystem_after: Filesystem | None = None
-
-    @property
-    def trigger_ref(self) -> list[str] | str:
-        """What the audit log names as the trigger: alert fingerprints, or `schedule` / `manual`."""
-        return list(self.fingerprints) if self.trigger == "alert" else self.trigger
-
-    def summary(self) -> dict[str, Any]:
-        """The bounded form kept in history: counts and what went, not every candidate."""
-        counts: dict[str, int] = {}
-        for o in self.outcomes:
-            counts[o.result] = counts.get(o.result, 0) + 1
-        skipped: dict[str, int] = {}
-        for o in self.outcomes:
-            if o.result == "skipped":
-                key = o.skip_reason or "error"
-                skipped[key] = skipped.get(key, 0) + 1
-        data: dict[str, Any] = {
-            "run_id": self.run_id,
-            "action": self.action,
-            "type": self.type,
-            "trigger": self.trigger,
-            "alert_fingerprints": list(self.fingerprints),
-            "dry_run": self.dry_run,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "result": self.result,
-            "detail": self.detail,
-            "candidates": len(self.plan.candidates) if self.plan else 0,
-            "estimated_bytes": self.plan.estimated_bytes if self.plan else 0,
-            "deleted": [o.to_json() for o in self.outcomes if o.result in ("deleted", "untagged")],
-            "would_delete": [o.to_json() for o in self.outcomes if o.result == "would_delete"],
-            "counts": counts,
-            "skipped_by_reason": skipped,
-            "images_deleted": self.images_deleted,
-            "reclaimed_bytes": self.reclaimed_bytes,
-        }
-        if self.goal_met is not None:
-            data["goal_met"] = self.goal_met
-        if self.filesystem_after is not None:
-            fs = self.filesystem_after
-            data["filesystem_after"] = {"avail": fs.avail, "size": fs.size, "avail_ratio": round(fs.avail_ratio, 6)}
-        return data
-
-    def to_json(self) -> dict[str, Any]:
-        """The full answer for a manual run: the summary plus the plan and every outcome."""
-        data = self.summary()
-        data["plan"] = self.plan.to_json() if self.plan else None
-        data["outcomes"] = [o.to_json() for o in self.outcomes]
-        data["skipped"] = [o.to_json() for o in self.outcomes if o.result == "skipped"]
-        return data
 
 
 class RunAborted(Exception):

@@ -16,7 +16,7 @@ TRIGGERS = ("alert", "schedule", "manual")
 RESULTS = ("success", "partial", "failure", "dry_run")
 ALERT_STATUSES = ("firing", "resolved")
 ALERT_OUTCOMES = ("routed", "unrouted", "out_of_scope", "deduplicated", "cooldown", "relayed")
-WEBHOOK_CODES = ("200", "400", "401", "404", "405", "409", "413", "422", "500", "502", "503")
+WEBHOOK_CODES = ("200", "400", "401", "403", "404", "405", "409", "413", "415", "422", "500", "502", "503")
 
 
 class RemediationMetrics:
@@ -62,6 +62,19 @@ class RemediationMetrics:
             ["action"],
             registry=registry,
         )
+        self.last_candidates = Gauge(
+            "docker_remediation_last_run_candidates",
+            "Images the plan of the last run of the action selected for deletion (dry runs included).",
+            ["action"],
+            registry=registry,
+        )
+        self.last_shortfall = Gauge(
+            "docker_remediation_last_run_shortfall_bytes",
+            "free_space: bytes still missing to reach target_avail_ratio when the last run ended (a dry run: "
+            "after what it would delete); 0 when the goal was met and for actions without a byte goal.",
+            ["action"],
+            registry=registry,
+        )
         self.running = Gauge(
             "docker_remediation_running",
             "1 while a run of the action is in progress.",
@@ -96,7 +109,7 @@ class RemediationMetrics:
             self.reclaimed.labels(action)
             for reason in SKIP_REASONS:
                 self.skipped.labels(action, reason)
-            # last_run/last_reclaimed appear with the first run: a 0 timestamp would read as "ran in 1970"
+            # the last_run_* gauges appear with the first run: a 0 timestamp would read as "ran in 1970"
             self.running.labels(action)
         for code in WEBHOOK_CODES:
             self.webhook_requests.labels(code)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, KeepLastAction, ProtectConfig
+from exporter.remediation.records import record_json
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
 from exporter.units import format_duration
 
@@ -50,14 +51,7 @@ class Candidate:
     removes_image: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.image_id,
-            "references": list(self.references),
-            "size": self.size,
-            "size_basis": self.size_basis,
-            "removes_image": self.removes_image,
-            "reason": self.reason,
-        }
+        return record_json(self)
 
 
 @dataclass(frozen=True)
@@ -72,14 +66,7 @@ class Skip:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.image_id,
-            "references": list(self.references),
-            "size": self.size,
-            "size_basis": self.size_basis,
-            "reason": self.reason,
-            "detail": self.detail,
-        }
+        return record_json(self)
 
 
 @dataclass(frozen=True)

@@ -7,27 +7,32 @@ header so a relayed delivery is never relayed again, and a timeout. A failed rel
 502 so Alertmanager retries; the local part of a delivery is idempotent (once-only claims, cooldowns), so a
 retry never runs an action twice.
 
-The credentials travel to the peer, so the peer's address is constrained: `relay.peers` maps host label
-values to URLs explicitly, and otherwise the label must match `relay.host_regex` (a bare host[:port] by
-default, so a label cannot smuggle a path or userinfo into the URL template).
+The credentials travel to the peer, so the peer's address comes from configuration: `relay.peers` maps
+host label values to URLs explicitly, or else the label must fully match `relay.host_regex`, which is then
+required (there is no default: an alert naming `evil.example:80` must never receive the bearer token).
+
+This module decides *where* alerts go; sending is the web layer's job (exporter/web/relay.py), handed in
+as a `Transport` so this logic stays free of HTTP clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
+from typing import Any, Protocol
 
 from exporter.config import RelayConfig
-from exporter.remediation.webhook import HOP_HEADER, Alert
+from exporter.remediation.alerts import Alert
+from exporter.remediation.records import record_json
 
 log = logging.getLogger(__name__)
+
+# The hop header: a delivery carrying it came from a peer and is never relayed on.
+HOP_HEADER = "X-Docker-Image-Exporter-Relayed-By"
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class RelayResult:
         return self.status is not None and 200 <= self.status < 300
 
     def to_json(self) -> dict[str, Any]:
-        return {"host": self.host, "url": self.url, "alerts": self.alerts, "status": self.status, "error": self.error}
+        return record_json(self)
 
 
 @dataclass(frozen=True)
@@ -55,19 +60,17 @@ class Split:
     misrouted: list[Alert]
 
 
+class Transport(Protocol):
+    """Sends one relayed delivery: the peer's HTTP status, or raises OSError/TimeoutError-like errors."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int: ...
+
+
 class Relay:
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, transport: Transport) -> None:
         self.config = config
-        self._host_re = re.compile(config.host_regex)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout))
-
-    async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.transport = transport
+        self._host_re = re.compile(config.host_regex) if config.host_regex is not None else None
 
     def split(self, alerts: Sequence[Alert], relayed: bool) -> Split:
         """Which alerts are ours. Alerts without the host label are local (scope still guards them)."""
@@ -84,21 +87,11 @@ class Relay:
                 foreign.setdefault(host, []).append(alert)
         return Split(local, foreign, misrouted)
 
-    def _client_tls(self) -> ssl.SSLContext | None:
-        """Built per relay (alerts are rare), so rotated CA and client certificate files are always current."""
-        tls = self.config.tls
-        if tls.ca_file is None and tls.cert_file is None:
-            return None  # the system's trust store, no client certificate
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        return context
-
     def url_for(self, host: str) -> str | None:
         """The peer webhook URL for a host label value, or None when relaying there is not allowed."""
         if self.config.peers:
             return self.config.peers.get(host)
-        if not self._host_re.fullmatch(host):
+        if self._host_re is None or not self._host_re.fullmatch(host):
             return None
         return self.config.url_template.format(host=host)
 
@@ -108,16 +101,16 @@ class Relay:
         url = self.url_for(host)
         if url is None:
             return RelayResult(host, "", len(alerts), error=f"no peer allowed for {self.config.host_label}={host!r}")
-        assert self._session is not None, "relay used before start()"
-        body = {**envelope, "alerts": [dict(a.raw) for a in alerts]}
-        headers = {"Authorization": authorization, HOP_HEADER: self.config.self_names[0]}
+        body = json.dumps({**envelope, "alerts": [dict(a.raw) for a in alerts]}).encode()
+        headers = {
+            "Authorization": authorization,
+            HOP_HEADER: self.config.self_names[0],
+            "Content-Type": "application/json",
+        }
         try:
-            tls = await asyncio.to_thread(self._client_tls) if url.startswith("https://") else None
-            async with self._session.post(url, json=body, headers=headers, ssl=tls or True) as response:
-                await response.read()
-                result = RelayResult(host, url, len(alerts), status=response.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            result = RelayResult(host, url, len(alerts), error=f"{type(exc).__name__}: {exc}")
+            result = RelayResult(host, url, len(alerts), status=await self.transport.post(url, body, headers))
+        except RelayError as exc:
+            result = RelayResult(host, url, len(alerts), error=str(exc))
         if not result.ok:
             log.warning("relay of %d alert(s) to %s failed: %s", len(alerts), url, result.error or result.status)
         return result
@@ -128,3 +121,7 @@ class Relay:
         return list(
             await asyncio.gather(*(self.forward(h, envelope, a, authorization) for h, a in sorted(foreign.items())))
         )
+
+
+class RelayError(Exception):
+    """A relay that got no HTTP answer (connection refused, timeout, TLS, an answer too large)."""

@@ -1,4 +1,12 @@
-"""Ties remediation together: routes, once-only run claims, cooldowns, schedules, metrics and history.
+"""Ties remediation together: once-only run claims, cooldowns, schedules, relays, metrics and history.
+
+No HTTP here: the web layer (exporter/web/remediation.py) authenticates and parses requests, calls this
+service, and turns its plain results (`DeliveryResult`, a `Run`, `Refused`) into responses.
+
+Previews are free: a dry run (`?dry_run=true`, or a global `dry_run: true`) never starts a cooldown and
+never holds the gate of real runs; it only keeps a second preview of the same action from starting while
+it runs. A real run that fails (engine unreachable, audit log unwritable, a crash) gives its cooldown back,
+so the next delivery of the alert tries again instead of being answered `cooldown` for nothing.
 
 State that makes runs happen "once" (which action is running, when each last started) lives in this
 process only. After a restart the cooldown is forgotten, so one more run may happen inside it; that is
@@ -10,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from exporter import apishapes
@@ -25,19 +32,78 @@ from exporter.config import ActionConfig, RemediationConfig, RouteConfig
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
 from exporter.poller import Poller, read_filesystem
-from exporter.remediation.api import make_list_handler, make_run_handler
+from exporter.remediation.alerts import Alert, Envelope, route_alert
 from exporter.remediation.audit import AuditError, AuditLog
-from exporter.remediation.executor import Executor, Run, Trigger
+from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import make_plan
-from exporter.remediation.relay import Relay
-from exporter.remediation.webhook import Alert, error_response, make_webhook_handler, route_alert
+from exporter.remediation.records import record_json
+from exporter.remediation.relay import Relay, RelayResult
+from exporter.remediation.runs import Run, Trigger
 from exporter.snapshot import Filesystem, Snapshot
 
 log = logging.getLogger(__name__)
 
 HISTORY_SIZE = 100
 STOP_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A request the service will not act on, with the HTTP status that says why."""
+
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    action: str
+    run_id: str
+    dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return record_json(self)
+
+
+@dataclass(frozen=True)
+class AlertOutcome:
+    """What one delivered alert led to (`outcome` is one of metrics.ALERT_OUTCOMES)."""
+
+    fingerprint: str
+    status: str
+    outcome: str
+    action: str | None
+    cooldown_remaining_seconds: float | None = None  # for `cooldown`: when a delivery would start a run
+
+    def to_json(self) -> dict[str, Any]:
+        return record_json(self, omit_empty=("cooldown_remaining_seconds",))
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The answer to one webhook delivery; `relayed` is None when nothing was forwarded to a peer."""
+
+    runs_started: tuple[RunStarted, ...]
+    alerts: tuple[AlertOutcome, ...]
+    relayed: tuple[RelayResult, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """False when a relay failed: the delivery must be retried (the local part is idempotent)."""
+        return self.relayed is None or all(r.ok for r in self.relayed)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "status": "ok" if self.ok else "error",
+            "runs_started": [r.to_json() for r in self.runs_started],
+            "alerts": [a.to_json() for a in self.alerts],
+        }
+        if self.relayed is not None:
+            data["relayed"] = [r.to_json() for r in self.relayed]
+        if not self.ok:
+            data["error"] = "relay to a peer failed; retry the delivery"
+        return data
 
 
 class RemediationService:
@@ -54,6 +120,7 @@ class RemediationService:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         read_fs: Callable[[str], Filesystem] = read_filesystem,
+        relay: Relay | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -66,27 +133,20 @@ class RemediationService:
         self.executor = Executor(engine, self.audit, self.metrics, read_fs)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.last_started: dict[str, float] = {}
+        self._cooldown_claims: dict[str, tuple[float | None, float]] = {}  # run_id -> (before, claimed)
+        self._previewing: set[str] = set()
         self._tasks: set[asyncio.Task[Run]] = set()
-        self.relay = Relay(config.relay) if config.relay.enabled else None
+        self.relay = relay
         self._warned_local_only = False
         self._schedules: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/webhook/alertmanager", make_webhook_handler(self)),
-            web.get("/api/v1/actions", make_list_handler(self)),
-            web.post("/api/v1/actions/{name}", make_run_handler(self)),
-        ]
-
     async def start(self) -> None:
         """Check the audit log is writable and start one timer task per scheduled action."""
         try:
             await asyncio.to_thread(self.audit.check)
         except AuditError as exc:
             log.error("%s: every remediation run will fail until this is fixed", exc)
-        if self.relay is not None:
-            await self.relay.start()
         for action in self.config.actions.values():
             if action.schedule is not None:
                 self._schedules.append(asyncio.create_task(self._scheduled(action), name=f"schedule-{action.name}"))
@@ -114,8 +174,6 @@ class RemediationService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.audit.close()
-        if self.relay is not None:
-            await self.relay.stop()
 
     async def _scheduled(self, action: ActionConfig) -> None:
         """First run one interval after start (not at startup), then every interval."""
@@ -128,25 +186,7 @@ class RemediationService:
                 continue
             await self.run_to_completion(run)
 
-    # -- HTTP helpers -----------------------------------------------------------------------------------
-    async def counted(
-        self, handle: Callable[[web.Request], Awaitable[web.Response]], request: web.Request
-    ) -> web.Response:
-        """Run a handler and count its answer in docker_webhook_requests_total{code}."""
-        code = 500
-        try:
-            response = await handle(request)
-            code = response.status
-            return response
-        except web.HTTPException as exc:
-            code = exc.status
-            raise
-        except Exception:
-            log.exception("remediation endpoint %s failed", request.path)
-            return error_response(500, "internal error (see the exporter log)")
-        finally:
-            self.metrics.webhook_requests.labels(str(code)).inc()
-
+    # -- reading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """GET /api/v1/actions: the configured actions and recent runs, newest first."""
         now = self.monotonic()
@@ -158,6 +198,7 @@ class RemediationService:
                     "name": name,
                     "type": action.type,
                     "running": self.executor.is_running(name),
+                    "previewing": name in self._previewing,
                     "schedule_seconds": action.schedule,
                     "max_deletions": action.max_deletions,
                     "min_age_seconds": action.min_age,
@@ -168,12 +209,19 @@ class RemediationService:
 
     # -- accepting work ---------------------------------------------------------------------------------
     def begin(self, name: str, trigger: Trigger, fingerprints: Sequence[str], dry_run: bool) -> Run | None:
-        """Claim `name` for a new run (None if one is in progress); the cooldown starts now."""
-        if not self.executor.try_begin(name):
+        """Claim `name` for a new run (None if one of the same kind is in progress).
+
+        A real run holds the executor's gate and starts the cooldown now; a dry run holds only the preview
+        gate, so it never delays or blocks a real run.
+        """
+        if dry_run:
+            if name in self._previewing:
+                return None
+            self._previewing.add(name)
+        elif not self.executor.try_begin(name):
             return None
-        self.last_started[name] = self.monotonic()
         action = self.config.actions[name]
-        return Run(
+        run = Run(
             action=name,
             type=action.type,
             trigger=trigger,
@@ -181,41 +229,64 @@ class RemediationService:
             fingerprints=tuple(fingerprints),
             started_at=self.clock(),
         )
+        if not dry_run:
+            claimed = self.monotonic()
+            self._cooldown_claims[run.run_id] = (self.last_started.get(name), claimed)
+            self.last_started[name] = claimed
+        return run
+
+    def busy(self, name: str, dry_run: bool) -> bool:
+        """Whether a run of this kind (real or preview) of the action is in progress."""
+        return name in self._previewing if dry_run else self.executor.is_running(name)
+
+    def cooldown_left(self, name: str, route: RouteConfig) -> float:
+        """Seconds until the route may start the action again (0 when it may now)."""
+        started = self.last_started.get(name)
+        return 0.0 if started is None else max(0.0, route.cooldown - (self.monotonic() - started))
 
     def in_cooldown(self, name: str, route: RouteConfig) -> bool:
-        started = self.last_started.get(name)
-        return started is not None and self.monotonic() - started < route.cooldown
+        return self.cooldown_left(name, route) > 0
+
+    def _end(self, run: Run) -> None:
+        """Release the run's gate; a failed real run also gives back the cooldown it claimed."""
+        if run.dry_run:
+            self._previewing.discard(run.action)
+            return
+        self.executor.end(run.action)
+        before, claimed = self._cooldown_claims.pop(run.run_id, (None, None))
+        if run.result == "failure" and self.last_started.get(run.action) == claimed:
+            if before is None:
+                self.last_started.pop(run.action, None)
+            else:
+                self.last_started[run.action] = before
+            log.info("run %s of %s failed: its cooldown is released, a redelivery runs again", run.run_id, run.action)
 
     async def accept_delivery(
-        self, envelope: Mapping[str, Any], alerts: Sequence[Alert], authorization: str, relayed_by: str | None
-    ) -> web.Response:
+        self, envelope: Envelope, authorization: str, relayed_by: str | None
+    ) -> DeliveryResult | Refused:
         """One webhook delivery: act on this host's alerts, relay the others (fleet mode), answer for all.
 
         Local alerts are accepted first (no await before their claims); relays follow. Any failed relay
-        makes the answer 502 so Alertmanager retries; the retry finds the local action claimed or cooling
-        down, so it never runs twice.
+        makes the answer not `ok` (502) so Alertmanager retries; the retry finds the local action claimed or
+        cooling down, so it never runs twice.
         """
         if self.relay is None:
-            return self.accept_alerts(alerts)
-        split = self.relay.split(alerts, relayed=relayed_by is not None)
+            return self.accept_alerts(envelope.alerts)
+        split = self.relay.split(envelope.alerts, relayed=relayed_by is not None)
         local = self.accept_alerts(split.local, extra=[(a, "out_of_scope") for a in split.misrouted])
-        if local.status != 200 or not split.foreign:
+        if isinstance(local, Refused) or not split.foreign:
             return local
-        results = await self.relay.forward_all(envelope, split.foreign, authorization)
+        results = await self.relay.forward_all(envelope.fields, split.foreign, authorization)
         for result in results:
             self.metrics.relays.labels("ok" if result.ok else "failed").inc()
         for alerts_for_host in split.foreign.values():
             for alert in alerts_for_host:
                 self.metrics.webhook_alerts.labels(alert.status, "relayed").inc()
-        payload = json.loads(local.body) if isinstance(local.body, bytes) else {}
-        payload["relayed"] = [r.to_json() for r in results]
-        if all(r.ok for r in results):
-            return web.json_response(payload)
-        payload["status"] = "error"
-        payload["error"] = "relay to a peer failed; retry the delivery"
-        return web.json_response(payload, status=502)
+        return DeliveryResult(local.runs_started, local.alerts, tuple(results))
 
-    def accept_alerts(self, alerts: Sequence[Alert], extra: Sequence[tuple[Alert, str]] = ()) -> web.Response:
+    def accept_alerts(
+        self, alerts: Sequence[Alert], extra: Sequence[tuple[Alert, str]] = ()
+    ) -> DeliveryResult | Refused:
         """Route alerts and start what is due, with no await in between (so claims cannot interleave).
 
         `extra` are alerts already decided elsewhere (fleet mode's misrouted ones): counted and reported.
@@ -227,41 +298,51 @@ class RemediationService:
             decisions.append((alert, outcome, route))
             if route is not None:
                 by_action.setdefault(route.action, (route, []))[1].append(alert)
+        dry_run = self.config.dry_run
         verdict: dict[str, str] = {}
+        remaining: dict[str, float] = {}
         for name, (route, _) in by_action.items():
-            if self.executor.is_running(name):
+            if self.busy(name, dry_run):
                 verdict[name] = "deduplicated"
-            elif self.in_cooldown(name, route):
+            elif not dry_run and self.in_cooldown(name, route):
                 verdict[name] = "cooldown"
+                remaining[name] = round(self.cooldown_left(name, route), 3)
             else:
                 verdict[name] = "routed"
         if "routed" in verdict.values() and not self.poller.up:
             names = ", ".join(n for n, v in verdict.items() if v == "routed")
-            return error_response(503, f"engine unreachable: cannot run {names} now (retry later)")
-        runs = []
+            return Refused(503, f"engine unreachable: cannot run {names} now (retry later)")
+        runs: list[RunStarted] = []
         for name, (_, routed_alerts) in by_action.items():
             if verdict[name] != "routed":
                 continue
-            run = self.begin(name, "alert", sorted({a.fingerprint for a in routed_alerts}), self.config.dry_run)
+            run = self.begin(name, "alert", sorted({a.fingerprint for a in routed_alerts}), dry_run)
             if run is None:  # cannot happen without an await since the check, but never run twice
                 verdict[name] = "deduplicated"
                 continue
             self.start_background(run)
-            runs.append({"action": name, "run_id": run.run_id, "dry_run": run.dry_run})
-        answer = []
+            runs.append(RunStarted(name, run.run_id, run.dry_run))
+        answer: list[AlertOutcome] = []
         decisions.extend((alert, outcome, None) for alert, outcome in extra)
         for alert, outcome, route in decisions:
             final = verdict[route.action] if route is not None else outcome
             self.metrics.webhook_alerts.labels(alert.status, final).inc()
-            answer.append(
-                {
-                    "fingerprint": alert.fingerprint,
-                    "status": alert.status,
-                    "outcome": final,
-                    "action": route.action if route is not None else None,
-                }
-            )
-        return web.json_response({"status": "ok", "runs_started": runs, "alerts": answer})
+            action = route.action if route is not None else None
+            answer.append(AlertOutcome(alert.fingerprint, alert.status, final, action, remaining.get(action or "")))
+        return DeliveryResult(tuple(runs), tuple(answer))
+
+    async def run_manual(self, name: str, requested_dry_run: bool | None) -> Run | Refused:
+        """Run an action now and wait for its end. A global `dry_run: true` wins over a requested real run."""
+        if name not in self.config.actions:
+            return Refused(404, f"no action named {name!r} (configured: {', '.join(sorted(self.config.actions))})")
+        dry_run = self.config.dry_run or bool(requested_dry_run)
+        if not self.poller.up:
+            return Refused(503, "the engine is unreachable right now; nothing was run")
+        run = self.begin(name, "manual", (), dry_run)
+        if run is None:
+            kind = "a preview of" if dry_run else "a run of"
+            return Refused(409, f"{kind} action {name!r} is already running")
+        return await self.run_to_completion(run)
 
     def start_background(self, run: Run) -> asyncio.Task[Run]:
         """Run in a task the service tracks (stop() waits for it)."""
@@ -310,7 +391,7 @@ class RemediationService:
             run.detail = f"internal error: {exc}"
             run.finished_at = self.clock()
         finally:
-            self.executor.end(run.action)
+            self._end(run)
             self._record(run)
             self.poller.wake()
         return run
@@ -351,6 +432,11 @@ class RemediationService:
                 m.skipped.labels(run.action, outcome.skip_reason).inc()
         m.last_run.labels(run.action).set(run.finished_at or self.clock())
         m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
+        m.last_candidates.labels(run.action).set(len(run.plan.candidates) if run.plan else 0)
+        action = self.config.actions[run.action]
+        shortfall = run.shortfall_bytes(action.target_avail_ratio if action.type == "free_space" else None)
+        if shortfall is not None:
+            m.last_shortfall.labels(run.action).set(shortfall)
         self.history.appendleft(run.summary())
         log.info(
             "remediation run %s of %s ended: %s, %d images deleted, %d bytes reclaimed%s",

@@ -61,7 +61,12 @@ def start_exporter(factory: ExporterFactory, engine: PrivateDockerd, tmp: Path, 
                 "audit_log": str(tmp / f"{name}-audit.jsonl"),
                 "actions": {"clean-dangling": {"type": "prune_dangling", "min_age": f"{MIN_AGE_SECONDS}s"}},
                 "routes": [{"matchers": ['alertname="DockerDanglingImagesPiling"'], "action": "clean-dangling"}],
-                "relay": {"enabled": True, "self_names": [exp.address], "timeout": "3s"},
+                "relay": {
+                    "enabled": True,
+                    "self_names": [exp.address],
+                    "host_regex": r"127\.0\.0\.1:[0-9]{1,5}",  # the peers of this test; never any other host
+                    "timeout": "3s",
+                },
             },
         }
     )
@@ -153,6 +158,7 @@ def test_relay_to_dead_peer_answers_5xx_and_relayed_is_never_relayed_again(
     assert runs(exp) == 0
     assert set(ids) <= image_ids(dockerd)
 
-    # a label that is not a bare host[:port] is never put into the URL (the token would travel with it)
-    status, body = exp.request("POST", "/webhook/alertmanager", delivery("evil.example/x?"), AUTH)
-    assert status == 502 and "no peer allowed" in body.decode()
+    # a label host_regex does not allow is never put into the URL (the token would travel with it)
+    for label in ("evil.example/x?", "evil.example:80"):
+        status, body = exp.request("POST", "/webhook/alertmanager", delivery(label), AUTH)
+        assert status == 502 and "no peer allowed" in body.decode()

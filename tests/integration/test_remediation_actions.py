@@ -40,7 +40,7 @@ from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.remediation.audit import read_audit_log
-from exporter.remediation.executor import Run
+from exporter.remediation.runs import Run
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics
 from tests.harness.dockerd import PrivateDockerd

@@ -229,7 +229,7 @@ def test_web_config_errors_name_the_key(
 
 def test_relay_tls_config_is_checked(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_text("x")
-    base = {"enabled": True, "self_names": ["a"]}
+    base = {"enabled": True, "self_names": ["a"], "host_regex": "[a-z]+"}
     ok = parse_config({"remediation": {"relay": {**base, "tls_config": {"ca_file": str(tmp_path / "ca.crt")}}}})
     assert ok.remediation.relay.tls.ca_file == str(tmp_path / "ca.crt")
     with pytest.raises(ConfigError) as info:

@@ -8,121 +8,31 @@ tests/integration/test_webhook_engine.py.
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
 
-from exporter.config import Config, parse_config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.engine import Engine, EngineUnavailable
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.remediation.service import RemediationService
-from exporter.remediation.webhook import authorized, parse_webhook
-from exporter.selfmetrics import PollMetrics
-
-TOKEN = "s3cret-token"
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class NoEngine(Engine):
-    """Reads fail like an unreachable engine; any write is a test failure."""
-
-    def __init__(self) -> None:
-        super().__init__("unix:///nonexistent/never.sock")
-
-    async def _call(self, fn: Any, *, lane: str = "api") -> Any:
-        raise EngineUnavailable("no engine in unit tests")
-
-    async def remove_image(self, ref: str) -> list[dict[str, Any]]:
-        raise AssertionError(f"unit test reached remove_image({ref})")
-
-    async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
-        raise AssertionError("unit test reached prune_images")
-
-    async def prune_builds(self, keep_storage: int | None, filters: Mapping[str, Any]) -> dict[str, Any]:
-        raise AssertionError("unit test reached prune_builds")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_config(tmp_path: Path, **remediation: Any) -> Config:
-    base: dict[str, Any] = {
-        "enabled": True,
-        "auth": {"bearer_token": TOKEN, "basic_auth": {"username": "am", "password": "pw"}},
-        "audit_log": str(tmp_path / "audit.jsonl"),
-        "scope": ['host="node-1"'],
-        "max_body_bytes": 4096,
-        "actions": {"free-disk": {"type": "free_space", "target_avail_ratio": 0.3}},
-        "routes": [{"matchers": ['alertname="DockerDiskPressure"'], "action": "free-disk", "cooldown": "10m"}],
-    }
-    base.update(remediation)
-    return parse_config({"remediation": base})
+from exporter.remediation.alerts import parse_envelope
+from exporter.web.remediation import authorized
+from tests.unit.webhook_support import (
+    BEARER,
+    JSON,
+    TOKEN,
+    AppFactory,
+    RecordedEngine,
+    alert,
+    alerts_total,
+    app_factory_for,
+    body,
+    make_config,
+    requests_total,
+)
 
 
 @pytest.fixture
-async def app_factory(tmp_path: Path, aiohttp_client: Any) -> Any:
-    async def factory(**remediation: Any) -> tuple[TestClient[Any, Any], RemediationService, Clock]:
-        config = make_config(tmp_path, **remediation)
-        registry = CollectorRegistry()
-        engine = NoEngine()
-        metrics = PollMetrics(registry)
-        poller = Poller(engine, config, ImageHistory(None), metrics)
-        refresher = DiskUsageRefresher(engine, poller, config.poll, metrics)
-        clock = Clock()
-        service = RemediationService(
-            config.remediation, engine, poller, registry, disk_usage=refresher, monotonic=clock
-        )
-        app = web.Application(client_max_size=config.remediation.max_body_bytes)
-        app.router.add_routes(service.routes())
-
-        async def lifecycle(_app: web.Application) -> Any:
-            await service.start()
-            yield
-            await service.stop()
-
-        app.cleanup_ctx.append(lifecycle)
-        client = await aiohttp_client(app)
-        return client, service, clock
-
-    return factory
-
-
-def alert(status: str = "firing", **labels: str) -> dict[str, Any]:
-    labels = {"alertname": "DockerDiskPressure", "host": "node-1", **labels}
-    return {
-        "status": status,
-        "labels": labels,
-        "annotations": {},
-        "startsAt": "2024-01-01T00:00:00Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "fingerprint": "fp-" + "-".join(f"{k}={v}" for k, v in sorted(labels.items())),
-    }
-
-
-def body(*alerts: dict[str, Any]) -> bytes:
-    return json.dumps({"version": "4", "status": "firing", "receiver": "r", "alerts": list(alerts)}).encode()
-
-
-def requests_total(service: RemediationService, code: int) -> float:
-    value = service.metrics.webhook_requests.labels(str(code))._value.get()
-    return float(value)
-
-
-def alerts_total(service: RemediationService, status: str, outcome: str) -> float:
-    return float(service.metrics.webhook_alerts.labels(status, outcome)._value.get())
+def app_factory(tmp_path: Path, aiohttp_client: Any) -> AppFactory:
+    return app_factory_for(tmp_path, aiohttp_client)
 
 
 # --------------------------------------------------------------------------------------------- auth
@@ -163,7 +73,7 @@ async def test_token_in_query_string_is_not_accepted(app_factory):
 
 async def test_basic_auth_and_bearer_both_work(app_factory):
     client, _, _ = await app_factory()
-    basic = {"Authorization": "Basic " + base64.b64encode(b"am:pw").decode()}
+    basic = {"Authorization": "Basic " + base64.b64encode(b"am:pw").decode(), **JSON}
     for headers in (BEARER, basic):
         resp = await client.post("/webhook/alertmanager", data=body(alert(status="resolved")), headers=headers)
         assert resp.status == 200
@@ -225,10 +135,10 @@ async def test_bodies_that_can_never_succeed(app_factory, payload, status):
     assert not service.executor.is_running("free-disk")
 
 
-def test_parse_webhook_fills_a_missing_fingerprint_stably():
-    one = parse_webhook(b'{"alerts": [{"status": "firing", "labels": {"b": "2", "a": "1"}}]}')
-    two = parse_webhook(b'{"alerts": [{"status": "firing", "labels": {"a": "1", "b": "2"}}]}')
-    assert one[0].fingerprint == two[0].fingerprint
+def test_parse_envelope_fills_a_missing_fingerprint_stably():
+    one = parse_envelope(b'{"alerts": [{"status": "firing", "labels": {"b": "2", "a": "1"}}]}')
+    two = parse_envelope(b'{"alerts": [{"status": "firing", "labels": {"a": "1", "b": "2"}}]}')
+    assert one.alerts[0].fingerprint == two.alerts[0].fingerprint
 
 
 # --------------------------------------------------------------------------------------------- routing
@@ -263,10 +173,14 @@ async def test_routed_alert_while_engine_unreachable_is_503_and_claims_nothing(a
     assert resp.status == 503
 
 
+# Nothing old enough to delete: runs on the recorded engine plan no candidates and end in success.
+NOTHING_TO_DELETE = {"free-disk": {"type": "prune_dangling", "min_age": "3650d"}}
+
+
 async def test_one_run_then_cooldown_then_again(app_factory):
-    """The run itself fails here (no engine: its fresh poll fails); what is tested is the acceptance."""
-    client, service, clock = await app_factory()
-    service.poller.up = True  # pretend the last poll succeeded, so the webhook accepts work
+    """A successful run starts the cooldown; inside it deliveries say how long is left, after it one runs again."""
+    client, service, clock = await app_factory(RecordedEngine(), actions=NOTHING_TO_DELETE)
+    await service.poller.poll_once()
     resp = await client.post("/webhook/alertmanager", data=body(alert(), alert(severity="x")), headers=BEARER)
     assert resp.status == 200
     answer = await resp.json()
@@ -277,12 +191,13 @@ async def test_one_run_then_cooldown_then_again(app_factory):
     assert run["trigger"] == "alert" and sorted(run["alert_fingerprints"]) == sorted(
         a["fingerprint"] for a in answer["alerts"]
     )
-    assert run["result"] == "failure"
+    assert run["result"] == "success" and run["candidates"] == 0
 
-    service.poller.up = True
     clock.now += 599
     resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
-    assert (await resp.json())["alerts"][0]["outcome"] == "cooldown"
+    cooling = (await resp.json())["alerts"][0]
+    assert cooling["outcome"] == "cooldown"
+    assert cooling["cooldown_remaining_seconds"] == 1.0
     clock.now += 2
     resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
     assert (await resp.json())["alerts"][0]["outcome"] == "routed"

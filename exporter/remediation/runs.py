@@ -1,0 +1,128 @@
+"""The record of a run: what triggered it, its plan, what happened to each image, and how it ended.
+
+Kept apart from the executor (which fills it in) and the service (which starts it), so the HTTP layer, the
+history and the metrics can read a run without depending on how it is executed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from exporter.remediation.planner import Plan, SkipReason
+from exporter.remediation.records import record_json
+from exporter.snapshot import Filesystem
+
+Trigger = Literal["alert", "schedule", "manual"]
+RunResultKind = Literal["success", "partial", "failure", "dry_run"]
+OutcomeKind = Literal["deleted", "untagged", "skipped", "would_delete"]
+
+
+@dataclass
+class Outcome:
+    """What happened to one candidate or skipped image in one run (also its audit line)."""
+
+    image_id: str | None
+    references: tuple[str, ...]
+    size: int
+    size_basis: str
+    reason: str
+    result: OutcomeKind
+    skip_reason: SkipReason | None = None
+    detail: str = ""
+    untagged: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return record_json(self, omit_empty=("skip_reason", "detail", "untagged"))
+
+
+@dataclass
+class Run:
+    """One run of one action: its trigger, plan, outcomes and result; JSON for the API and history."""
+
+    action: str
+    type: str
+    trigger: Trigger
+    dry_run: bool
+    fingerprints: tuple[str, ...] = ()
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    result: RunResultKind | None = None
+    detail: str = ""
+    plan: Plan | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    reclaimed_bytes: int = 0
+    images_deleted: int = 0
+    goal_met: bool | None = None
+    filesystem_after: Filesystem | None = None
+
+    @property
+    def trigger_ref(self) -> list[str] | str:
+        """What the audit log names as the trigger: alert fingerprints, or `schedule` / `manual`."""
+        return list(self.fingerprints) if self.trigger == "alert" else self.trigger
+
+    def shortfall_bytes(self, target_avail_ratio: float | None) -> int | None:
+        """Bytes still missing to reach a free-space target when the run ended (0: met, or no byte goal).
+
+        After deletions the last statvfs counts; a dry run projects from the plan's filesystem plus the
+        candidates it would have deleted. None when the filesystem was never read (e.g. engine unreachable).
+        """
+        if target_avail_ratio is None or self.goal_met:
+            return 0
+        fs = self.filesystem_after or (self.plan.filesystem if self.plan else None)
+        if fs is None or self.plan is None:
+            return None
+        avail = fs.avail
+        if self.dry_run:
+            would = sum(1 for o in self.outcomes if o.result == "would_delete")
+            avail += sum(c.size for c in self.plan.candidates[:would] if c.removes_image)
+        return max(0, math.ceil(target_avail_ratio * fs.size) - avail)
+
+    def summary(self) -> dict[str, Any]:
+        """The bounded form kept in history: counts and what went, not every candidate."""
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.result] = counts.get(o.result, 0) + 1
+        skipped: dict[str, int] = {}
+        for o in self.outcomes:
+            if o.result == "skipped":
+                key = o.skip_reason or "error"
+                skipped[key] = skipped.get(key, 0) + 1
+        data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "action": self.action,
+            "type": self.type,
+            "trigger": self.trigger,
+            "alert_fingerprints": list(self.fingerprints),
+            "dry_run": self.dry_run,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result,
+            "detail": self.detail,
+            "candidates": len(self.plan.candidates) if self.plan else 0,
+            "estimated_bytes": self.plan.estimated_bytes if self.plan else 0,
+            "deleted": [o.to_json() for o in self.outcomes if o.result in ("deleted", "untagged")],
+            "would_delete": [o.to_json() for o in self.outcomes if o.result == "would_delete"],
+            "counts": counts,
+            "skipped_by_reason": skipped,
+            "images_deleted": self.images_deleted,
+            "reclaimed_bytes": self.reclaimed_bytes,
+        }
+        if self.goal_met is not None:
+            data["goal_met"] = self.goal_met
+        if self.filesystem_after is not None:
+            fs = self.filesystem_after
+            data["filesystem_after"] = {"avail": fs.avail, "size": fs.size, "avail_ratio": round(fs.avail_ratio, 6)}
+        return data
+
+    def to_json(self) -> dict[str, Any]:
+        """The full answer for a manual run: the summary plus the plan and every outcome."""
+        data = self.summary()
+        data["plan"] = self.plan.to_json() if self.plan else None
+        data["outcomes"] = [o.to_json() for o in self.outcomes]
+        data["skipped"] = [o.to_json() for o in self.outcomes if o.result == "skipped"]
+        return data

@@ -1,0 +1,245 @@
+"""The remediation HTTP endpoints: the Alertmanager webhook (v4) and the actions API.
+
+Every endpoint goes through one guard (`RemediationEndpoints._endpoint`): authentication before anything
+else (an unauthenticated request never reaches a body parser), one JSON error shape, and one count per
+answer in `docker_webhook_requests_total{code}`. Endpoints that can delete also refuse what a browser can be
+tricked into sending (CSRF): form and text content types (415), a foreign `Origin` (403), and any query
+parameter they do not know (400, so `?dryrun=true` never becomes a real run). The handlers only translate:
+request -> service call -> response; what may run, and when, is the service's decision.
+
+Client errors (bad bytes in a header, undecodable or truncated bodies) are 4xx without a traceback, and
+credentials are never logged: a refused `Authorization` header is described by its scheme at most.
+
+Codes follow what Alertmanager does with them: 2xx delivered (also for alerts we deliberately ignore), 4xx
+never retried within a flush (requests that can never succeed), 5xx retried (the engine is unreachable
+right now, or a relay to a peer failed). A manual run (`POST /api/v1/actions/{name}`) answers synchronously
+with the full plan and result, because an operator asking "what would this delete?" (`?dry_run=true`)
+wants the answer in the response, not in a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Collection
+
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from exporter.config import AuthConfig
+from exporter.remediation.alerts import PayloadError, parse_envelope
+from exporter.remediation.relay import HOP_HEADER
+from exporter.remediation.service import Refused, RemediationService
+
+log = logging.getLogger(__name__)
+
+REALM = "docker-image-exporter"
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+# What an HTML form (or a "simple" cross-origin fetch) can send without a CORS preflight.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+_SCHEME_SHOWN = 16  # characters of an unknown scheme worth logging
+
+
+# --------------------------------------------------------------------------------------------- auth
+
+
+def authorized(header: str | None, auth: AuthConfig) -> bool:
+    """Check an `Authorization` header against the configured bearer token and/or basic auth.
+
+    Constant-time comparisons (hmac.compare_digest) on bytes; only the header counts, never the URL.
+    """
+    if not header:
+        return False
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    scheme = scheme.lower()
+    if scheme == "bearer" and auth.bearer_token is not None:
+        # aiohttp hands over non-UTF-8 header bytes as surrogates: compare those very bytes (never equal)
+        return hmac.compare_digest(value.encode("utf-8", "surrogateescape"), auth.bearer_token.encode())
+    if scheme == "basic" and auth.basic_auth is not None:
+        try:
+            decoded = base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            return False
+        user, sep, password = decoded.partition(b":")
+        expected_user = auth.basic_auth.username.encode()
+        expected_password = auth.basic_auth.password.encode()
+        # evaluate both comparisons, so timing does not reveal which part was wrong
+        user_ok = hmac.compare_digest(user, expected_user)
+        password_ok = hmac.compare_digest(password, expected_password)
+        return bool(sep) and user_ok and password_ok
+    return False
+
+
+def describe_credentials(header: str | None) -> str:
+    """What a log line may say about a refused `Authorization` header: its scheme, never its value."""
+    if not header or not header.strip():
+        return "no Authorization header"
+    scheme = header.strip().partition(" ")[0]
+    if scheme.lower() in ("bearer", "basic"):
+        return f"wrong {scheme.capitalize()} credentials"
+    printable = scheme.isascii() and scheme.isprintable() and len(scheme) <= _SCHEME_SHOWN
+    return f"unsupported scheme {scheme!r}" if printable else "malformed Authorization header"
+
+
+def unauthorized(auth: AuthConfig) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict()
+    if auth.bearer_token is not None:
+        headers.add("WWW-Authenticate", f'Bearer realm="{REALM}"')
+    if auth.basic_auth is not None:
+        headers.add("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
+    return error_response(401, "missing or wrong credentials (Authorization header)", headers)
+
+
+def error_response(status: int, message: str, headers: CIMultiDict[str] | None = None) -> web.Response:
+    return web.json_response({"status": "error", "error": message}, status=status, headers=headers)
+
+
+def refused(refusal: Refused) -> web.Response:
+    return error_response(refusal.status, refusal.message)
+
+
+# --------------------------------------------------------------------------------------------- params
+
+
+def parse_dry_run(value: str | None) -> bool | None:
+    """`?dry_run=` as a bool (None when absent); ValueError for anything else."""
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"dry_run must be true or false, got {value!r}")
+
+
+def check_params(request: web.Request, allowed: Collection[str]) -> str | None:
+    """Why the query string is refused (an unknown or repeated parameter), or None when it is fine."""
+    unknown = sorted({key for key in request.query if key not in allowed})
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        return f"unknown query parameter(s) {', '.join(map(repr, unknown))} (allowed here: {known}); nothing was run"
+    repeated = sorted({key for key in request.query if len(request.query.getall(key)) > 1})
+    if repeated:
+        return f"query parameter(s) {', '.join(map(repr, repeated))} given more than once; nothing was run"
+    return None
+
+
+def check_cross_site(request: web.Request) -> web.Response | None:
+    """Refuse what a browser on another site could send on an operator's behalf (403/415), else None.
+
+    Alertmanager and API clients send JSON and no `Origin`; an HTML form cannot send `application/json`, and
+    a script on another origin that tries needs a CORS preflight, which this server never grants.
+    """
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and origin.lower() != f"{request.scheme}://{request.host}".lower():
+        return error_response(403, f"cross-origin request refused (Origin {origin!r} is not this exporter)")
+    declared = hdrs.CONTENT_TYPE in request.headers
+    mime = request.content_type
+    if declared and mime in _FORM_TYPES:
+        return error_response(415, f"Content-Type {mime} is not accepted: send application/json")
+    if request.body_exists and (not declared or mime != "application/json"):
+        shown = mime if declared else "none"
+        return error_response(415, f"a body needs Content-Type: application/json (got {shown})")
+    return None
+
+
+# --------------------------------------------------------------------------------------------- endpoints
+
+
+class RemediationEndpoints:
+    """The routes of the remediation API, bound to one service; registered by the app factory."""
+
+    def __init__(self, service: RemediationService) -> None:
+        self.service = service
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/webhook/alertmanager", self._endpoint(self.webhook, params=())),
+            web.get("/api/v1/actions", self._endpoint(self.list_actions)),
+            web.post("/api/v1/actions/{name}", self._endpoint(self.run_action, params=("dry_run",))),
+        ]
+
+    def _endpoint(self, handle: Handler, *, params: Collection[str] | None = None) -> Handler:
+        """Authenticate, answer errors as JSON, and count every answer by status code.
+
+        `params` marks an endpoint that can delete: only those query parameters are allowed, and the
+        cross-site checks apply. None: a read-only endpoint.
+        """
+        auth = self.service.config.auth
+
+        async def endpoint(request: web.Request) -> web.Response:
+            try:
+                response = await guarded(request)
+            except web.HTTPRequestEntityTooLarge:
+                response = error_response(413, f"body larger than {self.service.config.max_body_bytes} bytes")
+            except web.HTTPException as exc:
+                response = error_response(exc.status, exc.reason)
+            except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+                response = error_response(400, f"cannot read the body: {str(exc).strip()}")
+                # the rest of the body is unreadable: close after answering, and stop aiohttp from draining it
+                # afterwards (that drain would raise the same error again and log it as unhandled)
+                response.force_close()
+                request.content.feed_eof()
+            except ConnectionResetError:  # the client hung up mid-body: nobody to answer, nothing to log
+                response = error_response(400, "the client closed the connection before the body ended")
+            except Exception:
+                log.exception("remediation endpoint %s failed", request.path)
+                response = error_response(500, "internal error (see the exporter log)")
+            self.service.metrics.webhook_requests.labels(str(response.status)).inc()
+            return response
+
+        async def guarded(request: web.Request) -> web.Response:
+            header = request.headers.get(hdrs.AUTHORIZATION)
+            if not authorized(header, auth):
+                log.info("%s %s refused: %s", request.method, request.path, describe_credentials(header))
+                return unauthorized(auth)
+            if params is not None:
+                refusal = check_cross_site(request)
+                if refusal is not None:
+                    return refusal
+                problem = check_params(request, params)
+                if problem is not None:
+                    return error_response(400, problem)
+            return await handle(request)
+
+        return endpoint
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """`POST /webhook/alertmanager`: validate, then let the service route, claim and relay."""
+        body = await request.read()
+        try:
+            envelope = parse_envelope(body)
+        except PayloadError as exc:
+            return error_response(exc.status, str(exc))
+        result = await self.service.accept_delivery(
+            envelope, request.headers["Authorization"], request.headers.get(HOP_HEADER)
+        )
+        if isinstance(result, Refused):
+            return refused(result)
+        return web.json_response(result.to_json(), status=200 if result.ok else 502)
+
+    async def list_actions(self, _request: web.Request) -> web.Response:
+        """`GET /api/v1/actions`: configured actions and the recent runs, newest first."""
+        return web.json_response(self.service.describe())
+
+    async def run_action(self, request: web.Request) -> web.Response:
+        """`POST /api/v1/actions/{name}?dry_run=true|false`: run now and answer with plan and result.
+
+        404 unknown action, 409 already running, 503 engine unreachable. A global `dry_run: true` wins over
+        `?dry_run=false`.
+        """
+        try:
+            requested = parse_dry_run(request.query.get("dry_run"))
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        result = await self.service.run_manual(request.match_info["name"], requested)
+        if isinstance(result, Refused):
+            return refused(result)
+        return web.json_response(result.to_json())
