@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -79,6 +79,11 @@ def parse_timezone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)  # ZoneInfo caches instances by name
     except (ZoneInfoNotFoundError, ValueError) as exc:
+        if not available_timezones():
+            raise ValueError(
+                f"cannot use timezone {name!r}: this system has no timezone database "
+                "(install the tzdata package, or use UTC)"
+            ) from exc
         raise ValueError(f"unknown timezone {name!r}: expected an IANA name like Europe/Berlin or UTC") from exc
 
 

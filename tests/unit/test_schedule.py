@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import sys
+import zoneinfo
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -157,6 +161,32 @@ def test_dst_fall_back_from_inside_the_repeated_hour_answers_a_later_time() -> N
     start = ts(2026, 10, 25, 2, 15, tz=BERLIN, fold=1)
     assert local(start) == "2026-10-25T02:15:00+01:00"
     assert local(daily.next_after(start)) == "2026-10-26T02:30:00+01:00"
+
+
+def test_wildcard_hours_follow_elapsed_time_through_dst() -> None:
+    """Only fixed-time jobs get the once-a-day treatment; `30 * * * *` stays hourly through the change."""
+    hourly = parse_schedule("30 * * * *", "Europe/Berlin")
+    runs = occurrences(hourly, ts(2026, 10, 25, 0, tz=BERLIN), 5)
+    assert [b - a for a, b in itertools.pairwise(runs)] == [HOUR] * 4
+    assert local(runs[2]) == "2026-10-25T02:30:00+02:00" and local(runs[3]) == "2026-10-25T02:30:00+01:00"
+
+
+@pytest.fixture
+def no_timezone_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A system without /usr/share/zoneinfo and without the tzdata package (as on some slim images)."""
+    monkeypatch.setitem(sys.modules, "tzdata", None)  # makes `import tzdata` fail
+    zoneinfo.reset_tzpath(to=[])
+    zoneinfo.ZoneInfo.clear_cache()
+    yield
+    zoneinfo.reset_tzpath()
+    zoneinfo.ZoneInfo.clear_cache()
+
+
+@pytest.mark.usefixtures("no_timezone_database")
+def test_no_timezone_database_is_named_as_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"no timezone database .*tzdata"):
+        parse_timezone("Europe/Berlin")
+    assert parse_schedule("0 3 * * SUN").next_after(ts(2026, 11, 25)) == ts(2026, 11, 29, 3)  # UTC needs none
 
 
 @settings(max_examples=40, deadline=None)
@@ -456,7 +486,7 @@ def test_interval_restarts_never_shorten_or_stretch_the_interval(
     schedule: Interval, start: int, plan: list[tuple[int, int, bool]]
 ) -> None:
     timeline = simulate(schedule, start, plan)
-    for earlier, later in zip(timeline.runs, timeline.runs[1:], strict=False):
+    for earlier, later in itertools.pairwise(timeline.runs):
         assert later - earlier >= schedule.seconds
     # While up, a run follows the last one (or the first start) by one interval, or at once if overdue.
     anchor: float | None = None
