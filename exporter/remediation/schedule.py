@@ -25,10 +25,13 @@ Cron library: `cronsim` (Healthchecks.io's evaluator, PyPI `cronsim` 2.8, releas
   is exactly the double run this module must not cause;
 - it has no dependencies (croniter needs python-dateutil) and ships `py.typed`, so mypy strict checks
   our calls without an override;
-- it is small (one 560-line module) and fuzz-tested against Debian cron by its author.
+- it is small (one 560-line module) and accepts little beyond cron's grammar (a seconds field and a
+  few Quartz-style day forms), where croniter also takes year fields and `R` (random) and `H` (hashed)
+  values that we would have to refuse one by one.
 Its grammar is standard cron (numbers, names like SUN/JAN, ranges, lists, steps; 0 and 7 are Sunday;
 day-of-month and day-of-week combine with OR when both are restricted) plus `L`, `LW`, `5L` (last
-Friday) and `5#2` (second Friday) in the day fields. It also accepts a sixth (seconds) field, which we refuse: five fields only.
+Friday) and `5#2` (second Friday) in the day fields. It also accepts a sixth (seconds) field, which
+we refuse: five fields only.
 
 `@reboot` is refused (it is not a calendar time). `@hourly`, `@daily`, `@weekly`, `@monthly` and
 `@yearly` are refused too, because cronsim does not map them and we do not keep a parser of our own;
@@ -118,18 +121,17 @@ class Cron:
 
     def __post_init__(self) -> None:
         zone = parse_timezone(self.tz)
-        fields = self.expr.split()
-        if self.expr.strip().lower() == "@reboot":
+        text = self.expr.strip()
+        if text.lower() == "@reboot":
             raise ValueError("@reboot is not supported: a schedule must name calendar times")
-        if self.expr.strip().lower() in _NICKNAMES:
-            nickname = self.expr.strip().lower()
-            raise ValueError(f"{nickname} is not supported: write the five fields {_NICKNAMES[nickname]!r} instead")
-        if self.expr.strip().startswith("@"):
-            raise ValueError(f"unknown schedule {self.expr.strip()!r}: write a duration like 24h or five cron fields")
-        if len(fields) != 5:
+        if text.lower() in _NICKNAMES:
+            raise ValueError(f"{text} is not supported: write the five fields {_NICKNAMES[text.lower()]!r} instead")
+        if text.startswith("@"):
+            raise ValueError(f"unknown schedule {text!r}: write a duration like 24h or five cron fields")
+        if len(text.split()) != 5:
             raise ValueError(
                 f"a cron schedule needs exactly five fields (minute hour day-of-month month day-of-week), "
-                f"got {len(fields)} in {self.expr!r}"
+                f"got {len(text.split())} in {self.expr!r}"
             )
         try:
             CronSim(self.expr, datetime(2000, 1, 1, tzinfo=zone))
