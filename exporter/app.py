@@ -25,6 +25,7 @@ from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics, register_runtime_metrics
+from exporter.web.basicauth import BasicAuthGate, gate_middlewares
 from exporter.web.landing import render_landing
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,18 @@ def create_app(
     telemetry_path: str = "/metrics",
     engine: Engine | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    basic_auth: BasicAuthGate | None = None,
 ) -> web.Application:
     """App factory: tests pass their own config and engine; `cli` passes the real ones.
 
-    `headers` (from `--web.config.file`) go on every response, errors included.
+    `headers` (from `--web.config.file`) go on every response, errors included; `basic_auth` (its users)
+    guards every path but the remediation routes, which check their own credentials.
     """
     services = Services(config, docker_host, engine)
-    app = web.Application(client_max_size=config.remediation.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.remediation.max_body_bytes,
+        middlewares=gate_middlewares(basic_auth, services.remediation.routes() if services.remediation else ()),
+    )
     app[SERVICES] = services
     if headers:
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import LEVELS, setup_logging
+from exporter.web.basicauth import basic_auth_gate
 from exporter.web.tls import server_context
 from exporter.web.webconfig import load_web_config
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--web.config.file",
         dest="web_config_file",
-        help="exporter-toolkit web config: TLS (with client certificates) and response headers",
+        help="exporter-toolkit web config: TLS (with client certificates), basic auth users and response headers",
     )
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", help="metrics path")
     p.add_argument(
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config_file)
         web_config = load_web_config(args.web_config_file)
         ssl_context = server_context(web_config)  # loads the certificates now: a bad pair stops startup
+        basic_auth = basic_auth_gate(web_config)
     except ConfigError as exc:
         print(f"docker-image-exporter: {exc}", file=sys.stderr)
         return 1
@@ -94,6 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         docker_host or "default socket",
         "enabled" if config.remediation.enabled else "disabled",
     )
-    app = create_app(config, docker_host=docker_host, telemetry_path=args.telemetry_path, headers=web_config.headers)
+    app = create_app(
+        config,
+        docker_host=docker_host,
+        telemetry_path=args.telemetry_path,
+        headers=web_config.headers,
+        basic_auth=basic_auth,
+    )
     web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None, shutdown_timeout=10)
     return 0
