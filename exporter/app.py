@@ -26,6 +26,7 @@ from exporter.poller import Poller
 from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics, register_runtime_metrics
+from exporter.web.basicauth import BasicAuthGate, gate_middlewares
 from exporter.web.landing import render_landing
 from exporter.web.relay import RelayClient
 from exporter.web.remediation import RemediationEndpoints
@@ -101,13 +102,19 @@ def create_app(
     telemetry_path: str = "/metrics",
     engine: Engine | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    basic_auth: BasicAuthGate | None = None,
 ) -> web.Application:
     """App factory: tests pass their own config and engine; `cli` passes the real ones.
 
-    `headers` (from `--web.config.file`) go on every response, errors included.
+    `headers` (from `--web.config.file`) go on every response, errors included; `basic_auth` (its users)
+    guards every path but the remediation routes, which check their own credentials.
     """
     services = Services(config, docker_host, engine)
-    app = web.Application(client_max_size=config.remediation.max_body_bytes)
+    endpoints = RemediationEndpoints(services.remediation) if services.remediation is not None else None
+    app = web.Application(
+        client_max_size=config.remediation.max_body_bytes,
+        middlewares=gate_middlewares(basic_auth, endpoints.routes() if endpoints is not None else ()),
+    )
     if headers:
 
         async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
@@ -145,6 +152,6 @@ def create_app(
     app.router.add_get(telemetry_path, metrics_handler)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
-    if services.remediation is not None:
-        app.router.add_routes(RemediationEndpoints(services.remediation).routes())
+    if endpoints is not None:
+        app.router.add_routes(endpoints.routes())
     return app

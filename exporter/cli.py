@@ -15,6 +15,7 @@ from exporter import __build_date__, __revision__, __version__
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import LEVELS, setup_logging
 from exporter.units import parse_duration
+from exporter.web.basicauth import basic_auth_gate
 from exporter.web.server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_READ_HEADER_TIMEOUT,
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--web.config.file",
         dest="web_config_file",
-        help="exporter-toolkit web config: TLS (with client certificates) and response headers",
+        help="exporter-toolkit web config: TLS (with client certificates), basic auth users and response headers",
     )
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", help="metrics path")
     p.add_argument(
@@ -155,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config_file)
         web_config = load_web_config(args.web_config_file)
         ssl_context = server_context(web_config)  # loads the certificates now: a bad pair stops startup
+        basic_auth = basic_auth_gate(web_config)
     except ConfigError as exc:
         print(f"docker-image-exporter: {exc}", file=sys.stderr)
         return 1
@@ -182,7 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = plain_http_warning(host, port, tls=ssl_context is not None, remediation=config.remediation.enabled)
     if warning:
         log.warning("%s", warning)
-    app = create_app(config, docker_host=docker_host, telemetry_path=args.telemetry_path, headers=web_config.headers)
+    app = create_app(
+        config,
+        docker_host=docker_host,
+        telemetry_path=args.telemetry_path,
+        headers=web_config.headers,
+        basic_auth=basic_auth,
+    )
     limits = ListenerLimits(max_connections=args.max_connections, read_header_timeout=args.read_header_timeout)
     try:
         asyncio.run(serve(app, host=host, port=port, ssl_context=ssl_context, limits=limits))

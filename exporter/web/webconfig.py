@@ -7,10 +7,11 @@ exporter-toolkit keys we do not implement are refused by name with the reason, n
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PlainValidator, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from exporter.config.errors import ConfigError, keyed, problems_from
@@ -30,6 +31,9 @@ SECURITY_HEADERS = (
     "Content-Security-Policy",
 )
 _UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert")
+#: The bcrypt hashes both exporter-toolkit (Go's x/crypto/bcrypt) and Python's bcrypt verify: version 2a, 2b
+#: or 2y, a two-digit cost from 04 to 31, then 22 characters of salt and 31 of hash.
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
 class _Unsupported:
@@ -56,6 +60,19 @@ def _client_auth(value: Any) -> Any:
             "use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
         )
     return value
+
+
+def _bcrypt_hash(value: Any) -> str:
+    # the value is never echoed: a hash is a secret's stand-in, and a mistyped one may be a password
+    if not isinstance(value, str) or not _BCRYPT_HASH.fullmatch(value):
+        raise ValueError(
+            "is not a bcrypt hash: want $2y$ (or $2a$/$2b$), a cost 04-31, $ and 53 characters, "
+            "as `htpasswd -nBC 10 USER` prints after the colon"
+        )
+    return value
+
+
+BcryptHash = Annotated[str, PlainValidator(_bcrypt_hash)]
 
 
 class TLSServerConfig(Model):
@@ -112,14 +129,16 @@ class WebConfig(Model):
     """HTTPS, optionally with client certificates."""
     http: HTTPServerConfig = Field(default_factory=HTTPServerConfig, alias="http_server_config")
     """HTTP response settings."""
-    basic_auth_users: Annotated[
-        Any,
-        SkipJsonSchema(),
-        _refuse(
-            "is not supported (bcrypt is not a dependency): use TLS client certificates "
-            "(client_auth_type: RequireAndVerifyClientCert) or a proxy; the webhook has its own remediation.auth"
-        ),
-    ] = None
+    basic_auth_users: Mapping[StrictStr, BcryptHash] = Field(default_factory=dict)
+    """User name -> bcrypt hash; when set, every path needs one of these users (see exporter.web.basicauth)."""
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _sendable_names(cls, users: Mapping[str, str]) -> Mapping[str, str]:
+        for name in users:
+            if not name or ":" in name:  # basic auth splits user from password at the first ':'
+                raise keyed((name,), "a user name must be non-empty and without ':' to be sent in basic auth")
+        return users
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:

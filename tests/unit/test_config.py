@@ -213,7 +213,7 @@ def test_web_config_accepts_the_exporter_toolkit_subset(tmp_path: Path) -> None:
         ({"cipher_suites": ["TLS_AES_128_GCM_SHA256"]}, {}, "tls_server_config.cipher_suites: is not supported"),
         ({"key_file": "/nonexistent/k.pem"}, {}, "tls_server_config.key_file: cannot read /nonexistent/k.pem"),
         ({"certfile": "typo"}, {}, "tls_server_config.certfile: unknown key"),
-        (None, {"basic_auth_users": {"p": "h"}}, "basic_auth_users: is not supported"),
+        (None, {"basic_auth_users": {"p": "h"}}, "basic_auth_users.p: is not a bcrypt hash"),
         (None, {"http_server_config": {"headers": {"Server": "x"}}}, "http_server_config.headers.Server: not settable"),
         (None, {"http_server_config": {"http2": True}}, "http_server_config.http2: is not supported"),
     ],

@@ -1,0 +1,203 @@
+"""`basic_auth_users` in `--web.config.file`: the whole app behind the gate, and the remediation endpoints
+behind their own credentials only.
+
+No engine is needed (the exporter answers with `docker_up 0` while its engine is down), so the app runs
+against a dead socket: in-process through aiohttp's test client, and once as the real `python -m exporter`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient
+
+from exporter.app import create_app
+from exporter.config import parse_config
+from exporter.web.basicauth import BasicAuthGate
+from tests.harness.dockerd import free_port, remove_workdir, short_workdir
+from tests.harness.exporter import REPO_ROOT, ExporterProcess
+
+TOKEN = "remediation-token-0123456789"
+PROM_PASSWORD = "scrape-secret"
+PROM_HASH = bcrypt.hashpw(PROM_PASSWORD.encode(), bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$", 1)
+DEAD = "unix:///nonexistent/basic-auth-tests.sock"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+PROM = basic("prometheus", PROM_PASSWORD)
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def remediation(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "auth": {"bearer_token": TOKEN},
+        "audit_log": str(tmp_path / "audit.jsonl"),
+        "actions": {"clean": {"type": "prune_dangling"}},
+        "routes": [{"matchers": ['alertname="DockerDanglingImagesPiling"'], "action": "clean"}],
+    }
+
+
+def alertmanager_body() -> bytes:
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "resolved",
+            "receiver": "exporter",
+            "groupKey": "{}:{}",
+            "truncatedAlerts": 0,
+            "groupLabels": {},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://am",
+            "alerts": [],
+        }
+    ).encode()
+
+
+@pytest.fixture
+async def client(tmp_path: Path, aiohttp_client: Any) -> tuple[TestClient[Any, Any], BasicAuthGate]:
+    config = parse_config({"state": {"path": None}, "remediation": remediation(tmp_path)})
+    gate = BasicAuthGate({"prometheus": PROM_HASH})
+    app = create_app(
+        config, docker_host=DEAD, headers=[("X-Frame-Options", "deny")], basic_auth=gate, telemetry_path="/metrics"
+    )
+    return await aiohttp_client(app), gate
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/-/healthy", "/-/ready", "/no-such-page"])
+async def test_every_path_needs_a_configured_user(
+    client: tuple[TestClient[Any, Any], BasicAuthGate], path: str
+) -> None:
+    http, _gate = client
+    for headers in ({}, basic("prometheus", "wrong"), basic("nobody", PROM_PASSWORD), BEARER):
+        resp = await http.get(path, headers=headers)
+        assert resp.status == 401, (path, headers)
+        assert resp.headers["WWW-Authenticate"].startswith("Basic ")
+        assert resp.headers["X-Frame-Options"] == "deny"  # the configured headers are on refusals too
+        assert "docker_" not in await resp.text()
+    resp = await http.get(path, headers=PROM)
+    assert resp.status == (404 if path == "/no-such-page" else 503 if path == "/-/ready" else 200)
+
+
+async def test_scrapes_pay_bcrypt_once(client: tuple[TestClient[Any, Any], BasicAuthGate]) -> None:
+    http, gate = client
+    for _ in range(5):
+        resp = await http.get("/metrics", headers=PROM)
+        assert resp.status == 200
+        assert "docker_up 0.0" in await resp.text()
+    assert gate.bcrypt_checks == 1
+
+
+async def test_remediation_endpoints_take_their_own_credentials_only(
+    client: tuple[TestClient[Any, Any], BasicAuthGate],
+) -> None:
+    """Alertmanager sends one Authorization header (its bearer token): the outer gate lets it through to the
+    webhook, whose own check is the one that counts. A scrape user cannot trigger deletions."""
+    http, gate = client
+    body = alertmanager_body()
+    resp = await http.post("/webhook/alertmanager", data=body, headers=BEARER)
+    assert resp.status == 200, await resp.text()
+    assert (await http.get("/api/v1/actions", headers=BEARER)).status == 200
+    for headers in ({}, PROM):  # no credential, or the scrape user's: refused by remediation.auth itself
+        resp = await http.post("/webhook/alertmanager", data=body, headers=headers)
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+        assert (await http.get("/api/v1/actions", headers=headers)).status == 401
+        assert (await http.post("/api/v1/actions/clean", headers=headers)).status == 401
+    assert gate.bcrypt_checks == 0  # none of these went through the gate
+    # a remediation path with a method no remediation route has is not exempt: the gate answers first
+    resp = await http.get("/webhook/alertmanager", headers=BEARER)
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Basic ")
+    assert (await http.get("/webhook/alertmanager", headers=PROM)).status == 405
+
+
+async def test_without_users_nothing_changes(tmp_path: Path, aiohttp_client: Any) -> None:
+    config = parse_config({"state": {"path": None}})
+    http = await aiohttp_client(create_app(config, docker_host=DEAD))
+    assert (await http.get("/metrics")).status == 200
+    assert (await http.get("/-/healthy")).status == 200
+
+
+# ------------------------------------------------------------------------------------------ the real process
+
+
+class AuthenticatedExporter(ExporterProcess):
+    """The harness's exporter process, sending `authorization` with every request it makes (health included)."""
+
+    def __init__(self, *args: Any, authorization: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.authorization = authorization
+
+    def _status(self, path: str) -> int | None:
+        try:
+            return self.request("GET", path, timeout=5)[0]
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, bytes]:
+        return super().request(method, path, body, {**self.authorization, **(headers or {})}, timeout)
+
+
+def test_the_exporter_process_serves_behind_basic_auth(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": PROM_HASH}}))
+    workdir = short_workdir("die-bauth-")
+    exp = AuthenticatedExporter(
+        workdir,
+        f"unix:///tmp/die-dead-{free_port()}.sock",
+        {"state": {"path": str(tmp_path / "s.json")}, "remediation": remediation(tmp_path)},
+        extra_args=["--web.config.file", str(web)],
+        authorization=PROM,
+    )
+    try:
+        exp.start()  # healthy, seen with the credentials
+        assert "docker_up 0.0" in exp.get("/metrics")
+        for path in ("/metrics", "/-/healthy"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(exp.url + path, timeout=10)
+            assert refused.value.code == 401
+            assert refused.value.headers["WWW-Authenticate"].startswith("Basic ")
+        status, _ = exp.request("POST", "/webhook/alertmanager", alertmanager_body(), headers=BEARER)
+        assert status == 200
+        assert "basic auth required on every path but the remediation endpoints (1 users)" in exp.logs()
+    finally:
+        exp.stop()
+        remove_workdir(workdir)
+
+
+def test_a_bad_hash_stops_startup_naming_the_user(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": PROM_HASH, "grafana": "plain-password"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--web.config.file", str(web), "--config.check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "basic_auth_users.grafana: is not a bcrypt hash" in result.stderr
+    assert "plain-password" not in result.stderr
