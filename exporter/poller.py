@@ -21,6 +21,7 @@ from typing import Any
 from exporter import apishapes
 from exporter.config import Config
 from exporter.engine import Engine, EngineError
+from exporter.hints import engine_error_hint
 from exporter.history import ImageHistory
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, Snapshot
@@ -35,6 +36,12 @@ def read_filesystem(path: str) -> Filesystem:
     """statvfs of the engine's data root: what `df` shows, in bytes (avail = space for non-root)."""
     st = os.statvfs(path)
     return Filesystem(path=path, size=st.f_blocks * st.f_frsize, avail=st.f_bavail * st.f_frsize)
+
+
+def _hint(exc: Exception) -> str:
+    """What to do about an engine error, appended to its log line (the landing page shows the same hint)."""
+    hint = engine_error_hint(str(exc))
+    return f"; {hint}" if hint else ""
 
 
 class Poller:
@@ -112,7 +119,9 @@ class Poller:
         except EngineError as exc:
             if self._logged_up is not False:
                 served = "serving the last snapshot" if self.snapshot else "no snapshot yet, /-/ready answers 503"
-                log.warning("engine %s unreachable or failing (%s); retrying: %s", self.engine.where, served, exc)
+                log.warning(
+                    "engine %s unreachable or failing (%s); retrying: %s%s", self.engine.where, served, exc, _hint(exc)
+                )
                 self._logged_up = False
             self.up = False
             return

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter import apishapes
 from exporter.config import parse_config
+from exporter.engine import EngineUnavailable
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
@@ -85,6 +88,21 @@ async def test_an_outage_keeps_the_last_snapshot_and_names_the_stage(make_poller
     recorded.failing = set()
     second = await poller.poll_once()
     assert poller.up and poller.last_error is None and second is not first
+
+
+async def test_the_outage_log_line_says_what_to_do(
+    make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    poller, recorded, _ = make_poller()
+
+    async def denied() -> Any:
+        raise EngineUnavailable("('Connection aborted.', PermissionError(13, 'Permission denied'))")
+
+    monkeypatch.setattr(recorded, "version_and_info", denied)
+    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+        await poller.poll_once()
+    [line] = [r.getMessage() for r in caplog.records if "unreachable or failing" in r.getMessage()]
+    assert "Permission denied" in line and "add the user to the docker group" in line
 
 
 async def test_no_snapshot_while_the_engine_was_never_reached(make_poller: PollerFactory) -> None:
