@@ -55,8 +55,10 @@ dashboards: venv
 	$(BIN)/python -m dashboards.generate
 	$(MAKE) helm-assets
 
-## helm-assets: copy dashboards and rules into the chart (Helm reads only files inside it); tests fail on drift
+## helm-assets: regenerate docs/config.schema.json, copy it, the dashboards and the rules into the chart
+## (Helm reads only files inside it); tests fail on drift
 helm-assets: venv
+	$(BIN)/python -m exporter.config.schema
 	$(BIN)/python scripts/sync-helm-assets.py
 
 ## bench: benchmarks against a private engine; results land in benchmarks/results/

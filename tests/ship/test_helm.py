@@ -27,7 +27,7 @@ helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (i
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
 from alerts.render import DEFAULT_THRESHOLDS, render_rules  # noqa: E402
-from exporter.config import parse_config  # noqa: E402
+from exporter.config import ConfigError, parse_config  # noqa: E402
 from exporter.web.webconfig import parse_web_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +146,31 @@ def test_lint_is_clean(scenario: str) -> None:
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
         chart.validate_schema(values)
+
+
+@pytest.mark.parametrize(
+    ("config", "where"),
+    [
+        ({"poll": {"intervall": "30s"}}, "intervall"),  # a typo: the exporter would refuse to start
+        ({"poll": {"interval": 30}}, "interval"),  # a bare number is no duration
+        ({"remediation": {"actions": {"x": {"type": "prune_everything"}}}}, "type"),
+        ({"remediation": {"actions": {"x": {"type": "keep_last"}}}}, "keep"),  # keep_last without keep
+        ({"remediation": {"dry_run": "yes"}}, "dry_run"),
+    ],
+)
+def test_chart_refuses_a_config_value_the_exporter_would_refuse(config: dict[str, Any], where: str) -> None:
+    """values.schema.json embeds docs/config.schema.json: a bad `config` fails at `helm install`, not in the pod."""
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as refused:
+        chart.validate_schema({**scenario_values("default"), "config": config})
+    assert where in str(refused.value)
+    with pytest.raises(ConfigError):
+        parse_config(config)
+
+
+def test_chart_accepts_the_config_values_of_every_scenario() -> None:
+    with helm.Chart.load(CHART) as chart:
+        for scenario in SCENARIOS:
+            chart.validate_schema(scenario_values(scenario))
 
 
 @pytest.mark.parametrize(
@@ -766,9 +791,10 @@ def test_drift_check_notices_a_changed_copy(tmp_path: Path, monkeypatch: pytest.
     files = sync.expected_files()
     fake_chart = tmp_path / "files"
     for path, content in files.items():
-        target = fake_chart / path.relative_to(sync.FILES)
+        target = tmp_path / path.relative_to(sync.CHART)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
+    monkeypatch.setattr(sync, "VALUES_SCHEMA", tmp_path / "values.schema.json")
     monkeypatch.setattr(sync, "RULES_DST", fake_chart / "alerts" / "rules.yaml")
     monkeypatch.setattr(sync, "DEFAULTS_DST", fake_chart / "alerts" / "default-thresholds.yaml")
     monkeypatch.setattr(sync, "DASHBOARDS_DST", fake_chart / "dashboards")
@@ -779,8 +805,11 @@ def test_drift_check_notices_a_changed_copy(tmp_path: Path, monkeypatch: pytest.
     rules.write_text(rules.read_text().replace("for: '@@str:disk_for@@'", "for: 5m", 1))
     stale = fake_chart / "dashboards" / "removed-upstream.json"
     stale.write_text("{}")
+    schema = tmp_path / "values.schema.json"
+    schema.write_text(schema.read_text().replace('"disk_usage_interval"', '"x"', 1))
     problems = sync.drift()
     assert any("rules.yaml" in p for p in problems) and any("removed-upstream.json" in p for p in problems)
+    assert any("values.schema.json" in p for p in problems)
 
 
 def _walk(obj: Any) -> Iterator[str]:
