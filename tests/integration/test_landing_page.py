@@ -256,6 +256,7 @@ def test_chromium_screenshot_of_the_landing_page(loaded_dockerd, exporter_factor
             "--no-sandbox",
             "--disable-gpu",
             "--hide-scrollbars",
+            "--disable-dev-shm-usage",  # containers often have a 64 MiB /dev/shm
             f"--user-data-dir={profile}",
             f"--screenshot={shot}",
             "--window-size=1280,2000",
