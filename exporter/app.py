@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 #: `/?refresh=N` bounds: a page that reloads every second would be a scrape loop of its own.
 MIN_REFRESH_SECONDS = 5
 MAX_REFRESH_SECONDS = 3600
+REFRESH_RE = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also admits "²", which int() refuses
 
 
 class Services:
@@ -138,7 +140,7 @@ def create_app(
         refresh = request.query.get("refresh")
         refresh_seconds = None
         if refresh is not None:
-            if not refresh.isdigit() or not MIN_REFRESH_SECONDS <= int(refresh) <= MAX_REFRESH_SECONDS:
+            if not REFRESH_RE.fullmatch(refresh) or not MIN_REFRESH_SECONDS <= int(refresh) <= MAX_REFRESH_SECONDS:
                 raise web.HTTPBadRequest(
                     text=f"refresh must be whole seconds from {MIN_REFRESH_SECONDS} to {MAX_REFRESH_SECONDS}, "
                     f"got {refresh!r}\n"

@@ -58,7 +58,10 @@ def _when(timestamp: float | None, now: float, *, future: bool = False, metric: 
     """UTC time with how long ago (or until); `-` when unknown."""
     if timestamp is None:
         return '<span class="muted">-</span>'
-    text = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    try:
+        text = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    except (OverflowError, OSError, ValueError):  # e.g. a corrupt audit line's `ts`: show it, do not fail
+        return f'<span class="muted">{esc(repr(timestamp))}</span>'
     delta = rough_duration(abs(timestamp - now))
     relative = f"in {delta}" if future else f"{delta} ago"
     attrs = f' data-metric="{esc(metric)}"' if metric else ""

@@ -188,7 +188,7 @@ def test_landing_page_numbers_equal_metrics_and_engine_text_is_escaped(loaded_do
 
 def test_bad_refresh_is_refused_and_a_good_one_sets_the_meta_tag(loaded_dockerd, exporter_factory, tmp_path):
     exp = exporter_factory(loaded_dockerd.engine, {"state": {"path": str(tmp_path / "state.json")}})
-    for bad in ("1", "abc", "99999", "-5"):
+    for bad in ("1", "abc", "99999", "-5", "%C2%B2", "30.5"):
         status, body = exp.request("GET", f"/?refresh={bad}")
         assert status == 400 and b"refresh must be whole seconds" in body, bad
     page = exp.get("/?refresh=30")

@@ -141,6 +141,12 @@ def test_last_run_shows_result_time_and_bytes_freed() -> None:
     assert "data-next-run" not in text
 
 
+def test_absurd_audit_timestamps_are_shown_not_fatal() -> None:
+    audit = AuditTail(({"ts": 1e300, "event": "run_end"}, {"ts": float("nan"), "event": "x"}, {"ts": "soon"}))
+    text = page(snapshot(), remediation=True, audit=audit)
+    assert "1e+300" in text and "nan" in text and text.count('class="audit"') == 3
+
+
 def test_no_snapshot_yet() -> None:
     text = page(None, up=False)
     assert "No snapshot of the engine yet." in text and "DOWN" in text
