@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests run for real (dockerd, Prometheus, Alertmanager, a registry,
-# mmdebstrap; openssl for TLS test certificates; chromium for the landing-page screenshot). Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
+# mmdebstrap; openssl for TLS test certificates; Debian's chromium for the landing-page screenshot).
+# Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
 set -euo pipefail
 declare -A need=(
   [dockerd]=docker.io
