@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -32,6 +33,11 @@ from exporter.web.relay import RelayClient
 from exporter.web.remediation import RemediationEndpoints
 
 log = logging.getLogger(__name__)
+
+#: `/?refresh=N` bounds: a page that reloads every second would be a scrape loop of its own.
+MIN_REFRESH_SECONDS = 5
+MAX_REFRESH_SECONDS = 3600
+REFRESH_RE = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also admits "²", which int() refuses
 
 
 class Services:
@@ -129,14 +135,29 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     metrics_handler = make_aiohttp_handler(services.registry)
 
-    async def landing(_: web.Request) -> web.Response:
+    async def landing(request: web.Request) -> web.Response:
+        """The overview page: the current snapshot, remediation status and the audit tail (read off the loop)."""
+        refresh = request.query.get("refresh")
+        refresh_seconds = None
+        if refresh is not None:
+            if not REFRESH_RE.fullmatch(refresh) or not MIN_REFRESH_SECONDS <= int(refresh) <= MAX_REFRESH_SECONDS:
+                raise web.HTTPBadRequest(
+                    text=f"refresh must be whole seconds from {MIN_REFRESH_SECONDS} to {MAX_REFRESH_SECONDS}, "
+                    f"got {refresh!r}\n"
+                )
+            refresh_seconds = int(refresh)
+        service = services.remediation
         page = render_landing(
             telemetry_path=telemetry_path,
             up=services.poller.up,
             snapshot=services.poller.snapshot,
             last_error=services.poller.last_error,
-            remediation=services.remediation is not None,
+            remediation=service is not None,
             docker_host=docker_host or "default socket",
+            actions=service.action_status() if service is not None else (),
+            dry_run=service is not None and service.config.dry_run,
+            audit=await service.recent_audit() if service is not None else None,
+            refresh_seconds=refresh_seconds,
         )
         return web.Response(text=page, content_type="text/html")
 

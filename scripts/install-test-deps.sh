@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests run for real (dockerd, Prometheus, Alertmanager, a registry,
-# mmdebstrap; openssl for TLS test certificates). Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
+# mmdebstrap; openssl for TLS test certificates; Debian's chromium for the landing-page screenshot).
+# Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
 set -euo pipefail
 declare -A need=(
   [dockerd]=docker.io
@@ -13,6 +14,7 @@ declare -A need=(
   [docker-compose]=docker-compose
   [mkfs.ext4]=e2fsprogs
   [openssl]=openssl
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 
 HISTORY_SIZE = 100
 STOP_GRACE_SECONDS = 30.0
+#: The landing page's audit tail: the last lines, read from at most this many bytes at the end of the file.
+AUDIT_TAIL_LINES = 20
+AUDIT_TAIL_MAX_BYTES = 256 * 1024
+AUDIT_TAIL_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,71 @@ class DeliveryResult:
         return data
 
 
+@dataclass(frozen=True)
+class ActionStatus:
+    """One action as the landing page shows it: its last run (a history summary) and its next scheduled run.
+
+    `next_run` is a wall-clock time, None when the service cannot say (no schedule, or not timed yet).
+    """
+
+    name: str
+    type: str
+    schedule_seconds: float | None
+    running: bool
+    last_run: dict[str, Any] | None
+    next_run: float | None
+
+
+@dataclass(frozen=True)
+class AuditTail:
+    """The newest audit records first; `problem` says why some or all could not be read (None: all fine).
+
+    A line that is not a JSON object comes back as `{"unreadable": <its text>}` so the page can show it.
+    """
+
+    records: tuple[dict[str, Any], ...]
+    problem: str | None = None
+
+
+def read_audit_tail(path: str | os.PathLike[str], lines: int, max_bytes: int = AUDIT_TAIL_MAX_BYTES) -> AuditTail:
+    """The last `lines` records of an audit log, reading only its last `max_bytes` (it grows forever).
+
+    Blocking: call it in a worker thread. A missing file is no problem (no run has written yet); a
+    cut-off first line (the read started mid-line) is dropped; corrupt lines are returned as unreadable.
+    """
+    try:
+        with open(path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            start = max(0, end - max_bytes)
+            handle.seek(start)
+            data = handle.read(end - start)
+    except FileNotFoundError:
+        return AuditTail(())
+    except OSError as exc:
+        return AuditTail((), f"cannot read audit log {path}: {exc.strerror or exc}")
+    chunks = data.split(b"\n")
+    if start > 0:
+        chunks = chunks[1:]
+    records: list[dict[str, Any]] = []
+    unreadable = 0
+    for raw in reversed(chunks):
+        if len(records) >= lines:
+            break
+        if not raw.strip():
+            continue
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            unreadable += 1
+            record = {"unreadable": text}
+        records.append(record)
+    problem = f"{unreadable} unreadable line(s) in audit log {path}" if unreadable else None
+    return AuditTail(tuple(records), problem)
+
+
 class RemediationService:
     """Created by the app when `remediation.enabled`; owns every path that may delete an image."""
 
@@ -139,6 +210,7 @@ class RemediationService:
         self.relay = relay
         self._warned_local_only = False
         self._schedules: list[asyncio.Task[None]] = []
+        self._next_run: dict[str, float] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -179,7 +251,9 @@ class RemediationService:
         """First run one interval after start (not at startup), then every interval."""
         assert action.schedule is not None
         while True:
+            self._next_run[action.name] = self.clock() + action.schedule
             await asyncio.sleep(action.schedule)
+            self._next_run.pop(action.name, None)
             run = self.begin(action.name, "schedule", (), self.config.dry_run)
             if run is None:
                 log.info("scheduled run of %s skipped: a run is in progress", action.name)
@@ -206,6 +280,32 @@ class RemediationService:
                 }
             )
         return {"dry_run": self.config.dry_run, "actions": actions, "runs": list(self.history)}
+
+    def action_status(self) -> list[ActionStatus]:
+        """Each configured action with its newest run from the history (None before the first)."""
+        last: dict[str, dict[str, Any]] = {}
+        for summary in self.history:  # newest first
+            last.setdefault(summary["action"], summary)
+        return [
+            ActionStatus(
+                name=name,
+                type=action.type,
+                schedule_seconds=action.schedule,
+                running=self.executor.is_running(name),
+                last_run=last.get(name),
+                next_run=self._next_run.get(name),
+            )
+            for name, action in self.config.actions.items()
+        ]
+
+    async def recent_audit(self, lines: int = AUDIT_TAIL_LINES) -> AuditTail:
+        """The audit log's last lines, read in a worker thread (a slow disk must not stall the event loop)."""
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(read_audit_tail, self.audit.path, lines), AUDIT_TAIL_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            return AuditTail((), f"reading audit log {self.audit.path} took over {AUDIT_TAIL_TIMEOUT_SECONDS:g}s")
 
     # -- accepting work ---------------------------------------------------------------------------------
     def begin(self, name: str, trigger: Trigger, fingerprints: Sequence[str], dry_run: bool) -> Run | None:
