@@ -146,7 +146,7 @@ def basic_auth_gate(config: WebConfig) -> BasicAuthGate | None:
     """The gate for `config`'s users, or None when it lists none (every path open, as before)."""
     if not config.basic_auth_users:
         return None
-    log.info("basic auth required on every path but the remediation endpoints (%d users)", len(config.basic_auth_users))
+    log.info("basic auth required on every path but the remediation endpoints: users=%d", len(config.basic_auth_users))
     return BasicAuthGate(config.basic_auth_users)
 
 

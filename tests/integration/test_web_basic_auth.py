@@ -39,7 +39,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 PROM = basic("prometheus", PROM_PASSWORD)
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
+BEARER = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}  # Alertmanager sends JSON
 
 
 def remediation(tmp_path: Path) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def test_the_exporter_process_serves_behind_basic_auth(tmp_path: Path) -> None:
             assert refused.value.headers["WWW-Authenticate"].startswith("Basic ")
         status, _ = exp.request("POST", "/webhook/alertmanager", alertmanager_body(), headers=BEARER)
         assert status == 200
-        assert "basic auth required on every path but the remediation endpoints (1 users)" in exp.logs()
+        assert "basic auth required on every path but the remediation endpoints: users=1" in exp.logs()
     finally:
         exp.stop()
         remove_workdir(workdir)
