@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
 from exporter.events import EventFollower
+from exporter.exposition import MetricsEndpoint
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.remediation.service import RemediationService
@@ -45,7 +45,8 @@ class Services:
         self.disk_usage = DiskUsageRefresher(self.engine, self.poller, config.poll, self.metrics)
         self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
         self.poller.on_change.append(self.disk_usage.mark_changed)
-        self.registry.register(SnapshotCollector(self.poller, config.metrics))
+        self.collector = SnapshotCollector(self.poller, config.metrics)
+        self.registry.register(self.collector)
         self.remediation = (
             RemediationService(config.remediation, self.engine, self.poller, self.registry, disk_usage=self.disk_usage)
             if config.remediation.enabled
@@ -106,7 +107,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(lifecycle)
-    metrics_handler = make_aiohttp_handler(services.registry)
+    metrics_handler = MetricsEndpoint(services.registry, services.collector).handle
 
     async def landing(_: web.Request) -> web.Response:
         page = render_landing(
