@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -111,6 +111,9 @@ def top_image_series(images: Iterable[Image], limit: int) -> tuple[list[Row], in
     return heapq.nsmallest(limit, rows, key=_row_order), len(rows)
 
 
+Section = tuple[object, Callable[[], Iterable[Metric]]]
+
+
 class SnapshotSource(Protocol):
     """All the collector reads (the poller provides it): the current snapshot, and whether the engine answered."""
 
@@ -137,7 +140,26 @@ class SnapshotCollector(Collector):
         yield from self.families(self.poller.snapshot, self.poller.up)
 
     def families(self, snapshot: Snapshot | None, up: bool) -> Iterator[Metric]:
-        """The families for one (snapshot, up) state: what `exposition` renders once and caches."""
+        """The families for one (snapshot, up) state, in exposition order."""
+        for _key, section in self.sections(snapshot, up):
+            yield from section()
+
+    def sections(self, snapshot: Snapshot | None, up: bool) -> list[Section]:
+        """`families()` cut into consecutive sections, each with the key of all it depends on (None: render always).
+
+        A poll publishes a new snapshot even when no image changed (`taken_at` always moves); the image-derived
+        families are nearly all of the text, so `exposition` reuses their render while `snapshot.images` is equal.
+        """
+        head: Section = (None, lambda: self._head(snapshot, up))
+        if snapshot is None:
+            return [head]
+        return [
+            head,
+            (("images", snapshot.images), lambda: self._images(snapshot)),
+            (None, lambda: self._disk(snapshot)),
+        ]
+
+    def _head(self, snapshot: Snapshot | None, up: bool) -> Iterator[Metric]:
         yield _gauge("docker_up", "1 if the last poll reached the engine, 0 if not.", 1.0 if up else 0.0)
         build = InfoMetricFamily(
             "docker_exporter_build",
@@ -154,11 +176,13 @@ class SnapshotCollector(Collector):
             snapshot.taken_at,
         )
         yield from self._engine(snapshot)
+
+    def _images(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Everything here depends on `snapshot.images` alone (and the config)."""
         yield from self._totals(snapshot)
         yield from self._repositories(snapshot)
         if self.config.per_image:
             yield from self._per_image(snapshot)
-        yield from self._disk(snapshot)
 
     def _engine(self, snapshot: Snapshot) -> Iterator[Metric]:
         info = snapshot.engine

@@ -36,6 +36,7 @@ import struct
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
@@ -66,23 +67,14 @@ class _Collectors:
             yield from collector.collect()
 
 
-class _Families:
-    """The snapshot collector pinned to one state: a render in a thread must not read a newer snapshot."""
-
-    def __init__(self, collector: SnapshotCollector, state: State) -> None:
-        self.collector = collector
-        self.state = state
-
-    def collect(self) -> Iterator[Metric]:
-        return self.collector.families(*self.state)
-
-
 class _Metrics:
-    def __init__(self, metrics: Sequence[Metric]) -> None:
+    """Metrics from a callable, for one `generate_latest` call."""
+
+    def __init__(self, metrics: Callable[[], Iterable[Metric]]) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.metrics)
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics()
 
 
 def _part(encoder: Encoder, source: Collector, openmetrics: bool) -> bytes:
@@ -93,9 +85,41 @@ def _part(encoder: Encoder, source: Collector, openmetrics: bool) -> bytes:
     return body
 
 
-def render_snapshot(collector: SnapshotCollector, state: State, encoder: Encoder, openmetrics: bool) -> bytes:
-    """The snapshot collector's families for `state`, without a trailing `# EOF` (the expensive render)."""
-    return _part(encoder, _Families(collector, state), openmetrics)
+@dataclass
+class RenderedSection:
+    """One section of the snapshot part (no `# EOF`), and its deflated form once a gzip scrape asked for it."""
+
+    key: object
+    text: bytes
+    deflated: Deflated | None = None
+
+
+def render_snapshot(
+    collector: SnapshotCollector,
+    state: State,
+    encoder: Encoder,
+    openmetrics: bool,
+    previous: Sequence[RenderedSection] = (),
+) -> list[RenderedSection]:
+    """The snapshot collector's sections for `state`, pinned to it (a render in a thread must not read a newer
+    snapshot). A section whose key equals the one in the same place of `previous` (the last render of this
+    format) keeps its text: polls publish new snapshots of unchanged images."""
+    rendered: list[RenderedSection] = []
+    for index, (key, families) in enumerate(collector.sections(*state)):
+        old = previous[index] if index < len(previous) else None
+        if key is not None and old is not None and old.key is not None and old.key == key:
+            rendered.append(RenderedSection(key, old.text, old.deflated))
+        else:
+            rendered.append(RenderedSection(key, _part(encoder, _Metrics(families), openmetrics)))
+    return rendered
+
+
+def deflate_sections(sections: Sequence[RenderedSection]) -> list[Deflated]:
+    """Each section deflated on its own (kept on the section, so a reused section is not compressed again)."""
+    for section in sections:
+        if section.deflated is None:
+            section.deflated = deflate(section.text)
+    return [section.deflated for section in sections if section.deflated is not None]
 
 
 # --- gzip splicing -------------------------------------------------------------------------------------------
@@ -180,7 +204,9 @@ class MetricsEndpoint:
         self.registry = registry
         self.collector = collector
         self._state: State | None = None
-        self._parts: dict[tuple[str, bool], asyncio.Future[bytes | Deflated]] = {}
+        self._texts: dict[str, asyncio.Future[list[RenderedSection]]] = {}  # by content type, for self._state
+        self._gzips: dict[str, asyncio.Future[list[Deflated]]] = {}
+        self._last: dict[str, list[RenderedSection]] = {}  # the last finished render per content type
 
     async def handle(self, request: web.Request) -> web.Response:
         accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
@@ -192,56 +218,58 @@ class MetricsEndpoint:
             response.enable_compression()
             return response
         openmetrics = content_type.startswith(OPENMETRICS)
-        use_gzip = gzip_accepted(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
         state = (self.collector.poller.snapshot, self.collector.poller.up)
-        cached = await self.snapshot_part(state, encoder, content_type, openmetrics, use_gzip)
-        before, after = self._own_collectors()
-        prefix = _part(encoder, _Collectors(before), openmetrics)
-        suffix = _part(encoder, _Collectors(after), openmetrics) + (EOF if openmetrics else b"")
-        if isinstance(cached, Deflated):
-            body = gzip_member([deflate(prefix), cached, deflate(suffix, final=True)])
+        if gzip_accepted(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, []))):
+            deflated = await self.deflated_part(state, encoder, content_type, openmetrics)
+            prefix, suffix = self._own_parts(encoder, openmetrics)
+            body = gzip_member([deflate(prefix), *deflated, deflate(suffix, final=True)])
             return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type, hdrs.CONTENT_ENCODING: "gzip"})
-        response = web.Response(body=b"".join((prefix, cached, suffix)), headers={hdrs.CONTENT_TYPE: content_type})
+        sections = await self.text_part(state, encoder, content_type, openmetrics)
+        prefix, suffix = self._own_parts(encoder, openmetrics)
+        body = b"".join([prefix, *(s.text for s in sections), suffix])
+        response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
         response.enable_compression()  # deflate-only clients, as prometheus_client's handler did
         return response
 
-    async def snapshot_part(
-        self, state: State, encoder: Encoder, content_type: str, openmetrics: bool, use_gzip: bool
-    ) -> bytes | Deflated:
-        """The cached snapshot part for `state` (text, or deflated when `use_gzip`), rendering it at most once."""
+    async def text_part(
+        self, state: State, encoder: Encoder, content_type: str, openmetrics: bool
+    ) -> list[RenderedSection]:
+        """The snapshot part for `state` in one format, rendered at most once (in a worker thread)."""
 
-        async def text() -> bytes | Deflated:
-            return await asyncio.to_thread(render_snapshot, self.collector, state, encoder, openmetrics)
+        async def render() -> list[RenderedSection]:
+            previous = self._last.get(content_type, [])
+            sections = await asyncio.to_thread(render_snapshot, self.collector, state, encoder, openmetrics, previous)
+            if content_type in self._last or len(self._last) < MAX_VARIANTS:
+                self._last[content_type] = sections
+            return sections
 
-        async def deflated() -> bytes | Deflated:
-            plain = await self.snapshot_part(state, encoder, content_type, openmetrics, False)
-            assert isinstance(plain, bytes)
-            return await asyncio.to_thread(deflate, plain)
+        self._follow(state)
+        return await asyncio.shield(_single_flight(self._texts, content_type, render))
 
-        return await asyncio.shield(
-            self._single_flight(state, (content_type, use_gzip), deflated if use_gzip else text)
-        )
+    async def deflated_part(
+        self, state: State, encoder: Encoder, content_type: str, openmetrics: bool
+    ) -> list[Deflated]:
+        """The snapshot part for `state` deflated for splicing into a gzip member, compressed at most once."""
 
-    def _single_flight(
-        self, state: State, key: tuple[str, bool], make: Callable[[], Awaitable[bytes | Deflated]]
-    ) -> asyncio.Future[bytes | Deflated]:
+        async def compress() -> list[Deflated]:
+            sections = await self.text_part(state, encoder, content_type, openmetrics)
+            return await asyncio.to_thread(deflate_sections, sections)
+
+        self._follow(state)
+        return await asyncio.shield(_single_flight(self._gzips, content_type, compress))
+
+    def _follow(self, state: State) -> None:
+        """A new state (a publish, or `up` changed): forget every render of the old one."""
         if self._state is None or self._state[0] is not state[0] or self._state[1] != state[1]:
-            self._state = state  # a new publish: drop every render of the old state
-            self._parts = {}
-        future = self._parts.get(key)
-        if future is not None:
-            return future
-        future = asyncio.ensure_future(make())
-        if len(self._parts) < MAX_VARIANTS:
-            parts = self._parts
-            parts[key] = future
+            self._state = state
+            self._texts = {}
+            self._gzips = {}
 
-            def forget_failure(done: asyncio.Future[bytes | Deflated]) -> None:
-                if (done.cancelled() or done.exception() is not None) and parts.get(key) is done:
-                    del parts[key]
-
-            future.add_done_callback(forget_failure)
-        return future
+    def _own_parts(self, encoder: Encoder, openmetrics: bool) -> tuple[bytes, bytes]:
+        """The exporter's own metrics before and after the snapshot part, rendered now (they change per scrape)."""
+        before, after = self._own_collectors()
+        prefix = _part(encoder, _Collectors(before), openmetrics)
+        return prefix, _part(encoder, _Collectors(after), openmetrics) + (EOF if openmetrics else b"")
 
     def _own_collectors(self) -> tuple[list[Collector], list[Collector]]:
         """The registry's other collectors before and after the snapshot collector, in registration order.
@@ -257,5 +285,30 @@ class MetricsEndpoint:
         if target_info:  # the registry yields it first
             metric = Metric("target", "Target metadata", "info")
             metric.add_sample("target_info", target_info, 1)
-            before.insert(0, _Metrics([metric]))
+            before.insert(0, _Metrics(lambda: [metric]))
         return before, collectors[index + 1 :]
+
+
+T = TypeVar("T")
+
+
+def _single_flight(
+    cache: dict[str, asyncio.Future[T]], key: str, make: Callable[[], Awaitable[T]]
+) -> asyncio.Future[T]:
+    """The one future computing `key`: started by the first caller, awaited by the rest; a failure is forgotten.
+
+    At most MAX_VARIANTS keys are kept: a client inventing Accept headers gets uncached renders, not a leak.
+    """
+    future = cache.get(key)
+    if future is not None:
+        return future
+    future = asyncio.ensure_future(make())
+    if len(cache) < MAX_VARIANTS:
+        cache[key] = future
+
+        def forget_failure(done: asyncio.Future[T]) -> None:
+            if (done.cancelled() or done.exception() is not None) and cache.get(key) is done:
+                del cache[key]
+
+        future.add_done_callback(forget_failure)
+    return future

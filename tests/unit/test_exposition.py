@@ -21,7 +21,7 @@ from exporter import exposition
 from exporter.collector import SnapshotCollector
 from exporter.config import MetricsConfig, parse_config
 from exporter.diskusage import DiskUsageRefresher
-from exporter.exposition import MetricsEndpoint, crc32_combine, deflate, gzip_member
+from exporter.exposition import MetricsEndpoint, RenderedSection, crc32_combine, deflate, gzip_member
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
@@ -105,7 +105,7 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Snapshot | None, bool
     calls: list[tuple[Snapshot | None, bool]] = []
     real = exposition.render_snapshot
 
-    def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> bytes:
+    def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> list[RenderedSection]:
         calls.append(state)
         return real(collector, state, *args)
 
@@ -216,6 +216,42 @@ async def test_every_state_change_invalidates(renders: list[tuple[Snapshot | Non
     assert len(renders) == 4
 
 
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+async def test_a_publish_of_unchanged_images_reuses_their_render(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Every poll publishes a new snapshot; only the sections whose inputs changed are rendered again."""
+    poller = FakePoller(snapshot(taken_at=1.0, images=50))
+    setup = Setup(poller)
+    image_renders: list[Snapshot] = []
+    real = setup.collector._images
+
+    def spy(snap: Snapshot) -> Any:
+        image_renders.append(snap)
+        return real(snap)
+
+    monkeypatch.setattr(setup.collector, "_images", spy)
+
+    async def scrape() -> bytes:
+        body = (await setup.scrape(encoding=encoding)).body
+        assert isinstance(body, bytes)
+        return gzip.decompress(body) if encoding else body
+
+    await scrape()
+    same_images = snapshot(taken_at=2.0, images=50)  # equal images, new objects: what a quiet poll publishes
+    assert poller.snapshot is not None and same_images.images == poller.snapshot.images
+    assert same_images.images is not poller.snapshot.images
+    poller.snapshot = same_images
+    second = await scrape()
+    assert len(image_renders) == 1
+    assert b"docker_exporter_snapshot_timestamp_seconds 2.0\n" in second
+    assert second == (await setup.expected()).body  # the reference collects through the spy too
+    poller.snapshot = snapshot(taken_at=3.0, images=51)  # one image more: rendered again
+    third = await scrape()
+    assert image_renders[-1] is poller.snapshot and len(image_renders) == 3
+    assert b"docker_images 52.0\n" in third and third == (await setup.expected()).body
+
+
 async def test_poller_publishes_and_disk_usage_updates_invalidate(tmp_path: Path) -> None:
     """Every place that replaces poller.snapshot goes through Poller._publish: a poll and a /system/df result."""
     recorded = RecordedEngine("bookworm")
@@ -257,7 +293,7 @@ class BlockingRenders:
         self.release = threading.Event()
         real = exposition.render_snapshot
 
-        def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> bytes:
+        def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> list[RenderedSection]:
             self.calls.append(state)
             self.started.release()
             assert self.release.wait(30), "the test never released the render"
@@ -321,7 +357,7 @@ async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest
     real = exposition.render_snapshot
     failures = [RuntimeError("boom")]
 
-    def flaky(*args: Any) -> bytes:
+    def flaky(*args: Any) -> list[RenderedSection]:
         if failures:
             raise failures.pop()
         return real(*args)
@@ -354,7 +390,7 @@ async def test_uncommon_accept_headers_are_not_cached_without_bound(
     for accept in accepts:
         got = await setup.scrape(accept)
         assert got.body == (await setup.expected(accept)).body
-    assert len(setup.endpoint._parts) == exposition.MAX_VARIANTS
+    assert len(setup.endpoint._texts) == exposition.MAX_VARIANTS
     for accept in accepts[: exposition.MAX_VARIANTS]:
         await setup.scrape(accept)
     assert len(renders) == len(accepts)  # the cached ones were not rendered again
