@@ -235,16 +235,8 @@ class MetricsEndpoint:
         self, state: State, encoder: Encoder, content_type: str, openmetrics: bool
     ) -> list[RenderedSection]:
         """The snapshot part for `state` in one format, rendered at most once (in a worker thread)."""
-
-        async def render() -> list[RenderedSection]:
-            previous = self._last.get(content_type, [])
-            sections = await asyncio.to_thread(render_snapshot, self.collector, state, encoder, openmetrics, previous)
-            if content_type in self._last or len(self._last) < MAX_VARIANTS:
-                self._last[content_type] = sections
-            return sections
-
         self._follow(state)
-        return await asyncio.shield(_single_flight(self._texts, content_type, render))
+        return await asyncio.shield(self._text_future(state, encoder, content_type, openmetrics))
 
     async def deflated_part(
         self, state: State, encoder: Encoder, content_type: str, openmetrics: bool
@@ -252,15 +244,32 @@ class MetricsEndpoint:
         """The snapshot part for `state` deflated for splicing into a gzip member, compressed at most once."""
 
         async def compress() -> list[Deflated]:
-            sections = await self.text_part(state, encoder, content_type, openmetrics)
+            sections = await asyncio.shield(self._text_future(state, encoder, content_type, openmetrics))
             return await asyncio.to_thread(deflate_sections, sections)
 
         self._follow(state)
         return await asyncio.shield(_single_flight(self._gzips, content_type, compress))
 
+    def _text_future(
+        self, state: State, encoder: Encoder, content_type: str, openmetrics: bool
+    ) -> asyncio.Future[list[RenderedSection]]:
+        async def render() -> list[RenderedSection]:
+            previous = self._last.get(content_type, [])
+            sections = await asyncio.to_thread(render_snapshot, self.collector, state, encoder, openmetrics, previous)
+            if content_type in self._last or len(self._last) < MAX_VARIANTS:
+                self._last[content_type] = sections
+            return sections
+
+        if not self._is_current(state):  # a gzip render that started before a newer publish: do not cache it
+            return asyncio.ensure_future(render())
+        return _single_flight(self._texts, content_type, render)
+
+    def _is_current(self, state: State) -> bool:
+        return self._state is not None and self._state[0] is state[0] and self._state[1] == state[1]
+
     def _follow(self, state: State) -> None:
         """A new state (a publish, or `up` changed): forget every render of the old one."""
-        if self._state is None or self._state[0] is not state[0] or self._state[1] != state[1]:
+        if not self._is_current(state):
             self._state = state
             self._texts = {}
             self._gzips = {}
