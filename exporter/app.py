@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
@@ -28,6 +27,7 @@ from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics, register_runtime_metrics
 from exporter.web.basicauth import BasicAuthGate, gate_middlewares
+from exporter.web.exposition import MetricsEndpoint
 from exporter.web.landing import render_landing
 from exporter.web.relay import RelayClient
 from exporter.web.remediation import RemediationEndpoints
@@ -55,7 +55,8 @@ class Services:
         self.disk_usage = DiskUsageRefresher(self.engine, self.poller, config.poll, self.metrics)
         self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
         self.poller.on_change.append(self.disk_usage.mark_changed)
-        self.registry.register(SnapshotCollector(self.poller, config.metrics))
+        self.collector = SnapshotCollector(self.poller, config.metrics)
+        self.registry.register(self.collector)
         remediation = config.remediation
         self.relay_client = (
             RelayClient(remediation.relay) if remediation.enabled and remediation.relay.enabled else None
@@ -133,7 +134,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(lifecycle)
-    metrics_handler = make_aiohttp_handler(services.registry)
+    metrics_handler = MetricsEndpoint(services.registry, services.collector).handle
 
     async def landing(request: web.Request) -> web.Response:
         """The overview page: the current snapshot, remediation status and the audit tail (read off the loop)."""

@@ -14,7 +14,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import exporter
 from exporter.app import create_app
-from exporter.collector import GAUGE_FAMILIES, INFO_FAMILIES, SnapshotCollector, build_labels, image_series
+from exporter.collector import (
+    GAUGE_FAMILIES,
+    INFO_FAMILIES,
+    SnapshotCollector,
+    build_labels,
+    image_series,
+    top_image_series,
+)
 from exporter.config import MetricsConfig, parse_config
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
@@ -171,3 +178,24 @@ async def test_name_parameter_selects_families(metrics_client: Any) -> None:
         "/metrics", params=[("name[]", "docker_images"), ("name[]", "docker_exporter_build_info")]
     )
     assert families(await response.text()) == {"docker_images", "docker_exporter_build_info"}
+
+
+def test_top_image_series_keeps_the_sorted_order_ties_included() -> None:
+    """heapq.nsmallest must give exactly the first rows of the full sort (equal sizes and names tie on ID)."""
+    images = [
+        image(c, size, *refs)
+        for c, size, refs in [
+            ("1", 300, ("b:1", "a:1")),
+            ("2", 300, ("a:1",)),
+            ("3", 300, ()),
+            ("4", 100, ("z:9", "a:2")),
+            ("5", 300, ()),
+            ("6", 100, ("a:2",)),
+            ("7", 50, ()),
+        ]
+    ]
+    rows = image_series(images)
+    assert [(r[0].id[7], str(r[1])) for r in rows[:4]] == [("3", "None"), ("5", "None"), ("1", "a:1"), ("2", "a:1")]
+    for limit in range(len(rows) + 2):
+        kept, total = top_image_series(images, limit)
+        assert kept == rows[:limit] and total == len(rows) == 9

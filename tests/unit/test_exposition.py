@@ -1,0 +1,402 @@
+"""`/metrics` serves the snapshot part rendered once per state, and the same bytes prometheus_client would."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import random
+import threading
+import zlib
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from exporter.collector import SnapshotCollector
+from exporter.config import MetricsConfig, parse_config
+from exporter.diskusage import DiskUsageRefresher
+from exporter.history import ImageHistory
+from exporter.poller import Poller
+from exporter.selfmetrics import PollMetrics
+from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from exporter.web import exposition
+from exporter.web.exposition import MetricsEndpoint, RenderedSection, crc32_combine, deflate, gzip_member
+from tests.unit.recorded import RecordedEngine
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+ACCEPTS = [
+    "",
+    "text/plain",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",  # Prometheus 2.42
+]
+
+
+def image(n: int, size: int, *refs: str) -> Image:
+    return Image(
+        id=f"sha256:{n:064x}",
+        refs=tuple(r for r in (ImageRef.parse(x) for x in refs) if r is not None),
+        digests=(),
+        created=1000.0 + n,
+        size=size,
+        shared_size=size // 2,
+        labels=MappingProxyType({}),
+        containers=n % 2,
+    )
+
+
+def snapshot(taken_at: float = 1234.0, images: int = 5) -> Snapshot:
+    return Snapshot(
+        taken_at=taken_at,
+        engine=EngineInfo("20.10.24", "1.41", "overlay2", "linux", "amd64"),
+        images=(*(image(n, 100 * (n % 3 + 1), f"app{n % 2}:{n}") for n in range(images)), image(99, 7)),
+        disk_usage=DiskUsage(1200.0, 700, 250, MappingProxyType({}), BuildCache(50, 20, 3)),
+        filesystem=Filesystem("/var/lib/docker", 10_000, 2_500),
+    )
+
+
+class FakePoller:
+    def __init__(self, snapshot: Snapshot | None, up: bool = True) -> None:
+        self.snapshot = snapshot
+        self.up = up
+
+
+class Setup:
+    """A registry shaped like the app's: own metrics before and after the snapshot collector."""
+
+    def __init__(self, poller: Any, metrics: MetricsConfig | None = None) -> None:
+        self.poller = poller
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.poll_metrics = PollMetrics(self.registry)
+        self.collector = SnapshotCollector(poller, metrics or MetricsConfig())
+        self.registry.register(self.collector)
+        self.after = Counter(
+            "docker_exporter_test_runs", "A counter registered after the collector.", ["x"], registry=self.registry
+        )
+        self.after.labels("a").inc()
+        self.endpoint = MetricsEndpoint(self.registry, self.collector)
+        self.reference = make_aiohttp_handler(self.registry)
+
+    async def scrape(self, accept: str = "", encoding: str = "", query: str = "") -> web.Response:
+        headers = {k: v for k, v in (("Accept", accept), ("Accept-Encoding", encoding)) if v}
+        return await self.endpoint.handle(make_mocked_request("GET", "/metrics" + query, headers=headers))
+
+    async def text(self, accept: str = "") -> str:
+        body = (await self.scrape(accept)).body
+        assert isinstance(body, bytes)
+        return body.decode()
+
+    async def expected(self, accept: str = "", query: str = "") -> web.Response:
+        headers = {"Accept": accept} if accept else {}
+        response = await self.reference(make_mocked_request("GET", "/metrics" + query, headers=headers))
+        assert isinstance(response, web.Response)
+        return response
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Snapshot | None, bool]]:
+    """Spy on the expensive render: the states it was called for."""
+    calls: list[tuple[Snapshot | None, bool]] = []
+    real = exposition.render_snapshot
+
+    def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> list[RenderedSection]:
+        calls.append(state)
+        return real(collector, state, *args)
+
+    monkeypatch.setattr(exposition, "render_snapshot", spy)
+    return calls
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+@pytest.mark.parametrize("state", ["none", "down", "up"])
+async def test_bytes_and_content_type_equal_prometheus_client(accept: str, state: str) -> None:
+    snap = None if state == "none" else snapshot()
+    setup = Setup(FakePoller(snap, up=state == "up"), MetricsConfig(max_image_series=3))
+    for _ in range(2):  # uncached, then cached
+        got, want = await setup.scrape(accept), await setup.expected(accept)
+        assert got.body == want.body
+        assert got.content_type == want.content_type and got.charset == want.charset
+        assert got.headers["Content-Type"] == want.headers["Content-Type"]
+
+
+async def test_openmetrics_has_one_eof_at_the_end() -> None:
+    text = await Setup(FakePoller(snapshot())).text("application/openmetrics-text")
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    assert "docker_exporter_test_runs_total" in text and "docker_images " in text
+
+
+async def test_first_scrape_without_snapshot_shows_no_unknown_zeros() -> None:
+    text = await Setup(FakePoller(None, up=False)).text()
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert families == {
+        "docker_up",
+        "docker_exporter_build_info",
+        "docker_exporter_polls_total",
+        "docker_exporter_poll_errors_total",
+        "docker_exporter_poll_duration_seconds",
+        "docker_exporter_disk_usage_duration_seconds",
+        "docker_exporter_test_runs_total",
+    }
+    assert "docker_up 0.0\n" in text
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
+async def test_gzip_is_one_member_equal_to_the_uncached_render(accept: str) -> None:
+    setup = Setup(FakePoller(snapshot(images=300)))
+    for _ in range(2):
+        response = await setup.scrape(accept, encoding="deflate, gzip")
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert isinstance(response.body, bytes)
+        one = zlib.decompressobj(16 + zlib.MAX_WBITS)  # a single-member reader: no multi-member tolerance
+        plain = one.decompress(response.body)
+        assert one.eof and one.unused_data == b""
+        assert plain == (await setup.expected(accept)).body == gzip.decompress(response.body)
+        assert len(response.body) < len(plain) / 3
+
+
+async def test_deflate_only_clients_get_aiohttp_compression() -> None:
+    setup = Setup(FakePoller(snapshot()))
+    response = await setup.scrape(encoding="deflate")
+    assert "Content-Encoding" not in response.headers and response.compression  # aiohttp compresses at prepare
+    assert response.body == (await setup.expected()).body
+
+
+def test_crc32_combine_matches_zlib() -> None:
+    rng = random.Random(14)
+    for size_a, size_b in [(0, 0), (0, 5), (5, 0), (1, 1), (1000, 77), (3, 1 << 16), (70_000, 12_345)]:
+        a, b = rng.randbytes(size_a), rng.randbytes(size_b)
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_gzip_member_of_spliced_segments() -> None:
+    parts = [b"", b"abc" * 1000, b"x", b"tail" * 50]
+    segments = [deflate(p) for p in parts[:-1]] + [deflate(parts[-1], final=True)]
+    assert gzip.decompress(gzip_member(segments)) == b"".join(parts)
+
+
+async def test_own_metrics_change_per_scrape_while_the_snapshot_part_is_reused(
+    renders: list[tuple[Snapshot | None, bool]],
+) -> None:
+    setup = Setup(FakePoller(snapshot()))
+    first = await setup.text()
+    setup.poll_metrics.polls.inc(3)
+    setup.after.labels("b").inc()
+    second = await setup.text()
+    assert "docker_exporter_polls_total 0.0\n" in first and "docker_exporter_polls_total 3.0\n" in second
+    assert 'docker_exporter_test_runs_total{x="b"} 1.0' in second
+    assert second.encode() == (await setup.expected()).body
+    assert len(renders) == 1
+
+
+async def test_formats_render_lazily_once_each(renders: list[tuple[Snapshot | None, bool]]) -> None:
+    setup = Setup(FakePoller(snapshot()))
+    for accept in ["", "application/openmetrics-text", "", "application/openmetrics-text"]:
+        await setup.scrape(accept)
+        await setup.scrape(accept, encoding="gzip")
+    assert len(renders) == 2  # text and OpenMetrics; each gzip variant deflates its cached text
+
+
+async def test_every_state_change_invalidates(renders: list[tuple[Snapshot | None, bool]]) -> None:
+    poller = FakePoller(snapshot(taken_at=1.0))
+    setup = Setup(poller)
+    assert "docker_exporter_snapshot_timestamp_seconds 1.0\n" in await setup.text()
+    poller.snapshot = snapshot(taken_at=2.0)
+    assert "docker_exporter_snapshot_timestamp_seconds 2.0\n" in await setup.text()
+    poller.up = False  # the engine went away: same snapshot, docker_up must say so at once
+    down = await setup.text()
+    assert "docker_up 0.0\n" in down and "docker_exporter_snapshot_timestamp_seconds 2.0\n" in down
+    poller.snapshot = snapshot(taken_at=2.0)  # equal but a new publish: rendered again, not compared
+    await setup.text()
+    assert len(renders) == 4
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+async def test_a_publish_of_unchanged_images_reuses_their_render(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Every poll publishes a new snapshot; only the sections whose inputs changed are rendered again."""
+    poller = FakePoller(snapshot(taken_at=1.0, images=50))
+    setup = Setup(poller)
+    image_renders: list[Snapshot] = []
+    real = setup.collector._images
+
+    def spy(snap: Snapshot) -> Any:
+        image_renders.append(snap)
+        return real(snap)
+
+    monkeypatch.setattr(setup.collector, "_images", spy)
+
+    async def scrape() -> bytes:
+        body = (await setup.scrape(encoding=encoding)).body
+        assert isinstance(body, bytes)
+        return gzip.decompress(body) if encoding else body
+
+    await scrape()
+    same_images = snapshot(taken_at=2.0, images=50)  # equal images, new objects: what a quiet poll publishes
+    assert poller.snapshot is not None and same_images.images == poller.snapshot.images
+    assert same_images.images is not poller.snapshot.images
+    poller.snapshot = same_images
+    second = await scrape()
+    assert len(image_renders) == 1
+    assert b"docker_exporter_snapshot_timestamp_seconds 2.0\n" in second
+    assert second == (await setup.expected()).body  # the reference collects through the spy too
+    poller.snapshot = snapshot(taken_at=3.0, images=51)  # one image more: rendered again
+    third = await scrape()
+    assert image_renders[-1] is poller.snapshot and len(image_renders) == 3
+    assert b"docker_images 52.0\n" in third and third == (await setup.expected()).body
+
+
+async def test_poller_publishes_and_disk_usage_updates_invalidate(tmp_path: Path) -> None:
+    """Every place that replaces poller.snapshot goes through Poller._publish: a poll and a /system/df result."""
+    recorded = RecordedEngine("bookworm")
+    setup_registry = CollectorRegistry(auto_describe=True)
+    metrics = PollMetrics(setup_registry)
+    config = parse_config({"filesystem": {"path": str(tmp_path)}})
+    poller = Poller(recorded, config, ImageHistory(None), metrics)
+    refresher = DiskUsageRefresher(recorded, poller, config.poll, metrics)
+    collector = SnapshotCollector(poller, config.metrics)
+    setup_registry.register(collector)
+    endpoint = MetricsEndpoint(setup_registry, collector)
+
+    async def scrape() -> str:
+        body = (await endpoint.handle(make_mocked_request("GET", "/metrics"))).body
+        assert isinstance(body, bytes)
+        return body.decode()
+
+    assert "docker_images " not in await scrape()
+    await poller.poll_once()
+    text = await scrape()
+    assert f"docker_images {float(len(recorded.images))}\n" in text
+    assert "docker_images_disk_usage_bytes" not in text
+    await refresher.refresh_now()
+    assert "docker_images_disk_usage_bytes" in await scrape()
+    recorded.images = recorded.images[1:]
+    await poller.poll_once()
+    assert f"docker_images {float(len(recorded.images))}\n" in await scrape()
+    recorded.failing.add("version_and_info")
+    await poller.poll_once()
+    assert "docker_up 0.0\n" in await scrape()
+
+
+class BlockingRenders:
+    """A render spy that holds each render in its thread until released, so a test controls the moment."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[Snapshot | None, bool]] = []
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+        real = exposition.render_snapshot
+
+        def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> list[RenderedSection]:
+            self.calls.append(state)
+            self.started.release()
+            assert self.release.wait(30), "the test never released the render"
+            return real(collector, state, *args)
+
+        monkeypatch.setattr(exposition, "render_snapshot", spy)
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.acquire, True, 30), "no render started"
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks (scrapes waiting on a render future)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_concurrent_scrapes_share_one_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocking = BlockingRenders(monkeypatch)
+    setup = Setup(FakePoller(snapshot(images=50)))
+    first = asyncio.create_task(setup.scrape())
+    await blocking.wait_started()
+    others = [asyncio.create_task(setup.scrape()) for _ in range(5)]
+    await settle()
+    assert not any(t.done() for t in [first, *others])  # all waiting for the one render
+    blocking.release.set()
+    bodies = {(await t).body for t in [first, *others]}
+    assert len(bodies) == 1 and len(blocking.calls) == 1
+
+
+async def test_a_scrape_never_serves_a_state_older_than_at_its_arrival(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound: wait for the current state's render; a publish during it is served by the next scrape."""
+    poller = FakePoller(snapshot(taken_at=1.0))
+    setup = Setup(poller)
+    assert "snapshot_timestamp_seconds 1.0\n" in await setup.text()
+    blocking = BlockingRenders(monkeypatch)
+    poller.snapshot = snapshot(taken_at=2.0)
+    waiting = asyncio.create_task(setup.text())
+    await blocking.wait_started()
+    poller.snapshot = snapshot(taken_at=3.0)  # published while the render of 2.0 runs
+    blocking.release.set()
+    assert "snapshot_timestamp_seconds 2.0\n" in await waiting  # not 1.0: one publish behind at most
+    assert "snapshot_timestamp_seconds 3.0\n" in await setup.text()
+    assert [s.taken_at for s, _ in blocking.calls if s] == [2.0, 3.0]
+
+
+async def test_a_client_going_away_does_not_cancel_the_shared_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocking = BlockingRenders(monkeypatch)
+    setup = Setup(FakePoller(snapshot()))
+    gone = asyncio.create_task(setup.scrape())
+    await blocking.wait_started()
+    staying = asyncio.create_task(setup.scrape())
+    await settle()
+    gone.cancel()
+    blocking.release.set()
+    assert (await staying).body == (await setup.expected()).body
+    assert len(blocking.calls) == 1
+
+
+async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = exposition.render_snapshot
+    failures = [RuntimeError("boom")]
+
+    def flaky(*args: Any) -> list[RenderedSection]:
+        if failures:
+            raise failures.pop()
+        return real(*args)
+
+    monkeypatch.setattr(exposition, "render_snapshot", flaky)
+    setup = Setup(FakePoller(snapshot()))
+    with pytest.raises(RuntimeError, match="boom"):
+        await setup.scrape()
+    assert (await setup.scrape()).body == (await setup.expected()).body
+
+
+@pytest.mark.parametrize(
+    "query", ["?name[]=docker_images", "?name[]=docker_images&name[]=docker_exporter_polls_total", "?name[]=nope"]
+)
+async def test_name_filter_bypasses_the_cache(query: str, renders: list[tuple[Snapshot | None, bool]]) -> None:
+    setup = Setup(FakePoller(snapshot()))
+    got = await setup.scrape(query=query)
+    assert got.body == (await setup.expected(query=query)).body
+    text = got.text or ""
+    assert ("docker_images " in text) is ("docker_images" in query)
+    assert "docker_image_size_bytes" not in text
+    assert renders == []
+
+
+async def test_uncommon_accept_headers_are_not_cached_without_bound(
+    renders: list[tuple[Snapshot | None, bool]],
+) -> None:
+    setup = Setup(FakePoller(snapshot()))
+    accepts = [f"application/openmetrics-text;version=1.0.{n}" for n in range(exposition.MAX_VARIANTS + 4)]
+    for accept in accepts:
+        got = await setup.scrape(accept)
+        assert got.body == (await setup.expected(accept)).body
+    assert len(setup.endpoint._texts) == exposition.MAX_VARIANTS
+    for accept in accepts[: exposition.MAX_VARIANTS]:
+        await setup.scrape(accept)
+    assert len(renders) == len(accepts)  # the cached ones were not rendered again
+
+
+def test_the_collector_must_be_in_the_served_registry() -> None:
+    collector = SnapshotCollector(FakePoller(None), MetricsConfig())
+    with pytest.raises(ValueError, match="registered"):
+        MetricsEndpoint(CollectorRegistry(), collector)
