@@ -148,14 +148,18 @@ def create_app(
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, on_sighup)  # without it, SIGHUP ends the process (129)
-        try:
-            async for _step in services.run():
+        async for _step in services.run():
+            if reload is not None:  # from here on; without a handler SIGHUP ends the process (exit 129)
+                loop.add_signal_handler(signal.SIGHUP, on_sighup)
+            try:
                 yield
-        finally:
-            if reload is not None:
-                loop.remove_signal_handler(signal.SIGHUP)
+            finally:  # before the services stop: no reload applies to stopped services
+                if reload is not None:
+                    loop.remove_signal_handler(signal.SIGHUP)
+                for task in list(reloads):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app.cleanup_ctx.append(lifecycle)
     metrics_handler = make_aiohttp_handler(services.registry)

@@ -109,16 +109,17 @@ class Reloader:
         self.metrics.success_timestamp.set(clock())
         self._lock = asyncio.Lock()
 
-    def _read(self) -> tuple[Config, WebConfig]:
-        return load_config(self.source.config_file), load_web_config(self.source.web_config_file)
-
     async def reload(self, trigger: str) -> ReloadResult:
         """Read, check and apply the files; reloads queue behind the one in progress."""
         async with self._lock:
             try:
-                config, web_config = await asyncio.to_thread(self._read)
+                config = await asyncio.to_thread(load_config, self.source.config_file)
             except ConfigError as exc:
                 return self._refuse(trigger, "; ".join(exc.problems))
+            try:
+                web_config = await asyncio.to_thread(load_web_config, self.source.web_config_file)
+            except ConfigError as exc:
+                return self._refuse(trigger, "; ".join(f"--web.config.file {p}" for p in exc.problems))
             problems = [
                 f"{key} cannot change on reload; restart the exporter"
                 for key in restart_only_changes(self.config, config)

@@ -144,6 +144,21 @@ async def test_a_restart_only_change_refuses_the_whole_reload(tmp_path: Path) ->
     assert sample(registry, "docker_exporter_config_last_reload_successful") == 1
 
 
+async def test_a_bad_web_config_is_refused_naming_its_flag(tmp_path: Path) -> None:
+    config_file = write(tmp_path / "config.yml", {})
+    web_file = write(tmp_path / "web.yml", {"http_server_config": {"headers": {"Server": "x"}}})
+    registry = CollectorRegistry()
+    reloader = Reloader(ReloadSource(str(config_file), str(web_file)), parse_config({}), WebConfig(), _fail, registry)
+    result = await reloader.reload("test")
+    assert not result.ok
+    assert "--web.config.file http_server_config.headers.Server: not settable here" in result.message
+    assert reloader.web_config == WebConfig()
+
+
+def _fail(_config: Config, _web: WebConfig) -> None:
+    raise AssertionError("a refused reload must not apply anything")
+
+
 # ------------------------------------------------------------------------------------- remediation state
 
 
