@@ -140,7 +140,8 @@ def test_sighup_rereads_a_rotated_token_file(
     (tmp_path / "token").write_text("\n")  # an empty secret would let anybody in: refused, the token stays
     reload_by_signal(exp, base_config(tmp_path))
     assert exp.sample(SUCCESS) == 0
-    assert "bearer_token_file" in exp.logs(5)
+    failures = [line for line in exp.logs().splitlines() if "reload failed" in line]
+    assert "remediation.auth.bearer_token_file" in failures[-1], failures
     assert exp.request("GET", "/api/v1/actions", headers=bearer(NEW_TOKEN))[0] == 200
     assert exp.request("GET", "/api/v1/actions", headers={"Authorization": "Bearer "})[0] == 401
 
