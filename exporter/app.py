@@ -2,7 +2,8 @@
 
 One task per concern: the poller (cheap endpoints, every interval or when woken), the disk-usage refresher
 (/system/df, rarely), the event follower, and — when enabled — the remediation service. All are created in
-`cleanup_ctx`, so tests and `run_app` get the same start/stop behaviour.
+`cleanup_ctx`, so tests and `run_app` get the same start/stop behaviour. A reload (SIGHUP, `/-/reload`) hands
+the new config to `Services.reconfigure`; see exporter/reload.py for what it refuses.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+import signal
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -23,6 +25,7 @@ from exporter.engine import Engine
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
+from exporter.reload import Reloader, ReloadResult, ReloadSource
 from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics, register_runtime_metrics
@@ -31,6 +34,7 @@ from exporter.web.exposition import MetricsEndpoint
 from exporter.web.landing import render_landing
 from exporter.web.relay import RelayClient
 from exporter.web.remediation import RemediationEndpoints
+from exporter.web.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,15 @@ class Services:
             else None
         )
 
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config (already checked by the Reloader to change no restart-only key)."""
+        self.config = config
+        self.poller.reconfigure(config)
+        self.disk_usage.reconfigure(config.poll)
+        self.collector.config = config.metrics
+        if self.remediation is not None:
+            self.remediation.reconfigure(config.remediation)
+
     async def run(self) -> AsyncIterator[None]:
         self.history.load()
         tasks = [
@@ -108,13 +121,16 @@ def create_app(
     docker_host: str | None,
     telemetry_path: str = "/metrics",
     engine: Engine | None = None,
-    headers: Sequence[tuple[str, str]] = (),
+    web_config: WebConfig | None = None,
+    reload: ReloadSource | None = None,
     basic_auth: BasicAuthGate | None = None,
 ) -> web.Application:
     """App factory: tests pass their own config and engine; `cli` passes the real ones.
 
-    `headers` (from `--web.config.file`) go on every response, errors included; `basic_auth` (its users)
-    guards every path but the remediation routes, which check their own credentials.
+    `web_config` (from `--web.config.file`): its headers go on every response, errors included. `reload`
+    names the files a reload re-reads: with it, SIGHUP reloads while the app runs, and `POST|PUT /-/reload`
+    does when `enable_lifecycle` is set (403 otherwise, as in Prometheus). `basic_auth` (its users) guards
+    every path but the remediation routes, which check their own credentials.
     """
     services = Services(config, docker_host, engine)
     endpoints = RemediationEndpoints(services.remediation) if services.remediation is not None else None
@@ -122,16 +138,41 @@ def create_app(
         client_max_size=config.remediation.max_body_bytes,
         middlewares=gate_middlewares(basic_auth, endpoints.routes() if endpoints is not None else ()),
     )
-    if headers:
+    source = reload or ReloadSource(config_file=None)
+    reloader = Reloader(
+        source,
+        config,
+        web_config or WebConfig(),
+        lambda new, _web: services.reconfigure(new),
+        services.registry,
+    )
 
-        async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
-            response.headers.update(headers)
+    async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(reloader.web_config.headers)  # read per response: a reload may change them
 
-        app.on_response_prepare.append(add_headers)
+    app.on_response_prepare.append(add_headers)
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reloader.reload("SIGHUP"), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    reloads: set[asyncio.Task[ReloadResult]] = set()
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
         async for _step in services.run():
-            yield
+            if reload is not None:  # from here on; without a handler SIGHUP ends the process (exit 129)
+                loop.add_signal_handler(signal.SIGHUP, on_sighup)
+            try:
+                yield
+            finally:  # before the services stop: no reload applies to stopped services
+                if reload is not None:
+                    loop.remove_signal_handler(signal.SIGHUP)
+                for task in list(reloads):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app.cleanup_ctx.append(lifecycle)
     metrics_handler = MetricsEndpoint(services.registry, services.collector).handle
@@ -170,10 +211,18 @@ def create_app(
             return web.Response(status=503, text="Not ready: no snapshot of the engine yet.\n")
         return web.Response(text="Ready.\n")
 
+    async def reload_endpoint(_: web.Request) -> web.Response:
+        if reload is None or not reload.enable_lifecycle:
+            return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+        result = await reloader.reload("/-/reload")
+        return web.Response(status=200 if result.ok else 500, text=result.message + "\n")
+
     app.router.add_get("/", landing)
     app.router.add_get(telemetry_path, metrics_handler)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload_endpoint)
+    app.router.add_put("/-/reload", reload_endpoint)
     if endpoints is not None:
         app.router.add_routes(endpoints.routes())
     return app

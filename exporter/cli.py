@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         help="exporter-toolkit web config: TLS (with client certificates), basic auth users and response headers",
     )
+    p.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="enable POST/PUT /-/reload (re-read the config files, as SIGHUP does); off: 403",
+    )
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", help="metrics path")
     p.add_argument(
         "--web.max-connections",
@@ -168,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("docker-image-exporter: --web.telemetry-path must start with /", file=sys.stderr)
         return 1
     from exporter.app import create_app  # imported late so --config.check stays fast and engine-free
+    from exporter.reload import ReloadSource
 
     docker_host = resolve_docker_host(args.docker_host, config)
     host, port = args.listen
@@ -184,11 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = plain_http_warning(host, port, tls=ssl_context is not None, remediation=config.remediation.enabled)
     if warning:
         log.warning("%s", warning)
+    reload = ReloadSource(args.config_file, args.web_config_file, enable_lifecycle=args.enable_lifecycle)
     app = create_app(
         config,
         docker_host=docker_host,
         telemetry_path=args.telemetry_path,
-        headers=web_config.headers,
+        web_config=web_config,
+        reload=reload,
         basic_auth=basic_auth,
     )
     limits = ListenerLimits(max_connections=args.max_connections, read_header_timeout=args.read_header_timeout)

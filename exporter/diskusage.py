@@ -46,6 +46,14 @@ class DiskUsageRefresher:
     def mark_changed(self) -> None:
         self._changed.set()
 
+    def reconfigure(self, config: PollConfig) -> None:
+        """A reloaded `poll` section. A new `disk_usage_interval` ends the wait armed with the old one (one
+        refresh, spaced by `disk_usage_min_interval`), so a shorter interval does not wait out a longer one."""
+        changed = config.disk_usage_interval != self.config.disk_usage_interval
+        self.config = config
+        if changed:
+            self.mark_changed()
+
     async def run(self) -> None:
         await self.poller.ready.wait()  # parsing needs the engine's identity (Podman's sizes are unknown)
         while True:

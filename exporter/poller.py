@@ -78,6 +78,13 @@ class Poller:
     def wake(self) -> None:
         self._wake.set()
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: a changed `poll` or `filesystem` section polls soon, so it shows at once."""
+        changed = config.poll != self.config.poll or config.filesystem != self.config.filesystem
+        self.config = config
+        if changed:
+            self.wake()
+
     async def run(self) -> None:
         """One task: poll, then sleep until the interval passes or something wakes us."""
         while True:

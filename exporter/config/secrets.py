@@ -1,9 +1,9 @@
 """Secrets kept in files (`bearer_token_file`, `password_file`): read them, refuse an empty one.
 
 An empty secret is the dangerous case: compared against an empty `Authorization` credential it would let
-anybody in. Today the files are read once, at start-up (a change needs a restart, like the rest of the
-config); an HTTP layer that re-reads them later must use this same function and refuse requests (401/503)
-when it raises, never fall back to an empty or stale credential.
+anybody in. The files are read at start-up and at every reload (exporter/reload.py), both through
+`load_config`: a rotation to an empty or unreadable file is refused as a whole and the credential in effect
+stays, never an empty one.
 """
 
 from __future__ import annotations

@@ -101,6 +101,15 @@ class RemediationMetrics:
             ["status", "outcome"],
             registry=registry,
         )
+        self.add_actions(actions)
+        for code in WEBHOOK_CODES:
+            self.webhook_requests.labels(code)
+        for status in ALERT_STATUSES:
+            for outcome in ALERT_OUTCOMES:
+                self.webhook_alerts.labels(status, outcome)
+
+    def add_actions(self, actions: Iterable[str]) -> None:
+        """Create the series of these actions at 0 (at start, and for actions a reload adds)."""
         for action in actions:
             for trigger in TRIGGERS:
                 for result in RESULTS:
@@ -111,8 +120,3 @@ class RemediationMetrics:
                 self.skipped.labels(action, reason)
             # the last_run_* gauges appear with the first run: a 0 timestamp would read as "ran in 1970"
             self.running.labels(action)
-        for code in WEBHOOK_CODES:
-            self.webhook_requests.labels(code)
-        for status in ALERT_STATUSES:
-            for outcome in ALERT_OUTCOMES:
-                self.webhook_alerts.labels(status, outcome)

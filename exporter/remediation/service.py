@@ -8,6 +8,10 @@ never holds the gate of real runs; it only keeps a second preview of the same ac
 it runs. A real run that fails (engine unreachable, audit log unwritable, a crash) gives its cooldown back,
 so the next delivery of the alert tries again instead of being answered `cooldown` for nothing.
 
+A reload (`reconfigure`) swaps the config between runs: a run in progress keeps the config it started
+with, cooldowns, running gates and unchanged schedules carry over for actions that keep their name, and
+the state of removed actions is dropped.
+
 State that makes runs happen "once" (which action is running, when each last started) lives in this
 process only. After a restart the cooldown is forgotten, so one more run may happen inside it; that is
 safe because every run re-plans from a fresh snapshot, so a repeated run only deletes what is (still)
@@ -209,7 +213,8 @@ class RemediationService:
         self._tasks: set[asyncio.Task[Run]] = set()
         self.relay = relay
         self._warned_local_only = False
-        self._schedules: list[asyncio.Task[None]] = []
+        self._schedules: dict[str, tuple[float, asyncio.Task[None]]] = {}  # action -> (interval, timer)
+        self._run_configs: dict[str, RemediationConfig] = {}  # run_id -> the config the run started with
         self._next_run: dict[str, float] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -219,9 +224,7 @@ class RemediationService:
             await asyncio.to_thread(self.audit.check)
         except AuditError as exc:
             log.error("%s: every remediation run will fail until this is fixed", exc)
-        for action in self.config.actions.values():
-            if action.schedule is not None:
-                self._schedules.append(asyncio.create_task(self._scheduled(action), name=f"schedule-{action.name}"))
+        self._reschedule()
         log.info(
             "remediation enabled: %d actions, %d routes, dry_run=%s, audit log %s",
             len(self.config.actions),
@@ -233,9 +236,11 @@ class RemediationService:
     async def stop(self) -> None:
         """Stop schedules, let running runs end after their current deletion, then close the audit log."""
         self.executor.stopping = True
-        for schedule in self._schedules:
+        schedules = [task for _interval, task in self._schedules.values()]
+        self._schedules.clear()
+        for schedule in schedules:
             schedule.cancel()
-        for schedule in self._schedules:
+        for schedule in schedules:
             with contextlib.suppress(asyncio.CancelledError):
                 await schedule
         if self._tasks:
@@ -246,6 +251,34 @@ class RemediationService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.audit.close()
+
+    def reconfigure(self, config: RemediationConfig) -> None:
+        """Apply a reloaded config; no await, so no request sees half of it.
+
+        Runs in progress keep the config they started with. Per-action state (cooldowns, running gates,
+        timers whose interval is unchanged) survives for actions that keep their name; cooldowns of removed
+        actions are dropped and their timers stopped; new actions get their metric series and timers.
+        """
+        old = self.config
+        self.config = config
+        for name in old.actions.keys() - config.actions.keys():
+            self.last_started.pop(name, None)
+        self.metrics.add_actions(sorted(config.actions.keys() - old.actions.keys()))
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        """One timer task per scheduled action: keep those whose interval is unchanged, replace the rest."""
+        if self.executor.stopping:  # a reload that ends during shutdown starts nothing
+            return
+        for name, (interval, task) in list(self._schedules.items()):
+            action = self.config.actions.get(name)
+            if action is None or action.schedule != interval:
+                task.cancel()
+                del self._schedules[name]
+        for action in self.config.actions.values():
+            if action.schedule is not None and action.name not in self._schedules:
+                task = asyncio.create_task(self._scheduled(action), name=f"schedule-{action.name}")
+                self._schedules[action.name] = (action.schedule, task)
 
     async def _scheduled(self, action: ActionConfig) -> None:
         """First run one interval after start (not at startup), then every interval."""
@@ -329,6 +362,7 @@ class RemediationService:
             fingerprints=tuple(fingerprints),
             started_at=self.clock(),
         )
+        self._run_configs[run.run_id] = self.config
         if not dry_run:
             claimed = self.monotonic()
             self._cooldown_claims[run.run_id] = (self.last_started.get(name), claimed)
@@ -461,7 +495,8 @@ class RemediationService:
         return await asyncio.shield(self.start_background(run))
 
     async def _run(self, run: Run) -> Run:
-        action = self.config.actions[run.action]
+        config = self._run_configs.pop(run.run_id, self.config)  # the config of begin(), whatever a reload did
+        action = config.actions[run.action]
         try:
             snapshot = await self.poller.poll_once()
             if not self.poller.up or snapshot is None:
@@ -472,7 +507,7 @@ class RemediationService:
                 if action.type != "build_cache":
                     snapshot = await self._with_shared_sizes(snapshot)
                 self._warn_engine_limits(snapshot)
-                plan = make_plan(snapshot, action, self.config.protect, self.clock())
+                plan = make_plan(snapshot, action, config.protect, self.clock())
                 log.info(
                     "remediation run %s: %s (%s, trigger %s, dry_run=%s): %d candidates, %d skipped, ~%d bytes",
                     run.run_id,
@@ -492,7 +527,7 @@ class RemediationService:
             run.finished_at = self.clock()
         finally:
             self._end(run)
-            self._record(run)
+            self._record(run, action)
             self.poller.wake()
         return run
 
@@ -521,7 +556,7 @@ class RemediationService:
             return snapshot
         return refreshed
 
-    def _record(self, run: Run) -> None:
+    def _record(self, run: Run, action: ActionConfig) -> None:
         result = run.result or "failure"
         m = self.metrics
         m.runs.labels(run.action, run.trigger, result).inc()
@@ -533,7 +568,6 @@ class RemediationService:
         m.last_run.labels(run.action).set(run.finished_at or self.clock())
         m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
         m.last_candidates.labels(run.action).set(len(run.plan.candidates) if run.plan else 0)
-        action = self.config.actions[run.action]
         shortfall = run.shortfall_bytes(action.target_avail_ratio if action.type == "free_space" else None)
         if shortfall is not None:
             m.last_shortfall.labels(run.action).set(shortfall)

@@ -172,7 +172,6 @@ class RemediationEndpoints:
         `params` marks an endpoint that can delete: only those query parameters are allowed, and the
         cross-site checks apply. None: a read-only endpoint.
         """
-        auth = self.service.config.auth
 
         async def endpoint(request: web.Request) -> web.Response:
             try:
@@ -196,6 +195,7 @@ class RemediationEndpoints:
             return response
 
         async def guarded(request: web.Request) -> web.Response:
+            auth = self.service.config.auth  # read per request: a reload may rotate the credentials
             header = request.headers.get(hdrs.AUTHORIZATION)
             if not authorized(header, auth):
                 log.info("%s %s refused: %s", request.method, request.path, describe_credentials(header))

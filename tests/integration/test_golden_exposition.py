@@ -34,7 +34,8 @@ GOLDEN = (
 )
 FIXED_NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 VOLATILE_VALUES = re.compile(
-    r"^(docker_exporter_(snapshot|disk_usage)_timestamp_seconds|docker_exporter_.*duration_seconds|"
+    r"^(docker_exporter_(snapshot|disk_usage|config_last_reload_success)_timestamp_seconds|"
+    r"docker_exporter_.*duration_seconds|"
     r"docker_exporter_polls_total|docker_filesystem_\w+|docker_image_last_(used|tag)_timestamp_seconds|"
     r"docker_build_cache_\w+)\b"
 )

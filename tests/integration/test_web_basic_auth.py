@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient
 from exporter.app import create_app
 from exporter.config import parse_config
 from exporter.web.basicauth import BasicAuthGate
+from exporter.web.webconfig import parse_web_config
 from tests.harness.dockerd import free_port, remove_workdir, short_workdir
 from tests.harness.exporter import REPO_ROOT, ExporterProcess
 
@@ -73,9 +74,8 @@ def alertmanager_body() -> bytes:
 async def client(tmp_path: Path, aiohttp_client: Any) -> tuple[TestClient[Any, Any], BasicAuthGate]:
     config = parse_config({"state": {"path": None}, "remediation": remediation(tmp_path)})
     gate = BasicAuthGate({"prometheus": PROM_HASH})
-    app = create_app(
-        config, docker_host=DEAD, headers=[("X-Frame-Options", "deny")], basic_auth=gate, telemetry_path="/metrics"
-    )
+    web_config = parse_web_config({"http_server_config": {"headers": {"X-Frame-Options": "deny"}}})
+    app = create_app(config, docker_host=DEAD, web_config=web_config, basic_auth=gate, telemetry_path="/metrics")
     return await aiohttp_client(app), gate
 
 
