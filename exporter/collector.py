@@ -38,7 +38,7 @@ def image_series(images: Iterable[Image]) -> list[tuple[Image, ImageRef | None]]
     """One row per tag (dangling images get one `<none>` row), largest images first, then by name."""
     rows: list[tuple[Image, ImageRef | None]] = []
     for image in images:
-        if image.dangling:
+        if not image.refs:
             rows.append((image, None))
         rows.extend((image, ref) for ref in image.refs)
     rows.sort(key=lambda r: (-r[0].size, str(r[1]) if r[1] else NONE_LABEL, r[0].id))
