@@ -38,10 +38,10 @@ from exporter.engine import Engine
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
-from exporter.remediation.audit import read_audit_log
 from exporter.remediation.executor import Run
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics
+from tests.harness.audit import read_audit
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.images import ImageSpec, Layer, create_container, load_images
 from tests.harness.registry import PrivateRegistry
@@ -246,7 +246,7 @@ class Harness:
         return await self.service.run_to_completion(run)
 
     def audit(self) -> list[dict[str, Any]]:
-        return read_audit_log(self.audit_path)
+        return read_audit(self.audit_path)
 
     async def events_open(self, within: float = 40) -> None:
         """Wait until the event stream is subscribed: from then on no event is missed.
