@@ -105,6 +105,13 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def stop_runs(_app: web.Application) -> None:
+        """On SIGTERM aiohttp waits for open requests (a manual run) before cleanup: stop runs first."""
+        if services.remediation is not None:
+            services.remediation.executor.stopping = True
+
+    app.on_shutdown.append(stop_runs)
     metrics_handler = make_aiohttp_handler(services.registry)
 
     async def landing(_: web.Request) -> web.Response:
