@@ -312,7 +312,7 @@ class Executor:
                         run.goal_met = True
                         break
                 continue
-            outcome = await self._delete(run, cand)
+            outcome = await self._delete(run, cand, plan.now - action.min_age)
             if outcome.result == "deleted":  # counted before its line is written: a failing write loses no count
                 run.images_deleted += 1
                 if cand.size_basis == "unique":
@@ -347,9 +347,12 @@ class Executor:
             raise RunAborted(f"cannot statvfs {path}: {exc}") from exc
 
     # -- deleting one candidate ---------------------------------------------------------------------------
-    async def _delete(self, run: Run, cand: Candidate) -> Outcome:
-        """Delete one candidate; every DELETE is preceded by a fsync'd intent line and fresh checks."""
-        steps = _Steps(cand)
+    async def _delete(self, run: Run, cand: Candidate, young_after: float) -> Outcome:
+        """Delete one candidate; every DELETE is preceded by a fsync'd intent line and fresh checks.
+
+        `young_after`: a tag set after this time (the plan's `now` minus min_age) makes the image too young.
+        """
+        steps = _Steps(cand, young_after)
         try:
             if cand.removes_image:
                 return await self._delete_image(run, cand, steps)
@@ -363,23 +366,26 @@ class Executor:
         """The whole image goes: extra tags are untagged by name, the last DELETE is by image ID.
 
         DELETE by ID is atomic in the engine: 409 if the image gained a tag or a container by then, and
-        whatever a tag points to next is never touched.
+        whatever a tag points to next is never touched. Containers are checked first and the tags last, so
+        the only thing that can change unseen before the DELETE is guarded by that 409.
         """
+        users = await self._users(cand.image_id)
+        if users:
+            return _outcome(cand, "skipped", "in_use", f"came into use since planning ({', '.join(users)})")
         try:
             current = await self.engine.inspect_image(cand.image_id)
         except EngineNotFound as exc:
             return _outcome(cand, "skipped", "not_found", f"404 from the engine: {exc}")
+        problem = steps.changed(current)
+        if problem is not None:
+            return _outcome(cand, "skipped", *problem)
         tags = _tags(current)
-        gained = sorted(tags - set(cand.known_references or cand.references))
-        if gained:
-            return _outcome(cand, "skipped", "conflict", f"tagged since planning ({', '.join(gained)}): left alone")
-        users = await self._users(cand.image_id)
-        if users:
-            return _outcome(cand, "skipped", "in_use", f"came into use since planning ({', '.join(users)})")
         for ref in sorted(tags)[:-1]:  # more than one tag: all but the last go by name, checked each time
             problem = await self._untag(run, cand, ref, steps)
             if problem is not None:
                 return steps.outcome(*problem)
+            if steps.gone:  # its other tags went elsewhere meanwhile: that untag was the last reference
+                return _outcome(cand, "deleted", untagged=steps.untagged)
         return await self._delete_by_id(run, cand, steps)
 
     async def _delete_by_id(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome:
@@ -416,6 +422,9 @@ class Executor:
         and the DELETE a re-tag can still redirect the name. The answer is checked afterwards and what the
         engine really deleted is recorded.
         """
+        users = await self._users(cand.image_id)
+        if users:
+            return "in_use", f"came into use since planning ({', '.join(users)}): its tags stay"
         try:
             current = await self.engine.inspect_image(ref)
         except EngineNotFound:
@@ -424,12 +433,9 @@ class Executor:
         current_id = normalize_id(str(current.get("Id", "")))
         if current_id != cand.image_id:
             return "conflict", f"{ref} now names another image ({current_id}): left alone"
-        gained = sorted(_tags(current) - set(cand.known_references or cand.references))
-        if gained:
-            return "conflict", f"tagged since planning ({', '.join(gained)}): left alone"
-        users = await self._users(cand.image_id)
-        if users:
-            return "in_use", f"came into use since planning ({', '.join(users)}): its tags stay"
+        problem = steps.changed(current)
+        if problem is not None:
+            return problem
         await self._intent(run, cand, ref)
         try:
             answer = await self.engine.remove_image(ref)
@@ -505,9 +511,20 @@ class _Steps:
     """What one candidate's DELETEs have done so far (several for a multi-tag image)."""
 
     cand: Candidate
+    young_after: float
     untagged: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     gone: bool = False
+
+    def changed(self, inspect: dict[str, Any]) -> tuple[SkipReason, str] | None:
+        """What the engine now says that the plan did not know: a new tag, or a tag set too recently."""
+        gained = sorted(_tags(inspect) - set(self.cand.known_references or self.cand.references))
+        if gained:
+            return "conflict", f"tagged since planning ({', '.join(gained)}): left alone"
+        tagged_at = apishapes.parse_last_tag_time(inspect)
+        if tagged_at is not None and tagged_at > self.young_after:
+            return "too_young", "tagged again since planning (Metadata.LastTagTime): younger than min_age now"
+        return None
 
     def outcome(self, reason: SkipReason, detail: str) -> Outcome:
         """Stopped part-way: untagged if something went, else skipped."""

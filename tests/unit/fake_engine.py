@@ -17,6 +17,7 @@ import hashlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from exporter.engine import Engine, EngineConflict, EngineNotFound, EngineUnavailable
@@ -32,11 +33,12 @@ class FakeImage:
     tags: set[str]
     arrived: float
     digests: set[str] = field(default_factory=set)
+    last_tag_time: float | None = None  # set by `docker tag`, not by a pull (the classic store)
 
 
 @dataclass(frozen=True)
 class Removal:
-    """One image the engine deleted, and what was true of it at that moment."""
+    """One image the engine deleted (or one tag it removed), and what was true of the image at that moment."""
 
     image_id: str
     target: str
@@ -54,7 +56,7 @@ class FakeEngine(Engine):
         self.containers: dict[str, str] = {}  # container ID -> image ID
         self.calls: list[tuple[str, str]] = []
         self.removals: list[Removal] = []
-        self.untagged: list[tuple[str, str]] = []  # (tag, image ID it named) for every untag
+        self.untagged: list[Removal] = []  # every tag removed, with its image's state at that moment
         self.before: Callable[[str, str], None] | None = None
         self.timeout_on_delete: Callable[[str], bool] | None = None
         self._ids = itertools.count(1)
@@ -77,6 +79,7 @@ class FakeEngine(Engine):
         self.untag_quietly(tag)
         self.images[iid].tags.add(tag)
         self.images[iid].arrived = max(self.images[iid].arrived, when)
+        self.images[iid].last_tag_time = when
 
     def pull(self, name: str, tag: str, when: float) -> str:
         """A re-pull that brings a new image under an existing tag (the old image keeps its other tags)."""
@@ -129,7 +132,14 @@ class FakeEngine(Engine):
     async def inspect_image(self, ref: str) -> dict[str, Any]:
         self._hook("inspect_image", ref)
         image = self._find(ref)
-        return {"Id": image.id, "RepoTags": sorted(image.tags), "RepoDigests": sorted(image.digests), "Metadata": {}}
+        tagged = image.last_tag_time
+        metadata = {"LastTagTime": _rfc3339(tagged) if tagged is not None else "0001-01-01T00:00:00Z"}
+        return {
+            "Id": image.id,
+            "RepoTags": sorted(image.tags),
+            "RepoDigests": sorted(image.digests),
+            "Metadata": metadata,
+        }
 
     async def list_containers(self) -> list[dict[str, Any]]:
         self._hook("list_containers", "")
@@ -147,21 +157,28 @@ class FakeEngine(Engine):
                     f"conflict: unable to delete {image.id[7:19]} - referenced in multiple repositories", 409
                 )
             answer += [{"Untagged": t} for t in sorted(image.tags)]
-            self.untagged += [(t, image.id) for t in image.tags]
+            self.untagged += [self._record(image, t) for t in image.tags]
         else:
             if len(image.tags) == 1 and self._used(image.id):
                 raise EngineConflict(f"conflict: unable to remove repository reference {ref!r}", 409)
             answer.append({"Untagged": ref})
-            self.untagged.append((ref, image.id))
+            self.untagged.append(self._record(image, ref))
             if len(image.tags) > 1:
                 image.tags.discard(ref)
                 return self._answer(ref, answer)
-        self.removals.append(Removal(image.id, ref, frozenset(image.tags), image.arrived, self._used(image.id)))
+        self.removals.append(self._record(image, ref))
         del self.images[image.id]
         answer += [{"Deleted": image.id}, {"Deleted": "sha256:" + hashlib.sha256(image.id.encode()).hexdigest()}]
         return self._answer(ref, answer)
+
+    def _record(self, image: FakeImage, target: str) -> Removal:
+        return Removal(image.id, target, frozenset(image.tags), image.arrived, self._used(image.id))
 
     def _answer(self, ref: str, answer: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.timeout_on_delete is not None and self.timeout_on_delete(ref):
             raise EngineUnavailable("engine did not answer within 35s")  # done by the engine, answer lost
         return answer
+
+
+def _rfc3339(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
