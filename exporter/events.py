@@ -99,7 +99,8 @@ class EventFollower:
 
         def get(c: Any) -> list[dict[str, Any]]:
             stream = c.events(since=int(since), until=int(until) + 1, decode=True, filters={"type": list(EVENT_TYPES)})
-            return [e for e in stream if isinstance(e, dict)]
+            # `since` has whole seconds: what happened up to `since` itself is already in the state
+            return [e for e in stream if isinstance(e, dict) and event_time(e) > since]
 
         try:
             events = await self.engine.call(get)

@@ -204,3 +204,21 @@ async def test_no_saved_state_means_no_replay(tmp_path: Path) -> None:
     poller = Poller(engine, parse_config({}), history, PollMetrics(CollectorRegistry()))
     follower = EventFollower(engine, poller, history, PollMetrics(CollectorRegistry()))
     assert await follower.replay() == 0 and engine.events_asked == []
+
+
+async def test_replay_skips_what_the_saved_state_already_covers(tmp_path: Path) -> None:
+    """`since` has whole seconds: events up to the saved time itself were seen before the save.
+
+    Reproduces a regression caught by the engine tests: images loaded a moment before the save were
+    replayed as fresh arrivals and held back by min_age.
+    """
+    events = json.loads((FIXTURES / "bookworm" / "events.json").read_text())
+    tagged_at = max(event_time(e) for e in events if e.get("Action") == "tag")
+    history = ImageHistory(str(saved(tmp_path, recorded_ids(), now=tagged_at)))
+    history.load()
+    engine = RecordedEngine()
+    poller = Poller(engine, parse_config({}), history, PollMetrics(CollectorRegistry()))
+    follower = EventFollower(engine, poller, history, PollMetrics(CollectorRegistry()))
+    later = [e for e in events if event_time(e) > tagged_at]
+    assert len(later) < len(events)
+    assert await follower.replay() == len(later)
