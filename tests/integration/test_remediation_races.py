@@ -31,6 +31,7 @@ from tests.harness.dockerd import PrivateDockerd, short_workdir
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.registry import PrivateRegistry
+from tests.harness.state import write_saved_state
 
 pytestmark = pytest.mark.engine
 
@@ -45,11 +46,14 @@ class Rig:
     poller: Poller
     audit_path: Path
 
-    async def plan(self, kind: ActionType, only: set[str], protect: ProtectConfig = PROTECT) -> Plan:
+    async def plan(
+        self, kind: ActionType, only: set[str], protect: ProtectConfig = PROTECT, min_age: float = 0.0
+    ) -> Plan:
         """A plan on a fresh poll, limited to this test's images."""
         snapshot = await self.poller.poll_once()
         assert snapshot is not None and self.poller.up, self.poller.last_error
-        plan = make_plan(snapshot, ActionConfig(name=kind, type=kind, min_age=0.0), protect, snapshot.taken_at)
+        action = ActionConfig(name=kind, type=kind, min_age=min_age)
+        plan = make_plan(snapshot, action, protect, snapshot.taken_at)
         return replace(
             plan,
             candidates=tuple(c for c in plan.candidates if c.image_id in only),
@@ -66,11 +70,11 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(host: str, tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(host: str, tmp_path: Path, history: ImageHistory | None = None) -> AsyncIterator[Rig]:
     engine = Engine(host, timeout=60)
     config = parse_config({"filesystem": {"path": str(tmp_path)}})
     registry = CollectorRegistry()
-    poller = Poller(engine, config, ImageHistory(None), PollMetrics(registry))
+    poller = Poller(engine, config, history or ImageHistory(None), PollMetrics(registry))
     audit_path = tmp_path / "audit.jsonl"
     executor = Executor(engine, AuditLog(str(audit_path)), RemediationMetrics(registry, []), read_filesystem)
     try:
@@ -155,3 +159,29 @@ async def test_an_image_pulled_by_digest_is_kept_by_prune_dangling_and_protected
     (skip,) = unused.skipped
     assert skip.reason == "protected_reference" and skip.references == (pinned,)
     assert unused.to_json()["skipped"][0]["references"] == [pinned]
+
+
+@pytest.mark.parametrize("state", ["corrupt", "missing", "proves-present"])
+async def test_images_that_arrived_while_the_exporter_was_down_are_young(
+    dockerd: PrivateDockerd, tmp_path: Path, state: str
+) -> None:
+    """#2: two old images pulled while the exporter was down (classic store: no LastTagTime from a pull).
+
+    Only a state file proving them present before makes them old; a corrupt or missing one must not.
+    """
+    ids = load_images(dockerd, [spec(None, "down-1"), spec(None, "down-2")])
+    path = tmp_path / "state.json"
+    if state == "corrupt":
+        path.write_text("{not json")
+    elif state == "proves-present":
+        write_saved_state(path, dockerd)
+    history = ImageHistory(str(path))
+    history.load()
+    async with rig(dockerd.host, tmp_path, history) as r:
+        plan = await r.plan("prune_dangling", set(ids), min_age=3600.0)
+        run = await r.run(plan)
+    if state == "proves-present":
+        assert sorted(c.image_id for c in plan.candidates) == sorted(ids)
+    else:
+        assert plan.candidates == () and {s.reason for s in plan.skipped} == {"too_young"}
+        assert run.images_deleted == 0 and set(ids) <= present(dockerd)
