@@ -35,7 +35,7 @@ def _gauge(name: str, doc: str, value: float | None, labels: Iterable[str] = ())
 
 
 def image_series(images: Iterable[Image]) -> list[tuple[Image, ImageRef | None]]:
-    """One row per tag (dangling images get one `<none>` row), largest images first, then by name."""
+    """One row per tag (untagged images, dangling or pinned by digest, get one `<none>` row), largest first."""
     rows: list[tuple[Image, ImageRef | None]] = []
     for image in images:
         if not image.refs:
