@@ -15,7 +15,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from exporter.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Image, ImageRef
+from exporter.snapshot import BuildCache, Container, DigestRef, DiskUsage, EngineInfo, Image, ImageRef
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _EMPTY_SIZES: Mapping[str, int] = MappingProxyType({})
@@ -62,7 +62,9 @@ def parse_refs(repo_tags: Any) -> tuple[ImageRef, ...]:
 
 
 def parse_digests(repo_digests: Any) -> tuple[str, ...]:
-    return tuple(sorted(d for d in (repo_digests or ()) if isinstance(d, str) and "@" in d and "<none>" not in d))
+    """`RepoDigests` as `repo@sha256:…` strings; `<none>@<none>` and malformed entries dropped."""
+    refs = (DigestRef.parse(d) for d in (repo_digests or ()) if isinstance(d, str))
+    return tuple(sorted({str(r) for r in refs if r is not None}))
 
 
 def parse_image(raw: Mapping[str, Any]) -> Image:

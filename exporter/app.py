@@ -175,6 +175,13 @@ def create_app(
                         await task
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def stop_runs(_app: web.Application) -> None:
+        """On SIGTERM aiohttp waits for open requests (a manual run) before cleanup: stop runs first."""
+        if services.remediation is not None:
+            services.remediation.executor.stopping = True
+
+    app.on_shutdown.append(stop_runs)
     metrics_handler = MetricsEndpoint(services.registry, services.collector).handle
 
     async def landing(request: web.Request) -> web.Response:

@@ -85,10 +85,10 @@ def _row_order(row: Row) -> tuple[int, str, str]:
 
 
 def image_rows(images: Iterable[Image]) -> list[Row]:
-    """One row per tag (dangling images get one `<none>` row), in snapshot order."""
+    """One row per tag (untagged images, dangling or pinned by digest, get one `<none>` row), in snapshot order."""
     rows: list[Row] = []
     for image in images:
-        if image.dangling:
+        if not image.refs:
             rows.append((image, None))
         rows.extend((image, ref) for ref in image.refs)
     return rows

@@ -194,6 +194,15 @@ class Engine:
         )
 
     # -- events ---------------------------------------------------------------------------------------
+    async def events_between(self, since: int, until: int) -> list[dict[str, Any]]:
+        """Replay image/container events from the engine's buffer (its last 256, none from before its start)."""
+
+        def get(c: docker.APIClient) -> list[dict[str, Any]]:
+            stream = c.events(since=since, until=until, decode=True, filters={"type": list(EVENT_TYPES)})
+            return [e for e in stream if isinstance(e, dict)]
+
+        return await self._call(get)
+
     def follow_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:
         """Block, delivering decoded image/container events until the stream ends or `close_events`."""
         try:

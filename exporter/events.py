@@ -3,8 +3,10 @@
 The blocking stream runs in a thread and hands each event to the event loop. Any image or container change
 wakes the poller (debounced there). Container create/start records the image's last-used time; image
 pull/load/tag/import records its arrival, so a freshly pulled old image counts as young for `min_age`.
-The engine replays only its last 256 events, so after a reconnect we re-list (wake the poller) instead of
-replaying. Event shapes differ (an untag names an ID on the classic store, a reference on the containerd
+On start and after every reconnect the events since the last one known (the saved state's time on start)
+are replayed with `since`/`until`, so uses and re-pulls during downtime are not lost; the engine keeps only
+its last 256 events, so a replay is a hint: the poller also re-lists, and images it has not seen before
+count as just arrived (see `history`). Event shapes differ (an untag names an ID on the classic store, a reference on the containerd
 store; Podman says `loadfromarchive`): every name is resolved through an inspect, and the poller's
 new-ID detection catches what events cannot name.
 """
@@ -18,7 +20,7 @@ import time
 from typing import Any
 
 from exporter.apishapes import normalize_id
-from exporter.engine import Engine, EngineError
+from exporter.engine import Engine, EngineError, EngineUnavailable
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
@@ -49,6 +51,8 @@ class EventFollower:
         self.poller = poller
         self.history = history
         self.metrics = metrics
+        #: The newest event handled: where the next replay starts (before any, the saved state's time).
+        self.resume_from: float | None = None
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -63,7 +67,8 @@ class EventFollower:
                     loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
                 try:
-                    self.poller.wake()  # re-list: events missed while disconnected cannot be replayed
+                    await self.replay()
+                    self.poller.wake()  # re-list: a replay is a hint, never proof that nothing else happened
                     await asyncio.to_thread(self.engine.follow_events, deliver)
                     log.info("event stream ended; reconnecting")
                 except EngineError as exc:
@@ -81,6 +86,31 @@ class EventFollower:
             self.engine.close_events()
             worker.cancel()
 
+    async def replay(self) -> int:
+        """Handle the events the engine still holds since `resume_from` (at most its last 256)."""
+        since = self.resume_from if self.resume_from is not None else self.history.saved_at
+        if since is None:
+            return 0
+        until = time.time()
+
+        try:
+            replayed = await self.engine.events_between(int(since), int(until) + 1)
+            # `since` has whole seconds: what happened up to `since` itself is already in the state
+            events = [e for e in replayed if event_time(e) > since]
+        except EngineUnavailable:
+            raise
+        except EngineError as exc:  # an engine that cannot replay still streams: carry on without
+            log.info("cannot replay engine events since %.0f: %s", since, exc)
+            return 0
+        for event in events:
+            try:
+                await self.handle(event)
+            except EngineError as exc:
+                log.debug("could not resolve replayed event %s: %s", event.get("Action"), exc)
+        if events:
+            log.info("replayed %d engine events since %.0f", len(events), since)
+        return len(events)
+
     async def _handle_events(self) -> None:
         while True:
             event = await self._queue.get()
@@ -97,6 +127,7 @@ class EventFollower:
         actor = event.get("Actor") or {}
         attributes = actor.get("Attributes") or {}
         when = event_time(event)
+        self.resume_from = max(self.resume_from or 0.0, when)
         if kind == "image" and action in IMAGE_CHANGES:
             if action in ARRIVAL_ACTIONS:
                 image_id = await self._resolve_image(str(actor.get("ID") or event.get("id") or ""))

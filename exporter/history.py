@@ -1,13 +1,22 @@
 """What the engine does not remember: when each image was last used and when it arrived here.
 
 Last-used times come from container create/start events (and running containers seen by polls); arrival
-times from images appearing after startup or being pulled/loaded/tagged. Both drive remediation (LRU
-order, min_age), so they persist in a small JSON file. A missing, unreadable or corrupt file is logged and
-survived: history then starts empty, which only makes remediation more conservative about age.
+times from images appearing or being pulled/loaded/tagged. Both drive remediation (LRU order, min_age), so
+they persist in a small JSON file together with the set of images present at the last save.
+
+The arrival rule (`observe`), because on the classic store a pull leaves no trace the engine will tell
+us later (no `LastTagTime`, `Created` is the build time):
+- an image present at the last save keeps what was recorded for it (or nothing: it is as old as its
+  `Created`/`LastTagTime` say);
+- any other image counts as arriving when this exporter first sees it: after downtime, after the state
+  file was lost or corrupt, and on the very first start, everything new to the file is "just arrived".
+Losing history therefore makes remediation more conservative about age, never less. Replayed engine
+events (only the last 256 survive in the engine) can move an arrival or a last use later, never earlier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,33 +26,61 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class ImageHistory:
-    """Image ID -> last-used and arrival timestamps, saved atomically when changed."""
+    """Image ID -> last-used and arrival timestamps, plus the IDs present at the last save."""
 
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
         self.last_used: dict[str, float] = {}
         self.arrived: dict[str, float] = {}
+        #: IDs the state proves were present (at `saved_at`); anything else seen is new here.
+        self.present: set[str] = set()
+        #: When the loaded state was saved: where a replay of engine events starts. None = no usable state.
+        self.saved_at: float | None = None
+        #: When `present` was last listed: saved as the next start's `saved_at`.
+        self.observed_at: float | None = None
         self._dirty = False
 
     def load(self) -> None:
+        """Read the state file; missing, unreadable or from an older format: start with nothing proven."""
         if self.path is None:
             return
         try:
             data = json.loads(self.path.read_text())
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-                raise ValueError("unknown state format")
-            self.last_used = {str(k): float(v) for k, v in (data.get("last_used") or {}).items()}
-            self.arrived = {str(k): float(v) for k, v in (data.get("arrived") or {}).items()}
-            log.info("loaded image history for %d images from %s", len(self.last_used), self.path)
+                raise ValueError(f"unknown state format (want version {STATE_VERSION})")
+            last_used = {str(k): float(v) for k, v in (data.get("last_used") or {}).items()}
+            arrived = {str(k): float(v) for k, v in (data.get("arrived") or {}).items()}
+            present = {str(i) for i in data["present"]}
+            saved_at = float(data["saved_at"])
         except FileNotFoundError:
-            log.info("no image history at %s yet; starting empty", self.path)
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable image history %s (%s); starting empty", self.path, exc)
-            self.last_used, self.arrived = {}, {}
+            log.info("no image history at %s yet: every image counts as arriving when first seen", self.path)
+            return
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            log.warning(
+                "ignoring unreadable image history %s (%s): every image counts as arriving when first seen",
+                self.path,
+                exc,
+            )
+            return
+        self.last_used, self.arrived, self.present, self.saved_at = last_used, arrived, present, saved_at
+        log.info("loaded image history for %d images from %s", len(present), self.path)
+
+    def observe(self, present: Iterable[str], now: float) -> list[str]:
+        """Record the images listed now: those not proven present before arrive at `now`; returns them."""
+        ids = set(present)
+        self.observed_at = now
+        new = sorted(ids - self.present)
+        for image_id in new:
+            self.mark_arrived(image_id, now)
+        if ids != self.present:
+            self.present = ids
+            self._dirty = True
+        self.retain(ids)
+        return new
 
     def mark_used(self, image_id: str, when: float) -> None:
         if self.last_used.get(image_id, 0.0) < when:
@@ -64,16 +101,31 @@ class ImageHistory:
                 self._dirty = True
 
     def save(self) -> None:
-        """Write atomically (temp file + rename) when something changed; failures are logged, not fatal."""
-        if self.path is None or not self._dirty:
+        """Write atomically (temp file + rename) when something changed; failures are logged, not fatal.
+
+        Nothing is written before the first `observe`: a state without the present images proves nothing.
+        """
+        if self.path is None or not self._dirty or self.observed_at is None:
             return
-        data = {"version": STATE_VERSION, "last_used": self.last_used, "arrived": self.arrived}
+        data = {
+            "version": STATE_VERSION,
+            "saved_at": self.observed_at,
+            "present": sorted(self.present),
+            "last_used": self.last_used,
+            "arrived": self.arrived,
+        }
+        tmp: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
             with os.fdopen(fd, "w") as handle:
                 json.dump(data, handle, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, self.path)
             self._dirty = False
         except OSError as exc:
             log.warning("cannot save image history to %s: %s", self.path, exc)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)

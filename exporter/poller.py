@@ -70,7 +70,6 @@ class Poller:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tag_times: dict[tuple[str, tuple[str, ...]], float | None] = {}
-        self._seen_ids: set[str] | None = None
         self._parts: tuple[EngineInfo, list[Image], list[Container], Filesystem | None] | None = None
         self._published_ids: frozenset[str] = frozenset()
         self.ready = asyncio.Event()
@@ -170,15 +169,11 @@ class Poller:
             self._tag_times[key] = apishapes.parse_last_tag_time(inspect)
 
     def _track_history(self, images: list[Image], containers: list[Container], now: float) -> None:
-        ids = {i.id for i in images}
-        if self._seen_ids is not None:
-            for new_id in ids - self._seen_ids:
-                self.history.mark_arrived(new_id, now)
-        self._seen_ids = ids
+        """Arrivals (images not proven present before count as arriving now, see `history`) and use."""
+        self.history.observe((i.id for i in images), now)
         for c in containers:
             if c.state == "running" and now - self.history.last_used.get(c.image_id, 0.0) > RUNNING_USE_RESOLUTION:
                 self.history.mark_used(c.image_id, now)
-        self.history.retain(ids)
 
     def set_disk_usage(self, usage: DiskUsage) -> None:
         """Called by the disk-usage task: merge the new /system/df data into a fresh published view."""

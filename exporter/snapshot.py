@@ -35,6 +35,28 @@ class ImageRef:
         return cls(text, "latest")
 
 
+@dataclass(frozen=True, order=True)
+class DigestRef:
+    """One `repository@sha256:<hex>` of an image: how images pulled by digest (no tag) are named.
+
+    A digest names content, so unlike a tag it cannot be moved to another image.
+    """
+
+    repository: str
+    digest: str
+
+    def __str__(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+    @classmethod
+    def parse(cls, text: str) -> DigestRef | None:
+        """Split at the `@`; None for `<none>@<none>` and anything without an algorithm-prefixed digest."""
+        repository, sep, digest = text.partition("@")
+        if not sep or not repository or repository.startswith(NONE_LABEL) or ":" not in digest:
+            return None
+        return cls(repository, digest)
+
+
 @dataclass(frozen=True)
 class Image:
     """One image as `/images/json` lists it, with what the exporter learned about it elsewhere."""
@@ -57,8 +79,23 @@ class Image:
         return self.id.split(":", 1)[-1][:12]
 
     @property
+    def digest_refs(self) -> tuple[DigestRef, ...]:
+        """The `repo@sha256:…` references (RepoDigests): a digest-pulled image has these and no tag."""
+        return tuple(r for r in (DigestRef.parse(d) for d in self.digests) if r is not None)
+
+    @property
+    def references(self) -> tuple[ImageRef | DigestRef, ...]:
+        """Every name the image answers to, tags first: what protection globs and plans look at."""
+        return (*self.refs, *self.digest_refs)
+
+    @property
     def dangling(self) -> bool:
-        return not self.refs
+        """Named by nothing: no tag and no digest reference (an image pulled by digest is not dangling).
+
+        Docker calls every untagged image dangling; an image pulled as `repo@sha256:…` is one that
+        someone pinned on purpose, so it is only removed by actions that remove unused images.
+        """
+        return not self.refs and not self.digest_refs
 
     @property
     def local_only(self) -> bool:

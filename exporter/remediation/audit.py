@@ -63,9 +63,3 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._close()
-
-
-def read_audit_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every record in an audit log (for tests and tooling)."""
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

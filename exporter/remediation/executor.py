@@ -1,13 +1,16 @@
-"""Follows a Plan: one DELETE at a time, never forced, each decision audited before the next deletion.
+"""Follows a Plan: one DELETE at a time, never forced, each written down before it is sent.
 
 Safety beyond the plan, because the engine moves while we work:
-- a reference is re-inspected right before its DELETE; if it now names another image (a fresh pull or
-  re-tag took the name) the candidate is skipped as a conflict instead of deleting the newcomer;
-- a dangling image is re-inspected before its DELETE by ID; if it got a tag since planning it is skipped
-  (DELETE by ID of an image with one tag would untag and delete it);
-- 409 (in use, child images) is a skip with the engine's message, 404 means someone else removed it;
-- an unreachable engine or an unwritable audit log ends the run as a failure: nothing is deleted that
-  is not written down.
+- a whole image goes by **image ID** (its extra tags first, by name): the engine refuses an ID that gained
+  a tag or a container (409 -> skip), and no re-tag can redirect a DELETE by ID to a newcomer;
+- every DELETE is preceded by fresh checks (the image gained no tag, no container uses it, an untagged
+  name still names it) and by an fsync'd `intent` audit line; if the intent cannot be written, nothing
+  is deleted; the outcome line follows the DELETE, counts are updated before it is written;
+- a DELETE without an answer (timeout) is ambiguous: the image is looked up by ID (gone = deleted), the
+  finding is recorded and the run ends;
+- untagging by name has a window the engine cannot close (a re-tag between our inspect and the DELETE):
+  the answer is checked, and an image the engine deleted instead is audited under its own ID;
+- `stopping` (shutdown) ends the run before the next candidate.
 Reclaimed bytes count only images the engine answered `Deleted: <image id>` for, at their unique size.
 """
 
@@ -17,13 +20,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
+from exporter import apishapes
+from exporter.apishapes import normalize_id
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction
 from exporter.engine import Engine, EngineConflict, EngineError, EngineNotFound, EngineUnavailable
 from exporter.remediation.audit import AuditError, AuditLog
 from exporter.remediation.metrics import RemediationMetrics
-from exporter.remediation.planner import Candidate, Plan, SkipReason
+from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason
 from exporter.remediation.runs import Outcome, OutcomeKind, Run
 from exporter.snapshot import Filesystem
 
@@ -112,19 +118,7 @@ class Executor:
                 estimated_bytes=plan.estimated_bytes,
             )
             for skip in plan.skipped:
-                await self._record(
-                    run,
-                    Outcome(
-                        skip.image_id,
-                        skip.references,
-                        skip.size,
-                        skip.size_basis,
-                        "selected by the action",
-                        "skipped",
-                        skip.reason,
-                        skip.detail,
-                    ),
-                )
+                await self._record(run, _outcome(skip, "skipped"))
             if isinstance(action, BuildCacheAction):
                 await self._build_cache(run, action)
             else:
@@ -198,26 +192,12 @@ class Executor:
                 break
             if done >= action.max_deletions:
                 for rest in candidates[index:]:
-                    await self._record(
-                        run,
-                        Outcome(
-                            rest.image_id,
-                            rest.references,
-                            rest.size,
-                            rest.size_basis,
-                            rest.reason,
-                            "skipped",
-                            "max_deletions",
-                            f"max_deletions {action.max_deletions} reached",
-                        ),
-                    )
+                    detail = f"max_deletions {action.max_deletions} reached"
+                    await self._record(run, _outcome(rest, "skipped", "max_deletions", detail))
                 incomplete = True
                 break
             if run.dry_run:
-                await self._record(
-                    run,
-                    Outcome(cand.image_id, cand.references, cand.size, cand.size_basis, cand.reason, "would_delete"),
-                )
+                await self._record(run, _outcome(cand, "would_delete"))
                 done += 1
                 if free_space and fs is not None:
                     projected_avail += cand.size if cand.removes_image else 0
@@ -225,12 +205,12 @@ class Executor:
                         run.goal_met = True
                         break
                 continue
-            outcome = await self._delete(cand)
-            await self._record(run, outcome)
-            if outcome.result == "deleted":
+            outcome = await self._delete(run, cand, plan.now - action.min_age)
+            if outcome.result == "deleted":  # counted before its line is written: a failing write loses no count
                 run.images_deleted += 1
                 if cand.size_basis == "unique":
                     run.reclaimed_bytes += cand.size
+            await self._record(run, outcome)
             if outcome.result in ("deleted", "untagged"):
                 done += 1
             if outcome.skip_reason == "conflict":
@@ -259,78 +239,216 @@ class Executor:
         except OSError as exc:
             raise RunAborted(f"cannot statvfs {path}: {exc}") from exc
 
-    async def _delete(self, cand: Candidate) -> Outcome:
-        """Delete one candidate: by ID when dangling, else reference by reference (untag)."""
+    # -- deleting one candidate ---------------------------------------------------------------------------
+    async def _delete(self, run: Run, cand: Candidate, young_after: float) -> Outcome:
+        """Delete one candidate; every DELETE is preceded by a fsync'd intent line and fresh checks.
+
+        `young_after`: a tag set after this time (the plan's `now` minus min_age) makes the image too young.
+        """
+        steps = _Steps(cand, young_after)
         try:
-            if not cand.references:
-                return await self._delete_by_id(cand)
-            return await self._delete_refs(cand)
+            if cand.removes_image:
+                return await self._delete_image(run, cand, steps)
+            return await self._untag_only(run, cand, steps)
         except EngineUnavailable as exc:
             raise RunAborted(f"engine unreachable: {exc}") from exc
-        except EngineConflict as exc:  # the helpers map these per call; this is only a safety net
-            return _outcome(cand, "skipped", "conflict", f"409 from the engine: {exc}")
-        except EngineNotFound as exc:
-            return _outcome(cand, "skipped", "not_found", f"404 from the engine: {exc}")
         except EngineError as exc:
             raise RunAborted(f"engine error on {cand.image_id}: {exc}") from exc
 
-    async def _delete_by_id(self, cand: Candidate) -> Outcome:
+    async def _delete_image(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome:
+        """The whole image goes: extra tags are untagged by name, the last DELETE is by image ID.
+
+        DELETE by ID is atomic in the engine: 409 if the image gained a tag or a container by then, and
+        whatever a tag points to next is never touched. Containers are checked first and the tags last, so
+        the only thing that can change unseen before the DELETE is guarded by that 409.
+        """
+        users = await self._users(cand.image_id)
+        if users:
+            return _outcome(cand, "skipped", "in_use", f"came into use since planning ({', '.join(users)})")
         try:
             current = await self.engine.inspect_image(cand.image_id)
-            tags = [t for t in (current.get("RepoTags") or []) if "<none>" not in t]
-            if tags:
-                return _outcome(cand, "skipped", "conflict", f"tagged since planning ({', '.join(tags)}): left alone")
-            answer = await self.engine.remove_image(cand.image_id)
-        except EngineConflict as exc:
-            return _outcome(cand, "skipped", "conflict", f"409 from the engine: {exc}")
         except EngineNotFound as exc:
             return _outcome(cand, "skipped", "not_found", f"404 from the engine: {exc}")
-        if _deleted(answer, cand.image_id):
-            return _outcome(cand, "deleted")
-        return _outcome(cand, "skipped", "conflict", f"the engine did not delete the image: {answer!r}")
-
-    async def _delete_refs(self, cand: Candidate) -> Outcome:
-        untagged: list[str] = []
-        missing: list[str] = []
-        gone = False
-        problem: tuple[SkipReason, str] | None = None
-        for ref in cand.references:
-            try:
-                current = await self.engine.inspect_image(ref)
-                if _norm(str(current.get("Id", ""))) != cand.image_id:
-                    problem = ("conflict", f"{ref} now names another image ({current.get('Id')}): left alone")
-                    break
-                answer = await self.engine.remove_image(ref)
-            except EngineNotFound:
-                missing.append(ref)
-                continue
-            except EngineConflict as exc:
-                problem = ("conflict", f"409 from the engine on {ref}: {exc}")
-                break
-            untagged.append(ref)
-            gone = gone or _deleted(answer, cand.image_id)
-        if gone:
-            return _outcome(cand, "deleted", untagged=untagged)
+        problem = steps.changed(current)
         if problem is not None:
-            return _outcome(cand, "untagged" if untagged else "skipped", *problem, untagged=untagged)
-        if untagged:
-            return _outcome(cand, "untagged", untagged=untagged)
-        return _outcome(cand, "skipped", "not_found", f"already gone: {', '.join(missing)}")
+            return _outcome(cand, "skipped", *problem)
+        tags = _tags(current)
+        for ref in sorted(tags)[:-1]:  # more than one tag: all but the last go by name, checked each time
+            problem = await self._untag(run, cand, ref, steps)
+            if problem is not None:
+                return steps.outcome(*problem)
+            if steps.gone:  # its other tags went elsewhere meanwhile: that untag was the last reference
+                return _outcome(cand, "deleted", untagged=steps.untagged)
+        return await self._delete_by_id(run, cand, steps)
+
+    async def _delete_by_id(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome:
+        await self._intent(run, cand, cand.image_id)
+        try:
+            answer = await self.engine.remove_image(cand.image_id)
+        except EngineConflict as exc:
+            return steps.outcome("conflict", f"409 from the engine: {exc}")
+        except EngineNotFound as exc:
+            return steps.outcome("not_found", f"404 from the engine: {exc}")
+        except EngineUnavailable as exc:
+            await self._ambiguous(run, cand, steps, exc)
+        steps.untagged.extend(str(e["Untagged"]) for e in answer if isinstance(e, dict) and e.get("Untagged"))
+        if _deleted(answer, cand.image_id):
+            return _outcome(cand, "deleted", untagged=steps.untagged)
+        return steps.outcome("conflict", f"the engine did not delete the image: {answer!r}")
+
+    async def _untag_only(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome:
+        """keep_last: old tags of an image that keeps others go by name, re-checked right before each."""
+        for ref in cand.references:
+            problem = await self._untag(run, cand, ref, steps)
+            if problem is not None:
+                return steps.outcome(*problem)
+        if steps.gone:
+            return _outcome(cand, "deleted", untagged=steps.untagged)
+        if steps.untagged:
+            return _outcome(cand, "untagged", untagged=steps.untagged)
+        return _outcome(cand, "skipped", "not_found", f"already gone: {', '.join(steps.missing)}")
+
+    async def _untag(self, run: Run, cand: Candidate, ref: str, steps: _Steps) -> tuple[SkipReason, str] | None:
+        """Untag `ref` if it still names the candidate, the image gained no tag and no container uses it.
+
+        The engine has no atomic "untag this name only if it points to this ID": between the re-inspect
+        and the DELETE a re-tag can still redirect the name. The answer is checked afterwards and what the
+        engine really deleted is recorded.
+        """
+        users = await self._users(cand.image_id)
+        if users:
+            return "in_use", f"came into use since planning ({', '.join(users)}): its tags stay"
+        try:
+            current = await self.engine.inspect_image(ref)
+        except EngineNotFound:
+            steps.missing.append(ref)
+            return None
+        current_id = normalize_id(str(current.get("Id", "")))
+        if current_id != cand.image_id:
+            return "conflict", f"{ref} now names another image ({current_id}): left alone"
+        problem = steps.changed(current)
+        if problem is not None:
+            return problem
+        await self._intent(run, cand, ref)
+        try:
+            answer = await self.engine.remove_image(ref)
+        except EngineNotFound:
+            steps.missing.append(ref)
+            return None
+        except EngineConflict as exc:
+            return "conflict", f"409 from the engine on {ref}: {exc}"
+        except EngineUnavailable as exc:
+            await self._ambiguous(run, cand, steps, exc, ref)
+        steps.untagged.append(ref)
+        deleted = _deleted_ids(answer)
+        if cand.image_id in deleted:
+            steps.gone = True
+        elif deleted:  # the name moved to another image between our inspect and the DELETE
+            other = deleted[0]
+            detail = f"{ref} was re-tagged onto {other} just before its DELETE: the engine untagged and deleted it"
+            run.images_deleted += 1  # never report fewer deletions than happened
+            await self._record(
+                run,
+                Outcome(
+                    other, (ref,), 0, "total", f"re-tag race while untagging {cand.image_id}", "deleted", detail=detail
+                ),
+            )
+            steps.untagged.remove(ref)
+            return "conflict", f"{ref} moved to {other} before its DELETE, which deleted {other}: see its line"
+        return None
+
+    async def _ambiguous(
+        self, run: Run, cand: Candidate, steps: _Steps, exc: EngineError, ref: str | None = None
+    ) -> NoReturn:
+        """A DELETE without an answer may still have been done: look, record what is known, end the run."""
+        target = ref or cand.image_id
+        try:
+            gone = await self._absent(cand.image_id)
+            if not gone and ref is not None and await self._absent(ref):
+                steps.untagged.append(ref)
+        except EngineError:
+            detail = f"DELETE {target} got no answer ({exc}) and the engine cannot be asked whether it was done"
+            await self._record(run, _outcome(cand, "unknown", detail=detail, untagged=steps.untagged))
+            raise RunAborted(f"engine unreachable during DELETE {target}: {exc}") from exc
+        if gone:
+            run.images_deleted += 1
+            if cand.size_basis == "unique":
+                run.reclaimed_bytes += cand.size
+            detail = f"DELETE {target} got no answer ({exc}); the image is gone"
+            await self._record(run, _outcome(cand, "deleted", detail=detail, untagged=steps.untagged))
+        else:
+            await self._record(
+                run, steps.outcome("conflict", f"DELETE {target} got no answer ({exc}); image still there")
+            )
+        raise RunAborted(f"DELETE {target} got no answer: {exc}") from exc
+
+    async def _absent(self, name: str) -> bool:
+        try:
+            await self.engine.inspect_image(name)
+        except EngineNotFound:
+            return True
+        return False
+
+    async def _intent(self, run: Run, cand: Candidate, target: str) -> None:
+        """The durable line that says a DELETE is about to be sent; if it cannot be written, nothing is."""
+        await self._audit(run, "intent", image_id=cand.image_id, target=target, references=list(cand.references))
+
+    async def _users(self, image_id: str) -> list[str]:
+        """Containers (any state) using the image now: the engine's 409 comes too late for untags."""
+        containers = apishapes.parse_containers(await self.engine.list_containers())
+        return sorted(c.id[:12] for c in containers if c.image_id == image_id)
+
+
+@dataclass
+class _Steps:
+    """What one candidate's DELETEs have done so far (several for a multi-tag image)."""
+
+    cand: Candidate
+    young_after: float
+    untagged: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    gone: bool = False
+
+    def changed(self, inspect: dict[str, Any]) -> tuple[SkipReason, str] | None:
+        """What the engine now says that the plan did not know: a new tag, or a tag set too recently."""
+        gained = sorted(_tags(inspect) - set(self.cand.known_references or self.cand.references))
+        if gained:
+            return "conflict", f"tagged since planning ({', '.join(gained)}): left alone"
+        tagged_at = apishapes.parse_last_tag_time(inspect)
+        if tagged_at is not None and tagged_at > self.young_after:
+            return "too_young", "tagged again since planning (Metadata.LastTagTime): younger than min_age now"
+        return None
+
+    def outcome(self, reason: SkipReason, detail: str) -> Outcome:
+        """Stopped part-way: untagged if something went, else skipped."""
+        return _outcome(self.cand, "untagged" if self.untagged else "skipped", reason, detail, self.untagged)
 
 
 def _outcome(
-    cand: Candidate,
+    item: Candidate | Skip,
     result: OutcomeKind,
     reason: SkipReason | None = None,
     detail: str = "",
     untagged: list[str] | None = None,
 ) -> Outcome:
+    """The Outcome for a candidate (its planned reason) or a plan skip (selected, then excluded)."""
+    if isinstance(item, Skip):
+        return Outcome(
+            item.image_id,
+            item.references,
+            item.size,
+            item.size_basis,
+            "selected by the action",
+            result,
+            item.reason,
+            item.detail,
+        )
     return Outcome(
-        cand.image_id,
-        cand.references,
-        cand.size,
-        cand.size_basis,
-        cand.reason,
+        item.image_id,
+        item.references,
+        item.size,
+        item.size_basis,
+        item.reason,
         result,
         reason,
         detail,
@@ -338,10 +456,15 @@ def _outcome(
     )
 
 
-def _norm(image_id: str) -> str:
-    return image_id if ":" in image_id or not image_id else f"sha256:{image_id}"
+def _tags(inspect: dict[str, Any]) -> set[str]:
+    return {str(r) for r in apishapes.parse_refs(inspect.get("RepoTags"))}
+
+
+def _deleted_ids(answer: list[dict[str, Any]]) -> list[str]:
+    """IDs the engine's DELETE answer lists as deleted (the image first, then its layers)."""
+    return [normalize_id(str(e["Deleted"])) for e in answer if isinstance(e, dict) and e.get("Deleted")]
 
 
 def _deleted(answer: list[dict[str, Any]], image_id: str) -> bool:
     """True when the engine's DELETE answer lists the image ID itself as deleted (not just layers)."""
-    return any(_norm(str(entry.get("Deleted", ""))) == image_id for entry in answer if isinstance(entry, dict))
+    return image_id in _deleted_ids(answer)

@@ -5,20 +5,20 @@ snapshot, and the same plan is what dry runs show, what the executor follows and
 
 Rules every image action shares (checked in this order, the first that applies is the skip reason):
 in use by any container, running or stopped (`in_use`); a reference matching a protected glob
-(`protected_reference`, protects the whole image); a protected label (`protected_label`); tagged but never
+(`protected_reference`, protects the whole image; tags and `repo@sha256:…` digest references alike); a protected label (`protected_label`); tagged but never
 pushed or pulled (`local_only`, when `protect.local_only`, for tagged images only); younger than `min_age`
 counted from `Image.age_reference` (`too_young`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, KeepLastAction, ProtectConfig
 from exporter.remediation.records import record_json
-from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.units import format_duration
 
 SkipReason = Literal[
@@ -40,7 +40,8 @@ class Candidate:
     """One image to delete (by ID when dangling) or to untag (`references`, one DELETE each, in order).
 
     `removes_image` is False when the image keeps other tags (keep_last untagging one repository's old tag):
-    then deleting frees nothing and `size` does not count towards the estimate.
+    then deleting frees nothing and `size` does not count towards the estimate. `known_references` are
+    every tag the image had when planned: a tag beyond them at DELETE time means someone wants the image.
     """
 
     image_id: str
@@ -49,6 +50,7 @@ class Candidate:
     size_basis: SizeBasis
     reason: str
     removes_image: bool = True
+    known_references: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return record_json(self)
@@ -137,7 +139,7 @@ def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: f
     """The first safety rule that forbids touching `image` for this action, with a human detail."""
     if image.containers > 0:
         return "in_use", f"used by {image.containers} container(s) (running or stopped)"
-    for ref in image.refs:
+    for ref in image.references:
         rule = protect.reference_rule(str(ref))
         if rule is not None:
             return "protected_reference", f"{ref} matches protect.references {rule!r}"
@@ -152,14 +154,17 @@ def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: f
     return None
 
 
-def _skip(image: Image, refs: Iterable[ImageRef | str], reason: SkipReason, detail: str) -> Skip:
+def _skip(image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: SkipReason, detail: str) -> Skip:
     size, basis = image_size(image)
     return Skip(image.id, tuple(str(r) for r in refs), size, basis, reason, detail)
 
 
-def _candidate(image: Image, refs: Iterable[ImageRef | str], reason: str, removes_image: bool = True) -> Candidate:
+def _candidate(
+    image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: str, removes_image: bool = True
+) -> Candidate:
     size, basis = image_size(image)
-    return Candidate(image.id, tuple(str(r) for r in refs), size, basis, reason, removes_image)
+    known = tuple(str(r) for r in image.refs)
+    return Candidate(image.id, tuple(str(r) for r in refs), size, basis, reason, removes_image, known)
 
 
 def _whole_images(
@@ -171,11 +176,11 @@ def _whole_images(
     for image in images:
         excluded = exclusion(image, action, protect, now)
         if excluded is not None:
-            skipped.append(_skip(image, image.refs, *excluded))
+            skipped.append(_skip(image, image.references, *excluded))
             continue
         age = _ago(now - image.age_reference)
-        kind = "dangling" if image.dangling else "unused"
-        candidates.append((image, _candidate(image, image.refs, f"{kind}, {age} old{describe}")))
+        kind = "dangling" if image.dangling else "unused" if image.refs else "unused, pinned by digest only"
+        candidates.append((image, _candidate(image, image.references, f"{kind}, {age} old{describe}")))
     return candidates, skipped
 
 
@@ -220,7 +225,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
             why = f"unused for {_ago(now - image.last_used)} (LRU rank {tagged_rank})"
         else:
             why = f"never seen used, {_ago(now - image.age_reference)} old (LRU rank {tagged_rank})"
-        candidates.append(Candidate(cand.image_id, cand.references, cand.size, cand.size_basis, why))
+        candidates.append(replace(cand, reason=why))
     return Plan(
         action.name,
         action.type,
@@ -302,10 +307,3 @@ def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, 
     if action.type == "prune_unused":
         return plan_prune_unused(snapshot, action, protect, now)
     return plan_prune_dangling(snapshot, action, protect, now)
-
-
-def skip_counts(skips: Iterable[Skip]) -> Mapping[SkipReason, int]:
-    counts: dict[SkipReason, int] = {}
-    for s in skips:
-        counts[s.reason] = counts.get(s.reason, 0) + 1
-    return counts

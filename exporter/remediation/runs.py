@@ -18,7 +18,7 @@ from exporter.snapshot import Filesystem
 
 Trigger = Literal["alert", "schedule", "manual"]
 RunResultKind = Literal["success", "partial", "failure", "dry_run"]
-OutcomeKind = Literal["deleted", "untagged", "skipped", "would_delete"]
+OutcomeKind = Literal["deleted", "untagged", "skipped", "would_delete", "unknown"]
 
 
 @dataclass

@@ -20,6 +20,7 @@ import yaml
 from tests.harness.dockerd import PrivateDockerd, find_program, free_port, isolated_env
 from tests.harness.exporter import ExporterProcess, find_sample
 from tests.harness.images import ImageSpec, Layer, load_images
+from tests.harness.state import write_saved_state
 
 pytestmark = pytest.mark.e2e("prometheus-alertmanager")
 
@@ -158,6 +159,7 @@ def test_alertmanager_triggers_one_run_and_repeats_inside_cooldown_none(
     first = load_dangling(dockerd, 2, "first")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(
         dockerd,
         {

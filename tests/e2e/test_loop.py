@@ -25,6 +25,7 @@ from tests.harness.images import ImageSpec, Layer, create_container, load_images
 from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, webhook_receiver_config
 from tests.harness.registry import PrivateRegistry
 from tests.harness.requires import require_programs
+from tests.harness.state import write_saved_state
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
@@ -87,6 +88,7 @@ def test_disk_pressure_loop(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     audit = tmp_path / "audit.jsonl"
+    write_saved_state(tmp_path / "state.json", engine)  # the images filled in were here before
     exp = exporter_factory(
         engine,
         {

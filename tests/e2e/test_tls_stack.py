@@ -16,6 +16,7 @@ from tests.harness.dockerd import PrivateDockerd
 from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, webhook_receiver_config
+from tests.harness.state import write_saved_state
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
@@ -47,6 +48,7 @@ def test_prometheus_and_alertmanager_speak_mtls_to_the_exporter(
     )
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(
         dockerd,
         {

@@ -16,6 +16,7 @@ from tests.harness.dockerd import PrivateDockerd, free_port
 from tests.harness.exporter import ExporterProcess
 from tests.harness.fixtures import EngineFactory, ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
+from tests.harness.state import write_saved_state
 
 pytestmark = pytest.mark.engine
 
@@ -51,6 +52,7 @@ def dangling_images(engine: PrivateDockerd, host: str) -> list[str]:
 
 def start_exporter(factory: ExporterFactory, engine: PrivateDockerd, tmp: Path, name: str) -> ExporterProcess:
     exp = factory(engine, None, start=False)
+    write_saved_state(tmp / f"{name}-state.json", engine)  # the images loaded were here before
     exp.write_config(
         {
             "filesystem": {"path": str(engine.data_root)},

@@ -26,6 +26,7 @@ from exporter.apishapes import normalize_id, parse_time
 from tests.harness.dockerd import PrivateDockerd, unix_http
 from tests.harness.exporter import ExporterProcess
 from tests.harness.images import ImageSpec, Layer, load_images
+from tests.harness.state import write_saved_state
 
 TOKEN = "integration-token"
 MIN_AGE = "10s"
@@ -140,6 +141,7 @@ def runs(exp: ExporterProcess) -> list[dict[str, Any]]:
 async def test_refused_requests_delete_nothing_then_a_good_one_deletes(dockerd, exporter_factory, tmp_path):
     ids = load_dangling(dockerd, 2)
     since = time.time() - 1
+    write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(dockerd, config(tmp_path))
     post = "/webhook/alertmanager"
     refused = [
@@ -177,6 +179,7 @@ async def test_refused_requests_delete_nothing_then_a_good_one_deletes(dockerd, 
 async def test_global_dry_run_wins_and_reports_what_it_would_delete(dockerd, exporter_factory, tmp_path):
     ids = load_dangling(dockerd, 2)
     since = time.time() - 1
+    write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(dockerd, config(tmp_path, dry_run=True))
 
     status, _ = exp.request("POST", "/webhook/alertmanager", body=webhook_body(), headers=BEARER)
@@ -201,6 +204,7 @@ async def test_global_dry_run_wins_and_reports_what_it_would_delete(dockerd, exp
 
 async def test_per_call_dry_run(dockerd, exporter_factory, tmp_path):
     ids = load_dangling(dockerd, 1)
+    write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(dockerd, config(tmp_path))
     status, body = exp.request("POST", "/api/v1/actions/clean-dangling?dry_run=true", headers=BEARER)
     assert status == 200
@@ -217,6 +221,7 @@ async def test_disabled_remediation_has_no_routes_and_never_deletes(dockerd, exp
     since = time.time() - 1
     cfg = config(tmp_path)
     cfg["remediation"]["enabled"] = False
+    write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(dockerd, cfg)
     for method, path in (
         ("POST", "/webhook/alertmanager"),
@@ -232,6 +237,7 @@ async def test_disabled_remediation_has_no_routes_and_never_deletes(dockerd, exp
 
 async def test_fifty_concurrent_identical_posts_start_one_run(dockerd, exporter_factory, tmp_path):
     ids = load_dangling(dockerd, 3)
+    write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(dockerd, config(tmp_path))
     body = webhook_body()
     latencies: list[float] = []

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 
+from exporter import apishapes
 from exporter.config import ActionConfig, ProtectConfig, make_action
 from exporter.remediation.planner import make_plan
-from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -87,7 +93,8 @@ def test_prune_unused_applies_every_exclusion_and_names_the_rule():
     detail = {s.image_id[7:9]: s.detail for s in plan.skipped}
     assert "'*:production'" in detail["a3"]
     assert "min_age 1h" in detail["b1"]
-    assert plan.candidates[1].references == ("app:1",)
+    assert plan.candidates[1].references == ("app:1", f"app@sha256:{'d' * 64}")  # tags, then digest references
+    assert plan.candidates[1].known_references == ("app:1",)
     assert plan.candidates[0].references == ()  # dangling: deleted by ID
 
 
@@ -176,3 +183,45 @@ def test_sizes_are_unique_when_known_and_say_so_otherwise():
     sizes = {c.image_id[7:9]: (c.size, c.size_basis) for c in plan.candidates}
     assert sizes == {"k1": (600, "unique"), "u1": (1000, "total")}
     assert plan.to_json()["candidates"][0]["size_basis"] in ("unique", "total")
+
+
+def _digest_pulled(repository: str, *, tags: Sequence[str] = ()) -> Image:
+    """A recorded /images/json entry (bookworm's dangling one) re-shaped as pulled by digest."""
+    raw = json.loads((FIXTURES / "bookworm" / "images.json").read_text())
+    entry = dict(next(i for i in raw if i["RepoTags"] == ["<none>:<none>"]))
+    entry["RepoTags"] = list(tags) or ["<none>:<none>"]
+    entry["RepoDigests"] = [f"{repository}@sha256:{'e' * 64}"]
+    entry["Created"] = int(NOW - 10 * DAY)
+    return apishapes.parse_image(entry)
+
+
+def test_an_image_pulled_by_digest_is_named_not_dangling():
+    image = _digest_pulled("registry.example.com/base/x")
+    assert not image.refs and not image.dangling
+    assert [str(r) for r in image.references] == [f"registry.example.com/base/x@sha256:{'e' * 64}"]
+    plan = make_plan(snap(image), action("prune_dangling", min_age="1h"), PROTECT, NOW)
+    assert plan.candidates == () and plan.skipped == ()  # not a prune_dangling target at all
+
+
+def test_protection_globs_match_digest_references_and_plans_name_them():
+    protected = _digest_pulled("registry.example.com/base/x")
+    other = replace(_digest_pulled("other/y"), id=f"sha256:{'f' * 64}")
+    plan = make_plan(snap(protected, other), action("prune_unused", min_age="1h"), PROTECT, NOW)
+    (skip,) = plan.skipped
+    assert skip.reason == "protected_reference"
+    assert (
+        skip.detail
+        == f"registry.example.com/base/x@sha256:{'e' * 64} matches protect.references 'registry.example.com/base/*'"
+    )
+    (cand,) = plan.candidates
+    assert cand.references == (f"other/y@sha256:{'e' * 64}",)
+    assert "pinned by digest only" in cand.reason
+    assert plan.to_json()["candidates"][0]["references"] == [f"other/y@sha256:{'e' * 64}"]
+
+
+def test_none_digests_and_malformed_ones_are_not_references():
+    assert apishapes.parse_digests(["<none>@<none>", "app", "app@", "app@sha256:" + "a" * 64]) == (
+        "app@sha256:" + "a" * 64,
+    )
+    assert DigestRef.parse("<none>@<none>") is None
+    assert DigestRef.parse("host:5000/ns/app@sha256:ab") == DigestRef("host:5000/ns/app", "sha256:ab")

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from exporter.apishapes import normalize_id
 from exporter.config import Config, parse_config
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine, EngineUnavailable
@@ -95,7 +96,10 @@ def build_app(
     registry = CollectorRegistry()
     engine = engine or NoEngine()
     metrics = PollMetrics(registry)
-    poller = Poller(engine, config, ImageHistory(None), metrics)
+    history = ImageHistory(None)
+    if isinstance(engine, Recorded):  # as a saved state would: the recorded images were here before (not "arrived")
+        history.observe((normalize_id(i["Id"]) for i in engine.images), 0.0)
+    poller = Poller(engine, config, history, metrics)
     disk_usage = DiskUsageRefresher(engine, poller, config.poll, metrics)
     clock = Clock()
     relay_config = config.remediation.relay

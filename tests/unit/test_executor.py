@@ -1,0 +1,318 @@
+"""The executor against the in-memory engine: results, and every race issue 10 reported, replayed exactly.
+
+Each race test moves the engine at one precise call (`FakeEngine.before`), which a real engine cannot be made
+to do on demand; the engine-backed versions live in tests/integration/test_remediation_races.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.config import ActionConfig, ActionType, ProtectConfig
+from exporter.remediation import audit as audit_module
+from exporter.remediation.audit import AuditLog
+from exporter.remediation.executor import Executor
+from exporter.remediation.metrics import RemediationMetrics
+from exporter.remediation.planner import Plan, make_plan
+from exporter.remediation.runs import Run
+from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+from tests.harness.audit import read_audit
+from tests.unit.actions import action_of
+from tests.unit.fake_engine import FakeEngine
+
+NOW = 1_700_000_000.0
+DAY = 86400.0
+OLD = NOW - 10 * DAY
+PROTECT = ProtectConfig(references=("base/*",), local_only=False)
+
+
+def snapshot_of(engine: FakeEngine, fs: Filesystem | None = None) -> Snapshot:
+    """What a poll of the fake engine would give the planner (every image 100 bytes, nothing shared)."""
+    in_use: dict[str, int] = {}
+    for iid in engine.containers.values():
+        in_use[iid] = in_use.get(iid, 0) + 1
+    images = tuple(
+        Image(
+            id=i.id,
+            refs=tuple(sorted(r for r in (ImageRef.parse(t) for t in i.tags) if r is not None)),
+            digests=tuple(sorted(i.digests)),
+            created=i.arrived,
+            size=100,
+            shared_size=0,
+            labels=MappingProxyType({}),
+            containers=in_use.get(i.id, 0),
+            arrived=i.arrived,
+        )
+        for i in engine.images.values()
+    )
+    return Snapshot(NOW, None, images, filesystem=fs, by_id=MappingProxyType({i.id: i for i in images}))
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, engine: FakeEngine, read_fs: Callable[[str], Filesystem] | None = None) -> None:
+        self.engine = engine
+        self.audit_path = tmp_path / "audit.jsonl"
+        self.executor = Executor(
+            engine,
+            AuditLog(str(self.audit_path)),
+            RemediationMetrics(CollectorRegistry(), ["a"]),
+            read_fs or (lambda path: Filesystem(path, 1000, 0)),
+        )
+
+    def plan(self, action: ActionConfig, fs: Filesystem | None = None) -> Plan:
+        return make_plan(snapshot_of(self.engine, fs), action, PROTECT, NOW)
+
+    async def run(self, action: ActionConfig, dry_run: bool = False, plan: Plan | None = None) -> Run:
+        run = Run(action.name, action.type, "manual", dry_run)
+        await self.executor.execute(run, plan or self.plan(action), action)
+        return run
+
+    def audit(self) -> list[dict[str, Any]]:
+        return read_audit(self.audit_path)
+
+
+def act(kind: ActionType, **kw: Any) -> ActionConfig:
+    return action_of(kind, min_age=3600.0, **kw)
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+# -- results ----------------------------------------------------------------------------------------------
+async def test_dry_run_describes_the_plan_and_sends_no_delete(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(3):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    run = await h.run(act("prune_unused"), dry_run=True)
+    assert run.result == "dry_run"
+    assert [o.result for o in run.outcomes] == ["would_delete"] * 3
+    assert not any(call == "remove_image" for call, _ in engine.calls)
+    assert len(engine.images) == 3
+    assert [r["event"] for r in h.audit()] == ["run_start", "image", "image", "image", "run_end"]
+
+
+async def test_max_deletions_stops_and_names_the_rest(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(5):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine)
+    run = await h.run(act("prune_unused", max_deletions=2))
+    assert run.result == "partial" and run.images_deleted == 2 and run.reclaimed_bytes == 200
+    assert [o.result for o in run.outcomes] == ["deleted", "deleted", "skipped", "skipped", "skipped"]
+    assert {o.skip_reason for o in run.outcomes[2:]} == {"max_deletions"}
+    assert len(engine.images) == 3
+
+
+async def test_free_space_stops_when_the_goal_is_met(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(4):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    removed_before = len(engine.removals)
+    h = Harness(tmp_path, engine, lambda path: Filesystem(path, 1000, 100 * (len(engine.removals) - removed_before)))
+    plan = h.plan(act("free_space", target_avail_ratio=0.2), Filesystem("/", 1000, 0))
+    run = await h.run(act("free_space", target_avail_ratio=0.2), plan=plan)
+    assert run.result == "success" and run.goal_met is True and run.images_deleted == 2
+    assert run.filesystem_after == Filesystem("/", 1000, 200)
+    assert len(engine.images) == 2
+
+
+async def test_the_goal_already_met_deletes_nothing(tmp_path: Path, engine: FakeEngine) -> None:
+    engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    plan = h.plan(act("free_space", target_avail_ratio=0.2), Filesystem("/", 1000, 500))
+    run = await h.run(act("free_space", target_avail_ratio=0.2), plan=plan)
+    assert run.result == "success" and run.goal_met is True and engine.removals == []
+
+
+async def test_every_delete_has_an_intent_line_before_it(tmp_path: Path, engine: FakeEngine) -> None:
+    old = engine.add("old", ("app:1", "app:2"), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    seen: list[int] = []
+    engine.before = lambda call, arg: seen.append(len(h.audit())) if call == "remove_image" else None
+    run = await h.run(act("prune_unused"))
+    assert run.images_deleted == 1
+    records = h.audit()
+    intents = [r for r in records if r["event"] == "intent"]
+    assert [r["target"] for r in intents] == ["app:1", old]  # extra tag by name, then the image by ID
+    for count, intent in zip(seen, intents, strict=True):
+        assert records[count - 1] == intent  # the last line on disk when the DELETE went out
+
+
+# -- #3: a tag moved between the re-inspect and the DELETE ------------------------------------------------
+async def test_a_tag_moved_before_the_delete_never_touches_the_newcomer(tmp_path: Path, engine: FakeEngine) -> None:
+    old = engine.add("old", ("base/app:1",), arrived=OLD)
+    engine.images[old].tags = {"app:1"}  # planned under an unprotected name
+    h = Harness(tmp_path, engine)
+    plan = h.plan(act("prune_unused"))
+    newcomer = ""
+
+    def move_tag(call: str, arg: str) -> None:
+        nonlocal newcomer
+        if call == "remove_image" and not newcomer:
+            newcomer = engine.pull("new", "app:1", NOW)  # a fresh pull takes the name at the last moment
+
+    engine.before = move_tag
+    run = await h.run(act("prune_unused"), plan=plan)
+    assert newcomer in engine.images and engine.images[newcomer].tags == {"app:1"}
+    assert [r.image_id for r in engine.removals] == [old]  # the old image, now dangling, went by ID
+    (line,) = [r for r in h.audit() if r["event"] == "image"]
+    assert line["image_id"] == old and line["result"] == "deleted"
+    assert run.images_deleted == 1
+
+
+async def test_an_untag_redirected_by_a_late_re_tag_is_audited_under_the_image_it_hit(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    """keep_last must untag by name; the window left open is reported truthfully (docs/remediation.md)."""
+    for n in range(1, 4):
+        engine.add(f"v{n}", (f"app:{n}",), arrived=OLD + n)
+    engine.images[engine.tag_owner("app:1").id].tags.add("other:latest")  # type: ignore[union-attr]
+    h = Harness(tmp_path, engine)
+    plan = h.plan(act("keep_last", keep=2))
+    (cand,) = plan.candidates
+    assert cand.references == ("app:1",) and not cand.removes_image
+    newcomer = ""
+
+    def re_tag(call: str, arg: str) -> None:
+        nonlocal newcomer
+        if call == "remove_image" and arg == "app:1" and not newcomer:
+            newcomer = engine.pull("new", "app:1", NOW)
+
+    engine.before = re_tag
+    run = await h.run(act("keep_last", keep=2), plan=plan)
+    assert [r.image_id for r in engine.removals] == [newcomer]  # the engine did it; we cannot prevent it
+    assert run.images_deleted == 1  # ... but we never report fewer deletions than happened
+    lines = [r for r in h.audit() if r["event"] == "image"]
+    assert [(r["image_id"], r["result"]) for r in lines] == [(newcomer, "deleted"), (cand.image_id, "skipped")]
+    assert "re-tagged onto" in lines[0]["detail"]
+
+
+# -- #4: deletions without an audit line -----------------------------------------------------------------
+class _OsWith:
+    """The `os` module as audit.py sees it, with one function replaced."""
+
+    def __init__(self, fsync: Callable[[int], None]) -> None:
+        self.fsync = fsync
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+class DiskFull:
+    """fsync answers ENOSPC from the `fail_from`-th audit line on: the real AuditLog code path."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_from: int) -> None:
+        self.count = 0
+        self.fail_from = fail_from
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            self.count += 1
+            if self.count >= self.fail_from:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(fd)
+
+        monkeypatch.setattr(audit_module, "os", _OsWith(fsync))
+
+
+async def test_no_delete_without_its_intent_line(
+    tmp_path: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    DiskFull(monkeypatch, fail_from=2)  # run_start is written, the first intent is not
+    run = await h.run(act("prune_unused"))
+    assert engine.removals == [] and run.result == "failure" and run.images_deleted == 0
+    assert "audit log" in run.detail
+
+
+async def test_a_delete_whose_outcome_line_fails_is_still_counted(
+    tmp_path: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.add("old", ("app:1",), arrived=OLD)
+    engine.add("older", ("app:0",), arrived=OLD - 1)
+    h = Harness(tmp_path, engine)
+    DiskFull(monkeypatch, fail_from=3)  # run_start, intent: written; the outcome line of the DELETE: not
+    run = await h.run(act("prune_unused"))
+    assert len(engine.removals) == 1  # the run stopped before the second image
+    assert run.images_deleted == 1 and run.reclaimed_bytes == 100 and run.result == "failure"
+    assert [o.result for o in run.outcomes] == ["deleted"]
+
+
+async def test_a_delete_that_timed_out_is_looked_up_and_counted(tmp_path: Path, engine: FakeEngine) -> None:
+    old = engine.add("old", ("app:1",), arrived=OLD - 1)
+    newer = engine.add("newer", ("app:2",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    engine.timeout_on_delete = lambda ref: ref == old  # the engine did it; the answer never came
+    run = await h.run(act("prune_unused"))
+    assert old not in engine.images and newer in engine.images  # a slow engine ends the run
+    assert run.images_deleted == 1 and run.reclaimed_bytes == 100 and run.result == "failure"
+    line = next(r for r in h.audit() if r["event"] == "image" and r["image_id"] == old)
+    assert line["result"] == "deleted" and "got no answer" in line["detail"]
+    assert h.audit()[-1]["images_deleted"] == 1
+
+
+async def test_a_timed_out_delete_the_engine_cannot_confirm_is_recorded_as_unknown(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    old = engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    engine.timeout_on_delete = lambda ref: True
+
+    def engine_gone(call: str, arg: str) -> None:
+        if call == "inspect_image" and any(c == "remove_image" for c, _ in engine.calls):
+            from exporter.engine import EngineUnavailable
+
+            raise EngineUnavailable("connection refused")
+
+    engine.before = engine_gone
+    run = await h.run(act("prune_unused"))
+    assert run.result == "failure" and old not in engine.images
+    line = next(r for r in h.audit() if r["event"] == "image")
+    assert line["result"] == "unknown" and line["image_id"] == old
+
+
+# -- #5: an image that comes into use during a run keeps its tags -----------------------------------------
+async def test_an_image_coming_into_use_keeps_all_its_tags(tmp_path: Path, engine: FakeEngine) -> None:
+    old = engine.add("old", ("app:1", "app:2", "app:3"), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    plan = h.plan(act("prune_unused"))
+    engine.create_container(old)  # after planning, before the first DELETE
+    run = await h.run(act("prune_unused"), plan=plan)
+    assert engine.images[old].tags == {"app:1", "app:2", "app:3"}
+    assert not any(call == "remove_image" for call, _ in engine.calls)
+    assert run.outcomes[0].result == "skipped" and run.outcomes[0].skip_reason == "in_use"
+
+
+async def test_an_image_tagged_after_planning_is_left_alone(tmp_path: Path, engine: FakeEngine) -> None:
+    old = engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    plan = h.plan(act("prune_unused"))
+    engine.tag(old, "base/app:pinned", NOW)
+    run = await h.run(act("prune_unused"), plan=plan)
+    assert old in engine.images and run.outcomes[0].skip_reason == "conflict"
+
+
+# -- #13: shutdown --------------------------------------------------------------------------------------
+async def test_stopping_ends_the_run_before_the_next_delete(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(10):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine)
+
+    def stop_after_first(call: str, arg: str) -> None:
+        if call == "remove_image":
+            h.executor.stopping = True
+
+    engine.before = stop_after_first
+    run = await h.run(act("prune_unused"))
+    assert len(engine.removals) == 1 and run.images_deleted == 1
+    assert run.result == "partial" and "shutting down" in run.detail
+    assert h.audit()[-1]["event"] == "run_end" and h.audit()[-1]["images_deleted"] == 1

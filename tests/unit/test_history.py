@@ -1,0 +1,218 @@
+"""ImageHistory on its own: the arrival rule that keeps `min_age` honest across downtime and lost state."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.apishapes import normalize_id
+from exporter.config import parse_config
+from exporter.engine import Engine, EngineNotFound
+from exporter.events import EventFollower, event_time
+from exporter.history import STATE_VERSION, ImageHistory
+from exporter.poller import Poller
+from exporter.selfmetrics import PollMetrics
+
+T0 = 1_700_000_000.0
+A, B, C = (f"sha256:{c * 64}" for c in "abc")
+
+
+def saved(tmp_path: Path, present: list[str], now: float = T0) -> Path:
+    """A state file written by a real ImageHistory that had seen `present` at `now`."""
+    path = tmp_path / "state.json"
+    history = ImageHistory(str(path))
+    history.observe(present, now)
+    history.mark_used(A, now - 5)
+    history.save()
+    return path
+
+
+def test_round_trip_keeps_uses_arrivals_and_what_was_present(tmp_path: Path) -> None:
+    path = saved(tmp_path, [A, B])
+    again = ImageHistory(str(path))
+    again.load()
+    assert again.present == {A, B}
+    assert again.saved_at == T0
+    assert again.last_used == {A: T0 - 5}
+    assert again.arrived == {A: T0, B: T0}  # the first start knew nothing: both arrived when first seen
+
+
+def test_images_present_at_the_last_save_keep_their_age_and_new_ones_arrive_now(tmp_path: Path) -> None:
+    path = saved(tmp_path, [A, B])
+    later = T0 + 86400
+    history = ImageHistory(str(path))
+    history.load()
+    assert history.observe([A, B, C], later) == [C]  # C was pulled while the exporter was down
+    assert history.arrived == {A: T0, B: T0, C: later}
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[]", json.dumps({"version": 1, "last_used": {}, "arrived": {}}), json.dumps({"version": 99})],
+    ids=["corrupt", "not-an-object", "older-format-without-present", "unknown-version"],
+)
+def test_an_unusable_state_file_makes_every_image_just_arrived(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    history = ImageHistory(str(path))
+    history.load()
+    assert history.saved_at is None and history.present == set()
+    later = T0 + 86400
+    assert history.observe([A, B], later) == [A, B]
+    assert history.arrived == {A: later, B: later}
+    assert "ignoring unreadable image history" in caplog.text
+
+
+def test_a_missing_state_file_makes_every_image_just_arrived(tmp_path: Path) -> None:
+    history = ImageHistory(str(tmp_path / "absent" / "state.json"))
+    history.load()
+    assert history.observe([A], T0) == [A]
+    assert history.arrived == {A: T0}
+
+
+def test_arrivals_and_uses_only_move_later(tmp_path: Path) -> None:
+    history = ImageHistory(None)
+    history.observe([A], T0)
+    history.mark_arrived(A, T0 - 100)  # a replayed event from before: a hint that cannot make A older
+    history.mark_used(A, T0)
+    history.mark_used(A, T0 - 100)
+    assert history.arrived[A] == T0 and history.last_used[A] == T0
+
+
+def test_gone_images_are_forgotten_and_come_back_as_new(tmp_path: Path) -> None:
+    history = ImageHistory(None)
+    history.observe([A, B], T0)
+    history.observe([A], T0 + 10)
+    assert B not in history.arrived
+    assert history.observe([A, B], T0 + 20) == [B]  # deleted and pulled again: young again
+    assert history.arrived[B] == T0 + 20
+
+
+def test_nothing_is_saved_before_the_first_listing(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    history = ImageHistory(str(path))
+    history.mark_used(A, T0)  # an event before the first poll
+    history.save()
+    assert not path.exists()  # a file without the present images would prove nothing
+
+
+def test_the_saved_file_is_versioned_json(tmp_path: Path) -> None:
+    data = json.loads(saved(tmp_path, [B, A]).read_text())
+    assert data["version"] == STATE_VERSION and data["present"] == [A, B] and data["saved_at"] == T0
+
+
+def test_a_failing_save_is_logged_and_leaves_no_temp_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "state.json"
+    target.mkdir()  # os.replace onto a directory fails
+    history = ImageHistory(str(target))
+    history.observe([A], T0)
+    history.save()
+    assert "cannot save image history" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
+
+
+class RecordedEngine(Engine):
+    """bookworm's recorded answers for the reads a poll and a replay make; nothing else is reachable."""
+
+    def __init__(self) -> None:
+        super().__init__("unix:///nonexistent/never.sock")
+        self.events_asked: list[dict[str, Any]] = []
+
+    def _load(self, name: str) -> Any:
+        return json.loads((FIXTURES / "bookworm" / name).read_text())
+
+    async def version_and_info(self) -> tuple[dict[str, Any], dict[str, Any], str]:
+        return self._load("version.json"), self._load("info.json"), "1.41"
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        return list(self._load("images.json"))
+
+    async def list_containers(self) -> list[dict[str, Any]]:
+        return list(self._load("containers-all.json"))
+
+    async def inspect_image(self, ref: str) -> dict[str, Any]:
+        for image in self._load("images.json"):
+            if normalize_id(ref) == normalize_id(image["Id"]) or ref in (image.get("RepoTags") or []):
+                return {"Id": image["Id"], "RepoTags": image.get("RepoTags"), "Metadata": {}}
+        raise EngineNotFound(f"no such image: {ref}", 404)
+
+    async def inspect_container(self, container_id: str) -> dict[str, Any]:
+        raise EngineNotFound("gone", 404)
+
+    async def events_between(self, since: int, until: int) -> list[dict[str, Any]]:
+        self.events_asked.append({"since": since, "until": until})
+        return list(self._load("events.json"))
+
+
+def recorded_ids() -> list[str]:
+    return [normalize_id(i["Id"]) for i in json.loads((FIXTURES / "bookworm" / "images.json").read_text())]
+
+
+async def test_the_first_poll_after_downtime_marks_unproven_images_as_just_arrived(tmp_path: Path) -> None:
+    """Reproduces #2: the first poll used to mark nothing, so images pulled while down were 'old'."""
+    ids = recorded_ids()
+    known, pulled_while_down = ids[:-2], ids[-2:]
+    state = saved(tmp_path, known)
+    history = ImageHistory(str(state))
+    history.load()
+    later = time.time()  # after the recorded images were created, so arrival is what makes them young
+    poller = Poller(RecordedEngine(), parse_config({}), history, PollMetrics(CollectorRegistry()), clock=lambda: later)
+    snapshot = await poller.poll_once()
+    assert snapshot is not None
+    arrived = {i.id: i.arrived for i in snapshot.images}
+    assert {i: arrived[i] for i in pulled_while_down} == dict.fromkeys(pulled_while_down, later)
+    assert {i: arrived[i] for i in known} == dict.fromkeys(known, T0)
+    assert all(snapshot.by_id[i].age_reference == later for i in pulled_while_down)
+
+
+async def test_start_replays_engine_events_since_the_saved_time(tmp_path: Path) -> None:
+    """Uses and tags during downtime come back from the engine's buffer (a hint: it keeps 256 events)."""
+    state = saved(tmp_path, recorded_ids())
+    history = ImageHistory(str(state))
+    history.load()
+    engine = RecordedEngine()
+    poller = Poller(engine, parse_config({}), history, PollMetrics(CollectorRegistry()))
+    follower = EventFollower(engine, poller, history, PollMetrics(CollectorRegistry()))
+    events = json.loads((FIXTURES / "bookworm" / "events.json").read_text())
+    assert await follower.replay() == len(events)
+    assert engine.events_asked[0]["since"] == int(T0)
+    doomed = next(normalize_id(i["Id"]) for i in engine._load("images.json") if "doomed:2" in (i["RepoTags"] or []))
+    tagged_at = max(event_time(e) for e in events if e.get("Action") == "tag")
+    assert history.arrived[doomed] == max(tagged_at, T0)
+    assert follower.resume_from == max(event_time(e) for e in events)
+
+
+async def test_no_saved_state_means_no_replay(tmp_path: Path) -> None:
+    engine = RecordedEngine()
+    history = ImageHistory(None)
+    poller = Poller(engine, parse_config({}), history, PollMetrics(CollectorRegistry()))
+    follower = EventFollower(engine, poller, history, PollMetrics(CollectorRegistry()))
+    assert await follower.replay() == 0 and engine.events_asked == []
+
+
+async def test_replay_skips_what_the_saved_state_already_covers(tmp_path: Path) -> None:
+    """`since` has whole seconds: events up to the saved time itself were seen before the save.
+
+    Reproduces a regression caught by the engine tests: images loaded a moment before the save were
+    replayed as fresh arrivals and held back by min_age.
+    """
+    events = json.loads((FIXTURES / "bookworm" / "events.json").read_text())
+    tagged_at = max(event_time(e) for e in events if e.get("Action") == "tag")
+    history = ImageHistory(str(saved(tmp_path, recorded_ids(), now=tagged_at)))
+    history.load()
+    engine = RecordedEngine()
+    poller = Poller(engine, parse_config({}), history, PollMetrics(CollectorRegistry()))
+    follower = EventFollower(engine, poller, history, PollMetrics(CollectorRegistry()))
+    later = [e for e in events if event_time(e) > tagged_at]
+    assert len(later) < len(events)
+    assert await follower.replay() == len(later)

@@ -1,0 +1,163 @@
+"""Property: whatever the snapshot, policy and engine changes between plan and DELETE, nothing unsafe goes.
+
+Over random images (tags, age, containers), policies (action type, min_age, protect globs, keep) and changes
+interleaved with the executor's own engine calls (a container created, a tag moved, an image re-pulled under
+an existing tag, a new tag on an old image), planner + executor never make the engine delete an image that
+is in use, protected or younger than min_age *at the moment of that DELETE*, never delete an image that was
+not planned, and never send a DELETE without its audit intent line already on disk.
+
+Where changes may land: at every engine call the executor makes, including the DELETE by image ID itself
+for a new container (the engine's 409 is the guard there). Nothing lands between the last check and a
+DELETE *by name* (an untag): that window is one no engine API closes (docs/remediation.md, "What remains"),
+and test_executor.py shows it is audited truthfully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporter.config import ActionType, ProtectConfig
+from exporter.remediation.planner import make_plan
+from exporter.snapshot import Filesystem
+from tests.harness.audit import read_audit
+from tests.unit.actions import action_of
+from tests.unit.fake_engine import FakeEngine
+from tests.unit.test_executor import NOW, Harness, snapshot_of
+
+TAGS = ["app:1", "app:2", "app:3", "base/os:1", "base/os:2", "tool:latest"]
+PROTECT_GLOBS = ["base/*", "*:2", "tool:*"]
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class Change:
+    at: int  # the executor's n-th engine call
+    kind: str  # container | move | repull | tag
+    image: int
+    tag: str
+
+
+images_st = st.lists(
+    st.tuples(
+        st.sets(st.sampled_from(TAGS), max_size=3),
+        st.sampled_from([10 * 86400.0, 2 * HOUR, 60.0]),  # age: old, older than 1h, young
+        st.booleans(),  # used by a container
+    ),
+    min_size=1,
+    max_size=6,
+)
+policy_st = st.tuples(
+    st.sampled_from(["prune_dangling", "prune_unused", "keep_last", "free_space"]),
+    st.sampled_from([0.0, HOUR]),
+    st.sets(st.sampled_from(PROTECT_GLOBS), max_size=2),
+    st.integers(min_value=0, max_value=2),
+)
+changes_st = st.lists(
+    st.builds(
+        Change,
+        st.integers(min_value=0, max_value=12),
+        st.sampled_from(["container", "move", "repull", "tag"]),
+        st.integers(min_value=0, max_value=5),
+        st.sampled_from(TAGS),
+    ),
+    max_size=6,
+)
+
+
+def scene(images: list[tuple[set[str], float, bool]]) -> tuple[FakeEngine, list[str]]:
+    engine = FakeEngine()
+    ids = []
+    taken: set[str] = set()
+    for n, (tags, age, used) in enumerate(images):
+        own = tuple(sorted(tags - taken))
+        taken |= set(own)
+        iid = engine.add(
+            f"img{n}", own, arrived=NOW - age, digests=tuple(f"{t.split(':')[0]}@sha256:{n:064x}" for t in own)
+        )
+        ids.append(iid)
+        if used:
+            engine.create_container(iid)
+    return engine, ids
+
+
+def protected(tags: frozenset[str], globs: set[str]) -> bool:
+    return any(fnmatch.fnmatchcase(t, g) for t in tags for g in globs)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(images_st, policy_st, changes_st)
+def test_nothing_unsafe_is_ever_deleted(
+    images: list[tuple[set[str], float, bool]], policy: tuple[str, float, set[str], int], changes: list[Change]
+) -> None:
+    kind, min_age, globs, keep = policy
+    engine, ids = scene(images)
+    action = action_of(_action_type(kind), min_age=min_age, keep=keep, target_avail_ratio=0.99)
+    protect = ProtectConfig(references=tuple(sorted(globs)), local_only=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        harness = Harness(Path(tmp), engine)
+        plan = make_plan(snapshot_of(engine, Filesystem("/", 1000, 0)), action, protect, NOW)
+        planned = {c.image_id for c in plan.candidates}
+        pending = sorted(changes, key=lambda c: c.at)
+        calls = 0
+        intents_missing: list[str] = []
+
+        def before(call: str, arg: str) -> None:
+            nonlocal calls
+            if call == "remove_image":
+                targets = [r.get("target") for r in read_audit(harness.audit_path) if r["event"] == "intent"]
+                if not targets or targets[-1] != arg:
+                    intents_missing.append(arg)
+            by_id = arg.startswith("sha256:")
+            while pending and pending[0].at <= calls:
+                if call == "remove_image" and not (by_id and pending[0].kind == "container"):
+                    break  # the untag-by-name window: the next change lands at the next call
+                _apply(engine, ids, pending.pop(0))
+            calls += 1
+
+        engine.before = before
+        asyncio.run(harness.run(action, plan=plan))
+        records = read_audit(harness.audit_path)
+
+    assert intents_missing == []
+    for untag in engine.untagged:  # an image that must stay keeps its tags too
+        assert untag.image_id in planned, f"untagged an image that was never planned: {untag}"
+        assert not untag.in_use, f"untagged an image in use: {untag}"
+        assert not protected(untag.tags_before, globs), f"untagged a protected image: {untag}"
+        assert NOW - untag.arrived >= min_age, f"untagged an image younger than min_age: {untag}"
+    for removal in engine.removals:
+        assert removal.image_id in planned, f"deleted an image that was never planned: {removal}"
+        assert not removal.in_use, f"deleted an image in use: {removal}"
+        assert not protected(removal.tags_before, globs), f"deleted a protected image: {removal}"
+        assert NOW - removal.arrived >= min_age, f"deleted an image younger than min_age: {removal}"
+    deleted_lines = {r["image_id"] for r in records if r["event"] == "image" and r["result"] == "deleted"}
+    assert deleted_lines == {r.image_id for r in engine.removals}  # the audit names exactly what went
+    assert records[-1]["event"] == "run_end" and records[-1]["images_deleted"] == len(engine.removals)
+
+
+def _action_type(kind: str) -> ActionType:
+    assert kind in ("prune_dangling", "prune_unused", "keep_last", "free_space")
+    return kind  # type: ignore[return-value]
+
+
+def _apply(engine: FakeEngine, ids: list[str], change: Change) -> None:
+    """What another client does to the engine at that moment."""
+    live = [i for i in ids if i in engine.images]
+    if not live:
+        return
+    target = live[change.image % len(live)]
+    if change.kind == "container":
+        engine.create_container(target)
+    elif change.kind == "move":
+        engine.tag(target, change.tag, NOW)  # `docker tag`: the name moves, LastTagTime is now
+    elif change.kind == "repull":
+        ids.append(engine.pull(f"repull-{len(ids)}", change.tag, NOW))  # a new image takes the name
+    else:
+        fresh = f"{change.tag.split(':')[0]}:extra{len(ids)}"
+        engine.tag(target, fresh, NOW)
