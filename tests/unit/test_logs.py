@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.logs import JsonFormatter, LogfmtFormatter, setup_logging
+from exporter.logs import JsonFormatter, LogfmtFormatter, kv, setup_logging
 
 CREATED = 1_767_323_045.25  # 2026-01-02T03:04:05.250Z
 
@@ -34,8 +34,12 @@ def parse_logfmt(line: str) -> dict[str, str]:
     """A strict reader: the whole line must be `key=value` pairs; quoted values are unescaped."""
     pairs = LOGFMT_PAIR.findall(line)
     assert "".join(f"{k}={v} " for k, v in pairs).rstrip() == line, f"not logfmt: {line!r}"
-    escapes = {"n": "\n", '"': '"', "\\": "\\"}
-    return {k: re.sub(r"\\(.)", lambda m: escapes[m.group(1)], v[1:-1]) if v.startswith('"') else v for k, v in pairs}
+    escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+
+    def unescape(m: re.Match[str]) -> str:
+        return chr(int(m.group(1), 16)) if m.group(1) else escapes[m.group(2)]
+
+    return {k: re.sub(r"\\(?:u([0-9a-f]{4})|(.))", unescape, v[1:-1]) if v.startswith('"') else v for k, v in pairs}
 
 
 def test_logfmt_keeps_go_kit_order_and_plain_values_bare() -> None:
@@ -102,3 +106,30 @@ def test_setup_logging(level: str, fmt: str, want_level: int, formatter: type[lo
     assert root.level == want_level
     assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, formatter)
     assert logging.getLogger("urllib3").level == logging.WARNING  # the SDK's HTTP stack stays quiet at debug
+
+
+@pytest.mark.parametrize("msg", ["carriage\rreturn", "tab\there", "bell\x07and\x1bescape"])
+def test_every_control_character_is_escaped(msg: str) -> None:
+    line = LogfmtFormatter().format(record(msg))
+    assert not any(ord(c) < 0x20 for c in line)
+    assert parse_logfmt(line)["msg"] == msg
+
+
+def test_facts_are_fields_in_both_formats() -> None:
+    rec = record("remediation run ended", logging.INFO)
+    rec.__dict__.update(kv(action="free-disk", run_id="4f2a", deleted=3, detail="two words", none=None))
+    logfmt = parse_logfmt(LogfmtFormatter().format(rec))
+    as_json = json.loads(JsonFormatter().format(rec))
+    for fields in (logfmt, as_json):
+        assert fields["msg"] == "remediation run ended"
+        assert fields["action"] == "free-disk" and fields["run_id"] == "4f2a" and fields["deleted"] == "3"
+        assert fields["detail"] == "two words" and fields["none"] == ""
+    assert list(logfmt) == list(as_json)  # same keys, same order
+
+
+def test_a_field_never_overwrites_the_standard_keys() -> None:
+    rec = record("real message")
+    rec.__dict__.update(kv(msg="forged", level="debug"))
+    fields = parse_logfmt(LogfmtFormatter().format(rec))
+    assert fields["msg"] == "real message" and fields["level"] == "warn"
+    assert fields["msg_"] == "forged" and fields["level_"] == "debug"
