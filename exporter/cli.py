@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from exporter import __build_date__, __revision__, __version__
 from exporter.config import Config, ConfigError, load_config
-from exporter.logs import LEVELS, setup_logging
+from exporter.logs import LEVELS, kv, setup_logging
 from exporter.units import parse_duration
 from exporter.web.basicauth import basic_auth_gate
 from exporter.web.server import (
@@ -179,14 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     docker_host = resolve_docker_host(args.docker_host, config)
     host, port = args.listen
     log.info(
-        "starting docker-image-exporter %s (revision %s) on %s://%s:%d, engine %s, remediation %s",
-        __version__,
-        __revision__,
-        "https" if ssl_context else "http",
-        host or "*",
-        port,
-        docker_host or "default socket",
-        "enabled" if config.remediation.enabled else "disabled",
+        "starting docker-image-exporter",
+        extra=kv(
+            version=__version__,
+            revision=__revision__,
+            listen=f"{'https' if ssl_context else 'http'}://{host or '*'}:{port}",
+            engine=docker_host or "default socket",
+            remediation="enabled" if config.remediation.enabled else "disabled",
+        ),
     )
     warning = plain_http_warning(host, port, tls=ssl_context is not None, remediation=config.remediation.enabled)
     if warning:

@@ -155,7 +155,7 @@ class SnapshotCollector(Collector):
             return [head]
         return [
             head,
-            (("images", snapshot.images), lambda: self._images(snapshot)),
+            (("images", self.config, snapshot.images), lambda: self._images(snapshot)),
             (None, lambda: self._disk(snapshot)),
         ]
 

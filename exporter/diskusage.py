@@ -17,6 +17,7 @@ from collections.abc import Callable
 from exporter import apishapes
 from exporter.config import PollConfig
 from exporter.engine import Engine, EngineError
+from exporter.logs import kv
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import Snapshot
@@ -79,7 +80,7 @@ class DiskUsageRefresher:
             raw = await self.engine.disk_usage()
         except EngineError as exc:
             self.metrics.errors.labels("disk_usage").inc()
-            log.warning("/system/df failed: %s", exc)
+            log.warning("/system/df failed", extra=kv(err=exc))
             return None
         finally:
             self.metrics.disk_usage_duration.set(time.monotonic() - start)

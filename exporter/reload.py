@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.config import Config, ConfigError, load_config
+from exporter.logs import kv
 from exporter.web.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter.reload")
@@ -134,10 +135,10 @@ class Reloader:
             self.metrics.successful.set(1)
             self.metrics.success_timestamp.set(self.clock())
             files = " ".join(filter(None, [self.source.config_file or "(defaults)", self.source.web_config_file]))
-            log.info("configuration reloaded file=%s trigger=%s", files, trigger)
+            log.info("configuration reloaded", extra=kv(file=files, trigger=trigger))
             return ReloadResult(True, "configuration reloaded")
 
     def _refuse(self, trigger: str, reason: str) -> ReloadResult:
         self.metrics.successful.set(0)
-        log.error("reload failed, keeping the old configuration trigger=%s err=%s", trigger, reason)
+        log.error("reload failed, keeping the old configuration", extra=kv(trigger=trigger, err=reason))
         return ReloadResult(False, f"reload failed, keeping the old configuration: {reason}")

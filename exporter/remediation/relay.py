@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exporter.config import RelayConfig
+from exporter.logs import kv
 from exporter.remediation.alerts import Alert
 from exporter.remediation.records import record_json
 
@@ -112,7 +113,7 @@ class Relay:
         except RelayError as exc:
             result = RelayResult(host, url, len(alerts), error=str(exc))
         if not result.ok:
-            log.warning("relay of %d alert(s) to %s failed: %s", len(alerts), url, result.error or result.status)
+            log.warning("relay failed", extra=kv(alerts=len(alerts), url=url, err=result.error or result.status))
         return result
 
     async def forward_all(

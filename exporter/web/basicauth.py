@@ -28,6 +28,7 @@ import bcrypt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
+from exporter.logs import kv
 from exporter.web.webconfig import WebConfig
 
 log = logging.getLogger("exporter.web.basicauth")
@@ -146,7 +147,9 @@ def basic_auth_gate(config: WebConfig) -> BasicAuthGate | None:
     """The gate for `config`'s users, or None when it lists none (every path open, as before)."""
     if not config.basic_auth_users:
         return None
-    log.info("basic auth required on every path but the remediation endpoints: users=%d", len(config.basic_auth_users))
+    log.info(
+        "basic auth required on every path but the remediation endpoints", extra=kv(users=len(config.basic_auth_users))
+    )
     return BasicAuthGate(config.basic_auth_users)
 
 

@@ -9,7 +9,7 @@ How:
   remediation metrics, process/python: tens of series) are rendered per scrape on the loop, and the snapshot
   collector's part is spliced in from a cache. The bytes equal prometheus_client's `generate_latest(registry)`
   for the same state (tests/unit/test_exposition.py checks it for both formats).
-- The cache is keyed by the state the snapshot collector renders, `(poller.snapshot, poller.up)`, compared by
+- The cache is keyed by the state the snapshot collector renders, `(poller.snapshot, poller.up, collector.config)`, compared by
   identity: the poller publishes a new Snapshot object for every change (a poll, a /system/df result, an event
   refresh), so there is no subscription to miss; an entry holds its snapshot, so an identity is never reused.
   Within a state, one entry per negotiated content type (format, version, escaping) and gzip, at most
@@ -58,7 +58,7 @@ OPENMETRICS = "application/openmetrics-text"
 EOF = b"# EOF\n"
 
 Encoder = Callable[[Collector], bytes]
-State = tuple[Snapshot | None, bool]
+State = tuple[Snapshot | None, bool, object]  # (snapshot, up, the collector's config: a reload may change it)
 
 
 class _Collectors:
@@ -110,7 +110,7 @@ def render_snapshot(
     snapshot). A section whose key equals the one in the same place of `previous` (the last render of this
     format) keeps its text: polls publish new snapshots of unchanged images."""
     rendered: list[RenderedSection] = []
-    for index, (key, families) in enumerate(collector.sections(*state)):
+    for index, (key, families) in enumerate(collector.sections(state[0], state[1])):
         old = previous[index] if index < len(previous) else None
         if key is not None and old is not None and old.key is not None and old.key == key:
             rendered.append(RenderedSection(key, old.text, old.deflated))
@@ -223,7 +223,7 @@ class MetricsEndpoint:
             response.enable_compression()
             return response
         openmetrics = content_type.startswith(OPENMETRICS)
-        state = (self.collector.poller.snapshot, self.collector.poller.up)
+        state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
         if gzip_accepted(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, []))):
             deflated = await self.deflated_part(state, encoder, content_type, openmetrics)
             prefix, suffix = self._own_parts(encoder, openmetrics)
@@ -270,7 +270,12 @@ class MetricsEndpoint:
         return _single_flight(self._texts, content_type, render)
 
     def _is_current(self, state: State) -> bool:
-        return self._state is not None and self._state[0] is state[0] and self._state[1] == state[1]
+        return (
+            self._state is not None
+            and self._state[0] is state[0]
+            and self._state[1] == state[1]
+            and self._state[2] is state[2]
+        )
 
     def _follow(self, state: State) -> None:
         """A new state (a publish, or `up` changed): forget every render of the old one."""

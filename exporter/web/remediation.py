@@ -29,6 +29,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from exporter.config import AuthConfig
+from exporter.logs import kv
 from exporter.remediation.alerts import PayloadError, parse_envelope
 from exporter.remediation.relay import HOP_HEADER
 from exporter.remediation.service import Refused, RemediationService
@@ -198,7 +199,10 @@ class RemediationEndpoints:
             auth = self.service.config.auth  # read per request: a reload may rotate the credentials
             header = request.headers.get(hdrs.AUTHORIZATION)
             if not authorized(header, auth):
-                log.info("%s %s refused: %s", request.method, request.path, describe_credentials(header))
+                log.info(
+                    "remediation request refused",
+                    extra=kv(method=request.method, path=request.path, credentials=describe_credentials(header)),
+                )
                 return unauthorized(auth)
             if params is not None:
                 refusal = check_cross_site(request)

@@ -181,7 +181,7 @@ def test_the_exporter_process_serves_behind_basic_auth(tmp_path: Path) -> None:
             assert refused.value.headers["WWW-Authenticate"].startswith("Basic ")
         status, _ = exp.request("POST", "/webhook/alertmanager", alertmanager_body(), headers=BEARER)
         assert status == 200
-        assert "basic auth required on every path but the remediation endpoints: users=1" in exp.logs()
+        assert 'msg="basic auth required on every path but the remediation endpoints" users=1' in exp.logs()
     finally:
         exp.stop()
         remove_workdir(workdir)

@@ -17,6 +17,7 @@ import pytest
 
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.fixtures import ExporterFactory
+from tests.harness.state import write_saved_state
 from tests.integration.test_webhook_engine import BEARER, config, image_ids, load_dangling, runs, webhook_body
 
 pytestmark = pytest.mark.engine
@@ -29,6 +30,7 @@ def test_an_alert_during_an_engine_hang_is_run_on_redelivery(
     settings = config(tmp_path)
     settings["docker"] = {"timeout": "2s"}
     settings["poll"] = {"interval": "1s"}
+    write_saved_state(tmp_path / "state.json", dockerd)  # the image above was here before (not "just arrived")
     exp = exporter_factory(dockerd, settings)
     exp.wait_for(lambda: exp.sample("docker_up") == 1, what="engine up")
     assert dockerd._proc is not None

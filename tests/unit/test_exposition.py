@@ -100,12 +100,12 @@ class Setup:
 
 
 @pytest.fixture
-def renders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Snapshot | None, bool]]:
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[exposition.State]:
     """Spy on the expensive render: the states it was called for."""
-    calls: list[tuple[Snapshot | None, bool]] = []
+    calls: list[exposition.State] = []
     real = exposition.render_snapshot
 
-    def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> list[RenderedSection]:
+    def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> list[RenderedSection]:
         calls.append(state)
         return real(collector, state, *args)
 
@@ -181,7 +181,7 @@ def test_gzip_member_of_spliced_segments() -> None:
 
 
 async def test_own_metrics_change_per_scrape_while_the_snapshot_part_is_reused(
-    renders: list[tuple[Snapshot | None, bool]],
+    renders: list[exposition.State],
 ) -> None:
     setup = Setup(FakePoller(snapshot()))
     first = await setup.text()
@@ -194,7 +194,7 @@ async def test_own_metrics_change_per_scrape_while_the_snapshot_part_is_reused(
     assert len(renders) == 1
 
 
-async def test_formats_render_lazily_once_each(renders: list[tuple[Snapshot | None, bool]]) -> None:
+async def test_formats_render_lazily_once_each(renders: list[exposition.State]) -> None:
     setup = Setup(FakePoller(snapshot()))
     for accept in ["", "application/openmetrics-text", "", "application/openmetrics-text"]:
         await setup.scrape(accept)
@@ -202,7 +202,7 @@ async def test_formats_render_lazily_once_each(renders: list[tuple[Snapshot | No
     assert len(renders) == 2  # text and OpenMetrics; each gzip variant deflates its cached text
 
 
-async def test_every_state_change_invalidates(renders: list[tuple[Snapshot | None, bool]]) -> None:
+async def test_every_state_change_invalidates(renders: list[exposition.State]) -> None:
     poller = FakePoller(snapshot(taken_at=1.0))
     setup = Setup(poller)
     assert "docker_exporter_snapshot_timestamp_seconds 1.0\n" in await setup.text()
@@ -214,6 +214,15 @@ async def test_every_state_change_invalidates(renders: list[tuple[Snapshot | Non
     poller.snapshot = snapshot(taken_at=2.0)  # equal but a new publish: rendered again, not compared
     await setup.text()
     assert len(renders) == 4
+
+
+async def test_a_reloaded_metrics_config_invalidates_with_an_unchanged_snapshot() -> None:
+    """A reload swaps the collector's config (metrics.per_image: false) while the snapshot stays the same."""
+    poller = FakePoller(snapshot(taken_at=1.0, images=5))
+    setup = Setup(poller)
+    assert "docker_image_size_bytes{" in await setup.text()
+    setup.collector.config = MetricsConfig(per_image=False)
+    assert "docker_image_size_bytes{" not in await setup.text()
 
 
 @pytest.mark.parametrize("encoding", ["", "gzip"])
@@ -288,12 +297,12 @@ class BlockingRenders:
     """A render spy that holds each render in its thread until released, so a test controls the moment."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[tuple[Snapshot | None, bool]] = []
+        self.calls: list[exposition.State] = []
         self.started = threading.Semaphore(0)
         self.release = threading.Event()
         real = exposition.render_snapshot
 
-        def spy(collector: SnapshotCollector, state: tuple[Snapshot | None, bool], *args: Any) -> list[RenderedSection]:
+        def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> list[RenderedSection]:
             self.calls.append(state)
             self.started.release()
             assert self.release.wait(30), "the test never released the render"
@@ -337,7 +346,7 @@ async def test_a_scrape_never_serves_a_state_older_than_at_its_arrival(monkeypat
     blocking.release.set()
     assert "snapshot_timestamp_seconds 2.0\n" in await waiting  # not 1.0: one publish behind at most
     assert "snapshot_timestamp_seconds 3.0\n" in await setup.text()
-    assert [s.taken_at for s, _ in blocking.calls if s] == [2.0, 3.0]
+    assert [s.taken_at for s, _, _ in blocking.calls if s] == [2.0, 3.0]
 
 
 async def test_a_client_going_away_does_not_cancel_the_shared_render(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,7 +381,7 @@ async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest
 @pytest.mark.parametrize(
     "query", ["?name[]=docker_images", "?name[]=docker_images&name[]=docker_exporter_polls_total", "?name[]=nope"]
 )
-async def test_name_filter_bypasses_the_cache(query: str, renders: list[tuple[Snapshot | None, bool]]) -> None:
+async def test_name_filter_bypasses_the_cache(query: str, renders: list[exposition.State]) -> None:
     setup = Setup(FakePoller(snapshot()))
     got = await setup.scrape(query=query)
     assert got.body == (await setup.expected(query=query)).body
@@ -383,7 +392,7 @@ async def test_name_filter_bypasses_the_cache(query: str, renders: list[tuple[Sn
 
 
 async def test_uncommon_accept_headers_are_not_cached_without_bound(
-    renders: list[tuple[Snapshot | None, bool]],
+    renders: list[exposition.State],
 ) -> None:
     setup = Setup(FakePoller(snapshot()))
     accepts = [f"application/openmetrics-text;version=1.0.{n}" for n in range(exposition.MAX_VARIANTS + 4)]
