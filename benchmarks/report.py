@@ -46,6 +46,7 @@ ROWS: list[Row] = [
         "… its size",
         lambda r: f"{r['scrape']['uncapped']['series']} series, {_mb(r['scrape']['uncapped']['exposition_bytes'])}",
     ),
+    ("`/metrics` over HTTPS, new handshake each vs plain HTTP", lambda r: _vs(r["tls_scrape"])),
     ("change → `/metrics` (tag/rmi) vs the CLI call", lambda r: _vs(r["change"])),
     (
         "… until served, polls",
@@ -63,17 +64,26 @@ ROWS: list[Row] = [
     ("start → ready vs one raw list", lambda r: _vs(r["startup"])),
     ("… inspecting every image (raw)", lambda r: _spread(r["startup"]["inspect_every_image"])),
     (
-        "dry-run plan `free_space`",
+        "dry-run plan `free_space` (audit log on tmpfs)",
         lambda r: f"{_spread(r['plans']['free']['plan'])}, {r['plans']['free']['candidates']} candidates",
     ),
     (
-        "dry-run plan `keep_last`",
+        "dry-run plan `keep_last` (audit log on tmpfs)",
         lambda r: f"{_spread(r['plans']['keep']['plan'])}, {r['plans']['keep']['candidates']} candidates",
+    ),
+    (
+        "dry-run plans, audit log on disk (fsync per line)",
+        lambda r: (
+            "free_space "
+            + _spread(r["plans_audit_on_disk"]["free"]["plan"])
+            + ", keep_last "
+            + _spread(r["plans_audit_on_disk"]["keep"]["plan"])
+        ),
     ),
     (
         "scrape while a plan runs (default settings)",
         lambda r: (
-            f"max {_ms(max(r['plans'][a]['scrape_during_plan']['max'] for a in ('free', 'keep')))} "
+            f"max {_ms(max(r[k][a]['scrape_during_plan']['max'] for k in ('plans', 'plans_audit_on_disk') for a in ('free', 'keep')))} "
             f"(at rest p50 {_ms(r['scrape']['default']['value']['p50'])})"
         ),
     ),
@@ -131,6 +141,8 @@ FIGURES: list[tuple[tuple[str, ...], bool]] = [
     ],
     *[(("scrape", key, "ratio", p), True) for key in ("default", "uncapped") for p in ("p50", "p99")],
     *[(("scrape", key, field), True) for key in ("default", "uncapped") for field in ("series", "exposition_bytes")],
+    (("tls_scrape", "value", "p50"), True),
+    (("tls_scrape", "reference", "p50"), True),
     (("change", "value", "p50"), False),
     (("change", "value", "p95"), False),
     (("change", "served", "p50"), True),
@@ -146,6 +158,7 @@ FIGURES: list[tuple[tuple[str, ...], bool]] = [
     *[(("plans", a, "plan", "p50"), True) for a in ("free", "keep")],
     *[(("plans", a, "scrape_during_plan", "max"), True) for a in ("free", "keep")],
     *[(("plans", a, "candidates"), True) for a in ("free", "keep")],
+    *[(("plans_audit_on_disk", a, "plan", "p50"), True) for a in ("free", "keep")],
     *[(("process", key, "rss_bytes"), True) for key in ("default", "uncapped")],
     *[(("process", key, "idle_cpu_percent"), False) for key in ("default", "uncapped")],
     (("dry_run_memory", "rss_before_bytes"), True),

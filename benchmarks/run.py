@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ PROFILES: dict[str, Options] = {
         change_rounds=1,
         burst=5,
         plan_rounds=1,
+        disk_plan_rounds=1,
         dry_runs=3,
         idle_seconds=1.0,
         delete_count=20,
@@ -111,6 +113,8 @@ def _read_side(engine: PrivateDockerd, workdir: Path, opts: Options, log: Callab
             exp.wait_for(partial(_has_disk_usage, exp), 600, what="first /system/df")
         log(f"[{opts.count}] scrapes, {opts.scrape_rounds} rounds")
         result["scrape"] = measure.scrapes(engine, capped, uncapped, opts)
+        log(f"[{opts.count}] scrapes over HTTPS, {opts.scrape_rounds} rounds")
+        result["tls_scrape"] = measure.tls_scrapes(engine, workdir, capped, opts)
         log(f"[{opts.count}] memory and {opts.idle_seconds:.0f} s idle CPU")
         result["process"] = measure.memory_and_idle({"default": capped, "uncapped": uncapped}, opts)
         if opts.profile:
@@ -121,13 +125,32 @@ def _read_side(engine: PrivateDockerd, workdir: Path, opts: Options, log: Callab
         result["change"] = measure.change_to_metrics(engine, capped, opts)
         log(f"[{opts.count}] burst of {opts.burst} untags")
         result["burst"] = measure.untag_burst(engine, capped, opts)
-        log(f"[{opts.count}] dry-run plans, {opts.plan_rounds} rounds")
-        result["plans"] = measure.plans(capped, opts)
-        log(f"[{opts.count}] {opts.dry_runs} dry runs")
-        result["dry_run_memory"] = measure.dry_run_memory(capped, opts)
+        log(f"[{opts.count}] dry-run plans, audit log on disk, {opts.disk_plan_rounds} rounds")
+        result["plans_audit_on_disk"] = measure.plans(capped, opts.disk_plan_rounds)
     finally:
         capped.stop()
         uncapped.stop()
+    result.update(_planning(engine, workdir, opts, log))
+    return result
+
+
+def _planning(engine: PrivateDockerd, workdir: Path, opts: Options, log: Callable[[str], None]) -> dict[str, Any]:
+    """Plans and repeated dry runs with the audit log on tmpfs: the planning itself, not the disk's fsync."""
+    result: dict[str, Any] = {}
+    shm = Path(tempfile.mkdtemp(prefix="die-bench-", dir="/dev/shm"))
+    audit = shm / "audit.jsonl"
+    planner = ExporterProcess(
+        workdir, engine.host, measure.exporter_config(engine, workdir, "planner", audit_log=audit), name="planner"
+    )
+    try:
+        measure.started(planner)
+        log(f"[{opts.count}] dry-run plans, audit log on tmpfs, {opts.plan_rounds} rounds")
+        result["plans"] = measure.plans(planner, opts.plan_rounds)
+        log(f"[{opts.count}] {opts.dry_runs} dry runs")
+        result["dry_run_memory"] = measure.dry_run_memory(planner, audit, opts)
+    finally:
+        planner.stop()
+        shutil.rmtree(shm, ignore_errors=True)
     return result
 
 
