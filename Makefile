@@ -49,7 +49,7 @@ dashboards: venv
 helm-assets: venv
 	$(BIN)/python scripts/sync-helm-assets.py
 
-## bench: benchmarks against a private engine; results land in benchmarks/results/
+## bench: issue 14 figures on a private engine (BENCH_PROFILE=1k|10k|smoke; run under nice -n 19); results in benchmarks/results/
 bench: test-deps venv
 	$(BIN)/python -m benchmarks.run
 
