@@ -31,6 +31,9 @@ TOKEN = "bench-token"
 #: Large enough that no per-tag series is ever dropped (the "uncapped" exporter).
 UNCAPPED = 10_000_000
 POLLS = "docker_exporter_polls_total"
+#: How often the scraper runs while a plan does: often enough to catch a blocked loop, not so often that it
+#: starves the plan (Prometheus itself scrapes every 15-60 s).
+SCRAPE_PACE = 0.25
 
 
 @dataclass(frozen=True)
@@ -355,31 +358,42 @@ def _settle(client: ExporterHTTP, quiet: float = 2.0, timeout: float = 120) -> N
             last, since = now, time.monotonic()
 
 
-def plans(exp: ExporterProcess, rounds: int, actions: tuple[str, ...] = ("free", "keep")) -> dict[str, Any]:
-    """Dry-run plans, each while another connection scrapes back to back: plan time and scrape latency
-    during the plan (compare with the at-rest scrapes)."""
+def plans(
+    exp: ExporterProcess, rounds: int, actions: tuple[str, ...] = ("free", "keep"), pace: float = SCRAPE_PACE
+) -> dict[str, Any]:
+    """Dry-run plans, each round once alone and once while another connection scrapes every `pace` seconds:
+    plan time, plan time while scraped, and the scrape latencies during plans (compare with the at-rest
+    scrapes). Paced, not back to back: back-to-back scrapes would measure the plan's starvation instead."""
     client = ExporterHTTP(exp.address, token=TOKEN)
     result: dict[str, Any] = {}
     try:
         for action in actions:
-            took: list[float] = []
+            alone: list[float] = []
+            scraped: list[float] = []
             during: list[float] = []
             candidates = 0
             for _ in range(rounds):
-                latencies, stop = _scrape_in_background(exp)
                 answer, seconds = client.run_action(action, dry_run=True)
-                stop()
-                took.append(seconds)
-                during.extend(latencies)
+                alone.append(seconds)
                 candidates = int(answer.get("candidates", 0))
-            result[action] = {"plan": summary(took, 3), "scrape_during_plan": summary(during), "candidates": candidates}
+                latencies, stop = _scrape_in_background(exp, pace)
+                scraped.append(client.run_action(action, dry_run=True)[1])
+                stop()
+                during.extend(latencies)
+            result[action] = {
+                "plan": summary(alone, 3),
+                "plan_while_scraped": summary(scraped, 3),
+                "scrape_during_plan": summary(during),
+                "candidates": candidates,
+            }
     finally:
         client.close()
     return result
 
 
-def _scrape_in_background(exp: ExporterProcess) -> tuple[list[float], Callable[[], None]]:
-    """Scrape back to back in a thread; the returned stop() ends it after the current scrape."""
+def _scrape_in_background(exp: ExporterProcess, pace: float) -> tuple[list[float], Callable[[], None]]:
+    """Scrape every `pace` seconds (or back to back when a scrape takes longer) in a thread; the returned
+    stop() ends it after the current scrape."""
     latencies: list[float] = []
     halt = threading.Event()
 
@@ -387,7 +401,9 @@ def _scrape_in_background(exp: ExporterProcess) -> tuple[list[float], Callable[[
         client = ExporterHTTP(exp.address)
         try:
             while not halt.is_set():
-                latencies.append(client.scrape()[1])
+                took = client.scrape()[1]
+                latencies.append(took)
+                halt.wait(max(0.0, pace - took))
         finally:
             client.close()
 
@@ -400,6 +416,23 @@ def _scrape_in_background(exp: ExporterProcess) -> tuple[list[float], Callable[[
         thread.join(timeout=300)
 
     return latencies, stop
+
+
+def fsync_latency(path: Path, writes: int = 100) -> dict[str, Any]:
+    """One audit-sized line appended and fsync'd, `writes` times, where the audit log lives: what each
+    audited line of a plan costs at least."""
+    line = b'{"event":"image","result":"would_delete","references":["bulk/img0:0"],"size":262144}\n' * 3
+    took: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        for _ in range(writes):
+            start = time.perf_counter()
+            os.write(fd, line)
+            os.fsync(fd)
+            took.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+    return summary(took, 5)
 
 
 def dry_run_memory(exp: ExporterProcess, audit_log: Path, opts: Options) -> dict[str, Any]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from benchmarks.measure import SCRAPE_PACE
 
 Row = tuple[str, Callable[[dict[str, Any]], str]]
 
@@ -65,11 +70,17 @@ ROWS: list[Row] = [
     ("… inspecting every image (raw)", lambda r: _spread(r["startup"]["inspect_every_image"])),
     (
         "dry-run plan `free_space` (audit log on tmpfs)",
-        lambda r: f"{_spread(r['plans']['free']['plan'])}, {r['plans']['free']['candidates']} candidates",
+        lambda r: (
+            f"{_spread(r['plans']['free']['plan'])}, {r['plans']['free']['candidates']} candidates; "
+            f"while scraped every {SCRAPE_PACE} s: {_spread(r['plans']['free']['plan_while_scraped'])}"
+        ),
     ),
     (
         "dry-run plan `keep_last` (audit log on tmpfs)",
-        lambda r: f"{_spread(r['plans']['keep']['plan'])}, {r['plans']['keep']['candidates']} candidates",
+        lambda r: (
+            f"{_spread(r['plans']['keep']['plan'])}, {r['plans']['keep']['candidates']} candidates; "
+            f"while scraped every {SCRAPE_PACE} s: {_spread(r['plans']['keep']['plan_while_scraped'])}"
+        ),
     ),
     (
         "dry-run plans, audit log on disk (fsync per line)",
@@ -80,10 +91,11 @@ ROWS: list[Row] = [
             + _spread(r["plans_audit_on_disk"]["keep"]["plan"])
         ),
     ),
+    ("… one audit line appended + fsync'd there", lambda r: _spread(r["audit_fsync"])),
     (
         "scrape while a plan runs (default settings)",
         lambda r: (
-            f"max {_ms(max(r[k][a]['scrape_during_plan']['max'] for k in ('plans', 'plans_audit_on_disk') for a in ('free', 'keep')))} "
+            f"max {_ms(max(r[k][a]['scrape_during_plan']['max'] for k in ('plans', 'plans_audit_on_disk') if k in r for a in ('free', 'keep')))} "
             f"(at rest p50 {_ms(r['scrape']['default']['value']['p50'])})"
         ),
     ),
@@ -158,7 +170,9 @@ FIGURES: list[tuple[tuple[str, ...], bool]] = [
     *[(("plans", a, "plan", "p50"), True) for a in ("free", "keep")],
     *[(("plans", a, "scrape_during_plan", "max"), True) for a in ("free", "keep")],
     *[(("plans", a, "candidates"), True) for a in ("free", "keep")],
+    *[(("plans", a, "plan_while_scraped", "p50"), True) for a in ("free", "keep")],
     *[(("plans_audit_on_disk", a, "plan", "p50"), True) for a in ("free", "keep")],
+    (("audit_fsync", "p50"), True),
     *[(("process", key, "rss_bytes"), True) for key in ("default", "uncapped")],
     *[(("process", key, "idle_cpu_percent"), False) for key in ("default", "uncapped")],
     (("dry_run_memory", "rss_before_bytes"), True),
@@ -181,3 +195,14 @@ def missing_figures(run: dict[str, Any]) -> list[str]:
         if not ok:
             problems.append(f"{'.'.join(path)} = {value!r}")
     return problems
+
+
+def main(argv: list[str]) -> int:
+    """`python -m benchmarks.report results/<file>.json ...`: the table again, from saved results."""
+    for name in argv:
+        print(markdown(json.loads(Path(name).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
