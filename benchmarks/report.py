@@ -198,9 +198,10 @@ def missing_figures(run: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m benchmarks.report results/<file>.json ...`: the table again, from saved results."""
-    for name in argv:
-        print(markdown(json.loads(Path(name).read_text())))
+    """`python -m benchmarks.report results/<file>.json ...`: the table again from saved results, the runs
+    of every file as columns of one table (e.g. the 1k and the 10k profile side by side)."""
+    runs = [run for name in argv for run in json.loads(Path(name).read_text())["runs"]]
+    print(markdown({"runs": runs}))
     return 0
 
 
