@@ -62,7 +62,7 @@ helm-assets: venv
 	$(BIN)/python -m exporter.config.schema
 	$(BIN)/python scripts/sync-helm-assets.py
 
-## bench: benchmarks against a private engine; results land in benchmarks/results/
+## bench: issue 14 figures on a private engine (BENCH_PROFILE=1k|10k|smoke; run under nice -n 19); results in benchmarks/results/
 bench: test-deps venv
 	$(BIN)/python -m benchmarks.run
 

@@ -1,10 +1,9 @@
-"""`make bench`: how fast and how big the exporter is on a private engine with many images.
+"""`make bench`: issue 14's figures for the exporter on a private engine, each next to its reference.
 
-Measures, at each image count: poll duration (from the exporter's own gauge), /system/df duration, scrape
-latency and exposition size, event-to-metrics latency for a `docker rmi` with a 10 minute poll interval,
-resident memory of the exporter process, and a remediation dry-run plan's latency. Results go to
-benchmarks/results/<date>.json and a Markdown table on stdout; benchmarks/README.md quotes them.
-Numbers only: nothing here passes or fails.
+Profiles (`BENCH_PROFILE`, default `1k`): `1k`, `10k`, `smoke` (50 images, one round of everything: what
+the test suite runs so this code cannot rot). `BENCH_IMAGE_COUNTS=1000,10000` runs the profile's rounds at
+other sizes. Results go to benchmarks/results/<date>-<profile>.json plus a Markdown table on stdout.
+Numbers only: nothing here passes or fails. Run it under `nice -n 19` on a shared machine.
 """
 
 from __future__ import annotations
@@ -12,162 +11,189 @@ from __future__ import annotations
 import json
 import os
 import platform
-import ssl
-import statistics
+import shutil
 import sys
 import tempfile
 import time
-import urllib.request
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tests.harness.certs import client_context, issue, make_ca
+from benchmarks import measure
+from benchmarks.imageset import CACHE_ROOT, ImageSet
+from benchmarks.measure import Options
+from benchmarks.report import markdown
 from tests.harness.dockerd import PrivateDockerd, remove_workdir, short_workdir
 from tests.harness.exporter import ExporterProcess
-from tests.harness.images import Layer, load_images, tiny_images
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COUNTS = [int(c) for c in os.environ.get("BENCH_IMAGE_COUNTS", "100,1000").split(",")]
-SCRAPES = 20
+
+PROFILES: dict[str, Options] = {
+    "smoke": Options(
+        count=50,
+        scrape_rounds=3,
+        startup_rounds=1,
+        change_rounds=1,
+        burst=5,
+        plan_rounds=1,
+        disk_plan_rounds=1,
+        dry_runs=3,
+        idle_seconds=1.0,
+        delete_count=20,
+        delete_rounds=1,
+    ),
+    "1k": Options(count=1000, scrape_rounds=50),
+    # on-disk plans at 10k take one fsync per candidate (minutes): audit_fsync x candidates predicts them
+    "10k": Options(count=10_000, disk_plan_rounds=0, dry_run_budget_seconds=600.0),
+}
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def options_from_env(env: dict[str, str] | None = None) -> tuple[str, list[Options]]:
+    """The profile name and one Options per image count (`BENCH_IMAGE_COUNTS` overrides the profile's)."""
+    env = dict(os.environ if env is None else env)
+    name = env.get("BENCH_PROFILE", "1k")
+    if name not in PROFILES:
+        raise SystemExit(f"BENCH_PROFILE must be one of {', '.join(PROFILES)}, got {name!r}")
+    base = PROFILES[name]
+    if "BENCH_DRY_RUNS" in env:
+        base = replace(base, dry_runs=int(env["BENCH_DRY_RUNS"]))
+    counts = env.get("BENCH_IMAGE_COUNTS")
+    if not counts:
+        return name, [base]
+    return name, [replace(base, count=int(c)) for c in counts.split(",") if c.strip()]
 
 
-def timed_get(url: str, context: ssl.SSLContext | None = None) -> tuple[float, int]:
-    """One GET on a new connection (urllib does not keep connections): with HTTPS, a full handshake."""
-    start = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=30, context=context) as resp:
-        body = resp.read()
-    return time.perf_counter() - start, len(body)
-
-
-def bench_count(count: int) -> dict[str, Any]:
+def bench(
+    opts: Options, *, use_cache: bool = True, cache_root: Path = CACHE_ROOT, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Every figure at `opts.count` images: a main engine for the read side, a second one for deletion."""
+    result: dict[str, Any] = {"images": opts.count, "options": opts.__dict__}
     workdir = short_workdir("die-bench-")
-    engine = PrivateDockerd(workdir, name=f"bench-{count}")
-    result: dict[str, Any] = {"images": count}
     try:
-        engine.start(timeout=60)
-        specs = tiny_images(count, shared=Layer.random(256 * 1024, "bench-base"))
-        start = time.perf_counter()
-        load_images(engine, specs)
-        result["load_seconds"] = round(time.perf_counter() - start, 2)
-        token = "bench-token"
-        exp = ExporterProcess(
-            workdir / "exp",
-            engine.host,
-            {
-                "poll": {"interval": "10m", "disk_usage_interval": "10m"},
-                "filesystem": {"path": str(engine.data_root)},
-                "state": {"path": str(workdir / "state.json")},
-                "remediation": {
-                    "enabled": True,
-                    "dry_run": True,
-                    "auth": {"bearer_token": token},
-                    "audit_log": str(workdir / "audit.jsonl"),
-                    "actions": {"unused": {"type": "prune_unused", "min_age": "0s", "max_deletions": 100000}},
-                },
-            },
-            name="bench",
-        )
-        start = time.perf_counter()
-        exp.start(timeout=120)
-        exp.wait_ready(timeout=300)
-        result["startup_to_ready_seconds"] = round(time.perf_counter() - start, 2)
-        exp.wait_for(lambda: exp.sample("docker_images_disk_usage_bytes") is not None, timeout=300, what="df")
-        result["poll_seconds"] = exp.sample("docker_exporter_poll_duration_seconds")
-        result["disk_usage_seconds"] = exp.sample("docker_exporter_disk_usage_duration_seconds")
-        latencies, size = [], 0
-        for _ in range(SCRAPES):
-            took, size = timed_get(exp.url + "/metrics")
-            latencies.append(took)
-        result["scrape_seconds_median"] = round(statistics.median(latencies), 4)
-        result["scrape_seconds_max"] = round(max(latencies), 4)
-        result["exposition_bytes"] = size
-        result["series"] = sum(1 for line in exp.metrics_text().splitlines() if line and not line.startswith("#"))
-        assert exp.pid is not None
-        result["rss_bytes"] = rss_bytes(exp.pid)
-        # a poll forced by an event: the tiniest image goes, the poll interval is 10 minutes
-        victim = specs[-1].tags[0]
-        repo, tag = victim.rsplit(":", 1)
-        engine.cli("rmi", victim)
-        start = time.perf_counter()
-        exp.wait_for(
-            lambda: exp.sample("docker_image_size_bytes", {"repository": repo, "tag": tag}) is None,
-            timeout=60,
-            interval=0.02,
-            what="rmi visible",
-        )
-        result["rmi_to_metrics_seconds"] = round(time.perf_counter() - start, 3)
-        # a dry-run plan over every image
-        start = time.perf_counter()
-        status, _ = exp.request(
-            "POST", "/api/v1/actions/unused?dry_run=true", headers={"Authorization": f"Bearer {token}"}, timeout=300
-        )
-        result["dry_run_plan_seconds"] = round(time.perf_counter() - start, 3)
-        result["dry_run_status"] = status
-        result["rss_after_bytes"] = rss_bytes(exp.pid)
-        exp.stop()
-        result.update(bench_tls_scrape(engine, workdir))
+        engine = PrivateDockerd(workdir / "e", name="bookworm")
+        try:
+            log(f"[{opts.count}] preparing the engine")
+            result["setup"] = ImageSet(opts.count, cache_root=cache_root).prepare(
+                engine, use_cache=use_cache, timeout=300
+            )
+            result["engine_api_version"] = engine.api_version()
+            result.update(_read_side(engine, workdir / "x", opts, log))
+        finally:
+            engine.stop()
+        deleter = PrivateDockerd(workdir / "d", name="bookworm")
+        try:
+            log(f"[{opts.count}] deletion: {opts.delete_count} images x {opts.delete_rounds} rounds")
+            doomed = ImageSet(opts.delete_count, prefix="bench/del", probe=False, cache_root=cache_root)
+            deleter.start(timeout=120)
+            result["deletion"] = measure.deletion(deleter, workdir / "xd", lambda: doomed.load(deleter), opts)
+        finally:
+            deleter.stop()
     finally:
-        engine.stop()
         remove_workdir(workdir)
     return result
 
 
-def bench_tls_scrape(engine: PrivateDockerd, workdir: Path) -> dict[str, Any]:
-    """The same scrape over HTTPS (--web.config.file, P-256 certificate), a new handshake every time."""
-    pki = workdir / "pki"
-    ca = make_ca(pki, "bench-ca")
-    server = issue(ca, pki, "bench-exporter")
-    web = workdir / "web.yml"
-    web.write_text(json.dumps({"tls_server_config": {"cert_file": str(server.cert), "key_file": str(server.key)}}))
-    exp = ExporterProcess(
-        workdir / "exp-tls",
-        engine.host,
-        {
-            "poll": {"interval": "10m"},
-            "filesystem": {"path": str(engine.data_root)},
-            "state": {"path": str(workdir / "tls-state.json")},
-        },
-        name="bench-tls",
-        extra_args=["--web.config.file", str(web)],
-        client_tls=client_context(ca),
+def _read_side(engine: PrivateDockerd, workdir: Path, opts: Options, log: Callable[[str], None]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    log(f"[{opts.count}] start -> ready, {opts.startup_rounds} rounds")
+    result["startup"] = measure.startup(engine, workdir, opts)
+    if opts.profile:
+        log(f"[{opts.count}] profiling the first poll")
+        result.setdefault("profile", {})["first_poll"] = measure.profile_first_poll(engine, workdir)
+    capped = ExporterProcess(workdir, engine.host, measure.exporter_config(engine, workdir, "default"), name="default")
+    uncapped = ExporterProcess(
+        workdir, engine.host, measure.exporter_config(engine, workdir, "uncapped", uncapped=True), name="uncapped"
     )
     try:
-        exp.start(timeout=120)
-        exp.wait_ready(timeout=300)
-        latencies = [timed_get(exp.url + "/metrics", exp.client_tls)[0] for _ in range(SCRAPES)]
+        measure.started(capped)
+        measure.started(uncapped)
+        for exp in (capped, uncapped):  # the first /system/df runs in the background: let it finish first
+            exp.wait_for(partial(_has_disk_usage, exp), 600, what="first /system/df")
+        log(f"[{opts.count}] scrapes, {opts.scrape_rounds} rounds")
+        result["scrape"] = measure.scrapes(engine, capped, uncapped, opts)
+        log(f"[{opts.count}] scrapes over HTTPS, {opts.scrape_rounds} rounds")
+        result["tls_scrape"] = measure.tls_scrapes(engine, workdir, capped, opts)
+        log(f"[{opts.count}] memory and {opts.idle_seconds:.0f} s idle CPU")
+        result["process"] = measure.memory_and_idle({"default": capped, "uncapped": uncapped}, opts)
+        if opts.profile:
+            log(f"[{opts.count}] profiling scrapes")
+            result["profile"]["uncapped_scrape"] = measure.profile_scrapes(uncapped, workdir / "scrape.raw")
+        uncapped.stop()  # from here on, one exporter's reaction to each event
+        log(f"[{opts.count}] change -> metrics, {opts.change_rounds} rounds")
+        result["change"] = measure.change_to_metrics(engine, capped, opts)
+        log(f"[{opts.count}] burst of {opts.burst} untags")
+        result["burst"] = measure.untag_burst(engine, capped, opts)
+        result["audit_fsync"] = measure.fsync_latency(workdir / "fsync-probe.jsonl")
+        if opts.disk_plan_rounds:
+            log(f"[{opts.count}] dry-run plans, audit log on disk, {opts.disk_plan_rounds} rounds")
+            result["plans_audit_on_disk"] = measure.plans(capped, opts.disk_plan_rounds)
     finally:
-        exp.stop()
+        capped.stop()
+        uncapped.stop()
+    result.update(_planning(engine, workdir, opts, log))
+    return result
+
+
+def _planning(engine: PrivateDockerd, workdir: Path, opts: Options, log: Callable[[str], None]) -> dict[str, Any]:
+    """Plans and repeated dry runs with the audit log on tmpfs: the planning itself, not the disk's fsync."""
+    result: dict[str, Any] = {}
+    shm = Path(tempfile.mkdtemp(prefix="die-bench-", dir="/dev/shm"))
+    audit = shm / "audit.jsonl"
+    planner = ExporterProcess(
+        workdir, engine.host, measure.exporter_config(engine, workdir, "planner", audit_log=audit), name="planner"
+    )
+    try:
+        measure.started(planner)
+        log(f"[{opts.count}] dry-run plans, audit log on tmpfs, {opts.plan_rounds} rounds")
+        result["plans"] = measure.plans(planner, opts.plan_rounds)
+        log(f"[{opts.count}] {opts.dry_runs} dry runs")
+        result["dry_run_memory"] = measure.dry_run_memory(planner, audit, opts)
+    finally:
+        planner.stop()
+        shutil.rmtree(shm, ignore_errors=True)
+    return result
+
+
+def _has_disk_usage(exp: ExporterProcess) -> bool:
+    return exp.sample("docker_images_disk_usage_bytes") is not None
+
+
+def write_results(report: dict[str, Any], profile: str, directory: Path = RESULTS) -> Path:
+    """`<date>-<profile>.json` (atomically) and the Markdown table next to it as `.md`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{datetime.now(UTC):%Y-%m-%d}-{profile}.json"
+    for path, text in ((out, json.dumps(report, indent=2) + "\n"), (out.with_suffix(".md"), markdown(report) + "\n")):
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+    return out
+
+
+def run(profile: str, runs: list[Options], *, use_cache: bool = True, cache_root: Path = CACHE_ROOT) -> dict[str, Any]:
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
     return {
-        "scrape_tls_seconds_median": round(statistics.median(latencies), 4),
-        "scrape_tls_seconds_max": round(max(latencies), 4),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": profile,
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "runs": [bench(opts, use_cache=use_cache, cache_root=cache_root, log=log) for opts in runs],
     }
 
 
 def main() -> int:
-    runs = [bench_count(count) for count in COUNTS]
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "runs": runs,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}.json"
-    with tempfile.NamedTemporaryFile("w", dir=RESULTS, delete=False, suffix=".tmp") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(handle.name, out)
-    keys = [k for k in runs[0] if k != "images"]
-    print("| metric | " + " | ".join(f"{r['images']} images" for r in runs) + " |")
-    print("|---|" + "---|" * len(runs))
-    for key in keys:
-        print(f"| {key} | " + " | ".join(str(r.get(key)) for r in runs) + " |")
+    profile, runs = options_from_env()
+    report = run(profile, runs, use_cache=os.environ.get("BENCH_NO_CACHE", "") == "")
+    out = write_results(report, profile)
+    print(markdown(report))
     print(f"\nwritten to {out}", file=sys.stderr)
     return 0
 

@@ -469,17 +469,23 @@ def scenario_basic(now: datetime | None = None) -> Scenario:
 
 
 def tiny_images(
-    count: int, *, prefix: str = "bulk/img", shared: Layer | None = None, unique_layers: bool = False
+    count: int,
+    *,
+    prefix: str = "bulk/img",
+    shared: Layer | None = None,
+    unique_layers: bool = False,
+    now: datetime | None = None,
 ) -> list[ImageSpec]:
-    """`count` distinct tagged images for scale tests (10 repositories of up to 100 tags each with defaults).
+    """`count` distinct tagged images for scale tests (repositories of up to 100 tags each).
 
     By default they differ only in their config (created time, an `index` label) and share one layer:
     `docker load` extracts each distinct layer in a re-exec'd helper process (~0.15 s each on 2 cores),
     so 1,000 unique layers take minutes while 1,000 configs on one layer take seconds.
     `unique_layers=True` adds a small own layer to each image (real unique sizes, much slower).
+    A fixed `now` makes the image IDs reproducible, so a generated set can be cached between runs.
     """
     base = shared if shared is not None else Layer.text("bulk", "shared by every bulk image\n")
-    now = _now()
+    now = now or _now()
     return [
         ImageSpec(
             tags=[f"{prefix}{i // 100}:{i}"],
