@@ -73,7 +73,9 @@ async def test_keep_5_with_latest_and_stable_aliases_keeps_five_versions_with_al
     assert "version 6 of 10 in " in lines[world.ids["v5"]]["reason"]
     assert lines[world.ids["v5"]]["reason"].endswith("myapp, keep 5; tags 1.5")
     plan = run.plan.to_json() if run.plan else {}
-    assert any(k.startswith(world.name("v10", "myapp:latest")) for k in plan["kept"])
+    repo = world.name("v10", "myapp:latest").rsplit(":", 1)[0]
+    assert plan["kept"][0] == f"{repo}: version 1 of 10, keep 5; tags 1.10, latest, stable"
+    assert plan["kept"][4] == f"{repo}: version 5 of 10, keep 5; tags 1.6"
 
 
 async def test_keep_last_an_old_version_in_use_stays_and_takes_no_place_of_a_newer_one(
@@ -112,7 +114,7 @@ async def test_build_host_default_keep_last_cleans_local_builds_and_the_plan_cou
     assert run.plan is not None
     plan = run.plan.to_json()
     going = {world.ids["v1"], world.ids["v2"]}
-    assert {c["image_id"] for c in plan["candidates"]} == going
+    assert {c["id"] for c in plan["candidates"]} == going
     assert plan["local_only"] == {"enabled": False, "kept_images": 0, "kept_bytes": 0}
 
     on = config_with(tmp_path, {"keep1": {"type": "keep_last", "keep": 1, "min_age": MIN_AGE}}, {"local_only": True})
