@@ -188,5 +188,22 @@ async def test_container_that_exited_before_the_exporter_started_gives_its_image
         assert snapshot.by_id[normalize_id(never)].last_used is None
         await poller.poll_once()
         assert engine.container_inspects.count(cid) == 1  # read once per container, not every poll
+        # run again, stop again: read once more after it stopped, so the later use counts
+        dockerd.cli("start", cid)
+        await poller.poll_once()
+        dockerd.cli("kill", cid)
+        dockerd.cli("wait", cid)
+        again = parse_time(dockerd.get_json(f"/containers/{cid}/json")["State"]["FinishedAt"])
+        assert again is not None and again > finished
+        snapshot = await poller.poll_once()
+        assert snapshot is not None and snapshot.by_id[normalize_id(ran)].last_used == again
+        assert engine.container_inspects.count(cid) == 2
+        # across a restart, with the container gone: the state file remembers
+        dockerd.cli("rm", cid)
+        history = ImageHistory(str(tmp_path / "state.json"))
+        history.load()
+        restarted = Poller(engine, config, history, PollMetrics(CollectorRegistry()))
+        snapshot = await restarted.poll_once()
+        assert snapshot is not None and snapshot.by_id[normalize_id(ran)].last_used == again
     finally:
         engine.close()
