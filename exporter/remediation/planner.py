@@ -6,8 +6,8 @@ snapshot, and the same plan is what dry runs show, what the executor follows and
 Rules every image action shares (checked in this order, the first that applies is the skip reason):
 in use by any container, running or stopped (`in_use`); a reference matching a protected glob
 (`protected_reference`, protects the whole image; tags and `repo@sha256:…` digest references alike); a protected label (`protected_label`); tagged but never
-pushed or pulled (`local_only`, when `protect.local_only`, for tagged images only); younger than `min_age`
-counted from `Image.age_reference` (`too_young`).
+pushed or pulled (`local_only`, only when `protect.local_only` is on, for tagged images only); younger than
+`min_age` counted from `Image.age_reference` (`too_young`). Every image plan reports what `local_only` kept.
 """
 
 from __future__ import annotations
