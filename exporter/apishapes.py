@@ -119,6 +119,16 @@ def parse_last_tag_time(inspect: Mapping[str, Any]) -> float | None:
     return parse_time((inspect.get("Metadata") or {}).get("LastTagTime"))
 
 
+def parse_container_last_use(inspect: Mapping[str, Any]) -> float | None:
+    """When a container last used its image: the later of `State.FinishedAt` and `State.StartedAt`.
+
+    Zero times (never started, still running) are unknown; None when the container never ran.
+    """
+    state = inspect.get("State") or {}
+    times = [t for t in (parse_time(state.get("FinishedAt")), parse_time(state.get("StartedAt"))) if t is not None]
+    return max(times, default=None)
+
+
 def parse_engine_info(version: Mapping[str, Any], info: Mapping[str, Any], api_version: str) -> EngineInfo:
     """Engine identity; detects Podman and the containerd image store, whose semantics differ."""
     components = version.get("Components") or []

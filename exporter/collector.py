@@ -272,7 +272,9 @@ class SnapshotCollector(Collector):
         )
         used = family(
             "docker_image_last_used_timestamp_seconds",
-            "Last container create/start from this image seen by the exporter (events; persisted across restarts).",
+            "Last use of the image by a container: the latest of container create/start events, running "
+            "containers seen by polls, and every existing container's State.FinishedAt/StartedAt (so uses from "
+            "before the exporter started count); persisted across restarts. Absent: no use known.",
         )
         containers = family("docker_image_containers", f"Containers (running or stopped) using the image. {_FRESH}")
         for image, ref in kept:

@@ -1,6 +1,8 @@
 """What the engine does not remember: when each image was last used and when it arrived here.
 
-Last-used times come from container create/start events (and running containers seen by polls); arrival
+Last-used times come from container create/start events, running containers seen by polls, and each
+container's own `State.FinishedAt`/`StartedAt` (read once per container, so a use from before the
+exporter started counts from its first poll); arrival
 times from images appearing or being pulled/loaded/tagged. Both drive remediation (LRU order, min_age), so
 they persist in a small JSON file together with the set of images present at the last save.
 

@@ -1,7 +1,8 @@
 """Background refresh: builds a new immutable Snapshot every `poll.interval`, or sooner when woken.
 
 The poller is the only reader of the cheap endpoints (/version, /info, /images/json,
-/containers/json, image inspect for LastTagTime) and of statvfs. It never raises out of its loop: a failed
+/containers/json, image inspect for LastTagTime, container inspect once per stopped container for when
+it last ran) and of statvfs. It never raises out of its loop: a failed
 stage is counted, `up` goes to 0 and the last good data keeps being served with its age visible.
 /system/df lives in `diskusage`, which hands its result here to be merged into the next published view.
 """
@@ -70,6 +71,8 @@ class Poller:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tag_times: dict[tuple[str, tuple[str, ...]], float | None] = {}
+        #: (container ID, state) -> when that stopped container last ran (inspect State), read once
+        self._container_use: dict[tuple[str, str], float | None] = {}
         self._parts: tuple[EngineInfo, list[Image], list[Container], Filesystem | None] | None = None
         self._published_ids: frozenset[str] = frozenset()
         self.ready = asyncio.Event()
@@ -122,6 +125,8 @@ class Poller:
             raw_containers = await self._stage("containers", self.engine.list_containers())
             images = apishapes.parse_images(raw_images, engine)
             await self._stage("images", self._fill_tag_times(images))
+            containers = list(apishapes.parse_containers(raw_containers))
+            await self._stage("containers", self._fill_container_use(containers))
         except EngineError as exc:
             if self._logged_up is not False:
                 served = "serving the last snapshot" if self.snapshot else "no snapshot yet, /-/ready answers 503"
@@ -145,7 +150,6 @@ class Poller:
             if self._logged_fs_error is not None:
                 log.info("statvfs %s works again", self.config.filesystem.path)
             self._logged_fs_error = None
-        containers = list(apishapes.parse_containers(raw_containers))
         if self._logged_up is not True:
             log.info("engine reachable: %s (API %s, %s)", engine.version, api, engine.storage_driver)
             self._logged_up = True
@@ -168,10 +172,32 @@ class Poller:
                 raise
             self._tag_times[key] = apishapes.parse_last_tag_time(inspect)
 
+    async def _fill_container_use(self, containers: list[Container]) -> None:
+        """When each stopped container last ran, so an image used before the exporter started (or while it
+        was down) has a last use from the first poll.
+
+        One inspect per (container ID, state) never seen before: a container is read once, and once more
+        after it stops. Running containers need none (`_track_history` marks their image used now), nor do
+        containers created and never started (nothing ran).
+        """
+        wanted = {(c.id, c.state) for c in containers if c.state not in ("running", "created")}
+        self._container_use = {k: v for k, v in self._container_use.items() if k in wanted}
+        for key in sorted(wanted - self._container_use.keys()):
+            try:
+                inspect = await self.engine.inspect_container(key[0])
+            except EngineError as exc:
+                if exc.status == 404:  # removed between list and inspect: the next poll will not list it
+                    continue
+                raise
+            self._container_use[key] = apishapes.parse_container_last_use(inspect)
+
     def _track_history(self, images: list[Image], containers: list[Container], now: float) -> None:
         """Arrivals (images not proven present before count as arriving now, see `history`) and use."""
         self.history.observe((i.id for i in images), now)
         for c in containers:
+            ran = self._container_use.get((c.id, c.state))
+            if ran is not None:
+                self.history.mark_used(c.image_id, ran)
             if c.state == "running" and now - self.history.last_used.get(c.image_id, 0.0) > RUNNING_USE_RESOLUTION:
                 self.history.mark_used(c.image_id, now)
 

@@ -156,9 +156,11 @@ class ProtectConfig(Model):
     """Globs on repository:tag never deleted ("*:production", "registry.example.com/base/*")."""
     labels: tuple[Annotated[StrictStr, AfterValidator(_label_rule)], ...] = ()
     """key=value or bare key: images carrying it are never deleted."""
-    local_only: StrictBool = True
-    """Tagged images with no repo digest (built here, never pushed) are never deleted by keep_last,
-    prune_unused or free_space."""
+    local_only: StrictBool = False
+    """On: tagged images with no repo digest (built or loaded here, never pushed) are never deleted by
+    keep_last, prune_unused or free_space. Off by default: on a build host every local build is such an
+    image, so the rule kept everything there, and the containerd store and Podman give every image a digest
+    (the rule protects nothing). Every plan reports how many images and bytes it kept."""
 
     def reference_rule(self, reference: str) -> str | None:
         """The glob that protects `repo:tag`, if any."""

@@ -6,12 +6,13 @@ snapshot, and the same plan is what dry runs show, what the executor follows and
 Rules every image action shares (checked in this order, the first that applies is the skip reason):
 in use by any container, running or stopped (`in_use`); a reference matching a protected glob
 (`protected_reference`, protects the whole image; tags and `repo@sha256:…` digest references alike); a protected label (`protected_label`); tagged but never
-pushed or pulled (`local_only`, when `protect.local_only`, for tagged images only); younger than `min_age`
-counted from `Image.age_reference` (`too_young`).
+pushed or pulled (`local_only`, only when `protect.local_only` is on, for tagged images only); younger than
+`min_age` counted from `Image.age_reference` (`too_young`). Every image plan reports what `local_only` kept.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
@@ -85,11 +86,36 @@ class Plan:
     filesystem: Filesystem | None = None
     goal_met: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: `protect.local_only` as this plan applied it (its effect is summed from `skipped`).
+    local_only_enabled: bool = False
+    #: free_space: bytes to free to reach the target at plan time (None for other actions or when met).
+    needed_bytes: int | None = None
 
     @property
     def estimated_bytes(self) -> int:
         """Bytes the candidates free if all go (unique sizes; untag-only candidates count 0)."""
         return sum(c.size for c in self.candidates if c.removes_image)
+
+    @property
+    def local_only_kept(self) -> tuple[int, int]:
+        """Images and bytes `protect.local_only` kept in this plan: what the rule costs, made visible."""
+        held = [s for s in self.skipped if s.reason == "local_only"]
+        return len(held), sum(s.size for s in held)
+
+    @property
+    def reachable(self) -> bool:
+        """free_space: whether deleting every candidate could reach the target (always True elsewhere)."""
+        return self.needed_bytes is None or self.estimated_bytes >= self.needed_bytes
+
+    @property
+    def unreachable_note(self) -> str | None:
+        """The up-front warning of a free_space plan that cannot reach its target, else None."""
+        if self.reachable or self.needed_bytes is None:
+            return None
+        return (
+            f"at plan time: can free at most {self.estimated_bytes} of the {self.needed_bytes} bytes needed "
+            f"to reach target_avail_ratio {self.target_avail_ratio}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -103,6 +129,9 @@ class Plan:
         }
         if self.kept:
             data["kept"] = list(self.kept)
+        if self.type != "build_cache":
+            images, size = self.local_only_kept
+            data["local_only"] = {"enabled": self.local_only_enabled, "kept_images": images, "kept_bytes": size}
         if self.target_avail_ratio is not None:
             data["target_avail_ratio"] = self.target_avail_ratio
             data["goal_met_at_plan_time"] = self.goal_met
@@ -113,6 +142,10 @@ class Plan:
                     "avail": self.filesystem.avail,
                     "avail_ratio": round(self.filesystem.avail_ratio, 6),
                 }
+            if self.needed_bytes is not None:
+                data["needed_bytes"] = self.needed_bytes
+                data["freeable_bytes"] = self.estimated_bytes
+                data["reachable"] = self.reachable
         if self.notes:
             data["notes"] = list(self.notes)
         return data
@@ -226,7 +259,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         else:
             why = f"never seen used, {_ago(now - image.age_reference)} old (LRU rank {tagged_rank})"
         candidates.append(replace(cand, reason=why))
-    return Plan(
+    plan = Plan(
         action.name,
         action.type,
         now,
@@ -234,36 +267,49 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         tuple(skipped),
         target_avail_ratio=target,
         filesystem=fs,
+        needed_bytes=max(math.ceil(target * fs.size) - fs.avail, 0),
     )
+    note = plan.unreachable_note
+    return replace(plan, notes=(note,)) if note else plan
+
+
+def _versions_newest_first(entries: Iterable[tuple[Image, list[ImageRef]]]) -> list[tuple[Image, list[ImageRef]]]:
+    """Newest version first: latest `Created` (when it was built), then latest `LastTagTime`, then image ID.
+
+    `Created` is the one time every engine keeps for every image and that a re-tag or a pull cannot move:
+    an alias (`latest`) added to an old build later does not make it a newer version.
+    """
+    return sorted(entries, key=lambda e: (e[0].created, e[0].last_tag_time or 0.0, e[0].id), reverse=True)
 
 
 def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectConfig, now: float) -> Plan:
-    """Per repository keep the `keep` newest tags (image created time, ties: higher tag name is newer).
+    """Per repository keep the `keep` newest *versions* (images), with every tag they carry there.
 
-    Every tag counts towards the `keep` newest, protected or young ones too, so the action never removes a
-    tag that is among the newest `keep`. Older tags are untagged one by one; the image itself disappears
-    only when its last tag goes. An image that is in use or protected keeps all its tags.
+    A version is an image, not a tag: `latest` and `stable` on the newest build are that build, so they
+    take no place of their own. Every version counts in the ranking, protected, in-use or young ones too:
+    the `keep` newest always stay, and an old version kept by a rule (a rollback still running 1.2) stays
+    in addition without pushing a newer one out. Each older version loses all its tags in that repository:
+    the image is deleted when no other repository keeps it, untagged otherwise.
     """
-    by_repo: dict[str, list[tuple[Image, ImageRef]]] = {}
+    by_repo: dict[str, dict[str, tuple[Image, list[ImageRef]]]] = {}
     for image in snapshot.images:
         for ref in image.refs:
-            by_repo.setdefault(ref.repository, []).append((image, ref))
+            by_repo.setdefault(ref.repository, {}).setdefault(image.id, (image, []))[1].append(ref)
     old_refs: dict[str, list[ImageRef]] = {}
     why: dict[str, list[str]] = {}
     kept: list[str] = []
     images: dict[str, Image] = {}
     for repo, entries in sorted(by_repo.items()):
-        entries.sort(key=lambda e: (e[0].created, e[1].tag), reverse=True)
-        total = len(entries)
-        for rank, (image, ref) in enumerate(entries, start=1):
+        ordered = _versions_newest_first(entries.values())
+        total = len(ordered)
+        for rank, (image, refs) in enumerate(ordered, start=1):
+            tags = ", ".join(sorted(r.tag for r in refs))
             if rank <= action.keep:
-                kept.append(f"{ref} ({_ordinal(rank)} newest of {total}, keep {action.keep})")
+                kept.append(f"{repo}: version {rank} of {total}, keep {action.keep}; tags {tags}")
                 continue
             images[image.id] = image
-            old_refs.setdefault(image.id, []).append(ref)
-            why.setdefault(image.id, []).append(
-                f"tag {ref.tag} {_ordinal(rank)} newest of {total} in repo {repo} (keep {action.keep})"
-            )
+            old_refs.setdefault(image.id, []).extend(refs)
+            why.setdefault(image.id, []).append(f"version {rank} of {total} in {repo}, keep {action.keep}; tags {tags}")
     candidates: list[tuple[Image, Candidate]] = []
     skipped: list[Skip] = []
     for image_id, refs in old_refs.items():
@@ -274,13 +320,13 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
             skipped.append(_skip(image, refs, *excluded))
             continue
         removes = set(refs) == set(image.refs)
-        reason = "; ".join(why[image_id])
+        reason = " | ".join(why[image_id])
         if not removes:
-            reason += " (untag only: the image keeps other tags)"
+            reason += " (untag only: the image is a kept version elsewhere or keeps other tags)"
         candidates.append((image, _candidate(image, refs, reason, removes)))
-    ordered = sorted(candidates, key=lambda p: (p[0].created, p[0].id))  # oldest first
+    ordered_candidates = sorted(candidates, key=lambda p: (p[0].created, p[0].id))  # oldest first
     skipped.sort(key=lambda s: s.image_id)
-    return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped), tuple(kept))
+    return Plan(action.name, action.type, now, tuple(c for _, c in ordered_candidates), tuple(skipped), tuple(kept))
 
 
 def plan_build_cache(snapshot: Snapshot, action: BuildCacheAction, protect: ProtectConfig, now: float) -> Plan:
@@ -298,12 +344,14 @@ def plan_build_cache(snapshot: Snapshot, action: BuildCacheAction, protect: Prot
 
 def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """The plan for `action` on `snapshot` at time `now`."""
-    if isinstance(action, FreeSpaceAction):
-        return plan_free_space(snapshot, action, protect, now)
-    if isinstance(action, KeepLastAction):
-        return plan_keep_last(snapshot, action, protect, now)
     if isinstance(action, BuildCacheAction):
         return plan_build_cache(snapshot, action, protect, now)
-    if action.type == "prune_unused":
-        return plan_prune_unused(snapshot, action, protect, now)
-    return plan_prune_dangling(snapshot, action, protect, now)
+    if isinstance(action, FreeSpaceAction):
+        plan = plan_free_space(snapshot, action, protect, now)
+    elif isinstance(action, KeepLastAction):
+        plan = plan_keep_last(snapshot, action, protect, now)
+    elif action.type == "prune_unused":
+        plan = plan_prune_unused(snapshot, action, protect, now)
+    else:
+        plan = plan_prune_dangling(snapshot, action, protect, now)
+    return replace(plan, local_only_enabled=protect.local_only)

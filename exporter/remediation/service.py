@@ -508,8 +508,10 @@ class RemediationService:
                     snapshot = await self._with_shared_sizes(snapshot)
                 self._warn_engine_limits(snapshot)
                 plan = make_plan(snapshot, action, config.protect, self.clock())
+                local_images, local_bytes = plan.local_only_kept
                 log.info(
-                    "remediation run %s: %s (%s, trigger %s, dry_run=%s): %d candidates, %d skipped, ~%d bytes",
+                    "remediation run %s: %s (%s, trigger %s, dry_run=%s): %d candidates, %d skipped, ~%d bytes;"
+                    " protect.local_only %s kept %d images, %d bytes%s",
                     run.run_id,
                     run.action,
                     action.type,
@@ -518,7 +520,13 @@ class RemediationService:
                     len(plan.candidates),
                     len(plan.skipped),
                     plan.estimated_bytes,
+                    "on" if plan.local_only_enabled else "off",
+                    local_images,
+                    local_bytes,
+                    f"; {plan.unreachable_note}" if plan.unreachable_note else "",
                 )
+                if plan.unreachable_note:  # said up front; the executor keeps it unless something is more urgent
+                    run.detail = plan.unreachable_note
                 await self.executor.execute(run, plan, action)
         except Exception as exc:  # a bug must not leave the action claimed forever
             log.exception("remediation run %s of %s crashed", run.run_id, run.action)

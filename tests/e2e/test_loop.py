@@ -98,7 +98,7 @@ def test_disk_pressure_loop(
             "remediation": {
                 "enabled": True,
                 "auth": {"bearer_token_file": str(token_file)},
-                "protect": {"references": ["*:production"], "labels": ["keep=true"]},
+                "protect": {"references": ["*:production"], "labels": ["keep=true"], "local_only": True},
                 "audit_log": str(audit),
                 "actions": {
                     "free-disk": {"type": "free_space", "target_avail_ratio": TARGET, "min_age": "10m"},

@@ -344,7 +344,7 @@ async def test_keep_last_untags_only_old_unprotected_tags(dockerd, registry, tmp
             Img("v9", ["app:9"], timedelta(days=1)),
             Img("v8", ["app:8"], timedelta(days=2)),
             Img("v7", ["app:7"], timedelta(days=3)),
-            Img("v6", ["app:6"], timedelta(days=4)),  # 4th newest: goes
+            Img("v6", ["app:6"], timedelta(days=4)),  # 4th newest version: goes
             Img("v5", ["app:5"], timedelta(days=5), in_use=True),
             Img("v4", ["app:4"], timedelta(days=6), labels={"keep": "true"}),
             Img("v3", ["app:3", "app:production"], timedelta(days=7)),
@@ -375,7 +375,7 @@ async def test_keep_last_untags_only_old_unprotected_tags(dockerd, registry, tmp
     lines = image_lines(h.audit(), run)
     assert lines[world.ids["v6"]]["result"] == "deleted"
     assert lines[world.ids["v6"]]["references"] == [world.name("v6", "app:6")]
-    assert "4th newest of 11 in repo" in lines[world.ids["v6"]]["reason"]
+    assert "version 4 of 10 in " in lines[world.ids["v6"]]["reason"]
     assert lines[world.ids["v0"]]["result"] == "untagged"
     expected_skips = {
         "v5": "in_use",
@@ -387,7 +387,7 @@ async def test_keep_last_untags_only_old_unprotected_tags(dockerd, registry, tmp
         expected_skips["v2"] = "local_only"
     else:
         assert lines[world.ids["v2"]]["result"] == "deleted"
-        assert "9th newest of 11 in repo" in lines[world.ids["v2"]]["reason"]
+        assert "version 8 of 10 in " in lines[world.ids["v2"]]["reason"]
     assert {k: lines[world.ids[k]]["skip_reason"] for k in expected_skips} == expected_skips
     assert set(lines) == {world.ids[k] for k in ("v6", "v0", "v2", *expected_skips)}
     assert h.sample("docker_remediation_images_deleted_total", {"action": "keep3"}) == len(deleted)

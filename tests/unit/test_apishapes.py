@@ -154,3 +154,13 @@ def test_podman_shared_and_layer_sizes_are_unknown_not_zero(engine: str) -> None
         assert du == apishapes.parse_disk_usage(load(engine, "system-df.json"), 1.0)
         assert du.layers_size
     assert apishapes.local_images_have_digests(info) is (engine == "podman" or engine.endswith("-containerd"))
+
+
+def test_container_last_use_is_the_later_of_finished_and_started() -> None:
+    zero = "0001-01-01T00:00:00Z"
+    exited = {"State": {"StartedAt": "2026-11-28T10:00:00.5Z", "FinishedAt": "2026-11-28T11:00:00.123456789Z"}}
+    assert apishapes.parse_container_last_use(exited) == apishapes.parse_time("2026-11-28T11:00:00.123456Z")
+    running = {"State": {"StartedAt": "2026-11-28T10:00:00Z", "FinishedAt": zero}}
+    assert apishapes.parse_container_last_use(running) == apishapes.parse_time("2026-11-28T10:00:00Z")
+    assert apishapes.parse_container_last_use({"State": {"StartedAt": zero, "FinishedAt": zero}}) is None  # created
+    assert apishapes.parse_container_last_use({}) is None

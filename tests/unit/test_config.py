@@ -72,7 +72,7 @@ def test_full_example_parses() -> None:
     assert r.protect.label_rule({"keep": "true"}) == "keep=true"
     assert r.protect.label_rule({"keep": "false"}) is None
     assert r.protect.label_rule({"pinned": ""}) == "pinned"
-    assert r.protect.local_only  # on by default
+    assert not r.protect.local_only  # off by default (issue 12 #6: build hosts)
 
 
 def test_defaults_have_remediation_off() -> None:
@@ -379,7 +379,7 @@ def test_durations_and_sizes_at_their_bounds() -> None:
 
 def test_null_sections_and_keys_mean_the_defaults() -> None:
     config = parse_config({"poll": None, "remediation": {"protect": None, "dry_run": None}})
-    assert config.poll.interval == 30 and not config.remediation.dry_run and config.remediation.protect.local_only
+    assert config.poll.interval == 30 and not config.remediation.dry_run and not config.remediation.protect.local_only
 
 
 def _write(tmp_path: Path, text: str) -> Path:

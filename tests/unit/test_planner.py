@@ -17,7 +17,9 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
-PROTECT = ProtectConfig(references=("*:production", "registry.example.com/base/*"), labels=("keep=true", "pinned"))
+PROTECT = ProtectConfig(
+    references=("*:production", "registry.example.com/base/*"), labels=("keep=true", "pinned"), local_only=True
+)
 
 
 def img(
@@ -105,9 +107,16 @@ def test_local_only_can_be_switched_off_and_never_applies_to_dangling_or_prune_d
         "a1",
         "a2",
     }
-    on = make_plan(snap(*images), action("prune_unused"), ProtectConfig(), NOW)
+    on = make_plan(snap(*images), action("prune_unused"), ProtectConfig(local_only=True), NOW)
     assert [c.image_id[7:9] for c in on.candidates] == ["a2"]
-    dangling = make_plan(snap(*images), action("prune_dangling"), ProtectConfig(), NOW)
+    assert on.to_json()["local_only"] == {"enabled": True, "kept_images": 1, "kept_bytes": 1000}
+    assert make_plan(snap(*images), action("prune_unused"), off, NOW).to_json()["local_only"] == {
+        "enabled": False,
+        "kept_images": 0,
+        "kept_bytes": 0,
+    }
+    assert not ProtectConfig().local_only  # off by default: a build host's own builds are cleaned
+    dangling = make_plan(snap(*images), action("prune_dangling"), ProtectConfig(local_only=True), NOW)
     assert [c.image_id[7:9] for c in dangling.candidates] == ["a2"]
     assert dangling.skipped == ()  # the tagged image is not selected by prune_dangling at all
 
@@ -131,11 +140,29 @@ def test_keep_last_ranks_per_repository_and_untags_only_old_references():
     assert by_id["o2"].references == ("app:5", "app:5.0")
     assert by_id["o2"].removes_image is True
     assert plan.estimated_bytes == 1000  # only o2 frees anything
-    # ties in created time: the higher tag name counts as newer, so app:5.0 is 5th and app:5 is 6th
-    assert "tag 5.0 5th newest of 9 in repo app (keep 3); tag 5 6th newest" in by_id["o2"].reason
+    # seven versions of app (o2's two tags are one version), o2 is the 5th newest
+    assert by_id["o2"].reason == "version 5 of 7 in app, keep 3; tags 5, 5.0"
     assert {s.image_id[7:9]: s.reason for s in plan.skipped} == {"o3": "in_use", "o4": "protected_reference"}
     assert set(plan.skipped[1].references) == {"app:3", "app:production"}
-    assert any(k.startswith("other:x (1st newest of 1") for k in plan.kept)
+    assert "other: version 1 of 1, keep 3; tags x" in plan.kept
+
+
+def test_keep_last_aliases_on_the_newest_build_take_no_place_and_ties_go_by_last_tag_time():
+    """Issue 12 #2: `latest`/`stable` on the newest build are that version, not versions of their own."""
+    images = [
+        img("v4", ["app:1.4", "app:latest", "app:stable"], age=1 * DAY),
+        img("v3", ["app:1.3"], age=2 * DAY),
+        img("v2", ["app:1.2"], age=3 * DAY, last_tag=NOW - 2 * DAY),  # same build time, tagged later: newer
+        img("v1", ["app:1.1"], age=3 * DAY),
+    ]
+    plan = make_plan(snap(*images), action("keep_last", keep=3), PROTECT, NOW)
+    assert [(c.image_id[7:9], c.references, c.removes_image) for c in plan.candidates] == [("v1", ("app:1.1",), True)]
+    assert plan.candidates[0].reason == "version 4 of 4 in app, keep 3; tags 1.1"
+    assert plan.kept == (
+        "app: version 1 of 4, keep 3; tags 1.4, latest, stable",
+        "app: version 2 of 4, keep 3; tags 1.3",
+        "app: version 3 of 4, keep 3; tags 1.2",
+    )
 
 
 def test_keep_last_counts_young_and_protected_tags_among_the_newest():
@@ -147,6 +174,20 @@ def test_keep_last_counts_young_and_protected_tags_among_the_newest():
     plan = make_plan(snap(*images), action("keep_last", keep=2), PROTECT, NOW)
     assert [c.image_id[7:9] for c in plan.candidates] == ["o1"]
     assert plan.skipped == ()
+
+
+def test_free_space_plan_says_when_its_candidates_cannot_reach_the_target():
+    fs = Filesystem("/var/lib/docker", size=10_000, avail=1_000)
+    images = [img("t1", ["a:1"], size=2_000), img("t2", ["a:2"], size=1_000)]
+    short = make_plan(snap(*images, fs=fs), action("free_space", target_avail_ratio=0.5), PROTECT, NOW)
+    data = short.to_json()
+    assert (data["needed_bytes"], data["freeable_bytes"], data["reachable"]) == (4_000, 3_000, False)
+    assert short.unreachable_note is not None and "can free at most 3000 of the 4000 bytes needed" in (
+        short.unreachable_note
+    )
+    assert short.notes == (short.unreachable_note,)
+    enough = make_plan(snap(*images, fs=fs), action("free_space", target_avail_ratio=0.3), PROTECT, NOW)
+    assert (enough.to_json()["reachable"], enough.unreachable_note, enough.notes) == (True, None, ())
 
 
 def test_free_space_orders_dangling_then_least_recently_used():
