@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ARRIVAL_ACTIONS = frozenset({"pull", "load", "tag", "import", "loadfromarchive"})
 USE_ACTIONS = frozenset({"create", "start"})
 IMAGE_CHANGES = frozenset({"delete", "untag", "prune", "remove"}) | ARRIVAL_ACTIONS
+#: Image events naming the image they changed: applied by inspecting it, without a full re-list.
+APPLICABLE_ACTIONS = frozenset({"pull", "load", "tag", "import", "untag", "delete"})
 CONTAINER_CHANGES = frozenset({"create", "destroy", "remove", "start", "die"})
 MAX_BACKOFF = 30.0
 _HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
@@ -58,6 +60,7 @@ class EventFollower:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 1.0
+        reconnecting = False
         worker = asyncio.create_task(self._handle_events())
         try:
             while True:
@@ -68,7 +71,9 @@ class EventFollower:
 
                 try:
                     await self.replay()
-                    self.poller.wake()  # re-list: a replay is a hint, never proof that nothing else happened
+                    if reconnecting:  # re-list: a replay is a hint; at start the first poll is that re-list
+                        self.poller.wake()
+                    reconnecting = True
                     await asyncio.to_thread(self.engine.follow_events, deliver)
                     log.info("event stream ended; reconnecting")
                 except EngineError as exc:
@@ -133,13 +138,39 @@ class EventFollower:
                 image_id = await self._resolve_image(str(actor.get("ID") or event.get("id") or ""))
                 if image_id:
                     self.history.mark_arrived(image_id, when)
-            self.poller.wake()
+            if not await self._apply(action, [str(actor.get("ID") or event.get("id") or ""), attributes.get("name")]):
+                self.poller.wake()
         elif kind == "container" and action in CONTAINER_CHANGES:
             if action in USE_ACTIONS:
                 image_id = await self._container_image(str(actor.get("ID") or ""), attributes.get("image"))
                 if image_id:
                     self.history.mark_used(image_id, when)
             self.poller.wake()
+
+    async def _apply(self, action: str, names: list[Any]) -> bool:
+        """Apply an image event to the snapshot directly (see `Poller.apply_image_event`); False: re-list.
+
+        The event's actor is an image ID (classic store: tag, untag, delete, import) or a reference (pull,
+        load; every name on the containerd store); `name` is the reference a tag event set. `prune` and
+        Podman's `loadfromarchive` (a temp-file name) name no image, so they re-list.
+        """
+        if action not in APPLICABLE_ACTIONS:
+            return False
+        ids: list[str] = []
+        refs: list[str] = []
+        for name in names:
+            text = str(name or "")
+            if _HEX_ID.fullmatch(text):
+                ids.append(normalize_id(text))
+            elif text:
+                refs.append(text)
+        if not ids and not refs:
+            return False
+        try:
+            return await self.poller.apply_image_event(ids, refs)
+        except EngineError as exc:
+            log.debug("could not apply image event %s (re-listing): %s", action, exc)
+            return False
 
     async def _resolve_image(self, name: str) -> str | None:
         if not name:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -24,7 +24,7 @@ from exporter.engine import Engine, EngineError
 from exporter.hints import engine_error_hint
 from exporter.history import ImageHistory
 from exporter.selfmetrics import PollMetrics
-from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, Snapshot
+from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,16 @@ class Poller:
         self._logged_fs_error: str | None = None  # likewise for statvfs, so a missing mount warns once
         self.last_error: str | None = None
         self.disk_usage: DiskUsage | None = None
-        self.on_change: list[Callable[[], None]] = []
+        self.on_change: list[Callable[[], None]] = []  # the set of image IDs changed
+        #: Every publish (a poll, an event applied, /system/df merged): e.g. start rendering /metrics now.
+        self.on_publish: list[Callable[[Snapshot], None]] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tag_times: dict[tuple[str, tuple[str, ...]], float | None] = {}
         self._parts: tuple[EngineInfo, list[Image], list[Container], Filesystem | None] | None = None
         self._published_ids: frozenset[str] = frozenset()
+        self._attempted = False  # a poll has run (an event before that is in the first listing)
+        self._reconcile = False  # an applied event changed what only a listing can tell (SharedSize)
         self.ready = asyncio.Event()
 
     def wake(self) -> None:
@@ -99,9 +103,11 @@ class Poller:
         async with self._lock:
             start = time.monotonic()
             self.metrics.polls.inc()
+            self._reconcile = False
             try:
                 await self._poll()
             finally:
+                self._attempted = True
                 self.metrics.duration.set(time.monotonic() - start)
             return self.snapshot
 
@@ -168,6 +174,83 @@ class Poller:
                 raise
             self._tag_times[key] = apishapes.parse_last_tag_time(inspect)
 
+    async def apply_image_event(self, image_ids: Iterable[str], refs: Iterable[str] = ()) -> bool:
+        """Apply one image event to the snapshot by inspecting only the images it touches; publish at once.
+
+        Why: a full poll re-lists and re-parses every image (seconds at 10k); an event names one image
+        (an ID, or a reference on the containerd store and Podman) and an inspect of it is exact. Touched
+        are the named images and whichever image held a named reference before (a tag that moved). An
+        inspect answering 404 means the image is gone. False when the event cannot be applied exactly
+        (no snapshot yet, the engine is down, the containerd store, whose inspect and listing disagree on
+        sizes and digests): the caller schedules a full poll then, as before. Events that add or remove
+        images change other images' `SharedSize`: those also ask for a (debounced) reconciling poll.
+        """
+        if not self._lock.locked() and not self._attempted:
+            return True  # the first poll has not started: its listing will include this change
+        async with self._lock:  # after a poll in progress (the first one at start): then exact on its result
+            if self.snapshot is None or self._parts is None or not self.up or self._parts[0].containerd_store:
+                return False
+            engine, images, containers, filesystem = self._parts
+            by_id = {i.id: i for i in images}
+            touched = {apishapes.normalize_id(i) for i in image_ids if i}
+            for text in refs:
+                ref = ImageRef.parse(text)
+                if ref is None:
+                    continue
+                touched.update(i.id for i in images if ref in i.refs)
+                touched.add(text)  # what the name points to now
+            inspected: dict[str, Image] = {}
+            gone: set[str] = set()
+            await self._inspect_into(touched, engine, by_id, inspected, gone)
+            # an image that lost a tag to an inspected one (a tag moved, e.g. by `load`): inspect it too
+            moved = {r for i in inspected.values() for r in i.refs}
+            losers = {i.id for i in images if i.id not in inspected and moved.intersection(i.refs)}
+            await self._inspect_into(losers, engine, by_id, inspected, gone)
+            if gone - inspected.keys() and any(i.shared_size is not None for i in images):
+                self._reconcile = True
+            updated: list[Image] = []
+            for image in images:
+                if image.id in gone and image.id not in inspected:
+                    continue
+                updated.append(inspected.pop(image.id, image))
+            updated.extend(inspected.values())  # images new to the snapshot
+            now = self.clock()
+            self.history.observe((i.id for i in updated), now)  # an image new here arrives now
+            self._parts = (engine, updated, containers, filesystem)
+            self._publish(now)
+        if self._reconcile:
+            self.wake()
+        await asyncio.to_thread(self.history.save)
+        return True
+
+    async def _inspect_into(
+        self,
+        names: Iterable[str],
+        engine: EngineInfo,
+        by_id: dict[str, Image],
+        inspected: dict[str, Image],
+        gone: set[str],
+    ) -> None:
+        """Inspect each name: the image it is now goes to `inspected`, an ID answering 404 to `gone`."""
+        for name in names:
+            try:
+                raw = await self.engine.inspect_image(name)
+            except EngineError as exc:
+                if exc.status != 404:
+                    raise
+                if name in by_id:
+                    gone.add(name)
+                continue
+            image = apishapes.parse_image_inspect(raw, engine)
+            if image.id in inspected:
+                continue
+            if image.id in by_id:  # same layers, same sharing (None where the engine cannot tell)
+                image = replace(image, shared_size=by_id[image.id].shared_size)
+            elif any(i.shared_size is not None for i in by_id.values()):
+                self._reconcile = True  # a new image may share layers: the listing's SharedSize moves
+            inspected[image.id] = image
+            self._tag_times[(image.id, tuple(str(r) for r in image.refs))] = apishapes.parse_last_tag_time(raw)
+
     def _track_history(self, images: list[Image], containers: list[Container], now: float) -> None:
         """Arrivals (images not proven present before count as arriving now, see `history`) and use."""
         self.history.observe((i.id for i in images), now)
@@ -213,6 +296,8 @@ class Poller:
             by_id=MappingProxyType({i.id: i for i in merged}),
         )
         self.ready.set()
+        for publish in self.on_publish:
+            publish(self.snapshot)
         ids = frozenset(self.snapshot.by_id)
         if ids != self._published_ids:
             self._published_ids = ids
