@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 
 # Marking running images as used at most this often keeps the state file from being rewritten every poll.
 RUNNING_USE_RESOLUTION = 60.0
+#: Inspects per lock hold (and publish) while filling LastTagTime behind the first publish.
+FILL_BATCH = 500
+
+TagKey = tuple[str, tuple[str, ...]]
+
+
+def _tag_key(image: Image) -> TagKey:
+    """LastTagTime changes only with the tag set: an image is inspected again when its tags change."""
+    return (image.id, tuple(str(r) for r in image.refs))
 
 
 def read_filesystem(path: str) -> Filesystem:
@@ -71,7 +80,8 @@ class Poller:
         self.on_publish: list[Callable[[Snapshot], None]] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._tag_times: dict[tuple[str, tuple[str, ...]], float | None] = {}
+        self._tag_times: dict[TagKey, float | None] = {}  # LastTagTime by image and tag set
+        self._pending: set[TagKey] = set()  # keys listed but not inspected yet
         self._parts: tuple[EngineInfo, list[Image], list[Container], Filesystem | None] | None = None
         self._published_ids: frozenset[str] = frozenset()
         self._attempted = False  # a poll has run (an event before that is in the first listing)
@@ -109,7 +119,8 @@ class Poller:
             finally:
                 self._attempted = True
                 self.metrics.duration.set(time.monotonic() - start)
-            return self.snapshot
+        await self._fill_pending()
+        return self.snapshot
 
     async def _stage(self, stage: str, call: Any) -> Any:
         try:
@@ -127,7 +138,6 @@ class Poller:
             raw_images = await self._stage("images", self.engine.list_images())
             raw_containers = await self._stage("containers", self.engine.list_containers())
             images = apishapes.parse_images(raw_images, engine)
-            await self._stage("images", self._fill_tag_times(images))
         except EngineError as exc:
             if self._logged_up is not False:
                 served = "serving the last snapshot" if self.snapshot else "no snapshot yet, /-/ready answers 503"
@@ -158,21 +168,43 @@ class Poller:
         self.up = True
         self._track_history(images, containers, now)
         self._parts = (engine, images, containers, filesystem)
+        wanted = {_tag_key(i) for i in images}
+        self._tag_times = {k: v for k, v in self._tag_times.items() if k in wanted}
+        self._pending = wanted - self._tag_times.keys()  # inspected behind the publish: `_fill_pending`
         self._publish(now)
         await asyncio.to_thread(self.history.save)
 
-    async def _fill_tag_times(self, images: list[Image]) -> None:
-        """LastTagTime needs one inspect per image: only for images (or tag sets) not seen before."""
-        wanted = {(i.id, tuple(str(r) for r in i.refs)) for i in images}
-        self._tag_times = {k: v for k, v in self._tag_times.items() if k in wanted}
-        for key in wanted - self._tag_times.keys():
-            try:
-                inspect = await self.engine.inspect_image(key[0])
-            except EngineError as exc:
-                if exc.status == 404:  # deleted between list and inspect: the next poll will not list it
-                    continue
-                raise
-            self._tag_times[key] = apishapes.parse_last_tag_time(inspect)
+    async def _fill_pending(self) -> None:
+        """Inspect images whose LastTagTime is not known yet (new images or tag sets), publishing as they come.
+
+        Why behind the publish: LastTagTime needs one inspect per image (~2 ms each through the SDK, 20 s at
+        10k images on a first poll), while counts, sizes and tags need only the listing. Until known, an image
+        says so (`Image.tag_time_pending`: no last-tag series, and remediation counts it as young) and
+        `docker_exporter_pending_inspects` counts them. The lock is taken per batch, so events apply between.
+        """
+        while True:
+            async with self._lock:
+                if self._parts is None or not self._pending:
+                    return
+                batch = sorted(self._pending)[:FILL_BATCH]
+                try:
+                    for key in batch:
+                        try:
+                            inspect = await self.engine.inspect_image(key[0])
+                        except EngineError as exc:
+                            if exc.status != 404:
+                                raise
+                            # deleted between list and inspect: the next poll will not list it
+                        else:
+                            self._tag_times[key] = apishapes.parse_last_tag_time(inspect)
+                        self._pending.discard(key)
+                except EngineError as exc:  # still pending: the next poll retries
+                    self.metrics.errors.labels("images").inc()
+                    self.last_error = f"images: {exc}"
+                    log.warning("cannot inspect images for LastTagTime (retried next poll): %s%s", exc, _hint(exc))
+                    return
+                finally:
+                    self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
 
     async def apply_image_event(self, image_ids: Iterable[str], refs: Iterable[str] = ()) -> bool:
         """Apply one image event to the snapshot by inspecting only the images it touches; publish at once.
@@ -249,7 +281,9 @@ class Poller:
             elif any(i.shared_size is not None for i in by_id.values()):
                 self._reconcile = True  # a new image may share layers: the listing's SharedSize moves
             inspected[image.id] = image
-            self._tag_times[(image.id, tuple(str(r) for r in image.refs))] = apishapes.parse_last_tag_time(raw)
+            key = _tag_key(image)
+            self._tag_times[key] = apishapes.parse_last_tag_time(raw)
+            self._pending.discard(key)
 
     def _track_history(self, images: list[Image], containers: list[Container], now: float) -> None:
         """Arrivals (images not proven present before count as arriving now, see `history`) and use."""
@@ -281,7 +315,8 @@ class Poller:
                     image,
                     shared_size=shared,
                     containers=in_use.get(image.id, 0),
-                    last_tag_time=self._tag_times.get((image.id, tuple(str(r) for r in image.refs))),
+                    last_tag_time=self._tag_times.get(_tag_key(image)),
+                    tag_time_pending=_tag_key(image) in self._pending,
                     last_used=self.history.last_used.get(image.id),
                     arrived=self.history.arrived.get(image.id),
                 )
@@ -294,6 +329,7 @@ class Poller:
             disk_usage=du,
             filesystem=filesystem,
             by_id=MappingProxyType({i.id: i for i in merged}),
+            pending_inspects=len(self._pending),
         )
         self.ready.set()
         for publish in self.on_publish:

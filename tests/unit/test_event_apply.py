@@ -274,11 +274,13 @@ async def test_every_publish_calls_the_publish_hooks() -> None:
     poller, follower, _ = _start(store, clock)
     published: list[object] = []
     poller.on_publish.append(published.append)
-    await poller.poll_once()
+    await poller.poll_once()  # publishes after the listing, then again when LastTagTime is known
+    assert len(published) == 2 and published[0] is not published[1]
     await poller.poll_once()  # nothing changed: still a publish (taken_at moves)
+    assert len(published) == 3
     for event in store.tag("alpha", "app:2"):
         await follower.handle(event)
-    assert len(published) == 3
+    assert len(published) == 4
     assert published[-1] is poller.snapshot
 
 
