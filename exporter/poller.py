@@ -225,12 +225,14 @@ class Poller:
             engine, images, containers, filesystem = self._parts
             by_id = {i.id: i for i in images}
             touched = {apishapes.normalize_id(i) for i in image_ids if i}
+            ids_named = bool(touched)
             for text in refs:
                 ref = ImageRef.parse(text)
                 if ref is None:
                     continue
                 touched.update(i.id for i in images if ref in i.refs)
-                touched.add(text)  # what the name points to now
+                if not ids_named:
+                    touched.add(text)  # what the name points to now (a tag event's ID already is that)
             inspected: dict[str, Image] = {}
             gone: set[str] = set()
             await self._inspect_into(touched, engine, by_id, inspected, gone)
@@ -246,9 +248,14 @@ class Poller:
                     continue
                 updated.append(inspected.pop(image.id, image))
             updated.extend(inspected.values())  # images new to the snapshot
+            updated_ids = {i.id: i for i in updated}
             now = self.clock()
             self.history.observe((i.id for i in updated), now)  # an image new here arrives now
             self._parts = (engine, updated, containers, filesystem)
+            for image_id in (touched | losers | gone) & by_id.keys():  # their old tag sets are not wanted now
+                old_key = _tag_key(by_id[image_id])
+                if image_id in gone or image_id not in updated_ids or _tag_key(updated_ids[image_id]) != old_key:
+                    self._pending.discard(old_key)
             self._publish(now)
         if self._reconcile:
             self.wake()
