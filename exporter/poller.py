@@ -77,7 +77,7 @@ class Poller:
         self.disk_usage: DiskUsage | None = None
         self.on_change: list[Callable[[], None]] = []  # the set of image IDs changed
         #: Every publish (a poll, an event applied, /system/df merged): e.g. start rendering /metrics now.
-        self.on_publish: list[Callable[[Snapshot], None]] = []
+        self.on_publish: list[Callable[[Snapshot], object]] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tag_times: dict[TagKey, float | None] = {}  # LastTagTime by image and tag set

@@ -240,7 +240,7 @@ class MetricsEndpoint:
         response.enable_compression()  # deflate-only clients, as prometheus_client's handler did
         return response
 
-    def prerender(self, _snapshot: Snapshot | None = None) -> None:
+    def prerender(self, _snapshot: Snapshot | None = None) -> list[asyncio.Future[object]]:
         """Start rendering the current state in every format scraped so far (the poller's `on_publish` hook).
 
         Why: the first scrape after a publish otherwise waits for the render; started at publish time, it is
@@ -248,15 +248,18 @@ class MetricsEndpoint:
         """
         state = (self.collector.poller.snapshot, self.collector.poller.up)
         if state[0] is None:
-            return
+            return []
+        started: list[asyncio.Future[object]] = []
         for content_type, (encoder, openmetrics, gzipped) in list(self._formats.items()):
             part = (
                 self.deflated_part(state, encoder, content_type, openmetrics)
                 if gzipped
                 else self.text_part(state, encoder, content_type, openmetrics)
             )
-            task = asyncio.ensure_future(part)
+            task: asyncio.Future[object] = asyncio.ensure_future(part)
             task.add_done_callback(_ignore_result)
+            started.append(task)
+        return started
 
     async def text_part(
         self, state: State, encoder: Encoder, content_type: str, openmetrics: bool
