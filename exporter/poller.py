@@ -84,6 +84,9 @@ class Poller:
         self._pending: set[TagKey] = set()  # keys listed but not inspected yet
         self._parts: tuple[EngineInfo, list[Image], list[Container], Filesystem | None] | None = None
         self._published_ids: frozenset[str] = frozenset()
+        #: The last publish per image: (listed image, learned values, merged image, tag key), so an event's publish
+        #: rebuilds only the images it changed (rebuilding all cost ~27 % of a poll at 10k images).
+        self._merged: dict[str, tuple[Image, tuple[Any, ...], Image, TagKey]] = {}
         self._attempted = False  # a poll has run (an event before that is in the first listing)
         self._reconcile = False  # an applied event changed what only a listing can tell (SharedSize)
         self.ready = asyncio.Event()
@@ -313,21 +316,38 @@ class Poller:
             in_use[c.image_id] = in_use.get(c.image_id, 0) + 1
         du = self.disk_usage
         merged: list[Image] = []
+        previous = self._merged
+        self._merged = {}
+        last_used, arrived = self.history.last_used, self.history.arrived
         for image in images:
             shared = image.shared_size
             if shared is None and du is not None:  # 1.41 computes SharedSize only in /system/df
                 shared = du.shared_sizes.get(image.id)
-            merged.append(
-                replace(
-                    image,
-                    shared_size=shared,
-                    containers=in_use.get(image.id, 0),
-                    last_tag_time=self._tag_times.get(_tag_key(image)),
-                    tag_time_pending=_tag_key(image) in self._pending,
-                    last_used=self.history.last_used.get(image.id),
-                    arrived=self.history.arrived.get(image.id),
-                )
+            cached = previous.get(image.id)
+            same = cached is not None and cached[0] is image
+            key = cached[3] if cached is not None and same else _tag_key(image)
+            values = (
+                shared,
+                in_use.get(image.id, 0),
+                self._tag_times.get(key),
+                key in self._pending,
+                last_used.get(image.id),
+                arrived.get(image.id),
             )
+            if cached is not None and same and cached[1] == values:
+                out = cached[2]  # the same listed image with the same learned values: reuse, do not rebuild
+            else:
+                out = replace(
+                    image,
+                    shared_size=values[0],
+                    containers=values[1],
+                    last_tag_time=values[2],
+                    tag_time_pending=values[3],
+                    last_used=values[4],
+                    arrived=values[5],
+                )
+            self._merged[image.id] = (image, values, out, key)
+            merged.append(out)
         self.snapshot = Snapshot(
             taken_at=taken_at,
             engine=engine,
