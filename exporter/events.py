@@ -1,10 +1,14 @@
 """Follow the engine's event stream: refresh within a second of a change, and learn image use/arrival.
 
-The blocking stream runs in a thread and hands each event to the event loop. Any image or container change
-wakes the poller (debounced there). Container create/start records the image's last-used time; image
+The blocking stream runs in a thread and hands each event to the event loop. An image event that names its
+image (tag, untag, delete, load, pull, import) is applied to the snapshot by inspecting that image
+(`Poller.apply_image_event`) and published at once, with no re-list: at 10k images a full poll takes about a
+second, and a burst of 500 tags used to cause 7-8 of them. Any other change (container events, `prune`, every
+image event on the containerd store, an event whose inspect fails) wakes the poller (debounced there). Container create/start records the image's last-used time; image
 pull/load/tag/import records its arrival, so a freshly pulled old image counts as young for `min_age`.
 On start and after every reconnect the events since the last one known (the saved state's time on start)
-are replayed with `since`/`until`, so uses and re-pulls during downtime are not lost; the engine keeps only
+are replayed with `since`/`until` (after a reconnect the poller also re-lists; at start its first poll is that
+re-list), so uses and re-pulls during downtime are not lost; the engine keeps only
 its last 256 events, so a replay is a hint: the poller also re-lists, and images it has not seen before
 count as just arrived (see `history`). Event shapes differ (an untag names an ID on the classic store, a reference on the containerd
 store; Podman says `loadfromarchive`): every name is resolved through an inspect, and the poller's
