@@ -259,7 +259,7 @@ class Poller:
                 old_key = _tag_key(by_id[image_id])
                 if image_id in gone or image_id not in updated_ids or _tag_key(updated_ids[image_id]) != old_key:
                     self._pending.discard(old_key)
-            self._publish(now)
+            self._publish(now, only=set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys())
         if self._reconcile:
             self.wake()
         await asyncio.to_thread(self.history.save)
@@ -308,7 +308,9 @@ class Poller:
         if self._parts is not None:
             self._publish(self.snapshot.taken_at if self.snapshot else usage.taken_at)
 
-    def _publish(self, taken_at: float) -> None:
+    def _publish(self, taken_at: float, only: set[str] | None = None) -> None:
+        """A new Snapshot from `_parts` and what was learned; `only`: the image IDs an event changed (the
+        others keep their merged copy as is, since nothing else they depend on moved)."""
         assert self._parts is not None
         engine, images, containers, filesystem = self._parts
         in_use: dict[str, int] = {}
@@ -320,11 +322,16 @@ class Poller:
         self._merged = {}
         last_used, arrived = self.history.last_used, self.history.arrived
         for image in images:
+            cached = previous.get(image.id)
+            same = cached is not None and cached[0] is image
+            if only is not None and same and image.id not in only:
+                assert cached is not None
+                self._merged[image.id] = cached
+                merged.append(cached[2])
+                continue
             shared = image.shared_size
             if shared is None and du is not None:  # 1.41 computes SharedSize only in /system/df
                 shared = du.shared_sizes.get(image.id)
-            cached = previous.get(image.id)
-            same = cached is not None and cached[0] is image
             key = cached[3] if cached is not None and same else _tag_key(image)
             values = (
                 shared,
