@@ -85,6 +85,31 @@ def parse_image(raw: Mapping[str, Any]) -> Image:
     )
 
 
+def parse_image_inspect(raw: Mapping[str, Any], engine: EngineInfo) -> Image:
+    """One image inspect as `parse_image` would read the same image's `/images/json` entry.
+
+    Why: an event names one image, and inspecting it is exact where a full re-list costs seconds at 10k
+    images. Inspect has `Created` as RFC 3339 (the listing truncates it to whole seconds), labels under
+    `Config`, and no `SharedSize` (None: the listing's value is merged in by the poller, see `Poller`).
+    On the containerd store inspect and listing disagree (`Size`, `RepoDigests`), so the poller re-lists
+    there instead of using this.
+    """
+    created = parse_time(raw.get("Created"))
+    size = _known(raw.get("Size"))
+    if size is None:
+        size = _known(raw.get("VirtualSize")) or 0
+    labels = (raw.get("Config") or {}).get("Labels") or {}
+    return Image(
+        id=normalize_id(str(raw.get("Id", ""))),
+        refs=parse_refs(raw.get("RepoTags")),
+        digests=parse_digests(raw.get("RepoDigests")),
+        created=float(int(created)) if created is not None else 0.0,
+        size=size,
+        shared_size=None,
+        labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}) if labels else _EMPTY,
+    )
+
+
 def shared_sizes_known(engine: EngineInfo | None) -> bool:
     """False on Podman, which answers SharedSize 0 (and LayersSize 0) for images that do share layers."""
     return engine is None or not engine.podman

@@ -182,7 +182,9 @@ def create_app(
             services.remediation.executor.stopping = True
 
     app.on_shutdown.append(stop_runs)
-    metrics_handler = MetricsEndpoint(services.registry, services.collector).handle
+    metrics_endpoint = MetricsEndpoint(services.registry, services.collector)
+    services.poller.on_publish.append(metrics_endpoint.prerender)
+    metrics_handler = metrics_endpoint.handle
 
     async def landing(request: web.Request) -> web.Response:
         """The overview page: the current snapshot, remediation status and the audit tail (read off the loop)."""

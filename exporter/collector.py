@@ -26,6 +26,7 @@ PER_IMAGE_LABELS = ["repository", "tag", "image_id"]
 GAUGE_FAMILIES = (
     "docker_up",
     "docker_exporter_snapshot_timestamp_seconds",
+    "docker_exporter_pending_inspects",
     "docker_engine_info",
     "docker_images",
     "docker_images_size_bytes",
@@ -174,6 +175,11 @@ class SnapshotCollector(Collector):
             "docker_exporter_snapshot_timestamp_seconds",
             "When the served image data was read from the engine (stale while docker_up is 0).",
             snapshot.taken_at,
+        )
+        yield _gauge(
+            "docker_exporter_pending_inspects",
+            "Images whose inspect (LastTagTime) has not answered yet: their last-tag series are absent until then.",
+            snapshot.pending_inspects,
         )
         yield from self._engine(snapshot)
 

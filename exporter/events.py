@@ -1,10 +1,14 @@
 """Follow the engine's event stream: refresh within a second of a change, and learn image use/arrival.
 
-The blocking stream runs in a thread and hands each event to the event loop. Any image or container change
-wakes the poller (debounced there). Container create/start records the image's last-used time; image
+The blocking stream runs in a thread and hands each event to the event loop. An image event that names its
+image (tag, untag, delete, load, pull, import) is applied to the snapshot by inspecting that image
+(`Poller.apply_image_event`) and published at once, with no re-list: at 10k images a full poll takes about a
+second, and a burst of 500 tags used to cause 7-8 of them. Any other change (container events, `prune`, every
+image event on the containerd store, an event whose inspect fails) wakes the poller (debounced there). Container create/start records the image's last-used time; image
 pull/load/tag/import records its arrival, so a freshly pulled old image counts as young for `min_age`.
 On start and after every reconnect the events since the last one known (the saved state's time on start)
-are replayed with `since`/`until`, so uses and re-pulls during downtime are not lost; the engine keeps only
+are replayed with `since`/`until` (after a reconnect the poller also re-lists; at start its first poll is that
+re-list), so uses and re-pulls during downtime are not lost; the engine keeps only
 its last 256 events, so a replay is a hint: the poller also re-lists, and images it has not seen before
 count as just arrived (see `history`). Event shapes differ (an untag names an ID on the classic store, a reference on the containerd
 store; Podman says `loadfromarchive`): every name is resolved through an inspect, and the poller's
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 ARRIVAL_ACTIONS = frozenset({"pull", "load", "tag", "import", "loadfromarchive"})
 USE_ACTIONS = frozenset({"create", "start"})
 IMAGE_CHANGES = frozenset({"delete", "untag", "prune", "remove"}) | ARRIVAL_ACTIONS
+#: Image events naming the image they changed: applied by inspecting it, without a full re-list.
+APPLICABLE_ACTIONS = frozenset({"pull", "load", "tag", "import", "untag", "delete"})
 CONTAINER_CHANGES = frozenset({"create", "destroy", "remove", "start", "die"})
 MAX_BACKOFF = 30.0
 _HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
@@ -58,6 +64,7 @@ class EventFollower:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 1.0
+        reconnecting = False
         worker = asyncio.create_task(self._handle_events())
         try:
             while True:
@@ -68,7 +75,9 @@ class EventFollower:
 
                 try:
                     await self.replay()
-                    self.poller.wake()  # re-list: a replay is a hint, never proof that nothing else happened
+                    if reconnecting:  # re-list: a replay is a hint; at start the first poll is that re-list
+                        self.poller.wake()
+                    reconnecting = True
                     await asyncio.to_thread(self.engine.follow_events, deliver)
                     log.info("event stream ended; reconnecting")
                 except EngineError as exc:
@@ -133,13 +142,39 @@ class EventFollower:
                 image_id = await self._resolve_image(str(actor.get("ID") or event.get("id") or ""))
                 if image_id:
                     self.history.mark_arrived(image_id, when)
-            self.poller.wake()
+            if not await self._apply(action, [str(actor.get("ID") or event.get("id") or ""), attributes.get("name")]):
+                self.poller.wake()
         elif kind == "container" and action in CONTAINER_CHANGES:
             if action in USE_ACTIONS:
                 image_id = await self._container_image(str(actor.get("ID") or ""), attributes.get("image"))
                 if image_id:
                     self.history.mark_used(image_id, when)
             self.poller.wake()
+
+    async def _apply(self, action: str, names: list[Any]) -> bool:
+        """Apply an image event to the snapshot directly (see `Poller.apply_image_event`); False: re-list.
+
+        The event's actor is an image ID (classic store: tag, untag, delete, import) or a reference (pull,
+        load; every name on the containerd store); `name` is the reference a tag event set. `prune` and
+        Podman's `loadfromarchive` (a temp-file name) name no image, so they re-list.
+        """
+        if action not in APPLICABLE_ACTIONS:
+            return False
+        ids: list[str] = []
+        refs: list[str] = []
+        for name in names:
+            text = str(name or "")
+            if _HEX_ID.fullmatch(text):
+                ids.append(normalize_id(text))
+            elif text:
+                refs.append(text)
+        if not ids and not refs:
+            return False
+        try:
+            return await self.poller.apply_image_event(ids, refs)
+        except EngineError as exc:
+            log.debug("could not apply image event %s (re-listing): %s", action, exc)
+            return False
 
     async def _resolve_image(self, name: str) -> str | None:
         if not name:

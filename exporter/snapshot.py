@@ -6,6 +6,7 @@ in this module talks to the engine, so metrics and deletion plans are testable f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -72,6 +73,8 @@ class Image:
     last_tag_time: float | None = None
     last_used: float | None = None
     arrived: float | None = None
+    #: LastTagTime not inspected yet (the poller fills it in behind the first publish): unknown, not absent.
+    tag_time_pending: bool = False
 
     @property
     def short_id(self) -> str:
@@ -111,7 +114,13 @@ class Image:
 
     @property
     def age_reference(self) -> float:
-        """When the image last became 'new' here: the latest of created, last tag, and arrival."""
+        """When the image last became 'new' here: the latest of created, last tag, and arrival.
+
+        Infinitely recent while the last tag time is still being inspected: it may have been tagged just now,
+        so remediation treats it as too young (and newest in LRU order) until it is known.
+        """
+        if self.tag_time_pending:
+            return math.inf
         return max(t for t in (self.created, self.last_tag_time, self.arrived) if t is not None)
 
     @property
@@ -178,6 +187,8 @@ class Snapshot:
     disk_usage: DiskUsage | None = None
     filesystem: Filesystem | None = None
     by_id: Mapping[str, Image] = field(default_factory=lambda: MappingProxyType({}))
+    #: Images whose per-image inspect (LastTagTime) has not answered yet.
+    pending_inspects: int = 0
 
     @property
     def dangling(self) -> tuple[Image, ...]:

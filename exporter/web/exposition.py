@@ -212,6 +212,7 @@ class MetricsEndpoint:
         self._texts: dict[str, asyncio.Future[list[RenderedSection]]] = {}  # by content type, for self._state
         self._gzips: dict[str, asyncio.Future[list[Deflated]]] = {}
         self._last: dict[str, list[RenderedSection]] = {}  # the last finished render per content type
+        self._formats: dict[str, tuple[Encoder, bool, bool]] = {}  # content type -> encoder, openmetrics, gzip
 
     async def handle(self, request: web.Request) -> web.Response:
         accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
@@ -224,7 +225,10 @@ class MetricsEndpoint:
             return response
         openmetrics = content_type.startswith(OPENMETRICS)
         state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
-        if gzip_accepted(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, []))):
+        gzipped = gzip_accepted(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
+        if content_type in self._formats or len(self._formats) < MAX_VARIANTS:
+            self._formats[content_type] = (encoder, openmetrics, gzipped)
+        if gzipped:
             deflated = await self.deflated_part(state, encoder, content_type, openmetrics)
             prefix, suffix = self._own_parts(encoder, openmetrics)
             body = gzip_member([deflate(prefix), *deflated, deflate(suffix, final=True)])
@@ -235,6 +239,27 @@ class MetricsEndpoint:
         response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
         response.enable_compression()  # deflate-only clients, as prometheus_client's handler did
         return response
+
+    def prerender(self, _snapshot: Snapshot | None = None) -> list[asyncio.Future[object]]:
+        """Start rendering the current state in every format scraped so far (the poller's `on_publish` hook).
+
+        Why: the first scrape after a publish otherwise waits for the render; started at publish time, it is
+        usually done before the next scrape arrives. Runs on the event loop; the render runs in a thread.
+        """
+        state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
+        if state[0] is None:
+            return []
+        started: list[asyncio.Future[object]] = []
+        for content_type, (encoder, openmetrics, gzipped) in list(self._formats.items()):
+            part = (
+                self.deflated_part(state, encoder, content_type, openmetrics)
+                if gzipped
+                else self.text_part(state, encoder, content_type, openmetrics)
+            )
+            task: asyncio.Future[object] = asyncio.ensure_future(part)
+            task.add_done_callback(_ignore_result)
+            started.append(task)
+        return started
 
     async def text_part(
         self, state: State, encoder: Encoder, content_type: str, openmetrics: bool
@@ -331,3 +356,9 @@ def _single_flight(
 
         future.add_done_callback(forget_failure)
     return future
+
+
+def _ignore_result(task: asyncio.Future[object]) -> None:
+    """A pre-render nobody awaits: a failure is retried by the next scrape (see `_single_flight`)."""
+    if not task.cancelled():
+        task.exception()

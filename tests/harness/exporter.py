@@ -147,8 +147,20 @@ class ExporterProcess(Managed):
             time.sleep(0.05)
 
     def wait_ready(self, timeout: float = 30) -> None:
-        """Wait for `/-/ready` (a first snapshot exists)."""
+        """Wait for `/-/ready` (a first snapshot exists) and for the inspects behind it (LastTagTime) to finish.
+
+        Ready comes after the first listing; tests compare every value, so they wait for the rest too.
+        """
         self.wait_for(lambda: self._status("/-/ready") == 200, timeout, what="/-/ready")
+        self.wait_for(self._inspects_done, timeout, what="no pending inspects")
+
+    def _inspects_done(self) -> bool:
+        """No pending inspects, or no /metrics to ask (behind basic auth, another telemetry path)."""
+        status, body = self.request("GET", "/metrics", timeout=10)
+        if status != 200:
+            return status != 503
+        pending = [v for n, _, v in parse_samples(body.decode()) if n == "docker_exporter_pending_inspects"]
+        return pending == [0.0]
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""

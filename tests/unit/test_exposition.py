@@ -409,3 +409,23 @@ def test_the_collector_must_be_in_the_served_registry() -> None:
     collector = SnapshotCollector(FakePoller(None), MetricsConfig())
     with pytest.raises(ValueError, match="registered"):
         MetricsEndpoint(CollectorRegistry(), collector)
+
+
+async def test_a_publish_starts_rendering_every_format_scraped_before_the_next_scrape(
+    renders: list[tuple[Snapshot | None, bool]],
+) -> None:
+    """The poller's `on_publish` hook: the render of a new snapshot starts at publish time, in each format
+    (and gzip variant) a scraper asked for; the next scrape awaits that render instead of starting one."""
+    poller = FakePoller(snapshot(taken_at=1.0))
+    setup = Setup(poller)
+    await setup.scrape("", encoding="gzip")
+    await setup.scrape("application/openmetrics-text")
+    assert len(renders) == 2
+    poller.snapshot = snapshot(taken_at=2.0)
+    started = setup.endpoint.prerender(poller.snapshot)  # scheduled by the hook, before any scrape
+    assert len(started) == 2
+    await asyncio.gather(*started)
+    assert len(renders) == 4 and all(state[0] is poller.snapshot for state in renders[2:])
+    assert "docker_exporter_snapshot_timestamp_seconds 2.0\n" in await setup.text("application/openmetrics-text")
+    await setup.scrape("", encoding="gzip")
+    assert len(renders) == 4  # neither scrape rendered again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,44 @@ async def test_a_missing_filesystem_is_reported_but_the_engine_is_up(
     assert snapshot is not None and poller.up and snapshot.filesystem is None
     assert poller.last_error is not None and poller.last_error.startswith("filesystem:")
     assert errors(registry, "filesystem") == 1
+
+
+async def test_the_first_publish_comes_before_the_inspects_and_says_what_is_pending(
+    make_poller: PollerFactory,
+) -> None:
+    """Ready after one listing; LastTagTime fills in behind it: absent (never 0) and counted while unknown."""
+    from exporter.collector import SnapshotCollector
+
+    poller, recorded, _ = make_poller()
+    collector = SnapshotCollector(poller, parse_config({}).metrics)
+    seen: list[tuple[bool, float, list[float]]] = []
+
+    def at_first_inspect(call: str) -> None:
+        if call == "inspect_image" and not seen:
+            text = {m.name: m for m in collector.collect()}
+            pending = text["docker_exporter_pending_inspects"].samples[0].value
+            tag_times = [s.value for s in text["docker_image_last_tag_timestamp_seconds"].samples]
+            seen.append((poller.ready.is_set(), pending, tag_times))
+
+    recorded.on_call = at_first_inspect
+    snapshot = await poller.poll_once()
+    (ready, pending, tag_times) = seen[0]
+    assert ready and pending == len(recorded.images) and tag_times == []
+    assert snapshot is not None and snapshot.pending_inspects == 0
+    assert not any(i.tag_time_pending for i in snapshot.images)
+    inspected = snapshot.by_id[apishapes.normalize_id(recorded.inspect["Id"])]
+    assert inspected.last_tag_time == apishapes.parse_last_tag_time(recorded.inspect)
+
+
+async def test_an_image_whose_tag_time_is_pending_counts_as_young(make_poller: PollerFactory) -> None:
+    """Remediation's `min_age` counts from `age_reference`: unknown must not read as old."""
+    poller, recorded, registry = make_poller()
+    recorded.failing = {"inspect_image"}  # the inspects behind the first publish fail: they stay pending
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and poller.up and errors(registry, "images") == 1
+    assert snapshot.pending_inspects == len(snapshot.images) > 0
+    assert all(i.tag_time_pending and i.age_reference == math.inf for i in snapshot.images)
+    recorded.failing = set()
+    snapshot = await poller.poll_once()  # retried by the next poll
+    assert snapshot is not None and snapshot.pending_inspects == 0
+    assert all(i.age_reference < math.inf for i in snapshot.images)
