@@ -23,7 +23,7 @@ from exporter.remediation.audit import AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Plan, make_plan
-from exporter.remediation.runs import Run
+from exporter.remediation.runs import SUMMARY_LIST_LIMIT, Run
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
 from tests.harness.audit import read_audit
 from tests.unit.actions import action_of
@@ -421,3 +421,15 @@ async def test_an_untag_by_name_runs_with_nothing_else_in_flight(tmp_path: Path,
     run = await h.run(act("prune_unused"))
     assert run.images_deleted == 7 and multi not in engine.images
     assert beside_untag and all(len(open_) == 1 for open_ in beside_untag)
+
+
+async def test_a_big_dry_run_keeps_a_bounded_summary_and_audits_three_lines(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(SUMMARY_LIST_LIMIT * 3):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine)
+    run = await h.run(act("prune_unused"), dry_run=True)
+    summary = run.summary()
+    assert summary["counts"] == {"would_delete": SUMMARY_LIST_LIMIT * 3}
+    assert len(summary["would_delete"]) == SUMMARY_LIST_LIMIT  # history keeps this form for 100 runs
+    assert len(run.to_json()["would_delete"]) == SUMMARY_LIST_LIMIT * 3  # the run's own answer lists all
+    assert len(h.audit()) == 3
