@@ -263,55 +263,61 @@ class Executor:
         avail = fs.avail if fs else 0
         abort: RunAborted | None = None
         incomplete = False
-        while True:
-            while pending and abort is None and not run.goal_met and not alone and len(in_flight) < self.in_flight:
-                if self.stopping:
-                    run.detail = "stopped early: the exporter is shutting down"
-                    pending.clear()
-                    incomplete = True
-                    break
-                if done + len(in_flight) >= action.max_deletions:
-                    if not in_flight:
-                        detail = f"max_deletions {action.max_deletions} reached"
-                        await self._record_all(run, [_outcome(c, "skipped", "max_deletions", detail) for c in pending])
+        try:
+            while True:
+                while pending and abort is None and not run.goal_met and not alone and len(in_flight) < self.in_flight:
+                    if self.stopping:
+                        run.detail = "stopped early: the exporter is shutting down"
                         pending.clear()
                         incomplete = True
+                        break
+                    if done + len(in_flight) >= action.max_deletions:
+                        if not in_flight:
+                            detail = f"max_deletions {action.max_deletions} reached"
+                            await self._record_all(
+                                run, [_outcome(c, "skipped", "max_deletions", detail) for c in pending]
+                            )
+                            pending.clear()
+                            incomplete = True
+                        break
+                    cand = pending[0]
+                    by_name = not cand.removes_image or len(cand.references) > 1
+                    if fs is not None:
+                        on_the_way = sum(c.size for c in in_flight.values() if c.removes_image)
+                        if in_flight and (avail + on_the_way) / fs.size >= target:
+                            break  # those in flight may be enough: see before deleting more
+                    if by_name and in_flight:
+                        break
+                    pending.popleft()
+                    alone = by_name
+                    in_flight[asyncio.create_task(self._one(run, cand, young_after))] = cand
+                if not in_flight:
                     break
-                cand = pending[0]
-                by_name = not cand.removes_image or len(cand.references) > 1
-                if fs is not None:
-                    on_the_way = sum(c.size for c in in_flight.values() if c.removes_image)
-                    if in_flight and (avail + on_the_way) / fs.size >= target:
-                        break  # those in flight may be enough: see before deleting more
-                if by_name and in_flight:
-                    break
-                pending.popleft()
-                alone = by_name
-                in_flight[asyncio.create_task(self._one(run, cand, young_after))] = cand
-            if not in_flight:
-                break
-            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                cand = in_flight.pop(task)
-                alone = False
-                try:
-                    outcome = task.result()
-                except RunAborted as exc:
-                    abort = abort or exc
-                    continue
-                if outcome.result in ("deleted", "untagged"):
-                    done += 1
-                if outcome.skip_reason == "conflict":
-                    incomplete = True
-                if fs is not None and outcome.result == "deleted" and abort is None:
+                finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    cand = in_flight.pop(task)
+                    alone = False
                     try:
-                        run.filesystem_after = await self._read_fs(fs.path)
+                        outcome = task.result()
                     except RunAborted as exc:
-                        abort = exc
+                        abort = abort or exc
                         continue
-                    avail = run.filesystem_after.avail
-                    if run.filesystem_after.avail_ratio >= target:
-                        run.goal_met = True
+                    if outcome.result in ("deleted", "untagged"):
+                        done += 1
+                    if outcome.skip_reason == "conflict":
+                        incomplete = True
+                    if fs is not None and outcome.result == "deleted" and abort is None:
+                        try:
+                            run.filesystem_after = await self._read_fs(fs.path)
+                        except RunAborted as exc:
+                            abort = exc
+                            continue
+                        avail = run.filesystem_after.avail
+                        if run.filesystem_after.avail_ratio >= target:
+                            run.goal_met = True
+        finally:
+            if in_flight:  # cancelled or a bug: DELETEs already sent still get their outcome lines
+                await asyncio.wait(in_flight)
         if abort is not None:
             raise abort
         return incomplete

@@ -6,6 +6,7 @@ to do on demand; the engine-backed versions live in tests/integration/test_remed
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from collections.abc import Callable
@@ -433,3 +434,25 @@ async def test_a_big_dry_run_keeps_a_bounded_summary_and_audits_three_lines(tmp_
     assert len(summary["would_delete"]) == SUMMARY_LIST_LIMIT  # history keeps this form for 100 runs
     assert len(run.to_json()["would_delete"]) == SUMMARY_LIST_LIMIT * 3  # the run's own answer lists all
     assert len(h.audit()) == 3
+
+
+async def test_a_cancelled_run_still_writes_the_outcome_of_every_delete_it_sent(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    for n in range(8):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine, in_flight=4)
+    task = asyncio.create_task(h.run(act("prune_unused")))
+
+    def cancel_at_first_delete(call: str, arg: str) -> None:
+        if call == "remove_image":
+            task.cancel()
+
+    engine.before = cancel_at_first_delete
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    left = [t for t in asyncio.all_tasks() if "Executor._one" in repr(t.get_coro())]
+    assert left == []  # the run ended only after the deletions in flight did
+    assert 1 <= len(engine.removals) <= 4 and len(engine.images) == 8 - len(engine.removals)
+    deleted = {r["image_id"] for r in h.audit() if r["event"] == "image" and r["result"] == "deleted"}
+    assert deleted == {r.image_id for r in engine.removals}
