@@ -3,9 +3,10 @@
 Safety beyond the plan, because the engine moves while we work:
 - a whole image goes by **image ID** (its extra tags first, by name): the engine refuses an ID that gained
   a tag or a container (409 -> skip), and no re-tag can redirect a DELETE by ID to a newcomer;
-- every DELETE is preceded by fresh checks (the image gained no tag, no container uses it, an untagged
-  name still names it) and by an fsync'd `intent` audit line; if the intent cannot be written, nothing
-  is deleted; the outcome line follows the DELETE, counts are updated before it is written;
+- every DELETE is preceded by fresh checks (the image gained no tag, an untagged name still names it and
+  no container uses it; for a DELETE by ID the engine's 409 is that last check) and by an fsync'd
+  `intent` audit line; if the intent cannot be written, nothing is deleted; the outcome line follows
+  the DELETE, counts are updated before it is written;
 - a DELETE without an answer (timeout) is ambiguous: the image is looked up by ID (gone = deleted), the
   finding is recorded and the run ends;
 - untagging by name has a window the engine cannot close (a re-tag between our inspect and the DELETE):
@@ -358,12 +359,10 @@ class Executor:
         """The whole image goes: extra tags are untagged by name, the last DELETE is by image ID.
 
         DELETE by ID is atomic in the engine: 409 if the image gained a tag or a container by then, and
-        whatever a tag points to next is never touched. Containers are checked first and the tags last, so
-        the only thing that can change unseen before the DELETE is guarded by that 409.
+        whatever a tag points to next is never touched. So containers are not listed first here (a round
+        trip per image, and the 409 is the guard anyway: it becomes `in_use`); each untag by name, which
+        the engine would not refuse, lists them right before its DELETE.
         """
-        users = await self._users(cand.image_id)
-        if users:
-            return _outcome(cand, "skipped", "in_use", f"came into use since planning ({', '.join(users)})")
         try:
             current = await self.engine.inspect_image(cand.image_id, lane="delete")
         except EngineNotFound as exc:
@@ -385,7 +384,7 @@ class Executor:
         try:
             answer = await self.engine.remove_image(cand.image_id)
         except EngineConflict as exc:
-            return steps.outcome("conflict", f"409 from the engine: {exc}")
+            return steps.outcome("in_use" if _in_use(exc) else "conflict", f"409 from the engine: {exc}")
         except EngineNotFound as exc:
             return steps.outcome("not_found", f"404 from the engine: {exc}")
         except EngineUnavailable as exc:
@@ -553,6 +552,12 @@ def _outcome(
         detail,
         tuple(untagged or ()),
     )
+
+
+def _in_use(conflict: EngineConflict) -> bool:
+    """A 409 for a container using the image: dockerd says "being used by", Podman "in use by"."""
+    text = str(conflict).lower()
+    return "being used" in text or "in use" in text
 
 
 def _tags(inspect: dict[str, Any]) -> set[str]:

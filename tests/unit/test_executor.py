@@ -456,3 +456,16 @@ async def test_a_cancelled_run_still_writes_the_outcome_of_every_delete_it_sent(
     assert 1 <= len(engine.removals) <= 4 and len(engine.images) == 8 - len(engine.removals)
     deleted = {r["image_id"] for r in h.audit() if r["event"] == "image" and r["result"] == "deleted"}
     assert deleted == {r.image_id for r in engine.removals}
+
+
+async def test_a_single_tag_image_coming_into_use_is_refused_by_the_engine_and_skipped_as_in_use(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    old = engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    plan = h.plan(act("prune_unused"))
+    engine.create_container(old)  # no container list before a DELETE by ID: the engine's 409 is the check
+    run = await h.run(act("prune_unused"), plan=plan)
+    assert old in engine.images and engine.images[old].tags == {"app:1"} and engine.removals == []
+    assert run.outcomes[0].result == "skipped" and run.outcomes[0].skip_reason == "in_use"
+    assert run.result == "success"
