@@ -7,7 +7,8 @@ is in use, protected or younger than min_age *at the moment of that DELETE*, nev
 not planned, and never send a DELETE without its audit intent line already on disk.
 
 Where changes may land: at every engine call the executor makes, including the DELETE by image ID itself
-for a new container (the engine's 409 is the guard there). Nothing but a container lands between a
+for a new container (the engine's 409 is the guard there). Nothing lands between an untag's first
+check (its container list) and its DELETE by name, and nothing but a container between a by-ID
 candidate's last check and its DELETE: that window is one no engine API closes (docs/remediation.md, "What
 remains"), and test_executor.py shows it is audited truthfully. With several deletions in flight
 (`in_flight` 4), the other candidates' calls fall inside such windows, so the same rule is kept per window:
@@ -132,6 +133,8 @@ def test_nothing_unsafe_is_ever_deleted(
             while pending and pending[0].at <= calls:
                 if call == "remove_image" and not (by_id and pending[0].kind == "container"):
                     break  # the untag-by-name window: the next change lands at the next call
+                if call == "inspect_image" and not by_id and pending[0].kind == "container":
+                    break  # an untag's name check comes after its container check: inside the same window
                 if pending[0].kind != "container" and windows and in_flight > 1:
                     break  # inside another candidate's check-to-DELETE window: it lands at a later call
                 _apply(engine, ids, pending.pop(0))
