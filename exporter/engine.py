@@ -3,7 +3,9 @@
 Why lanes: the SDK blocks and one client's thread safety is undocumented (docker-py #3229), so each lane
 is one worker thread owning one client. Cheap calls (lists, inspects, deletes) share the `api` lane; the
 expensive `/system/df` and build-cache prune get the `df` lane so they never run twice at once and never
-hold up a poll; the event stream has its own client. Clients are built lazily inside their thread, so the
+hold up a poll; the remediation executor's checks and DELETEs get the `delete` lane (DELETE_LANE_THREADS
+threads, one client each) so a few deletions can be in flight and polls never queue behind them; the event
+stream has its own client. Clients are built lazily inside their thread, so the
 exporter starts while the engine is down, and are dropped on connection errors so the API version is
 renegotiated when the engine comes back (possibly upgraded).
 """
@@ -16,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import docker
 import docker.errors
@@ -62,6 +64,10 @@ def _translate(exc: Exception) -> EngineError:
     return EngineUnavailable(f"{type(exc).__name__}: {exc}")
 
 
+Lane = Literal["api", "df", "delete"]
+DELETE_LANE_THREADS = 4  # deletions in flight at most: the engine serialises layer removal, more buys nothing
+
+
 class Engine:
     """Async access to one Docker-API engine (dockerd or Podman) with per-call timeouts."""
 
@@ -73,6 +79,7 @@ class Engine:
         self._lanes = {
             "api": ThreadPoolExecutor(1, thread_name_prefix="engine-api"),
             "df": ThreadPoolExecutor(1, thread_name_prefix="engine-df"),
+            "delete": ThreadPoolExecutor(DELETE_LANE_THREADS, thread_name_prefix="engine-delete"),
         }
         self._local = threading.local()
         self._stream: Any = None
@@ -117,7 +124,7 @@ class Engine:
             self._drop_client()
             raise _translate(exc) from exc
 
-    async def _call(self, fn: Callable[[docker.APIClient], T], *, lane: str = "api") -> T:
+    async def _call(self, fn: Callable[[docker.APIClient], T], *, lane: Lane = "api") -> T:
         """Run `fn(client)` in the lane's worker thread; a hung engine becomes EngineUnavailable.
 
         Private: the client never leaves this module, so every engine call is a named method below and
@@ -150,12 +157,12 @@ class Engine:
 
         return await self._call(get)
 
-    async def list_containers(self) -> list[dict[str, Any]]:
+    async def list_containers(self, *, lane: Lane = "api") -> list[dict[str, Any]]:
         """Every container, running or stopped: a stopped one still holds its image."""
-        return await self._call(lambda c: list(c.containers(all=True) or []))
+        return await self._call(lambda c: list(c.containers(all=True) or []), lane=lane)
 
-    async def inspect_image(self, ref: str) -> dict[str, Any]:
-        return await self._call(lambda c: dict(c.inspect_image(ref)))
+    async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
+        return await self._call(lambda c: dict(c.inspect_image(ref)), lane=lane)
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         return await self._call(lambda c: dict(c.inspect_container(container_id)))
@@ -180,8 +187,9 @@ class Engine:
 
     # -- writes (only the remediation executor calls these) -----------------------------------------
     async def remove_image(self, ref: str) -> list[dict[str, Any]]:
-        """`DELETE /images/{ref}` without force: in-use or multi-reference images are never forced."""
-        return await self._call(lambda c: list(c.remove_image(ref, force=False, noprune=False) or []))
+        """`DELETE /images/{ref}` without force, on the `delete` lane: in-use or multi-reference images are
+        never forced."""
+        return await self._call(lambda c: list(c.remove_image(ref, force=False, noprune=False) or []), lane="delete")
 
     async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call(lambda c: dict(c.prune_images(filters=dict(filters)) or {}))

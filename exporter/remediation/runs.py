@@ -6,15 +6,19 @@ history and the metrics can read a run without depending on how it is executed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exporter.remediation.planner import Plan, SkipReason
 from exporter.remediation.records import record_json
 from exporter.snapshot import Filesystem
+
+SUMMARY_LIST_LIMIT = 20  # images listed per kind in a history summary; the counts cover the rest
 
 Trigger = Literal["alert", "schedule", "manual"]
 RunResultKind = Literal["success", "partial", "failure", "dry_run"]
@@ -83,7 +87,11 @@ class Run:
         return max(0, math.ceil(target_avail_ratio * fs.size) - avail)
 
     def summary(self) -> dict[str, Any]:
-        """The bounded form kept in history: counts and what went, not every candidate."""
+        """The bounded form kept in history: counts and the first SUMMARY_LIST_LIMIT images of each kind.
+
+        Bounded because history keeps it for the exporter's lifetime: a 10k-image dry run must not keep
+        10k entries per run (the full lists are in the run's own API answer and, for deletions, the audit log).
+        """
         counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.result] = counts.get(o.result, 0) + 1
@@ -105,8 +113,8 @@ class Run:
             "detail": self.detail,
             "candidates": len(self.plan.candidates) if self.plan else 0,
             "estimated_bytes": self.plan.estimated_bytes if self.plan else 0,
-            "deleted": [o.to_json() for o in self.outcomes if o.result in ("deleted", "untagged")],
-            "would_delete": [o.to_json() for o in self.outcomes if o.result == "would_delete"],
+            "deleted": _first(o for o in self.outcomes if o.result in ("deleted", "untagged")),
+            "would_delete": _first(o for o in self.outcomes if o.result == "would_delete"),
             "counts": counts,
             "skipped_by_reason": skipped,
             "images_deleted": self.images_deleted,
@@ -122,7 +130,13 @@ class Run:
     def to_json(self) -> dict[str, Any]:
         """The full answer for a manual run: the summary plus the plan and every outcome."""
         data = self.summary()
+        data["deleted"] = [o.to_json() for o in self.outcomes if o.result in ("deleted", "untagged")]
+        data["would_delete"] = [o.to_json() for o in self.outcomes if o.result == "would_delete"]
         data["plan"] = self.plan.to_json() if self.plan else None
         data["outcomes"] = [o.to_json() for o in self.outcomes]
         data["skipped"] = [o.to_json() for o in self.outcomes if o.result == "skipped"]
         return data
+
+
+def _first(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
+    return [o.to_json() for o in itertools.islice(outcomes, SUMMARY_LIST_LIMIT)]

@@ -507,7 +507,8 @@ class RemediationService:
                 if action.type != "build_cache":
                     snapshot = await self._with_shared_sizes(snapshot)
                 self._warn_engine_limits(snapshot)
-                plan = make_plan(snapshot, action, config.protect, self.clock())
+                # in a worker thread: at 10k images a plan takes long enough to hold up scrapes and webhooks
+                plan = await asyncio.to_thread(make_plan, snapshot, action, config.protect, self.clock())
                 local_images, local_bytes = plan.local_only_kept
                 log.info(
                     "remediation run %s: %s (%s, trigger %s, dry_run=%s): %d candidates, %d skipped, ~%d bytes;"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from exporter.engine import DISK_USAGE_KINDS, Engine, EngineConflict, EngineNotFound, EngineUnavailable
+from exporter.engine import DISK_USAGE_KINDS, Engine, EngineConflict, EngineNotFound, EngineUnavailable, Lane
 
 
 def image_id(name: str) -> str:
@@ -129,7 +129,7 @@ class FakeEngine(Engine):
         raise EngineUnavailable("no /system/df in the fake engine")
 
     # -- the Engine methods the executor calls -------------------------------------------------------
-    async def inspect_image(self, ref: str) -> dict[str, Any]:
+    async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
         self._hook("inspect_image", ref)
         image = self._find(ref)
         tagged = image.last_tag_time
@@ -141,7 +141,7 @@ class FakeEngine(Engine):
             "Metadata": metadata,
         }
 
-    async def list_containers(self) -> list[dict[str, Any]]:
+    async def list_containers(self, *, lane: Lane = "api") -> list[dict[str, Any]]:
         self._hook("list_containers", "")
         return [{"Id": cid, "ImageID": iid, "State": "created"} for cid, iid in self.containers.items()]
 

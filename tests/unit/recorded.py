@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import docker
 
 from exporter.apishapes import normalize_id
-from exporter.engine import DISK_USAGE_KINDS, Engine, EngineNotFound, EngineUnavailable
+from exporter.engine import DISK_USAGE_KINDS, Engine, EngineNotFound, EngineUnavailable, Lane
 
 T = TypeVar("T")
 
@@ -67,11 +67,11 @@ class RecordedEngine(Engine):
         self._answer("list_images")
         return copy.deepcopy(self.images)
 
-    async def list_containers(self) -> list[dict[str, Any]]:
+    async def list_containers(self, *, lane: Lane = "api") -> list[dict[str, Any]]:
         self._answer("list_containers")
         return copy.deepcopy(self.containers)
 
-    async def inspect_image(self, ref: str) -> dict[str, Any]:
+    async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
         self._answer("inspect_image")
         for image in self.images:
             image_id = normalize_id(image["Id"])

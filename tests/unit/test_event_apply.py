@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
-from exporter.engine import EngineNotFound
+from exporter.engine import EngineNotFound, Lane
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
@@ -161,7 +161,7 @@ class ClassicStore(RecordedEngine):
             listed.append(entry)
         return listed
 
-    async def inspect_image(self, ref: str) -> dict[str, Any]:
+    async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
         self._answer("inspect_image")
         image_id = ref if ref in self.store else self._holder(ref)
         if image_id is None:

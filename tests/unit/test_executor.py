@@ -6,6 +6,7 @@ to do on demand; the engine-backed versions live in tests/integration/test_remed
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from collections.abc import Callable
@@ -17,12 +18,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import ActionConfig, ActionType, ProtectConfig
+from exporter.engine import DELETE_LANE_THREADS
 from exporter.remediation import audit as audit_module
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Plan, make_plan
-from exporter.remediation.runs import Run
+from exporter.remediation.runs import SUMMARY_LIST_LIMIT, Run
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
 from tests.harness.audit import read_audit
 from tests.unit.actions import action_of
@@ -57,7 +59,13 @@ def snapshot_of(engine: FakeEngine, fs: Filesystem | None = None) -> Snapshot:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, engine: FakeEngine, read_fs: Callable[[str], Filesystem] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        engine: FakeEngine,
+        read_fs: Callable[[str], Filesystem] | None = None,
+        in_flight: int = DELETE_LANE_THREADS,
+    ) -> None:
         self.engine = engine
         self.audit_path = tmp_path / "audit.jsonl"
         self.executor = Executor(
@@ -65,6 +73,7 @@ class Harness:
             AuditLog(str(self.audit_path)),
             RemediationMetrics(CollectorRegistry(), ["a"]),
             read_fs or (lambda path: Filesystem(path, 1000, 0)),
+            in_flight,
         )
 
     def plan(self, action: ActionConfig, fs: Filesystem | None = None) -> Plan:
@@ -98,7 +107,9 @@ async def test_dry_run_describes_the_plan_and_sends_no_delete(tmp_path: Path, en
     assert [o.result for o in run.outcomes] == ["would_delete"] * 3
     assert not any(call == "remove_image" for call, _ in engine.calls)
     assert len(engine.images) == 3
-    assert [r["event"] for r in h.audit()] == ["run_start", "image", "image", "image", "run_end"]
+    records = h.audit()  # one summary line, not a line per image: a 10k dry run writes three lines
+    assert [r["event"] for r in records] == ["run_start", "dry_run_summary", "run_end"]
+    assert records[1]["counts"] == {"would_delete": 3} and records[1]["would_delete_bytes"] == 300
 
 
 async def test_max_deletions_stops_and_names_the_rest(tmp_path: Path, engine: FakeEngine) -> None:
@@ -239,7 +250,7 @@ async def test_a_delete_whose_outcome_line_fails_is_still_counted(
 ) -> None:
     engine.add("old", ("app:1",), arrived=OLD)
     engine.add("older", ("app:0",), arrived=OLD - 1)
-    h = Harness(tmp_path, engine)
+    h = Harness(tmp_path, engine, in_flight=1)  # one at a time: the second has not started when the write fails
     DiskFull(monkeypatch, fail_from=3)  # run_start, intent: written; the outcome line of the DELETE: not
     run = await h.run(act("prune_unused"))
     assert len(engine.removals) == 1  # the run stopped before the second image
@@ -250,7 +261,7 @@ async def test_a_delete_whose_outcome_line_fails_is_still_counted(
 async def test_a_delete_that_timed_out_is_looked_up_and_counted(tmp_path: Path, engine: FakeEngine) -> None:
     old = engine.add("old", ("app:1",), arrived=OLD - 1)
     newer = engine.add("newer", ("app:2",), arrived=OLD)
-    h = Harness(tmp_path, engine)
+    h = Harness(tmp_path, engine, in_flight=1)
     engine.timeout_on_delete = lambda ref: ref == old  # the engine did it; the answer never came
     run = await h.run(act("prune_unused"))
     assert old not in engine.images and newer in engine.images  # a slow engine ends the run
@@ -305,7 +316,7 @@ async def test_an_image_tagged_after_planning_is_left_alone(tmp_path: Path, engi
 async def test_stopping_ends_the_run_before_the_next_delete(tmp_path: Path, engine: FakeEngine) -> None:
     for n in range(10):
         engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
-    h = Harness(tmp_path, engine)
+    h = Harness(tmp_path, engine, in_flight=1)
 
     def stop_after_first(call: str, arg: str) -> None:
         if call == "remove_image":
@@ -316,3 +327,145 @@ async def test_stopping_ends_the_run_before_the_next_delete(tmp_path: Path, engi
     assert len(engine.removals) == 1 and run.images_deleted == 1
     assert run.result == "partial" and "shutting down" in run.detail
     assert h.audit()[-1]["event"] == "run_end" and h.audit()[-1]["images_deleted"] == 1
+
+
+# -- #14: a few deletions in flight ------------------------------------------------------------------------
+def _open_intents(records: list[dict[str, Any]]) -> list[str]:
+    """Intent targets on disk whose image has no outcome line yet (DELETEs that may be in flight)."""
+    finished = {r["image_id"] for r in records if r["event"] == "image"}
+    return [r["target"] for r in records if r["event"] == "intent" and r["image_id"] not in finished]
+
+
+async def test_deletions_go_in_flight_together_after_their_intents_share_an_fsync(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    for n in range(8):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine, in_flight=4)
+    on_disk_at_delete: list[list[str]] = []
+
+    def look(call: str, arg: str) -> None:
+        if call == "remove_image":
+            on_disk_at_delete.append(_open_intents(h.audit()))
+
+    engine.before = look
+    run = await h.run(act("prune_unused"))
+    assert run.result == "success" and run.images_deleted == 8 and engine.images == {}
+    assert all(
+        target in seen
+        for (call, target), seen in zip(
+            [c for c in engine.calls if c[0] == "remove_image"], on_disk_at_delete, strict=True
+        )
+    )
+    assert max(len(seen) for seen in on_disk_at_delete) == 4  # four intents durable before the DELETEs
+    lines = len(h.audit())
+    assert h.executor.audit_writer.flushes < lines - 1  # 18 lines, shared fsyncs
+
+
+async def test_stopping_with_deletions_in_flight_finishes_them_and_starts_none(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    for n in range(10):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine, in_flight=4)
+
+    def stop_at_first_delete(call: str, arg: str) -> None:
+        if call == "remove_image":
+            h.executor.stopping = True
+
+    engine.before = stop_at_first_delete
+    run = await h.run(act("prune_unused"))
+    assert len(engine.removals) == run.images_deleted == 4 and len(engine.images) == 6
+    assert run.result == "partial" and "shutting down" in run.detail
+    deleted = {r["image_id"] for r in h.audit() if r["event"] == "image" and r["result"] == "deleted"}
+    assert deleted == {r.image_id for r in engine.removals}  # every DELETE sent has its outcome line
+
+
+async def test_max_deletions_counts_deletions_in_flight(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(9):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine, in_flight=4)
+    run = await h.run(act("prune_unused", max_deletions=3))
+    assert len(engine.removals) == 3 and run.images_deleted == 3 and run.result == "partial"
+    assert sum(1 for c, _ in engine.calls if c == "remove_image") == 3
+
+
+async def test_free_space_starts_no_deletion_that_the_ones_in_flight_make_unneeded(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    for n in range(8):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    removed_before = len(engine.removals)
+    h = Harness(
+        tmp_path,
+        engine,
+        lambda path: Filesystem(path, 1000, 100 * (len(engine.removals) - removed_before)),
+        in_flight=4,
+    )
+    plan = h.plan(act("free_space", target_avail_ratio=0.2), Filesystem("/", 1000, 0))
+    run = await h.run(act("free_space", target_avail_ratio=0.2), plan=plan)
+    assert run.goal_met and len(engine.removals) == 2  # 200 of 1000 bytes: two images, not four in flight
+
+
+async def test_an_untag_by_name_runs_with_nothing_else_in_flight(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(6):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    multi = engine.add("multi", ("tool:1", "tool:2"), arrived=OLD - 1)  # first in the plan
+    h = Harness(tmp_path, engine, in_flight=4)
+    beside_untag: list[list[str]] = []
+
+    def look(call: str, arg: str) -> None:
+        if call == "remove_image" and not arg.startswith("sha256:"):
+            beside_untag.append(_open_intents(h.audit()))
+
+    engine.before = look
+    run = await h.run(act("prune_unused"))
+    assert run.images_deleted == 7 and multi not in engine.images
+    assert beside_untag and all(len(open_) == 1 for open_ in beside_untag)
+
+
+async def test_a_big_dry_run_keeps_a_bounded_summary_and_audits_three_lines(tmp_path: Path, engine: FakeEngine) -> None:
+    for n in range(SUMMARY_LIST_LIMIT * 3):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine)
+    run = await h.run(act("prune_unused"), dry_run=True)
+    summary = run.summary()
+    assert summary["counts"] == {"would_delete": SUMMARY_LIST_LIMIT * 3}
+    assert len(summary["would_delete"]) == SUMMARY_LIST_LIMIT  # history keeps this form for 100 runs
+    assert len(run.to_json()["would_delete"]) == SUMMARY_LIST_LIMIT * 3  # the run's own answer lists all
+    assert len(h.audit()) == 3
+
+
+async def test_a_cancelled_run_still_writes_the_outcome_of_every_delete_it_sent(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    for n in range(8):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    h = Harness(tmp_path, engine, in_flight=4)
+    task = asyncio.create_task(h.run(act("prune_unused")))
+
+    def cancel_at_first_delete(call: str, arg: str) -> None:
+        if call == "remove_image":
+            task.cancel()
+
+    engine.before = cancel_at_first_delete
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    left = [t for t in asyncio.all_tasks() if "Executor._one" in repr(t.get_coro())]
+    assert left == []  # the run ended only after the deletions in flight did
+    assert 1 <= len(engine.removals) <= 4 and len(engine.images) == 8 - len(engine.removals)
+    deleted = {r["image_id"] for r in h.audit() if r["event"] == "image" and r["result"] == "deleted"}
+    assert deleted == {r.image_id for r in engine.removals}
+
+
+async def test_a_single_tag_image_coming_into_use_is_refused_by_the_engine_and_skipped_as_in_use(
+    tmp_path: Path, engine: FakeEngine
+) -> None:
+    old = engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    plan = h.plan(act("prune_unused"))
+    engine.create_container(old)  # no container list before a DELETE by ID: the engine's 409 is the check
+    run = await h.run(act("prune_unused"), plan=plan)
+    assert old in engine.images and engine.images[old].tags == {"app:1"} and engine.removals == []
+    assert run.outcomes[0].result == "skipped" and run.outcomes[0].skip_reason == "in_use"
+    assert run.result == "success"

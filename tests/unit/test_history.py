@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.apishapes import normalize_id
 from exporter.config import parse_config
-from exporter.engine import Engine, EngineNotFound
+from exporter.engine import Engine, EngineNotFound, Lane
 from exporter.events import EventFollower, event_time
 from exporter.history import STATE_VERSION, ImageHistory
 from exporter.poller import Poller
@@ -137,10 +137,10 @@ class RecordedEngine(Engine):
     async def list_images(self) -> list[dict[str, Any]]:
         return list(self._load("images.json"))
 
-    async def list_containers(self) -> list[dict[str, Any]]:
+    async def list_containers(self, *, lane: Lane = "api") -> list[dict[str, Any]]:
         return list(self._load("containers-all.json"))
 
-    async def inspect_image(self, ref: str) -> dict[str, Any]:
+    async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
         for image in self._load("images.json"):
             if normalize_id(ref) == normalize_id(image["Id"]) or ref in (image.get("RepoTags") or []):
                 return {"Id": image["Id"], "RepoTags": image.get("RepoTags"), "Metadata": {}}

@@ -7,9 +7,13 @@ is in use, protected or younger than min_age *at the moment of that DELETE*, nev
 not planned, and never send a DELETE without its audit intent line already on disk.
 
 Where changes may land: at every engine call the executor makes, including the DELETE by image ID itself
-for a new container (the engine's 409 is the guard there). Nothing lands between the last check and a
-DELETE *by name* (an untag): that window is one no engine API closes (docs/remediation.md, "What remains"),
-and test_executor.py shows it is audited truthfully.
+for a new container (the engine's 409 is the guard there). Nothing lands between an untag's first
+check (its container list) and its DELETE by name, and nothing but a container between a by-ID
+candidate's last check and its DELETE: that window is one no engine API closes (docs/remediation.md, "What
+remains"), and test_executor.py shows it is audited truthfully. With several deletions in flight
+(`in_flight` 4), the other candidates' calls fall inside such windows, so the same rule is kept per window:
+a window opens at the inspect of a target and closes at its DELETE or its outcome line (with one in
+flight the rule above is exactly the sequential one).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,33 +97,53 @@ def protected(tags: frozenset[str], globs: set[str]) -> bool:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(images_st, policy_st, changes_st)
+@given(images_st, policy_st, changes_st, st.sampled_from([1, 4]))
 def test_nothing_unsafe_is_ever_deleted(
-    images: list[tuple[set[str], float, bool]], policy: tuple[str, float, set[str], int], changes: list[Change]
+    images: list[tuple[set[str], float, bool]],
+    policy: tuple[str, float, set[str], int],
+    changes: list[Change],
+    in_flight: int,
 ) -> None:
     kind, min_age, globs, keep = policy
     engine, ids = scene(images)
     action = action_of(_action_type(kind), min_age=min_age, keep=keep, target_avail_ratio=0.99)
     protect = ProtectConfig(references=tuple(sorted(globs)), local_only=False)
     with tempfile.TemporaryDirectory() as tmp:
-        harness = Harness(Path(tmp), engine)
+        harness = Harness(Path(tmp), engine, in_flight=in_flight)
         plan = make_plan(snapshot_of(engine, Filesystem("/", 1000, 0)), action, protect, NOW)
         planned = {c.image_id for c in plan.candidates}
         pending = sorted(changes, key=lambda c: c.at)
         calls = 0
         intents_missing: list[str] = []
+        sent: Counter[str] = Counter()
+        windows: set[str] = set()  # targets inspected whose DELETE has not been sent nor their outcome written
 
         def before(call: str, arg: str) -> None:
             nonlocal calls
+            records = read_audit(harness.audit_path)
             if call == "remove_image":
-                targets = [r.get("target") for r in read_audit(harness.audit_path) if r["event"] == "intent"]
-                if not targets or targets[-1] != arg:
+                intents = Counter(r["target"] for r in records if r["event"] == "intent")
+                if intents[arg] <= sent[arg]:  # every DELETE needs an intent of its own on disk
                     intents_missing.append(arg)
+                sent[arg] += 1
+            finished = {r["image_id"] for r in records if r["event"] == "image"}
+            finished |= {ref for r in records if r["event"] == "image" for ref in r["references"]}
+            windows.difference_update(finished)
             by_id = arg.startswith("sha256:")
             while pending and pending[0].at <= calls:
                 if call == "remove_image" and not (by_id and pending[0].kind == "container"):
                     break  # the untag-by-name window: the next change lands at the next call
+                if call == "inspect_image" and not by_id and pending[0].kind == "container":
+                    break  # an untag's name check comes after its container check: inside the same window
+                if pending[0].kind != "container" and windows and in_flight > 1:
+                    break  # inside another candidate's check-to-DELETE window: it lands at a later call
                 _apply(engine, ids, pending.pop(0))
+            if call == "inspect_image":
+                if not arg.startswith("sha256:"):
+                    windows.clear()  # an untag by name runs alone: the others in flight have ended
+                windows.add(arg)
+            if call == "remove_image":
+                windows.discard(arg)
             calls += 1
 
         engine.before = before
