@@ -26,6 +26,7 @@ from typing import Any
 from exporter.apishapes import normalize_id
 from exporter.engine import Engine, EngineError, EngineUnavailable
 from exporter.history import ImageHistory
+from exporter.logs import kv
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
 
@@ -82,9 +83,9 @@ class EventFollower:
                     log.info("event stream ended; reconnecting")
                 except EngineError as exc:
                     if time.monotonic() - started > 5:
-                        log.warning("event stream lost: %s", exc)
+                        log.warning("event stream lost", extra=kv(err=exc))
                     else:
-                        log.debug("event stream unavailable: %s", exc)
+                        log.debug("event stream unavailable", extra=kv(err=exc))
                     self.metrics.errors.labels("events").inc()
                 self.poller.wake()  # the engine may be gone: let the poller say so now
                 if time.monotonic() - started > 30:
@@ -109,15 +110,15 @@ class EventFollower:
         except EngineUnavailable:
             raise
         except EngineError as exc:  # an engine that cannot replay still streams: carry on without
-            log.info("cannot replay engine events since %.0f: %s", since, exc)
+            log.info("cannot replay engine events", extra=kv(since=int(since), err=exc))
             return 0
         for event in events:
             try:
                 await self.handle(event)
             except EngineError as exc:
-                log.debug("could not resolve replayed event %s: %s", event.get("Action"), exc)
+                log.debug("could not resolve a replayed event", extra=kv(action=event.get("Action"), err=exc))
         if events:
-            log.info("replayed %d engine events since %.0f", len(events), since)
+            log.info("replayed engine events", extra=kv(events=len(events), since=int(since)))
         return len(events)
 
     async def _handle_events(self) -> None:
@@ -128,7 +129,7 @@ class EventFollower:
             try:
                 await self.handle(event)
             except EngineError as exc:
-                log.debug("could not resolve event %s: %s", event.get("Action"), exc)
+                log.debug("could not resolve an event", extra=kv(action=event.get("Action"), err=exc))
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("Type")
@@ -173,7 +174,7 @@ class EventFollower:
         try:
             return await self.poller.apply_image_event(ids, refs)
         except EngineError as exc:
-            log.debug("could not apply image event %s (re-listing): %s", action, exc)
+            log.debug("could not apply an image event (re-listing)", extra=kv(action=action, err=exc))
             return False
 
     async def _resolve_image(self, name: str) -> str | None:

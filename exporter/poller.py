@@ -24,6 +24,7 @@ from exporter.config import Config
 from exporter.engine import Engine, EngineError
 from exporter.hints import engine_error_hint
 from exporter.history import ImageHistory
+from exporter.logs import kv
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 
@@ -46,12 +47,6 @@ def read_filesystem(path: str) -> Filesystem:
     """statvfs of the engine's data root: what `df` shows, in bytes (avail = space for non-root)."""
     st = os.statvfs(path)
     return Filesystem(path=path, size=st.f_blocks * st.f_frsize, avail=st.f_bavail * st.f_frsize)
-
-
-def _hint(exc: Exception) -> str:
-    """What to do about an engine error, appended to its log line (the landing page shows the same hint)."""
-    hint = engine_error_hint(str(exc))
-    return f"; {hint}" if hint else ""
 
 
 class Poller:
@@ -150,7 +145,8 @@ class Poller:
             if self._logged_up is not False:
                 served = "serving the last snapshot" if self.snapshot else "no snapshot yet, /-/ready answers 503"
                 log.warning(
-                    "engine %s unreachable or failing (%s); retrying: %s%s", self.engine.where, served, exc, _hint(exc)
+                    "engine unreachable or failing; retrying",
+                    extra=kv(host=self.engine.where, serving=served, err=exc, hint=engine_error_hint(str(exc))),
                 )
                 self._logged_up = False
             self.up = False
@@ -163,14 +159,17 @@ class Poller:
             self.metrics.errors.labels("filesystem").inc()
             self.last_error = f"filesystem: {exc}"
             if str(exc) != self._logged_fs_error:
-                log.warning("cannot statvfs %s (filesystem.path): %s", self.config.filesystem.path, exc)
+                log.warning("cannot statvfs filesystem.path", extra=kv(path=self.config.filesystem.path, err=exc))
                 self._logged_fs_error = str(exc)
         else:
             if self._logged_fs_error is not None:
-                log.info("statvfs %s works again", self.config.filesystem.path)
+                log.info("statvfs works again", extra=kv(path=self.config.filesystem.path))
             self._logged_fs_error = None
         if self._logged_up is not True:
-            log.info("engine reachable: %s (API %s, %s)", engine.version, api, engine.storage_driver)
+            log.info(
+                "engine reachable",
+                extra=kv(version=engine.version, api_version=api, storage_driver=engine.storage_driver),
+            )
             self._logged_up = True
         self.up = True
         self._track_history(images, containers, now)
@@ -208,7 +207,10 @@ class Poller:
                 except EngineError as exc:  # still pending: the next poll retries
                     self.metrics.errors.labels("images").inc()
                     self.last_error = f"images: {exc}"
-                    log.warning("cannot inspect images for LastTagTime (retried next poll): %s%s", exc, _hint(exc))
+                    log.warning(
+                        "cannot inspect images for LastTagTime (retried next poll)",
+                        extra=kv(err=exc, hint=engine_error_hint(str(exc))),
+                    )
                     return
                 finally:
                     self._publish(self.snapshot.taken_at if self.snapshot else self.clock())

@@ -43,6 +43,7 @@ from exporter.engine import (
     EngineNotFound,
     EngineUnavailable,
 )
+from exporter.logs import kv
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason
@@ -163,7 +164,7 @@ class Executor:
         except RunAborted as exc:
             run.result = "failure"
             run.detail = str(exc)
-            log.error("remediation run %s of %s failed: %s", run.run_id, run.action, exc)
+            log.error("remediation run failed", extra=kv(run_id=run.run_id, action=run.action, err=exc))
         run.finished_at = time.time()
         if run.result is None:
             run.result = "failure"
@@ -177,7 +178,7 @@ class Executor:
                 reclaimed_bytes=run.reclaimed_bytes,
             )
         except RunAborted as exc:  # the run is over; the log line about it is what failed
-            log.error("cannot write the end of run %s to the audit log: %s", run.run_id, exc)
+            log.error("cannot write the end of the run to the audit log", extra=kv(run_id=run.run_id, err=exc))
             run.result = "failure"
             run.detail = run.detail or str(exc)
 

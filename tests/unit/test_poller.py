@@ -102,8 +102,9 @@ async def test_the_outage_log_line_says_what_to_do(
     monkeypatch.setattr(recorded, "version_and_info", denied)
     with caplog.at_level(logging.WARNING, logger="exporter.poller"):
         await poller.poll_once()
-    [line] = [r.getMessage() for r in caplog.records if "unreachable or failing" in r.getMessage()]
-    assert "Permission denied" in line and "add the user to the docker group" in line
+    [record] = [r for r in caplog.records if "unreachable or failing" in r.getMessage()]
+    fields = getattr(record, "log_fields", {})
+    assert "Permission denied" in str(fields["err"]) and "add the user to the docker group" in fields["hint"]
 
 
 async def test_no_snapshot_while_the_engine_was_never_reached(make_poller: PollerFactory) -> None:
