@@ -51,7 +51,7 @@ from exporter.remediation.planner import make_plan
 from exporter.remediation.records import record_json
 from exporter.remediation.relay import Relay, RelayResult
 from exporter.remediation.runs import Run, Trigger
-from exporter.schedule import Schedule, decide, sleep_seconds
+from exporter.schedule import Interval, Schedule, decide, sleep_seconds
 from exporter.schedulestate import ScheduleState
 from exporter.snapshot import Filesystem, Snapshot
 
@@ -343,6 +343,9 @@ class RemediationService:
 
     async def _save_schedules(self) -> None:
         """Write the state file in a worker thread; a failure is logged by the writer and retried next save."""
+        if self.poller.history.path is None:  # kept in memory only: nothing to write
+            self.schedules.changed = False
+            return
         try:
             await asyncio.wait_for(asyncio.to_thread(self.poller.history.save), SCHEDULE_SAVE_TIMEOUT_SECONDS)
         except TimeoutError:
@@ -354,6 +357,7 @@ class RemediationService:
         nxt = self._next_run.get(name) if schedule is not None else None
         return {
             "schedule": None if schedule is None else schedule.describe(),
+            "schedule_seconds": schedule.seconds if isinstance(schedule, Interval) else None,  # as before cron
             "last_run": last,
             "last_run_time": _rfc3339(last),
             "next_run": nxt,
