@@ -14,6 +14,11 @@ us later (no `LastTagTime`, `Created` is the build time):
   file was lost or corrupt, and on the very first start, everything new to the file is "just arrived".
 Losing history therefore makes remediation more conservative about age, never less. Replayed engine
 events (only the last 256 survive in the engine) can move an arrival or a last use later, never earlier.
+
+The same file keeps the `schedules` section (`ScheduleState`: when each scheduled action last ran), so a
+restart neither skips nor doubles a scheduled run. It is read on its own: a damaged image history does not
+lose the schedules, and a damaged schedules section (logged) only makes the actions concerned wait for
+their next occurrence.
 """
 
 from __future__ import annotations
@@ -23,8 +28,13 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from exporter.schedulestate import SECTION as SCHEDULES
+from exporter.schedulestate import ScheduleState
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +54,10 @@ class ImageHistory:
         self.saved_at: float | None = None
         #: When `present` was last listed: saved as the next start's `saved_at`.
         self.observed_at: float | None = None
+        #: Scheduled actions' last runs (see exporter.schedulestate), saved in the same file.
+        self.schedules = ScheduleState()
         self._dirty = False
+        self._save_lock = threading.Lock()  # the poller and the remediation service both save
 
     def load(self) -> None:
         """Read the state file; missing, unreadable or from an older format: start with nothing proven."""
@@ -52,10 +65,14 @@ class ImageHistory:
             return
         try:
             data = json.loads(self.path.read_text())
+            self._load_schedules(data)
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
                 raise ValueError(f"unknown state format (want version {STATE_VERSION})")
             last_used = {str(k): float(v) for k, v in (data.get("last_used") or {}).items()}
             arrived = {str(k): float(v) for k, v in (data.get("arrived") or {}).items()}
+            if "saved_at" not in data:  # only schedules were saved (before the first poll)
+                log.info("no image history in %s yet: every image counts as arriving when first seen", self.path)
+                return
             present = {str(i) for i in data["present"]}
             saved_at = float(data["saved_at"])
         except FileNotFoundError:
@@ -70,6 +87,15 @@ class ImageHistory:
             return
         self.last_used, self.arrived, self.present, self.saved_at = last_used, arrived, present, saved_at
         log.info("loaded image history for %d images from %s", len(present), self.path)
+
+    def _load_schedules(self, data: object) -> None:
+        """The `schedules` section, whatever the state of the rest; problems are logged (conservative)."""
+        section = data.get(SCHEDULES) if isinstance(data, dict) else None
+        self.schedules, problems = ScheduleState.from_json(section)
+        for problem in problems:
+            log.warning("state file %s: %s", self.path, problem)
+        if isinstance(data, dict) and data.get("version") == STATE_VERSION and section is None:
+            log.info("no schedules in %s yet: scheduled actions wait for their next occurrence", self.path)
 
     def observe(self, present: Iterable[str], now: float) -> list[str]:
         """Record the images listed now: those not proven present before arrive at `now`; returns them."""
@@ -105,17 +131,27 @@ class ImageHistory:
     def save(self) -> None:
         """Write atomically (temp file + rename) when something changed; failures are logged, not fatal.
 
-        Nothing is written before the first `observe`: a state without the present images proves nothing.
+        No image history is written before the first `observe` (a state without the present images proves
+        nothing), unless one was loaded: it is written back as it was. Schedules are written regardless.
+        Blocking, and called from worker threads by the poller and the remediation service: serialised.
         """
-        if self.path is None or not self._dirty or self.observed_at is None:
+        with self._save_lock:
+            self._save()
+
+    def _save(self) -> None:
+        schedules_changed = self.schedules.changed
+        if self.path is None or not (schedules_changed or (self._dirty and self.observed_at is not None)):
             return
-        data = {
-            "version": STATE_VERSION,
-            "saved_at": self.observed_at,
-            "present": sorted(self.present),
-            "last_used": self.last_used,
-            "arrived": self.arrived,
-        }
+        data: dict[str, Any] = {"version": STATE_VERSION, SCHEDULES: self.schedules.to_json()}
+        saved_at = self.observed_at if self.observed_at is not None else self.saved_at
+        if saved_at is not None:
+            data.update(
+                saved_at=saved_at,
+                present=sorted(self.present),
+                last_used=dict(self.last_used),
+                arrived=dict(self.arrived),
+            )
+        self.schedules.changed = False
         tmp: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +163,7 @@ class ImageHistory:
             os.replace(tmp, self.path)
             self._dirty = False
         except OSError as exc:
+            self.schedules.changed = self.schedules.changed or schedules_changed  # try again next time
             log.warning("cannot save image history to %s: %s", self.path, exc)
             if tmp is not None:
                 with contextlib.suppress(OSError):

@@ -23,6 +23,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from exporter.matchers import Matcher, parse_matcher
+from exporter.schedule import Cron, Interval, Schedule, parse_schedule
 from exporter.units import DURATION_PATTERN, SIZE_PATTERN, format_duration, parse_bytes, parse_duration
 
 StrictBool = Annotated[bool, Strict()]
@@ -86,6 +87,26 @@ class Size:
             "anyOf": [{"type": "string", "pattern": SIZE_PATTERN}, {"type": "integer", "minimum": 0}],
             "description": f"size: bytes, SI (5GB = 5e9) or IEC (5GiB, 5Gi); at most {self.high}",
         }
+
+
+#: The longest interval schedule: a longer one is more likely a typo than a plan (calendar forms are not bounded).
+MAX_SCHEDULE_INTERVAL = "90d"
+
+
+def _schedule(value: Any) -> Schedule:
+    """Checked in UTC here; `RemediationConfig` rebinds cron schedules to `remediation.timezone`."""
+    if isinstance(value, Interval | Cron):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration like 24h or a cron expression like '0 3 * * SUN', got {value!r}")
+    schedule = parse_schedule(value)
+    if isinstance(schedule, Interval) and schedule.seconds > parse_duration(MAX_SCHEDULE_INTERVAL):
+        raise ValueError(f"an interval schedule must be at most {MAX_SCHEDULE_INTERVAL}, got {value!r}")
+    return schedule
+
+
+def _schedule_text(schedule: Schedule) -> str:
+    return format_duration(schedule.seconds) if isinstance(schedule, Interval) else schedule.expr
 
 
 def _ratio(value: float) -> float:
@@ -155,6 +176,25 @@ MatcherField = Annotated[
             "type": "string",
             "pattern": r"^\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=~|!~|!=|=)",
             "description": 'label matcher: name="v", name!="v", name=~"re", name!~"re"',
+        }
+    ),
+]
+#: `schedule`: a Prometheus duration (every interval, counted from the last run) or five cron fields.
+ScheduleField = Annotated[
+    Schedule,
+    PlainValidator(_schedule),
+    PlainSerializer(_schedule_text),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "pattern": DURATION_PATTERN},
+                {"type": "string", "pattern": r"^\s*\S+(\s+\S+){4}\s*$"},
+            ],
+            "description": (
+                "a Prometheus duration (24h: every interval after the last run, 1m to "
+                f"{MAX_SCHEDULE_INTERVAL}) or a five-field cron expression in remediation.timezone "
+                "(quoted: '0 3 * * SUN')"
+            ),
         }
     ),
 ]

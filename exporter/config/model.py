@@ -30,6 +30,7 @@ from exporter.config.fields import (
     Ratio,
     ReadableFile,
     Regex,
+    ScheduleField,
     Secret,
     Size,
     StrictBool,
@@ -37,6 +38,7 @@ from exporter.config.fields import (
     StrictStr,
 )
 from exporter.config.secrets import SecretFileError, read_secret_file
+from exporter.schedule import DEFAULT_TIMEZONE, Cron, parse_timezone
 
 ActionType = Literal["prune_dangling", "prune_unused", "keep_last", "free_space", "build_cache"]
 ACTION_TYPES: tuple[ActionType, ...] = get_args(ActionType)
@@ -187,8 +189,8 @@ class ActionBase(Model):
     """Younger images are never candidates (age: latest of created, last tag, arrival here)."""
     max_deletions: Annotated[StrictInt, Field(ge=1, le=100_000)] = 100
     """At most this many deletions per run."""
-    schedule: Annotated[float, Duration("1m", "90d")] | None = None
-    """Also run on its own at this interval."""
+    schedule: ScheduleField | None = None
+    """Also run on its own: an interval (24h, from the last run) or five cron fields ('0 3 * * SUN')."""
 
 
 class PruneDanglingAction(ActionBase):
@@ -350,6 +352,26 @@ class RemediationConfig(Model):
     """Larger webhook bodies get 413."""
     relay: RelayConfig = Field(default_factory=RelayConfig)
     """Fleet mode."""
+    timezone: StrictStr = DEFAULT_TIMEZONE
+    """IANA timezone (Europe/Berlin) of cron schedules; the default UTC has no DST."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        parse_timezone(name)
+        return name
+
+    @model_validator(mode="after")
+    def _cron_in_timezone(self) -> RemediationConfig:
+        """Cron schedules were checked in UTC; evaluate them in `timezone` (validated above)."""
+        rebound = {
+            name: action.model_copy(update={"schedule": Cron(action.schedule.expr, self.timezone)})
+            for name, action in self.actions.items()
+            if isinstance(action.schedule, Cron) and action.schedule.tz != self.timezone
+        }
+        if rebound:
+            object.__setattr__(self, "actions", {**self.actions, **rebound})
+        return self
 
     @field_validator("actions", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ Every label set a configured action can produce is created at startup, so series
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -75,6 +76,13 @@ class RemediationMetrics:
             ["action"],
             registry=registry,
         )
+        self.next_run = Gauge(
+            "docker_remediation_next_run_timestamp_seconds",
+            "When the action's next scheduled run is due (only actions with a schedule); a time in the past "
+            "while a run missed during downtime is being caught up.",
+            ["action"],
+            registry=registry,
+        )
         self.running = Gauge(
             "docker_remediation_running",
             "1 while a run of the action is in progress.",
@@ -107,6 +115,14 @@ class RemediationMetrics:
         for status in ALERT_STATUSES:
             for outcome in ALERT_OUTCOMES:
                 self.webhook_alerts.labels(status, outcome)
+
+    def set_next_run(self, action: str, when: float) -> None:
+        self.next_run.labels(action).set(when)
+
+    def clear_next_run(self, action: str) -> None:
+        """Drop the series of an action that is no longer scheduled (no stale "due" time stays behind)."""
+        with contextlib.suppress(KeyError):
+            self.next_run.remove(action)
 
     def add_actions(self, actions: Iterable[str]) -> None:
         """Create the series of these actions at 0 (at start, and for actions a reload adds)."""

@@ -12,8 +12,12 @@ A reload (`reconfigure`) swaps the config between runs: a run in progress keeps 
 with, cooldowns, running gates and unchanged schedules carry over for actions that keep their name, and
 the state of removed actions is dropped.
 
-State that makes runs happen "once" (which action is running, when each last started) lives in this
-process only. After a restart the cooldown is forgotten, so one more run may happen inside it; that is
+Schedules survive restarts: each scheduled action's last scheduled run is kept in the state file
+(`ImageHistory.schedules`, saved before the run starts), so a run missed while the exporter was down
+happens once after start and a restart never repeats one (see exporter/schedule.py).
+
+The other state that makes runs happen "once" (which action is running, when each last started) lives in
+this process only. After a restart the cooldown is forgotten, so one more run may happen inside it; that is
 safe because every run re-plans from a fresh snapshot, so a repeated run only deletes what is (still)
 eligible.
 """
@@ -29,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -46,6 +51,8 @@ from exporter.remediation.planner import make_plan
 from exporter.remediation.records import record_json
 from exporter.remediation.relay import Relay, RelayResult
 from exporter.remediation.runs import Run, Trigger
+from exporter.schedule import Interval, Schedule, decide, sleep_seconds
+from exporter.schedulestate import ScheduleState
 from exporter.snapshot import Filesystem, Snapshot
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,8 @@ STOP_GRACE_SECONDS = 30.0
 AUDIT_TAIL_LINES = 20
 AUDIT_TAIL_MAX_BYTES = 256 * 1024
 AUDIT_TAIL_TIMEOUT_SECONDS = 5.0
+#: Saving the schedules (state file) before a scheduled run: a hung disk must not hold the schedule forever.
+SCHEDULE_SAVE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,15 +129,18 @@ class DeliveryResult:
 class ActionStatus:
     """One action as the landing page shows it: its last run (a history summary) and its next scheduled run.
 
-    `next_run` is a wall-clock time, None when the service cannot say (no schedule, or not timed yet).
+    `schedule` is the schedule's `describe()` (None: alert or manual only). `next_run` and
+    `last_scheduled_run` are wall-clock times, None when the service cannot say (no schedule, not timed
+    yet, never run on its schedule). While a missed run is being caught up, `next_run` is when it was due.
     """
 
     name: str
     type: str
-    schedule_seconds: float | None
+    schedule: str | None
     running: bool
     last_run: dict[str, Any] | None
     next_run: float | None
+    last_scheduled_run: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,13 @@ def read_audit_tail(path: str | os.PathLike[str], lines: int, max_bytes: int = A
     return AuditTail(tuple(records), problem)
 
 
+def _rfc3339(t: float | None) -> str | None:
+    """A POSIX time as RFC 3339 in UTC (`2026-11-29T03:00:00Z`), for people reading the API."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class RemediationService:
     """Created by the app when `remediation.enabled`; owns every path that may delete an image."""
 
@@ -213,7 +232,7 @@ class RemediationService:
         self._tasks: set[asyncio.Task[Run]] = set()
         self.relay = relay
         self._warned_local_only = False
-        self._schedules: dict[str, tuple[float, asyncio.Task[None]]] = {}  # action -> (interval, timer)
+        self._schedules: dict[str, tuple[Schedule, asyncio.Task[None]]] = {}  # action -> (schedule, timer)
         self._run_configs: dict[str, RemediationConfig] = {}  # run_id -> the config the run started with
         self._next_run: dict[str, float] = {}
 
@@ -236,7 +255,7 @@ class RemediationService:
     async def stop(self) -> None:
         """Stop schedules, let running runs end after their current deletion, then close the audit log."""
         self.executor.stopping = True
-        schedules = [task for _interval, task in self._schedules.values()]
+        schedules = [task for _schedule, task in self._schedules.values()]
         self._schedules.clear()
         for schedule in schedules:
             schedule.cancel()
@@ -256,42 +275,94 @@ class RemediationService:
         """Apply a reloaded config; no await, so no request sees half of it.
 
         Runs in progress keep the config they started with. Per-action state (cooldowns, running gates,
-        timers whose interval is unchanged) survives for actions that keep their name; cooldowns of removed
+        timers whose schedule is unchanged) survives for actions that keep their name; cooldowns of removed
         actions are dropped and their timers stopped; new actions get their metric series and timers.
         """
         old = self.config
         self.config = config
         for name in old.actions.keys() - config.actions.keys():
             self.last_started.pop(name, None)
+            self.metrics.clear_next_run(name)
         self.metrics.add_actions(sorted(config.actions.keys() - old.actions.keys()))
         self._reschedule()
 
+    @property
+    def schedules(self) -> ScheduleState:
+        """The persisted last scheduled runs, kept with the image history in the state file."""
+        return self.poller.history.schedules
+
     def _reschedule(self) -> None:
-        """One timer task per scheduled action: keep those whose interval is unchanged, replace the rest."""
+        """One timer task per scheduled action: keep those whose schedule is unchanged, replace the rest.
+
+        Actions no longer scheduled are forgotten in the state file; a changed schedule keeps its last run,
+        so changing `24h` to `12h` counts from the last run, not from the reload.
+        """
         if self.executor.stopping:  # a reload that ends during shutdown starts nothing
             return
-        for name, (interval, task) in list(self._schedules.items()):
+        for name, (schedule, task) in list(self._schedules.items()):
             action = self.config.actions.get(name)
-            if action is None or action.schedule != interval:
+            if action is None or action.schedule != schedule:
                 task.cancel()
                 del self._schedules[name]
-        for action in self.config.actions.values():
-            if action.schedule is not None and action.name not in self._schedules:
-                task = asyncio.create_task(self._scheduled(action), name=f"schedule-{action.name}")
+                self._next_run.pop(name, None)
+                self.metrics.clear_next_run(name)
+        scheduled = [a for a in self.config.actions.values() if a.schedule is not None]
+        self.schedules.retain(a.name for a in scheduled)
+        for action in scheduled:
+            if action.name not in self._schedules:
+                assert action.schedule is not None
+                task = asyncio.create_task(
+                    self._scheduled(action.name, action.schedule), name=f"schedule-{action.name}"
+                )
                 self._schedules[action.name] = (action.schedule, task)
 
-    async def _scheduled(self, action: ActionConfig) -> None:
-        """First run one interval after start (not at startup), then every interval."""
-        assert action.schedule is not None
+    async def _scheduled(self, name: str, schedule: Schedule) -> None:
+        """Run when `decide` says so, counting from the persisted last run (see schedule.py).
+
+        The run is recorded and saved before it starts, so a stop in the middle of it does not repeat
+        it after a restart; a run skipped because the action is busy counts as that occurrence's run.
+        """
         while True:
-            self._next_run[action.name] = self.clock() + action.schedule
-            await asyncio.sleep(action.schedule)
-            self._next_run.pop(action.name, None)
-            run = self.begin(action.name, "schedule", (), self.config.dry_run)
-            if run is None:
-                log.info("scheduled run of %s skipped: a run is in progress", action.name)
+            now = self.clock()
+            decision = decide(schedule, self.schedules.counts_from(name, now), now)
+            self._next_run[name] = decision.next_run
+            self.metrics.set_next_run(name, decision.next_run)
+            if not decision.due_now:
+                if self.schedules.changed:  # a new schedule's anchor: keep it, or restarts postpone it
+                    await self._save_schedules()
+                await asyncio.sleep(sleep_seconds(decision, now))
                 continue
+            run = self.begin(name, "schedule", (), self.config.dry_run)
+            self.schedules.record(name, run.started_at if run is not None else now)
+            await self._save_schedules()
+            if run is None:
+                log.info("scheduled run of %s skipped: a run is in progress (counts as this occurrence)", name)
+                continue
+            log.info("scheduled run %s of %s started (was due %s)", run.run_id, name, _rfc3339(decision.next_run))
             await self.run_to_completion(run)
+
+    async def _save_schedules(self) -> None:
+        """Write the state file in a worker thread; a failure is logged by the writer and retried next save."""
+        if self.poller.history.path is None:  # kept in memory only: nothing to write
+            self.schedules.changed = False
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.poller.history.save), SCHEDULE_SAVE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("saving schedules to the state file took over %gs", SCHEDULE_SAVE_TIMEOUT_SECONDS)
+
+    def _schedule_json(self, name: str, schedule: Schedule | None) -> dict[str, Any]:
+        """The schedule fields of GET /api/v1/actions: description, last and next run (POSIX + RFC 3339)."""
+        last = self.schedules.last_run(name) if schedule is not None else None
+        nxt = self._next_run.get(name) if schedule is not None else None
+        return {
+            "schedule": None if schedule is None else schedule.describe(),
+            "schedule_seconds": schedule.seconds if isinstance(schedule, Interval) else None,  # as before cron
+            "last_run": last,
+            "last_run_time": _rfc3339(last),
+            "next_run": nxt,
+            "next_run_time": _rfc3339(nxt),
+        }
 
     # -- reading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -306,7 +377,7 @@ class RemediationService:
                     "type": action.type,
                     "running": self.executor.is_running(name),
                     "previewing": name in self._previewing,
-                    "schedule_seconds": action.schedule,
+                    **self._schedule_json(name, action.schedule),
                     "max_deletions": action.max_deletions,
                     "min_age_seconds": action.min_age,
                     "seconds_since_last_start": None if started is None else round(now - started, 3),
@@ -323,10 +394,11 @@ class RemediationService:
             ActionStatus(
                 name=name,
                 type=action.type,
-                schedule_seconds=action.schedule,
+                schedule=None if action.schedule is None else action.schedule.describe(),
                 running=self.executor.is_running(name),
                 last_run=last.get(name),
-                next_run=self._next_run.get(name),
+                next_run=self._next_run.get(name) if action.schedule is not None else None,
+                last_scheduled_run=self.schedules.last_run(name) if action.schedule is not None else None,
             )
             for name, action in self.config.actions.items()
         ]

@@ -272,7 +272,7 @@ def _actions(actions: Sequence[ActionStatus], dry_run: bool, now: float) -> str:
         if a.running:
             result = '<span class="pill info">running</span> ' + result
         next_attr = f' data-next-run="{a.next_run!r}"' if a.next_run is not None else ""
-        schedule = f"every {format_duration(a.schedule_seconds)}" if a.schedule_seconds else "on alert / manual"
+        schedule = a.schedule or "on alert / manual"
         rows.append(
             f'<tr data-action="{esc(a.name)}"{next_attr}><td class="name">{esc(a.name)}</td><td>{esc(a.type)}</td>'
             f'<td>{result}</td><td>{when}</td><td class="r">{deleted}</td><td class="r">{freed}</td>'

@@ -2,7 +2,10 @@ import json
 import subprocess
 import sys
 import tracemalloc
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import jsonschema
 import pytest
@@ -22,6 +25,7 @@ from exporter.config import (
 )
 from exporter.config.schema import SCHEMA_PATH, render
 from exporter.config.schema import main as schema_main
+from exporter.schedule import Cron, Interval
 from exporter.units import format_duration, parse_duration, parse_duration_ms
 from exporter.web.webconfig import WebConfig, load_web_config, parse_web_config
 
@@ -64,7 +68,7 @@ def test_full_example_parses() -> None:
     assert isinstance(free_disk, FreeSpaceAction) and free_disk.target_avail_ratio == 0.3
     assert free_disk.max_deletions == 500 and free_disk.name == "free-disk"
     assert isinstance(builder, BuildCacheAction) and builder.keep_storage == 5_000_000_000
-    assert r.actions["weekly"].schedule == 168 * 3600
+    assert r.actions["weekly"].schedule == Interval(168 * 3600)
     assert r.routes[0].action == "free-disk" and r.routes[0].cooldown == 600
     assert r.routes[0].matchers[1].matches({"severity": "critical"})
     assert r.protect.reference_rule("app:production") == "*:production"
@@ -276,7 +280,7 @@ def _route(**route: object) -> dict[str, object]:
         ({"remediation": {"actions": {"a": {"type": "prune_dangling", "name": "b"}}}}, "remediation.actions.a.name"),
         (
             {"remediation": {"actions": {"a": {"type": "prune_unused", "schedule": "10s"}}}},
-            "remediation.actions.a.schedule: must be at least 1m",
+            "remediation.actions.a.schedule: an interval schedule must be at least 1m",
         ),
         ({"remediation": {"auth": {"bearer_token": ""}}}, "remediation.auth.bearer_token: must not be empty"),
         ({"remediation": {"auth": {"bearer_token": "  "}}}, "remediation.auth.bearer_token: must not be empty"),
@@ -403,7 +407,7 @@ remediation:
     weekly: {<<: *defaults, schedule: 1w}
 """
     weekly = load_config(_write(tmp_path, text)).remediation.actions["weekly"]
-    assert weekly.min_age == 48 * 3600 and weekly.max_deletions == 5 and weekly.schedule == 604800
+    assert weekly.min_age == 48 * 3600 and weekly.max_deletions == 5 and weekly.schedule == Interval(604800)
 
 
 BILLION_LAUGHS = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
@@ -558,3 +562,81 @@ def test_web_config_file_is_read_strictly(tmp_path: Path) -> None:
     path.write_text("http_server_config:\n  headers: {X-Frame-Options: deny}\nhttp_server_config: {}\n")
     with pytest.raises(ConfigError, match=r"--web.config.file: .* line 3: duplicate key 'http_server_config'"):
         load_web_config(path)
+
+
+# ------------------------------------------------------------------------------------------- schedules
+
+
+def test_schedule_is_an_interval_or_cron_in_the_remediation_timezone() -> None:
+    config = parse_config(
+        {
+            "remediation": {
+                "timezone": "Europe/Berlin",
+                "actions": {
+                    "weekly": {"type": "prune_unused", "schedule": "0 3 * * SUN"},
+                    "hourly": {"type": "prune_dangling", "schedule": "1h"},
+                    "manual": {"type": "prune_dangling"},
+                },
+            }
+        }
+    )
+    actions = config.remediation.actions
+    assert actions["weekly"].schedule == Cron("0 3 * * SUN", "Europe/Berlin")
+    assert actions["hourly"].schedule == Interval(3600)
+    assert actions["manual"].schedule is None
+    assert parse_config({}).remediation.timezone == "UTC"
+    default_tz = parse_config({"remediation": {"actions": {"w": {"type": "prune_unused", "schedule": "0 3 * * 0"}}}})
+    assert default_tz.remediation.actions["w"].schedule == Cron("0 3 * * 0", "UTC")
+
+
+@pytest.mark.parametrize(
+    ("remediation", "problem"),
+    [
+        ({"timezone": "Mars/Olympus"}, "remediation.timezone: unknown timezone 'Mars/Olympus'"),
+        ({"timezone": ""}, "remediation.timezone: expected an IANA timezone name"),
+        (
+            {"actions": {"a": {"type": "prune_unused", "schedule": "0 0 3 * * SUN"}}},
+            "remediation.actions.a.schedule: a cron schedule needs exactly five fields",
+        ),
+        (
+            {"actions": {"a": {"type": "prune_unused", "schedule": "@daily"}}},
+            "remediation.actions.a.schedule: @daily is not supported: write the five fields '0 0 * * *' instead",
+        ),
+        (
+            {"actions": {"a": {"type": "prune_unused", "schedule": "61 * * * *"}}},
+            "remediation.actions.a.schedule: invalid cron expression",
+        ),
+        (
+            {"actions": {"a": {"type": "prune_unused", "schedule": "91d"}}},
+            "remediation.actions.a.schedule: an interval schedule must be at most 90d",
+        ),
+        ({"actions": {"a": {"type": "prune_unused", "schedule": 3600}}}, "remediation.actions.a.schedule: expected"),
+        (
+            {"actions": {"a": {"type": "prune_unused", "schedule": "weekly"}}},
+            "remediation.actions.a.schedule: expected",
+        ),
+    ],
+)
+def test_bad_schedules_and_timezones_stop_startup_naming_the_key(remediation: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"remediation": remediation})
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("doc", ["remediation.md", "configuration.md"])
+def test_the_sunday_example_in_the_docs_passes_config_check(
+    doc: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / doc).read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:] if '"0 3 * * SUN"' in b.split("```", 1)[0]]
+    assert len(blocks) == 1, f"{doc}: expected one YAML example with schedule '0 3 * * SUN'"
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    path = tmp_path / "sunday.yml"
+    path.write_text(blocks[0].replace("/run/secrets/webhook-token", str(token)))
+    assert main(["--config.file", str(path), "--config.check"]) == 0, capsys.readouterr().err
+    schedule = load_config(str(path)).remediation.actions["weekly"].schedule
+    assert schedule == Cron("0 3 * * SUN", "Europe/Berlin")
+    thursday_noon = datetime(2026, 11, 26, 12, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    sunday_3am = datetime(2026, 11, 29, 3, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    assert schedule.next_after(thursday_noon) == sunday_3am

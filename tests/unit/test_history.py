@@ -216,3 +216,58 @@ async def test_replay_skips_what_the_saved_state_already_covers(tmp_path: Path) 
     later = [e for e in events if event_time(e) > tagged_at]
     assert len(later) < len(events)
     assert await follower.replay() == len(later)
+
+
+# ----------------------------------------------------------------------------- the schedules section
+
+
+def test_schedules_round_trip_with_the_history(tmp_path: Path) -> None:
+    path = saved(tmp_path, [A])
+    history = ImageHistory(str(path))
+    history.load()
+    history.schedules.counts_from("weekly", T0 + 10)
+    history.schedules.record("weekly", T0 + 20)
+    history.save()
+    again = ImageHistory(str(path))
+    again.load()
+    assert again.schedules.last_run("weekly") == T0 + 20
+    assert again.schedules.counts_from("weekly", T0 + 99) == T0 + 20
+    assert again.present == {A} and again.saved_at == T0  # the image history was written back unchanged
+
+
+def test_schedules_are_saved_before_the_first_listing_without_inventing_a_history(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    history = ImageHistory(str(path))
+    history.schedules.record("weekly", T0)
+    history.save()
+    assert "present" not in json.loads(path.read_text())  # nothing proven present: no image history
+    again = ImageHistory(str(path))
+    again.load()
+    assert again.schedules.last_run("weekly") == T0
+    assert again.saved_at is None and again.present == set()
+
+
+def test_a_corrupt_schedules_section_is_logged_and_only_loses_the_schedules(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = saved(tmp_path, [A, B])
+    data = json.loads(path.read_text())
+    data["schedules"] = {"weekly": {"since": "yesterday"}, "daily": {"since": T0, "last_run": T0 + 5}}
+    path.write_text(json.dumps(data))
+    history = ImageHistory(str(path))
+    history.load()
+    assert history.present == {A, B}
+    assert history.schedules.last_run("daily") == T0 + 5
+    assert "weekly" not in history.schedules.actions  # starts over: waits for its next occurrence
+    assert "schedules.weekly" in caplog.text
+
+
+def test_a_corrupt_image_history_keeps_the_schedules(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(
+        json.dumps({"version": STATE_VERSION, "present": 7, "saved_at": "x", "schedules": {"w": {"since": T0}}})
+    )
+    history = ImageHistory(str(path))
+    history.load()
+    assert history.saved_at is None and history.present == set()
+    assert history.schedules.counts_from("w", T0 + 60) == T0

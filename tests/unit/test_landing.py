@@ -125,7 +125,7 @@ def test_unknown_shared_sizes_count_the_whole_image_and_say_so() -> None:
 def test_remediation_sections_only_when_enabled() -> None:
     off = page(snapshot())
     assert 'id="remediation"' not in off and 'id="audit"' not in off and "/api/v1/actions" not in off
-    never = ActionStatus("weekly", "unused", 7 * 86400, False, None, NOW + 3600)
+    never = ActionStatus("weekly", "unused", "every 1w", False, None, NOW + 3600)
     on = page(snapshot(), remediation=True, actions=[never], audit=AuditTail(()), dry_run=True)
     assert 'id="remediation"' in on and "No audit entries yet." in on and "dry_run: true" in on
     assert f'data-action="weekly" data-next-run="{NOW + 3600!r}"' in on

@@ -72,8 +72,7 @@ class ScheduleState:
     def to_json(self) -> dict[str, Any]:
         """The value to store under `SECTION` in the state file (JSON-serialisable, sorted by action)."""
         out: dict[str, Any] = {}
-        for name in sorted(self.actions):
-            record = self.actions[name]
+        for name, record in sorted(list(self.actions.items()), key=lambda item: item[0]):  # list(): thread-safe copy
             out[name] = {"since": record.since}
             if record.last_run is not None:
                 out[name]["last_run"] = record.last_run
