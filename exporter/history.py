@@ -23,6 +23,7 @@ their next occurrence.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -133,15 +134,24 @@ class ImageHistory:
 
         No image history is written before the first `observe` (a state without the present images proves
         nothing), unless one was loaded: it is written back as it was. Schedules are written regardless.
-        Blocking, and called from worker threads by the poller and the remediation service: serialised.
+        Blocking: for the shutdown path; a running exporter uses `save_in_thread`.
         """
-        with self._save_lock:
-            self._save()
+        data = self.prepare()
+        if data is not None:
+            self.write(data)
 
-    def _save(self) -> None:
+    async def save_in_thread(self) -> None:
+        """`save` with the file work in a worker thread. The tables are copied here, on the event loop thread
+        that changes them: copying them in the worker could meet a dict changing size mid-copy."""
+        data = self.prepare()
+        if data is not None:
+            await asyncio.to_thread(self.write, data)
+
+    def prepare(self) -> dict[str, Any] | None:
+        """What to write now (copies), or None when nothing changed; marks it as being written."""
         schedules_changed = self.schedules.changed
         if self.path is None or not (schedules_changed or (self._dirty and self.observed_at is not None)):
-            return
+            return None
         data: dict[str, Any] = {"version": STATE_VERSION, SCHEDULES: self.schedules.to_json()}
         saved_at = self.observed_at if self.observed_at is not None else self.saved_at
         if saved_at is not None:
@@ -152,19 +162,27 @@ class ImageHistory:
                 arrived=dict(self.arrived),
             )
         self.schedules.changed = False
-        tmp: str | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-            self._dirty = False
-        except OSError as exc:
-            self.schedules.changed = self.schedules.changed or schedules_changed  # try again next time
-            log.warning("cannot save image history to %s: %s", self.path, exc)
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        self._dirty = False
+        return data
+
+    def write(self, data: dict[str, Any]) -> None:
+        """Write `data` (from `prepare`) atomically; serialised, since the poller and the service both save.
+        On failure the state counts as changed again, so the next save retries."""
+        assert self.path is not None
+        with self._save_lock:
+            tmp: str | None = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(data, handle, sort_keys=True)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                self.schedules.changed = True  # try again next time
+                self._dirty = True
+                log.warning("cannot save image history to %s: %s", self.path, exc)
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)

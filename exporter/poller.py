@@ -178,7 +178,7 @@ class Poller:
         self._tag_times = {k: v for k, v in self._tag_times.items() if k in wanted}
         self._pending = wanted - self._tag_times.keys()  # inspected behind the publish: `_fill_pending`
         self._publish(now)
-        await asyncio.to_thread(self.history.save)
+        await self.history.save_in_thread()
 
     async def _fill_pending(self) -> None:
         """Inspect images whose LastTagTime is not known yet (new images or tag sets), publishing as they come.
@@ -268,7 +268,7 @@ class Poller:
             self._publish(now, only=set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys())
         if self._reconcile:
             self.wake()
-        await asyncio.to_thread(self.history.save)
+        await self.history.save_in_thread()
         return True
 
     async def _inspect_into(

@@ -347,7 +347,7 @@ class RemediationService:
             self.schedules.changed = False
             return
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.poller.history.save), SCHEDULE_SAVE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(self.poller.history.save_in_thread(), SCHEDULE_SAVE_TIMEOUT_SECONDS)
         except TimeoutError:
             log.warning("saving schedules to the state file took over %gs", SCHEDULE_SAVE_TIMEOUT_SECONDS)
 
