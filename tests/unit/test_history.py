@@ -116,6 +116,23 @@ def test_a_failing_save_is_logged_and_leaves_no_temp_file(tmp_path: Path, caplog
     history.save()
     assert "cannot save image history" in caplog.text
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    target.rmdir()
+    history.save()  # still unsaved after the failure: the next save tries again
+    assert json.loads(target.read_text())["present"] == [A]
+    assert history.prepare() is None  # saved: nothing left to write
+
+
+async def test_a_save_in_a_thread_writes_the_tables_as_they_were_when_it_started(tmp_path: Path) -> None:
+    """The copy is made on the event loop: a change after the save started belongs to the next save."""
+    history = ImageHistory(str(tmp_path / "state.json"))
+    history.observe([A], T0)
+    data = history.prepare()
+    assert data is not None
+    history.mark_used(A, T0 + 5)  # the loop goes on changing the tables while the worker writes
+    history.write(data)
+    assert json.loads((tmp_path / "state.json").read_text())["last_used"] == {}
+    await history.save_in_thread()
+    assert json.loads((tmp_path / "state.json").read_text())["last_used"] == {A: T0 + 5}
 
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
