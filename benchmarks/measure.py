@@ -84,9 +84,9 @@ def exporter_config(
         "audit_log": str(audit_log or workdir / f"{name}-audit.jsonl"),
         "protect": {"local_only": False},
         "actions": {
-            "free": {"type": "free_space", "target_avail_ratio": 0.99, "min_age": "0s", "max_deletions": 1_000_000},
-            "keep": {"type": "keep_last", "keep": 5, "min_age": "0s", "max_deletions": 1_000_000},
-            "unused": {"type": "prune_unused", "min_age": "0s", "max_deletions": 1_000_000},
+            "free": {"type": "free_space", "target_avail_ratio": 0.99, "min_age": "0s", "max_deletions": 100_000},
+            "keep": {"type": "keep_last", "keep": 5, "min_age": "0s", "max_deletions": 100_000},
+            "unused": {"type": "prune_unused", "min_age": "0s", "max_deletions": 100_000},
         },
     }
     return config
