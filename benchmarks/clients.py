@@ -8,27 +8,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 import urllib.parse
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from tests.harness.dockerd import PrivateDockerd
+from tests.harness.dockerd import PrivateDockerd, UnixHTTPConnection
 from tests.harness.exporter import find_sample
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 class _Timed:
@@ -62,7 +48,7 @@ class EngineAPI(_Timed):
     """The private engine's API over its unix socket: the reference side of each comparison."""
 
     def __init__(self, engine: PrivateDockerd, timeout: float = 300) -> None:
-        super().__init__(_UnixConnection(engine.socket, timeout))
+        super().__init__(UnixHTTPConnection(engine.socket, timeout))
 
     def json(self, method: str, path: str) -> tuple[Any, float]:
         status, data, took = self.call(method, path)

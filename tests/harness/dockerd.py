@@ -77,7 +77,9 @@ def free_port() -> int:
         return port
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the engine's API), for the harness and the benchmarks' raw references."""
+
     def __init__(self, path: Path, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = str(path)
@@ -93,7 +95,7 @@ def unix_http(
     socket_path: Path, method: str, path: str, *, body: bytes | None = None, timeout: float = 60
 ) -> tuple[int, bytes]:
     """One raw HTTP request over a unix socket: readiness probes and raw API reads, no SDK opinions."""
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = UnixHTTPConnection(socket_path, timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         conn.request(method, path, body=body, headers=headers)
