@@ -93,7 +93,9 @@ def spec(tag: str | None, seed: str, **kw: Any) -> ImageSpec:
 
 
 def tags_of(dockerd: PrivateDockerd, image_id: str) -> list[str]:
-    return sorted(dockerd.get_json(f"/images/{image_id}/json").get("RepoTags") or [])
+    """Tags as docker names them (Podman adds the registry it resolved a short name to: docker.io/, localhost/)."""
+    tags = dockerd.get_json(f"/images/{image_id}/json").get("RepoTags") or []
+    return sorted(t.removeprefix("docker.io/").removeprefix("localhost/") for t in tags)
 
 
 def present(dockerd: PrivateDockerd) -> set[str]:
@@ -140,6 +142,11 @@ async def test_an_image_pulled_by_digest_is_kept_by_prune_dangling_and_protected
     dockerd: PrivateDockerd, registry: PrivateRegistry, tmp_path: Path
 ) -> None:
     """#6: push, remove the tag, pull by digest: a named image, not dangling; a glob on its repo protects it."""
+    if engine_store(dockerd) == "podman":
+        pytest.xfail(
+            "Podman's Docker API pushes only to registries its registries.conf marks insecure, and the test "
+            "registry's port is chosen per test; digest references are covered by the unit tests on its payloads"
+        )
     ref = registry.ref("base/os:1")
     (image_id,) = load_images(dockerd, [spec(ref, "digest-base")])
     dockerd.cli("push", ref)
