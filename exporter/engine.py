@@ -24,6 +24,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from exporter.logs import kv
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class Engine:
             tls = docker.utils.kwargs_from_env().get("tls", False)
         client = docker.APIClient(base_url=self.host, version="auto", timeout=timeout, tls=tls)
         if self.api_version != client.api_version:
-            log.info("engine API version negotiated: %s (host %s)", client.api_version, self.where)
+            log.info("engine API version negotiated", extra=kv(api_version=client.api_version, host=self.where))
         self.api_version = client.api_version
         return client
 
@@ -244,7 +246,7 @@ class Engine:
             try:
                 stream.close()
             except Exception as exc:  # closing a half-dead socket may raise anything; it is ending anyway
-                log.debug("closing event stream: %s", exc)
+                log.debug("closing event stream", extra=kv(err=exc))
 
     def close(self) -> None:
         self.close_events()

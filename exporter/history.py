@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from exporter.logs import kv
 from exporter.schedulestate import SECTION as SCHEDULES
 from exporter.schedulestate import ScheduleState
 
@@ -72,31 +73,35 @@ class ImageHistory:
             last_used = {str(k): float(v) for k, v in (data.get("last_used") or {}).items()}
             arrived = {str(k): float(v) for k, v in (data.get("arrived") or {}).items()}
             if "saved_at" not in data:  # only schedules were saved (before the first poll)
-                log.info("no image history in %s yet: every image counts as arriving when first seen", self.path)
+                log.info(
+                    "no image history yet: every image counts as arriving when first seen", extra=kv(path=self.path)
+                )
                 return
             present = {str(i) for i in data["present"]}
             saved_at = float(data["saved_at"])
         except FileNotFoundError:
-            log.info("no image history at %s yet: every image counts as arriving when first seen", self.path)
+            log.info("no image history yet: every image counts as arriving when first seen", extra=kv(path=self.path))
             return
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning(
-                "ignoring unreadable image history %s (%s): every image counts as arriving when first seen",
-                self.path,
-                exc,
+                "ignoring unreadable image history: every image counts as arriving when first seen",
+                extra=kv(path=self.path, err=exc),
             )
             return
         self.last_used, self.arrived, self.present, self.saved_at = last_used, arrived, present, saved_at
-        log.info("loaded image history for %d images from %s", len(present), self.path)
+        log.info("loaded image history", extra=kv(images=len(present), path=self.path))
 
     def _load_schedules(self, data: object) -> None:
         """The `schedules` section, whatever the state of the rest; problems are logged (conservative)."""
         section = data.get(SCHEDULES) if isinstance(data, dict) else None
         self.schedules, problems = ScheduleState.from_json(section)
         for problem in problems:
-            log.warning("state file %s: %s", self.path, problem)
+            log.warning("problem in the state file's schedules", extra=kv(path=self.path, err=problem))
         if isinstance(data, dict) and data.get("version") == STATE_VERSION and section is None:
-            log.info("no schedules in %s yet: scheduled actions wait for their next occurrence", self.path)
+            log.info(
+                "no schedules in the state file yet: scheduled actions wait for their next occurrence",
+                extra=kv(path=self.path),
+            )
 
     def observe(self, present: Iterable[str], now: float) -> list[str]:
         """Record the images listed now: those not proven present before arrive at `now`; returns them."""
@@ -182,7 +187,7 @@ class ImageHistory:
             except OSError as exc:
                 self.schedules.changed = True  # try again next time
                 self._dirty = True
-                log.warning("cannot save image history to %s: %s", self.path, exc)
+                log.warning("cannot save image history", extra=kv(path=self.path, err=exc))
                 if tmp is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)

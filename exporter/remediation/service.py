@@ -42,6 +42,7 @@ from exporter import apishapes
 from exporter.config import ActionConfig, RemediationConfig, RouteConfig
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
+from exporter.logs import kv
 from exporter.poller import Poller, read_filesystem
 from exporter.remediation.alerts import Alert, Envelope, route_alert
 from exporter.remediation.audit import AuditError, AuditLog
@@ -242,14 +243,18 @@ class RemediationService:
         try:
             await asyncio.to_thread(self.audit.check)
         except AuditError as exc:
-            log.error("%s: every remediation run will fail until this is fixed", exc)
+            log.error(
+                "the audit log is not writable: every remediation run will fail until this is fixed", extra=kv(err=exc)
+            )
         self._reschedule()
         log.info(
-            "remediation enabled: %d actions, %d routes, dry_run=%s, audit log %s",
-            len(self.config.actions),
-            len(self.config.routes),
-            self.config.dry_run,
-            self.config.audit_log,
+            "remediation enabled",
+            extra=kv(
+                actions=len(self.config.actions),
+                routes=len(self.config.routes),
+                dry_run=self.config.dry_run,
+                audit_log=self.config.audit_log,
+            ),
         )
 
     async def stop(self) -> None:
@@ -336,9 +341,11 @@ class RemediationService:
             self.schedules.record(name, run.started_at if run is not None else now)
             await self._save_schedules()
             if run is None:
-                log.info("scheduled run of %s skipped: a run is in progress (counts as this occurrence)", name)
+                log.info(
+                    "scheduled run skipped: a run is in progress (counts as this occurrence)", extra=kv(action=name)
+                )
                 continue
-            log.info("scheduled run %s of %s started (was due %s)", run.run_id, name, _rfc3339(decision.next_run))
+            log.info("scheduled run started", extra=kv(run_id=run.run_id, action=name, due=_rfc3339(decision.next_run)))
             await self.run_to_completion(run)
 
     async def _save_schedules(self) -> None:
@@ -349,7 +356,9 @@ class RemediationService:
         try:
             await asyncio.wait_for(self.poller.history.save_in_thread(), SCHEDULE_SAVE_TIMEOUT_SECONDS)
         except TimeoutError:
-            log.warning("saving schedules to the state file took over %gs", SCHEDULE_SAVE_TIMEOUT_SECONDS)
+            log.warning(
+                "saving schedules to the state file timed out", extra=kv(timeout_seconds=SCHEDULE_SAVE_TIMEOUT_SECONDS)
+            )
 
     def _schedule_json(self, name: str, schedule: Schedule | None) -> dict[str, Any]:
         """The schedule fields of GET /api/v1/actions: description, last and next run (POSIX + RFC 3339)."""
@@ -465,7 +474,10 @@ class RemediationService:
                 self.last_started.pop(run.action, None)
             else:
                 self.last_started[run.action] = before
-            log.info("run %s of %s failed: its cooldown is released, a redelivery runs again", run.run_id, run.action)
+            log.info(
+                "run failed: its cooldown is released, a redelivery runs again",
+                extra=kv(run_id=run.run_id, action=run.action),
+            )
 
     async def accept_delivery(
         self, envelope: Envelope, authorization: str, relayed_by: str | None
@@ -583,26 +595,27 @@ class RemediationService:
                 plan = await asyncio.to_thread(make_plan, snapshot, action, config.protect, self.clock())
                 local_images, local_bytes = plan.local_only_kept
                 log.info(
-                    "remediation run %s: %s (%s, trigger %s, dry_run=%s): %d candidates, %d skipped, ~%d bytes;"
-                    " protect.local_only %s kept %d images, %d bytes%s",
-                    run.run_id,
-                    run.action,
-                    action.type,
-                    run.trigger,
-                    run.dry_run,
-                    len(plan.candidates),
-                    len(plan.skipped),
-                    plan.estimated_bytes,
-                    "on" if plan.local_only_enabled else "off",
-                    local_images,
-                    local_bytes,
-                    f"; {plan.unreachable_note}" if plan.unreachable_note else "",
+                    "remediation run planned",
+                    extra=kv(
+                        run_id=run.run_id,
+                        action=run.action,
+                        type=action.type,
+                        trigger=run.trigger,
+                        dry_run=run.dry_run,
+                        candidates=len(plan.candidates),
+                        skipped=len(plan.skipped),
+                        estimated_bytes=plan.estimated_bytes,
+                        local_only="on" if plan.local_only_enabled else "off",
+                        local_only_kept_images=local_images,
+                        local_only_kept_bytes=local_bytes,
+                        note=plan.unreachable_note or None,
+                    ),
                 )
                 if plan.unreachable_note:  # said up front; the executor keeps it unless something is more urgent
                     run.detail = plan.unreachable_note
                 await self.executor.execute(run, plan, action)
         except Exception as exc:  # a bug must not leave the action claimed forever
-            log.exception("remediation run %s of %s crashed", run.run_id, run.action)
+            log.exception("remediation run crashed", extra=kv(run_id=run.run_id, action=run.action))
             run.result = "failure"
             run.detail = f"internal error: {exc}"
             run.finished_at = self.clock()
@@ -654,11 +667,13 @@ class RemediationService:
             m.last_shortfall.labels(run.action).set(shortfall)
         self.history.appendleft(run.summary())
         log.info(
-            "remediation run %s of %s ended: %s, %d images deleted, %d bytes reclaimed%s",
-            run.run_id,
-            run.action,
-            result,
-            run.images_deleted,
-            run.reclaimed_bytes,
-            f" ({run.detail})" if run.detail else "",
+            "remediation run ended",
+            extra=kv(
+                run_id=run.run_id,
+                action=run.action,
+                result=result,
+                deleted=run.images_deleted,
+                reclaimed_bytes=run.reclaimed_bytes,
+                detail=run.detail or None,
+            ),
         )

@@ -190,7 +190,7 @@ class RemediationEndpoints:
             except ConnectionResetError:  # the client hung up mid-body: nobody to answer, nothing to log
                 response = error_response(400, "the client closed the connection before the body ended")
             except Exception:
-                log.exception("remediation endpoint %s failed", request.path)
+                log.exception("remediation endpoint failed", extra=kv(path=request.path))
                 response = error_response(500, "internal error (see the exporter log)")
             self.service.metrics.webhook_requests.labels(str(response.status)).inc()
             return response

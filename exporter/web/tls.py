@@ -15,6 +15,7 @@ import ssl
 import time
 
 from exporter.config import ConfigError
+from exporter.logs import kv
 from exporter.web.webconfig import TLSServerConfig, WebConfig
 
 log = logging.getLogger("exporter.web.tls")
@@ -98,10 +99,10 @@ class ReloadingTLS:
         try:
             context = build_context(self.config)
         except ConfigError as exc:  # e.g. the new key written before the new certificate: retry next time
-            log.error("keeping the previous TLS certificate: %s", "; ".join(exc.problems))
+            log.error("keeping the previous TLS certificate", extra=kv(err="; ".join(exc.problems)))
             return
         self._current, self._stamp = context, stamp
-        log.info("TLS certificate files changed; reloaded %s", self.config.cert_file)
+        log.info("TLS certificate files changed; reloaded", extra=kv(cert_file=self.config.cert_file))
 
     def _on_hello(self, connection: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
         connection.context = self.current()

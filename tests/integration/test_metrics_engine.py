@@ -396,4 +396,8 @@ def test_starts_while_engine_is_down(exporter_factory: ExporterFactory, tmp_path
     status, body = exp.request("GET", "/")
     assert status == 200 and b"DOWN" in body
     # the operator is told at once which address failed, not only by docker_up 0
-    exp.wait_for(lambda: f"engine {dead} unreachable" in exp.logs(), timeout=10, what="the failure logged")
+    exp.wait_for(
+        lambda: f'msg="engine unreachable or failing; retrying" host={dead}' in exp.logs(),
+        timeout=10,
+        what="the failure logged",
+    )
