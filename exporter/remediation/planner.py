@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal, get_args
 
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, KeepLastAction, ProtectConfig
@@ -91,9 +92,9 @@ class Plan:
     #: free_space: bytes to free to reach the target at plan time (None for other actions or when met).
     needed_bytes: int | None = None
 
-    @property
+    @cached_property
     def estimated_bytes(self) -> int:
-        """Bytes the candidates free if all go (unique sizes; untag-only candidates count 0)."""
+        """Bytes the candidates free if all go (unique sizes; untag-only candidates count 0); summed once."""
         return sum(c.size for c in self.candidates if c.removes_image)
 
     @property
@@ -117,18 +118,25 @@ class Plan:
             f"to reach target_avail_ratio {self.target_avail_ratio}"
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def totals(self) -> dict[str, int]:
+        """How many entries each list of the plan has (`plan_skipped`: the plan's own exclusions)."""
+        return {"candidates": len(self.candidates), "plan_skipped": len(self.skipped), "kept": len(self.kept)}
+
+    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+        """The plan as JSON with each list cut to its first `limit` entries (None: all); `totals` counts all."""
+        totals = self.totals()
         data: dict[str, Any] = {
             "action": self.action,
             "type": self.type,
-            "candidates": [c.to_json() for c in self.candidates],
-            "skipped": [s.to_json() for s in self.skipped],
+            "candidates": [c.to_json() for c in self.candidates[:limit]],
+            "skipped": [s.to_json() for s in self.skipped[:limit]],
+            "totals": {"candidates": totals["candidates"], "skipped": totals["plan_skipped"], "kept": totals["kept"]},
             "estimated_bytes": self.estimated_bytes,
             "size_note": "size is the image's unique size (what deleting it frees) when the engine computed "
             "shared sizes (size_basis=unique), else its total size (size_basis=total, an upper bound)",
         }
         if self.kept:
-            data["kept"] = list(self.kept)
+            data["kept"] = list(self.kept[:limit])
         if self.type != "build_cache":
             images, size = self.local_only_kept
             data["local_only"] = {"enabled": self.local_only_enabled, "kept_images": images, "kept_bytes": size}
@@ -170,18 +178,32 @@ def _ordinal(n: int) -> str:
 
 def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: float) -> tuple[SkipReason, str] | None:
     """The first safety rule that forbids touching `image` for this action, with a human detail."""
+    return _exclusion(image, image.references, image.age_reference, action, protect, now)
+
+
+def _exclusion(
+    image: Image,
+    references: Iterable[ImageRef | DigestRef],
+    age_reference: float,
+    action: ActionConfig,
+    protect: ProtectConfig,
+    now: float,
+) -> tuple[SkipReason, str] | None:
+    """`exclusion` with the image's references and age reference already worked out (a plan needs them twice)."""
     if image.containers > 0:
         return "in_use", f"used by {image.containers} container(s) (running or stopped)"
-    for ref in image.references:
-        rule = protect.reference_rule(str(ref))
+    if protect.references:
+        for ref in references:
+            rule = protect.reference_rule(str(ref))
+            if rule is not None:
+                return "protected_reference", f"{ref} matches protect.references {rule!r}"
+    if protect.labels and image.labels:
+        rule = protect.label_rule(image.labels)
         if rule is not None:
-            return "protected_reference", f"{ref} matches protect.references {rule!r}"
-    rule = protect.label_rule(image.labels)
-    if rule is not None:
-        return "protected_label", f"label matches protect.labels {rule!r}"
+            return "protected_label", f"label matches protect.labels {rule!r}"
     if protect.local_only and image.local_only and action.type in ("keep_last", "prune_unused", "free_space"):
         return "local_only", "tagged but has no repo digest (built or loaded here, exists nowhere else)"
-    age = now - image.age_reference
+    age = now - age_reference
     if age < action.min_age:
         return "too_young", f"{_ago(age)} old, min_age {format_duration(action.min_age)}"
     return None
@@ -200,35 +222,60 @@ def _candidate(
     return Candidate(image.id, tuple(str(r) for r in refs), size, basis, reason, removes_image, known)
 
 
+@dataclass(frozen=True, slots=True)
+class _Eligible:
+    """An image no rule excludes, with what planning it needs worked out once (at 10k images, recomputing
+    references and ages per use was most of a plan's time)."""
+
+    image: Image
+    references: tuple[str, ...]  # tags first, then digest references
+    age_reference: float
+    dangling: bool
+
+    def candidate(self, reason: str) -> Candidate:
+        """Deletes the whole image: every reference (by ID when dangling)."""
+        image = self.image
+        size, basis = image_size(image)
+        known = self.references[: len(image.refs)]
+        return Candidate(image.id, self.references, size, basis, reason, True, known)
+
+
 def _whole_images(
-    images: Iterable[Image], action: ActionConfig, protect: ProtectConfig, now: float, describe: str
-) -> tuple[list[tuple[Image, Candidate]], list[Skip]]:
-    """Candidates that delete whole images (all tags, or by ID when dangling) plus the skips."""
-    candidates: list[tuple[Image, Candidate]] = []
+    images: Iterable[Image], action: ActionConfig, protect: ProtectConfig, now: float
+) -> tuple[list[_Eligible], list[Skip]]:
+    """The images an action deleting whole images may take, and the skips; one pass, each image read once."""
+    eligible: list[_Eligible] = []
     skipped: list[Skip] = []
     for image in images:
-        excluded = exclusion(image, action, protect, now)
+        references: tuple[ImageRef | DigestRef, ...] = (*image.refs, *image.digest_refs) if image.digests else image.refs
+        age_reference = image.age_reference
+        excluded = _exclusion(image, references, age_reference, action, protect, now)
         if excluded is not None:
-            skipped.append(_skip(image, image.references, *excluded))
+            skipped.append(_skip(image, references, *excluded))
             continue
-        age = _ago(now - image.age_reference)
-        kind = "dangling" if image.dangling else "unused" if image.refs else "unused, pinned by digest only"
-        candidates.append((image, _candidate(image, image.references, f"{kind}, {age} old{describe}")))
-    return candidates, skipped
+        eligible.append(_Eligible(image, tuple(str(r) for r in references), age_reference, not references))
+    return eligible, skipped
+
+
+def _whole_image_reason(e: _Eligible, now: float) -> str:
+    kind = "dangling" if e.dangling else "unused" if e.image.refs else "unused, pinned by digest only"
+    return f"{kind}, {_ago(now - e.age_reference)} old"
 
 
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
-    pairs, skipped = _whole_images(snapshot.dangling, action, protect, now, "")
-    ordered = sorted(pairs, key=lambda p: (p[0].age_reference, p[0].id))  # oldest first
-    return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped))
+    eligible, skipped = _whole_images(snapshot.dangling, action, protect, now)
+    eligible.sort(key=lambda e: (e.age_reference, e.image.id))  # oldest first
+    candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
+    return Plan(action.name, action.type, now, candidates, tuple(skipped))
 
 
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
-    pairs, skipped = _whole_images(snapshot.images, action, protect, now, "")
-    ordered = sorted(pairs, key=lambda p: (not p[0].dangling, p[0].age_reference, p[0].id))
-    return Plan(action.name, action.type, now, tuple(c for _, c in ordered), tuple(skipped))
+    eligible, skipped = _whole_images(snapshot.images, action, protect, now)
+    eligible.sort(key=lambda e: (not e.dangling, e.age_reference, e.image.id))
+    candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
+    return Plan(action.name, action.type, now, candidates, tuple(skipped))
 
 
 def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: ProtectConfig, now: float) -> Plan:
@@ -245,20 +292,26 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         )
     if fs.avail_ratio >= target:
         return Plan(action.name, action.type, now, target_avail_ratio=target, filesystem=fs, goal_met=True)
-    pairs, skipped = _whole_images(snapshot.images, action, protect, now, "")
-    ordered = sorted(pairs, key=lambda p: (not p[0].dangling, p[0].recency, p[0].id))
+    eligible, skipped = _whole_images(snapshot.images, action, protect, now)
+
+    def lru(e: _Eligible) -> tuple[bool, float, str]:
+        last_used = e.image.last_used
+        return (not e.dangling, e.age_reference if last_used is None else last_used, e.image.id)
+
+    eligible.sort(key=lru)
     candidates: list[Candidate] = []
     tagged_rank = 0
-    for image, cand in ordered:
-        if image.dangling:
-            candidates.append(cand)
+    for e in eligible:
+        if e.dangling:
+            candidates.append(e.candidate(_whole_image_reason(e, now)))
             continue
         tagged_rank += 1
-        if image.last_used is not None:
-            why = f"unused for {_ago(now - image.last_used)} (LRU rank {tagged_rank})"
+        last_used = e.image.last_used
+        if last_used is not None:
+            why = f"unused for {_ago(now - last_used)} (LRU rank {tagged_rank})"
         else:
-            why = f"never seen used, {_ago(now - image.age_reference)} old (LRU rank {tagged_rank})"
-        candidates.append(replace(cand, reason=why))
+            why = f"never seen used, {_ago(now - e.age_reference)} old (LRU rank {tagged_rank})"
+        candidates.append(e.candidate(why))
     plan = Plan(
         action.name,
         action.type,
@@ -315,7 +368,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     for image_id, refs in old_refs.items():
         image = images[image_id]
         refs.sort()
-        excluded = exclusion(image, action, protect, now)
+        excluded = _exclusion(image, image.references, image.age_reference, action, protect, now)
         if excluded is not None:
             skipped.append(_skip(image, refs, *excluded))
             continue
