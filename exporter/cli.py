@@ -11,6 +11,7 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 
+import exporter.memory
 from exporter import __build_date__, __revision__, __version__
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import LEVELS, kv, setup_logging
@@ -158,6 +159,7 @@ def plain_http_warning(host: str | None, port: int, *, tls: bool, remediation: b
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    exporter.memory.configure()  # before any thread starts (glibc arenas: see exporter/memory.py)
     try:
         config = load_config(args.config_file)
         web_config = load_web_config(args.web_config_file)

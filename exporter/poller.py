@@ -92,6 +92,19 @@ class Poller:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def behind(self) -> bool:
+        """Whether the snapshot may lag the engine: none yet, the engine down, a refresh asked for (a change no
+        event could apply, a reconnect, SharedSize to reconcile) or running, or LastTagTimes still pending."""
+        snapshot = self.snapshot
+        return (
+            snapshot is None
+            or not self.up
+            or self._wake.is_set()
+            or self._lock.locked()
+            or snapshot.pending_inspects > 0
+        )
+
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: a changed `poll` or `filesystem` section polls soon, so it shows at once."""
         changed = config.poll != self.config.poll or config.filesystem != self.config.filesystem

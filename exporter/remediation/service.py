@@ -38,7 +38,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter import apishapes
+from exporter import apishapes, memory
 from exporter.config import ActionConfig, RemediationConfig, RouteConfig
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
@@ -66,6 +66,8 @@ AUDIT_TAIL_MAX_BYTES = 256 * 1024
 AUDIT_TAIL_TIMEOUT_SECONDS = 5.0
 #: Saving the schedules (state file) before a scheduled run: a hung disk must not hold the schedule forever.
 SCHEDULE_SAVE_TIMEOUT_SECONDS = 30.0
+#: After a run ends, wait this long before returning freed heap to the system (its answer is encoded meanwhile).
+TRIM_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ class RemediationService:
         self._schedules: dict[str, tuple[Schedule, asyncio.Task[None]]] = {}  # action -> (schedule, timer)
         self._run_configs: dict[str, RemediationConfig] = {}  # run_id -> the config the run started with
         self._next_run: dict[str, float] = {}
+        self._trim: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -274,6 +277,10 @@ class RemediationService:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._trim is not None:
+            self._trim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trim
         self.audit.close()
 
     def reconfigure(self, config: RemediationConfig) -> None:
@@ -582,7 +589,7 @@ class RemediationService:
         config = self._run_configs.pop(run.run_id, self.config)  # the config of begin(), whatever a reload did
         action = config.actions[run.action]
         try:
-            snapshot = await self.poller.poll_once()
+            snapshot, source = await self._plan_snapshot()
             if not self.poller.up or snapshot is None:
                 run.result = "failure"
                 run.detail = f"engine unreachable: {self.poller.last_error or 'no snapshot'}"
@@ -602,6 +609,7 @@ class RemediationService:
                         type=action.type,
                         trigger=run.trigger,
                         dry_run=run.dry_run,
+                        snapshot=source,
                         candidates=len(plan.candidates),
                         skipped=len(plan.skipped),
                         estimated_bytes=plan.estimated_bytes,
@@ -622,8 +630,38 @@ class RemediationService:
         finally:
             self._end(run)
             self._record(run, action)
-            self.poller.wake()
+            if not run.dry_run:  # deletions: re-list soon (events tell most of it); a dry run changed nothing
+                self.poller.wake()
+            self._trim_memory_soon()
         return run
+
+    async def _plan_snapshot(self) -> tuple[Snapshot | None, str]:
+        """The snapshot to plan on, and where it came from (`live` or `fresh poll`, for the log line).
+
+        The live snapshot when nothing says it lags the engine (`Poller.behind`): engine events are applied to
+        it as they arrive and the periodic poll reconciles, so a fresh re-list per run would only cost time
+        (about a second at 10k images, its parsing on the event loop). It is safe for real runs too: each image
+        is re-checked right before its DELETE, and the engine refuses a DELETE by ID of an image in use. When a
+        refresh is pending or running, or LastTagTimes are still being read, the run waits for a fresh poll.
+        """
+        if not self.poller.behind:
+            return self.poller.snapshot, "live"
+        return await self.poller.poll_once(), "fresh poll"
+
+    def _trim_memory_soon(self) -> None:
+        """Give the heap a finished run freed back to the system, once its answer is written (see memory.py).
+
+        One pending trim at a time, a moment after the last run ends: a 10k-image run's answer is still being
+        encoded when the run returns, and trimming in between would only be repeated.
+        """
+        if self._trim is not None and not self._trim.done():
+            return
+
+        async def trim() -> None:
+            await asyncio.sleep(TRIM_DELAY_SECONDS)
+            await asyncio.to_thread(memory.release_free_memory)
+
+        self._trim = asyncio.create_task(trim(), name="remediation-memory-trim")
 
     def _warn_engine_limits(self, snapshot: Snapshot) -> None:
         """Say once when protect.local_only cannot protect anything on this engine."""

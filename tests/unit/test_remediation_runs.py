@@ -118,6 +118,7 @@ async def test_a_preview_in_progress_blocks_a_second_preview_but_not_a_real_run(
     engine = HeldEngine()
     client, service, _ = await app_factory(engine, actions=NOTHING_TO_DELETE)
     await service.poller.poll_once()
+    service.poller.wake()  # a refresh is due: the preview polls afresh, and the engine holds that listing
     engine.hold = True
     preview = asyncio.create_task(client.post("/api/v1/actions/free-disk?dry_run=1", headers=AUTH_ONLY_HEADERS))
     await engine.waiting.wait()

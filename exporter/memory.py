@@ -1,0 +1,60 @@
+"""The C allocator's settings: keep the process's memory flat under repeated large, short-lived work.
+
+Why: a 10k-image plan builds and drops tens of megabytes of small objects in a worker thread. glibc's malloc
+gives each thread that allocates its own arena (up to 8 per core) and keeps what is freed there for reuse,
+so RSS climbed by a quarter over 100 dry runs while the Python heap stayed flat (tracemalloc). Two arenas
+are enough for an exporter whose threads mostly wait on the engine, and `malloc_trim(0)` after a run gives the
+freed pages back. Elsewhere (musl, macOS, a glibc without these calls) both are no-ops.
+
+`configure` must run before the first thread starts (arenas are created on a thread's first malloc);
+`MALLOC_ARENA_MAX` in the environment wins, as glibc documents.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from functools import cache
+
+log = logging.getLogger(__name__)
+
+#: glibc's mallopt() parameter for the arena cap (malloc.h: M_ARENA_MAX).
+M_ARENA_MAX = -8
+#: Arenas for the whole process: the main thread's and one shared by the worker threads.
+ARENA_MAX = 2
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, when this process runs on it (None on musl, macOS and anything without mallopt/malloc_trim)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def configure() -> bool:
+    """Cap glibc's arenas at ARENA_MAX (unless MALLOC_ARENA_MAX is set); True when the setting took effect."""
+    libc = _libc()
+    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    done = bool(libc.mallopt(M_ARENA_MAX, ARENA_MAX))
+    log.debug("malloc arenas capped at %d: %s", ARENA_MAX, "done" if done else "refused")
+    return done
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the system (glibc `malloc_trim(0)`); True when some were released.
+
+    Blocking for a few milliseconds on a large heap: call it in a worker thread, after big work, not per request.
+    """
+    libc = _libc()
+    return libc is not None and bool(libc.malloc_trim(0))
