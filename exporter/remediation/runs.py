@@ -19,6 +19,10 @@ from exporter.remediation.records import record_json
 from exporter.snapshot import Filesystem
 
 SUMMARY_LIST_LIMIT = 20  # images listed per kind in a history summary; the counts cover the rest
+#: Entries per list in a manual run's answer unless the request says otherwise (`?limit=`); totals cover the rest.
+ANSWER_LIST_LIMIT = 100
+#: The most a request may ask to list: the bound of `max_deletions`, so every candidate a run may act on fits.
+ANSWER_LIST_MAX = 100_000
 
 Trigger = Literal["alert", "schedule", "manual"]
 RunResultKind = Literal["success", "partial", "failure", "dry_run"]
@@ -93,13 +97,15 @@ class Run:
         10k entries per run (the full lists are in the run's own API answer and, for deletions, the audit log).
         """
         counts: dict[str, int] = {}
+        skipped: dict[str, int] = {}
+        would_bytes = 0
         for o in self.outcomes:
             counts[o.result] = counts.get(o.result, 0) + 1
-        skipped: dict[str, int] = {}
-        for o in self.outcomes:
             if o.result == "skipped":
                 key = o.skip_reason or "error"
                 skipped[key] = skipped.get(key, 0) + 1
+            elif o.result == "would_delete":
+                would_bytes += o.size
         data: dict[str, Any] = {
             "run_id": self.run_id,
             "action": self.action,
@@ -119,6 +125,7 @@ class Run:
             "skipped_by_reason": skipped,
             "images_deleted": self.images_deleted,
             "reclaimed_bytes": self.reclaimed_bytes,
+            "would_delete_bytes": would_bytes,
         }
         if self.goal_met is not None:
             data["goal_met"] = self.goal_met
@@ -127,14 +134,28 @@ class Run:
             data["filesystem_after"] = {"avail": fs.avail, "size": fs.size, "avail_ratio": round(fs.avail_ratio, 6)}
         return data
 
-    def to_json(self) -> dict[str, Any]:
-        """The full answer for a manual run: the summary plus the plan and every outcome."""
+    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+        """A manual run's answer: the summary plus the plan and the outcomes, each list cut to its first
+        `limit` entries (None: all). `totals` always counts every entry and `truncated` says whether any list
+        was cut, so a bounded answer hides nothing: the counts and bytes are those of the whole run.
+        """
+        groups: dict[str, list[Outcome]] = {"deleted": [], "would_delete": [], "skipped": []}
+        for o in self.outcomes:
+            kind: str = "deleted" if o.result in ("deleted", "untagged") else o.result
+            if kind in groups:
+                groups[kind].append(o)
         data = self.summary()
-        data["deleted"] = [o.to_json() for o in self.outcomes if o.result in ("deleted", "untagged")]
-        data["would_delete"] = [o.to_json() for o in self.outcomes if o.result == "would_delete"]
-        data["plan"] = self.plan.to_json() if self.plan else None
-        data["outcomes"] = [o.to_json() for o in self.outcomes]
-        data["skipped"] = [o.to_json() for o in self.outcomes if o.result == "skipped"]
+        for kind, items in groups.items():
+            data[kind] = [o.to_json() for o in items[:limit]]
+        data["outcomes"] = [o.to_json() for o in self.outcomes[:limit]]
+        data["plan"] = self.plan.to_json(limit) if self.plan else None
+        totals = {kind: len(items) for kind, items in groups.items()}
+        totals["outcomes"] = len(self.outcomes)
+        if self.plan is not None:
+            totals.update(self.plan.totals())
+        data["totals"] = totals
+        data["limit"] = limit
+        data["truncated"] = limit is not None and any(n > limit for n in totals.values())
         return data
 
 

@@ -19,11 +19,14 @@ wants the answer in the response, not in a log.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -32,6 +35,7 @@ from exporter.config import AuthConfig
 from exporter.logs import kv
 from exporter.remediation.alerts import PayloadError, parse_envelope
 from exporter.remediation.relay import HOP_HEADER
+from exporter.remediation.runs import ANSWER_LIST_LIMIT, ANSWER_LIST_MAX
 from exporter.remediation.service import Refused, RemediationService
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,13 @@ def refused(refusal: Refused) -> web.Response:
     return error_response(refusal.status, refusal.message)
 
 
+async def json_off_loop(build: Callable[[], dict[str, Any]]) -> web.Response:
+    """A JSON answer built and encoded in a worker thread: a 10k-image run's answer takes long enough to
+    hold up scrapes and webhooks if done on the event loop. `build` must only read finished data."""
+    body = await asyncio.to_thread(lambda: json.dumps(build()).encode())
+    return web.Response(body=body, content_type="application/json")
+
+
 # --------------------------------------------------------------------------------------------- params
 
 
@@ -118,6 +129,23 @@ def parse_dry_run(value: str | None) -> bool | None:
     if lowered in _FALSE:
         return False
     raise ValueError(f"dry_run must be true or false, got {value!r}")
+
+
+def parse_limit(value: str | None) -> int:
+    """`?limit=`: how many entries each list of a manual run's answer shows (totals always cover all).
+
+    Absent: ANSWER_LIST_LIMIT. A plain decimal integer from 0 (totals only) to ANSWER_LIST_MAX; anything else
+    is a ValueError naming the parameter, so a typo never silently changes what an operator sees.
+    """
+    if value is None:
+        return ANSWER_LIST_LIMIT
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(ANSWER_LIST_MAX)):
+        raise ValueError(f"limit must be a whole number from 0 to {ANSWER_LIST_MAX}, got {value!r}")
+    limit = int(text)
+    if limit > ANSWER_LIST_MAX:
+        raise ValueError(f"limit must be a whole number from 0 to {ANSWER_LIST_MAX}, got {value!r}")
+    return limit
 
 
 def check_params(request: web.Request, allowed: Collection[str]) -> str | None:
@@ -164,7 +192,7 @@ class RemediationEndpoints:
         return [
             web.post("/webhook/alertmanager", self._endpoint(self.webhook, params=())),
             web.get("/api/v1/actions", self._endpoint(self.list_actions)),
-            web.post("/api/v1/actions/{name}", self._endpoint(self.run_action, params=("dry_run",))),
+            web.post("/api/v1/actions/{name}", self._endpoint(self.run_action, params=("dry_run", "limit"))),
         ]
 
     def _endpoint(self, handle: Handler, *, params: Collection[str] | None = None) -> Handler:
@@ -231,7 +259,8 @@ class RemediationEndpoints:
 
     async def list_actions(self, _request: web.Request) -> web.Response:
         """`GET /api/v1/actions`: configured actions and the recent runs, newest first."""
-        return web.json_response(self.service.describe())
+        described = self.service.describe()  # copies taken on the loop; encoded off it
+        return await json_off_loop(lambda: described)
 
     async def run_action(self, request: web.Request) -> web.Response:
         """`POST /api/v1/actions/{name}?dry_run=true|false`: run now and answer with plan and result.
@@ -241,9 +270,10 @@ class RemediationEndpoints:
         """
         try:
             requested = parse_dry_run(request.query.get("dry_run"))
+            limit = parse_limit(request.query.get("limit"))
         except ValueError as exc:
-            return error_response(400, str(exc))
+            return error_response(400, f"{exc}; nothing was run")
         result = await self.service.run_manual(request.match_info["name"], requested)
         if isinstance(result, Refused):
             return refused(result)
-        return web.json_response(result.to_json())
+        return await json_off_loop(lambda: result.to_json(limit))  # the run is over: nothing changes it now
