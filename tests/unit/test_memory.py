@@ -1,0 +1,40 @@
+"""exporter/memory.py: the allocator settings take effect on glibc, give way to MALLOC_ARENA_MAX, and never fail.
+
+Each check runs in a fresh interpreter: the arena cap only counts before a thread starts, and pytest's own
+process already has threads.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+GLIBC = platform.libc_ver()[0] == "glibc"
+
+
+def fresh(code: str, **env: str) -> str:
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True, timeout=60
+    )
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings exist on glibc only")
+def test_on_glibc_the_arena_cap_takes_effect_before_threads_start():
+    assert fresh("import exporter.memory as m; print(m.configure())") == "True"
+
+
+def test_an_operator_malloc_arena_max_wins():
+    assert fresh("import exporter.memory as m; print(m.configure())", MALLOC_ARENA_MAX="4") == "False"
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim exists on glibc only")
+def test_freed_heap_goes_back_to_the_system():
+    # 50 MB of small blocks freed: the top of the heap is free and malloc_trim(0) releases it
+    code = "import exporter.memory as m; x = [bytearray(1000) for _ in range(50_000)]; del x; print(m.release_free_memory())"
+    assert fresh(code) == "True"
