@@ -6,11 +6,9 @@ history and the metrics can read a run without depending on how it is executed.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,13 +97,23 @@ class Run:
         counts: dict[str, int] = {}
         skipped: dict[str, int] = {}
         would_bytes = 0
-        for o in self.outcomes:
-            counts[o.result] = counts.get(o.result, 0) + 1
-            if o.result == "skipped":
+        first: dict[str, list[Outcome]] = {"deleted": [], "would_delete": []}
+        for o in self.outcomes:  # one pass: at 10k outcomes this runs on the event loop when a run ends
+            result = o.result
+            counts[result] = counts.get(result, 0) + 1
+            if result == "skipped":
                 key = o.skip_reason or "error"
                 skipped[key] = skipped.get(key, 0) + 1
-            elif o.result == "would_delete":
+                continue
+            if result in ("deleted", "untagged"):
+                listed = first["deleted"]
+            elif result == "would_delete":
                 would_bytes += o.size
+                listed = first["would_delete"]
+            else:
+                continue
+            if len(listed) < SUMMARY_LIST_LIMIT:
+                listed.append(o)
         data: dict[str, Any] = {
             "run_id": self.run_id,
             "action": self.action,
@@ -119,8 +127,8 @@ class Run:
             "detail": self.detail,
             "candidates": len(self.plan.candidates) if self.plan else 0,
             "estimated_bytes": self.plan.estimated_bytes if self.plan else 0,
-            "deleted": _first(o for o in self.outcomes if o.result in ("deleted", "untagged")),
-            "would_delete": _first(o for o in self.outcomes if o.result == "would_delete"),
+            "deleted": [o.to_json() for o in first["deleted"]],
+            "would_delete": [o.to_json() for o in first["would_delete"]],
             "counts": counts,
             "skipped_by_reason": skipped,
             "images_deleted": self.images_deleted,
@@ -157,7 +165,3 @@ class Run:
         data["limit"] = limit
         data["truncated"] = limit is not None and any(n > limit for n in totals.values())
         return data
-
-
-def _first(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
-    return [o.to_json() for o in itertools.islice(outcomes, SUMMARY_LIST_LIMIT)]
