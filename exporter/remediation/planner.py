@@ -247,7 +247,9 @@ def _whole_images(
     eligible: list[_Eligible] = []
     skipped: list[Skip] = []
     for image in images:
-        references: tuple[ImageRef | DigestRef, ...] = (*image.refs, *image.digest_refs) if image.digests else image.refs
+        references: tuple[ImageRef | DigestRef, ...] = (
+            (*image.refs, *image.digest_refs) if image.digests else image.refs
+        )
         age_reference = image.age_reference
         excluded = _exclusion(image, references, age_reference, action, protect, now)
         if excluded is not None:
