@@ -68,13 +68,13 @@ class ClosingServer:
                 method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
                 self.requests.append((number, method, target))
                 status, body = self._answer(method, target)
-                head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                start = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
                 if method == "GET" and "/images/" in target:  # as Go frames an answer it did not buffer whole
                     half = len(body) // 2
-                    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]))
-                    conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n")
+                    chunks = b"".join(b"%x;ext=1\r\n" % len(c) + c + b"\r\n" for c in (body[:half], body[half:]))
+                    conn.sendall(f"{start}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n")
                 else:
-                    conn.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                    conn.sendall(f"{start}Content-Length: {len(body)}\r\n\r\n".encode() + body)
                 if "/images/" in target:
                     return  # the engine drops the kept-alive connection after answering
 
