@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -60,6 +61,14 @@ def rss_bytes() -> int:
     return 0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a process has used (/proc/<pid>/stat): dockerd's share of a deletion."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- delete ---------------------------------------------------------------------------------------------
 async def executor_delete(engine: PrivateDockerd, workdir: Path, in_flight: int, tag: str) -> dict[str, Any]:
     config = parse_config(
@@ -74,7 +83,7 @@ async def executor_delete(engine: PrivateDockerd, workdir: Path, in_flight: int,
             },
         }
     )
-    real = Engine(engine.host)
+    real = Engine(engine.host, delete_lane_threads=in_flight)
     history = ImageHistory(None)
     history.observe((normalize_id(i["Id"]) for i in engine.get_json("/images/json?all=1")), 0.0)
     poller = Poller(real, config, history, PollMetrics(CollectorRegistry()))
@@ -89,6 +98,7 @@ async def executor_delete(engine: PrivateDockerd, workdir: Path, in_flight: int,
     action = config.remediation.actions["unused"]
     try:
         await poller.poll_once()  # a running exporter has polled already: inspects are cached per image
+        engine_cpu, own_cpu = cpu_seconds(engine.pid), time.process_time()
         start = time.perf_counter()
         snapshot = await poller.poll_once()
         assert snapshot is not None, poller.last_error
@@ -96,18 +106,27 @@ async def executor_delete(engine: PrivateDockerd, workdir: Path, in_flight: int,
         run = Run("unused", action.type, "manual", False)
         await executor.execute(run, plan, action)
         seconds = time.perf_counter() - start
+        engine_cpu, own_cpu = cpu_seconds(engine.pid) - engine_cpu, time.process_time() - own_cpu
     finally:
         real.close()
         audit.close()
     assert run.result == "success", (run.result, run.detail)
-    return {"seconds": seconds, "deleted": run.images_deleted, "fsyncs": executor.audit_writer.flushes}
+    return {
+        "seconds": seconds,
+        "deleted": run.images_deleted,
+        "fsyncs": executor.audit_writer.flushes,
+        "engine_cpu_seconds": engine_cpu,
+        "exporter_cpu_seconds": own_cpu,
+    }
 
 
-def bench_delete(count: int, rounds: int) -> dict[str, Any]:
+def bench_delete(count: int, rounds: int, in_flight: list[int]) -> dict[str, Any]:
     workdir = short_workdir("die-del-")
     engine = PrivateDockerd(workdir, name="bench-delete")
-    ways = ["prune_a", "in_flight_1", f"in_flight_{DELETE_LANE_THREADS}"]
+    ways = ["prune_a", *(f"in_flight_{n}" for n in in_flight)]
     times: dict[str, list[float]] = {w: [] for w in ways}
+    engine_cpu: dict[str, list[float]] = {w: [] for w in ways}
+    exporter_cpu: dict[str, list[float]] = {w: [] for w in ways if w != "prune_a"}
     extra: dict[str, Any] = {}
     try:
         engine.start(timeout=60)
@@ -117,12 +136,15 @@ def bench_delete(count: int, rounds: int) -> dict[str, Any]:
                 load_images(engine, tiny_images(count, prefix=f"r{r}{way.replace('_', '')}/img", shared=base))
                 assert len(engine.get_json("/images/json")) == count
                 if way == "prune_a":
-                    start = time.perf_counter()
+                    cpu, start = cpu_seconds(engine.pid), time.perf_counter()
                     engine.cli("image", "prune", "-a", "-f")
                     times[way].append(time.perf_counter() - start)
+                    engine_cpu[way].append(cpu_seconds(engine.pid) - cpu)
                 else:
                     got = asyncio.run(executor_delete(engine, workdir, int(way.rsplit("_", 1)[1]), f"{r}-{way}"))
                     times[way].append(got["seconds"])
+                    engine_cpu[way].append(got["engine_cpu_seconds"])
+                    exporter_cpu[way].append(got["exporter_cpu_seconds"])
                     extra[way] = {"deleted": got["deleted"], "fsyncs": got["fsyncs"]}
                 assert engine.get_json("/images/json") == [], f"{way} left images behind"
                 print(f"round {r} {way}: {times[way][-1]:.2f}s", file=sys.stderr)
@@ -134,6 +156,11 @@ def bench_delete(count: int, rounds: int) -> dict[str, Any]:
         "rounds": rounds,
         "seconds": {w: [round(t, 2) for t in ts] for w, ts in times.items()},
         "median_seconds": {w: round(statistics.median(ts), 2) for w, ts in times.items()},
+        "ratio_to_prune_a": {
+            w: round(statistics.median(times["prune_a"]) / statistics.median(ts), 2) for w, ts in times.items()
+        },
+        "median_engine_cpu_seconds": {w: round(statistics.median(c), 2) for w, c in engine_cpu.items()},
+        "median_exporter_cpu_seconds": {w: round(statistics.median(c), 2) for w, c in exporter_cpu.items()},
         "last_run": extra,
     }
 
@@ -226,9 +253,14 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument(
+        "--in-flight",
+        default=f"1,{DELETE_LANE_THREADS}",
+        help="comma-separated deletions in flight to compare (default: one, and the executor's default)",
+    )
     args = parser.parse_args()
     if args.what == "delete":
-        result = bench_delete(args.images or 1000, args.rounds)
+        result = bench_delete(args.images or 1000, args.rounds, [int(n) for n in args.in_flight.split(",")])
     elif args.what == "plan":
         result = bench_plan(args.images or 10000)
     else:
