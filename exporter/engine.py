@@ -10,20 +10,21 @@ exporter starts while the engine is down, and are dropped on connection errors s
 renegotiated when the engine comes back (possibly upgraded).
 
 Why a lean client on the delete lane: every deletion pays an inspect and a DELETE, and through the SDK
-each costs ~1.5-2 ms of Python (requests' environment, proxy and netrc lookups, header parsing) against
-~0.35 ms for the engine's own work, on the same 2 cores dockerd needs. When the engine is on a unix
-socket, the delete lane's calls go over one kept-alive HTTP/1.1 connection per thread (`UnixConnection`,
-API version from the thread's SDK client); tcp, ssh and TLS hosts keep the SDK.
+each costs ~1.5-2 ms of Python (requests' environment, proxy and netrc lookups, header parsing) plus two
+thread hops, against ~0.35 ms for the engine's own work, on the same 2 cores dockerd needs. When the
+engine is on a unix socket, the delete lane's calls are plain HTTP/1.1 on the event loop over kept-alive
+connections (`UnixConnection`, one per call in flight, at the API version an SDK client negotiated); tcp,
+ssh and TLS hosts keep the SDK in the lane's threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import select
-import socket
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -79,68 +80,54 @@ def _translate(exc: Exception) -> EngineError:
 
 
 class UnixConnection:
-    """HTTP/1.1 to the engine over its unix socket, kept alive between requests (one per lane thread).
+    """One HTTP/1.1 connection to the engine's unix socket, on the event loop, kept alive between calls.
 
     Minimal on purpose: bodiless GET and DELETE, answers framed by Content-Length or chunked (what the
-    engine's Go server sends) or by the connection's end. http.client would parse every answer's headers
-    through the email package, which costs more Python than all the rest of a call.
+    engine's Go server sends) or by the connection's end. Any error, timeout or cancellation closes it.
     """
 
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._reader: Any = None
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
 
-    def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self._sock = sock
-        self._reader = sock.makefile("rb")
+    @classmethod
+    async def open(cls, socket_path: str) -> UnixConnection:
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        return cls(reader, writer)
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = self._reader = None
+        self.writer.close()
 
     def stale(self) -> bool:
-        """The engine closed the idle connection (or sent something unasked): reconnect before sending.
+        """The engine closed the idle connection (or sent something unasked): do not send on it.
 
-        Checked before every request so a DELETE is never sent on a connection the engine already
-        dropped, where its fate could not be told from a lost answer.
+        Asked of the socket itself, not only of the stream (which learns of an end one loop turn later),
+        so a DELETE is never sent on a connection the engine already dropped, where its fate could not be
+        told from a lost answer.
         """
-        if self._sock is None:
-            return False
-        readable, _, _ = select.select([self._sock], [], [], 0)
+        if self.reader.at_eof() or self.writer.is_closing():
+            return True
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return True
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
         return bool(readable)
 
-    def request(self, method: str, target: str) -> tuple[int, bytes]:
-        """Send one bodiless request and read its whole answer: (status, body).
+    async def request(self, method: str, target: str) -> tuple[int, bytes, bool]:
+        """Send one bodiless request and read its whole answer: (status, body, still usable).
 
-        OSError when the connection breaks, ValueError when the answer is not HTTP/1.x; either way the
-        connection is closed and the next request opens a new one.
+        OSError or EOFError when the connection breaks, ValueError when the answer is not HTTP/1.x.
         """
         try:
-            return self._exchange(method, target)
+            return await self._exchange(method, target)
         except BaseException:
             self.close()
             raise
 
-    def _exchange(self, method: str, target: str) -> tuple[int, bytes]:
-        if self._sock is not None and self.stale():
-            self.close()
-        if self._sock is None:
-            self._connect()
-        assert self._sock is not None
-        self._sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: docker\r\n\r\n".encode("ascii"))
-        line = self._line()
+    async def _exchange(self, method: str, target: str) -> tuple[int, bytes, bool]:
+        self.writer.write(f"{method} {target} HTTP/1.1\r\nHost: docker\r\n\r\n".encode("ascii"))
+        await self.writer.drain()
+        line = await self.reader.readline()
         if not line:
             raise ConnectionError("the engine closed the connection without answering")
         version, status_text = line.split(None, 2)[:2]
@@ -148,42 +135,30 @@ class UnixConnection:
             raise ValueError(f"not an HTTP/1.x answer: {line[:80]!r}")
         status = int(status_text)
         headers: dict[bytes, bytes] = {}
-        while line := self._line().strip():
+        while line := (await self.reader.readline()).strip():
             name, sep, value = line.partition(b":")
             if not sep:
                 raise ValueError(f"malformed header line: {line[:80]!r}")
             headers[name.strip().lower()] = value.strip()
         keep_alive = version != b"HTTP/1.0" and headers.get(b"connection", b"").lower() != b"close"
-        if status in (204, 304) or method == "HEAD":
+        if status in (204, 304):
             body = b""
         elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            body = self._chunked()
+            body = await self._chunked()
         elif b"content-length" in headers:
-            body = self._exactly(int(headers[b"content-length"]))
+            body = await self.reader.readexactly(int(headers[b"content-length"]))
         else:
-            body, keep_alive = self._reader.read(), False
+            body, keep_alive = await self.reader.read(), False
         if not keep_alive:
             self.close()
-        return status, body
+        return status, body, keep_alive
 
-    def _line(self) -> bytes:
-        line: bytes = self._reader.readline(65537)
-        if len(line) > 65536:
-            raise ValueError("answer line longer than 64 KiB")
-        return line
-
-    def _exactly(self, size: int) -> bytes:
-        data: bytes = self._reader.read(size)
-        if len(data) != size:
-            raise ConnectionError(f"answer cut short: {len(data)} of {size} bytes")
-        return data
-
-    def _chunked(self) -> bytes:
+    async def _chunked(self) -> bytes:
         parts = []
-        while size := int(self._line().split(b";", 1)[0].strip() or b"x", 16):
-            parts.append(self._exactly(size))
-            self._exactly(2)  # the CRLF after each chunk
-        while self._line().strip():  # trailer fields, then the empty line
+        while size := int((await self.reader.readline()).split(b";", 1)[0].strip() or b"x", 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)  # the CRLF after each chunk
+        while (await self.reader.readline()).strip():  # trailer fields, then the empty line
             pass
         return b"".join(parts)
 
@@ -223,6 +198,8 @@ class Engine:
         }
         self._local = threading.local()
         self._socket_path = unix_socket_path(host)
+        self._idle: list[UnixConnection] = []  # the lean delete lane's kept-alive connections not in use
+        self._lean_version: str | None = None  # the API version they speak, negotiated by an SDK client
         self._stream: Any = None
         self._stream_lock = threading.Lock()
         self._events_closed = False
@@ -255,32 +232,33 @@ class Engine:
         self._local.client = None
         if client is not None:
             client.close()
-        raw: UnixConnection | None = getattr(self._local, "raw", None)
-        self._local.raw = None
-        if raw is not None:
-            raw.close()
 
-    def _raw_request(self, method: str, path: str, timeout: float) -> Any:
-        """`method path` on this thread's kept-alive unix-socket connection; the decoded JSON answer.
+    def _lean(self, lane: Lane) -> bool:
+        """Whether this lane's call goes over the lean client: the delete lane, on a unix socket."""
+        return lane == "delete" and self._socket_path is not None
+
+    async def _call_raw(self, method: str, path: str) -> Any:
+        """`method path` over a kept-alive unix-socket connection on the event loop; the decoded JSON answer.
 
         Errors as the SDK path raises them: 404/409/other statuses become EngineNotFound/EngineConflict/
-        EngineError, a broken or silent connection EngineUnavailable (and both connections are dropped).
+        EngineError, a broken, refused or silent connection EngineUnavailable (and the API version is
+        negotiated again next time, the engine may have been upgraded meanwhile).
         """
         assert self._socket_path is not None
+        if self._lean_version is None:
+            self._lean_version = await self._call(lambda c: str(c.api_version), lane="delete")
         try:
-            version = self._client(timeout).api_version  # negotiated once per thread by the SDK
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-            self._drop_client()
-            raise _translate(exc) from exc
-        conn: UnixConnection | None = getattr(self._local, "raw", None)
-        if conn is None:
-            conn = UnixConnection(self._socket_path, timeout)
-            self._local.raw = conn
-        try:
-            status, body = conn.request(method, f"/v{version}{path}")
-        except (OSError, ValueError) as exc:
-            self._drop_client()
+            async with asyncio.timeout(self.timeout):
+                conn = self._idle_connection() or await UnixConnection.open(self._socket_path)
+                status, body, reusable = await conn.request(method, f"/v{self._lean_version}{path}")
+        except TimeoutError:
+            self._drop_lean()
+            raise EngineUnavailable(f"{method} {path}: engine did not answer within {self.timeout:.0f}s") from None
+        except (OSError, EOFError, ValueError) as exc:
+            self._drop_lean()
             raise EngineUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if reusable:
+            self._idle.append(conn)
         try:
             data = json.loads(body) if body.strip() else None
         except ValueError:
@@ -292,17 +270,19 @@ class Engine:
             raise EngineError(f"{method} {path}: the engine answered {status} with a body that is not JSON")
         return data
 
-    def _lean(self, lane: Lane) -> bool:
-        """Whether this lane's call goes over the lean client: the delete lane, on a unix socket."""
-        return lane == "delete" and self._socket_path is not None
+    def _idle_connection(self) -> UnixConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.stale():
+                return conn
+            conn.close()
+        return None
 
-    async def _call_raw(self, method: str, path: str, *, lane: Lane) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._lanes[lane], self._raw_request, method, path, self.timeout)
-        try:
-            return await asyncio.wait_for(future, self.timeout + 5)
-        except TimeoutError:
-            raise EngineUnavailable(f"engine did not answer within {self.timeout + 5:.0f}s") from None
+    def _drop_lean(self) -> None:
+        self._lean_version = None
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
 
     def _run(self, fn: Callable[[docker.APIClient], T], timeout: float) -> T:
         try:
@@ -349,12 +329,12 @@ class Engine:
     async def list_containers(self, *, lane: Lane = "api") -> list[dict[str, Any]]:
         """Every container, running or stopped: a stopped one still holds its image."""
         if self._lean(lane):
-            return list(await self._call_raw("GET", "/containers/json?all=1", lane=lane) or [])
+            return list(await self._call_raw("GET", "/containers/json?all=1") or [])
         return await self._call(lambda c: list(c.containers(all=True) or []), lane=lane)
 
     async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
         if self._lean(lane):
-            return dict(await self._call_raw("GET", f"/images/{_quote(ref)}/json", lane=lane) or {})
+            return dict(await self._call_raw("GET", f"/images/{_quote(ref)}/json") or {})
         return await self._call(lambda c: dict(c.inspect_image(ref)), lane=lane)
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
@@ -383,7 +363,7 @@ class Engine:
         """`DELETE /images/{ref}` without force, on the `delete` lane: in-use or multi-reference images are
         never forced."""
         if self._lean("delete"):
-            answer = await self._call_raw("DELETE", f"/images/{_quote(ref)}?force=false&noprune=false", lane="delete")
+            answer = await self._call_raw("DELETE", f"/images/{_quote(ref)}?force=false&noprune=false")
             return list(answer or [])
         return await self._call(lambda c: list(c.remove_image(ref, force=False, noprune=False) or []), lane="delete")
 
@@ -444,6 +424,8 @@ class Engine:
 
     def close(self) -> None:
         self.close_events()
+        with contextlib.suppress(RuntimeError):  # the loop that owned them may be closed already
+            self._drop_lean()
         for lane in self._lanes.values():
             lane.shutdown(wait=False, cancel_futures=True)
 

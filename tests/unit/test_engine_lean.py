@@ -8,6 +8,7 @@ tests/integration/test_engine.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -28,11 +29,13 @@ def payload(name: str) -> bytes:
 
 @dataclass
 class ClosingServer:
-    """Answers each connection's requests; after the first image request, closes that connection (idle drop)."""
+    """Answers each connection's requests; with `drop`, closes a connection after an image request (idle drop)."""
 
     path: Path
+    drop: bool = False
     requests: list[tuple[int, str, str]] = field(default_factory=list)  # (connection number, method, path)
     connections: int = 0
+    dropped: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     _sock: socket.socket | None = None
 
     def start(self) -> None:
@@ -75,8 +78,10 @@ class ClosingServer:
                     conn.sendall(f"{start}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n")
                 else:
                     conn.sendall(f"{start}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-                if "/images/" in target:
-                    return  # the engine drops the kept-alive connection after answering
+                if self.drop and "/images/" in target:
+                    conn.close()  # the engine drops the kept-alive connection after answering
+                    self.dropped.release()
+                    return
 
     @staticmethod
     def _answer(method: str, target: str) -> tuple[str, bytes]:
@@ -108,14 +113,24 @@ def engine(server: ClosingServer) -> Iterator[Engine]:
 
 async def test_a_connection_the_engine_dropped_is_not_reused(engine: Engine, server: ClosingServer) -> None:
     """Without the staleness check the second call is written into the closed connection and fails."""
+    server.drop = True
     first = await engine.inspect_image("sha256:abc", lane="delete")
+    assert await asyncio.to_thread(server.dropped.acquire, True, 10)
     second = await engine.inspect_image("sha256:abc", lane="delete")
     assert first == second == json.loads(payload("image-inspect.json"))
+    assert await asyncio.to_thread(server.dropped.acquire, True, 10)
     answer = await engine.remove_image("sha256:abc")
     assert answer == json.loads(payload("delete-image.json"))
     image_calls = [(n, m) for n, m, t in server.requests if "/images/" in t]
     assert [m for _, m in image_calls] == ["GET", "GET", "DELETE"]
     assert len({n for n, _ in image_calls}) == 3  # each on a fresh connection: the dropped ones were noticed
+
+
+async def test_connections_are_kept_alive(engine: Engine, server: ClosingServer) -> None:
+    for _ in range(3):
+        await engine.inspect_image("sha256:abc", lane="delete")
+    await engine.remove_image("sha256:abc")
+    assert {n for n, _, t in server.requests if "/images/" in t} == {server.connections}  # one, the last opened
 
 
 async def test_the_lean_client_speaks_the_negotiated_version_and_never_forces(
