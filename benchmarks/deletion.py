@@ -6,10 +6,11 @@
 
 `delete` starts a private dockerd and, per round, loads identical fresh sets of `--images` unused images
 (tests/harness/images.py) and removes each set one way: `docker image prune -a -f` (the reference), the
-executor with one deletion in flight (what main did: one image at a time, an fsync per line) and with
-DELETE_LANE_THREADS in flight. The order rotates per round (interleaved), medians are reported. The
-executor's time includes its poll (warm, as in a running exporter) and plan, its re-checks and the audit
-log, as in a real run.
+executor with each `--in-flight` width (default: 1, what main did, and DELETE_LANE_THREADS), and with
+`--sdk` also the executor whose delete lane goes through the docker SDK (`sdk_<n>`: the client before
+the lean unix-socket one). The order rotates per round (interleaved), medians are reported with the
+ratio to prune -a, dockerd's CPU and the exporter's own. The executor's time includes its poll (warm, as
+in a running exporter) and plan, its re-checks and the audit log, as in a real run.
 `plan` times make_plan for free_space and keep_last on a synthetic snapshot; `memory` runs repeated dry
 runs of a synthetic plan through the executor, keeping summaries as the service's history does, and
 reports RSS before and after. Output: one JSON object on stdout.
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.apishapes import normalize_id
 from exporter.config import ProtectConfig, parse_config
-from exporter.engine import DELETE_LANE_THREADS, Engine
+from exporter.engine import DELETE_LANE_THREADS, Engine, Lane
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.remediation.audit import AuditLog
@@ -60,8 +62,25 @@ def rss_bytes() -> int:
     return 0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a process has used (/proc/<pid>/stat): dockerd's share of a deletion."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- delete ---------------------------------------------------------------------------------------------
-async def executor_delete(engine: PrivateDockerd, workdir: Path, in_flight: int, tag: str) -> dict[str, Any]:
+class SdkEngine(Engine):
+    """The engine facade with its delete lane on the docker SDK, as before the lean client (a reference)."""
+
+    def _lean(self, lane: Lane) -> bool:
+        return False
+
+
+async def executor_delete(
+    engine: PrivateDockerd, workdir: Path, in_flight: int, tag: str, sdk: bool = False
+) -> dict[str, Any]:
     config = parse_config(
         {
             "filesystem": {"path": str(engine.data_root)},
@@ -74,7 +93,7 @@ async def executor_delete(engine: PrivateDockerd, workdir: Path, in_flight: int,
             },
         }
     )
-    real = Engine(engine.host)
+    real = (SdkEngine if sdk else Engine)(engine.host, delete_lane_threads=in_flight)
     history = ImageHistory(None)
     history.observe((normalize_id(i["Id"]) for i in engine.get_json("/images/json?all=1")), 0.0)
     poller = Poller(real, config, history, PollMetrics(CollectorRegistry()))
@@ -89,25 +108,39 @@ async def executor_delete(engine: PrivateDockerd, workdir: Path, in_flight: int,
     action = config.remediation.actions["unused"]
     try:
         await poller.poll_once()  # a running exporter has polled already: inspects are cached per image
+        engine_cpu, own_cpu = cpu_seconds(engine.pid), time.process_time()
         start = time.perf_counter()
         snapshot = await poller.poll_once()
         assert snapshot is not None, poller.last_error
+        polled = time.perf_counter()
         plan = await asyncio.to_thread(make_plan, snapshot, action, config.remediation.protect, time.time())
+        planned = time.perf_counter()
         run = Run("unused", action.type, "manual", False)
         await executor.execute(run, plan, action)
         seconds = time.perf_counter() - start
+        engine_cpu, own_cpu = cpu_seconds(engine.pid) - engine_cpu, time.process_time() - own_cpu
     finally:
         real.close()
         audit.close()
     assert run.result == "success", (run.result, run.detail)
-    return {"seconds": seconds, "deleted": run.images_deleted, "fsyncs": executor.audit_writer.flushes}
+    return {
+        "seconds": seconds,
+        "poll_and_plan_seconds": planned - start,
+        "plan_seconds": planned - polled,
+        "deleted": run.images_deleted,
+        "fsyncs": executor.audit_writer.flushes,
+        "engine_cpu_seconds": engine_cpu,
+        "exporter_cpu_seconds": own_cpu,
+    }
 
 
-def bench_delete(count: int, rounds: int) -> dict[str, Any]:
+def bench_delete(count: int, rounds: int, in_flight: list[int], sdk: list[int]) -> dict[str, Any]:
     workdir = short_workdir("die-del-")
     engine = PrivateDockerd(workdir, name="bench-delete")
-    ways = ["prune_a", "in_flight_1", f"in_flight_{DELETE_LANE_THREADS}"]
+    ways = ["prune_a", *(f"in_flight_{n}" for n in in_flight), *(f"sdk_{n}" for n in sdk)]
     times: dict[str, list[float]] = {w: [] for w in ways}
+    engine_cpu: dict[str, list[float]] = {w: [] for w in ways}
+    exporter_cpu: dict[str, list[float]] = {w: [] for w in ways if w != "prune_a"}
     extra: dict[str, Any] = {}
     try:
         engine.start(timeout=60)
@@ -117,13 +150,22 @@ def bench_delete(count: int, rounds: int) -> dict[str, Any]:
                 load_images(engine, tiny_images(count, prefix=f"r{r}{way.replace('_', '')}/img", shared=base))
                 assert len(engine.get_json("/images/json")) == count
                 if way == "prune_a":
-                    start = time.perf_counter()
+                    cpu, start = cpu_seconds(engine.pid), time.perf_counter()
                     engine.cli("image", "prune", "-a", "-f")
                     times[way].append(time.perf_counter() - start)
+                    engine_cpu[way].append(cpu_seconds(engine.pid) - cpu)
                 else:
-                    got = asyncio.run(executor_delete(engine, workdir, int(way.rsplit("_", 1)[1]), f"{r}-{way}"))
+                    width, sdk_lane = int(way.rsplit("_", 1)[1]), way.startswith("sdk_")
+                    got = asyncio.run(executor_delete(engine, workdir, width, f"{r}-{way}", sdk_lane))
                     times[way].append(got["seconds"])
-                    extra[way] = {"deleted": got["deleted"], "fsyncs": got["fsyncs"]}
+                    engine_cpu[way].append(got["engine_cpu_seconds"])
+                    exporter_cpu[way].append(got["exporter_cpu_seconds"])
+                    extra[way] = {
+                        "deleted": got["deleted"],
+                        "fsyncs": got["fsyncs"],
+                        "poll_and_plan_seconds": round(got["poll_and_plan_seconds"], 3),
+                        "plan_seconds": round(got["plan_seconds"], 3),
+                    }
                 assert engine.get_json("/images/json") == [], f"{way} left images behind"
                 print(f"round {r} {way}: {times[way][-1]:.2f}s", file=sys.stderr)
     finally:
@@ -134,6 +176,11 @@ def bench_delete(count: int, rounds: int) -> dict[str, Any]:
         "rounds": rounds,
         "seconds": {w: [round(t, 2) for t in ts] for w, ts in times.items()},
         "median_seconds": {w: round(statistics.median(ts), 2) for w, ts in times.items()},
+        "ratio_to_prune_a": {
+            w: round(statistics.median(times["prune_a"]) / statistics.median(ts), 2) for w, ts in times.items()
+        },
+        "median_engine_cpu_seconds": {w: round(statistics.median(c), 2) for w, c in engine_cpu.items()},
+        "median_exporter_cpu_seconds": {w: round(statistics.median(c), 2) for w, c in exporter_cpu.items()},
         "last_run": extra,
     }
 
@@ -226,9 +273,16 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument(
+        "--in-flight",
+        default=f"1,{DELETE_LANE_THREADS}",
+        help="comma-separated deletions in flight to compare (default: one, and the executor's default)",
+    )
+    parser.add_argument("--sdk", default="", help="comma-separated widths to run with the SDK delete lane too")
     args = parser.parse_args()
     if args.what == "delete":
-        result = bench_delete(args.images or 1000, args.rounds)
+        widths = [int(n) for n in args.in_flight.split(",")]
+        result = bench_delete(args.images or 1000, args.rounds, widths, [int(n) for n in args.sdk.split(",") if n])
     elif args.what == "plan":
         result = bench_plan(args.images or 10000)
     else:

@@ -96,12 +96,22 @@ class GroupCommit:
         """Queue the lines (kept together, in order) and wait until they are on disk."""
         if not records:
             return
+        await asyncio.shield(self.submit(records))  # a cancelled writer does not cancel the others' fsync
+
+    def submit(self, records: list[dict[str, Any]]) -> asyncio.Future[None]:
+        """Queue the lines without waiting: the future is done once they are on disk (or AuditError).
+
+        Lines go to disk in the order they were queued, so when a later `write` returns, every line
+        submitted before it is durable too (or that write failed with it).
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.extend((r, future) for r in records[:-1])
-        self._pending.append((records[-1], future))
+        if not records:
+            future.set_result(None)
+            return future
+        self._pending.extend((r, future) for r in records)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await asyncio.shield(future)  # a cancelled writer does not cancel the others' fsync
+        return future
 
     async def _flush(self) -> None:
         while self._pending:

@@ -7,6 +7,9 @@ Safety beyond the plan, because the engine moves while we work:
   no container uses it; for a DELETE by ID the engine's 409 is that last check) and by an fsync'd
   `intent` audit line; if the intent cannot be written, nothing is deleted; the outcome line follows
   the DELETE, counts are updated before it is written;
+- a deletion's outcome line is queued without waiting for its own fsync: lines reach the disk in order,
+  so it is durable once the next intent is (they usually share that fsync), and before the next DELETE
+  goes out every queued line is known to be on disk, or the run ends; the run waits for the last ones;
 - a DELETE without an answer (timeout) is ambiguous: the image is looked up by ID (gone = deleted), the
   finding is recorded and the run ends;
 - untagging by name has a window the engine cannot close (a re-tag between our inspect and the DELETE):
@@ -28,9 +31,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from exporter import apishapes
 from exporter.apishapes import normalize_id
@@ -51,6 +54,7 @@ from exporter.remediation.runs import Outcome, OutcomeKind, Run
 from exporter.snapshot import Filesystem
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RunAborted(Exception):
@@ -76,6 +80,7 @@ class Executor:
         self.read_filesystem = read_filesystem
         self.stopping = False
         self._running: set[str] = set()
+        self._unsettled: dict[str, list[asyncio.Future[None]]] = {}  # outcome lines queued, per run
 
     # -- one run per action ----------------------------------------------------------------------------
     def is_running(self, action: str) -> bool:
@@ -122,6 +127,25 @@ class Executor:
         """Outcomes join the run first (a failing write loses none), then their lines go in one fsync."""
         run.outcomes.extend(outcomes)
         await self._write([self._line(run, "image", **_image_fields(o)) for o in outcomes])
+
+    def _record_soon(self, run: Run, outcome: Outcome) -> None:
+        """Queue an outcome line without waiting for its fsync (see the module docstring); `_settle` checks it."""
+        run.outcomes.append(outcome)
+        line = self._line(run, "image", **_image_fields(outcome))
+        self._unsettled.setdefault(run.run_id, []).append(self.audit_writer.submit([line]))
+
+    async def _settle(self, run: Run) -> RunAborted | None:
+        """Wait until the run's queued outcome lines are on disk; the failure if one could not be written."""
+        futures = self._unsettled.pop(run.run_id, [])
+        waiting = [f for f in futures if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+        for f in futures:
+            if f.cancelled():
+                return RunAborted("audit write cancelled")
+            if f.exception() is not None:
+                return RunAborted(str(f.exception()))
+        return None
 
     async def _dry_run_summary(self, run: Run) -> None:
         """A dry run deletes nothing, so its audit is one line of counts, not a line per image."""
@@ -317,12 +341,18 @@ class Executor:
                         avail = run.filesystem_after.avail
                         if run.filesystem_after.avail_ratio >= target:
                             run.goal_met = True
-        finally:
-            if in_flight:  # cancelled or a bug: DELETEs already sent still get their outcome lines
-                await asyncio.wait(in_flight)
+        finally:  # cancelled (even repeatedly) or a bug: DELETEs already sent still get their outcome lines
+            unwritten = await _despite_cancellation(self._finish(run, set(in_flight)))
+        abort = abort or unwritten
         if abort is not None:
             raise abort
         return incomplete
+
+    async def _finish(self, run: Run, in_flight: set[asyncio.Task[Outcome]]) -> RunAborted | None:
+        """The deletions in flight end, then their outcome lines are on disk; the audit failure, if any."""
+        if in_flight:
+            await asyncio.wait(in_flight)
+        return await self._settle(run)
 
     async def _one(self, run: Run, cand: Candidate, young_after: float) -> Outcome:
         """One candidate start to end: checks, intent, DELETE(s), counts, outcome line."""
@@ -331,7 +361,7 @@ class Executor:
             run.images_deleted += 1
             if cand.size_basis == "unique":
                 run.reclaimed_bytes += cand.size
-        await self._record(run, outcome)
+        self._record_soon(run, outcome)
         return outcome
 
     async def _read_fs(self, path: str) -> Filesystem:
@@ -491,6 +521,9 @@ class Executor:
     async def _intent(self, run: Run, cand: Candidate, target: str) -> None:
         """The durable line that says a DELETE is about to be sent; if it cannot be written, nothing is."""
         await self._audit(run, "intent", image_id=cand.image_id, target=target, references=list(cand.references))
+        unwritten = await self._settle(run)  # queued before the intent, so on disk by now: check they made it
+        if unwritten is not None:
+            raise unwritten
 
     async def _users(self, image_id: str) -> list[str]:
         """Containers (any state) using the image now: the engine's 409 comes too late for untags."""
@@ -521,6 +554,23 @@ class _Steps:
     def outcome(self, reason: SkipReason, detail: str) -> Outcome:
         """Stopped part-way: untagged if something went, else skipped."""
         return _outcome(self.cand, "untagged" if self.untagged else "skipped", reason, detail, self.untagged)
+
+
+async def _despite_cancellation(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even if the caller is cancelled meanwhile (then re-raise the cancellation)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 def _outcome(

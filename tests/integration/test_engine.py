@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from exporter.engine import Engine, EngineUnavailable, api_at_least
-from tests.harness.images import LoadedScenario
+from exporter.apishapes import normalize_id
+from exporter.engine import Engine, EngineConflict, EngineNotFound, EngineUnavailable, api_at_least
+from tests.harness.dockerd import PrivateDockerd
+from tests.harness.images import LoadedScenario, load_images, tiny_images
 
 TIMEOUT = 60.0
 
@@ -64,5 +66,43 @@ async def test_an_absent_engine_is_unavailable() -> None:
             await facade.list_images()
         with pytest.raises(EngineUnavailable):
             await facade.disk_usage()
+    finally:
+        facade.close()
+
+
+async def test_the_delete_lane_reads_what_the_sdk_reads(engine: Engine, loaded_dockerd: LoadedScenario) -> None:
+    """The delete lane's lean unix-socket client and the SDK see the same image and containers."""
+    for key in ("web", "worker"):
+        image_id = loaded_dockerd.ids[key]
+        assert await engine.inspect_image(image_id, lane="delete") == await engine.inspect_image(image_id)
+    tag = loaded_dockerd.spec("web").tags[0]
+    assert await engine.inspect_image(tag, lane="delete") == await engine.inspect_image(tag)
+    lean = {c["Id"]: c["ImageID"] for c in await engine.list_containers(lane="delete")}
+    assert lean == {c["Id"]: c["ImageID"] for c in await engine.list_containers()}
+    assert loaded_dockerd.containers["worker-stopped"] in lean
+    with pytest.raises(EngineNotFound):
+        await engine.inspect_image("sha256:" + "0" * 64, lane="delete")
+
+
+async def test_the_delete_lane_is_refused_what_the_engine_refuses(
+    engine: Engine, loaded_dockerd: LoadedScenario
+) -> None:
+    """Never forced: an image a stopped container uses stays (409), an unknown one is a 404."""
+    worker = loaded_dockerd.ids["worker"]
+    with pytest.raises(EngineConflict):
+        await engine.remove_image(worker)
+    assert normalize_id((await engine.inspect_image(worker)).get("Id", "")) == normalize_id(worker)
+    with pytest.raises(EngineNotFound):
+        await engine.remove_image("sha256:" + "0" * 64)
+
+
+async def test_the_delete_lane_deletes_by_id(dockerd: PrivateDockerd) -> None:
+    (image_id,) = load_images(dockerd, tiny_images(1, prefix="lean/img"))
+    facade = Engine(dockerd.host, timeout=TIMEOUT)
+    try:
+        answer = await facade.remove_image(image_id)
+        assert normalize_id(image_id) in {normalize_id(str(e["Deleted"])) for e in answer if e.get("Deleted")}
+        with pytest.raises(EngineNotFound):
+            await facade.inspect_image(image_id, lane="delete")
     finally:
         facade.close()

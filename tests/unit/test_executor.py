@@ -258,6 +258,34 @@ async def test_a_delete_whose_outcome_line_fails_is_still_counted(
     assert [o.result for o in run.outcomes] == ["deleted"]
 
 
+async def test_no_delete_after_an_outcome_line_that_did_not_reach_the_disk(
+    tmp_path: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcome lines are queued without waiting for their fsync; one that failed stops the next DELETE.
+
+    The disk fails once (the outcome line's fsync) and works again for the next intent: only the check
+    before each DELETE that every queued line made it to disk keeps the second image.
+    """
+    engine.add("old", ("app:1",), arrived=OLD)
+    engine.add("older", ("app:0",), arrived=OLD - 1)
+    h = Harness(tmp_path, engine, in_flight=1)
+    fsyncs = 0
+    real = os.fsync
+
+    def fsync(fd: int) -> None:  # run_start, intent: written; the first outcome line: not; the rest: yes
+        nonlocal fsyncs
+        fsyncs += 1
+        if fsyncs == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(audit_module, "os", _OsWith(fsync))
+    run = await h.run(act("prune_unused"))
+    assert fsyncs > 3  # the disk worked again after the failure
+    assert len(engine.removals) == 1 and run.result == "failure" and "audit log" in run.detail
+    assert run.images_deleted == 1 and [o.result for o in run.outcomes] == ["deleted"]
+
+
 async def test_a_delete_that_timed_out_is_looked_up_and_counted(tmp_path: Path, engine: FakeEngine) -> None:
     old = engine.add("old", ("app:1",), arrived=OLD - 1)
     newer = engine.add("newer", ("app:2",), arrived=OLD)
