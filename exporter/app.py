@@ -23,8 +23,9 @@ from exporter.config import Config
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
 from exporter.events import EventFollower
+from exporter.firstreads import FirstReads
 from exporter.history import ImageHistory
-from exporter.poller import FirstReads, Poller
+from exporter.poller import Poller
 from exporter.reload import Reloader, ReloadResult, ReloadSource
 from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService

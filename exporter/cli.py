@@ -210,7 +210,7 @@ async def run(
     startup with one line: the reads not sent yet are cancelled, the one in flight is dropped.
     """
     from exporter.engine import Engine
-    from exporter.poller import FirstReads
+    from exporter.firstreads import FirstReads
 
     engine = Engine(docker_host, config.docker.timeout, config.docker.disk_usage_timeout)
     reads = await FirstReads.start(engine)

@@ -22,6 +22,7 @@ from typing import Any
 from exporter import apishapes
 from exporter.config import Config
 from exporter.engine import Engine, EngineError
+from exporter.firstreads import FirstReads
 from exporter.hints import engine_error_hint
 from exporter.history import ImageHistory
 from exporter.logs import kv
@@ -68,44 +69,6 @@ def read_filesystem(path: str) -> Filesystem:
     """statvfs of the engine's data root: what `df` shows, in bytes (avail = space for non-root)."""
     st = os.statvfs(path)
     return Filesystem(path=path, size=st.f_blocks * st.f_frsize, avail=st.f_bavail * st.f_frsize)
-
-
-class FirstReads:
-    """The first poll's engine reads (version and info, images, containers), started before the app exists.
-
-    Why: at 10k images the engine takes about as long to list them as this process takes to import and
-    build the web app. `cli` starts these reads as soon as the config names the engine, so the engine lists
-    while the process imports; the first poll then takes their answers instead of asking again. Each read
-    is the same `Engine` call a poll makes, queued at once on the engine's api lane (the listing first: the
-    small version and info calls would otherwise wait for the importing thread's GIL before the long one
-    is even sent), so a failure counts against the same stage. `started_at` (wall clock, before the reads
-    were sent) is where the event follower's replay starts: a change between the listing and the event
-    stream's start is not lost.
-    """
-
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
-        self.started_at = clock()
-        self.images: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(engine.list_images())
-        self.info: asyncio.Task[tuple[dict[str, Any], dict[str, Any], str]] = asyncio.ensure_future(
-            engine.version_and_info()
-        )
-        self.containers: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(engine.list_containers())
-
-    @classmethod
-    async def start(cls, engine: Engine, clock: Callable[[], float] = time.time) -> FirstReads:
-        """Create the reads and let each reach the engine's lane (they run there while the caller works)."""
-        reads = cls(engine, clock)
-        await asyncio.sleep(0)
-        return reads
-
-    def discard(self) -> None:
-        """Cancel what has not answered (a queued read never reaches the engine) and retrieve failures, so
-        an unused read neither runs for nothing nor logs "exception never retrieved"."""
-        for task in (self.info, self.images, self.containers):
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled():
-                task.exception()
 
 
 class Poller:

@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from exporter import apishapes
 from exporter.config import parse_config
 from exporter.engine import EngineUnavailable
+from exporter.firstreads import FirstReads
 from exporter.history import ImageHistory
-from exporter.poller import FirstReads, Poller, _with_learned
+from exporter.poller import Poller, _with_learned
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import EngineInfo
 from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine

@@ -13,8 +13,8 @@ import pytest
 from exporter import cli
 from exporter.app import create_app
 from exporter.config import parse_config
+from exporter.firstreads import FirstReads
 from exporter.history import STATE_VERSION
-from exporter.poller import FirstReads
 from tests.harness.exporter import parse_samples
 from tests.unit.recorded import RecordedEngine
 
