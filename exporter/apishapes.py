@@ -139,9 +139,14 @@ def local_images_have_digests(engine: EngineInfo | None) -> bool:
 
 def parse_images(raw: Iterable[Mapping[str, Any]] | None, engine: EngineInfo) -> list[Image]:
     """`/images/json` as `parse_image` reads each entry, with sizes this engine cannot know made unknown."""
-    images = [parse_image(entry) for entry in (raw or ())]
+    return for_engine([parse_image(entry) for entry in (raw or ())], engine)
+
+
+def for_engine(images: list[Image], engine: EngineInfo) -> list[Image]:
+    """Listed images (`parse_image`) with the sizes this engine cannot know made unknown: the part of
+    `parse_images` that needs the engine's identity, for a caller that parsed the listing before knowing it."""
     if not shared_sizes_known(engine):
-        images = [replace(image, shared_size=None) for image in images]
+        return [replace(image, shared_size=None) for image in images]
     return images
 
 

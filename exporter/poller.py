@@ -159,6 +159,11 @@ class Poller:
     async def _poll(self) -> None:
         reads, self.first_reads = self.first_reads, None
         now = reads.started_at if reads is not None else self.clock()
+        listed: list[Image] | None = None
+        if reads is not None:  # the listing answers first: parse it while version and info are read
+            await asyncio.wait([reads.images])
+            if not reads.images.cancelled() and reads.images.exception() is None:
+                listed = [apishapes.parse_image(entry) for entry in reads.images.result() or ()]
         try:
             version, info, api = await self._stage(
                 "info", reads.info if reads is not None else self.engine.version_and_info()
@@ -168,7 +173,10 @@ class Poller:
             raw_containers = await self._stage(
                 "containers", reads.containers if reads is not None else self.engine.list_containers()
             )
-            images = apishapes.parse_images(raw_images, engine)
+            if listed is not None:
+                images = apishapes.for_engine(listed, engine)
+            else:
+                images = apishapes.parse_images(raw_images, engine)
             containers = list(apishapes.parse_containers(raw_containers))
             await self._stage("containers", self._fill_container_use(containers))
         except EngineError as exc:

@@ -223,19 +223,21 @@ async def test_an_image_whose_tag_time_is_pending_counts_as_young(make_poller: P
     assert all(i.age_reference < math.inf for i in snapshot.images)
 
 
-async def test_the_first_poll_takes_the_reads_started_before_it(make_poller: PollerFactory) -> None:
+@pytest.mark.parametrize("engine", RECORDED_ENGINES)
+async def test_the_first_poll_takes_the_reads_started_before_it(make_poller: PollerFactory, engine: str) -> None:
     """`cli` sends the first reads before the app exists: the first poll uses their answers, asks nothing twice,
-    and dates the snapshot from when the reads were sent."""
-    poller, recorded, _ = make_poller()
-    reads = await FirstReads.start(recorded, clock=lambda: 1_700_000_000.0)
+    dates the snapshot from when the reads were sent, and reads them as a poll of its own would."""
+    plain = await make_poller(engine)[0].poll_once()
+    poller, recorded, _ = make_poller(engine)
+    reads = await FirstReads.start(recorded, clock=poller.clock)  # the same moment as the plain poll's
     assert recorded.calls == ["list_images", "version_and_info", "list_containers"]  # the long one first
     poller.first_reads = reads
     snapshot = await poller.poll_once()
     assert snapshot is not None and poller.up and poller.first_reads is None
     assert recorded.calls.count("list_images") == 1 and recorded.calls.count("version_and_info") == 1
     assert recorded.calls.count("list_containers") == 1
-    assert snapshot.taken_at == 1_700_000_000.0
-    assert {i.id for i in snapshot.images} == {apishapes.normalize_id(r["Id"]) for r in recorded.images}
+    assert snapshot.taken_at == reads.started_at
+    assert plain is not None and snapshot.images == plain.images and snapshot.engine == plain.engine
     await poller.poll_once()  # later polls ask the engine themselves
     assert recorded.calls.count("list_images") == 2
 
