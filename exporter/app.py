@@ -23,6 +23,7 @@ from exporter.config import Config
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
 from exporter.events import EventFollower
+from exporter.firstreads import FirstReads
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.reload import Reloader, ReloadResult, ReloadSource
@@ -47,7 +48,13 @@ REFRESH_RE = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also 
 class Services:
     """Everything one running exporter owns; built without I/O so the app starts while the engine is down."""
 
-    def __init__(self, config: Config, docker_host: str | None, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        docker_host: str | None,
+        engine: Engine | None = None,
+        first_reads: FirstReads | None = None,
+    ) -> None:
         self.config = config
         self.docker_host = docker_host
         self.registry = CollectorRegistry(auto_describe=True)
@@ -55,7 +62,7 @@ class Services:
         self.history = ImageHistory(config.state.path)
         self.metrics = PollMetrics(self.registry)
         register_runtime_metrics(self.registry)
-        self.poller = Poller(self.engine, config, self.history, self.metrics)
+        self.poller = Poller(self.engine, config, self.history, self.metrics, first_reads=first_reads)
         self.disk_usage = DiskUsageRefresher(self.engine, self.poller, config.poll, self.metrics)
         self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
         self.poller.on_change.append(self.disk_usage.mark_changed)
@@ -89,6 +96,11 @@ class Services:
 
     async def run(self) -> AsyncIterator[None]:
         self.history.load()
+        reads = self.poller.first_reads
+        if reads is not None:  # the listing was taken before the event stream starts: replay from there on
+            since = reads.started_at - 1.0  # whole seconds in the engine's `since`; a change replayed twice is harmless
+            saved = self.history.saved_at
+            self.events.resume_from = since if saved is None else min(saved, since)
         tasks = [
             asyncio.create_task(self.poller.run(), name="poller"),
             asyncio.create_task(self.disk_usage.run(), name="disk-usage"),
@@ -124,15 +136,17 @@ def create_app(
     web_config: WebConfig | None = None,
     reload: ReloadSource | None = None,
     basic_auth: BasicAuthGate | None = None,
+    first_reads: FirstReads | None = None,
 ) -> web.Application:
     """App factory: tests pass their own config and engine; `cli` passes the real ones.
 
     `web_config` (from `--web.config.file`): its headers go on every response, errors included. `reload`
     names the files a reload re-reads: with it, SIGHUP reloads while the app runs, and `POST|PUT /-/reload`
     does when `enable_lifecycle` is set (403 otherwise, as in Prometheus). `basic_auth` (its users) guards
-    every path but the remediation routes, which check their own credentials.
+    every path but the remediation routes, which check their own credentials. `first_reads`: the first
+    poll's engine reads, already started on `engine` (see `poller.FirstReads`).
     """
-    services = Services(config, docker_host, engine)
+    services = Services(config, docker_host, engine, first_reads)
     endpoints = RemediationEndpoints(services.remediation) if services.remediation is not None else None
     app = web.Application(
         client_max_size=config.remediation.max_body_bytes,

@@ -22,6 +22,7 @@ from typing import Any
 from exporter import apishapes
 from exporter.config import Config
 from exporter.engine import Engine, EngineError
+from exporter.firstreads import FirstReads
 from exporter.hints import engine_error_hint
 from exporter.history import ImageHistory
 from exporter.logs import kv
@@ -40,7 +41,28 @@ TagKey = tuple[str, tuple[str, ...]]
 
 def _tag_key(image: Image) -> TagKey:
     """LastTagTime changes only with the tag set: an image is inspected again when its tags change."""
-    return (image.id, tuple(str(r) for r in image.refs))
+    return (image.id, tuple(map(str, image.refs)))
+
+
+def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
+    """`image` with what the poller learned elsewhere (`values` in `_publish`'s order).
+
+    A shallow copy of the frozen dataclass's fields, as `copy.copy` makes it: `dataclasses.replace`
+    re-reads the field list and re-runs `__init__` per call (~4x the cost; 10k images on every
+    publish before the first ready).
+    """
+    out: Image = object.__new__(Image)
+    fields = out.__dict__
+    fields.update(image.__dict__)
+    (
+        fields["shared_size"],
+        fields["containers"],
+        fields["last_tag_time"],
+        fields["tag_time_pending"],
+        fields["last_used"],
+        fields["arrived"],
+    ) = values
+    return out
 
 
 def read_filesystem(path: str) -> Filesystem:
@@ -59,8 +81,11 @@ class Poller:
         history: ImageHistory,
         metrics: PollMetrics,
         clock: Callable[[], float] = time.time,
+        first_reads: FirstReads | None = None,
     ) -> None:
         self.engine = engine
+        #: Reads started before the poller existed (see `FirstReads`): the first poll's, then None.
+        self.first_reads = first_reads
         self.config = config
         self.history = history
         self.metrics = metrics
@@ -145,16 +170,31 @@ class Poller:
             raise
 
     async def _poll(self) -> None:
-        now = self.clock()
+        reads, self.first_reads = self.first_reads, None
+        now = reads.started_at if reads is not None else self.clock()
+        listed: list[Image] | None = None
+        if reads is not None:  # the listing answers first: parse it while version and info are read
+            await asyncio.wait([reads.images])
+            if not reads.images.cancelled() and reads.images.exception() is None:
+                listed = [apishapes.parse_image(entry) for entry in reads.images.result() or ()]
         try:
-            version, info, api = await self._stage("info", self.engine.version_and_info())
+            version, info, api = await self._stage(
+                "info", reads.info if reads is not None else self.engine.version_and_info()
+            )
             engine = apishapes.parse_engine_info(version, info, api)
-            raw_images = await self._stage("images", self.engine.list_images())
-            raw_containers = await self._stage("containers", self.engine.list_containers())
-            images = apishapes.parse_images(raw_images, engine)
+            raw_images = await self._stage("images", reads.images if reads is not None else self.engine.list_images())
+            raw_containers = await self._stage(
+                "containers", reads.containers if reads is not None else self.engine.list_containers()
+            )
+            if listed is not None:
+                images = apishapes.for_engine(listed, engine)
+            else:
+                images = apishapes.parse_images(raw_images, engine)
             containers = list(apishapes.parse_containers(raw_containers))
             await self._stage("containers", self._fill_container_use(containers))
         except EngineError as exc:
+            if reads is not None:
+                reads.discard()  # reads queued behind the one that failed: the next poll asks again
             if self._logged_up is not False:
                 served = "serving the last snapshot" if self.snapshot else "no snapshot yet, /-/ready answers 503"
                 log.warning(
@@ -187,10 +227,11 @@ class Poller:
         self.up = True
         self._track_history(images, containers, now)
         self._parts = (engine, images, containers, filesystem)
-        wanted = {_tag_key(i) for i in images}
+        keys = {i.id: _tag_key(i) for i in images}
+        wanted = set(keys.values())
         self._tag_times = {k: v for k, v in self._tag_times.items() if k in wanted}
         self._pending = wanted - self._tag_times.keys()  # inspected behind the publish: `_fill_pending`
-        self._publish(now)
+        self._publish(now, keys=keys)
         await self.history.save_in_thread()
 
     async def _fill_pending(self) -> None:
@@ -239,7 +280,7 @@ class Poller:
         sizes and digests): the caller schedules a full poll then, as before. Events that add or remove
         images change other images' `SharedSize`: those also ask for a (debounced) reconciling poll.
         """
-        if not self._lock.locked() and not self._attempted:
+        if not self._lock.locked() and not self._attempted and self.first_reads is None:
             return True  # the first poll has not started: its listing will include this change
         async with self._lock:  # after a poll in progress (the first one at start): then exact on its result
             if self.snapshot is None or self._parts is None or not self.up or self._parts[0].containerd_store:
@@ -349,9 +390,10 @@ class Poller:
         if self._parts is not None:
             self._publish(self.snapshot.taken_at if self.snapshot else usage.taken_at)
 
-    def _publish(self, taken_at: float, only: set[str] | None = None) -> None:
+    def _publish(self, taken_at: float, only: set[str] | None = None, keys: dict[str, TagKey] | None = None) -> None:
         """A new Snapshot from `_parts` and what was learned; `only`: the image IDs an event changed (the
-        others keep their merged copy as is, since nothing else they depend on moved)."""
+        others keep their merged copy as is, since nothing else they depend on moved); `keys`: the listed
+        images' tag keys when the caller has them already."""
         assert self._parts is not None
         engine, images, containers, filesystem = self._parts
         in_use: dict[str, int] = {}
@@ -373,7 +415,12 @@ class Poller:
             shared = image.shared_size
             if shared is None and du is not None:  # 1.41 computes SharedSize only in /system/df
                 shared = du.shared_sizes.get(image.id)
-            key = cached[3] if cached is not None and same else _tag_key(image)
+            if cached is not None and same:
+                key = cached[3]
+            elif keys is not None:
+                key = keys[image.id]
+            else:
+                key = _tag_key(image)
             values = (
                 shared,
                 in_use.get(image.id, 0),
@@ -382,18 +429,8 @@ class Poller:
                 last_used.get(image.id),
                 arrived.get(image.id),
             )
-            if cached is not None and same and cached[1] == values:
-                out = cached[2]  # the same listed image with the same learned values: reuse, do not rebuild
-            else:
-                out = replace(
-                    image,
-                    shared_size=values[0],
-                    containers=values[1],
-                    last_tag_time=values[2],
-                    tag_time_pending=values[3],
-                    last_used=values[4],
-                    arrived=values[5],
-                )
+            # the same listed image with the same learned values: reuse, do not rebuild
+            out = cached[2] if cached is not None and same and cached[1] == values else _with_learned(image, values)
             self._merged[image.id] = (image, values, out, key)
             merged.append(out)
         self.snapshot = Snapshot(

@@ -47,7 +47,7 @@ ACTION_TYPES: tuple[ActionType, ...] = get_args(ActionType)
 class Model(BaseModel):
     """Frozen, unknown keys refused, descriptions from attribute docstrings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

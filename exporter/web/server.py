@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
-import errno
 import logging
 import resource
 import signal
@@ -29,10 +28,10 @@ from typing import cast
 
 from aiohttp import web
 
+from exporter.web.listen import ListenerLimits, listen_error
+
 log = logging.getLogger("exporter.web.server")
 
-DEFAULT_MAX_CONNECTIONS = 512
-DEFAULT_READ_HEADER_TIMEOUT = 10.0
 #: asyncio accepts up to `backlog` connections per wake-up before any of them reaches `admit`: that many
 #: descriptors can be in use on top of the cap for a moment.
 ACCEPT_BACKLOG = 64
@@ -40,16 +39,6 @@ ACCEPT_BACKLOG = 64
 RESERVED_DESCRIPTORS = 32
 #: At most one summary line of closed connections per this many seconds.
 LOG_INTERVAL = 10.0
-
-
-class ListenError(Exception):
-    """The listener could not be opened; the message names the address, the cause and the flag to change."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ListenerLimits:
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT
 
 
 def connection_budget(descriptor_limit: int) -> int:
@@ -259,25 +248,6 @@ class ConnectionGuard:
         finally:
             if protocol is not None:
                 protocol.request_finished()
-
-
-def format_address(host: str | None, port: int) -> str:
-    """The address as `--web.listen-address` spells it: `:10151`, `127.0.0.1:10151`, `[::1]:10151`."""
-    if host is None:
-        return f":{port}"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-_LISTEN_CAUSES = {
-    errno.EADDRINUSE: "address already in use",
-    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
-    errno.EADDRNOTAVAIL: "address not available on this host",
-}
-
-
-def listen_error(host: str | None, port: int, exc: OSError) -> ListenError:
-    cause = _LISTEN_CAUSES.get(exc.errno or 0) or exc.strerror or str(exc)
-    return ListenError(f"cannot listen on {format_address(host, port)}: {cause}; change --web.listen-address")
 
 
 async def serve(

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from exporter.web.server import ListenerLimits, connection_budget, serve
+from exporter.web.listen import ListenerLimits
+from exporter.web.server import connection_budget, serve
 from tests.harness.dockerd import free_port
 from tests.harness.exporter import ExporterProcess
 

@@ -9,7 +9,7 @@ import pytest
 
 import exporter
 from exporter import cli
-from exporter.web.server import format_address, listen_error
+from exporter.web.listen import format_address, listen_error
 
 
 def test_version_has_node_exporters_fields(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ from prometheus_client import CollectorRegistry
 from exporter import apishapes
 from exporter.config import parse_config
 from exporter.engine import EngineUnavailable
+from exporter.firstreads import FirstReads
 from exporter.history import ImageHistory
-from exporter.poller import Poller
+from exporter.poller import Poller, _with_learned
 from exporter.selfmetrics import PollMetrics
+from exporter.snapshot import EngineInfo
 from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine
 
 PollerFactory = Callable[..., tuple[Poller, RecordedEngine, CollectorRegistry]]
@@ -218,3 +221,56 @@ async def test_an_image_whose_tag_time_is_pending_counts_as_young(make_poller: P
     snapshot = await poller.poll_once()  # retried by the next poll
     assert snapshot is not None and snapshot.pending_inspects == 0
     assert all(i.age_reference < math.inf for i in snapshot.images)
+
+
+@pytest.mark.parametrize("engine", RECORDED_ENGINES)
+async def test_the_first_poll_takes_the_reads_started_before_it(make_poller: PollerFactory, engine: str) -> None:
+    """`cli` sends the first reads before the app exists: the first poll uses their answers, asks nothing twice,
+    dates the snapshot from when the reads were sent, and reads them as a poll of its own would."""
+    plain = await make_poller(engine)[0].poll_once()
+    poller, recorded, _ = make_poller(engine)
+    reads = await FirstReads.start(recorded, clock=poller.clock)  # the same moment as the plain poll's
+    assert recorded.calls == ["list_images", "version_and_info", "list_containers"]  # the long one first
+    poller.first_reads = reads
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and poller.up and poller.first_reads is None
+    assert recorded.calls.count("list_images") == 1 and recorded.calls.count("version_and_info") == 1
+    assert recorded.calls.count("list_containers") == 1
+    assert snapshot.taken_at == reads.started_at
+    assert plain is not None and snapshot.images == plain.images and snapshot.engine == plain.engine
+    await poller.poll_once()  # later polls ask the engine themselves
+    assert recorded.calls.count("list_images") == 2
+
+
+async def test_reads_started_before_an_outage_are_dropped_and_asked_again(make_poller: PollerFactory) -> None:
+    poller, recorded, registry = make_poller()
+    recorded.failing = {"list_images", "version_and_info", "list_containers"}
+    poller.first_reads = await FirstReads.start(recorded)
+    assert await poller.poll_once() is None and not poller.up
+    assert errors(registry, "info") == 1 and poller.first_reads is None  # the stage a poll reads first
+    recorded.failing = set()
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and poller.up and recorded.calls.count("list_images") == 2
+
+
+async def test_an_event_before_the_first_poll_is_not_dropped_when_the_listing_was_taken_ahead(
+    make_poller: PollerFactory,
+) -> None:
+    """Without reads ahead, an event before the first poll is in its listing; with them it may not be."""
+    poller, recorded, _ = make_poller()
+    assert await poller.apply_image_event([apishapes.normalize_id(recorded.images[0]["Id"])]) is True
+    poller.first_reads = await FirstReads.start(recorded)
+    applied = await poller.apply_image_event([apishapes.normalize_id(recorded.images[0]["Id"])])
+    assert applied is False  # the caller wakes the poller: a listing after the event
+    poller.first_reads.discard()
+
+
+def test_a_published_image_is_the_listed_one_with_the_learned_values() -> None:
+    listed = apishapes.parse_images(RecordedEngine("bookworm").images, EngineInfo("24.0", "1.43", "overlay2", "", ""))[
+        0
+    ]
+    learned = _with_learned(listed, (7, 2, 1.5, True, 3.0, 4.0))
+    assert learned == replace(
+        listed, shared_size=7, containers=2, last_tag_time=1.5, tag_time_pending=True, last_used=3.0, arrived=4.0
+    )
+    assert listed.shared_size != 7 or listed.containers != 2  # the listed image itself is not changed
