@@ -18,9 +18,9 @@ from exporter.collector import (
     GAUGE_FAMILIES,
     INFO_FAMILIES,
     SnapshotCollector,
+    TableCache,
     build_labels,
     image_series,
-    top_image_series,
 )
 from exporter.config import MetricsConfig, parse_config
 from exporter.selfmetrics import PollMetrics
@@ -180,8 +180,8 @@ async def test_name_parameter_selects_families(metrics_client: Any) -> None:
     assert families(await response.text()) == {"docker_images", "docker_exporter_build_info"}
 
 
-def test_top_image_series_keeps_the_sorted_order_ties_included() -> None:
-    """heapq.nsmallest must give exactly the first rows of the full sort (equal sizes and names tie on ID)."""
+def test_table_rows_keep_the_sorted_order_ties_included_and_the_cap_keeps_a_prefix() -> None:
+    """The per-tag table is `image_series` order (equal sizes and names tie on ID); a cap keeps its first rows."""
     images = [
         image(c, size, *refs)
         for c, size, refs in [
@@ -196,6 +196,12 @@ def test_top_image_series_keeps_the_sorted_order_ties_included() -> None:
     ]
     rows = image_series(images)
     assert [(r[0].id[7], str(r[1])) for r in rows[:4]] == [("3", "None"), ("5", "None"), ("1", "a:1"), ("2", "a:1")]
+    snap = Snapshot(taken_at=1.0, engine=None, images=tuple(images))
+    table = TableCache().tables(snap).rows
+    assert [labels for labels, _values in table] == [
+        (ref.repository, ref.tag, i.short_id) if ref else ("<none>", "<none>", i.short_id) for i, ref in rows
+    ]
     for limit in range(len(rows) + 2):
-        kept, total = top_image_series(images, limit)
-        assert kept == rows[:limit] and total == len(rows) == 9
+        _, text = render(snap, max_image_series=limit)
+        shown = re.findall(r'^docker_image_size_bytes\{image_id="(\w+)",repository="([^"]*)",tag="([^"]*)"', text, re.M)
+        assert shown == [(i, r, t) for r, t, i in (labels for labels, _values in table[:limit])]

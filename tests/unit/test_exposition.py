@@ -7,6 +7,7 @@ import gzip
 import random
 import threading
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -25,7 +26,7 @@ from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.web import exposition
-from exporter.web.exposition import MetricsEndpoint, RenderedSection, crc32_combine, deflate, gzip_member
+from exporter.web.exposition import MetricsEndpoint, RenderedPart, crc32_combine, deflate, gzip_member
 from tests.unit.recorded import RecordedEngine
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -55,7 +56,7 @@ def snapshot(taken_at: float = 1234.0, images: int = 5) -> Snapshot:
     return Snapshot(
         taken_at=taken_at,
         engine=EngineInfo("20.10.24", "1.41", "overlay2", "linux", "amd64"),
-        images=(*(image(n, 100 * (n % 3 + 1), f"app{n % 2}:{n}") for n in range(images)), image(99, 7)),
+        images=(*(image(n, 100 * (n % 3 + 1), f"app{n % 2}:{n}") for n in range(images)), image(10**6, 7)),
         disk_usage=DiskUsage(1200.0, 700, 250, MappingProxyType({}), BuildCache(50, 20, 3)),
         filesystem=Filesystem("/var/lib/docker", 10_000, 2_500),
     )
@@ -105,7 +106,7 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[exposition.State]:
     calls: list[exposition.State] = []
     real = exposition.render_snapshot
 
-    def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> list[RenderedSection]:
+    def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> RenderedPart:
         calls.append(state)
         return real(collector, state, *args)
 
@@ -226,20 +227,18 @@ async def test_a_reloaded_metrics_config_invalidates_with_an_unchanged_snapshot(
 
 
 @pytest.mark.parametrize("encoding", ["", "gzip"])
-async def test_a_publish_of_unchanged_images_reuses_their_render(
+async def test_a_publish_renders_and_compresses_only_what_changed(
     monkeypatch: pytest.MonkeyPatch, encoding: str
 ) -> None:
-    """Every poll publishes a new snapshot; only the sections whose inputs changed are rendered again."""
-    poller = FakePoller(snapshot(taken_at=1.0, images=50))
-    setup = Setup(poller)
-    image_renders: list[Snapshot] = []
-    real = setup.collector._images
+    """A quiet poll (equal images, new objects) renders no table row again; a changed image renders about a
+    chunk of rows per table, not the table, and a gzip scrape then compresses a few segments, not the part.
 
-    def spy(snap: Snapshot) -> Any:
-        image_renders.append(snap)
-        return real(snap)
-
-    monkeypatch.setattr(setup.collector, "_images", spy)
+    Chunks of 8 rows on average and no forced cuts: a chunk of more than 100 rows has a chance of 1e-6.
+    """
+    monkeypatch.setattr(exposition, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(exposition, "MAX_CHUNK_ROWS", 1_000_000)
+    poller = FakePoller(snapshot(taken_at=1.0, images=2000))
+    setup = Setup(poller, MetricsConfig(max_image_series=1_000_000))
 
     async def scrape() -> bytes:
         body = (await setup.scrape(encoding=encoding)).body
@@ -247,18 +246,21 @@ async def test_a_publish_of_unchanged_images_reuses_their_render(
         return gzip.decompress(body) if encoding else body
 
     await scrape()
-    same_images = snapshot(taken_at=2.0, images=50)  # equal images, new objects: what a quiet poll publishes
-    assert poller.snapshot is not None and same_images.images == poller.snapshot.images
-    assert same_images.images is not poller.snapshot.images
-    poller.snapshot = same_images
-    second = await scrape()
-    assert len(image_renders) == 1
-    assert b"docker_exporter_snapshot_timestamp_seconds 2.0\n" in second
-    assert second == (await setup.expected()).body  # the reference collects through the spy too
-    poller.snapshot = snapshot(taken_at=3.0, images=51)  # one image more: rendered again
-    third = await scrape()
-    assert image_renders[-1] is poller.snapshot and len(image_renders) == 3
-    assert b"docker_images 52.0\n" in third and third == (await setup.expected()).body
+    (renderer,) = setup.endpoint._renderers.values()
+    rows, compressed = renderer.rows_rendered, renderer.segments.compressed
+    assert rows > 2000 and (compressed > 0) is bool(encoding)
+
+    poller.snapshot = snapshot(taken_at=2.0, images=2000)  # what a quiet poll publishes
+    assert b"docker_exporter_snapshot_timestamp_seconds 2.0\n" in await scrape()
+    assert renderer.rows_rendered == rows
+
+    images = list(poller.snapshot.images)
+    images[700] = replace(images[700], size=images[700].size + 1, containers=5)  # moves in the sort order
+    poller.snapshot = replace(poller.snapshot, taken_at=3.0, images=tuple(images))
+    assert await scrape() == (await Setup(FakePoller(poller.snapshot), setup.collector.config).expected()).body
+    assert 0 < renderer.rows_rendered - rows < rows / 10
+    if encoding:
+        assert 0 < renderer.segments.compressed - compressed < compressed / 4
 
 
 async def test_poller_publishes_and_disk_usage_updates_invalidate(tmp_path: Path) -> None:
@@ -302,7 +304,7 @@ class BlockingRenders:
         self.release = threading.Event()
         real = exposition.render_snapshot
 
-        def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> list[RenderedSection]:
+        def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> RenderedPart:
             self.calls.append(state)
             self.started.release()
             assert self.release.wait(30), "the test never released the render"
@@ -366,7 +368,7 @@ async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest
     real = exposition.render_snapshot
     failures = [RuntimeError("boom")]
 
-    def flaky(*args: Any) -> list[RenderedSection]:
+    def flaky(*args: Any) -> RenderedPart:
         if failures:
             raise failures.pop()
         return real(*args)
