@@ -7,6 +7,7 @@ import gzip
 import random
 import threading
 import zlib
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -15,12 +16,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from prometheus_client import CollectorRegistry, Counter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.collector import SnapshotCollector
 from exporter.config import MetricsConfig, parse_config
 from exporter.diskusage import DiskUsageRefresher
+from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
@@ -28,6 +32,7 @@ from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Ima
 from exporter.web import exposition
 from exporter.web.exposition import MetricsEndpoint, RenderedPart, crc32_combine, deflate, gzip_member
 from tests.unit.recorded import RecordedEngine
+from tests.unit.test_event_apply import ClassicStore, Clock, blobs, operations, refs
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 ACCEPTS = [
@@ -431,3 +436,123 @@ async def test_a_publish_starts_rendering_every_format_scraped_before_the_next_s
     assert "docker_exporter_snapshot_timestamp_seconds 2.0\n" in await setup.text("application/openmetrics-text")
     await setup.scrape("", encoding="gzip")
     assert len(renders) == 4  # neither scrape rendered again
+
+
+# --- incremental == full render, over random sequences of snapshots --------------------------------------------
+
+REPOS = ("app", "web", "localhost:5000/team/api")
+TAGS = tuple(f"{repo}:{tag}" for repo in REPOS for tag in ("1", "2", "latest"))
+image_specs = st.tuples(
+    st.integers(0, 40),  # which image (its ID)
+    st.sampled_from([7, 100, 200, 300]),  # sizes that tie, so the ID decides the order too
+    st.lists(st.sampled_from(TAGS), max_size=3, unique=True),
+    st.integers(0, 2),  # containers
+    st.none() | st.integers(0, 150),  # shared size (None: not computed)
+    st.none() | st.sampled_from([1.7e9, 1.75e9, 1.8e9 + 0.5]),  # last used
+)
+steps = st.one_of(
+    st.tuples(st.just("put"), image_specs),  # an image appears or changes
+    st.tuples(st.just("drop"), st.integers(0, 40)),
+    st.tuples(st.just("quiet_poll")),  # equal images, new objects, another order
+    st.tuples(st.just("disk_usage")),  # the same images tuple, a new snapshot
+    st.tuples(st.just("cap"), st.integers(0, 60)),
+    st.tuples(st.just("per_image"), st.booleans()),
+    st.tuples(st.just("up"), st.booleans()),
+)
+
+
+def spec_image(spec: tuple[Any, ...]) -> Image:
+    number, size, tags, containers, shared, last_used = spec
+    return replace(
+        image(number, size, *tags), containers=containers, shared_size=shared, last_used=last_used, digests=()
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    start=st.lists(image_specs, max_size=25),
+    changes=st.lists(st.tuples(steps, st.sampled_from(ACCEPTS), st.booleans()), max_size=30),
+)
+async def test_incremental_render_equals_a_full_render(
+    start: list[tuple[Any, ...]], changes: list[tuple[tuple[Any, ...], str, bool]]
+) -> None:
+    """Every scrape after any sequence of snapshot changes (events, polls, /system/df, reloads, engine going
+    away) is byte for byte what a fresh collector and prometheus_client render for that state, in every
+    format, gzip included. Tiny chunks and segments (and forced cuts) so that 40 images span many of them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exposition, "CHUNK_ROWS", 3)
+        patch.setattr(exposition, "MAX_CHUNK_ROWS", 4)
+        patch.setattr(exposition, "SEGMENT_CHUNKS", 2)
+        images = {spec[0]: spec_image(spec) for spec in start}
+        poller = FakePoller(snapshot_of(images.values(), 1.0))
+        setup = Setup(poller, MetricsConfig(max_image_series=30))
+        for n, ((action, *args), accept, gzipped) in enumerate(changes):
+            assert poller.snapshot is not None
+            if action == "put":
+                images[args[0][0]] = spec_image(args[0])
+            elif action == "drop":
+                images.pop(args[0], None)
+            if action in ("put", "drop"):
+                poller.snapshot = snapshot_of(images.values(), 2.0 + n)
+            elif action == "quiet_poll":
+                copies = [replace(i) for i in images.values()]
+                poller.snapshot = snapshot_of(reversed(copies), 2.0 + n)
+            elif action == "disk_usage":
+                poller.snapshot = replace(poller.snapshot, taken_at=2.0 + n)
+            elif action == "cap":
+                setup.collector.config = setup.collector.config.model_copy(update={"max_image_series": args[0]})
+            elif action == "per_image":
+                setup.collector.config = setup.collector.config.model_copy(update={"per_image": args[0]})
+            else:
+                poller.up = args[0]
+            response = await setup.scrape(accept, encoding="gzip" if gzipped else "")
+            assert isinstance(response.body, bytes)
+            body = gzip.decompress(response.body) if gzipped else response.body
+            fresh = Setup(FakePoller(poller.snapshot, poller.up), setup.collector.config)
+            assert body == (await fresh.expected(accept)).body
+
+
+def snapshot_of(images: Iterable[Image], taken_at: float) -> Snapshot:
+    return replace(snapshot(taken_at=taken_at, images=0), images=tuple(images))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    start=st.lists(st.tuples(blobs, st.lists(refs, max_size=2, unique=True)), max_size=4),
+    steps=st.lists(operations, max_size=15),
+)
+async def test_every_event_applied_change_is_in_the_next_scrape(
+    start: list[tuple[str, list[str]]], steps: list[tuple[Any, ...]]
+) -> None:
+    """Events applied to the snapshot (no re-list), with the app's publish hook rendering ahead: the scrape
+    after each event is exactly a fresh full render of the snapshot the event produced, and so is the scrape
+    after the reconciling poll."""
+    clock = Clock()
+    store = ClassicStore(clock)
+    for blob, tags in start:
+        store.load_image(blob, tags)
+    metrics = PollMetrics(CollectorRegistry())  # the exporter's own metrics are not what this test is about
+    history = ImageHistory(None)
+    poller = Poller(store, parse_config({"filesystem": {"path": "/"}}), history, metrics, clock=clock)
+    follower = EventFollower(store, poller, history, metrics)
+    registry = CollectorRegistry(auto_describe=True)
+    collector = SnapshotCollector(poller, MetricsConfig())
+    registry.register(collector)
+    endpoint = MetricsEndpoint(registry, collector)
+    poller.on_publish.append(endpoint.prerender)
+
+    async def check() -> None:
+        response = await endpoint.handle(make_mocked_request("GET", "/metrics", headers={"Accept-Encoding": "gzip"}))
+        assert isinstance(response.body, bytes)
+        fresh = CollectorRegistry(auto_describe=True)
+        fresh.register(SnapshotCollector(FakePoller(poller.snapshot, poller.up), MetricsConfig()))
+        assert gzip.decompress(response.body) == generate_latest(fresh)
+
+    await poller.poll_once()
+    await check()
+    for name, *args in steps:
+        for event in getattr(store, name)(*args):
+            await follower.handle(event)
+            await check()
+    await poller.poll_once()
+    await check()
