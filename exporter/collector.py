@@ -7,9 +7,12 @@ the operator's choice, not the host's.
 
 from __future__ import annotations
 
-import heapq
 import platform
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -78,9 +81,10 @@ def build_labels() -> dict[str, str]:
 
 
 Row = tuple[Image, ImageRef | None]
+SortKey = tuple[int, str, str]
 
 
-def _row_order(row: Row) -> tuple[int, str, str]:
+def _row_order(row: Row) -> SortKey:
     image, ref = row
     return (-image.size, str(ref) if ref else NONE_LABEL, image.id)
 
@@ -100,19 +104,288 @@ def image_series(images: Iterable[Image]) -> list[Row]:
     return sorted(image_rows(images), key=_row_order)
 
 
-def top_image_series(images: Iterable[Image], limit: int) -> tuple[list[Row], int]:
-    """`image_series(images)[:limit]`, and how many rows there are in all, without sorting every row.
+# --- tables: families exposed row by row ---------------------------------------------------------------------
 
-    `heapq.nsmallest` keeps only `limit` rows (10,625 rows to keep 2,000 at 10k images); it is documented
-    equal to `sorted(rows, key=...)[:limit]`, ties included, so the exposed order does not change.
+TableRow = tuple[tuple[str, ...], tuple[float | None, ...]]
+"""(label values, one value per family of the table: None where the row has no sample in that family)."""
+
+
+@dataclass(frozen=True)
+class TableFamily:
+    name: str
+    documentation: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """Gauge families sharing their label names, filled row by row: row `(labels, values)` has the sample
+    `values[f]` in family `f` (none where it is None), and each family lists its samples in row order.
+
+    Why a shape of its own: the exposition renders a table in chunks of rows and renders again only the chunks
+    whose rows changed (`exporter.web.exposition`), so one changed image costs its rows, not all 55k series.
+    Rows compare by value: equal rows render to equal text (values are ints and finite floats here).
     """
-    rows = image_rows(images)
-    if limit >= len(rows):
-        return sorted(rows, key=_row_order), len(rows)
-    return heapq.nsmallest(limit, rows, key=_row_order), len(rows)
+
+    families: tuple[TableFamily, ...]
+    labelnames: tuple[str, ...]
+    rows: Sequence[TableRow]
+
+    def metrics(self) -> list[GaugeMetricFamily]:
+        """The families as prometheus_client renders them (what `collect()` yields)."""
+        out = [GaugeMetricFamily(f.name, f.documentation, labels=list(self.labelnames)) for f in self.families]
+        for labels, values in self.rows:
+            for family, value in zip(out, values, strict=True):
+                if value is not None:
+                    family.add_metric(labels, value)
+        return out
 
 
-Section = tuple[object, Callable[[], Iterable[Metric]]]
+@dataclass(frozen=True)
+class Section:
+    """A run of consecutive families of `SnapshotCollector.families()`; `table` when they are one Table."""
+
+    families: Callable[[], Iterable[Metric]]
+    table: Table | None = None
+
+
+PER_IMAGE_FAMILIES = (
+    TableFamily("docker_image_size_bytes", f"Image size (all its layers, shared or not). {_FRESH}"),
+    TableFamily(
+        "docker_image_shared_size_bytes",
+        "Bytes of the image's layers that other images also use (1.42+: every poll; 1.41: from /system/df).",
+    ),
+    TableFamily("docker_image_unique_size_bytes", "Bytes only this image holds: what deleting it alone frees."),
+    TableFamily("docker_image_created_timestamp_seconds", "When the image was built (config `created`)."),
+    TableFamily(
+        "docker_image_last_tag_timestamp_seconds",
+        "When the image was last tagged/built/imported here (Metadata.LastTagTime), when the engine knows it.",
+    ),
+    TableFamily(
+        "docker_image_last_used_timestamp_seconds",
+        "Last use of the image by a container: the latest of container create/start events, running "
+        "containers seen by polls, and every existing container's State.FinishedAt/StartedAt (so uses from "
+        "before the exporter started count); persisted across restarts. Absent: no use known.",
+    ),
+    TableFamily("docker_image_containers", f"Containers (running or stopped) using the image. {_FRESH}"),
+)
+REPOSITORY_FAMILIES = (
+    TableFamily("docker_repository_images", f"Distinct images with a tag in the repository. {_FRESH}"),
+    TableFamily("docker_repository_tags", f"Tags in the repository. {_FRESH}"),
+    TableFamily(
+        "docker_repository_size_bytes", f"Sum of sizes of the distinct images tagged in the repository. {_FRESH}"
+    ),
+)
+
+
+def _image_table_rows(image: Image) -> list[tuple[SortKey, TableRow]]:
+    """The per-tag rows of one image with their sort keys; values in `PER_IMAGE_FAMILIES` order."""
+    values = (
+        image.size,
+        image.shared_size,
+        image.unique_size,  # None exactly when shared_size is
+        image.created,
+        image.last_tag_time,
+        image.last_used,
+        image.containers,
+    )
+    short_id = image.short_id
+    rows: list[tuple[SortKey, TableRow]] = []
+    for row in image_rows((image,)):
+        ref = row[1]
+        labels = (ref.repository, ref.tag, short_id) if ref else (NONE_LABEL, NONE_LABEL, short_id)
+        rows.append((_row_order(row), (labels, values)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Totals:
+    images: int
+    size: int
+    dangling: int
+    dangling_size: int
+    unused: int
+    local_only: int
+
+
+def _contribution(image: Image) -> tuple[int, int, int, int, int, int]:
+    """What one image adds to each field of Totals."""
+    dangling = image.dangling
+    return (1, image.size, int(dangling), image.size if dangling else 0, int(image.containers == 0),
+            int(image.local_only))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageTables:
+    """Everything the image-derived families need from one `snapshot.images`, computed once for it."""
+
+    images: tuple[Image, ...]
+    #: every per-tag row in exposition order (`image_series` order); a cap keeps a prefix
+    rows: list[TableRow]
+    repositories: list[TableRow]
+    totals: Totals
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One image's part of the tables: its per-tag rows (with sort keys) and its Totals contribution; `image`
+    is the object of the last snapshot (replaced by an equal new one without rebuilding the rest)."""
+
+    image: Image
+    rows: list[tuple[SortKey, TableRow]]
+    totals: tuple[int, int, int, int, int, int]
+
+    @classmethod
+    def of(cls, image: Image) -> _Entry:
+        return cls(image, _image_table_rows(image), _contribution(image))
+
+
+#: Beyond this many changed images (or an eighth of them) the tables are rebuilt and sorted from scratch.
+REBUILD_CHANGES = 512
+
+
+class TableCache:
+    """The tables of the last `snapshot.images` seen, updated by the images that changed for the next one.
+
+    Why: at 10k images, building and sorting every per-tag row and summing every image is most of what a
+    render costs beyond the text. A publish after an event shares nearly every Image object with the one
+    before; a quiet poll has equal ones. So the two image tuples are compared by object identity (dicts and
+    set operations, in C), a new object equal to the one it replaces keeps its rows, and only the images that
+    really changed have their rows taken out of and put into the sorted rows (bisect), their repositories
+    recounted and their totals subtracted and added. The row objects of unchanged images stay the same, which
+    the exposition's chunk cache relies on. Shared by the renders of each format (worker threads) and
+    `collect()`, hence the lock; every result is a copy, so a render reading the previous one is undisturbed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._last: ImageTables | None = None
+        self._entries: dict[str, _Entry] = {}  # by image ID, for the images of self._last
+        self._keys: list[SortKey] = []  # sorted, and parallel to _rows
+        self._rows: list[TableRow] = []
+        self._totals = [0, 0, 0, 0, 0, 0]
+        self._repos = _Repositories()
+
+    def tables(self, snapshot: Snapshot) -> ImageTables:
+        images = snapshot.images
+        with self._lock:
+            if self._last is not None and self._last.images is images:
+                return self._last
+            previous = self._last.images if self._last is not None else ()
+            now = dict(zip(map(id, images), images, strict=True))
+            before = dict(zip(map(id, previous), previous, strict=True))
+            gone = {before[key].id for key in before.keys() - now.keys()}
+            removed: list[_Entry] = []
+            added: list[_Entry] = []
+            for key in now.keys() - before.keys():
+                image = now[key]
+                entry = self._entries.get(image.id)
+                if entry is not None:
+                    gone.discard(image.id)
+                    if entry.image == image:  # a new object, equal (a poll): keep its rows
+                        entry.image = image
+                        continue
+                    removed.append(entry)
+                entry = _Entry.of(image)
+                self._entries[image.id] = entry
+                added.append(entry)
+            for image_id in gone:
+                removed.append(self._entries.pop(image_id))
+            if len(self._entries) != len(images):  # a listing never has: keyed by ID, the tables would be wrong
+                self._reset()
+                raise ValueError("a snapshot lists an image ID twice")
+            if self._last is None or len(removed) + len(added) > max(REBUILD_CHANGES, len(images) // 8):
+                self._rebuild(self._entries.values())
+            else:
+                for entry in removed:
+                    self._remove(entry)
+                for entry in added:
+                    self._add(entry)
+            self._last = ImageTables(images, list(self._rows), self._repos.rows(), Totals(*self._totals))
+            return self._last
+
+    def _add(self, entry: _Entry) -> None:
+        for key, row in entry.rows:
+            index = bisect_left(self._keys, key)
+            self._keys.insert(index, key)
+            self._rows.insert(index, row)
+        self._totals = [a + b for a, b in zip(self._totals, entry.totals, strict=True)]
+        self._repos.add(entry.image)
+
+    def _remove(self, entry: _Entry) -> None:
+        for key, _row in entry.rows:
+            index = bisect_left(self._keys, key)
+            del self._keys[index]
+            del self._rows[index]
+        self._totals = [a - b for a, b in zip(self._totals, entry.totals, strict=True)]
+        self._repos.remove(entry.image)
+
+    def _rebuild(self, entries: Iterable[_Entry]) -> None:
+        keyed: list[tuple[SortKey, TableRow]] = []
+        totals = [0, 0, 0, 0, 0, 0]
+        repos = _Repositories()
+        for entry in entries:
+            keyed.extend(entry.rows)
+            totals = [a + b for a, b in zip(totals, entry.totals, strict=True)]
+            repos.add(entry.image)
+        keyed.sort(key=itemgetter(0))
+        self._keys = [key for key, _row in keyed]
+        self._rows = [row for _key, row in keyed]
+        self._totals = totals
+        self._repos = repos
+
+
+class _Repositories:
+    """Per repository: distinct images (and their sizes) and tags, kept up to date image by image; the
+    rows (`REPOSITORY_FAMILIES` order, by repository name) of the repositories an image changed are rebuilt."""
+
+    def __init__(self) -> None:
+        self._tags: dict[str, int] = {}
+        self._images: dict[str, dict[str, int]] = {}  # repository -> image ID -> size
+        self._names: list[str] = []  # sorted, parallel to _rows
+        self._rows: list[TableRow] = []
+        self._changed: set[str] = set()
+
+    def add(self, image: Image) -> None:
+        for ref in image.refs:
+            self._tags[ref.repository] = self._tags.get(ref.repository, 0) + 1
+            self._images.setdefault(ref.repository, {})[image.id] = image.size
+            self._changed.add(ref.repository)
+
+    def remove(self, image: Image) -> None:
+        for ref in image.refs:
+            self._tags[ref.repository] -= 1
+            self._images[ref.repository].pop(image.id, None)
+            self._changed.add(ref.repository)
+
+    def rows(self) -> list[TableRow]:
+        """The rows as they are now (a copy)."""
+        for repo in sorted(self._changed):
+            index = bisect_left(self._names, repo)
+            present = index < len(self._names) and self._names[index] == repo
+            tags = self._tags.get(repo, 0)
+            if not tags:
+                self._tags.pop(repo, None)
+                self._images.pop(repo, None)
+                if present:
+                    del self._names[index]
+                    del self._rows[index]
+                continue
+            ids = self._images[repo]
+            row: TableRow = ((repo,), (len(ids), tags, sum(ids.values())))
+            if present:
+                self._rows[index] = row
+            else:
+                self._names.insert(index, repo)
+                self._rows.insert(index, row)
+        self._changed.clear()
+        return list(self._rows)
+
+
+def _table_section(table: Table) -> Section:
+    return Section(table.metrics, table)
 
 
 class SnapshotSource(Protocol):
@@ -131,6 +404,7 @@ class SnapshotCollector(Collector):
     def __init__(self, poller: SnapshotSource, config: MetricsConfig) -> None:
         self.poller = poller
         self.config = config
+        self.tables = TableCache()
 
     def describe(self) -> Iterable[Metric]:
         """Names and types only: registration must not call collect(), and `?name[]=` needs the names."""
@@ -142,23 +416,42 @@ class SnapshotCollector(Collector):
 
     def families(self, snapshot: Snapshot | None, up: bool) -> Iterator[Metric]:
         """The families for one (snapshot, up) state, in exposition order."""
-        for _key, section in self.sections(snapshot, up):
-            yield from section()
+        for section in self.sections(snapshot, up):
+            yield from section.families()
 
     def sections(self, snapshot: Snapshot | None, up: bool) -> list[Section]:
-        """`families()` cut into consecutive sections, each with the key of all it depends on (None: render always).
+        """`families()` cut into consecutive sections; the image-derived ones with many series are Tables.
 
-        A poll publishes a new snapshot even when no image changed (`taken_at` always moves); the image-derived
-        families are nearly all of the text, so `exposition` reuses their render while `snapshot.images` is equal.
+        The exposition renders a plain section whole and a table chunk by chunk (reusing unchanged chunks),
+        so a new snapshot costs the few families of the plain sections plus the rows that changed.
         """
-        head: Section = (None, lambda: self._head(snapshot, up))
+        head = Section(lambda: self._head(snapshot, up))
         if snapshot is None:
             return [head]
-        return [
+        tables = self.tables.tables(snapshot)
+        sections = [
             head,
-            (("images", self.config, snapshot.images), lambda: self._images(snapshot)),
-            (None, lambda: self._disk(snapshot)),
+            Section(lambda: self._totals(tables.totals)),
+            _table_section(Table(REPOSITORY_FAMILIES, ("repository",), tables.repositories)),
         ]
+        if self.config.per_image:
+            kept = tables.rows[: self.config.max_image_series]
+            dropped = len(tables.rows) - len(kept)
+            sections.append(
+                Section(
+                    lambda: [
+                        _gauge(
+                            "docker_exporter_image_series_dropped",
+                            "Per-tag series left out because of metrics.max_image_series (smallest images are "
+                            "dropped first).",
+                            dropped,
+                        )
+                    ]
+                )
+            )
+            sections.append(_table_section(Table(PER_IMAGE_FAMILIES, tuple(PER_IMAGE_LABELS), kept)))
+        sections.append(Section(lambda: self._disk(snapshot)))
+        return sections
 
     def _head(self, snapshot: Snapshot | None, up: bool) -> Iterator[Metric]:
         yield _gauge("docker_up", "1 if the last poll reached the engine, 0 if not.", 1.0 if up else 0.0)
@@ -183,13 +476,6 @@ class SnapshotCollector(Collector):
         )
         yield from self._engine(snapshot)
 
-    def _images(self, snapshot: Snapshot) -> Iterator[Metric]:
-        """Everything here depends on `snapshot.images` alone (and the config)."""
-        yield from self._totals(snapshot)
-        yield from self._repositories(snapshot)
-        if self.config.per_image:
-            yield from self._per_image(snapshot)
-
     def _engine(self, snapshot: Snapshot) -> Iterator[Metric]:
         info = snapshot.engine
         if info is None:
@@ -202,100 +488,25 @@ class SnapshotCollector(Collector):
         family.add_metric([info.version, info.api_version, info.storage_driver, info.os, info.arch], 1.0)
         yield family
 
-    def _totals(self, snapshot: Snapshot) -> Iterator[Metric]:
-        images = snapshot.images
-        dangling = snapshot.dangling
-        yield _gauge("docker_images", f"Images as /images/json lists them (unique IDs). {_FRESH}", len(images))
+    def _totals(self, totals: Totals) -> Iterator[Metric]:
+        yield _gauge("docker_images", f"Images as /images/json lists them (unique IDs). {_FRESH}", totals.images)
         yield _gauge(
             "docker_images_size_bytes",
             f"Sum of image sizes as `docker images` shows them; a shared layer counts in every image. {_FRESH}",
-            sum(i.size for i in images),
+            totals.size,
         )
-        yield _gauge("docker_images_dangling", f"Untagged (dangling) images. {_FRESH}", len(dangling))
+        yield _gauge("docker_images_dangling", f"Untagged (dangling) images. {_FRESH}", totals.dangling)
         yield _gauge(
             "docker_images_dangling_size_bytes",
             f"Sum of dangling image sizes (shared layers counted per image). {_FRESH}",
-            sum(i.size for i in dangling),
+            totals.dangling_size,
         )
-        yield _gauge(
-            "docker_images_unused",
-            f"Images no container (running or stopped) uses. {_FRESH}",
-            len(snapshot.unused),
-        )
+        yield _gauge("docker_images_unused", f"Images no container (running or stopped) uses. {_FRESH}", totals.unused)
         yield _gauge(
             "docker_images_local_only",
             f"Tagged images with no repo digest: built here, never pushed or pulled. {_FRESH}",
-            sum(1 for i in images if i.local_only),
+            totals.local_only,
         )
-
-    def _repositories(self, snapshot: Snapshot) -> Iterator[Metric]:
-        tags: dict[str, int] = {}
-        ids: dict[str, dict[str, int]] = {}
-        for image in snapshot.images:
-            for ref in image.refs:
-                tags[ref.repository] = tags.get(ref.repository, 0) + 1
-                ids.setdefault(ref.repository, {})[image.id] = image.size
-        count = GaugeMetricFamily(
-            "docker_repository_images",
-            f"Distinct images with a tag in the repository. {_FRESH}",
-            labels=["repository"],
-        )
-        tag_count = GaugeMetricFamily(
-            "docker_repository_tags", f"Tags in the repository. {_FRESH}", labels=["repository"]
-        )
-        size = GaugeMetricFamily(
-            "docker_repository_size_bytes",
-            f"Sum of sizes of the distinct images tagged in the repository. {_FRESH}",
-            labels=["repository"],
-        )
-        for repo in sorted(tags):
-            count.add_metric([repo], len(ids[repo]))
-            tag_count.add_metric([repo], tags[repo])
-            size.add_metric([repo], sum(ids[repo].values()))
-        yield from (count, tag_count, size)
-
-    def _per_image(self, snapshot: Snapshot) -> Iterator[Metric]:
-        kept, total = top_image_series(snapshot.images, self.config.max_image_series)
-        yield _gauge(
-            "docker_exporter_image_series_dropped",
-            "Per-tag series left out because of metrics.max_image_series (smallest images are dropped first).",
-            total - len(kept),
-        )
-
-        def family(name: str, doc: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=PER_IMAGE_LABELS)
-
-        size = family("docker_image_size_bytes", f"Image size (all its layers, shared or not). {_FRESH}")
-        shared = family(
-            "docker_image_shared_size_bytes",
-            "Bytes of the image's layers that other images also use (1.42+: every poll; 1.41: from /system/df).",
-        )
-        unique = family("docker_image_unique_size_bytes", "Bytes only this image holds: what deleting it alone frees.")
-        created = family("docker_image_created_timestamp_seconds", "When the image was built (config `created`).")
-        tagged = family(
-            "docker_image_last_tag_timestamp_seconds",
-            "When the image was last tagged/built/imported here (Metadata.LastTagTime), when the engine knows it.",
-        )
-        used = family(
-            "docker_image_last_used_timestamp_seconds",
-            "Last use of the image by a container: the latest of container create/start events, running "
-            "containers seen by polls, and every existing container's State.FinishedAt/StartedAt (so uses from "
-            "before the exporter started count); persisted across restarts. Absent: no use known.",
-        )
-        containers = family("docker_image_containers", f"Containers (running or stopped) using the image. {_FRESH}")
-        for image, ref in kept:
-            labels = [ref.repository, ref.tag, image.short_id] if ref else [NONE_LABEL, NONE_LABEL, image.short_id]
-            size.add_metric(labels, image.size)
-            if image.shared_size is not None:
-                shared.add_metric(labels, image.shared_size)
-                unique.add_metric(labels, image.unique_size or 0)
-            created.add_metric(labels, image.created)
-            if image.last_tag_time is not None:
-                tagged.add_metric(labels, image.last_tag_time)
-            if image.last_used is not None:
-                used.add_metric(labels, image.last_used)
-            containers.add_metric(labels, image.containers)
-        yield from (size, shared, unique, created, tagged, used, containers)
 
     def _disk(self, snapshot: Snapshot) -> Iterator[Metric]:
         du = snapshot.disk_usage

@@ -10,6 +10,8 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 import exporter
@@ -18,9 +20,9 @@ from exporter.collector import (
     GAUGE_FAMILIES,
     INFO_FAMILIES,
     SnapshotCollector,
+    TableCache,
     build_labels,
     image_series,
-    top_image_series,
 )
 from exporter.config import MetricsConfig, parse_config
 from exporter.selfmetrics import PollMetrics
@@ -180,8 +182,8 @@ async def test_name_parameter_selects_families(metrics_client: Any) -> None:
     assert families(await response.text()) == {"docker_images", "docker_exporter_build_info"}
 
 
-def test_top_image_series_keeps_the_sorted_order_ties_included() -> None:
-    """heapq.nsmallest must give exactly the first rows of the full sort (equal sizes and names tie on ID)."""
+def test_table_rows_keep_the_sorted_order_ties_included_and_the_cap_keeps_a_prefix() -> None:
+    """The per-tag table is `image_series` order (equal sizes and names tie on ID); a cap keeps its first rows."""
     images = [
         image(c, size, *refs)
         for c, size, refs in [
@@ -196,6 +198,49 @@ def test_top_image_series_keeps_the_sorted_order_ties_included() -> None:
     ]
     rows = image_series(images)
     assert [(r[0].id[7], str(r[1])) for r in rows[:4]] == [("3", "None"), ("5", "None"), ("1", "a:1"), ("2", "a:1")]
+    snap = Snapshot(taken_at=1.0, engine=None, images=tuple(images))
+    table = TableCache().tables(snap).rows
+    assert [labels for labels, _values in table] == [
+        (ref.repository, ref.tag, i.short_id) if ref else ("<none>", "<none>", i.short_id) for i, ref in rows
+    ]
     for limit in range(len(rows) + 2):
-        kept, total = top_image_series(images, limit)
-        assert kept == rows[:limit] and total == len(rows) == 9
+        _, text = render(snap, max_image_series=limit)
+        shown = re.findall(r'^docker_image_size_bytes\{image_id="(\w+)",repository="([^"]*)",tag="([^"]*)"', text, re.M)
+        assert shown == [(i, r, t) for r, t, i in (labels for labels, _values in table[:limit])]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from("0123456789ab"),
+                st.sampled_from([5, 50, 500]),
+                st.lists(st.sampled_from(["app:1", "app:2", "web:1", "reg.local:5000/team/app:1"]), max_size=3),
+                st.integers(0, 2),
+            ),
+            max_size=10,
+            unique_by=lambda spec: spec[0],
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 3),
+)
+def test_table_cache_updated_by_changes_equals_one_built_from_scratch(
+    snapshots: list[list[tuple[str, int, list[str], int]]], rebuild_at: int
+) -> None:
+    """Rows, repositories and totals kept up to date image by image are those of a fresh cache, whatever
+    the sequence of snapshots (images appearing, changing, going, re-listed as equal new objects)."""
+    cache = TableCache()
+    previous: dict[str, Image] = {}
+    for n, specs in enumerate(snapshots):
+        images = []
+        for id_, size, refs, containers in specs:
+            new = image(id_, size, *refs, containers=containers)
+            old = previous.get(id_)
+            images.append(old if old is not None and old == new and n % rebuild_at else new)  # same object or not
+        previous = {i.id[7]: i for i in images}
+        snap = Snapshot(taken_at=float(n), engine=None, images=tuple(images))
+        got, want = cache.tables(snap), TableCache().tables(snap)
+        assert (got.rows, got.repositories, got.totals) == (want.rows, want.repositories, want.totals)

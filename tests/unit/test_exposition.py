@@ -7,6 +7,8 @@ import gzip
 import random
 import threading
 import zlib
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -14,19 +16,23 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from prometheus_client import CollectorRegistry, Counter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.collector import SnapshotCollector
 from exporter.config import MetricsConfig, parse_config
 from exporter.diskusage import DiskUsageRefresher
+from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.web import exposition
-from exporter.web.exposition import MetricsEndpoint, RenderedSection, crc32_combine, deflate, gzip_member
+from exporter.web.exposition import MetricsEndpoint, RenderedPart, crc32_combine, deflate, gzip_member
 from tests.unit.recorded import RecordedEngine
+from tests.unit.test_event_apply import ClassicStore, Clock, blobs, operations, refs
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 ACCEPTS = [
@@ -55,7 +61,7 @@ def snapshot(taken_at: float = 1234.0, images: int = 5) -> Snapshot:
     return Snapshot(
         taken_at=taken_at,
         engine=EngineInfo("20.10.24", "1.41", "overlay2", "linux", "amd64"),
-        images=(*(image(n, 100 * (n % 3 + 1), f"app{n % 2}:{n}") for n in range(images)), image(99, 7)),
+        images=(*(image(n, 100 * (n % 3 + 1), f"app{n % 2}:{n}") for n in range(images)), image(10**6, 7)),
         disk_usage=DiskUsage(1200.0, 700, 250, MappingProxyType({}), BuildCache(50, 20, 3)),
         filesystem=Filesystem("/var/lib/docker", 10_000, 2_500),
     )
@@ -105,7 +111,7 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[exposition.State]:
     calls: list[exposition.State] = []
     real = exposition.render_snapshot
 
-    def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> list[RenderedSection]:
+    def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> RenderedPart:
         calls.append(state)
         return real(collector, state, *args)
 
@@ -226,20 +232,18 @@ async def test_a_reloaded_metrics_config_invalidates_with_an_unchanged_snapshot(
 
 
 @pytest.mark.parametrize("encoding", ["", "gzip"])
-async def test_a_publish_of_unchanged_images_reuses_their_render(
+async def test_a_publish_renders_and_compresses_only_what_changed(
     monkeypatch: pytest.MonkeyPatch, encoding: str
 ) -> None:
-    """Every poll publishes a new snapshot; only the sections whose inputs changed are rendered again."""
-    poller = FakePoller(snapshot(taken_at=1.0, images=50))
-    setup = Setup(poller)
-    image_renders: list[Snapshot] = []
-    real = setup.collector._images
+    """A quiet poll (equal images, new objects) renders no table row again; a changed image renders about a
+    chunk of rows per table, not the table, and a gzip scrape then compresses a few segments, not the part.
 
-    def spy(snap: Snapshot) -> Any:
-        image_renders.append(snap)
-        return real(snap)
-
-    monkeypatch.setattr(setup.collector, "_images", spy)
+    Chunks of 8 rows on average and no forced cuts: a chunk of more than 100 rows has a chance of 1e-6.
+    """
+    monkeypatch.setattr(exposition, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(exposition, "MAX_CHUNK_ROWS", 1_000_000)
+    poller = FakePoller(snapshot(taken_at=1.0, images=2000))
+    setup = Setup(poller, MetricsConfig(max_image_series=1_000_000))
 
     async def scrape() -> bytes:
         body = (await setup.scrape(encoding=encoding)).body
@@ -247,18 +251,21 @@ async def test_a_publish_of_unchanged_images_reuses_their_render(
         return gzip.decompress(body) if encoding else body
 
     await scrape()
-    same_images = snapshot(taken_at=2.0, images=50)  # equal images, new objects: what a quiet poll publishes
-    assert poller.snapshot is not None and same_images.images == poller.snapshot.images
-    assert same_images.images is not poller.snapshot.images
-    poller.snapshot = same_images
-    second = await scrape()
-    assert len(image_renders) == 1
-    assert b"docker_exporter_snapshot_timestamp_seconds 2.0\n" in second
-    assert second == (await setup.expected()).body  # the reference collects through the spy too
-    poller.snapshot = snapshot(taken_at=3.0, images=51)  # one image more: rendered again
-    third = await scrape()
-    assert image_renders[-1] is poller.snapshot and len(image_renders) == 3
-    assert b"docker_images 52.0\n" in third and third == (await setup.expected()).body
+    (renderer,) = setup.endpoint._renderers.values()
+    rows, compressed = renderer.rows_rendered, renderer.segments.compressed
+    assert rows > 2000 and (compressed > 0) is bool(encoding)
+
+    poller.snapshot = snapshot(taken_at=2.0, images=2000)  # what a quiet poll publishes
+    assert b"docker_exporter_snapshot_timestamp_seconds 2.0\n" in await scrape()
+    assert renderer.rows_rendered == rows
+
+    images = list(poller.snapshot.images)
+    images[700] = replace(images[700], size=images[700].size + 1, containers=5)  # moves in the sort order
+    poller.snapshot = replace(poller.snapshot, taken_at=3.0, images=tuple(images))
+    assert await scrape() == (await Setup(FakePoller(poller.snapshot), setup.collector.config).expected()).body
+    assert 0 < renderer.rows_rendered - rows < rows / 10
+    if encoding:
+        assert 0 < renderer.segments.compressed - compressed < compressed / 4
 
 
 async def test_poller_publishes_and_disk_usage_updates_invalidate(tmp_path: Path) -> None:
@@ -302,7 +309,7 @@ class BlockingRenders:
         self.release = threading.Event()
         real = exposition.render_snapshot
 
-        def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> list[RenderedSection]:
+        def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> RenderedPart:
             self.calls.append(state)
             self.started.release()
             assert self.release.wait(30), "the test never released the render"
@@ -366,7 +373,7 @@ async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest
     real = exposition.render_snapshot
     failures = [RuntimeError("boom")]
 
-    def flaky(*args: Any) -> list[RenderedSection]:
+    def flaky(*args: Any) -> RenderedPart:
         if failures:
             raise failures.pop()
         return real(*args)
@@ -429,3 +436,123 @@ async def test_a_publish_starts_rendering_every_format_scraped_before_the_next_s
     assert "docker_exporter_snapshot_timestamp_seconds 2.0\n" in await setup.text("application/openmetrics-text")
     await setup.scrape("", encoding="gzip")
     assert len(renders) == 4  # neither scrape rendered again
+
+
+# --- incremental == full render, over random sequences of snapshots --------------------------------------------
+
+REPOS = ("app", "web", "localhost:5000/team/api")
+TAGS = tuple(f"{repo}:{tag}" for repo in REPOS for tag in ("1", "2", "latest"))
+image_specs = st.tuples(
+    st.integers(0, 40),  # which image (its ID)
+    st.sampled_from([7, 100, 200, 300]),  # sizes that tie, so the ID decides the order too
+    st.lists(st.sampled_from(TAGS), max_size=3, unique=True),
+    st.integers(0, 2),  # containers
+    st.none() | st.integers(0, 150),  # shared size (None: not computed)
+    st.none() | st.sampled_from([1.7e9, 1.75e9, 1.8e9 + 0.5]),  # last used
+)
+steps = st.one_of(
+    st.tuples(st.just("put"), image_specs),  # an image appears or changes
+    st.tuples(st.just("drop"), st.integers(0, 40)),
+    st.tuples(st.just("quiet_poll")),  # equal images, new objects, another order
+    st.tuples(st.just("disk_usage")),  # the same images tuple, a new snapshot
+    st.tuples(st.just("cap"), st.integers(0, 60)),
+    st.tuples(st.just("per_image"), st.booleans()),
+    st.tuples(st.just("up"), st.booleans()),
+)
+
+
+def spec_image(spec: tuple[Any, ...]) -> Image:
+    number, size, tags, containers, shared, last_used = spec
+    return replace(
+        image(number, size, *tags), containers=containers, shared_size=shared, last_used=last_used, digests=()
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    start=st.lists(image_specs, max_size=25),
+    changes=st.lists(st.tuples(steps, st.sampled_from(ACCEPTS), st.booleans()), max_size=30),
+)
+async def test_incremental_render_equals_a_full_render(
+    start: list[tuple[Any, ...]], changes: list[tuple[tuple[Any, ...], str, bool]]
+) -> None:
+    """Every scrape after any sequence of snapshot changes (events, polls, /system/df, reloads, engine going
+    away) is byte for byte what a fresh collector and prometheus_client render for that state, in every
+    format, gzip included. Tiny chunks and segments (and forced cuts) so that 40 images span many of them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exposition, "CHUNK_ROWS", 3)
+        patch.setattr(exposition, "MAX_CHUNK_ROWS", 4)
+        patch.setattr(exposition, "SEGMENT_CHUNKS", 2)
+        images = {spec[0]: spec_image(spec) for spec in start}
+        poller = FakePoller(snapshot_of(images.values(), 1.0))
+        setup = Setup(poller, MetricsConfig(max_image_series=30))
+        for n, ((action, *args), accept, gzipped) in enumerate(changes):
+            assert poller.snapshot is not None
+            if action == "put":
+                images[args[0][0]] = spec_image(args[0])
+            elif action == "drop":
+                images.pop(args[0], None)
+            if action in ("put", "drop"):
+                poller.snapshot = snapshot_of(images.values(), 2.0 + n)
+            elif action == "quiet_poll":
+                copies = [replace(i) for i in images.values()]
+                poller.snapshot = snapshot_of(reversed(copies), 2.0 + n)
+            elif action == "disk_usage":
+                poller.snapshot = replace(poller.snapshot, taken_at=2.0 + n)
+            elif action == "cap":
+                setup.collector.config = setup.collector.config.model_copy(update={"max_image_series": args[0]})
+            elif action == "per_image":
+                setup.collector.config = setup.collector.config.model_copy(update={"per_image": args[0]})
+            else:
+                poller.up = args[0]
+            response = await setup.scrape(accept, encoding="gzip" if gzipped else "")
+            assert isinstance(response.body, bytes)
+            body = gzip.decompress(response.body) if gzipped else response.body
+            fresh = Setup(FakePoller(poller.snapshot, poller.up), setup.collector.config)
+            assert body == (await fresh.expected(accept)).body
+
+
+def snapshot_of(images: Iterable[Image], taken_at: float) -> Snapshot:
+    return replace(snapshot(taken_at=taken_at, images=0), images=tuple(images))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    start=st.lists(st.tuples(blobs, st.lists(refs, max_size=2, unique=True)), max_size=4),
+    steps=st.lists(operations, max_size=15),
+)
+async def test_every_event_applied_change_is_in_the_next_scrape(
+    start: list[tuple[str, list[str]]], steps: list[tuple[Any, ...]]
+) -> None:
+    """Events applied to the snapshot (no re-list), with the app's publish hook rendering ahead: the scrape
+    after each event is exactly a fresh full render of the snapshot the event produced, and so is the scrape
+    after the reconciling poll."""
+    clock = Clock()
+    store = ClassicStore(clock)
+    for blob, tags in start:
+        store.load_image(blob, tags)
+    metrics = PollMetrics(CollectorRegistry())  # the exporter's own metrics are not what this test is about
+    history = ImageHistory(None)
+    poller = Poller(store, parse_config({"filesystem": {"path": "/"}}), history, metrics, clock=clock)
+    follower = EventFollower(store, poller, history, metrics)
+    registry = CollectorRegistry(auto_describe=True)
+    collector = SnapshotCollector(poller, MetricsConfig())
+    registry.register(collector)
+    endpoint = MetricsEndpoint(registry, collector)
+    poller.on_publish.append(endpoint.prerender)
+
+    async def check() -> None:
+        response = await endpoint.handle(make_mocked_request("GET", "/metrics", headers={"Accept-Encoding": "gzip"}))
+        assert isinstance(response.body, bytes)
+        fresh = CollectorRegistry(auto_describe=True)
+        fresh.register(SnapshotCollector(FakePoller(poller.snapshot, poller.up), MetricsConfig()))
+        assert gzip.decompress(response.body) == generate_latest(fresh)
+
+    await poller.poll_once()
+    await check()
+    for name, *args in steps:
+        for event in getattr(store, name)(*args):
+            await follower.handle(event)
+            await check()
+    await poller.poll_once()
+    await check()
