@@ -336,7 +336,9 @@ class Engine:
         return await self._call(lambda c: list(c.containers(all=True) or []), lane=lane)
 
     async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
-        if self._lean(lane):
+        # every inspect takes the lean client on a unix socket: the poller's LastTagTime fill and event
+        # applies make thousands of them, and the SDK's per-request overhead was 4-5x the engine's answer
+        if self._socket_path is not None:
             return dict(await self._call_raw("GET", f"/images/{_quote(ref)}/json") or {})
         return await self._call(lambda c: dict(c.inspect_image(ref)), lane=lane)
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RUNNING_USE_RESOLUTION = 60.0
 #: Inspects per lock hold (and publish) while filling LastTagTime behind the first publish.
 FILL_BATCH = 500
+FILL_PUBLISH_INTERVAL = 1.0  # seconds between publishes while LastTagTimes fill in
 
 TagKey = tuple[str, tuple[str, ...]]
 
@@ -242,6 +243,7 @@ class Poller:
         says so (`Image.tag_time_pending`: no last-tag series, and remediation counts it as young) and
         `docker_exporter_pending_inspects` counts them. The lock is taken per batch, so events apply between.
         """
+        published = time.monotonic()
         while True:
             async with self._lock:
                 if self._parts is None or not self._pending:
@@ -265,9 +267,13 @@ class Poller:
                         "cannot inspect images for LastTagTime (retried next poll)",
                         extra=kv(err=exc, hint=engine_error_hint(str(exc))),
                     )
-                    return
-                finally:
                     self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
+                    return
+                # publish at most once a second while filling, and when done: each publish re-renders rows
+                # spread over the whole exposition, and a scrape waits for the current render
+                if not self._pending or time.monotonic() - published >= FILL_PUBLISH_INTERVAL:
+                    self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
+                    published = time.monotonic()
 
     async def apply_image_event(self, image_ids: Iterable[str], refs: Iterable[str] = ()) -> bool:
         """Apply one image event to the snapshot by inspecting only the images it touches; publish at once.

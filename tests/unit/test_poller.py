@@ -274,3 +274,27 @@ def test_a_published_image_is_the_listed_one_with_the_learned_values() -> None:
         listed, shared_size=7, containers=2, last_tag_time=1.5, tag_time_pending=True, last_used=3.0, arrived=4.0
     )
     assert listed.shared_size != 7 or listed.containers != 2  # the listed image itself is not changed
+
+
+@pytest.mark.parametrize(("interval", "fill_publishes"), [(0.0, "one per batch"), (3600.0, "one at the end")])
+async def test_the_fill_publishes_at_most_once_per_interval_and_always_when_done(
+    make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch, interval: float, fill_publishes: str
+) -> None:
+    """Each fill publish re-renders rows all over the exposition: throttled, but the last one never withheld."""
+    import exporter.poller
+
+    monkeypatch.setattr(exporter.poller, "FILL_BATCH", 1)
+    monkeypatch.setattr(exporter.poller, "FILL_PUBLISH_INTERVAL", interval)
+    poller, recorded, _ = make_poller()
+    published: list[int] = []
+    poller.on_publish.append(lambda snapshot: published.append(snapshot.pending_inspects))
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and snapshot.pending_inspects == 0
+    batches = len({(i["Id"], tuple(sorted(i.get("RepoTags") or []))) for i in recorded.images})
+    assert batches > 1, "the recorded engine needs several images for this test"
+    fills = published[1:]  # the first publish is the listing's, before any inspect
+    assert published[0] == batches and fills[-1] == 0
+    if fill_publishes == "one per batch":
+        assert fills == list(range(batches - 1, -1, -1))
+    else:
+        assert fills == [0]
