@@ -69,6 +69,16 @@ ROWS: list[Row] = [
     ("start → ready vs one raw list", lambda r: _vs(r["startup"])),
     ("… inspecting every image (raw)", lambda r: _spread(r["startup"]["inspect_every_image"])),
     (
+        "… LastTagTime and `/system/df` filled in behind ready (after the start)",
+        lambda r: (
+            "; ".join(
+                f"{name}: LastTagTime {_ms(f['last_tag_times_seconds'])}, df {_ms(f['disk_usage_seconds'])}"
+                for name, f in r.get("fill", {}).items()
+            )
+            or "-"
+        ),
+    ),
+    (
         "dry-run plan `free_space` (audit log on tmpfs)",
         lambda r: (
             f"{_spread(r['plans']['free']['plan'])}, {r['plans']['free']['candidates']} candidates; "
