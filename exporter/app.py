@@ -98,9 +98,11 @@ class Services:
         self.history.load()
         reads = self.poller.first_reads
         if reads is not None:  # the listing was taken before the event stream starts: replay from there on
-            since = reads.started_at - 1.0  # whole seconds in the engine's `since`; a change replayed twice is harmless
+            # without a state file, from a second before the listing (clock margin; a change replayed twice is
+            # harmless); with one, from its time, never earlier: the file is what is known up to then, and an
+            # older pull/tag replayed again would mark an image it proves present as just arrived
             saved = self.history.saved_at
-            self.events.resume_from = since if saved is None else min(saved, since)
+            self.events.resume_from = reads.started_at - 1.0 if saved is None else min(saved, reads.started_at)
         tasks = [
             asyncio.create_task(self.poller.run(), name="poller"),
             asyncio.create_task(self.disk_usage.run(), name="disk-usage"),
