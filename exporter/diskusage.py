@@ -24,6 +24,8 @@ from exporter.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = 5.0  # after a failed /system/df, wait at least this long (an engine that is down answers fast)
+
 
 class DiskUsageRefresher:
     """Owns every `/system/df` call and hands each result to the poller to publish."""
@@ -58,7 +60,11 @@ class DiskUsageRefresher:
     async def run(self) -> None:
         await self.poller.ready.wait()  # parsing needs the engine's identity (Podman's sizes are unknown)
         while True:
-            await self.refresh_now()
+            if await self.refresh_now() is None:
+                # an outage, or another /system/df running (20.10 refuses a second one: two exporters or a
+                # `docker system df` on one engine): retry soon rather than a whole interval later
+                await asyncio.sleep(self.retry_delay())
+                continue
             try:
                 await asyncio.wait_for(self._changed.wait(), self.config.disk_usage_interval)
             except TimeoutError:
@@ -67,6 +73,10 @@ class DiskUsageRefresher:
             wait = self.config.disk_usage_min_interval - (time.monotonic() - self._last_attempt)
             if wait > 0:
                 await asyncio.sleep(wait)
+
+    def retry_delay(self) -> float:
+        """Seconds before retrying a failed call: the minimum spacing, at least RETRY_SECONDS, at most the interval."""
+        return min(self.config.disk_usage_interval, max(self.config.disk_usage_min_interval, RETRY_SECONDS))
 
     async def refresh_now(self) -> Snapshot | None:
         """Read /system/df now and publish it; the poller's new snapshot, or None when the call failed.

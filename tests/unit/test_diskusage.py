@@ -86,3 +86,59 @@ async def test_background_refresh_waits_for_the_first_poll_and_follows_changes(t
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_failed_background_call_is_retried_soon_not_an_interval_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20.10 refuses a /system/df while another runs (a second exporter, a `docker system df`): with a 1h
+    interval the figures stayed absent for an hour; a failure is retried after the minimum spacing."""
+    import exporter.diskusage
+
+    monkeypatch.setattr(exporter.diskusage, "RETRY_SECONDS", 0.01)
+    refresher, poller, recorded, registry = make(
+        "sid", tmp_path, disk_usage_interval="1h", disk_usage_min_interval="0s"
+    )
+    assert refresher.retry_delay() == 0.01
+    recorded.failing = {"disk_usage"}
+    df_calls: asyncio.Queue[str] = asyncio.Queue()
+    made: list[str] = []
+
+    def on_call(call: str) -> None:
+        if call == "disk_usage":
+            made.append(call)
+            df_calls.put_nowait(call)
+            if len(made) == 2:
+                recorded.failing = set()  # the other operation has ended: the second call succeeds
+
+    recorded.on_call = on_call
+    await poller.poll_once()
+    task = asyncio.create_task(refresher.run())
+    try:
+        for _ in range(2):
+            await asyncio.wait_for(df_calls.get(), 10)
+        for _ in range(1000):  # the second call's answer is published right after it returns
+            if poller.snapshot is not None and poller.snapshot.disk_usage is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert poller.snapshot is not None and poller.snapshot.disk_usage is not None
+        assert registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": "disk_usage"}) == 1
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_the_retry_delay_is_the_minimum_spacing_within_bounds(tmp_path: Path) -> None:
+    refresher, *_ = make("sid", tmp_path, disk_usage_interval="5m", disk_usage_min_interval="30s")
+    assert refresher.retry_delay() == 30.0
+    refresher, *_ = make("sid", tmp_path, disk_usage_interval="5m", disk_usage_min_interval="0s")
+    assert refresher.retry_delay() == exporter_retry_seconds()
+    refresher, *_ = make("sid", tmp_path, disk_usage_interval="2s", disk_usage_min_interval="0s")
+    assert refresher.retry_delay() == 2.0
+
+
+def exporter_retry_seconds() -> float:
+    from exporter.diskusage import RETRY_SECONDS
+
+    return RETRY_SECONDS
