@@ -392,8 +392,13 @@ class Engine:
 
         return await self._call(get)
 
-    def follow_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:
-        """Block, delivering decoded image/container events until the stream ends or `close_events`."""
+    def follow_events(
+        self, on_event: Callable[[dict[str, Any]], None], on_connected: Callable[[], None] | None = None
+    ) -> None:
+        """Block, delivering decoded image/container events until the stream ends or `close_events`.
+
+        `on_connected` is called once the engine has answered the request: from then on it delivers every
+        event to this stream, so a replay of what came before can start."""
         try:
             client = self._new_client(None)
             stream = client.events(decode=True, filters={"type": list(EVENT_TYPES)})
@@ -405,6 +410,8 @@ class Engine:
                 client.close()
                 return
             self._stream = stream
+        if on_connected is not None:
+            on_connected()
         try:
             for event in stream:
                 if isinstance(event, dict):

@@ -39,6 +39,7 @@ IMAGE_CHANGES = frozenset({"delete", "untag", "prune", "remove"}) | ARRIVAL_ACTI
 APPLICABLE_ACTIONS = frozenset({"pull", "load", "tag", "import", "untag", "delete"})
 CONTAINER_CHANGES = frozenset({"create", "destroy", "remove", "start", "die"})
 MAX_BACKOFF = 30.0
+ENGINE_EVENT_BUFFER = 256  # events the engine keeps for a replay (moby's events buffer)
 _HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
 
 
@@ -71,15 +72,33 @@ class EventFollower:
             while True:
                 started = time.monotonic()
 
+                connected = asyncio.Event()
+
                 def deliver(event: dict[str, Any]) -> None:
                     loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
+                def on_connected(connected: asyncio.Event = connected) -> None:
+                    loop.call_soon_threadsafe(connected.set)
+
+                # Subscribe first, replay second: events from the moment the stream is live are delivered by
+                # it, and the replay covers what came before. (Replaying first lost ~400 images of a 1,000-image
+                # load that ran during a start-up replay: the engine keeps only its last 256 events for a
+                # stream that starts later.) A change in the overlap is handled twice, which is harmless.
+                stream = asyncio.create_task(asyncio.to_thread(self.engine.follow_events, deliver, on_connected))
                 try:
-                    await self.replay()
-                    if reconnecting:  # re-list: a replay is a hint; at start the first poll is that re-list
-                        self.poller.wake()
-                    reconnecting = True
-                    await asyncio.to_thread(self.engine.follow_events, deliver)
+                    live = asyncio.create_task(connected.wait())
+                    await asyncio.wait({stream, live}, return_when=asyncio.FIRST_COMPLETED)
+                    live.cancel()
+                    if connected.is_set():
+                        try:
+                            await self.replay()
+                        except EngineError as exc:  # the stream says whether the engine is gone; re-list
+                            log.debug("cannot replay engine events", extra=kv(err=exc))
+                            self.poller.wake()
+                        if reconnecting:  # re-list: a replay is a hint; at start the first poll is that re-list
+                            self.poller.wake()
+                        reconnecting = True
+                    await stream
                     log.info("event stream ended; reconnecting")
                 except EngineError as exc:
                     if time.monotonic() - started > 5:
@@ -107,6 +126,8 @@ class EventFollower:
             replayed = await self.engine.events_between(int(since), int(until) + 1)
             # `since` has whole seconds: what happened up to `since` itself is already in the state
             events = [e for e in replayed if event_time(e) > since]
+            if len(replayed) >= ENGINE_EVENT_BUFFER:  # the engine may have dropped older ones: re-list too
+                self.poller.wake()
         except EngineUnavailable:
             raise
         except EngineError as exc:  # an engine that cannot replay still streams: carry on without

@@ -95,8 +95,13 @@ class RecordedEngine(Engine):
         self._answer("disk_usage")
         return copy.deepcopy(self.df)
 
-    def follow_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:
-        """No live stream: ends at once, as when the engine closes it (the follower retries with backoff)."""
+    def follow_events(
+        self, on_event: Callable[[dict[str, Any]], None], on_connected: Callable[[], None] | None = None
+    ) -> None:
+        """No live stream: connects, then ends at once, as when the engine closes it (the follower retries with
+        backoff)."""
+        if on_connected is not None:
+            on_connected()
 
     async def remove_image(self, ref: str) -> list[dict[str, Any]]:
         raise AssertionError(f"a unit test reached remove_image({ref})")

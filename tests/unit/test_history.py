@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +236,69 @@ async def test_replay_skips_what_the_saved_state_already_covers(tmp_path: Path) 
     later = [e for e in events if event_time(e) > tagged_at]
     assert len(later) < len(events)
     assert await follower.replay() == len(later)
+
+
+class StreamingEngine(RecordedEngine):
+    """A live stream that stays open until closed, and a replay that is slow: what happens in between counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+        self.closed = threading.Event()
+        self.during_replay: dict[str, Any] | None = None
+        self.deliver: Callable[[dict[str, Any]], None] | None = None
+
+    def follow_events(
+        self, on_event: Callable[[dict[str, Any]], None], on_connected: Callable[[], None] | None = None
+    ) -> None:
+        self.order.append("stream connected")
+        self.deliver = on_event
+        if on_connected is not None:
+            on_connected()
+        self.closed.wait(30)
+
+    def close_events(self) -> None:
+        self.closed.set()
+
+    async def events_between(self, since: int, until: int) -> list[dict[str, Any]]:
+        self.order.append("replay")
+        assert self.deliver is not None and self.during_replay is not None
+        self.deliver(self.during_replay)  # an event that happens while the replay is asked for
+        await asyncio.sleep(0.05)
+        return await super().events_between(since, until)
+
+
+async def test_the_live_stream_is_subscribed_before_the_replay_so_nothing_falls_between(tmp_path: Path) -> None:
+    """Reproduces a loss found by the 10k benchmark: the replay ran first and the live stream began only after
+    its events were handled, so a 1,000-image load during a start-up replay lost ~400 images (the engine
+    keeps only its last 256 events for a stream that starts later)."""
+    history = ImageHistory(str(saved(tmp_path, recorded_ids())))
+    history.load()
+    engine = StreamingEngine()
+    events = json.loads((FIXTURES / "bookworm" / "events.json").read_text())
+    engine.during_replay = next(e for e in events if e.get("Action") == "tag")
+    poller = Poller(engine, parse_config({}), history, PollMetrics(CollectorRegistry()))
+    follower = EventFollower(engine, poller, history, PollMetrics(CollectorRegistry()))
+    handled: list[dict[str, Any]] = []
+    real_handle = follower.handle
+
+    async def handle(event: dict[str, Any]) -> None:
+        handled.append(event)
+        await real_handle(event)
+
+    follower.handle = handle  # type: ignore[method-assign]
+    task = asyncio.create_task(follower.run())
+    try:
+        for _ in range(1000):
+            if len(handled) > len(events):  # the replayed ones and the one the live stream delivered
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert engine.order[:2] == ["stream connected", "replay"]
+    assert handled.count(engine.during_replay) == 2  # once live, once replayed: harmless, nothing lost
 
 
 # ----------------------------------------------------------------------------- the schedules section
