@@ -85,10 +85,9 @@ class EventFollower:
                 # load that ran during a start-up replay: the engine keeps only its last 256 events for a
                 # stream that starts later.) A change in the overlap is handled twice, which is harmless.
                 stream = asyncio.create_task(asyncio.to_thread(self.engine.follow_events, deliver, on_connected))
+                live = asyncio.create_task(connected.wait())
                 try:
-                    live = asyncio.create_task(connected.wait())
                     await asyncio.wait({stream, live}, return_when=asyncio.FIRST_COMPLETED)
-                    live.cancel()
                     if connected.is_set():
                         try:
                             await self.replay()
@@ -106,6 +105,9 @@ class EventFollower:
                     else:
                         log.debug("event stream unavailable", extra=kv(err=exc))
                     self.metrics.errors.labels("events").inc()
+                finally:  # cancelled (stopping): the stream's thread ends with `close_events` below
+                    live.cancel()
+                    stream.cancel()
                 self.poller.wake()  # the engine may be gone: let the poller say so now
                 if time.monotonic() - started > 30:
                     backoff = 1.0
