@@ -66,7 +66,8 @@ class DiskUsageRefresher:
                 await asyncio.sleep(self.retry_delay())
                 continue
             try:
-                await asyncio.wait_for(self._changed.wait(), self.config.disk_usage_interval)
+                async with asyncio.timeout(self.config.disk_usage_interval):  # not wait_for: see Poller.run
+                    await self._changed.wait()
             except TimeoutError:
                 continue
             # Images changed: refresh once the minimum spacing has passed since the last call.

@@ -306,7 +306,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._lanes[lane], self._run, fn, timeout)
         try:
-            return await asyncio.wait_for(future, timeout + 5)
+            async with asyncio.timeout(timeout + 5):  # not wait_for, which can swallow a cancel on 3.11
+                return await future
         except TimeoutError:
             raise EngineUnavailable(f"engine did not answer within {timeout + 5:.0f}s") from None
 

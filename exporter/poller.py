@@ -142,8 +142,12 @@ class Poller:
         """One task: poll, then sleep until the interval passes or something wakes us."""
         while True:
             await self.poll_once()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns the result of an inner future done at
+            # the moment the task is cancelled and swallows the cancel, and a wake() at shutdown hung the
+            # stop for a whole poll interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll.interval)
+                async with asyncio.timeout(self.config.poll.interval):
+                    await self._wake.wait()
             if self._wake.is_set():
                 await asyncio.sleep(self.config.poll.debounce)  # let a burst of events settle
                 self._wake.clear()

@@ -361,7 +361,8 @@ class RemediationService:
             self.schedules.changed = False
             return
         try:
-            await asyncio.wait_for(self.poller.history.save_in_thread(), SCHEDULE_SAVE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(SCHEDULE_SAVE_TIMEOUT_SECONDS):  # not wait_for: it can swallow a cancel
+                await self.poller.history.save_in_thread()
         except TimeoutError:
             log.warning(
                 "saving schedules to the state file timed out", extra=kv(timeout_seconds=SCHEDULE_SAVE_TIMEOUT_SECONDS)
@@ -422,9 +423,8 @@ class RemediationService:
     async def recent_audit(self, lines: int = AUDIT_TAIL_LINES) -> AuditTail:
         """The audit log's last lines, read in a worker thread (a slow disk must not stall the event loop)."""
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(read_audit_tail, self.audit.path, lines), AUDIT_TAIL_TIMEOUT_SECONDS
-            )
+            async with asyncio.timeout(AUDIT_TAIL_TIMEOUT_SECONDS):  # not wait_for: it can swallow a cancel
+                return await asyncio.to_thread(read_audit_tail, self.audit.path, lines)
         except TimeoutError:
             return AuditTail((), f"reading audit log {self.audit.path} took over {AUDIT_TAIL_TIMEOUT_SECONDS:g}s")
 

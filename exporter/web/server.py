@@ -298,5 +298,6 @@ async def serve(
         listener.close()
         await runner.cleanup()
         with contextlib.suppress(TimeoutError):  # 3.12+ waits for every connection; cleanup closed them
-            await asyncio.wait_for(listener.wait_closed(), shutdown_timeout)
+            async with asyncio.timeout(shutdown_timeout):  # not wait_for: it can swallow a cancel on 3.11
+                await listener.wait_closed()
         guard.summary.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -298,3 +299,27 @@ async def test_the_fill_publishes_at_most_once_per_interval_and_always_when_done
         assert fills == list(range(batches - 1, -1, -1))
     else:
         assert fills == [0]
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3])
+async def test_a_wake_at_the_moment_of_stopping_does_not_swallow_the_cancel(
+    make_poller: PollerFactory, yields: int
+) -> None:
+    """Reproduces a shutdown hang (seen on SIGTERM and as a 300 s test teardown): on Python 3.11,
+    `asyncio.wait_for` returns the result of an inner wait that finished as the task was cancelled, so a
+    `wake()` (the event follower calls it often) right before the stop swallowed the cancel, and the poller
+    slept on for a whole poll interval."""
+    poller, _, _ = make_poller()
+    task = asyncio.create_task(poller.run())
+    for _ in range(1000):
+        if poller.snapshot is not None and not poller._lock.locked():
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the first poll's fill is done: the poller waits for the interval or a wake
+    poller.wake()
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert done == {task}, "the poller did not stop"
+    assert task.cancelled()
