@@ -98,11 +98,12 @@ class Services:
         self.history.load()
         reads = self.poller.first_reads
         if reads is not None:  # the listing was taken before the event stream starts: replay from there on
-            # without a state file, from a second before the listing (clock margin; a change replayed twice is
-            # harmless); with one, from its time, never earlier: the file is what is known up to then, and an
-            # older pull/tag replayed again would mark an image it proves present as just arrived
+            # without a state file, from the moment the listing was asked for: it shows everything before
+            # (events from a second earlier were applied again, and on Podman those it cannot apply exactly
+            # forced a second full poll); with one, from its time, never earlier: the file is what is known
+            # up to then, and an older pull/tag replayed again would mark an image it proves present as new
             saved = self.history.saved_at
-            self.events.resume_from = reads.started_at - 1.0 if saved is None else min(saved, reads.started_at)
+            self.events.resume_from = reads.started_at if saved is None else min(saved, reads.started_at)
         tasks = [
             asyncio.create_task(self.poller.run(), name="poller"),
             asyncio.create_task(self.disk_usage.run(), name="disk-usage"),
