@@ -139,7 +139,7 @@ def parse_limit(value: str | None) -> int:
     """
     if value is None:
         return ANSWER_LIST_LIMIT
-    text = value.strip()
+    text = value  # no stripping: `limit=+5` (a space once decoded) is as unclear as `limit=abc`
     if not text.isascii() or not text.isdigit() or len(text) > len(str(ANSWER_LIST_MAX)):
         raise ValueError(f"limit must be a whole number from 0 to {ANSWER_LIST_MAX}, got {value!r}")
     limit = int(text)

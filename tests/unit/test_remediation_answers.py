@@ -115,6 +115,8 @@ async def test_limit_zero_answers_the_totals_only(app_factory):
         "limit=",
         "limit=100001",
         "limit=0x10",
+        "limit=+5",
+        "limit=%205",
         "limit=%E2%91%A0",
         "limit=1&limit=2",
     ],
