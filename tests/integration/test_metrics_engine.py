@@ -75,6 +75,27 @@ def _build_cache_entry(engine: PrivateDockerd, workdir: Path) -> None:
         "DOCKER_BUILDKIT": engine.env.get("DOCKER_BUILDKIT", "1"),
     }
     subprocess.run([docker_cli, "build", "-q", "-t", "built/here:1", str(ctx)], env=env, check=True, timeout=120)
+    _wait_build_cache_released(engine)
+
+
+def _wait_build_cache_released(engine: PrivateDockerd, timeout: float = 30.0) -> None:
+    """BuildKit releases a finished build's cache records a moment after `docker build` returns.
+
+    Until then `/system/df` reports them `InUse` (not reclaimable); an exporter whose first df lands in that
+    moment rightly exports 0 reclaimable bytes while a later df says otherwise (seen on 28.5: 0 vs 150035).
+    Nothing uses them once the build is over, so wait until the engine says so, then compare.
+    """
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    while True:
+        cache = engine.client().api.df().get("BuildCache") or []
+        held = [c.get("ID") for c in cache if c.get("InUse")]
+        if not held:
+            print(f"build cache released after {time.monotonic() - started:.2f}s ({len(cache)} records)")
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"build cache records still in use {timeout:.0f}s after the build: {held}")
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
