@@ -1,5 +1,17 @@
-"""`python -m exporter` runs the same entry point as the console script."""
+"""The process entry point (`python -m exporter` and the console script): the first listing goes out before
+the exporter itself is imported (see `earlyread`), then the CLI runs."""
 
-from exporter.cli import main
+import sys
 
-raise SystemExit(main())
+from exporter import earlyread
+
+
+def main() -> int:
+    earlyread.start(sys.argv[1:])
+    from exporter.cli import main as cli_main  # after the listing went out: why this module exists
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

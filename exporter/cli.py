@@ -212,11 +212,12 @@ async def run(
     still stops start-up with one line: the reads not sent yet are cancelled; the one in flight ends in its
     worker thread (within `docker.timeout`) before the process exits.
     """
+    from exporter import earlyread
     from exporter.engine import Engine
     from exporter.firstreads import FirstReads
 
     engine = Engine(docker_host, config.docker.timeout, config.docker.disk_usage_timeout)
-    reads = await FirstReads.start(engine)
+    reads = await FirstReads.start(engine, early=earlyread.claim(docker_host))
     try:
         from exporter.app import create_app
         from exporter.reload import ReloadSource

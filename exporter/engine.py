@@ -35,6 +35,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from exporter.earlyread import api_at_least, images_query, unix_socket_path
 from exporter.logs import kv
 
 T = TypeVar("T")
@@ -161,16 +162,6 @@ class UnixConnection:
         while (await self.reader.readline()).strip():  # trailer fields, then the empty line
             pass
         return b"".join(parts)
-
-
-def unix_socket_path(host: str | None) -> str | None:
-    """The socket file of a `unix://` host (the SDK's default when unset), None for tcp/ssh/npipe."""
-    if host is None:
-        return "/var/run/docker.sock"
-    for prefix in ("unix://", "http+unix://"):
-        if host.startswith(prefix):
-            return host[len(prefix) :]
-    return None
 
 
 Lane = Literal["api", "df", "delete"]
@@ -325,7 +316,7 @@ class Engine:
         """
 
         def get(c: docker.APIClient) -> list[dict[str, Any]]:
-            params = {"shared-size": "1"} if api_at_least(c.api_version, "1.42") else {}
+            params = dict(urllib.parse.parse_qsl(images_query(c.api_version)))
             return list(c._result(c._get(c._url("/images/json"), params=params), True) or [])
 
         return await self._call(get)
@@ -446,15 +437,3 @@ class Engine:
 def _quote(ref: str) -> str:
     """An image reference as a path segment, quoted as the SDK does (`/` and `:` stay)."""
     return urllib.parse.quote(ref, safe="/:")
-
-
-def api_at_least(version: str | None, wanted: str) -> bool:
-    """Compare `1.41`-style API versions."""
-    if not version:
-        return False
-    try:
-        have = tuple(int(p) for p in version.split("."))
-        want = tuple(int(p) for p in wanted.split("."))
-    except ValueError:
-        return False
-    return have >= want

@@ -1,17 +1,23 @@
 """The first poll's engine reads, sent before the rest of the exporter is imported (see `cli.run`).
 
 A module of its own, importing nothing but `engine`: what `cli` must import before the reads can go out
-is what delays them (the poller alone pulls in prometheus_client, the history and the snapshot types).
+is what delays them (the poller alone pulls in prometheus_client, the history and the snapshot types). The
+listing may have gone out sooner still, at launch (`earlyread`): then its answer is taken from there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from exporter.engine import Engine
+from exporter.earlyread import EarlyListing
+from exporter.engine import Engine, EngineUnavailable
+from exporter.logs import kv
+
+log = logging.getLogger(__name__)
 
 
 class FirstReads:
@@ -27,18 +33,22 @@ class FirstReads:
     stream's start is not lost.
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
-        self.started_at = clock()
-        self.images: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(engine.list_images())
+    def __init__(
+        self, engine: Engine, clock: Callable[[], float] = time.time, early: EarlyListing | None = None
+    ) -> None:
+        self.started_at = clock() if early is None else min(clock(), early.started_at)
+        self.images: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(_listing(engine, early))
         self.info: asyncio.Task[tuple[dict[str, Any], dict[str, Any], str]] = asyncio.ensure_future(
             engine.version_and_info()
         )
         self.containers: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(engine.list_containers())
 
     @classmethod
-    async def start(cls, engine: Engine, clock: Callable[[], float] = time.time) -> FirstReads:
+    async def start(
+        cls, engine: Engine, clock: Callable[[], float] = time.time, early: EarlyListing | None = None
+    ) -> FirstReads:
         """Create the reads and let each reach the engine's lane (they run there while the caller works)."""
-        reads = cls(engine, clock)
+        reads = cls(engine, clock, early)
         await asyncio.sleep(0)
         return reads
 
@@ -50,3 +60,22 @@ class FirstReads:
                 task.cancel()
             elif not task.cancelled():
                 task.exception()
+
+
+async def _listing(engine: Engine, early: EarlyListing | None) -> list[dict[str, Any]]:
+    """The listing sent at launch when there is one, else (or when it failed) `Engine.list_images`.
+
+    A launch read that failed is asked again the normal way, which reports the failure as every poll does;
+    one that has not answered within `docker.timeout` is the engine not answering, as for any read.
+    """
+    if early is not None:
+        try:
+            async with asyncio.timeout(engine.timeout):
+                images = await asyncio.wrap_future(early.future)
+            log.debug("first listing taken from the launch read", extra=kv(images=len(images)))
+            return images
+        except TimeoutError:
+            raise EngineUnavailable(f"engine did not answer within {engine.timeout:.0f}s") from None
+        except Exception as exc:  # refused, broken, an error status: the normal read says what it is
+            log.debug("launch read failed; listing again", extra=kv(err=exc))
+    return await engine.list_images()

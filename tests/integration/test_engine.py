@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from exporter.apishapes import normalize_id
-from exporter.engine import Engine, EngineConflict, EngineNotFound, EngineUnavailable, api_at_least
+from exporter.earlyread import api_at_least
+from exporter.engine import Engine, EngineConflict, EngineNotFound, EngineUnavailable
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.images import LoadedScenario, load_images, tiny_images
 

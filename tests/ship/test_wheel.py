@@ -142,7 +142,7 @@ def test_sdist_and_wheel_carry_the_license_and_the_metadata(built: Built) -> Non
     assert f"Version: {version}\n" in metadata
     assert "License-Expression: Apache-2.0\n" in metadata
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
-    assert "docker-image-exporter = exporter.cli:main" in entry_points
+    assert "docker-image-exporter = exporter.__main__:main" in entry_points  # the launch read first (earlyread)
     assert not {f for f in files if f.startswith("tests/")}, "tests must not ship in the wheel"
     assert "exporter/py.typed" in files
     assert f"REVISION = {REVISION!r}" in build_info

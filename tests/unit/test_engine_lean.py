@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.engine import Engine, EngineConflict, EngineNotFound, unix_socket_path
+from exporter.earlyread import unix_socket_path
+from exporter.engine import Engine, EngineConflict, EngineNotFound
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api" / "bookworm"
 

@@ -1,0 +1,245 @@
+"""The first image listing, asked of the engine at launch, before the exporter's own modules are imported.
+
+Why: at 10k images the engine needs about 0.4 s to list them, and this process as long again to import
+pydantic, aiohttp and the docker SDK and to validate its config. `python -m exporter` and the console script
+call `start` first thing: it works out the engine exactly as the CLI will (`--docker.host`, else the config
+file's `docker.host`, else `DOCKER_HOST`, else the default socket) and, when that is a unix socket, a daemon
+thread asks `GET /version` and then `GET /v<ApiVersion>/images/json` (with `shared-size=1` from API 1.42,
+as `Engine.list_images` does) over a plain blocking socket. The first poll takes the answer through
+`claim`, and only when the validated config names the same engine; anything else (another engine, an
+error, no answer) leaves the normal read to do the work, so the early read never changes what is read.
+
+Safe by construction:
+- It never runs for `--config.check`, `--version` or `--help` (those stay engine-free), nor when the command
+  line holds anything it does not recognise exactly (an abbreviated flag could name another engine), nor
+  when the config file cannot be read cheaply (missing, over `MAX_CONFIG_BYTES`, not YAML): then the engine
+  it would ask is not certain.
+- It only reads. The thread is a daemon: a config error still stops start-up at once, whatever the engine does.
+- Standard library only (plus PyYAML for the config file, which start-up loads anyway).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Flags taking a value, as `cli.build_parser` defines them (a unit test keeps the two in step).
+VALUE_FLAGS = frozenset(
+    {
+        "--config.file",
+        "--web.listen-address",
+        "--web.config.file",
+        "--web.telemetry-path",
+        "--web.max-connections",
+        "--web.read-header-timeout",
+        "--docker.host",
+        "--log.level",
+        "--log.format",
+    }
+)
+#: Flags without a value that still start the exporter.
+SWITCH_FLAGS = frozenset({"--web.enable-lifecycle"})
+#: Flags after which the process does not talk to an engine at all.
+NO_ENGINE_FLAGS = frozenset({"--config.check", "--version", "-h", "--help"})
+#: A config file larger than this is left to the real loader (which refuses files over 1 MiB).
+MAX_CONFIG_BYTES = 1 << 20
+#: How long the thread's socket waits on the engine; the first poll waits only `docker.timeout` for it.
+SOCKET_TIMEOUT = 300.0
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
+class EarlyReadError(Exception):
+    """The engine answered the early read with an error status or something that is not the expected JSON."""
+
+
+def unix_socket_path(host: str | None) -> str | None:
+    """The socket file of a `unix://` host (the SDK's default when unset), None for tcp/ssh/npipe."""
+    if host is None:
+        return DEFAULT_SOCKET
+    for prefix in ("unix://", "http+unix://"):
+        if host.startswith(prefix):
+            return host[len(prefix) :]
+    return None
+
+
+def api_at_least(version: str | None, wanted: str) -> bool:
+    """Compare `1.41`-style API versions."""
+    if not version:
+        return False
+    try:
+        have = tuple(int(p) for p in version.split("."))
+        want = tuple(int(p) for p in wanted.split("."))
+    except ValueError:
+        return False
+    return have >= want
+
+
+def images_query(api_version: str | None) -> str:
+    """The `/images/json` query: 1.42+ engines compute SharedSize only when asked (1.41 leaves it -1)."""
+    return "shared-size=1" if api_at_least(api_version, "1.42") else ""
+
+
+@dataclass
+class EarlyListing:
+    """The listing in flight: for which engine (`host` as the CLI will resolve it), since when, its answer."""
+
+    host: str | None
+    socket_path: str
+    #: Wall clock before the request was sent: the event replay must start no later than this.
+    started_at: float
+    future: Future[list[dict[str, Any]]] = field(default_factory=Future)
+
+
+_pending: EarlyListing | None = None
+
+
+def engine_host(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[bool, str | None]:
+    """(certain, host): the engine the CLI will talk to, worked out without importing it.
+
+    `certain` is False whenever the answer could differ from what the CLI decides (or no engine is
+    involved); then nothing is sent.
+    """
+    flags: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in NO_ENGINE_FLAGS:
+            return False, None
+        if name in SWITCH_FLAGS and not eq:
+            i += 1
+            continue
+        if name not in VALUE_FLAGS:
+            return False, None  # a positional, `--`, an abbreviation or a typo: argparse decides, not us
+        if not eq:
+            if i + 1 >= len(argv):
+                return False, None
+            i += 1
+            value = argv[i]
+        flags[name] = value
+        i += 1
+    if flags.get("--docker.host"):
+        return True, flags["--docker.host"]
+    config_file = flags.get("--config.file")
+    if config_file:
+        certain, host = _config_host(config_file)
+        if not certain:
+            return False, None
+        if host:
+            return True, host
+    return True, environ.get("DOCKER_HOST") or None
+
+
+def _config_host(path: str) -> tuple[bool, str | None]:
+    """(certain, docker.host) from the config file, read leniently; not certain on anything unusual."""
+    try:
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            return False, None
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        import yaml
+
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except Exception:  # missing, unreadable, not UTF-8, not YAML: the real loader says what it is
+        return False, None
+    if document is None:
+        return True, None
+    if not isinstance(document, dict):
+        return False, None
+    docker = document.get("docker")
+    if docker is None:
+        return True, None
+    if not isinstance(docker, dict):
+        return False, None
+    host = docker.get("host")
+    if host is None:
+        return True, None
+    return (True, host) if isinstance(host, str) and host else (False, None)
+
+
+def start(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> EarlyListing | None:
+    """Send the first listing now when the engine is certain and on a unix socket; see the module doc."""
+    global _pending
+    certain, host = engine_host(argv, os.environ if environ is None else environ)
+    path = unix_socket_path(host) if certain else None
+    if path is None:
+        return None
+    from exporter import memory
+
+    memory.configure()
+    listing = EarlyListing(host=host, socket_path=path, started_at=time.time())
+    threading.Thread(target=_fetch_into, args=(listing,), name="early-listing", daemon=True).start()
+    _pending = listing
+    return listing
+
+
+def claim(host: str | None) -> EarlyListing | None:
+    """The listing sent at launch, if it went to the engine `host` names; each listing is claimed once."""
+    global _pending
+    listing, _pending = _pending, None
+    if listing is None or unix_socket_path(host) != listing.socket_path:
+        return None
+    return listing
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket: the engine's API without the SDK (not imported yet)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("docker", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _get_json(conn: http.client.HTTPConnection, target: str) -> Any:
+    conn.request("GET", target)
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200:
+        raise EarlyReadError(f"GET {target}: the engine answered {response.status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+def fetch(socket_path: str, timeout: float = SOCKET_TIMEOUT) -> list[dict[str, Any]]:
+    """`GET /version`, then the image listing at that API version, as the SDK would negotiate it."""
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        version = _get_json(conn, "/version")
+        api = version.get("ApiVersion") if isinstance(version, dict) else None
+        if not isinstance(api, str) or not api_at_least(api, "1.0"):
+            raise EarlyReadError(f"GET /version: no usable ApiVersion ({api!r})")
+        query = images_query(api)
+        images = _get_json(conn, f"/v{api}/images/json" + (f"?{query}" if query else ""))
+    finally:
+        conn.close()
+    if not isinstance(images, list):
+        raise EarlyReadError("GET /images/json: the answer is not a list")
+    return images
+
+
+def _fetch_into(listing: EarlyListing) -> None:
+    if not listing.future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fetch(listing.socket_path)
+    except Exception as exc:  # handed to the first poll, which falls back to the normal read
+        listing.future.set_exception(exc)
+    else:
+        listing.future.set_result(result)
