@@ -3,10 +3,11 @@ the exporter itself is imported (see `earlyread`), then the CLI runs."""
 
 import sys
 
-from exporter import earlyread
+from exporter import earlyread, memory
 
 
 def main() -> int:
+    memory.pause_collector_for_startup()  # resumed once the app is built (see memory.py)
     earlyread.start(sys.argv[1:])
     from exporter.cli import main as cli_main  # after the listing went out: why this module exists
 

@@ -234,6 +234,7 @@ async def run(
             basic_auth=basic_auth_gate(web_config),
             first_reads=reads,
         )
+        exporter.memory.resume_collector_after_startup()  # imports done, app built: see memory.py
         limits = ListenerLimits(max_connections=args.max_connections, read_header_timeout=args.read_header_timeout)
         host, port = args.listen
         await serve(app, host=host, port=port, ssl_context=ssl_context, limits=limits)

@@ -120,6 +120,11 @@ class ExporterProcess(Managed):
 
     def start(self, timeout: float = 30) -> None:
         """Spawn and wait for `GET /-/healthy` 200; on failure stop it and raise with its stderr tail."""
+        self.spawn()
+        self._wait_healthy(timeout)
+
+    def spawn(self) -> None:
+        """Start the process and return at once (`start` also waits until it answers)."""
         if self.running:
             raise ExporterError(f"{self.name} already running")
         self.write_config()
@@ -133,6 +138,9 @@ class ExporterProcess(Managed):
                 cwd=self.workdir,
                 start_new_session=True,
             )
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:

@@ -121,8 +121,16 @@ class FakeEngine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = True
 
-    def __init__(self, path: Path, recorded: str, api_version: str | None = None, listing_status: int = 200) -> None:
+    def __init__(
+        self,
+        path: Path,
+        recorded: str,
+        api_version: str | None = None,
+        listing_status: int = 200,
+        chunked: bool = False,
+    ) -> None:
         self.targets: list[str] = []
+        self.chunked = chunked
         self.version = json.loads((FIXTURES / recorded / "version.json").read_text())
         if api_version is not None:
             self.version["ApiVersion"] = api_version
@@ -143,7 +151,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, json.dumps(self.server.version).encode())
         elif "/images/json" in self.path:
             self.server.release.wait(30)
-            self._send(self.server.listing_status, self.server.images)
+            if self.server.chunked:  # as Go frames a large answer: chunks (here three, one with an extension)
+                self._send_chunked(self.server.listing_status, self.server.images)
+            else:
+                self._send(self.server.listing_status, self.server.images)
         else:
             self._send(404, b'{"message": "page not found"}')
 
@@ -153,6 +164,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _send_chunked(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        third = len(body) // 3
+        for n, part in enumerate((body[:third], body[third : 2 * third], body[2 * third :])):
+            self.wfile.write(b"%x%s\r\n" % (len(part), b";ext=1" if n == 1 else b"") + part + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -182,6 +203,20 @@ def test_it_asks_what_the_first_poll_asks_at_the_negotiated_version(tmp_path: Pa
         api = server.version["ApiVersion"]
         assert server.targets == ["/version", f"/v{api}/images/json{query}"]
         assert images == json.loads((FIXTURES / recorded / "images.json").read_text())
+
+
+def test_a_chunked_answer_reads_whole_and_the_connection_stays_usable(tmp_path: Path) -> None:
+    for server in serve(tmp_path / "engine.sock", "sid", chunked=True):
+        assert earlyread.fetch(str(tmp_path / "engine.sock")) == json.loads(server.images)
+        assert len(server.targets) == 2
+
+
+def test_an_engine_that_stops_answering_ends_the_read(tmp_path: Path) -> None:
+    """The thread's socket blocks (for MSG_WAITALL), so the kernel's receive timeout bounds each wait."""
+    for server in serve(tmp_path / "engine.sock", "bookworm"):
+        server.release.clear()
+        with pytest.raises(OSError):
+            earlyread.fetch(str(tmp_path / "engine.sock"), timeout=1)
 
 
 def test_an_engine_error_or_a_version_without_api_version_is_an_error(tmp_path: Path) -> None:

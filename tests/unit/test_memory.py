@@ -6,12 +6,15 @@ process already has threads.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from exporter import memory
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -38,3 +41,19 @@ def test_freed_heap_goes_back_to_the_system():
     # 50 MB of small blocks freed: the top of the heap is free and malloc_trim(0) releases it
     code = "import exporter.memory as m; x = [bytearray(1000) for _ in range(50_000)]; del x; print(m.release_free_memory())"
     assert fresh(code) == "True"
+
+
+def test_the_collector_paused_at_launch_resumes_with_start_up_frozen() -> None:
+    """The launcher pauses cyclic collection; building the app resumes it, with what start-up made frozen
+    (never scanned again). Run inside another program (tests, embedding) nothing changes."""
+    assert gc.isenabled()
+    assert not memory.resume_collector_after_startup()  # not paused: left alone, nothing frozen
+    assert gc.get_freeze_count() == 0
+    memory.pause_collector_for_startup()
+    try:
+        assert not gc.isenabled()
+        assert memory.resume_collector_after_startup()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.enable()
+        gc.unfreeze()  # the rest of this test process keeps collecting everything

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from exporter import cli
+from exporter import cli, memory
 from exporter.app import create_app
 from exporter.config import parse_config
 from exporter.firstreads import FirstReads
@@ -101,3 +102,19 @@ def test_a_taken_port_stops_startup_with_one_line_while_the_first_reads_are_out(
         code = cli.main(["--web.listen-address", f"127.0.0.1:{port}", "--docker.host", "unix:///nonexistent/e.sock"])
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in capsys.readouterr().err
+
+
+def test_the_collector_paused_at_launch_is_running_again_once_the_app_is_built() -> None:
+    """`python -m exporter` pauses cyclic collection at launch (exporter/memory.py); building the app must
+    resume it, or the exporter would run for good without it. Seen here through the same path as above."""
+    memory.pause_collector_for_startup()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            cli.main(["--web.listen-address", f"127.0.0.1:{port}", "--docker.host", "unix:///nonexistent/e.sock"])
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
