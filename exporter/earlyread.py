@@ -208,17 +208,22 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
+def _recv_through(sock: socket.socket, buffer: bytes, marker: bytes) -> tuple[bytes, bytes]:
+    """(what comes before `marker`, what came after it), receiving until `marker` has arrived."""
+    while marker not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the engine closed the connection before the answer was complete")
+        buffer += chunk
+    before, _, after = buffer.partition(marker)
+    return before, after
+
+
 def _exchange(sock: socket.socket, target: str) -> tuple[int, bytes]:
     """One bodiless `GET` on a kept-alive HTTP/1.1 connection: (status, body), framed as the engine sends it
     (Content-Length, or chunked: Go sends a large JSON answer as one big chunk)."""
     sock.sendall(f"GET {target} HTTP/1.1\r\nHost: docker\r\n\r\n".encode("ascii"))
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the engine closed the connection without answering")
-        buffer += chunk
-    head, _, buffer = buffer.partition(b"\r\n\r\n")
+    head, buffer = _recv_through(sock, b"", b"\r\n\r\n")
     status_line, *header_lines = head.split(b"\r\n")
     version, status = status_line.split(None, 2)[:2]
     if not version.startswith(b"HTTP/1."):
@@ -235,12 +240,7 @@ def _exchange(sock: socket.socket, target: str) -> tuple[int, bytes]:
         raise EarlyReadError(f"GET {target}: an answer framed by neither Content-Length nor chunks")
     parts: list[bytes] = []
     while True:
-        while b"\r\n" not in buffer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the engine closed the connection mid-answer")
-            buffer += chunk
-        line, _, buffer = buffer.partition(b"\r\n")
+        line, buffer = _recv_through(sock, buffer, b"\r\n")
         size = int(line.split(b";", 1)[0].strip(), 16)
         if size == 0:
             return int(status), b"".join(parts)  # trailers (the engine sends none) are left unread
