@@ -103,9 +103,11 @@ class EventFollower:
                             self.poller.wake()
                         if reconnecting:  # re-list: a replay is a hint; at start the first poll is that re-list
                             self.poller.wake()
-                        reconnecting = True
                         if not stream.done():  # the replay is applied and the stream still delivers: current
                             self.poller.events_live = True
+                            if reconnecting:  # the other half of "ended; reconnecting" / "lost" below
+                                log.info("event stream live again; re-listing")
+                        reconnecting = True
                     await stream
                     log.info("event stream ended; reconnecting")
                 except EngineError as exc:

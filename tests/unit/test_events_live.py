@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -122,8 +123,9 @@ async def connect_and_replay(engine: GatedStreamEngine, poller: Poller) -> Strea
 
 
 async def test_behind_until_connected_and_replayed_and_again_as_soon_as_the_stream_ends_or_breaks(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.events")
     engine = GatedStreamEngine()
     poller = make_poller(engine, tmp_path)
     await poller.poll_once()
@@ -138,6 +140,8 @@ async def test_behind_until_connected_and_replayed_and_again_as_soon_as_the_stre
         await until(lambda: poller.behind)
         assert poller.events_live is False
         second = await connect_and_replay(engine, poller)  # reconnected after the backoff
+        said = [r.getMessage() for r in caplog.records if r.name == "exporter.events"]
+        assert said == ["event stream ended; reconnecting", "event stream live again; re-listing"]
 
         second.error = EngineUnavailable("event stream broke: connection reset")
         second.end.set()
