@@ -226,6 +226,7 @@ def create_app(
             dry_run=service is not None and service.config.dry_run,
             audit=await service.recent_audit() if service is not None else None,
             refresh_seconds=refresh_seconds,
+            events_live=services.poller.events_live,
         )
         return web.Response(text=page, content_type="text/html")
 

@@ -61,9 +61,16 @@ class EventFollower:
         self.metrics = metrics
         #: The newest event handled: where the next replay starts (before any, the saved state's time).
         self.resume_from: float | None = None
+        poller.events_live = False  # attached: the poller's snapshot is current only while the stream is live
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     async def run(self) -> None:
+        """Follow the stream until cancelled; `poller.events_live` is True only while the snapshot is current.
+
+        Live from when the engine has answered the events request and the replay of what came before has
+        been applied (before that the snapshot may lack changes), until the stream ends, breaks or this task
+        is cancelled. A remediation run plans on a fresh poll while it is not (`Poller.behind`).
+        """
         loop = asyncio.get_running_loop()
         backoff = 1.0
         reconnecting = False
@@ -96,6 +103,10 @@ class EventFollower:
                             self.poller.wake()
                         if reconnecting:  # re-list: a replay is a hint; at start the first poll is that re-list
                             self.poller.wake()
+                        if not stream.done():  # the replay is applied and the stream still delivers: current
+                            self.poller.events_live = True
+                            if reconnecting:  # the other half of "ended; reconnecting" / "lost" below
+                                log.info("event stream live again; re-listing")
                         reconnecting = True
                     await stream
                     log.info("event stream ended; reconnecting")
@@ -106,6 +117,7 @@ class EventFollower:
                         log.debug("event stream unavailable", extra=kv(err=exc))
                     self.metrics.errors.labels("events").inc()
                 finally:  # cancelled (stopping): the stream's thread ends with `close_events` below
+                    self.poller.events_live = False  # ended, broke or stopping: changes may go unseen from now
                     live.cancel()
                     stream.cancel()
                 self.poller.wake()  # the engine may be gone: let the poller say so now

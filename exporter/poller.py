@@ -113,6 +113,13 @@ class Poller:
         self._merged: dict[str, tuple[Image, tuple[Any, ...], Image, TagKey]] = {}
         self._attempted = False  # a poll has run (an event before that is in the first listing)
         self._reconcile = False  # an applied event changed what only a listing can tell (SharedSize)
+        #: Whether the engine's event stream keeps the snapshot current between polls; set by the
+        #: `EventFollower` fed by this poller (False from its creation until its stream is connected and the
+        #: replay applied, and again as soon as the stream ends). None: no follower at all (unit tests,
+        #: benchmarks, embedding). That is not "not live": nothing ever applies events to such a snapshot,
+        #: so nothing can be missing from it but what the next poll brings, as before there were events;
+        #: saying False there would make every remediation run re-list for no gain.
+        self.events_live: bool | None = None
         self.ready = asyncio.Event()
 
     def wake(self) -> None:
@@ -120,12 +127,15 @@ class Poller:
 
     @property
     def behind(self) -> bool:
-        """Whether the snapshot may lag the engine: none yet, the engine down, a refresh asked for (a change no
-        event could apply, a reconnect, SharedSize to reconcile) or running, or LastTagTimes still pending."""
+        """Whether the snapshot may lag the engine: none yet, the engine down, the event stream of an attached
+        follower not live (not connected yet, or lost: changes since the last poll are not applied), a refresh
+        asked for (a change no event could apply, a reconnect, SharedSize to reconcile) or running, or
+        LastTagTimes still pending."""
         snapshot = self.snapshot
         return (
             snapshot is None
             or not self.up
+            or self.events_live is False
             or self._wake.is_set()
             or self._lock.locked()
             or snapshot.pending_inspects > 0

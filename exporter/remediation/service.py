@@ -642,7 +642,9 @@ class RemediationService:
         it as they arrive and the periodic poll reconciles, so a fresh re-list per run would only cost time
         (about a second at 10k images, its parsing on the event loop). It is safe for real runs too: each image
         is re-checked right before its DELETE, and the engine refuses a DELETE by ID of an image in use. When a
-        refresh is pending or running, or LastTagTimes are still being read, the run waits for a fresh poll.
+        refresh is pending or running, LastTagTimes are still being read, or the event stream is not live (not
+        connected or replayed yet, lost, reconnecting: the snapshot may be a whole poll interval old), the run
+        waits for a fresh poll.
         """
         if not self.poller.behind:
             return self.poller.snapshot, "live"

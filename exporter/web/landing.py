@@ -106,8 +106,24 @@ def repositories_by_unique_bytes(images: Sequence[Image], limit: int = TOP_REPOS
 # ------------------------------------------------------------------------------------------------ sections
 
 
+def _events(live: bool | None) -> str:
+    """The event stream's state: no metric says it (a new family would change every engine's golden file)."""
+    if live:
+        return "live: changes are applied as they happen"
+    return (
+        '<span class="error">not live</span> (connecting, or lost and reconnecting): changes show with the next '
+        "poll, and remediation runs poll afresh before they plan"
+    )
+
+
 def _status(
-    snapshot: Snapshot | None, up: bool, last_error: str | None, docker_host: str, remediation: bool, now: float
+    snapshot: Snapshot | None,
+    up: bool,
+    last_error: str | None,
+    docker_host: str,
+    remediation: bool,
+    now: float,
+    events_live: bool | None = None,
 ) -> str:
     if snapshot is not None and snapshot.engine is not None:
         e = snapshot.engine
@@ -125,6 +141,7 @@ def _status(
             f'data-value="{1 if up else 0}">{pill}</span>',
         ),
         ("Last poll", poll),
+        *([] if events_live is None else [("Event stream", _events(events_live))]),
         ("Remediation", "enabled" if remediation else "disabled"),
         ("Exporter", f"{esc(__version__)} (revision {esc(__revision__)})"),
     ]
@@ -377,8 +394,11 @@ def render_landing(
     audit: AuditTail | None = None,
     refresh_seconds: int | None = None,
     now: float | None = None,
+    events_live: bool | None = None,
 ) -> str:
-    """The whole page; remediation sections only when `remediation` (then `actions` and `audit` fill them)."""
+    """The whole page; remediation sections only when `remediation` (then `actions` and `audit` fill them).
+
+    `events_live`: `Poller.events_live` (None, no event follower: no row)."""
     now = time.time() if now is None else now
     links = [
         f'<a href="{esc(telemetry_path)}">Metrics</a>',
@@ -387,7 +407,7 @@ def render_landing(
     ]
     if remediation:
         links.append('<a href="/api/v1/actions" title="needs credentials">Remediation API</a>')
-    sections = [_status(snapshot, up, last_error, docker_host, remediation, now)]
+    sections = [_status(snapshot, up, last_error, docker_host, remediation, now, events_live)]
     if snapshot is not None and snapshot.engine is not None:
         sections += [_space(snapshot, now), _repositories(snapshot)]
     else:

@@ -147,6 +147,15 @@ def test_absurd_audit_timestamps_are_shown_not_fatal() -> None:
     assert "1e+300" in text and "nan" in text and text.count('class="audit"') == 3
 
 
+def test_the_event_stream_row_says_whether_changes_apply_as_they_happen() -> None:
+    assert "Event stream" not in page(snapshot())  # no follower (embedding): nothing to say
+    live = page(snapshot(), events_live=True)
+    assert "<th>Event stream</th><td>live: changes are applied as they happen</td>" in live
+    down = page(snapshot(), events_live=False)
+    assert '<th>Event stream</th><td><span class="error">not live</span>' in down
+    assert "remediation runs poll afresh" in down
+
+
 def test_no_snapshot_yet() -> None:
     text = page(None, up=False)
     assert "No snapshot of the engine yet." in text and "DOWN" in text

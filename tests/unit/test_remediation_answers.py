@@ -3,7 +3,8 @@
 - `?limit=` cuts every list of the answer, never the totals (candidates, bytes, counts cover the whole run);
   a limit that is not a plain whole number in range is a 400 naming it, and nothing runs;
 - a run plans on the live snapshot when the poller is not behind, and that plan is the one a fresh listing
-  gives; when a refresh is due, the run polls afresh first; a dry run does not ask for a re-list afterwards;
+  gives; when a refresh is due or the event stream is not live, the run polls afresh first; a dry run does not
+  ask for a re-list afterwards;
 - the event loop keeps answering while a plan is computed and while an answer is encoded (shown by order:
   the plan or the encoding is held in its worker thread while another request is answered).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from exporter.apishapes import normalize_id
+from exporter.events import EventFollower
 from exporter.remediation import runs as runs_module
 from exporter.remediation import service as service_module
 from exporter.remediation.planner import Plan, make_plan
@@ -168,6 +171,28 @@ async def test_a_current_snapshot_is_planned_without_a_relisting_and_as_a_fresh_
         (c["id"], c["references"]) for c in fresh["plan"]["candidates"]
     ]
     assert live["plan"]["skipped"] == fresh["plan"]["skipped"]
+
+
+async def test_while_the_event_stream_is_not_live_a_run_plans_on_a_fresh_poll(app_factory, caplog):
+    """An /events outage alone (the rest of the API answering): the snapshot gets no changes between polls, so
+    a plan on it could miss new images, new tags and freed images for up to a poll interval."""
+    engine = with_copies(RecordedEngine(), 5)
+    client, service, _ = await app_factory(engine, actions=UNUSED)
+    poller = service.poller
+    await poller.poll_once()
+    EventFollower(engine, poller, poller.history, poller.metrics)  # attached; its stream never connected
+    engine.calls.clear()
+
+    caplog.set_level(logging.INFO, logger=service_module.__name__)
+    await dry_run(client, "free-disk")
+    assert "list_images" in engine.calls
+    planned = [r for r in caplog.records if r.getMessage() == "remediation run planned"]
+    assert [getattr(r, "log_fields", {}).get("snapshot") for r in planned] == ["fresh poll"]
+
+    poller.events_live = True  # what `follower.run` says once connected and replayed (tests/unit/test_events_live.py)
+    engine.calls.clear()
+    await dry_run(client, "free-disk")
+    assert "list_images" not in engine.calls
 
 
 async def test_an_event_applied_to_the_snapshot_plans_as_the_next_listing_does(app_factory):
