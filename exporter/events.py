@@ -40,6 +40,8 @@ APPLICABLE_ACTIONS = frozenset({"pull", "load", "tag", "import", "untag", "delet
 CONTAINER_CHANGES = frozenset({"create", "destroy", "remove", "start", "die"})
 MAX_BACKOFF = 30.0
 ENGINE_EVENT_BUFFER = 256  # events the engine keeps for a replay (moby's events buffer)
+#: Queued events handled as one batch at most (see `EventFollower.handle_batch`).
+MAX_BATCH = 1024
 _HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
 
 
@@ -147,69 +149,92 @@ class EventFollower:
         except EngineError as exc:  # an engine that cannot replay still streams: carry on without
             log.info("cannot replay engine events", extra=kv(since=int(since), err=exc))
             return 0
-        for event in events:
-            try:
-                await self.handle(event)
-            except EngineError as exc:
-                log.debug("could not resolve a replayed event", extra=kv(action=event.get("Action"), err=exc))
+        try:
+            await self.handle_batch(events)
+        except EngineError as exc:
+            log.debug("could not resolve replayed events", extra=kv(events=len(events), err=exc))
         if events:
             log.info("replayed engine events", extra=kv(events=len(events), since=int(since)))
         return len(events)
 
     async def _handle_events(self) -> None:
         while True:
-            event = await self._queue.get()
-            if event is None:
-                return
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty() and batch[-1] is not None:
+                batch.append(self._queue.get_nowait())
+            events = [e for e in batch if e is not None]
             try:
-                await self.handle(event)
+                await self.handle_batch(events)
             except EngineError as exc:
-                log.debug("could not resolve an event", extra=kv(action=event.get("Action"), err=exc))
+                log.debug("could not resolve events", extra=kv(events=len(events), err=exc))
+            if len(events) < len(batch):
+                return
 
     async def handle(self, event: dict[str, Any]) -> None:
-        kind = event.get("Type")
-        action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
-        actor = event.get("Actor") or {}
-        attributes = actor.get("Attributes") or {}
-        when = event_time(event)
-        self.resume_from = max(self.resume_from or 0.0, when)
-        if kind == "image" and action in IMAGE_CHANGES:
-            if action in ARRIVAL_ACTIONS:
-                image_id = await self._resolve_image(str(actor.get("ID") or event.get("id") or ""))
-                if image_id:
-                    self.history.mark_arrived(image_id, when)
-            if not await self._apply(action, [str(actor.get("ID") or event.get("id") or ""), attributes.get("name")]):
-                self.poller.wake()
-        elif kind == "container" and action in CONTAINER_CHANGES:
-            if action in USE_ACTIONS:
-                image_id = await self._container_image(str(actor.get("ID") or ""), attributes.get("image"))
-                if image_id:
-                    self.history.mark_used(image_id, when)
+        await self.handle_batch([event])
+
+    async def handle_batch(self, events: list[dict[str, Any]]) -> None:
+        """Handle events in their order, applying the image changes among them to the snapshot together.
+
+        Why together: events queue up in bursts (a `docker load` of many images, a remediation run deleting
+        a thousand), and one apply inspects each image once, publishes once and saves the state once, where
+        one apply per event re-inspected an image for its untag and again for its delete, while the engine
+        was busy deleting. An image whose last event in the batch is `delete` is gone: it is not inspected,
+        unless an event naming only a reference (a pull) comes after it: that one may have brought it back.
+        """
+        changes: list[list[str]] = []
+        deleted: dict[str, bool] = {}  # image ID -> whether its last event here is a delete
+        relist = False
+        for event in events:
+            kind = event.get("Type")
+            action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
+            actor = event.get("Actor") or {}
+            attributes = actor.get("Attributes") or {}
+            when = event_time(event)
+            self.resume_from = max(self.resume_from or 0.0, when)
+            if kind == "image" and action in IMAGE_CHANGES:
+                subject = str(actor.get("ID") or event.get("id") or "")
+                if action in ARRIVAL_ACTIONS:
+                    image_id = await self._resolve_image(subject)
+                    if image_id:
+                        self.history.mark_arrived(image_id, when)
+                names = [text for text in (subject, str(attributes.get("name") or "")) if text]
+                if action not in APPLICABLE_ACTIONS or not names:
+                    relist = True
+                    continue
+                changes.append(names)
+                ids = [normalize_id(text) for text in names if _HEX_ID.fullmatch(text)]
+                if not ids:  # a pull by name may have brought a deleted image back: inspect them after all
+                    deleted = dict.fromkeys(deleted, False)
+                for image_id in ids:
+                    deleted[image_id] = action == "delete"
+            elif kind == "container" and action in CONTAINER_CHANGES:
+                if action in USE_ACTIONS:
+                    image_id = await self._container_image(str(actor.get("ID") or ""), attributes.get("image"))
+                    if image_id:
+                        self.history.mark_used(image_id, when)
+                relist = True
+        if changes and not await self._apply(changes, {i for i, gone in deleted.items() if gone}):
+            relist = True
+        if relist:
             self.poller.wake()
 
-    async def _apply(self, action: str, names: list[Any]) -> bool:
-        """Apply an image event to the snapshot directly (see `Poller.apply_image_event`); False: re-list.
+    async def _apply(self, changes: list[list[str]], deleted: set[str]) -> bool:
+        """Apply image events to the snapshot directly (see `Poller.apply_image_events`); False: re-list.
 
-        The event's actor is an image ID (classic store: tag, untag, delete, import) or a reference (pull,
+        Each event's actor is an image ID (classic store: tag, untag, delete, import) or a reference (pull,
         load; every name on the containerd store); `name` is the reference a tag event set. `prune` and
         Podman's `loadfromarchive` (a temp-file name) name no image, so they re-list.
         """
-        if action not in APPLICABLE_ACTIONS:
-            return False
-        ids: list[str] = []
-        refs: list[str] = []
-        for name in names:
-            text = str(name or "")
-            if _HEX_ID.fullmatch(text):
-                ids.append(normalize_id(text))
-            elif text:
-                refs.append(text)
-        if not ids and not refs:
-            return False
+        groups: list[tuple[list[str], list[str]]] = []
+        for names in changes:
+            ids = [normalize_id(text) for text in names if _HEX_ID.fullmatch(text)]
+            refs = [text for text in names if not _HEX_ID.fullmatch(text)]
+            groups.append((ids, refs))
         try:
-            return await self.poller.apply_image_event(ids, refs)
+            return await self.poller.apply_image_events(groups, deleted)
         except EngineError as exc:
-            log.debug("could not apply an image event (re-listing)", extra=kv(action=action, err=exc))
+            log.debug("could not apply image events (re-listing)", extra=kv(events=len(groups), err=exc))
             return False
 
     async def _resolve_image(self, name: str) -> str | None:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -290,7 +290,14 @@ class Poller:
                     published = time.monotonic()
 
     async def apply_image_event(self, image_ids: Iterable[str], refs: Iterable[str] = ()) -> bool:
-        """Apply one image event to the snapshot by inspecting only the images it touches; publish at once.
+        """One image event: `apply_image_events` with that event alone."""
+        return await self.apply_image_events([(list(image_ids), list(refs))])
+
+    async def apply_image_events(
+        self, events: Sequence[tuple[Sequence[str], Sequence[str]]], deleted: Collection[str] = ()
+    ) -> bool:
+        """Apply image events (each: the IDs and references it names) by inspecting only the images they
+        touch, once each; publish once.
 
         Why: a full poll re-lists and re-parses every image (seconds at 10k); an event names one image
         (an ID, or a reference on the containerd store and Podman) and an inspect of it is exact. Touched
@@ -299,6 +306,8 @@ class Poller:
         (no snapshot yet, the engine is down, the containerd store, whose inspect and listing disagree on
         sizes and digests): the caller schedules a full poll then, as before. Events that add or remove
         images change other images' `SharedSize`: those also ask for a (debounced) reconciling poll.
+        `deleted`: IDs a `delete` event said are gone (the last word on them in this batch): not inspected,
+        except on Podman, whose `delete` event names each reference removed while the image may stay.
         """
         if not self._lock.locked() and not self._attempted and self.first_reads is None:
             return True  # the first poll has not started: its listing will include this change
@@ -307,17 +316,21 @@ class Poller:
                 return False
             engine, images, containers, filesystem = self._parts
             by_id = {i.id: i for i in images}
-            touched = {apishapes.normalize_id(i) for i in image_ids if i}
-            ids_named = bool(touched)
-            for text in refs:
-                ref = ImageRef.parse(text)
-                if ref is None:
-                    continue
-                touched.update(i.id for i in images if ref in i.refs)
-                if not ids_named:
-                    touched.add(text)  # what the name points to now (a tag event's ID already is that)
+            touched: set[str] = set()
+            for image_ids, refs in events:
+                named = {apishapes.normalize_id(i) for i in image_ids if i}
+                for text in refs:
+                    ref = ImageRef.parse(text)
+                    if ref is None:
+                        continue
+                    touched.update(i.id for i in images if ref in i.refs)
+                    if not named:
+                        touched.add(text)  # what the name points to now (a tag event's ID already is that)
+                touched |= named
+            # dockerd says `delete` once the image is gone; Podman says it for each reference it removes
+            gone = set() if engine.podman else {apishapes.normalize_id(i) for i in deleted} & by_id.keys()
+            touched -= gone
             inspected: dict[str, Image] = {}
-            gone: set[str] = set()
             await self._inspect_into(touched, engine, by_id, inspected, gone)
             # an image that lost a tag to an inspected one (a tag moved, e.g. by `load`): inspect it too
             moved = {r for i in inspected.values() for r in i.refs}

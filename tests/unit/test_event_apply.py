@@ -10,13 +10,14 @@ names the ID and the new reference, `load` names the ID, `pull` names the refere
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -248,6 +249,78 @@ async def test_events_applied_to_the_snapshot_agree_with_a_full_poll(
     }
 
 
+class InspectingEverything(EventFollower):
+    """The follower before batches: every image an event names is inspected, a deleted one included."""
+
+    async def _apply(self, changes: list[list[str]], deleted: set[str]) -> bool:
+        return await super()._apply(changes, set())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    start=st.lists(st.tuples(blobs, st.lists(refs, max_size=2, unique=True)), max_size=4),
+    steps=st.lists(operations, max_size=25),
+    cuts=st.lists(st.integers(min_value=1, max_value=6), max_size=25),
+)
+# a pull after a delete, in one batch, brings the deleted image back under a tag that
+# then moved on; the image exists though its last event by ID is that delete
+@example(
+    start=[("alpha", []), ("beta", [])],
+    steps=[("rmi_id", "beta"), ("pull", "beta", "app:latest"), ("tag", "alpha", "app:latest")],
+    cuts=[],
+)
+async def test_events_applied_in_batches_agree_with_one_at_a_time(
+    start: list[tuple[str, list[str]]], steps: list[tuple[Any, ...]], cuts: list[int]
+) -> None:
+    """Queued events are handled in batches (`EventFollower.handle_batch`: one inspect per image, none for
+    an image whose last event is `delete`). Whatever happened while they queued (`cuts` groups the
+    operations), a batch leaves the snapshot exactly as handling the same events one at a time and
+    inspecting every image they name does (what the follower did before batches)."""
+    clock = Clock()
+    store = ClassicStore(clock)
+    for blob, tags in start:
+        store.load_image(blob, tags)
+    single, _, _ = _start(store, clock)
+    one_at_a_time = InspectingEverything(store, single, single.history, single.metrics)
+    batched, in_batches, registry = _start(store, clock)
+    await single.poll_once()
+    await batched.poll_once()
+    at = 0
+    for size in [*cuts, len(steps)]:
+        events = [event for name, *args in steps[at : at + size] for event in getattr(store, name)(*args)]
+        at += size
+        for event in events:
+            await one_at_a_time.handle(event)
+        await in_batches.handle_batch(events)
+    assert single.snapshot is not None and batched.snapshot is not None
+    assert {i: _engine_view(v) for i, v in batched.snapshot.by_id.items()} == {
+        i: _engine_view(v) for i, v in single.snapshot.by_id.items()
+    }
+    assert registry.get_sample_value("docker_exporter_polls_total") == 1
+    assert batched._wake.is_set() == single._wake.is_set()
+
+
+async def test_a_batch_of_deletions_inspects_nothing_and_publishes_once() -> None:
+    """What a remediation run deleting images looks like from the event stream: untag + delete per image.
+    The images are gone by the engine's word: inspecting them (404 each) only loaded an engine that is busy
+    deleting."""
+    clock = Clock()
+    store = ClassicStore(clock)
+    for blob in BLOBS:
+        store.load_image(blob, [f"{blob}:1"])
+    poller, follower, _ = _start(store, clock)
+    await poller.poll_once()
+    published: list[object] = []
+    poller.on_publish.append(published.append)
+    inspects = store.calls.count("inspect_image")
+    events = [event for blob in BLOBS for event in store.rmi_id(blob)]
+    await follower.handle_batch(events)
+    assert store.calls.count("inspect_image") == inspects
+    assert poller.snapshot is not None and not poller.snapshot.by_id
+    assert len(published) == 1
+    assert not poller._wake.is_set()
+
+
 async def test_a_burst_of_untags_is_applied_without_re_listing() -> None:
     clock = Clock()
     store = ClassicStore(clock)
@@ -295,3 +368,46 @@ async def test_containerd_store_events_fall_back_to_a_full_poll() -> None:
     image = recorded.images[0]
     assert await poller.apply_image_event([image["Id"]]) is False
     assert poller.snapshot is before
+
+
+async def test_events_that_queued_up_while_one_was_handled_go_in_one_batch() -> None:
+    """The follower's worker takes every event already queued (a burst from the stream) as one batch."""
+    clock = Clock()
+    store = ClassicStore(clock)
+    for blob in BLOBS:
+        store.load_image(blob, [f"{blob}:1", f"{blob}:2"])
+    poller, follower, _ = _start(store, clock)
+    await poller.poll_once()
+    published: list[object] = []
+    poller.on_publish.append(published.append)
+    for blob in BLOBS:
+        for event in store.rmi(f"{blob}:2"):
+            follower._queue.put_nowait(event)
+    worker = asyncio.create_task(follower._handle_events())
+    try:
+        for _ in range(1000):
+            if published:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()
+    assert len(published) == 1
+    assert poller.snapshot is not None
+    assert sorted(str(r) for i in poller.snapshot.images for r in i.refs) == sorted(f"{b}:1" for b in BLOBS)
+
+
+async def test_on_podman_a_delete_event_is_not_taken_as_the_image_gone() -> None:
+    """Podman sends `delete` for each reference it removes (recorded: untag + delete of doomed:2 while the
+    image keeps doomed:1), so there the image is inspected as before, not dropped."""
+    recorded = RecordedEngine("podman")
+    metrics = PollMetrics(CollectorRegistry())
+    history = ImageHistory(None)
+    poller = Poller(recorded, parse_config({"filesystem": {"path": "/"}}), history, metrics)
+    follower = EventFollower(recorded, poller, history, metrics)
+    await poller.poll_once()
+    events = load("podman", "events.json")
+    doomed = [e for e in events if e["Actor"]["Attributes"].get("name") == "docker.io/library/doomed:2"]
+    assert [e["Action"] for e in doomed] == ["tag", "untag", "delete"]
+    await follower.handle_batch(doomed[1:])
+    assert poller.snapshot is not None
+    assert "sha256:" + doomed[-1]["Actor"]["ID"] in poller.snapshot.by_id

@@ -29,7 +29,7 @@ class CountingPoller:
     def wake(self) -> None:
         self.wakes += 1
 
-    async def apply_image_event(self, ids: object, refs: object) -> bool:
+    async def apply_image_events(self, events: object, deleted: object = ()) -> bool:
         return False  # no snapshot to apply to: every change wakes a full poll
 
 

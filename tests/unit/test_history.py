@@ -280,13 +280,13 @@ async def test_the_live_stream_is_subscribed_before_the_replay_so_nothing_falls_
     poller = Poller(engine, parse_config({}), history, PollMetrics(CollectorRegistry()))
     follower = EventFollower(engine, poller, history, PollMetrics(CollectorRegistry()))
     handled: list[dict[str, Any]] = []
-    real_handle = follower.handle
+    real_handle = follower.handle_batch
 
-    async def handle(event: dict[str, Any]) -> None:
-        handled.append(event)
-        await real_handle(event)
+    async def handle_batch(events: list[dict[str, Any]]) -> None:
+        handled.extend(events)
+        await real_handle(events)
 
-    follower.handle = handle  # type: ignore[method-assign]
+    follower.handle_batch = handle_batch  # type: ignore[method-assign]
     task = asyncio.create_task(follower.run())
     try:
         for _ in range(1000):
