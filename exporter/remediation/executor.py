@@ -242,8 +242,11 @@ class Executor:
             run.result = "dry_run" if run.dry_run else "success"
             run.detail = "goal already met at plan time: nothing to delete"
             return
-        if run.dry_run:
-            self._describe(run, plan, action, target)
+        if run.dry_run:  # 10k outcomes are built in a worker thread: ~8 ms no scrape should wait behind
+            outcomes, goal_met = await asyncio.to_thread(_described, plan, action, target)
+            run.outcomes.extend(outcomes)
+            if goal_met:
+                run.goal_met = True
             run.result = "dry_run"
             if free_space and not run.goal_met:
                 run.goal_met = False
@@ -256,24 +259,6 @@ class Executor:
             run.result = "success" if run.goal_met else "partial"
             return
         run.result = "partial" if incomplete else "success"
-
-    def _describe(self, run: Run, plan: Plan, action: ActionConfig, target: float) -> None:
-        """Dry run: what would go, in plan order, within max_deletions and (free_space) until the goal."""
-        fs = plan.filesystem if isinstance(action, FreeSpaceAction) else None
-        projected_avail = fs.avail if fs else 0
-        for index, cand in enumerate(plan.candidates):
-            if index >= action.max_deletions:
-                detail = f"max_deletions {action.max_deletions} reached"
-                run.outcomes.extend(
-                    _outcome(rest, "skipped", "max_deletions", detail) for rest in plan.candidates[index:]
-                )
-                return
-            run.outcomes.append(_outcome(cand, "would_delete"))
-            if fs is not None:
-                projected_avail += cand.size if cand.removes_image else 0
-                if projected_avail / fs.size >= target:
-                    run.goal_met = True
-                    return
 
     async def _delete_all(self, run: Run, plan: Plan, action: ActionConfig, target: float) -> bool:
         """Up to `in_flight` candidates at once (one alone when it untags by name), bounds kept exactly.
@@ -638,3 +623,22 @@ def _image_fields(o: Outcome) -> dict[str, Any]:
         "detail": o.detail,
         "untagged": list(o.untagged),
     }
+
+
+def _described(plan: Plan, action: ActionConfig, target: float) -> tuple[list[Outcome], bool]:
+    """Dry run: what would go, in plan order, within max_deletions and (free_space) until the goal; and
+    whether the goal is met by then. Pure, so it can run off the event loop."""
+    fs = plan.filesystem if isinstance(action, FreeSpaceAction) else None
+    projected_avail = fs.avail if fs else 0
+    outcomes: list[Outcome] = []
+    for index, cand in enumerate(plan.candidates):
+        if index >= action.max_deletions:
+            detail = f"max_deletions {action.max_deletions} reached"
+            outcomes.extend(_outcome(rest, "skipped", "max_deletions", detail) for rest in plan.candidates[index:])
+            return outcomes, False
+        outcomes.append(_outcome(cand, "would_delete"))
+        if fs is not None:
+            projected_avail += cand.size if cand.removes_image else 0
+            if projected_avail / fs.size >= target:
+                return outcomes, True
+    return outcomes, False
