@@ -32,6 +32,7 @@ TOKEN = "bench-token"
 #: Large enough that no per-tag series is ever dropped (the "uncapped" exporter).
 UNCAPPED = 1_000_000  # the config bound; far above any host
 POLLS = "docker_exporter_polls_total"
+PENDING = "docker_exporter_pending_inspects"
 #: How often the scraper runs while a plan does: often enough to catch a blocked loop, not so often that it
 #: starves the plan (Prometheus itself scrapes every 15-60 s).
 SCRAPE_PACE = 0.25
@@ -473,7 +474,8 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
     """Images/s deleting `opts.delete_count` fresh unused images: the exporter's `prune_unused` (one DELETE
     per image, after planning) against `docker image prune -a -f` on the same freshly loaded set.
 
-    Rounds alternate which goes first. The exporter runs throughout (it must see the images to plan them).
+    Rounds alternate which goes first. The exporter runs throughout (it must see the images to plan them),
+    and each side starts with it at rest after the load (LastTagTimes read, no poll pending).
     """
     api = EngineAPI(engine)
     exp = ExporterProcess(workdir, engine.host, deleting_config(engine, workdir, opts.delete_count), name="delete")
@@ -490,6 +492,10 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
                     raise RuntimeError("the deletion engine must be empty before a load")
                 loads.append(load())
                 wait_until(lambda: client.sample("docker_images") == opts.delete_count, 300, "exporter sees the load")
+                # at rest, as the other figures: the load's LastTagTimes read and its trailing polls done (a run
+                # started before would first wait for them: the images are seconds old, not what cleanup meets)
+                wait_until(lambda: client.sample(PENDING) == 0, 300, "LastTagTimes of the load")
+                _settle(client)
                 if who == "exporter":
                     answer, seconds = client.run_action("unused", dry_run=False)
                     deleted = int(answer.get("images_deleted", 0))
