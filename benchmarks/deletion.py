@@ -9,8 +9,9 @@
 executor with each `--in-flight` width (default: 1, what main did, and DELETE_LANE_THREADS), and with
 `--sdk` also the executor whose delete lane goes through the docker SDK (`sdk_<n>`: the client before
 the lean unix-socket one). The order rotates per round (interleaved), medians are reported with the
-ratio to prune -a, dockerd's CPU and the exporter's own. The executor's time includes its poll (warm, as
-in a running exporter) and plan, its re-checks and the audit log, as in a real run.
+ratio to prune -a, dockerd's CPU and the exporter's own. The executor's time includes its plan (on the
+snapshot of a poll already made, as a running exporter with a live event stream plans), its re-checks
+(an inspect per image) and the audit log, as in a real run.
 `plan` times make_plan for free_space and keep_last on a synthetic snapshot; `memory` runs repeated dry
 runs of a synthetic plan through the executor, keeping summaries as the service's history does, and
 reports RSS before and after. Output: one JSON object on stdout.
@@ -107,11 +108,12 @@ async def executor_delete(
     )
     action = config.remediation.actions["unused"]
     try:
-        await poller.poll_once()  # a running exporter has polled already: inspects are cached per image
-        engine_cpu, own_cpu = cpu_seconds(engine.pid), time.process_time()
-        start = time.perf_counter()
+        # a running exporter has polled already (LastTagTimes read) and, its event stream live, plans on
+        # that snapshot without re-listing (service._plan_snapshot)
         snapshot = await poller.poll_once()
         assert snapshot is not None, poller.last_error
+        engine_cpu, own_cpu = cpu_seconds(engine.pid), time.process_time()
+        start = time.perf_counter()
         polled = time.perf_counter()
         plan = await asyncio.to_thread(make_plan, snapshot, action, config.remediation.protect, time.time())
         planned = time.perf_counter()
