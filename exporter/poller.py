@@ -36,6 +36,11 @@ RUNNING_USE_RESOLUTION = 60.0
 #: Inspects per lock hold (and publish) while filling LastTagTime behind the first publish.
 FILL_BATCH = 500
 FILL_PUBLISH_INTERVAL = 1.0  # seconds between publishes while LastTagTimes fill in
+#: Seconds between state-file writes caused by applied events (each is a JSON dump and fsync of every image's
+#: history): a burst of events writes once, and what it left unwritten goes with the next poll's or the
+#: shutdown's save. A crash in between loses only arrivals and presence, which count as new on restart:
+#: the safe side (too young to delete).
+EVENT_SAVE_INTERVAL = 1.0
 
 TagKey = tuple[str, tuple[str, ...]]
 
@@ -111,6 +116,7 @@ class Poller:
         #: The last publish per image: (listed image, learned values, merged image, tag key), so an event's publish
         #: rebuilds only the images it changed (rebuilding all cost ~27 % of a poll at 10k images).
         self._merged: dict[str, tuple[Image, tuple[Any, ...], Image, TagKey]] = {}
+        self._event_saved = float("-inf")  # monotonic time of the last state save an applied event made
         self._attempted = False  # a poll has run (an event before that is in the first listing)
         self._reconcile = False  # an applied event changed what only a listing can tell (SharedSize)
         #: Whether the engine's event stream keeps the snapshot current between polls; set by the
@@ -355,7 +361,9 @@ class Poller:
             self._publish(now, only=set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys())
         if self._reconcile:
             self.wake()
-        await self.history.save_in_thread()
+        if time.monotonic() - self._event_saved >= EVENT_SAVE_INTERVAL:
+            self._event_saved = time.monotonic()
+            await self.history.save_in_thread()
         return True
 
     async def _inspect_into(

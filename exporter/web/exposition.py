@@ -380,6 +380,8 @@ class MetricsEndpoint:
         self._gzips: dict[str, asyncio.Future[Deflated]] = {}
         self._renderers: dict[str, FormatRenderer] = {}  # by content type: what the next render reuses
         self._formats: dict[str, tuple[Encoder, bool, bool]] = {}  # content type -> encoder, openmetrics, gzip
+        self._prerendering: asyncio.Future[Any] | None = None  # the renders the last publish started
+        self._prerender_again = False  # publishes landed while they ran: render the newest state next
 
     async def handle(self, request: web.Request) -> web.Response:
         accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
@@ -413,11 +415,19 @@ class MetricsEndpoint:
         Why: the first scrape after a publish otherwise waits for the render; started at publish time, it is
         usually done before the next scrape arrives. Runs on the event loop and hands the render to a worker
         thread at once (not from a task the loop would start later, after whatever the publisher does next).
+        While the renders of an earlier publish still run, nothing starts: once they end, the newest state is
+        rendered (one render per format, however many publishes landed meanwhile). A burst of events
+        publishing every few milliseconds otherwise queued a render per publish, each for a state already
+        gone, all of them taking the interpreter lock from the engine work that caused the burst. A scrape in
+        between renders its own state on demand, as ever.
         """
         state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
         if state[0] is None:
             return []
         self._follow(state)
+        if self._prerendering is not None and not self._prerendering.done():
+            self._prerender_again = True
+            return []
         started: list[asyncio.Future[Any]] = []
         for content_type, (encoder, openmetrics, gzipped) in list(self._formats.items()):
             future: asyncio.Future[Any] = (
@@ -427,7 +437,15 @@ class MetricsEndpoint:
             )
             future.add_done_callback(_ignore_result)
             started.append(future)
+        if started:
+            self._prerendering = asyncio.gather(*started, return_exceptions=True)
+            self._prerendering.add_done_callback(self._prerender_newest)
         return started
+
+    def _prerender_newest(self, _: asyncio.Future[Any]) -> None:
+        if self._prerender_again:
+            self._prerender_again = False
+            self.prerender()
 
     async def text_part(self, state: State, encoder: Encoder, content_type: str, openmetrics: bool) -> RenderedPart:
         """The snapshot part for `state` in one format, rendered at most once (in a worker thread)."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hypothesis import example, given, settings
@@ -411,3 +413,34 @@ async def test_on_podman_a_delete_event_is_not_taken_as_the_image_gone() -> None
     await follower.handle_batch(doomed[1:])
     assert poller.snapshot is not None
     assert "sha256:" + doomed[-1]["Actor"]["ID"] in poller.snapshot.by_id
+
+
+async def test_a_burst_of_applied_events_writes_the_state_file_once_and_the_next_poll_catches_up(
+    tmp_path: Path,
+) -> None:
+    """Each state write is a JSON dump and fsync of every image's history: events applied in a burst write
+    once (at most one per EVENT_SAVE_INTERVAL); what they left unwritten goes with the next poll."""
+    clock = Clock()
+    store = ClassicStore(clock)
+    for blob in BLOBS:
+        store.load_image(blob, [f"{blob}:1"])
+    history = ImageHistory(str(tmp_path / "state.json"))
+    metrics = PollMetrics(CollectorRegistry())
+    poller = Poller(store, parse_config({"filesystem": {"path": "/"}}), history, metrics, clock=clock)
+    follower = EventFollower(store, poller, history, metrics)
+    await poller.poll_once()
+    writes: list[dict[str, Any]] = []
+    real_write = history.write
+
+    def write(data: dict[str, Any]) -> None:
+        writes.append(data)
+        real_write(data)
+
+    history.write = write  # type: ignore[method-assign]
+    for blob in BLOBS:
+        for event in store.rmi_id(blob):
+            await follower.handle(event)
+    assert len(writes) == 1
+    await poller.poll_once()
+    assert len(writes) == 2 and writes[-1]["present"] == []
+    assert json.loads((tmp_path / "state.json").read_text())["present"] == []

@@ -559,3 +559,28 @@ async def test_every_event_applied_change_is_in_the_next_scrape(
             await check()
     await poller.poll_once()
     await check()
+
+
+async def test_publishes_that_land_while_a_render_runs_are_rendered_once_after_it_at_the_newest(
+    renders: list[tuple[Snapshot | None, bool]],
+) -> None:
+    """A burst of events publishes every few milliseconds: no render is queued per publish (each for a state
+    already gone); once the running one ends, the newest state is rendered, once per format."""
+    poller = FakePoller(snapshot(taken_at=1.0))
+    setup = Setup(poller)
+    await setup.scrape("application/openmetrics-text")
+    before = len(renders)
+    running: list[asyncio.Future[Any]] = []
+    first = snapshot(taken_at=2.0)
+    for taken_at in range(2, 12):
+        poller.snapshot = first if taken_at == 2 else snapshot(taken_at=float(taken_at))
+        running += setup.endpoint.prerender(poller.snapshot)
+    assert len(running) == 1  # the first publish's render; the nine after it wait
+    await asyncio.gather(*running)
+    for _ in range(500):
+        if renders[-1][0] is poller.snapshot:
+            break
+        await asyncio.sleep(0.01)
+    assert [state[0] for state in renders[before:]] == [first, poller.snapshot]
+    assert "docker_exporter_snapshot_timestamp_seconds 11.0\n" in await setup.text("application/openmetrics-text")
+    assert len(renders) == before + 2  # that scrape took the trailing render
