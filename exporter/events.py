@@ -42,6 +42,10 @@ MAX_BACKOFF = 30.0
 ENGINE_EVENT_BUFFER = 256  # events the engine keeps for a replay (moby's events buffer)
 #: Queued events handled as one batch at most (see `EventFollower.handle_batch`).
 MAX_BATCH = 1024
+#: Seconds between event batches in a burst. Each batch publishes a snapshot, which costs time in the
+#: number of images on the event loop the remediation executor shares: a run deleting 1,000 images made
+#: a batch of two or three events every few milliseconds. An event after a quiet spell is taken at once.
+BATCH_INTERVAL = 0.05
 _HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
 
 
@@ -158,8 +162,14 @@ class EventFollower:
         return len(events)
 
     async def _handle_events(self) -> None:
+        """Take queued events in batches; in a burst, at most one batch per BATCH_INTERVAL (see there)."""
+        applied = float("-inf")
         while True:
             batch = [await self._queue.get()]
+            gather = applied + BATCH_INTERVAL - time.monotonic()
+            if gather > 0:  # the previous batch was just now: this is a burst, let it gather
+                await asyncio.sleep(gather)
+            applied = time.monotonic()
             while len(batch) < MAX_BATCH and not self._queue.empty() and batch[-1] is not None:
                 batch.append(self._queue.get_nowait())
             events = [e for e in batch if e is not None]

@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from exporter import events as events_module
 from exporter.config import parse_config
 from exporter.engine import EngineNotFound, Lane
 from exporter.events import EventFollower
@@ -444,3 +446,46 @@ async def test_a_burst_of_applied_events_writes_the_state_file_once_and_the_next
     await poller.poll_once()
     assert len(writes) == 2 and writes[-1]["present"] == []
     assert json.loads((tmp_path / "state.json").read_text())["present"] == []
+
+
+async def test_in_a_burst_events_gather_for_one_batch_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event after a quiet spell is applied at once; events following it within BATCH_INTERVAL wait for
+    the interval's end and go as one batch, one publish (each publish costs time in the number of images, on
+    the loop the remediation executor shares)."""
+    monkeypatch.setattr(events_module, "BATCH_INTERVAL", 30.0)  # the whole burst falls within it
+    clock = Clock()
+    store = ClassicStore(clock)
+    for blob in BLOBS:
+        store.load_image(blob, [f"{blob}:1", f"{blob}:2"])
+    poller, follower, _ = _start(store, clock)
+    await poller.poll_once()
+    published: list[object] = []
+    poller.on_publish.append(published.append)
+    worker = asyncio.create_task(follower._handle_events())
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:  # the interval's wait, recorded and cut short
+        sleeps.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    try:
+        first, *rest = [event for blob in BLOBS for event in store.rmi(f"{blob}:2")]
+        follower._queue.put_nowait(first)
+        for _ in range(1000):
+            if published:
+                break
+            await real_sleep(0.01)
+        assert len(published) == 1 and not sleeps  # the first one was not held back
+        for event in rest:
+            follower._queue.put_nowait(event)
+        for _ in range(1000):
+            if len(published) > 1:
+                break
+            await real_sleep(0.01)
+    finally:
+        worker.cancel()
+    assert len(published) == 2 and len(sleeps) == 1 and 0 < sleeps[0] <= 30.0
+    assert poller.snapshot is not None
+    assert sorted(str(r) for i in poller.snapshot.images for r in i.refs) == sorted(f"{b}:1" for b in BLOBS)
