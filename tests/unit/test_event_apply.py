@@ -374,8 +374,8 @@ async def test_containerd_store_events_fall_back_to_a_full_poll() -> None:
     assert poller.snapshot is before
 
 
-async def test_events_that_queued_up_while_one_was_handled_go_in_one_batch() -> None:
-    """The follower's worker takes every event already queued (a burst from the stream) as one batch."""
+async def _two_tags_each_watched() -> tuple[ClassicStore, Poller, EventFollower, list[object]]:
+    """Every blob loaded with two tags and polled; the publishes from then on are listed."""
     clock = Clock()
     store = ClassicStore(clock)
     for blob in BLOBS:
@@ -384,6 +384,12 @@ async def test_events_that_queued_up_while_one_was_handled_go_in_one_batch() -> 
     await poller.poll_once()
     published: list[object] = []
     poller.on_publish.append(published.append)
+    return store, poller, follower, published
+
+
+async def test_events_that_queued_up_while_one_was_handled_go_in_one_batch() -> None:
+    """The follower's worker takes every event already queued (a burst from the stream) as one batch."""
+    store, poller, follower, published = await _two_tags_each_watched()
     for blob in BLOBS:
         for event in store.rmi(f"{blob}:2"):
             follower._queue.put_nowait(event)
@@ -453,14 +459,7 @@ async def test_in_a_burst_events_gather_for_one_batch_per_interval(monkeypatch: 
     the interval's end and go as one batch, one publish (each publish costs time in the number of images, on
     the loop the remediation executor shares)."""
     monkeypatch.setattr(events_module, "BATCH_INTERVAL", 30.0)  # the whole burst falls within it
-    clock = Clock()
-    store = ClassicStore(clock)
-    for blob in BLOBS:
-        store.load_image(blob, [f"{blob}:1", f"{blob}:2"])
-    poller, follower, _ = _start(store, clock)
-    await poller.poll_once()
-    published: list[object] = []
-    poller.on_publish.append(published.append)
+    store, poller, follower, published = await _two_tags_each_watched()
     worker = asyncio.create_task(follower._handle_events())
     sleeps: list[float] = []
     real_sleep = asyncio.sleep
