@@ -313,8 +313,9 @@ def test_rmi_shows_within_two_seconds_via_events(
     # the engine untags, then deletes: two events, which may reach /metrics a moment apart (a burst of events
     # is applied at most once per 50 ms), so the image may show untagged in between; both must arrive
     exp.wait_for(
-        lambda: exp.sample("docker_image_size_bytes", labels) is None
-        and exp.sample("docker_images") == (before or 0) - 1,
+        lambda: (
+            exp.sample("docker_image_size_bytes", labels) is None and exp.sample("docker_images") == (before or 0) - 1
+        ),
         timeout=10,
         interval=0.05,
         what=f"{repo}:{tag} and its image gone from /metrics",
