@@ -10,7 +10,7 @@ BASE_IMAGE ?= python:3.12-slim
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck pytest test-deps venv runtime-venv bench bench-listener image test-engines clean dashboards helm-assets
+.PHONY: run test unit lint typecheck pytest test-deps venv runtime-venv bench bench-listener image test-engines clean dashboards helm-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: runtime-venv
 
 ## test: system packages (as root on Debian), venv, ruff, mypy, pytest
 test: test-deps venv lint typecheck pytest
+
+## unit: the fast loop for every edit: ruff, mypy, import contracts and the pure tests (no engine, no system packages)
+unit: venv lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 test-deps:
 	@scripts/install-test-deps.sh
