@@ -465,9 +465,19 @@ def test_state_on_host_path_gets_a_chown_init_container(rendered: dict[str, list
     assert volumes["state"]["hostPath"]["path"] == "/var/lib/docker-image-exporter"
     (init,) = pod["initContainers"]
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    # The default keeps the history on the node too: an upgrade must not restart min_age or lose the audit log.
     default_pod = one(rendered["default"], "DaemonSet")["spec"]["template"]["spec"]
-    assert "emptyDir" in {v["name"]: v for v in default_pod["volumes"]}["state"]
-    assert "initContainers" not in default_pod
+    assert {v["name"]: v for v in default_pod["volumes"]}["state"]["hostPath"][
+        "path"
+    ] == "/var/lib/docker-image-exporter"
+    assert len(default_pod["initContainers"]) == 1
+
+
+def test_empty_host_path_keeps_the_state_in_an_empty_dir() -> None:
+    values = {"image": {"repository": "r.example/die"}, "docker": {"socketGroup": 998}, "persistence": {"hostPath": ""}}
+    pod = one(render(values, required=False), "DaemonSet")["spec"]["template"]["spec"]
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}["state"]
+    assert "initContainers" not in pod
 
 
 def test_args_follow_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
