@@ -25,9 +25,11 @@ pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "install-test-deps: installing $pkgs"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  # Another apt (unattended-upgrades at boot, a person) may hold the lock: wait for it instead of failing.
+  wait_lock=(-o DPkg::Lock::Timeout=600)
+  apt-get "${wait_lock[@]}" update -qq
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  apt-get "${wait_lock[@]}" install -y -qq --no-install-recommends $pkgs >/dev/null
   # Debian starts the packaged services; the tests run private instances and never use these.
   for svc in docker.socket docker containerd prometheus prometheus-alertmanager docker-registry; do
     systemctl stop "$svc" >/dev/null 2>&1 || true
