@@ -197,6 +197,7 @@ def parse_engine_info(version: Mapping[str, Any], info: Mapping[str, Any], api_v
         arch=str(version.get("Arch") or info.get("Architecture") or ""),
         containerd_store=containerd_store,
         podman=podman,
+        data_root=root if isinstance(root := info.get("DockerRootDir"), str) else "",
     )
 
 

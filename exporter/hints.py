@@ -41,8 +41,28 @@ _HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+#: The poller's statvfs errors start with this; the engine may be fine while they happen.
+FILESYSTEM_ERROR = "filesystem: "
+_DETECTED_ROOT = "the engine's data root (filesystem.path unset)"
+
+
+def filesystem_error(path: str, configured: bool, exc: OSError) -> str:
+    """The text of a statvfs failure, saying where the path came from (the hint depends on it)."""
+    return f"{FILESYSTEM_ERROR}cannot statvfs {path}, {'filesystem.path' if configured else _DETECTED_ROOT}: {exc}"
+
+
 def engine_error_hint(error_text: str) -> str | None:
     """The advice for an engine error's text, or None when there is nothing better to say than the error."""
+    if error_text.startswith(FILESYSTEM_ERROR):
+        if _DETECTED_ROOT in error_text:
+            return (
+                "the engine reports this data root, but this process cannot see it: in a container, mount the "
+                "host's data root read-only at the same path, or set filesystem.path to where it is mounted"
+            )
+        return (
+            "filesystem.path must be a path on the engine's data-root filesystem that this process can see "
+            "(docker info: Docker Root Dir); in a container, mount the data root read-only there"
+        )
     for pattern, hint in _HINTS:
         if pattern.search(error_text):
             return hint

@@ -23,7 +23,7 @@ from exporter import apishapes
 from exporter.config import Config
 from exporter.engine import Engine, EngineError
 from exporter.firstreads import FirstReads
-from exporter.hints import engine_error_hint
+from exporter.hints import engine_error_hint, filesystem_error
 from exporter.history import ImageHistory
 from exporter.logs import kv
 from exporter.selfmetrics import PollMetrics
@@ -69,6 +69,11 @@ def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
         fields["arrived"],
     ) = values
     return out
+
+
+def data_root_path(configured: str | None, engine: EngineInfo) -> str:
+    """The path whose statvfs is the data-root filesystem: the configured one, else where the engine says."""
+    return configured or engine.data_root or "/var/lib/docker"
 
 
 def read_filesystem(path: str) -> Filesystem:
@@ -227,17 +232,21 @@ class Poller:
             return
         self.last_error = None  # the engine answered; a statvfs failure below is the one left to show
         filesystem: Filesystem | None = None
+        fs_path = data_root_path(self.config.filesystem.path, engine)
         try:
-            filesystem = await asyncio.to_thread(read_filesystem, self.config.filesystem.path)
+            filesystem = await asyncio.to_thread(read_filesystem, fs_path)
         except OSError as exc:
             self.metrics.errors.labels("filesystem").inc()
-            self.last_error = f"filesystem: {exc}"
+            self.last_error = filesystem_error(fs_path, bool(self.config.filesystem.path), exc)
             if str(exc) != self._logged_fs_error:
-                log.warning("cannot statvfs filesystem.path", extra=kv(path=self.config.filesystem.path, err=exc))
+                log.warning(
+                    "cannot statvfs the data-root filesystem",
+                    extra=kv(path=fs_path, err=exc, hint=engine_error_hint(self.last_error)),
+                )
                 self._logged_fs_error = str(exc)
         else:
             if self._logged_fs_error is not None:
-                log.info("statvfs works again", extra=kv(path=self.config.filesystem.path))
+                log.info("statvfs works again", extra=kv(path=fs_path))
             self._logged_fs_error = None
         if self._logged_up is not True:
             log.info(

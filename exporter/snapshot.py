@@ -174,6 +174,8 @@ class EngineInfo:
     arch: str
     containerd_store: bool = False
     podman: bool = False
+    #: Where the engine keeps its data (`docker info`: Docker Root Dir), as the engine sees it; "" if unsaid.
+    data_root: str = ""
 
 
 @dataclass(frozen=True)

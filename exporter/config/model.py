@@ -79,8 +79,9 @@ class PollConfig(Model):
 
 
 class FilesystemConfig(Model):
-    path: StrictStr = "/var/lib/docker"
-    """A path on the engine's data-root filesystem; its statvfs feeds docker_filesystem_* and free_space."""
+    path: StrictStr | None = None
+    """A path on the engine's data-root filesystem; its statvfs feeds docker_filesystem_* and free_space.
+    null: the data root the engine reports (docker info: Docker Root Dir)."""
 
 
 class MetricsConfig(Model):

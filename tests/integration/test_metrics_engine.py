@@ -386,6 +386,19 @@ def test_unreadable_data_root_is_shown_once_and_leaves_the_rest(
     assert "works again" in exp.logs()
 
 
+def test_a_relocated_data_root_is_found_without_configuration(
+    mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    """No `filesystem.path`: the filesystem measured is the one the engine reports as its data root (every
+    private engine here is relocated under /tmp, as a rootless engine is under $HOME)."""
+    root = mutable.client().api.info()["DockerRootDir"]
+    assert root != "/var/lib/docker" and Path(root).resolve() == mutable.data_root.resolve()
+    exp = exporter_factory(mutable, {"state": {"path": str(tmp_path / "s.json")}})
+    st = os.statvfs(root)
+    assert exp.sample("docker_filesystem_size_bytes", {"path": root}) == st.f_blocks * st.f_frsize
+    assert exp.sample("docker_exporter_poll_errors_total", {"stage": "filesystem"}) == 0
+
+
 def test_engine_outage_and_recovery(mutable: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path) -> None:
     exp = exporter_factory(
         mutable,

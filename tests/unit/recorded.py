@@ -44,6 +44,7 @@ class RecordedEngine(Engine):
         df = FIXTURES / engine / "system-df-image-build-cache.json"
         self.df: dict[str, Any] = json.loads(df.read_text()) if df.exists() else load(engine, "system-df.json")
         self.inspect = load(engine, "image-inspect.json")
+        self.info: dict[str, Any] = load(engine, "info.json")
         self.failing: set[str] = set()
         self.gone: set[str] = set()
         self.calls: list[str] = []
@@ -61,7 +62,7 @@ class RecordedEngine(Engine):
 
     async def version_and_info(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         self._answer("version_and_info")
-        return load(self.engine, "version.json"), load(self.engine, "info.json"), self.api
+        return load(self.engine, "version.json"), copy.deepcopy(self.info), self.api
 
     async def list_images(self) -> list[dict[str, Any]]:
         self._answer("list_images")

@@ -323,3 +323,40 @@ async def test_a_wake_at_the_moment_of_stopping_does_not_swallow_the_cancel(
     done, _ = await asyncio.wait({task}, timeout=10)
     assert done == {task}, "the poller did not stop"
     assert task.cancelled()
+
+
+@pytest.mark.parametrize("engine", RECORDED_ENGINES)
+async def test_without_filesystem_path_the_engines_own_data_root_is_measured(tmp_path: Path, engine: str) -> None:
+    """A relocated or rootless engine is found without configuration: the path is the engine's Docker Root Dir."""
+    recorded = RecordedEngine(engine)
+    recorded.info = {**recorded.info, "DockerRootDir": str(tmp_path)}
+    poller = Poller(recorded, parse_config({}), ImageHistory(None), PollMetrics(CollectorRegistry()), clock=Clock())
+    snapshot = await poller.poll_once()
+    assert snapshot is not None and snapshot.filesystem is not None
+    assert snapshot.filesystem.path == str(tmp_path) and poller.last_error is None
+
+
+async def test_a_data_root_this_process_cannot_see_is_named_with_its_own_hint(tmp_path: Path) -> None:
+    """Not "is the engine running?": the engine answered; the error names the path and where it came from."""
+    from exporter.hints import engine_error_hint
+
+    recorded = RecordedEngine("bookworm")
+    recorded.info = {**recorded.info, "DockerRootDir": str(tmp_path / "host-only")}
+    poller = Poller(recorded, parse_config({}), ImageHistory(None), PollMetrics(CollectorRegistry()), clock=Clock())
+    await poller.poll_once()
+    assert poller.up and poller.last_error is not None
+    assert str(tmp_path / "host-only") in poller.last_error and "filesystem.path unset" in poller.last_error
+    hint = engine_error_hint(poller.last_error)
+    assert hint is not None and "mount the host's data root" in hint and "socket" not in hint
+
+    configured = Poller(
+        recorded,
+        parse_config({"filesystem": {"path": str(tmp_path / "typo")}}),
+        ImageHistory(None),
+        PollMetrics(CollectorRegistry()),
+        clock=Clock(),
+    )
+    await configured.poll_once()
+    assert configured.last_error is not None
+    hint = engine_error_hint(configured.last_error)
+    assert hint is not None and hint.startswith("filesystem.path must be")
