@@ -170,6 +170,8 @@ def create_app(
     app.on_response_prepare.append(add_headers)
 
     def on_sighup() -> None:
+        if services.remediation is not None:  # as after a log rotation; the audit log also notices on its own
+            services.remediation.audit.reopen()
         task = asyncio.create_task(reloader.reload("SIGHUP"), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)
