@@ -26,8 +26,8 @@ class AuditLog:
     """Append-only JSON lines at `path` (parents created); safe to call from worker threads.
 
     Log rotation: before every write the file open here is compared with the file at `path` (device and
-    inode, as `logging.handlers.WatchedFileHandler` does); when they differ, or when `path` is gone, or after
-    `reopen()` (SIGHUP), the file at `path` is opened (created if need be) and the lines go there. What
+    inode, as `logging.handlers.WatchedFileHandler` does); when they differ, or when `path` is gone, the file
+    at `path` is opened (created if need be) and the lines go there. `reopen()` (SIGHUP) does it at once. What
     remains: a rename between that check and the write puts that one batch, complete and fsync'd, into the
     renamed file, which still holds it; the next batch goes to the new file. `copytruncate` needs nothing:
     with O_APPEND every write lands at the end of the truncated file.
@@ -44,22 +44,25 @@ class AuditLog:
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file open as _fd
         self._cut = False  # the file open as _fd may end in the middle of a line
-        self._reopen = False
 
     def reopen(self) -> None:
-        """Open the file at `path` again before the next write (SIGHUP, as after a log rotation).
+        """Close the file and open the one at `path` now (SIGHUP): a rotated or deleted file is let go at once.
 
-        Safe from a signal handler or the event loop: it only sets a flag, the file work happens in the
-        next write.
+        Blocking (it waits for a write in progress): call it in a worker thread. AuditError if the path
+        cannot be opened; the next write tries again.
         """
-        self._reopen = True
+        try:
+            with self._lock:
+                self._close()
+                self._open()
+        except OSError as exc:
+            raise AuditError(f"cannot open audit log {self.path}: {exc}") from exc
 
     def _open(self) -> int:
         """The file descriptor to write to: the file currently at `path`, opened if need be."""
-        if self._fd is not None and not self._reopen and self._identity == self._identity_at_path():
+        if self._fd is not None and self._identity == self._identity_at_path():
             return self._fd
         self._close()
-        self._reopen = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:

@@ -1,4 +1,4 @@
-"""The audit log through a real logrotate in the middle of a run against a real engine.
+"""The audit log through a real logrotate in the middle of a run against a real engine, and SIGHUP.
 
 The third `DELETE` of the run is held in tests/harness/faultproxy.py (its intent is on disk, the engine
 has not seen it); Debian's logrotate rotates the log in its default `create` mode; then the `DELETE` goes
@@ -9,6 +9,9 @@ intents before their outcomes, and what happened after the rotation in the new f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -29,7 +32,9 @@ from exporter.remediation.runs import Run
 from exporter.selfmetrics import PollMetrics
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import PrivateDockerd, find_program, short_workdir
+from tests.harness.exporter import ExporterProcess
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.requires import require_programs
 from tests.unit.actions import action_of
@@ -108,3 +113,39 @@ async def test_a_rotation_between_two_deletes_keeps_every_line_and_the_rest_goes
     later = {c.image_id for c in candidates[3:]}
     assert {r["image_id"] for r in new if r["event"] == "intent"} == later
     assert new[-1]["event"] == "run_end"
+
+
+def open_audit_files(exp: ExporterProcess) -> set[str]:
+    """The audit log files the exporter process holds open."""
+    targets = set()
+    for fd in Path(f"/proc/{exp.pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            targets.add(os.readlink(fd))
+    return {t for t in targets if "audit.jsonl" in t}
+
+
+def test_sighup_lets_go_of_a_rotated_audit_log_at_once(
+    dockerd: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    """Without a write to come, only SIGHUP makes the exporter close the renamed file (and open the new one)."""
+    (tmp_path / "token").write_text("t0ken\n")
+    audit = tmp_path / "audit.jsonl"
+    config = {
+        "state": {"path": str(tmp_path / "state.json")},
+        "poll": {"interval": "10m"},
+        "remediation": {
+            "enabled": True,
+            "auth": {"bearer_token_file": str(tmp_path / "token")},
+            "audit_log": str(audit),
+            "actions": {"clean-dangling": {"type": "prune_dangling"}},
+        },
+    }
+    exp = exporter_factory(dockerd, config, ready=False)
+    assert open_audit_files(exp) == {str(audit)}  # opened at start, to report a bad path at once
+    audit.rename(tmp_path / "audit.jsonl.1")
+    assert open_audit_files(exp) == {str(tmp_path / "audit.jsonl.1")}
+
+    exp.signal(signal.SIGHUP)
+    exp.wait_for(lambda: "configuration reloaded" in exp.logs(), timeout=20, what="the reload after SIGHUP")
+    assert open_audit_files(exp) == {str(audit)} and audit.exists()
+    assert "cannot reopen the audit log" not in exp.logs()

@@ -92,18 +92,22 @@ class _CountingOpens:
         return getattr(os, name)
 
 
-def test_reopen_opens_the_path_again_before_the_next_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGHUP is not needed after a rotation (the identity check sees it) but is honoured, as operators expect."""
+def test_reopen_lets_go_of_a_renamed_file_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP is not needed after a rotation (each write checks the path) but is honoured, as operators expect."""
     counting = _CountingOpens()
     monkeypatch.setattr(audit_module, "os", counting)
-    log = AuditLog(str(tmp_path / "audit.jsonl"))
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path))
     log.write({"n": 1})
     log.write({"n": 2})
-    assert len(counting.opened) == 1
+    assert counting.opened == [str(path)]
+    path.rename(tmp_path / "audit.jsonl.1")
     log.reopen()
+    assert counting.opened == [str(path)] * 2 and path.exists()  # opened (created) now, not at the next write
     log.write({"n": 3})
-    assert counting.opened == [str(log.path)] * 2
-    assert read_audit(log.path) == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert len(counting.opened) == 2
+    assert read_audit(tmp_path / "audit.jsonl.1") == [{"n": 1}, {"n": 2}]
+    assert read_audit(path) == [{"n": 3}]
 
 
 # -- a full disk ----------------------------------------------------------------------------------------------
