@@ -29,8 +29,9 @@ class AuditLog:
     inode, as `logging.handlers.WatchedFileHandler` does); when they differ, or when `path` is gone, the file
     at `path` is opened (created if need be) and the lines go there. `reopen()` (SIGHUP) does it at once. What
     remains: a rename between that check and the write puts that one batch, complete and fsync'd, into the
-    renamed file, which still holds it; the next batch goes to the new file. `copytruncate` needs nothing:
-    with O_APPEND every write lands at the end of the truncated file.
+    renamed file, which still holds it; the next batch goes to the new file. `copytruncate` needs nothing
+    here: with O_APPEND every write lands at the end of the truncated file (a line written between
+    logrotate's copy and its truncate is lost by logrotate itself: docs/remediation.md advises `create`).
 
     Partial lines: a batch is one `os.write` of whole lines, so a line is cut only when the disk fills up
     mid-write (ENOSPC). Each time the file is opened (at start, after a failed write, after a rotation) its
