@@ -25,8 +25,10 @@ from exporter.engine import Engine
 from exporter.events import EventFollower
 from exporter.firstreads import FirstReads
 from exporter.history import ImageHistory
+from exporter.logs import kv
 from exporter.poller import Poller
 from exporter.reload import Reloader, ReloadResult, ReloadSource
+from exporter.remediation.audit import AuditError
 from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics, register_runtime_metrics
@@ -169,8 +171,16 @@ def create_app(
 
     app.on_response_prepare.append(add_headers)
 
+    async def sighup() -> ReloadResult:
+        if services.remediation is not None:  # let go of a rotated or deleted audit log now, as daemons do
+            try:
+                await asyncio.to_thread(services.remediation.audit.reopen)
+            except AuditError as exc:
+                log.error("cannot reopen the audit log on SIGHUP", extra=kv(err=exc))
+        return await reloader.reload("SIGHUP")
+
     def on_sighup() -> None:
-        task = asyncio.create_task(reloader.reload("SIGHUP"), name="reload")
+        task = asyncio.create_task(sighup(), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -117,10 +117,14 @@ class Reloader:
                 config = await asyncio.to_thread(load_config, self.source.config_file)
             except ConfigError as exc:
                 return self._refuse(trigger, "; ".join(exc.problems))
+            except Exception as exc:  # a reader bug still fails the reload visibly, never as a bare 500
+                return self._refuse(trigger, f"cannot read the configuration: {exc!r}", unexpected=True)
             try:
                 web_config = await asyncio.to_thread(load_web_config, self.source.web_config_file)
             except ConfigError as exc:
                 return self._refuse(trigger, "; ".join(f"--web.config.file {p}" for p in exc.problems))
+            except Exception as exc:
+                return self._refuse(trigger, f"cannot read --web.config.file: {exc!r}", unexpected=True)
             problems = [
                 f"{key} cannot change on reload; restart the exporter"
                 for key in restart_only_changes(self.config, config)
@@ -138,7 +142,11 @@ class Reloader:
             log.info("configuration reloaded", extra=kv(file=files, trigger=trigger))
             return ReloadResult(True, "configuration reloaded")
 
-    def _refuse(self, trigger: str, reason: str) -> ReloadResult:
+    def _refuse(self, trigger: str, reason: str, *, unexpected: bool = False) -> ReloadResult:
         self.metrics.successful.set(0)
-        log.error("reload failed, keeping the old configuration", extra=kv(trigger=trigger, err=reason))
+        log.error(
+            "reload failed, keeping the old configuration",
+            extra=kv(trigger=trigger, err=reason),
+            exc_info=unexpected,  # inside an except block: the traceback of a bug goes to the log
+        )
         return ReloadResult(False, f"reload failed, keeping the old configuration: {reason}")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 
 class AuditError(Exception):
@@ -22,19 +23,71 @@ class AuditError(Exception):
 
 
 class AuditLog:
-    """Append-only JSON lines at `path` (parents created); safe to call from worker threads."""
+    """Append-only JSON lines at `path` (parents created); safe to call from worker threads.
+
+    Log rotation: before every write the file open here is compared with the file at `path` (device and
+    inode, as `logging.handlers.WatchedFileHandler` does); when they differ, or when `path` is gone, the file
+    at `path` is opened (created if need be) and the lines go there. `reopen()` (SIGHUP) does it at once. What
+    remains: a rename between that check and the write puts that one batch, complete and fsync'd, into the
+    renamed file, which still holds it; the next batch goes to the new file. `copytruncate` needs nothing
+    here: with O_APPEND every write lands at the end of the truncated file (a line written between
+    logrotate's copy and its truncate is lost by logrotate itself: docs/remediation.md advises `create`).
+
+    Partial lines: a batch is one `os.write` of whole lines, so a line is cut only when the disk fills up
+    mid-write (ENOSPC). Each time the file is opened (at start, after a failed write, after a rotation) its
+    last byte is read: if it is not a newline, the next batch starts with one, so a cut line stays alone on
+    its line and the next record starts on its own.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file open as _fd
+        self._cut = False  # the file open as _fd may end in the middle of a line
 
-    def _open(self) -> IO[str]:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._file = os.fdopen(fd, "a", encoding="utf-8")
-        return self._file
+    def reopen(self) -> None:
+        """Close the file and open the one at `path` now (SIGHUP): a rotated or deleted file is let go at once.
+
+        Blocking (it waits for a write in progress): call it in a worker thread. AuditError if the path
+        cannot be opened; the next write tries again.
+        """
+        try:
+            with self._lock:
+                self._close()
+                self._open()
+        except OSError as exc:
+            raise AuditError(f"cannot open audit log {self.path}: {exc}") from exc
+
+    def _open(self) -> int:
+        """The file descriptor to write to: the file currently at `path`, opened if need be."""
+        if self._fd is not None and self._identity == self._identity_at_path():
+            return self._fd
+        self._close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_RDWR, 0o640)
+            readable = True
+        except PermissionError:  # a write-only file: its last byte cannot be checked
+            fd = os.open(self.path, flags | os.O_WRONLY, 0o640)
+            readable = False
+        try:
+            info = os.fstat(fd)
+            if readable:
+                self._cut = info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n"
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._identity = fd, (info.st_dev, info.st_ino)
+        return fd
+
+    def _identity_at_path(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:  # rotated away and not created again yet: open creates it
+            return None
+        return info.st_dev, info.st_ino
 
     def check(self) -> None:
         """Open the file now, so a misconfigured path is reported at startup rather than mid-run."""
@@ -55,21 +108,31 @@ class AuditLog:
         reads as "re-checked", which is true).
         """
         text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":"), default=str) + "\n" for r in records)
+        data = text.encode("utf-8")
         with self._lock:
             try:
-                handle = self._open()
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
+                fd = self._open()
+                if self._cut:
+                    data = b"\n" + data
+                self._cut = True  # until the whole batch is written
+                view = memoryview(data)
+                while view:  # one write unless the kernel takes less (a disk filling up), then it raises
+                    written = os.write(fd, view)
+                    if written == 0:
+                        raise OSError(errno.ENOSPC, "the write took no bytes")
+                    view = view[written:]
+                self._cut = False
+                os.fsync(fd)
             except OSError as exc:
-                self._close()
+                self._close()  # the next write opens the file again and checks how it ends
                 raise AuditError(f"cannot write audit log {self.path}: {exc}") from exc
 
     def _close(self) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+                os.close(self._fd)
+            self._fd = None
+            self._identity = None
 
     def close(self) -> None:
         with self._lock:

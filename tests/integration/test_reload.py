@@ -164,3 +164,31 @@ def test_reload_endpoint_needs_the_lifecycle_flag(
     assert b"docker.host cannot change on reload; restart the exporter" in body
     assert action_names(exp) == ["prune-all"]
     assert exp.sample(SUCCESS) == 0
+
+
+def test_a_deeply_nested_config_fails_the_reload_cleanly_by_signal_and_endpoint(
+    dockerd: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    exp = exporter_factory(dockerd, base_config(tmp_path), extra_args=["--web.enable-lifecycle"], ready=False)
+    good = exp.config_path.read_text()
+    deep = "poll: " + "[" * 5000 + "]" * 5000 + "\n"
+
+    exp.config_path.write_text(deep)
+    exp.signal(signal.SIGHUP)
+    exp.wait_for(lambda: "reload failed" in exp.logs() or not exp.running, timeout=20, what="a reload log line")
+    assert exp.running
+    [failure] = [line for line in exp.logs().splitlines() if "reload failed, keeping the old configuration" in line]
+    assert "line 1: nesting deeper than 100 levels" in failure, failure
+    assert "Traceback" not in exp.logs() and "RecursionError" not in exp.logs()
+    assert exp.sample(SUCCESS) == 0
+    assert action_names(exp) == ["clean-dangling"]  # the old config keeps running
+
+    exp.config_path.write_text(good)
+    assert exp.request("POST", "/-/reload")[0] == 200
+    assert exp.sample(SUCCESS) == 1
+    exp.config_path.write_text(deep)
+    status, body = exp.request("POST", "/-/reload")
+    assert status == 500
+    assert b"line 1: nesting deeper than 100 levels" in body
+    assert exp.sample(SUCCESS) == 0
+    assert "Traceback" not in exp.logs()

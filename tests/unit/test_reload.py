@@ -157,6 +157,34 @@ async def test_a_bad_web_config_is_refused_naming_its_flag(tmp_path: Path) -> No
     assert reloader.web_config == WebConfig()
 
 
+async def test_a_deeply_nested_config_is_refused_and_the_old_one_stays(tmp_path: Path) -> None:
+    reloader, applied, registry = reloader_for(tmp_path, {"poll": {"interval": "30s"}})
+    (tmp_path / "config.yml").write_text("poll: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = await reloader.reload("test")
+    assert not result.ok
+    assert "line 1: nesting deeper than 100 levels" in result.message
+    assert applied == [] and reloader.config.poll.interval == 30.0
+    assert sample(registry, "docker_exporter_config_last_reload_successful") == 0
+
+
+async def test_an_unexpected_error_while_reading_refuses_the_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reloader, applied, registry = reloader_for(tmp_path, {"poll": {"interval": "30s"}})
+
+    def broken(_path: str | None) -> Config:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr("exporter.reload.load_config", broken)
+    with caplog.at_level(logging.INFO, "exporter.reload"):
+        result = await reloader.reload("test")
+    assert not result.ok
+    assert "RuntimeError('parser bug')" in result.message
+    assert applied == [] and sample(registry, "docker_exporter_config_last_reload_successful") == 0
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None  # the traceback goes to the log
+
+
 def _fail(_config: Config, _web: WebConfig) -> None:
     raise AssertionError("a refused reload must not apply anything")
 
@@ -289,5 +317,15 @@ async def test_the_reload_endpoint_answers_200_or_500_with_the_reason(aiohttp_cl
     response = await client.put("/-/reload")
     assert response.status == 500
     assert "metrics.max_image_series" in await response.text()
+    metrics = await (await client.get("/metrics")).text()
+    assert "docker_exporter_config_last_reload_successful 0.0" in metrics
+
+
+async def test_the_reload_endpoint_answers_500_for_a_deeply_nested_config(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await app_client(aiohttp_client, tmp_path, lifecycle=True)
+    (tmp_path / "config.yml").write_text("{a: " * 5000 + "1" + "}" * 5000 + "\n")
+    response = await client.post("/-/reload")
+    assert response.status == 500
+    assert "line 1: nesting deeper than 100 levels" in await response.text()
     metrics = await (await client.get("/metrics")).text()
     assert "docker_exporter_config_last_reload_successful 0.0" in metrics
