@@ -13,8 +13,8 @@ Why a lean client on the delete lane: every deletion pays an inspect and a DELET
 each costs ~1.5-2 ms of Python (requests' environment, proxy and netrc lookups, header parsing) plus two
 thread hops, against ~0.35 ms for the engine's own work, on the same 2 cores dockerd needs. When the
 engine is on a unix socket, the delete lane's calls are plain HTTP/1.1 on the event loop over kept-alive
-connections (`UnixConnection`, one per call in flight, at the API version an SDK client negotiated); tcp,
-ssh and TLS hosts keep the SDK in the lane's threads.
+connections (`UnixConnection`, one per call in flight, at the API version an SDK client negotiated); tcp
+hosts (plain or TLS) keep the SDK in the lane's threads.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from exporter.earlyread import api_at_least, images_query, unix_socket_path
+from exporter import engineaddress
+from exporter.earlyread import api_at_least, images_query
 from exporter.logs import kv
 
 T = TypeVar("T")
@@ -182,6 +183,9 @@ class Engine:
         delete_lane_threads: int = DELETE_LANE_THREADS,
     ) -> None:
         self.host = host
+        #: Read once by `engineaddress.parse`, the reading the launch read shares: the SDK client gets its
+        #: absolute form and the lean client its socket file, so every call reaches the same engine.
+        self.address = engineaddress.parse(host)
         self.timeout = timeout
         self.disk_usage_timeout = disk_usage_timeout
         self.api_version: str | None = None
@@ -191,7 +195,7 @@ class Engine:
             "delete": ThreadPoolExecutor(delete_lane_threads, thread_name_prefix="engine-delete"),
         }
         self._local = threading.local()
-        self._socket_path = unix_socket_path(host)
+        self._socket_path = self.address.socket_path
         self._idle: list[UnixConnection] = []  # the lean delete lane's kept-alive connections not in use
         self._lean_version: str | None = None  # the API version they speak, negotiated by an SDK client
         self._stream: Any = None
@@ -200,15 +204,16 @@ class Engine:
 
     @property
     def where(self) -> str:
-        """The address for logs: the configured host, or the SDK's platform default."""
-        return self.host or "unix:///var/run/docker.sock (default)"
+        """The address for logs and the landing page: the socket or URL contacted (and the address as given
+        when it reads differently)."""
+        return self.address.display
 
     # -- clients -------------------------------------------------------------------------------------
     def _new_client(self, timeout: float | None) -> docker.APIClient:
         tls: Any = False
         if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
             tls = docker.utils.kwargs_from_env().get("tls", False)
-        client = docker.APIClient(base_url=self.host, version="auto", timeout=timeout, tls=tls)
+        client = docker.APIClient(base_url=self.address.base_url, version="auto", timeout=timeout, tls=tls)
         if self.api_version != client.api_version:
             log.info("engine API version negotiated", extra=kv(api_version=client.api_version, host=self.where))
         self.api_version = client.api_version
