@@ -198,6 +198,8 @@ class Engine:
         self._socket_path = self.address.socket_path
         self._idle: list[UnixConnection] = []  # the lean delete lane's kept-alive connections not in use
         self._lean_version: str | None = None  # the API version they speak, negotiated by an SDK client
+        #: Why the lean client's last call could not reach the engine; None once a call goes through.
+        self.lean_error: str | None = None
         self._stream: Any = None
         self._stream_lock = threading.Lock()
         self._events_closed = False
@@ -252,10 +254,13 @@ class Engine:
                 status, body, reusable = await conn.request(method, f"/v{self._lean_version}{path}")
         except TimeoutError:
             self._drop_lean()
-            raise EngineUnavailable(f"{method} {path}: engine did not answer within {self.timeout:.0f}s") from None
+            self.lean_error = f"{method} {path}: engine did not answer within {self.timeout:.0f}s"
+            raise EngineUnavailable(self.lean_error) from None
         except (OSError, EOFError, ValueError) as exc:
             self._drop_lean()
-            raise EngineUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            self.lean_error = f"{method} {path}: {type(exc).__name__}: {exc}"
+            raise EngineUnavailable(self.lean_error) from exc
+        self.lean_error = None
         if reusable:
             self._idle.append(conn)
         try:
@@ -268,6 +273,17 @@ class Engine:
         if data is None and body.strip():
             raise EngineError(f"{method} {path}: the engine answered {status} with a body that is not JSON")
         return data
+
+    async def check_lean(self) -> None:
+        """EngineUnavailable while the lean client still cannot reach the engine after a call of it failed.
+
+        Why: polls go through the SDK, inspects and deletions through the lean client. A poll that reached
+        the engine must not call it up while those fail (every image would stay "LastTagTime pending", so
+        too young to delete, and runs would end "success" having deleted nothing). Free while the lean
+        client works: it asks only after a failure, and one answer clears it.
+        """
+        if self._socket_path is not None and self.lean_error is not None:
+            await self._call_raw("GET", "/version")
 
     def _idle_connection(self) -> UnixConnection | None:
         while self._idle:
