@@ -10,6 +10,8 @@ every refused form names why. Where the address comes from (flag, config, DOCKER
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import docker.errors
 import docker.transport
@@ -178,3 +180,18 @@ def test_the_launch_read_sends_nothing_for_an_address_the_cli_refuses() -> None:
     assert earlyread.engine_address(["--docker.host", "ssh://h"], {}) is None
     assert earlyread.engine_address(["--docker.host="], {"DOCKER_HOST": "unix:///env.sock"}) is None
     assert earlyread.engine_address([], {"DOCKER_HOST": "tcp://h"}) is None
+
+
+def test_the_launch_read_stays_import_light() -> None:
+    """`earlyread` runs before the rest of the exporter is imported: sharing the resolution must not pull in
+    the SDK, pydantic, aiohttp or the config models."""
+    code = "import sys, exporter.earlyread; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert {m for m in loaded if m.startswith("exporter")} == {
+        "exporter",
+        "exporter.earlyread",
+        "exporter.engineaddress",
+    }
+    assert not loaded & {"docker", "requests", "pydantic", "aiohttp", "yaml", "prometheus_client"}
