@@ -6,7 +6,8 @@ The exporter opens the engine four ways: the SDK client (polls, events, prunes),
 and the delete lane's checks and DELETEs). Two recording listeners stand in front of one private engine:
 one at the absolute path, one at the same path below the exporter's working directory. A full run (start,
 first poll, LastTagTime inspects, a deletion through the webhook API) must reach the absolute one only,
-by every one of the four ways.
+by every one of the four ways. The same run with `unix:///abs` and with `tcp://` (a TCP listener relaying
+to the engine: there every call is the SDK's), each from the flag, the config and DOCKER_HOST.
 """
 
 from __future__ import annotations
@@ -30,17 +31,23 @@ _REQUEST_HEAD = re.compile(rb"(GET|POST|DELETE|HEAD|PUT) (\S+) HTTP/1\.[01]\r\n(
 
 
 class RecordingRelay:
-    """A unix socket that relays every connection, both ways and byte for byte, to the engine's socket,
-    keeping what each client sent, so a test can tell which requests reached it and from which client
-    (the SDK sends a User-Agent; the launch read and the lean client send none)."""
+    """A listener (a unix socket file, or TCP on 127.0.0.1 when `path` is None) that relays every connection,
+    both ways and byte for byte, to the engine's socket, keeping what each client sent, so a test can tell
+    which requests reached it and from which client (the SDK sends a User-Agent; the launch read and the
+    lean client send none)."""
 
-    def __init__(self, path: Path, upstream: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, upstream: Path) -> None:
         self.upstream = upstream
         self.sent: list[bytearray] = []  # per accepted connection: the client's bytes
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._server.bind(str(path))
+        if path is None:
+            self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._server.bind(("127.0.0.1", 0))
+            self.address = f"tcp://127.0.0.1:{self._server.getsockname()[1]}"
+        else:
+            self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._server.bind(str(path))
+            self.address = f"unix://{path}"
         self._server.listen(64)
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -92,14 +99,20 @@ class ExporterWithoutHostFlag(ExporterProcess):
 
 
 @pytest.mark.parametrize("source", ["--docker.host", "docker.host", "DOCKER_HOST"])
-def test_unix_two_slash_address_reaches_the_absolute_socket_on_every_path(
-    dockerd: PrivateDockerd, tmp_path: Path, source: str, request: pytest.FixtureRequest
+@pytest.mark.parametrize("form", ["unix://rel", "unix:///abs", "tcp://"])
+def test_every_path_reaches_the_engine_the_address_names(
+    dockerd: PrivateDockerd, tmp_path: Path, source: str, form: str, request: pytest.FixtureRequest
 ) -> None:
+    """`unix://rel` is the two-slash form; the listener below the working directory is where a relative
+    reading would go, for every form. Over tcp every call is the SDK's: no launch read, no lean client."""
     ids = load_dangling(dockerd, 1)
     write_saved_state(tmp_path / "state.json", dockerd)  # the image above was here before
     folder = short_workdir("die-addr-")
     absolute = folder / "e.sock"
-    host = "unix://" + str(absolute).lstrip("/")  # unix://tmp/die-addr-…/e.sock
+    right = RecordingRelay(None if form == "tcp://" else absolute, dockerd.socket)
+    host = {"unix://rel": "unix://" + str(absolute).lstrip("/"), "unix:///abs": f"unix://{absolute}"}.get(
+        form, right.address
+    )
     settings = config(tmp_path)
     if source == "--docker.host":
         exp = ExporterProcess(folder / "cwd", host, settings)
@@ -107,11 +120,9 @@ def test_unix_two_slash_address_reaches_the_absolute_socket_on_every_path(
         exp = ExporterWithoutHostFlag(folder / "cwd", "", {**settings, "docker": {"host": host}})
     else:
         exp = ExporterWithoutHostFlag(folder / "cwd", "", settings, env={"DOCKER_HOST": host})
-    # the same path below the exporter's working directory: what a relative reading would open
     add_diagnostics(request.node, "exporter stderr", lambda: exp.logs(60))
-    below_cwd = exp.workdir / str(absolute).lstrip("/")
-    right = RecordingRelay(absolute, dockerd.socket)
-    wrong = RecordingRelay(below_cwd, dockerd.socket)
+    # the same path below the exporter's working directory: what a relative reading would open
+    wrong = RecordingRelay(exp.workdir / str(absolute).lstrip("/"), dockerd.socket)
     try:
         exp.start()
         exp.wait_ready()
@@ -124,14 +135,21 @@ def test_unix_two_slash_address_reaches_the_absolute_socket_on_every_path(
 
         assert wrong.requests() == [] and wrong.sent == [], wrong.requests()
         seen = right.requests()
-        sdk = [(m, t) for m, t, agent in seen if agent and agent.startswith("docker-sdk-python")]
+        sdk = [(m, re.sub(r"^/v[0-9.]+", "", t)) for m, t, agent in seen if agent and "docker-sdk-python" in agent]
         raw = [(m, re.sub(r"^/v[0-9.]+", "", t)) for m, t, agent in seen if agent is None]
         assert ("GET", "/version") in sdk  # the SDK client negotiating its API version
-        assert ("GET", "/version") in raw  # the launch read, before the SDK is imported
-        assert any(m == "GET" and t.startswith("/images/json") for m, t in raw), raw  # ... and its listing
-        assert any(m == "GET" and re.fullmatch(r"/images/[^/]+/json", t) for m, t in raw), raw  # lean inspects
-        assert ("DELETE", f"/images/{ids[0]}?force=false&noprune=false") in raw  # the lean delete lane
-        assert f"unix://{absolute} (given as {host})" in exp.get("/")  # the landing page says which socket
+        inspected = [(m, t) for m, t in (sdk if form == "tcp://" else raw) if re.fullmatch(r"/images/[^/]+/json", t)]
+        deletes = [t for m, t in (sdk if form == "tcp://" else raw) if m == "DELETE"]
+        assert [t.split("?")[0] for t in deletes] == [f"/images/{ids[0]}"]  # by the lean delete lane on unix
+        if form == "tcp://":
+            assert raw == []  # neither the launch read nor the lean client speaks tcp
+            assert inspected, sdk
+        else:
+            assert ("GET", "/version") in raw  # the launch read, before the SDK is imported
+            assert any(m == "GET" and t.startswith("/images/json") for m, t in raw), raw  # ... and its listing
+            assert inspected, raw  # the lean client's inspects
+        shown = right.address if form != "unix://rel" else f"unix://{absolute} (given as {host})"
+        assert f"<code>{shown}</code>" in exp.get("/")  # the landing page says which engine
     finally:
         exp.stop()
         right.close()
