@@ -231,7 +231,7 @@ def create_app(
             snapshot=services.poller.snapshot,
             last_error=services.poller.last_error,
             remediation=service is not None,
-            docker_host=docker_host or "default socket",
+            docker_host=services.engine.where,
             actions=service.action_status() if service is not None else (),
             dry_run=service is not None and service.config.dry_run,
             audit=await service.recent_audit() if service is not None else None,

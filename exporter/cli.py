@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 import exporter.memory
-from exporter import __build_date__, __revision__, __version__
+from exporter import __build_date__, __revision__, __version__, engineaddress
 from exporter.config import Config, ConfigError, load_config
+from exporter.engineaddress import AddressError, EngineAddress, Source
 from exporter.logs import LEVELS, kv, setup_logging
 from exporter.units import parse_duration
 from exporter.web.listen import (
@@ -126,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_docker_host(flag: str | None, config: Config) -> str | None:
-    return flag or config.docker.host or os.environ.get("DOCKER_HOST") or None
+def resolve_engine(flag: str | None, config: Config) -> tuple[Source | None, EngineAddress]:
+    """The engine to talk to, by the one resolution the launch read shares (`engineaddress.resolve`)."""
+    return engineaddress.resolve(flag, config.docker.host, os.environ.get("DOCKER_HOST"))
 
 
 def is_loopback(host: str | None) -> bool:
@@ -166,14 +168,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"docker-image-exporter: {exc}", file=sys.stderr)
         return 1
+    try:
+        source, address = resolve_engine(args.docker_host, config)
+    except AddressError as exc:  # the flag's or DOCKER_HOST's: a config file's stopped at load, keyed
+        print(f"docker-image-exporter: invalid engine address: {exc}", file=sys.stderr)
+        return 1
     if args.config_check:
         checked = " and ".join(filter(None, [args.config_file or "(defaults)", args.web_config_file]))
         print(f"docker-image-exporter: configuration {checked} is valid")
+        print(f"docker-image-exporter: engine {address.display}" + (f" from {source}" if source else ""))
         return 0
     if not args.telemetry_path.startswith("/"):
         print("docker-image-exporter: --web.telemetry-path must start with /", file=sys.stderr)
         return 1
-    docker_host = resolve_docker_host(args.docker_host, config)
+    docker_host = address.given
     host, port = args.listen
     log.info(
         "starting docker-image-exporter",
@@ -181,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=__version__,
             revision=__revision__,
             listen=f"{'https' if ssl_context else 'http'}://{host or '*'}:{port}",
-            engine=docker_host or "default socket",
+            engine=address.display,
             remediation="enabled" if config.remediation.enabled else "disabled",
         ),
     )
@@ -217,7 +225,7 @@ async def run(
     from exporter.firstreads import FirstReads
 
     engine = Engine(docker_host, config.docker.timeout, config.docker.disk_usage_timeout)
-    reads = await FirstReads.start(engine, early=earlyread.claim(docker_host))
+    reads = await FirstReads.start(engine, early=earlyread.claim(engine.address))
     try:
         from exporter.app import create_app
         from exporter.reload import ReloadSource

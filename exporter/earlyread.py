@@ -3,7 +3,8 @@
 Why: at 10k images the engine needs about 0.4 s to list them, and this process as long again to import
 pydantic, aiohttp and the docker SDK and to validate its config. `python -m exporter` and the console script
 call `start` first thing: it works out the engine exactly as the CLI will (`--docker.host`, else the config
-file's `docker.host`, else `DOCKER_HOST`, else the default socket) and, when that is a unix socket, a daemon
+file's `docker.host`, else `DOCKER_HOST`, else the default socket, read by the same
+`engineaddress.resolve`) and, when that is a unix socket, a daemon
 thread asks `GET /version` and then `GET /v<ApiVersion>/images/json` (with `shared-size=1` from API 1.42,
 as `Engine.list_images` does) over a plain blocking socket. The first poll takes the answer through
 `claim`, and only when the validated config names the same engine; anything else (another engine, an
@@ -15,7 +16,8 @@ Safe by construction:
   when the config file cannot be read cheaply (missing, over `MAX_CONFIG_BYTES`, not YAML): then the engine
   it would ask is not certain.
 - It only reads. The thread is a daemon: a config error still stops start-up at once, whatever the engine does.
-- Standard library only (plus PyYAML for the config file, which start-up loads anyway).
+- Standard library only (plus PyYAML for the config file, which start-up loads anyway, and
+  `exporter.engineaddress`, itself standard library only).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from exporter import engineaddress
+from exporter.engineaddress import AddressError, EngineAddress
 
 #: Flags taking a value, as `cli.build_parser` defines them (a unit test keeps the two in step).
 VALUE_FLAGS = frozenset(
@@ -53,21 +58,10 @@ NO_ENGINE_FLAGS = frozenset({"--config.check", "--version", "-h", "--help"})
 MAX_CONFIG_BYTES = 1 << 20
 #: How long the thread's socket waits on the engine; the first poll waits only `docker.timeout` for it.
 SOCKET_TIMEOUT = 300.0
-DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 class EarlyReadError(Exception):
     """The engine answered the early read with an error status or something that is not the expected JSON."""
-
-
-def unix_socket_path(host: str | None) -> str | None:
-    """The socket file of a `unix://` host (the SDK's default when unset), None for tcp/ssh/npipe."""
-    if host is None:
-        return DEFAULT_SOCKET
-    for prefix in ("unix://", "http+unix://"):
-        if host.startswith(prefix):
-            return host[len(prefix) :]
-    return None
 
 
 def api_at_least(version: str | None, wanted: str) -> bool:
@@ -89,10 +83,9 @@ def images_query(api_version: str | None) -> str:
 
 @dataclass
 class EarlyListing:
-    """The listing in flight: for which engine (`host` as the CLI will resolve it), since when, its answer."""
+    """The listing in flight: for which engine (as the CLI will resolve it), since when, its answer."""
 
-    host: str | None
-    socket_path: str
+    address: EngineAddress
     #: Wall clock before the request was sent: the event replay must start no later than this.
     started_at: float
     future: Future[list[dict[str, Any]]] = field(default_factory=Future)
@@ -101,11 +94,12 @@ class EarlyListing:
 _pending: EarlyListing | None = None
 
 
-def engine_host(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[bool, str | None]:
-    """(certain, host): the engine the CLI will talk to, worked out without importing it.
+def engine_address(argv: Sequence[str], environ: Mapping[str, str]) -> EngineAddress | None:
+    """The engine the CLI will talk to, worked out without importing it; None unless certain.
 
-    `certain` is False whenever the answer could differ from what the CLI decides (or no engine is
-    involved); then nothing is sent.
+    None whenever the answer could differ from what the CLI decides (or no engine is involved, or the
+    address is one the CLI refuses); then nothing is sent. The precedence and the reading of the address
+    are `engineaddress.resolve`'s, the same function the CLI calls.
     """
     flags: dict[str, str] = {}
     i = 0
@@ -113,29 +107,29 @@ def engine_host(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[bool, 
         arg = argv[i]
         name, eq, value = arg.partition("=")
         if name in NO_ENGINE_FLAGS:
-            return False, None
+            return None
         if name in SWITCH_FLAGS and not eq:
             i += 1
             continue
         if name not in VALUE_FLAGS:
-            return False, None  # a positional, `--`, an abbreviation or a typo: argparse decides, not us
+            return None  # a positional, `--`, an abbreviation or a typo: argparse decides, not us
         if not eq:
             if i + 1 >= len(argv):
-                return False, None
+                return None
             i += 1
             value = argv[i]
         flags[name] = value
         i += 1
-    if flags.get("--docker.host"):
-        return True, flags["--docker.host"]
+    config_host: str | None = None
     config_file = flags.get("--config.file")
-    if config_file:
-        certain, host = _config_host(config_file)
+    if config_file and "--docker.host" not in flags:
+        certain, config_host = _config_host(config_file)
         if not certain:
-            return False, None
-        if host:
-            return True, host
-    return True, environ.get("DOCKER_HOST") or None
+            return None
+    try:
+        return engineaddress.resolve(flags.get("--docker.host"), config_host, environ.get("DOCKER_HOST"))[1]
+    except AddressError:  # the CLI stops start-up on it, naming the key
+        return None
 
 
 def _config_host(path: str) -> tuple[bool, str | None]:
@@ -168,24 +162,23 @@ def _config_host(path: str) -> tuple[bool, str | None]:
 def start(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> EarlyListing | None:
     """Send the first listing now when the engine is certain and on a unix socket; see the module doc."""
     global _pending
-    certain, host = engine_host(argv, os.environ if environ is None else environ)
-    path = unix_socket_path(host) if certain else None
-    if path is None:
+    address = engine_address(argv, os.environ if environ is None else environ)
+    if address is None or address.socket_path is None:
         return None
     from exporter import memory
 
     memory.configure()
-    listing = EarlyListing(host=host, socket_path=path, started_at=time.time())
+    listing = EarlyListing(address=address, started_at=time.time())
     threading.Thread(target=_fetch_into, args=(listing,), name="early-listing", daemon=True).start()
     _pending = listing
     return listing
 
 
-def claim(host: str | None) -> EarlyListing | None:
-    """The listing sent at launch, if it went to the engine `host` names; each listing is claimed once."""
+def claim(address: EngineAddress) -> EarlyListing | None:
+    """The listing sent at launch, if it went to the socket `address` names; each listing is claimed once."""
     global _pending
     listing, _pending = _pending, None
-    if listing is None or unix_socket_path(host) != listing.socket_path:
+    if listing is None or address.socket_path is None or address.socket_path != listing.address.socket_path:
         return None
     return listing
 
@@ -281,7 +274,8 @@ def _fetch_into(listing: EarlyListing) -> None:
     if not listing.future.set_running_or_notify_cancel():
         return
     try:
-        result = fetch(listing.socket_path)
+        assert listing.address.socket_path is not None
+        result = fetch(listing.address.socket_path)
     except Exception as exc:  # handed to the first poll, which falls back to the normal read
         listing.future.set_exception(exc)
     else:

@@ -13,8 +13,8 @@ Why a lean client on the delete lane: every deletion pays an inspect and a DELET
 each costs ~1.5-2 ms of Python (requests' environment, proxy and netrc lookups, header parsing) plus two
 thread hops, against ~0.35 ms for the engine's own work, on the same 2 cores dockerd needs. When the
 engine is on a unix socket, the delete lane's calls are plain HTTP/1.1 on the event loop over kept-alive
-connections (`UnixConnection`, one per call in flight, at the API version an SDK client negotiated); tcp,
-ssh and TLS hosts keep the SDK in the lane's threads.
+connections (`UnixConnection`, one per call in flight, at the API version an SDK client negotiated); tcp
+hosts (plain or TLS) keep the SDK in the lane's threads.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from exporter.earlyread import api_at_least, images_query, unix_socket_path
+from exporter import engineaddress
+from exporter.earlyread import api_at_least, images_query
 from exporter.logs import kv
 
 T = TypeVar("T")
@@ -182,6 +183,9 @@ class Engine:
         delete_lane_threads: int = DELETE_LANE_THREADS,
     ) -> None:
         self.host = host
+        #: Read once by `engineaddress.parse`, the reading the launch read shares: the SDK client gets its
+        #: absolute form and the lean client its socket file, so every call reaches the same engine.
+        self.address = engineaddress.parse(host)
         self.timeout = timeout
         self.disk_usage_timeout = disk_usage_timeout
         self.api_version: str | None = None
@@ -191,24 +195,27 @@ class Engine:
             "delete": ThreadPoolExecutor(delete_lane_threads, thread_name_prefix="engine-delete"),
         }
         self._local = threading.local()
-        self._socket_path = unix_socket_path(host)
+        self._socket_path = self.address.socket_path
         self._idle: list[UnixConnection] = []  # the lean delete lane's kept-alive connections not in use
         self._lean_version: str | None = None  # the API version they speak, negotiated by an SDK client
+        #: Why the lean client's last call could not reach the engine; None once a call goes through.
+        self.lean_error: str | None = None
         self._stream: Any = None
         self._stream_lock = threading.Lock()
         self._events_closed = False
 
     @property
     def where(self) -> str:
-        """The address for logs: the configured host, or the SDK's platform default."""
-        return self.host or "unix:///var/run/docker.sock (default)"
+        """The address for logs and the landing page: the socket or URL contacted (and the address as given
+        when it reads differently)."""
+        return self.address.display
 
     # -- clients -------------------------------------------------------------------------------------
     def _new_client(self, timeout: float | None) -> docker.APIClient:
         tls: Any = False
         if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
             tls = docker.utils.kwargs_from_env().get("tls", False)
-        client = docker.APIClient(base_url=self.host, version="auto", timeout=timeout, tls=tls)
+        client = docker.APIClient(base_url=self.address.base_url, version="auto", timeout=timeout, tls=tls)
         if self.api_version != client.api_version:
             log.info("engine API version negotiated", extra=kv(api_version=client.api_version, host=self.where))
         self.api_version = client.api_version
@@ -247,10 +254,13 @@ class Engine:
                 status, body, reusable = await conn.request(method, f"/v{self._lean_version}{path}")
         except TimeoutError:
             self._drop_lean()
-            raise EngineUnavailable(f"{method} {path}: engine did not answer within {self.timeout:.0f}s") from None
+            self.lean_error = f"{method} {path}: engine did not answer within {self.timeout:.0f}s"
+            raise EngineUnavailable(self.lean_error) from None
         except (OSError, EOFError, ValueError) as exc:
             self._drop_lean()
-            raise EngineUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            self.lean_error = f"{method} {path}: {type(exc).__name__}: {exc}"
+            raise EngineUnavailable(self.lean_error) from exc
+        self.lean_error = None
         if reusable:
             self._idle.append(conn)
         try:
@@ -263,6 +273,17 @@ class Engine:
         if data is None and body.strip():
             raise EngineError(f"{method} {path}: the engine answered {status} with a body that is not JSON")
         return data
+
+    async def check_lean(self) -> None:
+        """EngineUnavailable while the lean client still cannot reach the engine after a call of it failed.
+
+        Why: polls go through the SDK, inspects and deletions through the lean client. A poll that reached
+        the engine must not call it up while those fail (every image would stay "LastTagTime pending", so
+        too young to delete, and runs would end "success" having deleted nothing). Free while the lean
+        client works: it asks only after a failure, and one answer clears it.
+        """
+        if self._socket_path is not None and self.lean_error is not None:
+            await self._call_raw("GET", "/version")
 
     def _idle_connection(self) -> UnixConnection | None:
         while self._idle:

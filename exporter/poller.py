@@ -21,7 +21,7 @@ from typing import Any
 
 from exporter import apishapes
 from exporter.config import Config
-from exporter.engine import Engine, EngineError
+from exporter.engine import Engine, EngineError, EngineUnavailable
 from exporter.firstreads import FirstReads
 from exporter.hints import engine_error_hint, filesystem_error
 from exporter.history import ImageHistory
@@ -218,6 +218,8 @@ class Poller:
                 images = apishapes.parse_images(raw_images, engine)
             containers = list(apishapes.parse_containers(raw_containers))
             await self._stage("containers", self._fill_container_use(containers))
+            # the inspects and deletions' path: up means every path reaches the engine, not only the SDK's
+            await self._stage("images", self.engine.check_lean())
         except EngineError as exc:
             if reads is not None:
                 reads.discard()  # reads queued behind the one that failed: the next poll asks again
@@ -296,6 +298,9 @@ class Poller:
                         "cannot inspect images for LastTagTime (retried next poll)",
                         extra=kv(err=exc, hint=engine_error_hint(str(exc))),
                     )
+                    if isinstance(exc, EngineUnavailable):  # a path to the engine fails: not up, whatever the poll saw
+                        self.up = False
+                        self._logged_up = False
                     self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
                     return
                 # publish at most once a second while filling, and when done: each publish re-renders rows

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from exporter import engineaddress
 from exporter.config.errors import keyed
 from exporter.config.fields import (
     Duration,
@@ -65,6 +66,16 @@ class DockerConfig(Model):
     """Per call for the cheap endpoints (lists, inspects, deletes)."""
     disk_usage_timeout: Annotated[float, Duration("1s", "1h")] = 300.0
     """For /system/df and build-cache prune, which can take minutes on big hosts."""
+
+    @field_validator("host")
+    @classmethod
+    def _readable_address(cls, value: str | None) -> str | None:
+        """Refused here, at load and `--config.check`, rather than by every engine call later."""
+        try:
+            engineaddress.parse(value)
+        except engineaddress.AddressError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        return value
 
 
 class PollConfig(Model):

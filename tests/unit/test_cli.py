@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import platform
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,63 @@ def test_listen_error_names_cause_and_flag() -> None:
     assert str(err) == "cannot listen on :10151: address already in use; change --web.listen-address"
     other = listen_error("10.9.9.9", 80, OSError(errno.ENETDOWN, "Network is down"))
     assert str(other) == "cannot listen on 10.9.9.9:80: Network is down; change --web.listen-address"
+
+
+# -- the engine address ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "environ", "problem"),
+    [
+        (["--docker.host", "ssh://user@host"], {}, "invalid engine address: --docker.host: 'ssh://user@host': ssh://"),
+        (["--docker.host", "tcp://h"], {}, "--docker.host: 'tcp://h': a port is required"),
+        (["--docker.host="], {}, "--docker.host: '': empty address"),
+        ([], {"DOCKER_HOST": "npipe:////./pipe/docker_engine"}, "DOCKER_HOST: 'npipe:////./pipe/docker_engine'"),
+    ],
+)
+def test_a_refused_engine_address_stops_start_up_and_the_config_check_naming_its_source(
+    args: list[str],
+    environ: dict[str, str],
+    problem: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    for check in ([], ["--config.check"]):
+        assert cli.main([*args, *check]) == 1
+        assert problem in capsys.readouterr().err
+
+
+def test_a_refused_docker_host_in_the_config_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("docker:\n  host: ssh://user@host\n")
+    assert cli.main(["--config.file", str(config), "--config.check"]) == 1
+    assert "  - docker.host: 'ssh://user@host': ssh:// is not supported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "engine"),
+    [
+        (
+            ["--docker.host", "unix://tmp/x.sock"],
+            {},
+            "unix:///tmp/x.sock (given as unix://tmp/x.sock) from --docker.host",
+        ),
+        ([], {"DOCKER_HOST": "tcp://127.0.0.1:2375"}, "tcp://127.0.0.1:2375 from DOCKER_HOST"),
+        ([], {}, "unix:///var/run/docker.sock (default)"),
+    ],
+)
+def test_the_config_check_says_which_engine_would_be_contacted(
+    args: list[str],
+    environ: dict[str, str],
+    engine: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main([*args, "--config.check"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"docker-image-exporter: engine {engine}"

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from exporter import cli, earlyread
-from exporter.earlyread import EarlyListing, EarlyReadError, engine_host
+from exporter.earlyread import EarlyListing, EarlyReadError
 from exporter.engine import EngineUnavailable
+from exporter.engineaddress import parse
 from exporter.firstreads import FirstReads
 from tests.unit.recorded import RecordedEngine
 
@@ -41,6 +42,12 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 # -- which engine -----------------------------------------------------------------------------------------
+def engine_host(argv: list[str], environ: dict[str, str]) -> tuple[bool, str | None]:
+    """(certain, the address as given) of `earlyread.engine_address`."""
+    address = earlyread.engine_address(argv, environ)
+    return (False, None) if address is None else (True, address.given)
+
+
 @pytest.mark.parametrize(
     ("argv", "environ", "expected"),
     [
@@ -112,7 +119,7 @@ def test_the_flags_known_here_are_the_clis_flags() -> None:
 def test_nothing_is_sent_to_a_tcp_engine_or_when_unsure() -> None:
     assert earlyread.start(["--docker.host", "tcp://127.0.0.1:2375"], {}) is None
     assert earlyread.start(["--config.check", "--docker.host", "unix:///x.sock"], {}) is None
-    assert earlyread.claim("tcp://127.0.0.1:2375") is None
+    assert earlyread.claim(parse("tcp://127.0.0.1:2375")) is None
 
 
 # -- what it asks -----------------------------------------------------------------------------------------
@@ -236,15 +243,15 @@ def test_started_at_launch_and_claimed_once_by_the_same_engine_only(fake: FakeEn
     listing = earlyread.start(["--docker.host", host], {})
     assert listing is not None
     assert listing.future.result(timeout=30) == json.loads(fake.images)
-    assert earlyread.claim("unix:///another.sock") is None  # another engine: not this answer, ...
-    assert earlyread.claim(host) is None  # ... and it is not kept for later either
+    assert earlyread.claim(parse("unix:///another.sock")) is None  # another engine: not this answer, ...
+    assert earlyread.claim(parse(host)) is None  # ... and it is not kept for later either
     again = earlyread.start([f"--docker.host={host}"], {})
-    assert earlyread.claim(f"http+unix://{fake.server_address}") is again  # the same socket, spelt otherwise
-    assert earlyread.claim(host) is None
+    assert earlyread.claim(parse(f"http+unix://{fake.server_address}")) is again  # the same socket, spelt otherwise
+    assert earlyread.claim(parse(host)) is None
 
 
 def early(result: list[dict[str, Any]] | BaseException | None, started_at: float = 1_600_000_000.0) -> EarlyListing:
-    listing = EarlyListing(host=None, socket_path="/var/run/docker.sock", started_at=started_at)
+    listing = EarlyListing(address=parse(None), started_at=started_at)
     if isinstance(result, BaseException):
         listing.future.set_exception(result)
     elif result is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.earlyread import unix_socket_path
 from exporter.engine import Engine, EngineConflict, EngineNotFound
+from exporter.engineaddress import AddressError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api" / "bookworm"
 
@@ -150,7 +150,9 @@ async def test_engine_refusals_keep_their_meaning(engine: Engine) -> None:
 
 
 def test_only_unix_hosts_get_the_lean_client() -> None:
-    assert unix_socket_path("unix:///run/docker.sock") == "/run/docker.sock"
-    assert unix_socket_path(None) == "/var/run/docker.sock"
-    assert unix_socket_path("tcp://127.0.0.1:2376") is None
-    assert unix_socket_path("ssh://user@host") is None
+    assert Engine("unix:///run/docker.sock")._socket_path == "/run/docker.sock"
+    assert Engine("unix://run/docker.sock")._socket_path == "/run/docker.sock"  # as the SDK reads it
+    assert Engine(None)._socket_path == "/var/run/docker.sock"
+    assert Engine("tcp://127.0.0.1:2376")._socket_path is None
+    with pytest.raises(AddressError, match="ssh"):
+        Engine("ssh://user@host")
