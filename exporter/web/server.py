@@ -10,6 +10,11 @@ accept anyone, `/metrics` included. `ConnectionGuard` wraps aiohttp's protocol f
   handling a request (stalled or idle keep-alive), so a flood cannot lock out a real client; only when every
   slot is busy handling a request is the newcomer closed at once;
 - what it closes is logged as one summary line per `LOG_INTERVAL`, not one line per connection.
+
+Requests aiohttp cannot parse (a garbage request line, a bad header, TLS sent to the plain HTTP port) are
+the client's mistake: aiohttp answers 400 and would log a traceback, mostly at error level, for each one.
+`MalformedRequests` makes that one info line naming the peer and the problem, then at most one summary line
+per `LOG_INTERVAL`, so a scanner cannot fill the log.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import signal
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from exporter.logs import kv
 from exporter.web.listen import ListenerLimits, listen_error
 
 log = logging.getLogger("exporter.web.server")
@@ -116,6 +123,60 @@ class _Summary:
         )
 
 
+#: Characters of aiohttp's description of a malformed request worth logging (its first line).
+_PROBLEM_SHOWN = 120
+
+
+class MalformedRequests(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's request-handler logger (`AppRunner(logger=…)`), with unparseable requests made short.
+
+    aiohttp reports such a request as "Error handling request from <peer>" with the parser's exception: the
+    first in a quiet spell is one info line (peer, status, problem), the others within `interval` after it
+    one count at its end. Everything else goes to aiohttp's logger unchanged (a handler's exception keeps its
+    traceback: that one is ours).
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+        self.interval = interval
+        self.count = 0
+        self.last: tuple[str, int, str] | None = None
+        self._flush: asyncio.TimerHandle | None = None
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and str(msg).startswith("Error handling request"):
+            self.note(str(args[0]) if args else "unknown", exc)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+    def note(self, peer: str, exc: HttpProcessingError) -> None:
+        problem = (
+            exc.message.strip().splitlines()[0].rstrip(":")[:_PROBLEM_SHOWN] if exc.message else type(exc).__name__
+        )
+        self.last = (peer, exc.code, problem)
+        if self._flush is not None:  # within the interval of a line already written: counted for its end
+            self.count += 1
+            return
+        log.info("malformed HTTP request refused", extra=kv(peer=peer, status=exc.code, problem=problem))
+        self._flush = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self.count or self.last is None:
+            return
+        peer, status, problem = self.last
+        log.info(
+            "%d more malformed HTTP requests refused in the last %gs",
+            self.count,
+            self.interval,
+            extra=kv(last_peer=peer, last_status=status, last_problem=problem),
+        )
+        self.count = 0
+
+
 class GuardedProtocol(asyncio.Protocol):
     """One connection: aiohttp's request handler inside, with the header deadline and the slot around it."""
 
@@ -192,9 +253,11 @@ class GuardedProtocol(asyncio.Protocol):
 class ConnectionGuard:
     """A protocol factory for `loop.create_server` around aiohttp's `web.Server`, plus its middleware."""
 
-    def __init__(self, limits: ListenerLimits, log_interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, limits: ListenerLimits, log_interval: float | None = None) -> None:
         self.limits = limits
-        self.summary = _Summary(limits, log_interval)
+        interval = LOG_INTERVAL if log_interval is None else log_interval
+        self.summary = _Summary(limits, interval)
+        self.malformed = MalformedRequests(interval)
         self._server: web.Server | None = None
         # insertion-ordered: the first entry not handling a request is the one to close under pressure
         self._open: dict[asyncio.BaseTransport, GuardedProtocol] = {}
@@ -282,7 +345,7 @@ async def serve(
     except OSError as exc:
         raise listen_error(host, port, exc) from None
     app.middlewares.insert(0, guard.middleware)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout, logger=guard.malformed)
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -301,3 +364,4 @@ async def serve(
             async with asyncio.timeout(shutdown_timeout):  # not wait_for: it can swallow a cancel on 3.11
                 await listener.wait_closed()
         guard.summary.flush()
+        guard.malformed.flush()

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from exporter.web import server
 from exporter.web.listen import ListenerLimits
 from exporter.web.server import connection_budget, serve
 from tests.harness.dockerd import free_port
@@ -244,6 +245,80 @@ def test_metrics_answer_through_a_slowloris_flood_beyond_the_descriptor_limit(
     assert len(re.findall("listener closed", log)) <= 3  # one line per 10 s, not one per connection
     assert "Traceback" not in log and "out of system resource" not in log
     assert len(log) < 20_000
+
+
+GARBAGE = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",  # TLS on the plain port
+    b"GET / HTTP/1.1\r\nHost: exporter\r\nBad Header\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\nHost: exporter\r\n\r\n",
+    b"\xff\xfe garbage that is no request line at all\r\n\r\n",
+]
+
+
+def send_garbage(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(payload)
+        answer = s.recv(4096)
+    return answer
+
+
+def test_malformed_requests_are_one_short_line_not_a_traceback_each(
+    tmp_path: Path, exporters: list[ExporterProcess]
+) -> None:
+    """aiohttp logged each unparseable request as `level=error msg="Error handling request"` with a
+    traceback: a scanner filled the log with them."""
+    exp = ExporterProcess(tmp_path, NOWHERE, state_config(tmp_path))
+    exporters.append(exp)
+    exp.start()
+    before = len(exp.logs())
+    for payload in GARBAGE[1:]:
+        assert send_garbage(exp.port, payload).startswith(b"HTTP/1.0 400 Bad Request")
+    exp.wait_for(lambda: "malformed HTTP request" in exp.logs()[before:], timeout=10, what="the malformed request line")
+    assert exp.get("/-/healthy") == "Healthy.\n"  # the requests after them are answered, and logged if at all
+    added = exp.logs()[before:]
+    assert "Traceback" not in added and "Error handling request" not in added
+    lines = [line for line in added.splitlines() if "caller=exporter.web.server" in line or "aiohttp" in line]
+    assert len(lines) == 1, lines
+    assert "level=info" in lines[0]
+    assert 'msg="malformed HTTP request refused" peer=127.0.0.1 status=400 problem="Invalid header token"' in lines[0]
+
+
+class SetOnMessage(logging.Handler):
+    """Sets `seen` when a record containing `text` is logged (on the loop's thread: the server's timers)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_malformed_requests_within_the_interval_make_one_summary_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "LOG_INTERVAL", 0.5)
+    caplog.set_level(logging.DEBUG)
+    on_summary = SetOnMessage("more malformed")
+    logging.getLogger("exporter.web.server").addHandler(on_summary)
+    async with running(ListenerLimits(max_connections=10, read_header_timeout=5)) as srv:
+        for payload in GARBAGE:
+            reader, writer = await srv.connect()
+            writer.write(payload)
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.0 400 Bad Request")
+            writer.close()
+        try:
+            await asyncio.wait_for(on_summary.seen.wait(), 10)  # written by a timer of the server's loop
+        finally:
+            logging.getLogger("exporter.web.server").removeHandler(on_summary)
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "exporter.web"))]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("INFO", "malformed HTTP request refused"),
+        ("INFO", f"{len(GARBAGE) - 1} more malformed HTTP requests refused in the last 0.5s"),
+    ]
+    assert all(r.exc_info is None for r in records)
 
 
 def test_taken_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:
