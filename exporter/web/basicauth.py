@@ -6,10 +6,10 @@ bcrypt is slow on purpose (tens to hundreds of milliseconds a check), so:
 - checks run in a worker thread (bcrypt releases the GIL) one at a time, as exporter-toolkit serialises them:
   a flood of wrong passwords costs one core, and cached requests never wait for it;
 - at most `MAX_PENDING` checks wait or run; a request beyond that is answered 429 with `Retry-After` at
-  once, without a check, so a flood is refused in microseconds instead of queueing for minutes, and a waiting
-  request's connection is marked as such for the listener (`server.waiting_for_auth`): with the connections
-  that only ever got 401/429, it gives up its slot before an authenticated client's kept-alive connection
-  does, and a check whose client is gone is skipped. Refusals are one warning line per `LOG_INTERVAL`;
+  once, without a check, instead of queueing behind every guess before it (those 429s are one warning line
+  per `LOG_INTERVAL`). A waiting request's connection is marked for the listener
+  (`server.waiting_for_auth`): like the connections that only ever got 401/429, it gives up its slot before
+  an authenticated client's kept-alive connection does; and a check whose client is gone is skipped;
 - an unknown user is compared against a configured hash of the highest cost and refused whatever the
   result, so response times do not tell which users exist; failures are never cached.
 
@@ -45,8 +45,8 @@ REALM = "docker-image-exporter"
 MAX_PASSWORD_BYTES = 72
 #: Verified credentials remembered; exporter-toolkit keeps 100 too. A scraper or two need one entry each.
 CACHE_SIZE = 100
-#: bcrypt checks waiting or running at most. A cost-10 check takes 50-100 ms: the last in line waits under a
-#: second, and a new scraper (credentials not yet remembered) gets in once a flood pauses.
+#: bcrypt checks waiting or running at most: small, so the last in line waits a few checks' time at the
+#: usual cost (10), not a flood's length.
 MAX_PENDING = 8
 #: What a 429 tells the client to wait, in seconds.
 RETRY_AFTER = 1

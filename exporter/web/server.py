@@ -316,7 +316,7 @@ class ConnectionGuard:
         return len(self._open)
 
     def admit(self, protocol: GuardedProtocol) -> bool:
-        """Take a slot for `protocol`, closing the oldest non-busy connection if the cap is reached."""
+        """Take a slot for `protocol`, closing another connection (`_victim`) if the cap is reached."""
         if len(self._open) >= self.limits.max_connections:
             victim = self._victim()
             if victim is None:
