@@ -182,8 +182,8 @@ async def test_at_the_cap_the_oldest_stalled_connection_makes_room(caplog: pytes
 async def test_at_the_cap_a_served_client_outlives_connections_that_only_failed_auth(
     unproven: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The oldest idle connection made room whatever it was: a flood of wrong passwords pushed out the
-    scraper's kept-alive connection (its requests answered 200) while the flood's own stayed."""
+    """Were the oldest idle connection to make room whatever it was, a flood of wrong passwords would push
+    out the scraper's kept-alive connection (its requests answered 200) while the flood's own stayed."""
     caplog.set_level(logging.WARNING, "exporter.web.server")
     async with running(ListenerLimits(max_connections=2, read_header_timeout=30)) as srv:
         served, served_w = await srv.get("/fast")
@@ -321,8 +321,8 @@ def send_garbage(port: int, payload: bytes) -> bytes:
 def test_malformed_requests_are_one_short_line_not_a_traceback_each(
     tmp_path: Path, exporters: list[ExporterProcess]
 ) -> None:
-    """aiohttp logged each unparseable request as `level=error msg="Error handling request"` with a
-    traceback: a scanner filled the log with them."""
+    """aiohttp's own report of each unparseable request is `level=error msg="Error handling request"` with a
+    traceback: a scanner would fill the log with them."""
     exp = ExporterProcess(tmp_path, NOWHERE, state_config(tmp_path))
     exporters.append(exp)
     exp.start()

@@ -208,7 +208,7 @@ def test_a_gate_needs_users() -> None:
 async def test_checks_beyond_the_queue_are_answered_busy_at_once_and_remembered_users_still_pass(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A flood of wrong passwords used to queue without bound behind the one-at-a-time bcrypt check."""
+    """A flood of wrong passwords must not queue without bound behind the one-at-a-time bcrypt check."""
     gate = BasicAuthGate({"alice": ALICE})
     assert await gate.check(basic("alice", "wonderland")) is Verdict.ALLOWED  # remembered from here on
     release = threading.Event()
