@@ -10,7 +10,7 @@ BASE_IMAGE ?= python:3.12-slim
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: run test unit lint typecheck pytest test-deps venv runtime-venv bench bench-listener image test-engines clean dashboards helm-assets
+.PHONY: run test unit lint typecheck pytest test-deps venv runtime-venv bench bench-listener bench-auth-flood image test-engines clean dashboards helm-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench: test-deps venv
 ## bench-listener: /metrics latency while a slowloris client holds 1,100 connections (no engine needed)
 bench-listener: venv
 	$(BIN)/python -m benchmarks.listener
+
+## bench-auth-flood: a verified scraper's /metrics while 600 connections send wrong basic-auth passwords (no engine needed)
+bench-auth-flood: venv
+	$(BIN)/python -m benchmarks.auth_flood
 
 ## image: the container image (OFFLINE=1 builds with no network inside the build)
 image:

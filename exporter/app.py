@@ -36,7 +36,7 @@ from exporter.web.basicauth import BasicAuthGate, gate_middlewares
 from exporter.web.exposition import MetricsEndpoint
 from exporter.web.landing import render_landing
 from exporter.web.relay import RelayClient
-from exporter.web.remediation import RemediationEndpoints
+from exporter.web.remediation import RemediationEndpoints, check_cross_site
 from exporter.web.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -248,9 +248,14 @@ def create_app(
             return web.Response(status=503, text="Not ready: no snapshot of the engine yet.\n")
         return web.Response(text="Ready.\n")
 
-    async def reload_endpoint(_: web.Request) -> web.Response:
+    async def reload_endpoint(request: web.Request) -> web.Response:
         if reload is None or not reload.enable_lifecycle:
             return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+        # a reload applies whatever the files say now: a page on another site must not trigger one through
+        # an operator's browser, so the remediation endpoints' rules apply (`curl -X POST` sends neither)
+        refusal = check_cross_site(request)
+        if refusal is not None:
+            return refusal
         result = await reloader.reload("/-/reload")
         return web.Response(status=200 if result.ok else 500, text=result.message + "\n")
 

@@ -9,13 +9,23 @@ accept anyone, `/metrics` included. `ConnectionGuard` wraps aiohttp's protocol f
 - at most `max_connections` are open; a new one over the cap first closes the oldest connection that is not
   handling a request (stalled or idle keep-alive), so a flood cannot lock out a real client; only when every
   slot is busy handling a request is the newcomer closed at once;
+- a connection that has not yet had an answer other than 401/429 (no request, or only refused credentials)
+  makes room before one that has, and a request waiting for a basic-auth check (`waiting_for_auth`) counts as
+  not busy: a flood of wrong passwords cannot hold the slots nor push out an authenticated scraper's
+  kept-alive connection;
 - what it closes is logged as one summary line per `LOG_INTERVAL`, not one line per connection.
+
+Requests aiohttp cannot parse (a garbage request line, a bad header, TLS sent to the plain HTTP port) are
+the client's mistake: aiohttp answers 400 and would log a traceback, mostly at error level, for each one.
+`MalformedRequests` makes that one info line naming the peer and the problem, then at most one summary line
+per `LOG_INTERVAL`, so a scanner cannot fill the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import enum
 import logging
@@ -23,11 +33,13 @@ import resource
 import signal
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from exporter.logs import kv
 from exporter.web.listen import ListenerLimits, listen_error
 
 log = logging.getLogger("exporter.web.server")
@@ -104,6 +116,8 @@ class _Summary:
             )
         if c["evicted"]:
             parts.append(f"{c['evicted']} stalled or idle closed to admit new ones at --web.max-connections")
+        if c["evicted_auth"]:
+            parts.append(f"{c['evicted_auth']} waiting for a basic auth check closed to admit new ones")
         if c["refused"]:
             parts.append(f"{c['refused']} refused: all {self.limits.max_connections} connections were busy")
         log.warning(
@@ -116,6 +130,83 @@ class _Summary:
         )
 
 
+#: Characters of aiohttp's description of a malformed request worth logging (its first line).
+_PROBLEM_SHOWN = 120
+
+
+class MalformedRequests(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's request-handler logger (`AppRunner(logger=…)`), with unparseable requests made short.
+
+    aiohttp reports such a request as "Error handling request from <peer>" with the parser's exception: the
+    first in a quiet spell is one info line (peer, status, problem), the others within `interval` after it
+    one count at its end. Everything else goes to aiohttp's logger unchanged (a handler's exception keeps its
+    traceback: that one is ours).
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+        self.interval = interval
+        self.count = 0
+        self.last: tuple[str, int, str] | None = None
+        self._flush: asyncio.TimerHandle | None = None
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and str(msg).startswith("Error handling request"):
+            self.note(str(args[0]) if args else "unknown", exc)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+    def note(self, peer: str, exc: HttpProcessingError) -> None:
+        problem = (
+            exc.message.strip().splitlines()[0].rstrip(":")[:_PROBLEM_SHOWN] if exc.message else type(exc).__name__
+        )
+        self.last = (peer, exc.code, problem)
+        if self._flush is not None:  # within the interval of a line already written: counted for its end
+            self.count += 1
+            return
+        log.info("malformed HTTP request refused", extra=kv(peer=peer, status=exc.code, problem=problem))
+        self._flush = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self.count or self.last is None:
+            return
+        peer, status, problem = self.last
+        log.info(
+            "%d more malformed HTTP requests refused in the last %gs",
+            self.count,
+            self.interval,
+            extra=kv(last_peer=peer, last_status=status, last_problem=problem),
+        )
+        self.count = 0
+
+
+#: Answers that do not make a connection one we serve: refused or unchecked credentials.
+_UNPROVEN = frozenset({401, 429})
+#: The slot of the request the current task handles (set by `ConnectionGuard.middleware`).
+_current: contextvars.ContextVar[GuardedProtocol | None] = contextvars.ContextVar("connection_slot", default=None)
+
+
+@contextlib.contextmanager
+def waiting_for_auth() -> Iterator[Callable[[], bool]]:
+    """Mark the current request's connection as waiting for a credential check (evictable under pressure).
+
+    Yields `wanted()`: False once that connection is closed (evicted, or the client hung up), so the check it
+    waits for can be skipped. Outside a guarded listener (tests' in-process apps) always True.
+    """
+    slot = _current.get()
+    if slot is not None:
+        slot.authenticating = True
+    try:
+        yield lambda: slot is None or (slot.transport is not None and not slot.transport.is_closing())
+    finally:
+        if slot is not None:
+            slot.authenticating = False
+
+
 class GuardedProtocol(asyncio.Protocol):
     """One connection: aiohttp's request handler inside, with the header deadline and the slot around it."""
 
@@ -125,6 +216,10 @@ class GuardedProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = _State.WAITING
         self.admitted = False
+        self.proven = False
+        """An answer other than 401/429 went out on this connection: it is a client we serve."""
+        self.authenticating = False
+        """Its request waits for a basic-auth check: unauthenticated work, the first to give up its slot."""
         self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
@@ -165,8 +260,11 @@ class GuardedProtocol(asyncio.Protocol):
         self.state = _State.HANDLING
         self._disarm()
 
-    def request_finished(self) -> None:
+    def request_finished(self, status: int | None) -> None:
         self.state = _State.IDLE  # aiohttp's keep-alive timeout closes it if nothing follows
+        self.authenticating = False
+        if status is not None and status not in _UNPROVEN:
+            self.proven = True
 
     def close(self, reason: str) -> None:
         self.guard.summary.note(reason)
@@ -192,9 +290,11 @@ class GuardedProtocol(asyncio.Protocol):
 class ConnectionGuard:
     """A protocol factory for `loop.create_server` around aiohttp's `web.Server`, plus its middleware."""
 
-    def __init__(self, limits: ListenerLimits, log_interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, limits: ListenerLimits, log_interval: float | None = None) -> None:
         self.limits = limits
-        self.summary = _Summary(limits, log_interval)
+        interval = LOG_INTERVAL if log_interval is None else log_interval
+        self.summary = _Summary(limits, interval)
+        self.malformed = MalformedRequests(interval)
         self._server: web.Server | None = None
         # insertion-ordered: the first entry not handling a request is the one to close under pressure
         self._open: dict[asyncio.BaseTransport, GuardedProtocol] = {}
@@ -216,17 +316,32 @@ class ConnectionGuard:
         return len(self._open)
 
     def admit(self, protocol: GuardedProtocol) -> bool:
-        """Take a slot for `protocol`, closing the oldest non-busy connection if the cap is reached."""
+        """Take a slot for `protocol`, closing another connection (`_victim`) if the cap is reached."""
         if len(self._open) >= self.limits.max_connections:
-            victim = next((p for p in self._open.values() if p.state is not _State.HANDLING), None)
+            victim = self._victim()
             if victim is None:
                 self.summary.note("refused")
                 return False
             self._forget(victim)
-            victim.close("evicted")
+            victim.close("evicted_auth" if victim.state is _State.HANDLING else "evicted")
         assert protocol.transport is not None
         self._open[protocol.transport] = protocol
         return True
+
+    def _victim(self) -> GuardedProtocol | None:
+        """The oldest connection not yet proven and not handling a request; else the oldest one waiting for
+        a credential check; else the oldest proven one between requests; None when all are busy."""
+        authenticating: GuardedProtocol | None = None
+        proven_idle: GuardedProtocol | None = None
+        for protocol in self._open.values():
+            if protocol.state is _State.HANDLING:
+                if protocol.authenticating and authenticating is None:
+                    authenticating = protocol
+            elif not protocol.proven:
+                return protocol
+            elif proven_idle is None:
+                proven_idle = protocol
+        return authenticating or proven_idle
 
     def release(self, protocol: GuardedProtocol) -> None:
         self._forget(protocol)
@@ -241,13 +356,21 @@ class ConnectionGuard:
     ) -> web.StreamResponse:
         """Headers are in once a handler runs: stop that connection's deadline until the handler returns."""
         protocol = self._open.get(request.transport) if request.transport is not None else None
-        if protocol is not None:
-            protocol.request_started()
-        try:
+        if protocol is None:
             return await handler(request)
+        protocol.request_started()
+        token = _current.set(protocol)
+        status: int | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # 404s and the like, answered by aiohttp
+            status = exc.status
+            raise
         finally:
-            if protocol is not None:
-                protocol.request_finished()
+            _current.reset(token)
+            protocol.request_finished(status)
 
 
 async def serve(
@@ -282,7 +405,7 @@ async def serve(
     except OSError as exc:
         raise listen_error(host, port, exc) from None
     app.middlewares.insert(0, guard.middleware)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout, logger=guard.malformed)
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -301,3 +424,4 @@ async def serve(
             async with asyncio.timeout(shutdown_timeout):  # not wait_for: it can swallow a cancel on 3.11
                 await listener.wait_closed()
         guard.summary.flush()
+        guard.malformed.flush()

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from exporter.web import server
 from exporter.web.listen import ListenerLimits
-from exporter.web.server import connection_budget, serve
+from exporter.web.server import connection_budget, serve, waiting_for_auth
 from tests.harness.dockerd import free_port
 from tests.harness.exporter import ExporterProcess
 
@@ -37,10 +38,13 @@ PARTIAL_HEADERS = b"GET /metrics HTTP/1.1\r\nHost: exporter\r\nUser-Agent: slow"
 
 
 class Server:
-    def __init__(self, port: int, release: asyncio.Event, started: asyncio.Queue[str]) -> None:
+    def __init__(
+        self, port: int, release: asyncio.Event, started: asyncio.Queue[str], checked: asyncio.Queue[bool]
+    ) -> None:
         self.port = port
         self.release = release
-        self.started = started  # one entry per /slow request whose handler is running
+        self.started = started  # one entry per /slow or /checking request whose handler is running
+        self.checked = checked
 
     async def handlers_running(self, count: int) -> None:
         for _ in range(count):
@@ -81,6 +85,7 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
 async def running(limits: ListenerLimits) -> AsyncIterator[Server]:
     release = asyncio.Event()
     started: asyncio.Queue[str] = asyncio.Queue()
+    checked: asyncio.Queue[bool] = asyncio.Queue()  # `wanted()` of each /checking request, once released
 
     async def slow(request: web.Request) -> web.Response:
         started.put_nowait(request.path)
@@ -90,9 +95,22 @@ async def running(limits: ListenerLimits) -> AsyncIterator[Server]:
     async def fast(_request: web.Request) -> web.Response:
         return web.Response(text="fast")
 
+    async def denied(_request: web.Request) -> web.Response:
+        return web.Response(status=401, text="denied")
+
+    async def checking(request: web.Request) -> web.Response:
+        """Stands for a request in the basic-auth gate's queue: refused once released (or if its client left)."""
+        with waiting_for_auth() as wanted:
+            started.put_nowait(request.path)
+            await release.wait()
+            checked.put_nowait(wanted())
+            return web.Response(status=401, text="denied")
+
     app = web.Application()
     app.router.add_get("/slow", slow)
     app.router.add_get("/fast", fast)
+    app.router.add_get("/denied", denied)
+    app.router.add_get("/checking", checking)
     port = free_port()
     stop = asyncio.Event()
     task = asyncio.create_task(
@@ -105,7 +123,7 @@ async def running(limits: ListenerLimits) -> AsyncIterator[Server]:
             break
         await asyncio.sleep(0.05)
     try:
-        yield Server(port, release, started)
+        yield Server(port, release, started, checked)
     finally:
         release.set()
         stop.set()
@@ -158,6 +176,45 @@ async def test_at_the_cap_the_oldest_stalled_connection_makes_room(caplog: pytes
         with pytest.raises(TimeoutError):  # the newer stalled one still holds its slot
             await asyncio.wait_for(newer.read(1), 0.5)
     assert any("1 stalled or idle closed to admit new ones" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("unproven", ["/denied", "/checking"])
+async def test_at_the_cap_a_served_client_outlives_connections_that_only_failed_auth(
+    unproven: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Were the oldest idle connection to make room whatever it was, a flood of wrong passwords would push
+    out the scraper's kept-alive connection (its requests answered 200) while the flood's own stayed."""
+    caplog.set_level(logging.WARNING, "exporter.web.server")
+    async with running(ListenerLimits(max_connections=2, read_header_timeout=30)) as srv:
+        served, served_w = await srv.get("/fast")
+        assert (await read_response(served)).endswith(b"fast")  # now idle between requests, the oldest
+        refused, _w = await srv.get(unproven)
+        if unproven == "/checking":
+            await srv.handlers_running(1)  # handling, but only waiting for a credential check
+        else:
+            assert (await read_response(refused)).endswith(b"denied")  # idle after a 401
+        newcomer, _w3 = await srv.get("/fast")
+        assert (await read_response(newcomer)).endswith(b"fast")
+        assert await closed_by_server(refused)
+        served_w.write(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")  # the served client's connection is still open
+        await served_w.drain()
+        assert (await read_response(served)).endswith(b"fast")
+    reason = "waiting for a basic auth check" if unproven == "/checking" else "stalled or idle"
+    assert any(f"1 {reason} closed to admit new ones" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_credential_check_is_not_wanted_once_its_client_is_gone() -> None:
+    async with running(ListenerLimits(max_connections=10, read_header_timeout=30)) as srv:
+        gone, writer = await srv.get("/checking")
+        await srv.handlers_running(1)
+        writer.transport.abort()  # reaches the server before the next connection does (loopback, in order)
+        assert await closed_by_server(gone)
+        kept, _w = await srv.get("/checking")
+        await srv.handlers_running(1)
+        srv.release.set()
+        assert (await read_response(kept)).endswith(b"denied")
+        wanted = sorted([await asyncio.wait_for(srv.checked.get(), 10) for _ in range(2)])
+        assert wanted == [False, True]
 
 
 async def test_when_every_slot_is_handling_a_request_a_newcomer_is_refused(caplog: pytest.LogCaptureFixture) -> None:
@@ -244,6 +301,80 @@ def test_metrics_answer_through_a_slowloris_flood_beyond_the_descriptor_limit(
     assert len(re.findall("listener closed", log)) <= 3  # one line per 10 s, not one per connection
     assert "Traceback" not in log and "out of system resource" not in log
     assert len(log) < 20_000
+
+
+GARBAGE = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",  # TLS on the plain port
+    b"GET / HTTP/1.1\r\nHost: exporter\r\nBad Header\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\nHost: exporter\r\n\r\n",
+    b"\xff\xfe garbage that is no request line at all\r\n\r\n",
+]
+
+
+def send_garbage(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(payload)
+        answer = s.recv(4096)
+    return answer
+
+
+def test_malformed_requests_are_one_short_line_not_a_traceback_each(
+    tmp_path: Path, exporters: list[ExporterProcess]
+) -> None:
+    """aiohttp's own report of each unparseable request is `level=error msg="Error handling request"` with a
+    traceback: a scanner would fill the log with them."""
+    exp = ExporterProcess(tmp_path, NOWHERE, state_config(tmp_path))
+    exporters.append(exp)
+    exp.start()
+    before = len(exp.logs())
+    for payload in GARBAGE[1:]:
+        assert send_garbage(exp.port, payload).startswith(b"HTTP/1.0 400 Bad Request")
+    exp.wait_for(lambda: "malformed HTTP request" in exp.logs()[before:], timeout=10, what="the malformed request line")
+    assert exp.get("/-/healthy") == "Healthy.\n"  # the requests after them are answered, and logged if at all
+    added = exp.logs()[before:]
+    assert "Traceback" not in added and "Error handling request" not in added
+    lines = [line for line in added.splitlines() if "caller=exporter.web.server" in line or "aiohttp" in line]
+    assert len(lines) == 1, lines
+    assert "level=info" in lines[0]
+    assert 'msg="malformed HTTP request refused" peer=127.0.0.1 status=400 problem="Invalid header token"' in lines[0]
+
+
+class SetOnMessage(logging.Handler):
+    """Sets `seen` when a record containing `text` is logged (on the loop's thread: the server's timers)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_malformed_requests_within_the_interval_make_one_summary_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "LOG_INTERVAL", 0.5)
+    caplog.set_level(logging.DEBUG)
+    on_summary = SetOnMessage("more malformed")
+    logging.getLogger("exporter.web.server").addHandler(on_summary)
+    async with running(ListenerLimits(max_connections=10, read_header_timeout=5)) as srv:
+        for payload in GARBAGE:
+            reader, writer = await srv.connect()
+            writer.write(payload)
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.0 400 Bad Request")
+            writer.close()
+        try:
+            await asyncio.wait_for(on_summary.seen.wait(), 10)  # written by a timer of the server's loop
+        finally:
+            logging.getLogger("exporter.web.server").removeHandler(on_summary)
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "exporter.web"))]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("INFO", "malformed HTTP request refused"),
+        ("INFO", f"{len(GARBAGE) - 1} more malformed HTTP requests refused in the last 0.5s"),
+    ]
+    assert all(r.exc_info is None for r in records)
 
 
 def test_taken_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -24,8 +25,10 @@ from aiohttp.test_utils import TestClient
 
 from exporter.app import create_app
 from exporter.config import parse_config
+from exporter.web import basicauth
 from exporter.web.basicauth import BasicAuthGate
 from exporter.web.webconfig import parse_web_config
+from tests.harness.authflood import scrape_during_flood
 from tests.harness.dockerd import free_port, remove_workdir, short_workdir
 from tests.harness.exporter import REPO_ROOT, ExporterProcess
 
@@ -100,6 +103,21 @@ async def test_scrapes_pay_bcrypt_once(client: tuple[TestClient[Any, Any], Basic
         resp = await http.get("/metrics", headers=PROM)
         assert resp.status == 200
         assert "docker_up 0.0" in await resp.text()
+    assert gate.bcrypt_checks == 1
+
+
+async def test_beyond_the_check_queue_a_request_gets_429_with_retry_after_and_remembered_users_pass(
+    client: tuple[TestClient[Any, Any], BasicAuthGate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, gate = client
+    assert (await http.get("/metrics", headers=PROM)).status == 200  # verified and remembered
+    monkeypatch.setattr(basicauth, "MAX_PENDING", 0)  # as if a flood filled the queue
+    resp = await http.get("/metrics", headers=basic("prometheus", "guess"))
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "1"
+    assert resp.headers["X-Frame-Options"] == "deny"
+    assert "docker_" not in await resp.text()
+    assert (await http.get("/metrics", headers=PROM)).status == 200
     assert gate.bcrypt_checks == 1
 
 
@@ -201,3 +219,48 @@ def test_a_bad_hash_stops_startup_naming_the_user(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout
     assert "basic_auth_users.grafana: is not a bcrypt hash" in result.stderr
     assert "plain-password" not in result.stderr
+
+
+def test_a_wrong_password_flood_does_not_lock_out_a_verified_scraper(tmp_path: Path) -> None:
+    """300 connections sending wrong passwords as fast as they are answered, against 256 connection slots and
+    a bcrypt cost of 10 (the usual one). If every flood request waited in line for the one-at-a-time check,
+    all slots would be busy: the scraper's idle kept-alive connection would be the one closed to admit a
+    newcomer, its reconnects refused, and the flood's own 401s would take seconds."""
+    web = tmp_path / "web.yml"
+    cost10 = bcrypt.hashpw(PROM_PASSWORD.encode(), bcrypt.gensalt(10)).decode()
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": cost10}}))
+    workdir = short_workdir("die-flood-")
+    exp = AuthenticatedExporter(
+        workdir,
+        f"unix:///tmp/die-dead-{free_port()}.sock",
+        {"state": {"path": None}},
+        extra_args=["--web.config.file", str(web), "--web.max-connections", "256"],
+        authorization=PROM,
+    )
+    try:
+        exp.start()  # its health checks carried the right password: verified and remembered from here on
+        result = scrape_during_flood(
+            exp.port,
+            good=PROM["Authorization"],
+            bad=basic("prometheus", "guess")["Authorization"],
+            connections=300,
+            seconds=6,
+            interval=0.1,
+            timeout=2.0,
+        )
+        print(json.dumps(result.as_dict()))  # the numbers, for `pytest -s`
+        assert result.scrapes >= 15
+        assert result.ratio >= 0.95, result.as_dict()  # answered 200 within 2 s each
+        statuses = result.flood["statuses"]
+        assert isinstance(statuses, dict) and set(statuses) <= {"401", "429"}, result.as_dict()
+        assert statuses.get("429", 0) > statuses.get("401", 0)  # most refused without a bcrypt check
+        answer_ms = result.flood["answer_ms"]
+        assert isinstance(answer_ms, dict) and answer_ms["p50"] < 1500, result.as_dict()
+        # the 429s are one warning line per 10 s, not one per request
+        exp.wait_for(lambda: "basic auth answered" in exp.logs(), timeout=20, what="the 429 summary line")
+        log = exp.logs()
+        assert len(re.findall("basic auth answered", log)) == 1
+        assert "Traceback" not in log
+    finally:
+        exp.stop()
+        remove_workdir(workdir)

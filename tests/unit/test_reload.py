@@ -329,3 +329,35 @@ async def test_the_reload_endpoint_answers_500_for_a_deeply_nested_config(aiohtt
     assert "line 1: nesting deeper than 100 levels" in await response.text()
     metrics = await (await client.get("/metrics")).text()
     assert "docker_exporter_config_last_reload_successful 0.0" in metrics
+
+
+async def test_the_reload_endpoint_refuses_what_another_site_can_make_a_browser_send(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """An HTML form on any page can POST to `/-/reload` through an operator's browser: refused like a
+    cross-site request to the remediation endpoints, while `curl -X POST` (no body, no Content-Type) reloads."""
+    client = await app_client(aiohttp_client, tmp_path, lifecycle=True)
+    # a config a reload would refuse: any refused request that reloaded anyway shows as a failed reload
+    write(tmp_path / "config.yml", {"state": {"path": str(tmp_path / "state.json")}, "poll": {"interval": "x"}})
+    form = await client.post("/-/reload", data={"x": "1"})  # what a <form method=post> sends
+    assert form.status == 415
+    assert "application/x-www-form-urlencoded" in await form.text()
+    text = await client.post("/-/reload", data=b"x", headers={"Content-Type": "text/plain"})
+    assert text.status == 415
+    foreign = await client.put("/-/reload", headers={"Origin": "https://attacker.example"})
+    assert foreign.status == 403
+    assert "https://attacker.example" in await foreign.text()
+    metrics = await (await client.get("/metrics")).text()
+    assert "docker_exporter_config_last_reload_successful 1.0" in metrics  # none of them reloaded
+
+    write(tmp_path / "config.yml", {"state": {"path": str(tmp_path / "state.json")}})
+
+    # what `curl -X POST http://…/-/reload` sends: no Content-Type, no Content-Length, no body
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST /-/reload HTTP/1.1\r\nHost: exporter\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n")
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 200 "), status_line
+    same_origin = await client.post("/-/reload", headers={"Origin": f"http://{client.host}:{client.port}"})
+    assert same_origin.status == 200

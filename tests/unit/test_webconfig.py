@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from pathlib import Path
 
 import bcrypt
 import pytest
 
 from exporter.config import ConfigError
-from exporter.web.basicauth import MAX_PASSWORD_BYTES, BasicAuthGate, basic_auth_gate, parse_basic
+from exporter.web import basicauth
+from exporter.web.basicauth import MAX_PASSWORD_BYTES, BasicAuthGate, Verdict, basic_auth_gate, parse_basic
 from exporter.web.webconfig import WebConfig, load_web_config, parse_web_config
 
 
@@ -201,3 +203,35 @@ async def test_a_slow_check_runs_off_the_event_loop() -> None:
 def test_a_gate_needs_users() -> None:
     with pytest.raises(ValueError, match="at least one user"):
         BasicAuthGate({})
+
+
+async def test_checks_beyond_the_queue_are_answered_busy_at_once_and_remembered_users_still_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of wrong passwords must not queue without bound behind the one-at-a-time bcrypt check."""
+    gate = BasicAuthGate({"alice": ALICE})
+    assert await gate.check(basic("alice", "wonderland")) is Verdict.ALLOWED  # remembered from here on
+    release = threading.Event()
+    entered = threading.Event()
+    real = bcrypt.checkpw
+
+    def held(password: bytes, hashed: bytes) -> bool:
+        entered.set()
+        release.wait(10)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", held)
+    waiting = [asyncio.create_task(gate.check(basic("alice", f"guess{i}"))) for i in range(basicauth.MAX_PENDING)]
+    await asyncio.to_thread(entered.wait, 10)  # the first check runs, the others wait their turn
+    assert await asyncio.wait_for(gate.check(basic("alice", "one-too-many")), 1) is Verdict.BUSY
+    assert await asyncio.wait_for(gate.check(basic("alice", "wonderland")), 1) is Verdict.ALLOWED
+    release.set()
+    assert await asyncio.gather(*waiting) == [Verdict.REFUSED] * basicauth.MAX_PENDING
+    assert gate.bcrypt_checks == 1 + basicauth.MAX_PENDING  # the busy one cost no check
+    assert await gate.check(basic("alice", "after the flood")) is Verdict.REFUSED  # room again
+
+
+async def test_a_check_whose_client_is_gone_is_skipped() -> None:
+    gate = BasicAuthGate({"alice": ALICE})
+    assert await gate.check(basic("alice", "wonderland"), wanted=lambda: False) is Verdict.REFUSED
+    assert gate.bcrypt_checks == 0
