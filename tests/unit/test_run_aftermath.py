@@ -200,3 +200,34 @@ async def test_a_reload_that_adds_a_protection_protects_the_images_of_the_run_in
     assert all(i in engine.images for i in rest) and len(engine.removals) == 1
     detail = next(o.detail for o in run.outcomes if o.image_id == rest[0])
     assert "protect.references 'app:*'" in detail
+
+
+@pytest.mark.parametrize("failure", ["engine error", "no answer, done", "no answer, not done"])
+@pytest.mark.parametrize("fail_at", [1, 2, 4, 5, 6])
+async def test_redeliveries_within_one_cooldown_never_delete_more_than_max_deletions(
+    app_factory: AppFactory, failure: str, fail_at: int
+) -> None:
+    """Every way a run can fail part-way, at every point: the alert redelivered again and again (no time
+    passes) deletes at most `max_deletions` in all, and a run that failed before deleting lets one retry run."""
+    engine = FakeEngine()
+    old_images(engine, 12)
+    client, service, _ = await app_factory(engine, actions=ACTIONS, routes=ROUTES)
+    await ready(service)
+
+    def fail_once(call: str, arg: str) -> None:
+        if call != "remove_image" or sum(1 for c, _ in engine.calls if c == "remove_image") != fail_at:
+            return
+        engine.before = None
+        if failure == "engine error":
+            raise EngineError("500 Server Error: internal error")
+        if failure == "no answer, not done":
+            raise EngineUnavailable("DELETE: engine did not answer within 30s")
+        engine.timeout_on_delete = lambda ref: ref == arg  # the engine deletes it; the answer is lost
+
+    engine.before = fail_once
+    for _ in range(4):
+        await deliver(client)
+        await asyncio.gather(*service._tasks)
+    assert len(engine.removals) <= 5
+    may_have_deleted = fail_at > 1 or failure != "engine error"
+    assert len(service.history) == (1 if may_have_deleted else 2)
