@@ -537,14 +537,19 @@ class RemediationService:
         if len(self._unconfirmed) >= UNCONFIRMED_MAX:
             oldest = min(self._unconfirmed, key=lambda i: self._unconfirmed[i].since)
             self._give_up(self._unconfirmed.pop(oldest), "too many unconfirmed DELETEs watched")
-        self._unconfirmed[cand.image_id] = _Unconfirmed(run, outcome, cand, self.monotonic())
+        # only what its audit line needs: the run itself holds its whole plan (10k images) and outcomes
+        names = Run(run.action, run.type, run.trigger, run.dry_run, run.fingerprints, run.run_id, run.started_at)
+        self._unconfirmed[cand.image_id] = _Unconfirmed(names, outcome, cand, self.monotonic())
         snapshot = self.poller.snapshot
         if snapshot is not None:  # a publish may have shown it gone while its line was written
             self._on_publish(snapshot)
 
     def _on_publish(self, snapshot: Snapshot) -> None:
-        """Poller hook (every publish): confirm watched images the snapshot no longer has."""
-        if not self._unconfirmed:
+        """Poller hook (every publish): confirm watched images the snapshot no longer has.
+
+        Not once stopping: the audit log closes when the service stops; the `unknown` line stays.
+        """
+        if not self._unconfirmed or self.executor.stopping:
             return
         by = "event" if self.poller.publishing_events else "poll"
         now = self.monotonic()
