@@ -33,7 +33,7 @@ def exporter_config(tmp_path: Path) -> dict[str, Any]:
     return {
         "docker": {"timeout": "2s"},
         "state": {"path": str(tmp_path / "state.json")},
-        # no timer poll during the test; the poll a run asks for comes 3 s after it, and the test waits for it
+        # no timer poll during the test; the poll a run asks for starts 3 s after it (the test holds it)
         "poll": {"interval": "10m", "disk_usage_interval": "10m", "debounce": "3s"},
         "remediation": {
             "enabled": True,
@@ -48,8 +48,8 @@ def events_live(exp: ExporterProcess) -> bool:
     return "live: changes are applied as they happen" in exp.get("/")
 
 
-def polls(exp: ExporterProcess) -> float:
-    return exp.sample("docker_exporter_polls_total") or 0.0
+def present(dockerd: PrivateDockerd) -> set[str]:
+    return {i["Id"] for i in dockerd.get_json("/images/json?all=1")}
 
 
 def test_a_delete_the_engine_finishes_after_the_timeout_is_recorded_unknown_then_deleted(
@@ -72,12 +72,15 @@ def test_a_delete_the_engine_finishes_after_the_timeout_is_recorded_unknown_then
         assert [(o["id"], o["result"]) for o in run["outcomes"]] == [(image_id, "unknown")]
         (line,) = [r for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "image"]
         assert line["result"] == "unknown" and line["skip_reason"] is None
-        assert image_id in {i["Id"] for i in dockerd.get_json("/images/json?all=1")}  # held: not done yet
+        assert image_id in present(dockerd)  # held: not done yet
 
-        # the poll the run asked for lists the image still there; after it, only the event can show it gone
-        after_run = polls(exp)
-        exp.wait_for(lambda: polls(exp) > after_run, what="the poll after the run")
+        # the poll the run asks for lists the image still there, then waits here (holding the poller) until
+        # the engine has carried out the DELETE: the engine's `delete` event is applied after that poll
+        listing = proxy.hold("GET", r"^/containers/json")
+        assert listing.arrived.wait(30), "the poll after the run never listed containers"
         hold.release()  # the engine now carries out the DELETE the exporter gave up on
+        exp.wait_for(lambda: image_id not in present(dockerd), what="the engine deleting the image")
+        listing.release()
 
         def confirmed() -> list[dict[str, Any]]:
             records = read_audit(tmp_path / "audit.jsonl")
@@ -90,7 +93,6 @@ def test_a_delete_the_engine_finishes_after_the_timeout_is_recorded_unknown_then
         else:
             assert done["confirmed_by"] == "event"
         assert read_audit(tmp_path / "audit.jsonl")[-1] == done  # appended after the run's end
-        assert image_id not in {i["Id"] for i in dockerd.get_json("/images/json?all=1")}
         assert exp.sample("docker_remediation_images_deleted_total", {"action": "clean"}) == 1
         (summary,) = json.loads(exp.request("GET", "/api/v1/actions", headers=AUTH)[1])["runs"]
         assert summary["images_deleted"] == 1 and summary["confirmed_later"] == 1
