@@ -8,7 +8,7 @@
 
 The whole service runs (webhook, poller, executor) with `FakeEngine` standing in for the engine: the failures
 must come at one exact DELETE, which a real engine cannot be made to do on demand (the engine-backed
-version of the unanswered DELETE is in tests/integration/test_remediation_unanswered.py).
+version of the unanswered DELETE is in tests/integration/test_remediation_midrun.py).
 """
 
 from __future__ import annotations
