@@ -77,8 +77,8 @@ AUDIT_TAIL_TIMEOUT_SECONDS = 5.0
 SCHEDULE_SAVE_TIMEOUT_SECONDS = 30.0
 #: After a run ends, wait this long before returning freed heap to the system (its answer is encoded meanwhile).
 TRIM_DELAY_SECONDS = 1.0
-#: How long an `unknown` DELETE's image is watched: an engine finishes a DELETE whose client gave up within
-#: moments; an image that goes much later is more likely someone else's doing than that DELETE's.
+#: How long an `unknown` DELETE's image is watched: an engine carries out a DELETE whose client gave up as
+#: soon as it gets to it; an image that goes much later is more likely someone else's doing than that DELETE's.
 UNCONFIRMED_WATCH_SECONDS = 600.0
 #: The most `unknown` images watched at once (each run ends at its first one, so this is many runs' worth).
 UNCONFIRMED_MAX = 1000
@@ -317,9 +317,10 @@ class RemediationService:
         """Apply a reloaded config; no await, so no request sees half of it.
 
         Runs in progress keep the config they started with, but the executor re-checks each of their images
-        against the new protections too (`protect_now`), so a protection added now holds at once. Per-action state (cooldowns, running gates,
-        timers whose schedule is unchanged) survives for actions that keep their name; cooldowns of removed
-        actions are dropped and their timers stopped; new actions get their metric series and timers.
+        against the new protections too (`protect_now`), so a protection added now holds at once. Per-action
+        state (cooldowns, running gates, timers whose schedule is unchanged) survives for actions that keep
+        their name; cooldowns of removed actions are dropped and their timers stopped; new actions get their
+        metric series and timers.
         """
         old = self.config
         self.config = config
