@@ -206,7 +206,7 @@ def create_app(
     async def stop_runs(_app: web.Application) -> None:
         """On SIGTERM aiohttp waits for open requests (a manual run) before cleanup: stop runs first."""
         if services.remediation is not None:
-            services.remediation.executor.stopping = True
+            services.remediation.executor.stop()
 
     app.on_shutdown.append(stop_runs)
     metrics_endpoint = MetricsEndpoint(services.registry, services.collector)

@@ -110,6 +110,8 @@ class Poller:
         self.on_change: list[Callable[[], None]] = []  # the set of image IDs changed
         #: Every publish (a poll, an event applied, /system/df merged): e.g. start rendering /metrics now.
         self.on_publish: list[Callable[[Snapshot], object]] = []
+        #: True while an `on_publish` call shows engine events applied (False: a poll or what it learned later).
+        self.publishing_events = False
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tag_times: dict[TagKey, float | None] = {}  # LastTagTime by image and tag set
@@ -372,7 +374,13 @@ class Poller:
                 old_key = _tag_key(by_id[image_id])
                 if image_id in gone or image_id not in updated_ids or _tag_key(updated_ids[image_id]) != old_key:
                     self._pending.discard(old_key)
-            self._publish(now, only=set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys())
+            self.publishing_events = True
+            try:
+                self._publish(
+                    now, only=set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys()
+                )
+            finally:
+                self.publishing_events = False
         if self._reconcile:
             self.wake()
         if time.monotonic() - self._event_saved >= EVENT_SAVE_INTERVAL:

@@ -10,11 +10,14 @@ Safety beyond the plan, because the engine moves while we work:
 - a deletion's outcome line is queued without waiting for its own fsync: lines reach the disk in order,
   so it is durable once the next intent is (they usually share that fsync), and before the next DELETE
   goes out every queued line is known to be on disk, or the run ends; the run waits for the last ones;
-- a DELETE without an answer (timeout) is ambiguous: the image is looked up by ID (gone = deleted), the
-  finding is recorded and the run ends;
+- a DELETE without an answer (timeout) is ambiguous: the image is looked up by ID (gone = deleted; still
+  there = `unknown`, since the engine may still finish the DELETE), the finding is recorded, `on_unknown`
+  hears of an `unknown` one (the service watches for it to go) and the run ends;
 - untagging by name has a window the engine cannot close (a re-tag between our inspect and the DELETE):
   the answer is checked, and an image the engine deleted instead is audited under its own ID;
-- `stopping` (shutdown) ends the run before the next candidate.
+- protections only grow mid-run: every re-check before a DELETE also applies the protections in force
+  now (`protect_now`, the reloaded config's), on top of the run's own that the plan applied;
+- `stop()` (shutdown) ends the run before the next candidate.
 Reclaimed bytes count only images the engine answered `Deleted: <image id>` for, at their unique size.
 
 Concurrency (why: one image at a time is slower than `docker image prune -a`, which is round trips and
@@ -37,7 +40,7 @@ from typing import Any, NoReturn, TypeVar
 
 from exporter import apishapes
 from exporter.apishapes import normalize_id
-from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction
+from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig
 from exporter.engine import (
     DELETE_LANE_THREADS,
     Engine,
@@ -71,6 +74,7 @@ class Executor:
         metrics: RemediationMetrics,
         read_filesystem: Callable[[str], Filesystem],
         in_flight: int = DELETE_LANE_THREADS,
+        protect_now: Callable[[], ProtectConfig | None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.audit = audit
@@ -78,9 +82,21 @@ class Executor:
         self.in_flight = max(1, in_flight)
         self.metrics = metrics
         self.read_filesystem = read_filesystem
-        self.stopping = False
+        #: The protections in force now (a reload may add some while a run is in progress).
+        self.protect_now = protect_now
+        #: Told of each `unknown` outcome of an image DELETE (its line is on disk by then).
+        self.on_unknown: Callable[[Run, Candidate, Outcome], None] | None = None
+        self._stopping = False
         self._running: set[str] = set()
         self._unsettled: dict[str, list[asyncio.Future[None]]] = {}  # outcome lines queued, per run
+
+    def stop(self) -> None:
+        """Shutdown: runs in progress end before their next candidate, and nothing new starts."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     # -- one run per action ----------------------------------------------------------------------------
     def is_running(self, action: str) -> bool:
@@ -361,7 +377,7 @@ class Executor:
 
         `young_after`: a tag set after this time (the plan's `now` minus min_age) makes the image too young.
         """
-        steps = _Steps(cand, young_after)
+        steps = _Steps(cand, young_after, self.protect_now)
         try:
             if cand.removes_image:
                 return await self._delete_image(run, cand, steps)
@@ -474,7 +490,11 @@ class Executor:
     async def _ambiguous(
         self, run: Run, cand: Candidate, steps: _Steps, exc: EngineError, ref: str | None = None
     ) -> NoReturn:
-        """A DELETE without an answer may still have been done: look, record what is known, end the run."""
+        """A DELETE without an answer may still have been done: look, record what is known, end the run.
+
+        An image still there is `unknown`, not skipped: the engine goes on with a DELETE whose client gave
+        up, so it may finish it any moment now. `on_unknown` hears of it once its line is on disk.
+        """
         target = ref or cand.image_id
         try:
             gone = await self._absent(cand.image_id)
@@ -482,7 +502,7 @@ class Executor:
                 steps.untagged.append(ref)
         except EngineError:
             detail = f"DELETE {target} got no answer ({exc}) and the engine cannot be asked whether it was done"
-            await self._record(run, _outcome(cand, "unknown", detail=detail, untagged=steps.untagged))
+            await self._unknown(run, cand, _outcome(cand, "unknown", detail=detail, untagged=steps.untagged))
             raise RunAborted(f"engine unreachable during DELETE {target}: {exc}") from exc
         if gone:
             run.images_deleted += 1
@@ -491,10 +511,22 @@ class Executor:
             detail = f"DELETE {target} got no answer ({exc}); the image is gone"
             await self._record(run, _outcome(cand, "deleted", detail=detail, untagged=steps.untagged))
         else:
-            await self._record(
-                run, steps.outcome("conflict", f"DELETE {target} got no answer ({exc}); image still there")
-            )
+            detail = f"DELETE {target} got no answer ({exc}); the image is still there, the engine may still delete it"
+            await self._unknown(run, cand, _outcome(cand, "unknown", detail=detail, untagged=steps.untagged))
         raise RunAborted(f"DELETE {target} got no answer: {exc}") from exc
+
+    async def _unknown(self, run: Run, cand: Candidate, outcome: Outcome) -> None:
+        await self._record(run, outcome)
+        if self.on_unknown is not None:
+            self.on_unknown(run, cand, outcome)
+
+    async def confirm_deleted(self, run: Run, outcome: Outcome, confirmed_by: str) -> None:
+        """The `deleted` line of an `unknown` outcome whose image went after its run (same run_id).
+
+        Raises AuditError when the line cannot be written.
+        """
+        line = self._line(run, "image", **_image_fields(outcome), confirmed_by=confirmed_by)
+        await self.audit_writer.write_many([line])
 
     async def _absent(self, name: str) -> bool:
         try:
@@ -522,12 +554,19 @@ class _Steps:
 
     cand: Candidate
     young_after: float
+    protect_now: Callable[[], ProtectConfig | None] = lambda: None
     untagged: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     gone: bool = False
 
     def changed(self, inspect: dict[str, Any]) -> tuple[SkipReason, str] | None:
-        """What the engine now says that the plan did not know: a new tag, or a tag set too recently."""
+        """What the engine now says that the plan did not know: a protection added by a reload since the run
+        began, a new tag, or a tag set too recently."""
+        protect = self.protect_now()
+        if protect is not None:
+            problem = _protected(inspect, protect)
+            if problem is not None:
+                return problem
         gained = sorted(_tags(inspect) - set(self.cand.known_references or self.cand.references))
         if gained:
             return "conflict", f"tagged since planning ({', '.join(gained)}): left alone"
@@ -588,6 +627,25 @@ def _outcome(
         detail,
         tuple(untagged or ()),
     )
+
+
+def _protected(inspect: dict[str, Any], protect: ProtectConfig) -> tuple[SkipReason, str] | None:
+    """The planner's reference and label rules on a fresh inspect (the protections in force now)."""
+    if protect.references:
+        refs = [str(r) for r in apishapes.parse_refs(inspect.get("RepoTags"))]
+        for ref in [*refs, *apishapes.parse_digests(inspect.get("RepoDigests"))]:
+            rule = protect.reference_rule(ref)
+            if rule is not None:
+                return (
+                    "protected_reference",
+                    f"{ref} matches protect.references {rule!r} (as in force right before the DELETE)",
+                )
+    labels = (inspect.get("Config") or {}).get("Labels")
+    if protect.labels and isinstance(labels, dict) and labels:
+        rule = protect.label_rule({str(k): str(v) for k, v in labels.items()})
+        if rule is not None:
+            return "protected_label", f"label matches protect.labels {rule!r} (as in force right before the DELETE)"
+    return None
 
 
 def _in_use(conflict: EngineConflict) -> bool:

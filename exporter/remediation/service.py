@@ -5,12 +5,21 @@ service, and turns its plain results (`DeliveryResult`, a `Run`, `Refused`) into
 
 Previews are free: a dry run (`?dry_run=true`, or a global `dry_run: true`) never starts a cooldown and
 never holds the gate of real runs; it only keeps a second preview of the same action from starting while
-it runs. A real run that fails (engine unreachable, audit log unwritable, a crash) gives its cooldown back,
-so the next delivery of the alert tries again instead of being answered `cooldown` for nothing.
+it runs. A real run that fails (engine unreachable, audit log unwritable, a crash) before it deleted,
+untagged or sent an unanswered DELETE gives its cooldown back, so the next delivery of the alert tries
+again instead of being answered `cooldown` for nothing; a run that did any of these keeps it, so retries
+cannot add up to more than `max_deletions` within one cooldown.
 
 A reload (`reconfigure`) swaps the config between runs: a run in progress keeps the config it started
-with, cooldowns, running gates and unchanged schedules carry over for actions that keep their name, and
-the state of removed actions is dropped.
+with, except that protections only grow: the re-check before each of its DELETEs also applies the
+protections in force now. Cooldowns, running gates and unchanged schedules carry over for actions that
+keep their name, and the state of removed actions is dropped.
+
+A DELETE that got no answer while its image stayed is recorded `unknown`, since the engine may still finish
+it. The service watches such images for UNCONFIRMED_WATCH_SECONDS: when a published snapshot no longer has
+one, it writes a `deleted` line under the same run_id with `confirmed_by` (`event` or `poll`) and counts it.
+The watch lives in this process only: after a restart the audit keeps `unknown` (docs/remediation.md says
+how to read it).
 
 Schedules survive restarts: each scheduled action's last scheduled run is kept in the state file
 (`ImageHistory.schedules`, saved before the run starts), so a run missed while the exporter was down
@@ -48,10 +57,10 @@ from exporter.remediation.alerts import Alert, Envelope, route_alert
 from exporter.remediation.audit import AuditError, AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
-from exporter.remediation.planner import make_plan
+from exporter.remediation.planner import Candidate, make_plan
 from exporter.remediation.records import record_json
 from exporter.remediation.relay import Relay, RelayResult
-from exporter.remediation.runs import Run, Trigger
+from exporter.remediation.runs import Outcome, Run, Trigger
 from exporter.schedule import Interval, Schedule, decide, sleep_seconds
 from exporter.schedulestate import ScheduleState
 from exporter.snapshot import Filesystem, Snapshot
@@ -68,6 +77,21 @@ AUDIT_TAIL_TIMEOUT_SECONDS = 5.0
 SCHEDULE_SAVE_TIMEOUT_SECONDS = 30.0
 #: After a run ends, wait this long before returning freed heap to the system (its answer is encoded meanwhile).
 TRIM_DELAY_SECONDS = 1.0
+#: How long an `unknown` DELETE's image is watched: an engine carries out a DELETE whose client gave up as
+#: soon as it gets to it; an image that goes much later is more likely someone else's doing than that DELETE's.
+UNCONFIRMED_WATCH_SECONDS = 600.0
+#: The most `unknown` images watched at once (each run ends at its first one, so this is many runs' worth).
+UNCONFIRMED_MAX = 1000
+
+
+@dataclass(frozen=True)
+class _Unconfirmed:
+    """An image whose DELETE got no answer while it was still there: the engine may still delete it."""
+
+    run: Run
+    outcome: Outcome
+    candidate: Candidate
+    since: float  # monotonic
 
 
 @dataclass(frozen=True)
@@ -227,7 +251,8 @@ class RemediationService:
         self.monotonic = monotonic
         self.metrics = RemediationMetrics(registry, config.actions)
         self.audit = AuditLog(config.audit_log)
-        self.executor = Executor(engine, self.audit, self.metrics, read_fs)
+        self.executor = Executor(engine, self.audit, self.metrics, read_fs, protect_now=lambda: self.config.protect)
+        self.executor.on_unknown = self._watch_unknown
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.last_started: dict[str, float] = {}
         self._cooldown_claims: dict[str, tuple[float | None, float]] = {}  # run_id -> (before, claimed)
@@ -239,6 +264,9 @@ class RemediationService:
         self._run_configs: dict[str, RemediationConfig] = {}  # run_id -> the config the run started with
         self._next_run: dict[str, float] = {}
         self._trim: asyncio.Task[None] | None = None
+        self._unconfirmed: dict[str, _Unconfirmed] = {}  # image ID -> its unknown outcome
+        self._confirming: set[asyncio.Task[None]] = set()
+        poller.on_publish.append(self._on_publish)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -262,7 +290,7 @@ class RemediationService:
 
     async def stop(self) -> None:
         """Stop schedules, let running runs end after their current deletion, then close the audit log."""
-        self.executor.stopping = True
+        self.executor.stop()
         schedules = [task for _schedule, task in self._schedules.values()]
         self._schedules.clear()
         for schedule in schedules:
@@ -281,14 +309,18 @@ class RemediationService:
             self._trim.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._trim
+        if self._confirming:  # confirmations already seen are written before the audit log closes
+            await asyncio.wait(list(self._confirming), timeout=STOP_GRACE_SECONDS)
         self.audit.close()
 
     def reconfigure(self, config: RemediationConfig) -> None:
         """Apply a reloaded config; no await, so no request sees half of it.
 
-        Runs in progress keep the config they started with. Per-action state (cooldowns, running gates,
-        timers whose schedule is unchanged) survives for actions that keep their name; cooldowns of removed
-        actions are dropped and their timers stopped; new actions get their metric series and timers.
+        Runs in progress keep the config they started with, but the executor re-checks each of their images
+        against the new protections too (`protect_now`), so a protection added now holds at once. Per-action
+        state (cooldowns, running gates, timers whose schedule is unchanged) survives for actions that keep
+        their name; cooldowns of removed actions are dropped and their timers stopped; new actions get their
+        metric series and timers.
         """
         old = self.config
         self.config = config
@@ -470,13 +502,22 @@ class RemediationService:
         return self.cooldown_left(name, route) > 0
 
     def _end(self, run: Run) -> None:
-        """Release the run's gate; a failed real run also gives back the cooldown it claimed."""
+        """Release the run's gate; a failed real run that changed nothing also gives back its cooldown.
+
+        A run that deleted or untagged anything, or sent a DELETE whose fate is unknown, keeps it: a retry
+        inside the cooldown would delete up to `max_deletions` more on top.
+        """
         if run.dry_run:
             self._previewing.discard(run.action)
             return
         self.executor.end(run.action)
         before, claimed = self._cooldown_claims.pop(run.run_id, (None, None))
-        if run.result == "failure" and self.last_started.get(run.action) == claimed:
+        if run.result == "failure" and _acted(run):
+            log.info(
+                "run failed after changing images: its cooldown stays",
+                extra=kv(run_id=run.run_id, action=run.action, deleted=run.images_deleted),
+            )
+        elif run.result == "failure" and self.last_started.get(run.action) == claimed:
             if before is None:
                 self.last_started.pop(run.action, None)
             else:
@@ -484,6 +525,82 @@ class RemediationService:
             log.info(
                 "run failed: its cooldown is released, a redelivery runs again",
                 extra=kv(run_id=run.run_id, action=run.action),
+            )
+
+    # -- DELETEs without an answer ---------------------------------------------------------------------
+    def _watch_unknown(self, run: Run, cand: Candidate, outcome: Outcome) -> None:
+        """Executor hook: watch an `unknown` DELETE's image until a snapshot shows it gone (or time runs out).
+
+        Only whole-image candidates: an untag of an image that keeps other tags does not make it go.
+        """
+        if not cand.removes_image or run.dry_run:
+            return
+        if len(self._unconfirmed) >= UNCONFIRMED_MAX:
+            oldest = min(self._unconfirmed, key=lambda i: self._unconfirmed[i].since)
+            self._give_up(self._unconfirmed.pop(oldest), "too many unconfirmed DELETEs watched")
+        # only what its audit line needs: the run itself holds its whole plan (10k images) and outcomes
+        names = Run(run.action, run.type, run.trigger, run.dry_run, run.fingerprints, run.run_id, run.started_at)
+        self._unconfirmed[cand.image_id] = _Unconfirmed(names, outcome, cand, self.monotonic())
+        snapshot = self.poller.snapshot
+        if snapshot is not None:  # a publish may have shown it gone while its line was written
+            self._on_publish(snapshot)
+
+    def _on_publish(self, snapshot: Snapshot) -> None:
+        """Poller hook (every publish): confirm watched images the snapshot no longer has.
+
+        Not once stopping: the audit log closes when the service stops; the `unknown` line stays.
+        """
+        if not self._unconfirmed or self.executor.stopping:
+            return
+        by = "event" if self.poller.publishing_events else "poll"
+        now = self.monotonic()
+        for image_id, entry in list(self._unconfirmed.items()):
+            if image_id not in snapshot.by_id:
+                del self._unconfirmed[image_id]
+                task = asyncio.create_task(self._confirm(entry, by, now - entry.since), name=f"confirm-{image_id[:19]}")
+                self._confirming.add(task)
+                task.add_done_callback(self._confirming.discard)
+            elif now - entry.since > UNCONFIRMED_WATCH_SECONDS:
+                del self._unconfirmed[image_id]
+                self._give_up(entry, f"still there after {UNCONFIRMED_WATCH_SECONDS:g}s")
+
+    def _give_up(self, entry: _Unconfirmed, why: str) -> None:
+        log.info(
+            "no longer watching an image whose DELETE got no answer: its audit line stays `unknown`",
+            extra=kv(run_id=entry.run.run_id, action=entry.run.action, image_id=entry.candidate.image_id, why=why),
+        )
+
+    async def _confirm(self, entry: _Unconfirmed, by: str, after: float) -> None:
+        """The `deleted` line (same run_id, `confirmed_by`) and the counts of an image an unknown DELETE took."""
+        run, cand = entry.run, entry.candidate
+        reclaimed = cand.size if cand.size_basis == "unique" else 0
+        self.metrics.images_deleted.labels(run.action).inc()
+        self.metrics.reclaimed.labels(run.action).inc(reclaimed)
+        for summary in self.history:  # the run's entry in GET /api/v1/actions counts it too
+            if summary["run_id"] == run.run_id:
+                summary["images_deleted"] += 1
+                summary["reclaimed_bytes"] += reclaimed
+                summary["confirmed_later"] = summary.get("confirmed_later", 0) + 1
+        outcome = Outcome(
+            cand.image_id,
+            cand.references,
+            cand.size,
+            cand.size_basis,
+            cand.reason,
+            "deleted",
+            detail=f"its DELETE got no answer; gone {after:.1f}s later (seen by {by})",
+            untagged=entry.outcome.untagged,
+        )
+        log.info(
+            "a DELETE that got no answer did delete the image",
+            extra=kv(run_id=run.run_id, action=run.action, image_id=cand.image_id, confirmed_by=by),
+        )
+        try:
+            await self.executor.confirm_deleted(run, outcome, by)
+        except AuditError as exc:
+            log.error(
+                "cannot write a confirmed deletion to the audit log",
+                extra=kv(run_id=run.run_id, image_id=cand.image_id, err=exc),
             )
 
     async def accept_delivery(
@@ -581,7 +698,7 @@ class RemediationService:
         """Plan on a fresh snapshot and execute; always releases the claim and records the run.
 
         Shielded from the caller's cancellation (a client hanging up on a manual run must not leave a run
-        half-recorded); `stop()` ends runs through `executor.stopping` instead.
+        half-recorded); `stop()` ends runs through `executor.stop()` instead.
         """
         return await asyncio.shield(self.start_background(run))
 
@@ -717,3 +834,8 @@ class RemediationService:
                 detail=run.detail or None,
             ),
         )
+
+
+def _acted(run: Run) -> bool:
+    """Whether a run changed images, or may have: deleted, untagged, or sent a DELETE of unknown fate."""
+    return run.images_deleted > 0 or any(o.result in ("deleted", "untagged", "unknown") for o in run.outcomes)

@@ -348,7 +348,7 @@ async def test_stopping_ends_the_run_before_the_next_delete(tmp_path: Path, engi
 
     def stop_after_first(call: str, arg: str) -> None:
         if call == "remove_image":
-            h.executor.stopping = True
+            h.executor.stop()
 
     engine.before = stop_after_first
     run = await h.run(act("prune_unused"))
@@ -399,7 +399,7 @@ async def test_stopping_with_deletions_in_flight_finishes_them_and_starts_none(
 
     def stop_at_first_delete(call: str, arg: str) -> None:
         if call == "remove_image":
-            h.executor.stopping = True
+            h.executor.stop()
 
     engine.before = stop_at_first_delete
     run = await h.run(act("prune_unused"))
