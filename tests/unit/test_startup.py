@@ -32,6 +32,14 @@ class ReplayingEngine(RecordedEngine):
         return []
 
 
+class SlowInspectEngine(ReplayingEngine):
+    """Image inspects that have not answered yet (a busy engine): the LastTagTime fill is still under way."""
+
+    async def inspect_image(self, ref: str, *, lane: Any = "api") -> dict[str, Any]:
+        await asyncio.Event().wait()  # cancelled at shutdown
+        raise AssertionError("unreachable")
+
+
 async def ready_client(aiohttp_client: Any, app: Any) -> Any:
     client = await aiohttp_client(app)
     for _ in range(500):
@@ -45,9 +53,10 @@ async def test_the_first_scrape_after_start_shows_no_zero_for_what_is_not_known_
     tmp_path: Path, aiohttp_client: Any
 ) -> None:
     """Ready comes with the first listing: LastTagTime (inspects) and /system/df are not known yet, and the
-    scrape says so (pending count, absent series), never 0. Both are held back here by failing those reads."""
-    engine = ReplayingEngine("bookworm")  # API 1.41: shared sizes come only from /system/df
-    engine.failing = {"inspect_image", "disk_usage"}
+    scrape says so (pending count, absent series), never 0. The inspects are held back (not failed: a failing
+    inspect is an engine path failing, docker_up 0), /system/df fails."""
+    engine = SlowInspectEngine("bookworm")  # API 1.41: shared sizes come only from /system/df
+    engine.failing = {"disk_usage"}
     config = parse_config({"filesystem": {"path": str(tmp_path)}, "state": {"path": str(tmp_path / "state.json")}})
     reads = await FirstReads.start(engine)
     client = await ready_client(aiohttp_client, create_app(config, docker_host=None, engine=engine, first_reads=reads))
