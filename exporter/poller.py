@@ -67,6 +67,7 @@ def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
         fields["tag_time_pending"],
         fields["last_used"],
         fields["arrived"],
+        fields["seen_offset"],
     ) = values
     return out
 
@@ -445,6 +446,7 @@ class Poller:
         previous = self._merged
         self._merged = {}
         last_used, arrived = self.history.last_used, self.history.arrived
+        offset = self.history.clock.offset()  # one reading for the publish: seen offsets of images new to it
         for image in images:
             cached = previous.get(image.id)
             same = cached is not None and cached[0] is image
@@ -462,14 +464,12 @@ class Poller:
                 key = keys[image.id]
             else:
                 key = _tag_key(image)
-            values = (
-                shared,
-                in_use.get(image.id, 0),
-                self._tag_times.get(key),
-                key in self._pending,
-                last_used.get(image.id),
-                arrived.get(image.id),
-            )
+            tag_time, pending, arrival = self._tag_times.get(key), key in self._pending, arrived.get(image.id)
+            seen: float | None = None
+            if not pending:  # pending: counted as too young anyway; anchored once its tag time is known
+                reference = max(t for t in (image.created, tag_time, arrival) if t is not None)
+                seen = self.history.anchor(image.id, reference, offset)
+            values = (shared, in_use.get(image.id, 0), tag_time, pending, last_used.get(image.id), arrival, seen)
             # the same listed image with the same learned values: reuse, do not rebuild
             out = cached[2] if cached is not None and same and cached[1] == values else _with_learned(image, values)
             self._merged[image.id] = (image, values, out, key)

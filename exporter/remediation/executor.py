@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from exporter import apishapes
+from exporter import apishapes, clocks
 from exporter.apishapes import normalize_id
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction
 from exporter.engine import (
@@ -52,6 +52,9 @@ from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason
 from exporter.remediation.runs import Outcome, OutcomeKind, Run
 from exporter.snapshot import Filesystem
+
+#: Seconds a run may start after its plan was made: the span `young_after` looks back for clock steps.
+PLAN_SLACK = 300.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -266,7 +269,9 @@ class Executor:
         True when the run left something undone: stopped, max_deletions reached, or a conflict.
         """
         fs = plan.filesystem if isinstance(action, FreeSpaceAction) else None
-        young_after = plan.now - action.min_age
+        # a tag too young for min_age is from the last min_age of real time (plus the time since planning): a
+        # forward clock step in that span makes its LastTagTime look older by the step, so allow for it
+        young_after = plan.now - action.min_age - clocks.CLOCK.forward_step_within(action.min_age + PLAN_SLACK)
         pending = deque(plan.candidates)
         in_flight: dict[asyncio.Task[Outcome], Candidate] = {}
         alone = False  # the task in flight untags by name: nothing else runs beside it
