@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests run for real (dockerd, Prometheus, Alertmanager, a registry,
-# mmdebstrap; openssl for TLS test certificates; Debian's chromium for the landing-page screenshot).
+# mmdebstrap; openssl for TLS test certificates; Debian's chromium for the landing-page screenshot;
+# faketime to step the exporter's wall clock).
 # Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
 set -euo pipefail
 declare -A need=(
@@ -15,6 +16,7 @@ declare -A need=(
   [mkfs.ext4]=e2fsprogs
   [openssl]=openssl
   [chromium]=chromium
+  [faketime]=faketime
 )
 missing=()
 for cmd in "${!need[@]}"; do
