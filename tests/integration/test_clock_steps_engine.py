@@ -100,9 +100,9 @@ def test_a_forward_step_of_the_exporters_clock_leaves_a_just_arrived_image_young
 
     offset_file.write_text("+3d\n")  # NTP's first sync on a device without a real-time clock
 
-    def stepped() -> dict[str, Any] | None:
+    def stepped() -> dict[str, Any]:
         answer = dry_run(exp)
-        return answer if answer["started_at"] > time.time() + 2 * DAY else None
+        return answer if answer["started_at"] > time.time() + 2 * DAY else {}
 
     after = exp.wait_for(stepped, timeout=30, interval=0.5, what="the exporter's wall clock three days ahead")
     assert fate(after, image_id) == "too_young", after
