@@ -447,6 +447,7 @@ class Poller:
         self._merged = {}
         last_used, arrived = self.history.last_used, self.history.arrived
         offset = self.history.clock.offset()  # one reading for the publish: seen offsets of images new to it
+        anchors, anchor = self.history.anchors, self.history.anchor
         for image in images:
             cached = previous.get(image.id)
             same = cached is not None and cached[0] is image
@@ -467,8 +468,13 @@ class Poller:
             tag_time, pending, arrival = self._tag_times.get(key), key in self._pending, arrived.get(image.id)
             seen: float | None = None
             if not pending:  # pending: counted as too young anyway; anchored once its tag time is known
-                reference = max(t for t in (image.created, tag_time, arrival) if t is not None)
-                seen = self.history.anchor(image.id, reference, offset)
+                reference = image.created  # `Image.age_reference`, spelled out: this loop runs per image
+                if tag_time is not None and tag_time > reference:
+                    reference = tag_time
+                if arrival is not None and arrival > reference:
+                    reference = arrival
+                held = anchors.get(image.id)
+                seen = held[1] if held is not None and held[0] == reference else anchor(image.id, reference, offset)
             values = (shared, in_use.get(image.id, 0), tag_time, pending, last_used.get(image.id), arrival, seen)
             # the same listed image with the same learned values: reuse, do not rebuild
             out = cached[2] if cached is not None and same and cached[1] == values else _with_learned(image, values)
