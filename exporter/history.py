@@ -19,8 +19,8 @@ Clock steps and untrusted files (see exporter.clocks): each image's age referenc
 offset of the wall clock from the boot clock when it was first seen (`anchor`), so a forward step does
 not age it. Anchors are kept in the file with the kernel's boot ID and reused only in the same boot. The
 file's times are trusted only when every one is a finite positive number, none lies in the future, and
-`saved_at` fits the boot: within this boot not after now, from another (or an unknown) boot not after
-this boot began. Otherwise the whole image history is distrusted, logged with the reason, and every image
+`saved_at` fits the boot: from another boot not after this boot began, otherwise (this boot, or a file
+naming no boot) not after now. Otherwise the whole image history is distrusted, logged with the reason, and every image
 counts as arriving when first seen, as without a file. `CLOCK_TOLERANCE` allows for clock readings taken
 a moment apart; it is also the only span by which a state saved on a clock running ahead can shorten
 the replay of engine events.
