@@ -1,5 +1,5 @@
 """Arrival ages against the exporter's clock on a private engine: a forward step of the wall clock (under
-libfaketime, the exporter process only) and a state file saved "in the future" must not make a just
+libfaketime, the exporter process only, also across a restart in the same boot) and a state file saved "in the future" must not make a just
 arrived image old enough for `min_age`.
 
 libfaketime with `FAKETIME_DONT_FAKE_MONOTONIC=1` moves CLOCK_REALTIME only (checked on Debian's 0.9.10:
@@ -106,6 +106,15 @@ def test_a_forward_step_of_the_exporters_clock_leaves_a_just_arrived_image_young
 
     after = exp.wait_for(stepped, timeout=30, interval=0.5, what="the exporter's wall clock three days ahead")
     assert fate(after, image_id) == "too_young", after
+
+    # restarted in the same boot on the stepped clock: the state file's seen offsets still discount the step
+    exp.stop()
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    exp.start()
+    exp.wait_ready()
+    assert fate(dry_run(exp), image_id) == "too_young"
+    assert "loaded image history" in exp.logs()
     assert image_id in {i["Id"] for i in dockerd.get_json("/images/json?all=1")}
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -313,6 +314,37 @@ async def test_replay_from_a_distrusted_state_does_not_use_its_time(machine: Mac
     poller = exporter_on(machine, path)
     follower = EventFollower(poller.engine, poller, poller.history, PollMetrics(CollectorRegistry()))
     assert await follower.replay() == 0
+
+
+class AskedEngine(RecordedEngine):
+    """The recorded engine, remembering the window each replay asked for."""
+
+    def __init__(self) -> None:
+        super().__init__("bookworm")
+        self.asked: list[tuple[int, int]] = []
+
+    async def events_between(self, since: int, until: int) -> list[dict[str, Any]]:
+        self.asked.append((since, until))
+        return []
+
+
+async def test_a_replay_ends_at_the_engines_clock_not_this_process(machine: Machine, tmp_path: Path) -> None:
+    """A replay `until` a time the engine's clock has not reached is held open by the engine until then:
+    with this process's clock stepped three days ahead alone, the event follower never became live."""
+    from exporter.apishapes import parse_time
+    from exporter.events import EventFollower
+
+    path = tmp_path / "state.json"
+    write_state(path, state_text(saved_at=str(WALL0 - 600)))
+    machine.step(3 * DAY)
+    engine = AskedEngine()
+    poller = exporter_on(machine, path)
+    follower = EventFollower(engine, poller, poller.history, PollMetrics(CollectorRegistry()))
+    await follower.replay()
+    _, info, _ = await engine.version_and_info()
+    engine_now = parse_time(info["SystemTime"])
+    assert engine_now is not None
+    assert engine.asked == [(int(WALL0 - 600), int(engine_now) + 1)]
 
 
 # ------------------------------------------------------------------------------------------------ state.path
