@@ -37,7 +37,7 @@ DAY = 86400.0
 MIN_AGE = HOUR
 ACTION = make_action("unused", type="prune_unused", min_age="1h")
 PROTECT = ProtectConfig(local_only=False)
-A, B = (f"sha256:{c * 64}" for c in "ab")
+A = f"sha256:{'a' * 64}"
 
 
 class Machine:
@@ -306,7 +306,7 @@ def test_a_state_saved_before_this_boot_began_is_trusted(machine: Machine, tmp_p
 
 
 async def test_replay_from_a_distrusted_state_does_not_use_its_time(machine: Machine, tmp_path: Path) -> None:
-    """`"saved_at": -Infinity` killed the event follower (int(-inf)); distrusted, there is nothing to replay."""
+    """`"saved_at": -Infinity` would stop the event follower (`int(-inf)` raises); distrusted, nothing replays."""
     from exporter.events import EventFollower
 
     path = tmp_path / "state.json"
@@ -330,7 +330,7 @@ class AskedEngine(RecordedEngine):
 
 async def test_a_replay_ends_at_the_engines_clock_not_this_process(machine: Machine, tmp_path: Path) -> None:
     """A replay `until` a time the engine's clock has not reached is held open by the engine until then:
-    with this process's clock stepped three days ahead alone, the event follower never became live."""
+    asked up to this process's clock, stepped three days ahead alone, it would end only at the timeout."""
     from exporter.apishapes import parse_time
     from exporter.events import EventFollower
 
