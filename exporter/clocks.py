@@ -89,6 +89,11 @@ class Clock:
         lowest = min(offset for (_, offset), end in zip(changes, ends, strict=True) if end > start)
         return max(0.0, now - lowest)
 
+    def lowest(self) -> float:
+        """The lowest offset read since this clock was made (the process started): the offset in effect at
+        any moment since, or lower."""
+        return min(offset for _, offset in self._changes)
+
     def boot_started(self) -> float:
         """When this boot began, on the wall clock as it is now."""
         return self.offset()

@@ -129,6 +129,23 @@ async def test_an_image_first_seen_after_the_step_ages_from_then(machine: Machin
     assert deletable(poller, machine) == unused(poller) != set()
 
 
+async def test_a_step_while_tag_times_are_inspected_behind_the_listing_is_not_age(machine: Machine) -> None:
+    """NTP's first sync while a start inspects LastTagTimes behind the first publish: the images were seen
+    at the listing, before the step."""
+    poller = exporter_on(machine, None)
+    engine = poller.engine
+    assert isinstance(engine, RecordedEngine)
+    engine.on_call = lambda call: (
+        machine.step(3 * DAY) if call == "inspect_image" and machine.wall < WALL0 + DAY else None
+    )
+    await poller.poll_once()
+    assert machine.wall == WALL0 + 3 * DAY and poller.snapshot is not None
+    assert poller.snapshot.pending_inspects == 0
+    assert deletable(poller, machine) == set()
+    machine.advance(MIN_AGE)
+    assert deletable(poller, machine) == unused(poller) != set()
+
+
 async def test_a_restart_in_the_same_boot_keeps_the_seen_offsets(machine: Machine, tmp_path: Path) -> None:
     """Saved before the step, loaded after it: the file's anchors still discount the step."""
     state = tmp_path / "state.json"
