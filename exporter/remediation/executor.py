@@ -364,7 +364,8 @@ class Executor:
     async def _delete(self, run: Run, cand: Candidate, young_after: float) -> Outcome:
         """Delete one candidate; every DELETE is preceded by a fsync'd intent line and fresh checks.
 
-        `young_after`: a tag set after this time (the plan's `now` minus min_age) makes the image too young.
+        `young_after`: a tag set after this time (the plan's `now` minus min_age and a recent forward clock step)
+        makes the image too young.
         """
         steps = _Steps(cand, young_after)
         try:
