@@ -23,7 +23,7 @@ import re
 import time
 from typing import Any
 
-from exporter.apishapes import normalize_id
+from exporter.apishapes import normalize_id, parse_time
 from exporter.engine import Engine, EngineError, EngineUnavailable
 from exporter.history import ImageHistory
 from exporter.logs import kv
@@ -140,9 +140,8 @@ class EventFollower:
         since = self.resume_from if self.resume_from is not None else self.history.saved_at
         if since is None:
             return 0
-        until = time.time()
-
         try:
+            until = await self._engine_now()
             replayed = await self.engine.events_between(int(since), int(until) + 1)
             # `since` has whole seconds: what happened up to `since` itself is already in the state
             events = [e for e in replayed if event_time(e) > since]
@@ -160,6 +159,14 @@ class EventFollower:
         if events:
             log.info("replayed engine events", extra=kv(events=len(events), since=int(since)))
         return len(events)
+
+    async def _engine_now(self) -> float:
+        """The engine's clock (`/info` SystemTime; this host's when it cannot tell): events are stamped with it,
+        and a replay asked to run `until` a time the engine's clock has not reached is held open by the engine
+        until then (a remote engine whose clock is behind, this process's clock stepped forward alone)."""
+        _, info, _ = await self.engine.version_and_info()
+        engine_now = parse_time(info.get("SystemTime"))
+        return engine_now if engine_now is not None else time.time()
 
     async def _handle_events(self) -> None:
         """Take queued events in batches; in a burst, at most one batch per BATCH_INTERVAL (see there)."""

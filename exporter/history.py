@@ -15,6 +15,16 @@ us later (no `LastTagTime`, `Created` is the build time):
 Losing history therefore makes remediation more conservative about age, never less. Replayed engine
 events (only the last 256 survive in the engine) can move an arrival or a last use later, never earlier.
 
+Clock steps and untrusted files (see exporter.clocks): each image's age reference is anchored to the
+offset of the wall clock from the boot clock when it was first seen (`anchor`), so a forward step does
+not age it. Anchors are kept in the file with the kernel's boot ID and reused only in the same boot. The
+file's times are trusted only when every one is a finite positive number, none lies in the future, and
+`saved_at` fits the boot: from another boot not after this boot began, otherwise (this boot, or a file
+naming no boot) not after now. Otherwise the whole image history is distrusted, logged with the reason, and every image
+counts as arriving when first seen, as without a file. `CLOCK_TOLERANCE` allows for clock readings taken
+a moment apart; it is also the only span by which a state saved on a clock running ahead can shorten
+the replay of engine events.
+
 The same file keeps the `schedules` section (`ScheduleState`: when each scheduled action last ran), so a
 restart neither skips nor doubles a scheduled run. It is read on its own: a damaged image history does not
 lose the schedules, and a damaged schedules section (logged) only makes the actions concerned wait for
@@ -27,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -34,6 +45,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from exporter.clocks import CLOCK, Clock
 from exporter.logs import kv
 from exporter.schedulestate import SECTION as SCHEDULES
 from exporter.schedulestate import ScheduleState
@@ -41,15 +53,67 @@ from exporter.schedulestate import ScheduleState
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
+#: Seconds a saved time may lie ahead of the check it must pass (two clock readings a moment apart).
+CLOCK_TOLERANCE = 10.0
+
+
+class UntrustedTimes(ValueError):
+    """The state file parses but its times cannot be trusted: the message says which and why."""
+
+
+class _JsonConstant:
+    """What `json.loads` makes of NaN, Infinity and -Infinity here (Python's json accepts them by default):
+    not a number, so every check of a time refuses it, while the rest of the file (the schedules) still
+    parses."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _finite(value: object, what: str) -> float:
+    """A finite number; anything else (a JSON constant, a bool, a string, 1e999) distrusts the file."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UntrustedTimes(f"{what} is {value!r}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise UntrustedTimes(f"{what} is {value!r}, not a finite number")
+    return number
+
+
+def _time(value: object, what: str, latest: float) -> float:
+    """A finite, positive POSIX time not after `latest`; anything else distrusts the file."""
+    number = _finite(value, what)
+    if number <= 0:
+        raise UntrustedTimes(f"{what} is {value!r}, not a time")
+    if number > latest + CLOCK_TOLERANCE:
+        raise UntrustedTimes(f"{what} is {number - latest:.0f}s in the future")
+    return number
+
+
+def _times(table: object, what: str, latest: float) -> dict[str, float]:
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise UntrustedTimes(f"{what} is not an object")
+    return {str(k): _time(v, f"{what}[{k}]", latest) for k, v in table.items()}
 
 
 class ImageHistory:
     """Image ID -> last-used and arrival timestamps, plus the IDs present at the last save."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, clock: Clock | None = None) -> None:
         self.path = Path(path) if path else None
+        self.clock = clock or CLOCK
         self.last_used: dict[str, float] = {}
         self.arrived: dict[str, float] = {}
+        #: Image ID -> (age reference, clock offset when first seen with it): see `anchor`.
+        self.anchors: dict[str, tuple[float, float]] = {}
         #: IDs the state proves were present (at `saved_at`); anything else seen is new here.
         self.present: set[str] = set()
         #: When the loaded state was saved: where a replay of engine events starts. None = no usable state.
@@ -62,25 +126,35 @@ class ImageHistory:
         self._save_lock = threading.Lock()  # the poller and the remediation service both save
 
     def load(self) -> None:
-        """Read the state file; missing, unreadable or from an older format: start with nothing proven."""
+        """Read the state file; missing, unreadable, from an older format or with times that cannot be trusted
+        (see the module docstring): start with nothing proven."""
         if self.path is None:
+            log.info("state.path is null: image history and schedules are kept in memory only")
             return
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text(), parse_constant=_JsonConstant)
             self._load_schedules(data)
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
                 raise ValueError(f"unknown state format (want version {STATE_VERSION})")
-            last_used = {str(k): float(v) for k, v in (data.get("last_used") or {}).items()}
-            arrived = {str(k): float(v) for k, v in (data.get("arrived") or {}).items()}
             if "saved_at" not in data:  # only schedules were saved (before the first poll)
                 log.info(
                     "no image history yet: every image counts as arriving when first seen", extra=kv(path=self.path)
                 )
                 return
+            now = self.clock.wall()
+            saved_at = self._saved_at(data, now)
+            last_used = _times(data.get("last_used"), "last_used", now)
+            arrived = _times(data.get("arrived"), "arrived", now)
             present = {str(i) for i in data["present"]}
-            saved_at = float(data["saved_at"])
+            anchors = self._anchors(data)
         except FileNotFoundError:
             log.info("no image history yet: every image counts as arriving when first seen", extra=kv(path=self.path))
+            return
+        except UntrustedTimes as exc:
+            log.warning(
+                "distrusting the image history's times: every image counts as arriving when first seen",
+                extra=kv(path=self.path, reason=exc),
+            )
             return
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning(
@@ -89,7 +163,40 @@ class ImageHistory:
             )
             return
         self.last_used, self.arrived, self.present, self.saved_at = last_used, arrived, present, saved_at
+        self.anchors = anchors
         log.info("loaded image history", extra=kv(images=len(present), path=self.path))
+
+    def _saved_at(self, data: dict[str, Any], now: float) -> float:
+        """`saved_at`, if it fits this boot: not after now, and from another boot not after this boot began."""
+        saved_at = _time(data["saved_at"], "saved_at", now)
+        saved_boot, this_boot = data.get("boot_id"), self.clock.boot_id
+        if saved_boot is not None and this_boot is not None and saved_boot != this_boot:
+            began = self.clock.boot_started()
+            if saved_at > began + CLOCK_TOLERANCE:
+                raise UntrustedTimes(
+                    f"saved_at is {saved_at - began:.0f}s after this boot began, yet the file was saved in "
+                    "another boot: the wall clock is behind the one that saved it"
+                )
+        return saved_at
+
+    def _anchors(self, data: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        """The saved seen offsets, when saved in this boot (offsets of another boot mean nothing here)."""
+        if self.clock.boot_id is None or data.get("boot_id") != self.clock.boot_id:
+            return {}
+        table = data.get("anchors")
+        if table is None:
+            return {}
+        if not isinstance(table, dict):
+            raise UntrustedTimes("anchors is not an object")
+        anchors: dict[str, tuple[float, float]] = {}
+        for image_id, entry in table.items():
+            if not isinstance(entry, list) or len(entry) != 2:
+                raise UntrustedTimes(f"anchors[{image_id}] is {entry!r}, not [age reference, offset]")
+            anchors[str(image_id)] = (
+                _finite(entry[0], f"anchors[{image_id}]"),
+                _finite(entry[1], f"anchors[{image_id}]"),
+            )
+        return anchors
 
     def _load_schedules(self, data: object) -> None:
         """The `schedules` section, whatever the state of the rest; problems are logged (conservative)."""
@@ -126,10 +233,23 @@ class ImageHistory:
             self.arrived[image_id] = when
             self._dirty = True
 
+    def anchor(self, image_id: str, reference: float, offset: float) -> float:
+        """The clock offset when `image_id` was first seen with this age reference; `offset` (now's) when new.
+
+        A changed age reference (a new tag, a later arrival) is a new start: anchored afresh.
+        """
+        held = self.anchors.get(image_id)
+        if held is not None and held[0] == reference:
+            return held[1]
+        self.anchors[image_id] = (reference, offset)
+        self._dirty = True
+        return offset
+
     def retain(self, present: Iterable[str]) -> None:
         """Forget images that are gone, so the file stays as small as the image list."""
         keep = set(present)
-        for table in (self.last_used, self.arrived):
+        tables: tuple[dict[str, Any], ...] = (self.last_used, self.arrived, self.anchors)
+        for table in tables:
             for image_id in [i for i in table if i not in keep]:
                 del table[image_id]
                 self._dirty = True
@@ -166,6 +286,8 @@ class ImageHistory:
                 last_used=dict(self.last_used),
                 arrived=dict(self.arrived),
             )
+            if self.clock.boot_id is not None:
+                data.update(boot_id=self.clock.boot_id, anchors={k: list(v) for k, v in self.anchors.items()})
         self.schedules.changed = False
         self._dirty = False
         return data

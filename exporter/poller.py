@@ -67,6 +67,7 @@ def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
         fields["tag_time_pending"],
         fields["last_used"],
         fields["arrived"],
+        fields["seen_offset"],
     ) = values
     return out
 
@@ -124,6 +125,8 @@ class Poller:
         #: rebuilds only the images it changed (rebuilding all cost ~27 % of a poll at 10k images).
         self._merged: dict[str, tuple[Image, tuple[Any, ...], Image, TagKey]] = {}
         self._event_saved = float("-inf")  # monotonic time of the last state save an applied event made
+        #: The clock offset when the last listing was taken (see `_publish`).
+        self._listed_offset: float | None = None
         self._attempted = False  # a poll has run (an event before that is in the first listing)
         self._reconcile = False  # an applied event changed what only a listing can tell (SharedSize)
         #: Whether the engine's event stream keeps the snapshot current between polls; set by the
@@ -200,6 +203,9 @@ class Poller:
     async def _poll(self) -> None:
         reads, self.first_reads = self.first_reads, None
         now = reads.started_at if reads is not None else self.clock()
+        # the offset when `now` was read: what this listing's images are seen at (a launch read is from before
+        # this poll: the lowest offset since the process started, at most that)
+        listed_offset = self.history.clock.offset() if reads is None else self.history.clock.lowest()
         listed: list[Image] | None = None
         if reads is not None:  # the listing answers first: parse it while version and info are read
             await asyncio.wait([reads.images])
@@ -265,7 +271,8 @@ class Poller:
         wanted = set(keys.values())
         self._tag_times = {k: v for k, v in self._tag_times.items() if k in wanted}
         self._pending = wanted - self._tag_times.keys()  # inspected behind the publish: `_fill_pending`
-        self._publish(now, keys=keys)
+        self._listed_offset = listed_offset
+        self._publish(now, keys=keys, offset=listed_offset)
         await self.history.save_in_thread()
 
     async def _fill_pending(self) -> None:
@@ -303,12 +310,12 @@ class Poller:
                     if isinstance(exc, EngineUnavailable):  # a path to the engine fails: not up, whatever the poll saw
                         self.up = False
                         self._logged_up = False
-                    self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
+                    self._publish(self.snapshot.taken_at if self.snapshot else self.clock(), offset=self._listed_offset)
                     return
                 # publish at most once a second while filling, and when done: each publish re-renders rows
                 # spread over the whole exposition, and a scrape waits for the current render
                 if not self._pending or time.monotonic() - published >= FILL_PUBLISH_INTERVAL:
-                    self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
+                    self._publish(self.snapshot.taken_at if self.snapshot else self.clock(), offset=self._listed_offset)
                     published = time.monotonic()
 
     async def apply_image_event(self, image_ids: Iterable[str], refs: Iterable[str] = ()) -> bool:
@@ -367,18 +374,17 @@ class Poller:
                 updated.append(inspected.pop(image.id, image))
             updated.extend(inspected.values())  # images new to the snapshot
             updated_ids = {i.id: i for i in updated}
-            now = self.clock()
+            now, offset = self.clock(), self.history.clock.offset()
             self.history.observe((i.id for i in updated), now)  # an image new here arrives now
             self._parts = (engine, updated, containers, filesystem)
             for image_id in (touched | losers | gone) & by_id.keys():  # their old tag sets are not wanted now
                 old_key = _tag_key(by_id[image_id])
                 if image_id in gone or image_id not in updated_ids or _tag_key(updated_ids[image_id]) != old_key:
                     self._pending.discard(old_key)
+            changed = set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys()
             self.publishing_events = True
             try:
-                self._publish(
-                    now, only=set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys()
-                )
+                self._publish(now, only=changed, offset=offset)
             finally:
                 self.publishing_events = False
         if self._reconcile:
@@ -453,10 +459,21 @@ class Poller:
         if self._parts is not None:
             self._publish(self.snapshot.taken_at if self.snapshot else usage.taken_at)
 
-    def _publish(self, taken_at: float, only: set[str] | None = None, keys: dict[str, TagKey] | None = None) -> None:
+    def _publish(
+        self,
+        taken_at: float,
+        only: set[str] | None = None,
+        keys: dict[str, TagKey] | None = None,
+        offset: float | None = None,
+    ) -> None:
         """A new Snapshot from `_parts` and what was learned; `only`: the image IDs an event changed (the
         others keep their merged copy as is, since nothing else they depend on moved); `keys`: the listed
-        images' tag keys when the caller has them already."""
+        images' tag keys when the caller has them already; `offset`: the clock offset (exporter.clocks) when
+        what is published was seen, which images seen for the first time are anchored at (now's if None).
+
+        A LastTagTime inspected behind the listing is anchored at the listing's offset, not the inspect's:
+        the tag is older than the listing, and a clock step between the two (NTP's first sync while a start
+        fills thousands of tag times) is not age."""
         assert self._parts is not None
         engine, images, containers, filesystem = self._parts
         in_use: dict[str, int] = {}
@@ -467,6 +484,9 @@ class Poller:
         previous = self._merged
         self._merged = {}
         last_used, arrived = self.history.last_used, self.history.arrived
+        if offset is None:
+            offset = self.history.clock.offset()
+        anchors, anchor = self.history.anchors, self.history.anchor
         for image in images:
             cached = previous.get(image.id)
             same = cached is not None and cached[0] is image
@@ -484,14 +504,17 @@ class Poller:
                 key = keys[image.id]
             else:
                 key = _tag_key(image)
-            values = (
-                shared,
-                in_use.get(image.id, 0),
-                self._tag_times.get(key),
-                key in self._pending,
-                last_used.get(image.id),
-                arrived.get(image.id),
-            )
+            tag_time, pending, arrival = self._tag_times.get(key), key in self._pending, arrived.get(image.id)
+            seen: float | None = None
+            if not pending:  # pending: counted as too young anyway; anchored once its tag time is known
+                reference = image.created  # `Image.age_reference`, spelled out: this loop runs per image
+                if tag_time is not None and tag_time > reference:
+                    reference = tag_time
+                if arrival is not None and arrival > reference:
+                    reference = arrival
+                held = anchors.get(image.id)
+                seen = held[1] if held is not None and held[0] == reference else anchor(image.id, reference, offset)
+            values = (shared, in_use.get(image.id, 0), tag_time, pending, last_used.get(image.id), arrival, seen)
             # the same listed image with the same learned values: reuse, do not rebuild
             out = cached[2] if cached is not None and same and cached[1] == values else _with_learned(image, values)
             self._merged[image.id] = (image, values, out, key)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests run for real (dockerd, Prometheus, Alertmanager, a registry,
 # mmdebstrap; openssl for TLS test certificates; Debian's chromium for the landing-page screenshot; logrotate
-# for the audit log's rotation tests).
+# for the audit log's rotation tests; faketime to step the exporter's wall clock).
 # Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
 set -euo pipefail
 declare -A need=(
@@ -17,6 +17,7 @@ declare -A need=(
   [openssl]=openssl
   [chromium]=chromium
   [logrotate]=logrotate
+  [faketime]=faketime
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -106,6 +106,13 @@ class StateConfig(Model):
     path: StrictStr | None = "/var/lib/docker-image-exporter/state.json"
     """Where last-used and arrival times persist; null keeps them in memory only."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """`path: null` is the one null that is not the default: it keeps the state in memory only, so two
+        exporters on one host never share a file by accident."""
+        return data
+
 
 class BasicAuth(Model):
     username: Secret

@@ -38,7 +38,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from exporter import apishapes
+from exporter import apishapes, clocks
 from exporter.apishapes import normalize_id
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig
 from exporter.engine import (
@@ -55,6 +55,9 @@ from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason
 from exporter.remediation.runs import Outcome, OutcomeKind, Run
 from exporter.snapshot import Filesystem
+
+#: Seconds a run may start after its plan was made: the span `young_after` looks back for clock steps.
+PLAN_SLACK = 300.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -282,7 +285,9 @@ class Executor:
         True when the run left something undone: stopped, max_deletions reached, or a conflict.
         """
         fs = plan.filesystem if isinstance(action, FreeSpaceAction) else None
-        young_after = plan.now - action.min_age
+        # a tag too young for min_age is from the last min_age of real time (plus the time since planning): a
+        # forward clock step in that span makes its LastTagTime look older by the step, so allow for it
+        young_after = plan.now - action.min_age - clocks.CLOCK.forward_step_within(action.min_age + PLAN_SLACK)
         pending = deque(plan.candidates)
         in_flight: dict[asyncio.Task[Outcome], Candidate] = {}
         alone = False  # the task in flight untags by name: nothing else runs beside it
@@ -375,7 +380,8 @@ class Executor:
     async def _delete(self, run: Run, cand: Candidate, young_after: float) -> Outcome:
         """Delete one candidate; every DELETE is preceded by a fsync'd intent line and fresh checks.
 
-        `young_after`: a tag set after this time (the plan's `now` minus min_age) makes the image too young.
+        `young_after`: a tag set after this time (the plan's `now` minus min_age and a recent forward clock step)
+        makes the image too young.
         """
         steps = _Steps(cand, young_after, self.protect_now)
         try:

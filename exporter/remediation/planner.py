@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal, get_args
 
+from exporter import clocks
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, KeepLastAction, ProtectConfig
 from exporter.remediation.records import record_json
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
@@ -203,7 +204,7 @@ def _exclusion(
             return "protected_label", f"label matches protect.labels {rule!r}"
     if protect.local_only and image.local_only and action.type in ("keep_last", "prune_unused", "free_space"):
         return "local_only", "tagged but has no repo digest (built or loaded here, exists nowhere else)"
-    age = now - age_reference
+    age = now - age_reference - clocks.CLOCK.forward_step(image.seen_offset)  # a clock step is not age
     if age < action.min_age:
         return "too_young", f"{_ago(age)} old, min_age {format_duration(action.min_age)}"
     return None

@@ -271,9 +271,16 @@ def test_a_published_image_is_the_listed_one_with_the_learned_values() -> None:
     listed = apishapes.parse_images(RecordedEngine("bookworm").images, EngineInfo("24.0", "1.43", "overlay2", "", ""))[
         0
     ]
-    learned = _with_learned(listed, (7, 2, 1.5, True, 3.0, 4.0))
+    learned = _with_learned(listed, (7, 2, 1.5, True, 3.0, 4.0, 5.0))
     assert learned == replace(
-        listed, shared_size=7, containers=2, last_tag_time=1.5, tag_time_pending=True, last_used=3.0, arrived=4.0
+        listed,
+        shared_size=7,
+        containers=2,
+        last_tag_time=1.5,
+        tag_time_pending=True,
+        last_used=3.0,
+        arrived=4.0,
+        seen_offset=5.0,
     )
     assert listed.shared_size != 7 or listed.containers != 2  # the listed image itself is not changed
 
