@@ -8,11 +8,19 @@ in use by any container, running or stopped (`in_use`); a reference matching a p
 (`protected_reference`, protects the whole image; tags and `repo@sha256:…` digest references alike); a protected label (`protected_label`); tagged but never
 pushed or pulled (`local_only`, only when `protect.local_only` is on, for tagged images only); younger than
 `min_age` counted from `Image.age_reference` (`too_young`). Every image plan reports what `local_only` kept.
+
+`min_age` and the order are different questions. The age reference includes the arrival time (when the
+exporter first saw the image), a safety floor: on a first start every image "arrives" at once. The order
+(`order_time`) is what is known of use and age: the latest of last use, last tag and build (`Created`),
+so on a new install the oldest builds still go first. Reasons say both, and a `too_young` skip says from
+when the image is deletable.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -22,6 +30,8 @@ from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, Kee
 from exporter.remediation.records import record_json
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.units import format_duration
+
+_UNIT = re.compile(r"[0-9]+[a-z]+")
 
 SkipReason = Literal[
     "in_use",
@@ -176,6 +186,52 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
+def _rough(seconds: float) -> str:
+    """The two largest units of a duration (`28d3h`, `5m54s`): enough for a reason, exact times are in the data."""
+    return "".join(_UNIT.findall(format_duration(max(round(seconds), 0)))[:2])
+
+
+def utc(timestamp: float) -> str:
+    """A timestamp as the UTC time an operator reads in a reason (`2026-12-07 14:05:00 UTC`)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        return repr(timestamp)
+
+
+def order_time(image: Image) -> float:
+    """When the image was last known to matter: the latest of last use, last tag and build time.
+
+    The order of every action that deletes oldest or least recently used first. The arrival time is left
+    out on purpose: it only says when the exporter first saw the image (on a first start, every image at
+    once), which guards `min_age` but says nothing about which build is older. Infinitely recent while the
+    last tag time is still being read, like `Image.age_reference`.
+    """
+    if image.tag_time_pending:
+        return math.inf
+    return max(t for t in (image.created, image.last_tag_time, image.last_used) if t is not None)
+
+
+def deletable_from(image: Image, min_age: float) -> float | None:
+    """When `min_age` stops protecting the image; None while its last tag time is still being read."""
+    reference = image.age_reference
+    return None if math.isinf(reference) else reference + min_age
+
+
+def _story(image: Image, now: float) -> str:
+    """What is known of the image's age and use (`built 28d ago, tagged 2d ago, never used`), and, when the
+    exporter's first sighting is what counts for min_age, since when it is here."""
+    parts = [f"built {_rough(now - image.created)} ago"]
+    if image.last_tag_time is not None and image.last_tag_time > image.created:
+        parts.append(f"tagged {_rough(now - image.last_tag_time)} ago")
+    parts.append("never seen used" if image.last_used is None else f"last used {_rough(now - image.last_used)} ago")
+    text = ", ".join(parts)
+    arrived = image.arrived
+    if arrived is not None and arrived > max(image.created, image.last_tag_time or 0.0):
+        text += f"; here since {utc(arrived)} ({_rough(now - arrived)} ago, first seen by the exporter)"
+    return text
+
+
 def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: float) -> tuple[SkipReason, str] | None:
     """The first safety rule that forbids touching `image` for this action, with a human detail."""
     return _exclusion(image, image.references, image.age_reference, action, protect, now)
@@ -205,8 +261,25 @@ def _exclusion(
         return "local_only", "tagged but has no repo digest (built or loaded here, exists nowhere else)"
     age = now - age_reference
     if age < action.min_age:
-        return "too_young", f"{_ago(age)} old, min_age {format_duration(action.min_age)}"
+        return "too_young", _too_young(image, age_reference, action.min_age, now)
     return None
+
+
+def _too_young(image: Image, age_reference: float, min_age: float, now: float) -> str:
+    """Why min_age holds the image and until when: which time counts (build, tag or arrival) and the UTC time."""
+    if math.isinf(age_reference):
+        return f"last tag time not read yet: held until it is known, min_age {format_duration(min_age)}"
+    if image.arrived is not None and age_reference == image.arrived:
+        since = f"here since {utc(age_reference)}, first seen by the exporter"
+    elif image.last_tag_time is not None and age_reference == image.last_tag_time:
+        since = f"tagged {utc(age_reference)}"
+    else:
+        since = f"built {utc(age_reference)}"
+    until = age_reference + min_age
+    return (
+        f"{_ago(now - age_reference)} old ({since}), min_age {format_duration(min_age)}: "
+        f"deletable from {utc(until)} (in {_rough(until - now)})"
+    )
 
 
 def _skip(image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: SkipReason, detail: str) -> Skip:
@@ -261,13 +334,13 @@ def _whole_images(
 
 def _whole_image_reason(e: _Eligible, now: float) -> str:
     kind = "dangling" if e.dangling else "unused" if e.image.refs else "unused, pinned by digest only"
-    return f"{kind}, {_ago(now - e.age_reference)} old"
+    return f"{kind}, {_story(e.image, now)}"
 
 
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
     eligible, skipped = _whole_images(snapshot.dangling, action, protect, now)
-    eligible.sort(key=lambda e: (e.age_reference, e.image.id))  # oldest first
+    eligible.sort(key=lambda e: (order_time(e.image), e.image.id))  # oldest first
     candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
     return Plan(action.name, action.type, now, candidates, tuple(skipped))
 
@@ -275,7 +348,7 @@ def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: Prote
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
     eligible, skipped = _whole_images(snapshot.images, action, protect, now)
-    eligible.sort(key=lambda e: (not e.dangling, e.age_reference, e.image.id))
+    eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
     candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
     return Plan(action.name, action.type, now, candidates, tuple(skipped))
 
@@ -296,11 +369,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         return Plan(action.name, action.type, now, target_avail_ratio=target, filesystem=fs, goal_met=True)
     eligible, skipped = _whole_images(snapshot.images, action, protect, now)
 
-    def lru(e: _Eligible) -> tuple[bool, float, str]:
-        last_used = e.image.last_used
-        return (not e.dangling, e.age_reference if last_used is None else last_used, e.image.id)
-
-    eligible.sort(key=lru)
+    eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
@@ -308,12 +377,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
             candidates.append(e.candidate(_whole_image_reason(e, now)))
             continue
         tagged_rank += 1
-        last_used = e.image.last_used
-        if last_used is not None:
-            why = f"unused for {_ago(now - last_used)} (LRU rank {tagged_rank})"
-        else:
-            why = f"never seen used, {_ago(now - e.age_reference)} old (LRU rank {tagged_rank})"
-        candidates.append(e.candidate(why))
+        candidates.append(e.candidate(f"{_story(e.image, now)} (LRU rank {tagged_rank})"))
     plan = Plan(
         action.name,
         action.type,
