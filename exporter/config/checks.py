@@ -1,0 +1,86 @@
+"""Checks on the raw document that must not wait for the models to validate: cross-references and paths.
+
+pydantic runs a model's own checks only once every field of it is valid, and a field validator that reads a
+sibling (`routes` reading `actions`) sees nothing when that sibling failed. An operator fixing a config would
+then learn of a misspelt route action only in a second round. These checks read the parsed YAML as written,
+so `parse_config` reports them together with every field error, whatever else is wrong.
+
+The files the exporter writes are checked here too, without creating anything: a path is writable when the
+file exists and may be written, or when the nearest existing folder above it may be written into (the
+exporter creates missing parent folders). The state file is replaced through a temporary file beside it, so
+its folder must be writable even when the file exists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from exporter.config.model import Config, RemediationConfig, StateConfig
+
+
+def cross_reference_problems(data: Any) -> list[str]:
+    """Every route whose `action` names no action under `remediation.actions`, as `key: message` lines."""
+    remediation = _section(data, "remediation")
+    actions = remediation.get("actions", {})
+    routes = remediation.get("routes")
+    if not isinstance(actions, Mapping) or not isinstance(routes, list):
+        return []  # the section itself is malformed: its own error says so
+    names = {str(name) for name in actions}
+    return [
+        f"remediation.routes[{index}].action: names no action under remediation.actions: {route['action']!r}"
+        for index, route in enumerate(routes)
+        if isinstance(route, Mapping) and isinstance(route.get("action"), str) and route["action"] not in names
+    ]
+
+
+def path_problems(data: Any, config: Config | None) -> list[str]:
+    """`state.path` (when set) and, with remediation enabled, `remediation.audit_log`, if unwritable.
+
+    The paths come from the validated `config` when there is one (what the exporter will use); otherwise
+    from the document as written, a key left out counting as its default.
+    """
+    if config is not None:
+        state_path: Any = config.state.path
+        audit_log: Any = config.remediation.audit_log if config.remediation.enabled else None
+    else:
+        state_path = _section(data, "state").get("path", StateConfig.model_fields["path"].default)
+        remediation = _section(data, "remediation")
+        audit_log = remediation.get("audit_log", RemediationConfig.model_fields["audit_log"].default)
+        audit_log = audit_log if remediation.get("enabled") is True else None
+    problems: list[str] = []
+    if isinstance(state_path, str) and state_path:
+        problem = unwritable(state_path, replaced=True)
+        if problem:
+            problems.append(f"state.path: {problem} (last-used and arrival times could not be saved)")
+    if isinstance(audit_log, str) and audit_log:
+        problem = unwritable(audit_log, replaced=False)
+        if problem:
+            problems.append(f"remediation.audit_log: {problem} (every remediation run would fail)")
+    return problems
+
+
+def unwritable(path: str, *, replaced: bool) -> str | None:
+    """Why the exporter cannot write `path`, or None. `replaced`: written by renaming a temporary file over it."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{path} is a directory"
+    if target.exists() and not os.access(target, os.W_OK):
+        return f"{path} is not writable by this user (uid {os.getuid()})"
+    if target.exists() and not replaced:
+        return None
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot be created: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be written: the folder {folder} is not writable by this user (uid {os.getuid()})"
+    return None
+
+
+def _section(data: Any, key: str) -> Mapping[str, Any]:
+    section = data.get(key) if isinstance(data, Mapping) else None
+    return section if isinstance(section, Mapping) else {}
