@@ -1,0 +1,121 @@
+"""The first day on a real host: fourteen builds of an app, all first seen at the exporter's first start.
+
+Every image "arrives" when the exporter first sees it, so on a new install all of them share one arrival
+time. That time guards `min_age`; the order of a `free_space` run must still follow the builds (oldest
+first), and its reasons must say both when an image was built and since when the exporter has known it.
+
+The state file is the one a first start six minutes ago leaves behind (every image present, all arriving
+at that start): `min_age: 5m` is then met for them, not for a build loaded since.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from exporter.apishapes import normalize_id
+from exporter.config import parse_config
+from exporter.diskusage import DiskUsageRefresher
+from exporter.history import STATE_VERSION, ImageHistory
+from exporter.poller import Poller
+from exporter.remediation.service import RemediationService
+from exporter.selfmetrics import PollMetrics
+from tests.harness.audit import read_audit
+from tests.harness.dockerd import PrivateDockerd
+from tests.harness.images import ImageSpec, Layer, load_images
+from tests.integration.test_remediation_actions import RecordingEngine, image_lines
+
+VERSIONS = 14
+FIRST_START_AGO = 6 * 60.0
+
+
+def _load_builds(engine: PrivateDockerd, versions: range) -> dict[int, str]:
+    """`big/app:<v>` built `30 - v` days ago, oldest loaded first (the containerd store's LastTagTime is the
+    load time: loading in build order keeps its tag order the build order)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    specs = [
+        ImageSpec(
+            tags=[f"big/app:{v}"],
+            layers=[Layer.random(32 * 1024, f"big-app-{v}-{time.time_ns()}")],
+            created=now - timedelta(days=30 - v),
+        )
+        for v in versions
+    ]
+    return dict(zip(versions, load_images(engine, specs), strict=True))
+
+
+def _first_start_state(path: Path, engine: PrivateDockerd, started: float) -> None:
+    """The state file the exporter's first start at `started` wrote: every image present arrived then."""
+    present = sorted(normalize_id(i["Id"]) for i in engine.get_json("/images/json?all=1"))
+    path.write_text(
+        json.dumps(
+            {
+                "version": STATE_VERSION,
+                "saved_at": started,
+                "present": present,
+                "last_used": {},
+                "arrived": dict.fromkeys(present, started),
+            }
+        )
+    )
+
+
+async def test_free_space_on_a_first_day_deletes_the_oldest_builds_first(dockerd, tmp_path):
+    ids = _load_builds(dockerd, range(1, VERSIONS + 1))
+    state = tmp_path / "state.json"
+    first_start = time.time() - FIRST_START_AGO
+    _first_start_state(state, dockerd, first_start)
+    late = _load_builds(dockerd, range(VERSIONS + 1, VERSIONS + 2))  # loaded since: arrives at the next poll
+    disk = {"type": "free_space", "min_age": "5m", "target_avail_ratio": 0.999}
+    config = parse_config(
+        {
+            "filesystem": {"path": str(tmp_path)},
+            "state": {"path": str(state)},
+            "remediation": {
+                "enabled": True,
+                "auth": {"bearer_token": "t0ken"},
+                "audit_log": str(tmp_path / "audit.jsonl"),
+                "protect": {"local_only": False},
+                "actions": {"plan": disk, "disk": {**disk, "max_deletions": 2}},
+            },
+        }
+    )
+    engine = RecordingEngine(dockerd.host)
+    history = ImageHistory(str(state))
+    history.load()
+    poller = Poller(engine, config, history, PollMetrics(CollectorRegistry()))
+    disk_usage = DiskUsageRefresher(engine, poller, config.poll, poller.metrics)
+    service = RemediationService(config.remediation, engine, poller, CollectorRegistry(), disk_usage=disk_usage)
+    await service.start()
+    try:
+        await poller.poll_once()
+        assert history.arrived[ids[1]] == first_start and history.arrived[late[VERSIONS + 1]] > first_start
+
+        dry_begun = service.begin("plan", "manual", (), True)
+        assert dry_begun is not None
+        dry = await service.run_to_completion(dry_begun)
+        would = [o for o in dry.outcomes if o.result == "would_delete"]
+        assert [o.image_id for o in would] == [ids[v] for v in range(1, VERSIONS + 1)]  # oldest build first
+        assert "built 4w1d ago, never seen used; here since " in would[0].reason, would[0].reason
+        assert "first seen by the exporter" in would[0].reason
+        assert dry.plan is not None
+        (young,) = dry.plan.skipped
+        assert (young.image_id, young.reason) == (late[VERSIONS + 1], "too_young")
+        assert "first seen by the exporter), min_age 5m: deletable from " in young.detail, young.detail
+
+        begun = service.begin("disk", "manual", (), False)
+        assert begun is not None
+        run = await service.run_to_completion(begun)
+        assert [o.image_id for o in run.outcomes if o.result == "deleted"] == [ids[1], ids[2]]
+        assert engine.writes == [("remove_image", ids[1]), ("remove_image", ids[2])]
+        present = {i["Id"] for i in dockerd.get_json("/images/json?all=1")}
+        assert ids[1] not in present and ids[2] not in present and ids[3] in present
+        lines = image_lines(read_audit(tmp_path / "audit.jsonl"), run)
+        assert "(LRU rank 1)" in lines[ids[1]]["reason"] and "built 4w1d ago" in lines[ids[1]]["reason"]
+    finally:
+        await service.stop()
+        engine.close()
