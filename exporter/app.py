@@ -227,6 +227,7 @@ def create_app(
             audit=await service.recent_audit() if service is not None else None,
             refresh_seconds=refresh_seconds,
             events_live=services.poller.events_live,
+            remediation_config=service.config if service is not None else None,
         )
         return web.Response(text=page, content_type="text/html")
 

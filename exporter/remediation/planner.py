@@ -461,6 +461,46 @@ def plan_build_cache(snapshot: Snapshot, action: BuildCacheAction, protect: Prot
     return Plan(action.name, action.type, now, notes=tuple(notes))
 
 
+@dataclass(frozen=True)
+class Maturing:
+    """Images only `min_age` holds back from an action now, and from when each becomes deletable."""
+
+    action: str
+    min_age: float
+    #: (image, deletable from), soonest first
+    images: tuple[tuple[Image, float], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(image_size(image)[0] for image, _ in self.images)
+
+
+def maturing(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Maturing | None:
+    """What becomes deletable for `action` within its `min_age` (None for build_cache).
+
+    The images the action would consider if it ran now (for free_space: as if the disk were full, so the
+    answer does not depend on today's usage), skipped for `too_young` and for nothing else. Images whose
+    last tag time is not read yet have no date and are left out.
+    """
+    if isinstance(action, BuildCacheAction):
+        return None
+    if isinstance(action, KeepLastAction):
+        held = [snapshot.by_id.get(s.image_id) for s in plan_keep_last(snapshot, action, protect, now).skipped]
+        images: Iterable[Image] = [i for i in held if i is not None]
+    elif action.type == "prune_dangling":
+        images = snapshot.dangling
+    else:
+        images = snapshot.images
+    found: list[tuple[Image, float]] = []
+    for image in images:
+        excluded = exclusion(image, action, protect, now)
+        when = deletable_from(image, action.min_age)
+        if excluded is not None and excluded[0] == "too_young" and when is not None:
+            found.append((image, when))
+    found.sort(key=lambda pair: (pair[1], pair[0].id))
+    return Maturing(action.name, action.min_age, tuple(found))
+
+
 def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """The plan for `action` on `snapshot` at time `now`."""
     if isinstance(action, BuildCacheAction):
