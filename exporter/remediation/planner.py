@@ -44,6 +44,17 @@ SkipReason = Literal[
     "max_deletions",
 ]
 SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
+#: What each skip reason means, for the `reason` of a skipped image's outcome and audit line.
+SKIP_SUMMARIES: dict[SkipReason, str] = {
+    "in_use": "kept: in use by a container",
+    "protected_reference": "kept: a reference matches protect.references",
+    "protected_label": "kept: a label matches protect.labels",
+    "local_only": "kept: local-only (protect.local_only)",
+    "too_young": "kept: younger than min_age",
+    "conflict": "kept: the engine refused (conflict)",
+    "not_found": "already gone",
+    "max_deletions": "kept: max_deletions reached",
+}
 SizeBasis = Literal["unique", "total"]
 
 
@@ -78,6 +89,11 @@ class Skip:
     size_basis: SizeBasis
     reason: SkipReason
     detail: str
+
+    @property
+    def summary(self) -> str:
+        """The skip in words (`kept: in use by a container`); `detail` says the specifics."""
+        return SKIP_SUMMARIES[self.reason]
 
     def to_json(self) -> dict[str, Any]:
         return record_json(self)

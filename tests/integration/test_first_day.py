@@ -26,7 +26,7 @@ from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import PrivateDockerd
-from tests.harness.images import ImageSpec, Layer, load_images
+from tests.harness.images import ImageSpec, Layer, create_container, load_images
 from tests.integration.test_remediation_actions import RecordingEngine, image_lines
 
 VERSIONS = 14
@@ -65,7 +65,8 @@ def _first_start_state(path: Path, engine: PrivateDockerd, started: float) -> No
 
 
 async def test_free_space_on_a_first_day_deletes_the_oldest_builds_first(dockerd, tmp_path):
-    ids = _load_builds(dockerd, range(1, VERSIONS + 1))
+    ids = _load_builds(dockerd, range(VERSIONS + 1))
+    create_container(dockerd, ids[0], name="still-on-v0")  # the oldest build, pinned by a stopped container
     state = tmp_path / "state.json"
     first_start = time.time() - FIRST_START_AGO
     _first_start_state(state, dockerd, first_start)
@@ -103,9 +104,13 @@ async def test_free_space_on_a_first_day_deletes_the_oldest_builds_first(dockerd
         assert "built 4w1d ago, never seen used; here since " in would[0].reason, would[0].reason
         assert "first seen by the exporter" in would[0].reason
         assert dry.plan is not None
-        (young,) = dry.plan.skipped
-        assert (young.image_id, young.reason) == (late[VERSIONS + 1], "too_young")
-        assert "first seen by the exporter), min_age 5m: deletable from " in young.detail, young.detail
+        skipped = {s.image_id: s for s in dry.plan.skipped}
+        assert {i: s.reason for i, s in skipped.items()} == {ids[0]: "in_use", late[VERSIONS + 1]: "too_young"}
+        young = skipped[late[VERSIONS + 1]].detail
+        assert "first seen by the exporter), min_age 5m: deletable from " in young, young
+        outcomes = {o.image_id: o for o in dry.outcomes if o.result == "skipped"}
+        assert outcomes[ids[0]].reason == "kept: in use by a container", outcomes[ids[0]]
+        assert outcomes[late[VERSIONS + 1]].reason == "kept: younger than min_age"
 
         begun = service.begin("disk", "manual", (), False)
         assert begun is not None
