@@ -194,7 +194,10 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
 
     async def stop_runs(_app: web.Application) -> None:
-        """On SIGTERM aiohttp waits for open requests (a manual run) before cleanup: stop runs first."""
+        """On SIGTERM aiohttp waits for open requests (a manual run) before cleanup: stop runs first.
+
+        The first step of every shutdown, so it also says one is under way (`stopped` follows in cli)."""
+        log.info("shutting down")
         if services.remediation is not None:
             services.remediation.executor.stopping = True
 
