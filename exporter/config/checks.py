@@ -2,8 +2,9 @@
 
 pydantic runs a model's own checks only once every field of it is valid, and a field validator that reads a
 sibling (`routes` reading `actions`) sees nothing when that sibling failed. An operator fixing a config would
-then learn of a misspelt route action only in a second round. These checks read the parsed YAML as written,
-so `parse_config` reports them together with every field error, whatever else is wrong.
+then learn of a misspelt route action, or of a route whose matchers match every alert, only in a second
+round. These checks read the parsed YAML as written, so `parse_config` reports them together with every
+field error, whatever else is wrong.
 
 The files the exporter writes are checked here too, without creating anything: a path is writable when the
 file exists and may be written, or when the nearest existing folder above it may be written into (the
@@ -18,22 +19,48 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from exporter.config.model import Config, RemediationConfig, StateConfig
+from exporter.config.model import MATCHES_EVERY_ALERT, Config, RemediationConfig, StateConfig
+from exporter.matchers import parse_matcher
 
 
 def cross_reference_problems(data: Any) -> list[str]:
-    """Every route whose `action` names no action under `remediation.actions`, as `key: message` lines."""
+    """Per route: an `action` naming no action under `remediation.actions`, and matchers that match every
+    alert (the route's own rule, which pydantic skips while another key of the route is invalid)."""
     remediation = _section(data, "remediation")
     actions = remediation.get("actions", {})
     routes = remediation.get("routes")
-    if not isinstance(actions, Mapping) or not isinstance(routes, list):
+    if not isinstance(routes, list):
         return []  # the section itself is malformed: its own error says so
-    names = {str(name) for name in actions}
-    return [
-        f"remediation.routes[{index}].action: names no action under remediation.actions: {route['action']!r}"
-        for index, route in enumerate(routes)
-        if isinstance(route, Mapping) and isinstance(route.get("action"), str) and route["action"] not in names
-    ]
+    names = {str(name) for name in actions} if isinstance(actions, Mapping) else None
+    problems: list[str] = []
+    for index, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            continue
+        key = f"remediation.routes[{index}]"
+        action = route.get("action")
+        if names is not None and isinstance(action, str) and action not in names:
+            problems.append(f"{key}.action: names no action under remediation.actions: {action!r}")
+        problem = _matches_every_alert(route)
+        if problem:
+            problems.append(f"{key}.matchers: {problem}")
+    return problems
+
+
+def _matches_every_alert(route: Mapping[str, Any]) -> str | None:
+    """`RouteConfig`'s rule on the route as written; None when it holds or a matcher is invalid itself."""
+    opt_in = route.get("match_any_alert")
+    if opt_in is True or opt_in not in (None, False):
+        return None  # opted in, or an invalid value that its own error names
+    matchers = route.get("matchers")
+    if matchers is None:
+        return "is required"
+    if not isinstance(matchers, list):
+        return None
+    try:
+        parsed = [parse_matcher(m) for m in matchers]
+    except (ValueError, TypeError):
+        return None
+    return None if any(m.requires_label() for m in parsed) else MATCHES_EVERY_ALERT
 
 
 def path_problems(data: Any, config: Config | None) -> list[str]:

@@ -235,6 +235,12 @@ ActionConfig = Annotated[
 ]
 
 
+MATCHES_EVERY_ALERT = (
+    'needs a matcher that requires a label value (name="v" or name=~"re" not matching ""): '
+    "these match every alert; set match_any_alert: true if that is meant"
+)
+
+
 class RouteConfig(Model):
     # The schema's approximation of `_not_everything`: matchers given and non-empty, or the explicit opt-in.
     model_config = ConfigDict(
@@ -257,15 +263,13 @@ class RouteConfig(Model):
 
     @model_validator(mode="after")
     def _not_everything(self) -> RouteConfig:
+        """Also checked on the document as written (exporter.config.checks), so that a route's other errors
+        do not hide it."""
         if self.match_any_alert or any(m.requires_label() for m in self.matchers):
             return self
         if "matchers" not in self.model_fields_set:
             raise keyed("matchers", "is required")
-        raise keyed(
-            "matchers",
-            'needs a matcher that requires a label value (name="v" or name=~"re" not matching ""): '
-            "these match every alert; set match_any_alert: true if that is meant",
-        )
+        raise keyed("matchers", MATCHES_EVERY_ALERT)
 
 
 class ClientTLSConfig(Model):

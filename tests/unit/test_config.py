@@ -212,6 +212,40 @@ remediation:
     assert len(lines) == len(expected), done.stderr
 
 
+def test_route_rules_are_reported_whatever_else_is_wrong() -> None:
+    """A route's cross-reference and its matcher rule do not wait for the route's or the actions' own errors."""
+    doc = {
+        "remediation": {
+            "actions": {"x": {"type": "prune_unsed"}},  # invalid itself: its name still counts
+            "routes": [
+                {"matchers": ['alertname=""'], "action": "x", "cooldown": "soon"},
+                {"action": "x", "cooldown": "soon"},
+                {"matchers": ['a=~"("'], "action": "y"},
+                {"matchers": ['severity="page"'], "action": "x", "match_any_alert": "maybe"},
+            ],
+        }
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    keys = [p.split(": ", 1)[0] for p in err.value.problems]
+    assert sorted(keys) == sorted(
+        [
+            "remediation.actions.x.type",
+            "remediation.routes[0].cooldown",
+            "remediation.routes[0].matchers",  # matches every alert
+            "remediation.routes[1].cooldown",
+            "remediation.routes[1].matchers",  # is required
+            "remediation.routes[2].matchers[0]",
+            "remediation.routes[2].action",  # names no action
+            "remediation.routes[3].match_any_alert",
+        ]
+    ), err.value.problems
+    assert "remediation.routes[0].matchers: needs a matcher that requires a label value" in "\n".join(
+        err.value.problems
+    )
+    assert "remediation.routes[1].matchers: is required" in err.value.problems
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes")
 def test_unwritable_files_and_folders_are_named(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
