@@ -501,7 +501,8 @@ def maturing(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, n
     if isinstance(action, BuildCacheAction):
         return None
     if isinstance(action, KeepLastAction):
-        held = [snapshot.by_id.get(s.image_id) for s in plan_keep_last(snapshot, action, protect, now).skipped]
+        by_id = snapshot.by_id or {i.id: i for i in snapshot.images}
+        held = [by_id.get(s.image_id) for s in plan_keep_last(snapshot, action, protect, now).skipped]
         images: Iterable[Image] = [i for i in held if i is not None]
     elif action.type == "prune_dangling":
         images = snapshot.dangling

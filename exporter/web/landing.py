@@ -21,7 +21,7 @@ from typing import Any
 from exporter import __revision__, __version__
 from exporter.config import RemediationConfig
 from exporter.hints import engine_error_hint
-from exporter.remediation.planner import maturing
+from exporter.remediation.planner import maturing, utc
 from exporter.remediation.service import ActionStatus, AuditTail
 from exporter.snapshot import Image, Snapshot
 from exporter.units import format_duration
@@ -325,7 +325,7 @@ def _maturing(snapshot: Snapshot | None, config: RemediationConfig, now: float) 
             f'<li data-action="{esc(name)}" data-images="{count}" data-bytes="{found.size}" data-first="{first!r}">'
             f"<b>{esc(name)}</b>: {count} image{'s' if count != 1 else ''} ({_bytes(found.size)}) become"
             f"{'s' if count == 1 else ''} deletable within the next min_age ({format_duration(found.min_age)}): "
-            f"the first at {_utc(first)}{f', the last at {_utc(last)}' if count > 1 else ''}</li>"
+            f"the first at {utc(first)}{f', the last at {utc(last)}' if count > 1 else ''}</li>"
         )
     if not lines:
         return ""
@@ -334,10 +334,6 @@ def _maturing(snapshot: Snapshot | None, config: RemediationConfig, now: float) 
         "and when the exporter first saw the image; on a first start that is every image):</p>"
         f"<ul>{''.join(lines)}</ul></div>"
     )
-
-
-def _utc(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _audit_summary(record: Mapping[str, Any]) -> str:

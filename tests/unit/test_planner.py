@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from exporter import apishapes
 from exporter.config import ActionConfig, ProtectConfig, make_action
-from exporter.remediation.planner import make_plan
+from exporter.remediation.planner import make_plan, maturing
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
@@ -256,6 +256,28 @@ def test_too_young_says_which_time_counts_and_from_when_the_image_is_deletable()
     assert detail["y2"].startswith("10m old (tagged 2023-11-14 22:03:20 UTC), min_age 1h: deletable from 2023-11-14 ")
     assert detail["y3"].startswith("30m old (built 2023-11-14 21:43:20 UTC), min_age 1h: deletable from ")
     assert detail["y4"] == "last tag time not read yet: held until it is known, min_age 1h"
+
+
+def test_maturing_counts_what_only_min_age_holds_back_by_the_actions_own_rules():
+    fs = Filesystem("/var/lib/docker", size=1000, avail=900)  # free_space's goal is met: counted as if not
+    arrived = NOW - 600
+    images = [
+        img("m1", ["app:1"], age=30 * DAY, arrived=arrived),  # an old version: held by min_age only
+        img("m2", ["app:2"], age=20 * DAY, arrived=arrived + 60),  # the kept version for keep_last
+        img("m3", ["app:0"], age=40 * DAY, arrived=arrived, containers=1),  # in use: never counted
+        img("m4", ["app:9"], age=50 * DAY),  # known for long: deletable now, not maturing
+        replace(img("m5", ["other:1"]), tag_time_pending=True),  # no date yet: left out
+    ]
+    snapshot = snap(*images, fs=fs)
+    free = maturing(snapshot, action("free_space", target_avail_ratio=0.5, min_age="1h"), PROTECT, NOW)
+    assert free is not None
+    assert [(i.id[7:9], when) for i, when in free.images] == [("m1", arrived + 3600), ("m2", arrived + 3660)]
+    assert free.size == 2000
+    keep = maturing(snapshot, action("keep_last", keep=1, min_age="1h"), PROTECT, NOW)
+    assert keep is not None and [i.id[7:9] for i, _ in keep.images] == ["m1"]  # app:2 is kept, app:0 in use
+    assert maturing(snapshot, action("build_cache"), PROTECT, NOW) is None
+    dangling = maturing(snapshot, action("prune_dangling", min_age="1h"), PROTECT, NOW)
+    assert dangling is not None and dangling.images == ()
 
 
 def test_free_space_goal_already_met_or_unmeasurable_plans_nothing():
