@@ -207,7 +207,10 @@ def create_app(
     metrics_handler = metrics_endpoint.handle
 
     async def landing(request: web.Request) -> web.Response:
-        """The overview page: the current snapshot, remediation status and the audit tail (read off the loop)."""
+        """The overview page: the current snapshot, remediation status and the audit tail (read off the loop).
+
+        Rendered in a worker thread from immutable inputs: at 10,000 images ranking repositories and working
+        out what min_age holds back per action takes long enough to delay scrapes on the loop."""
         refresh = request.query.get("refresh")
         refresh_seconds = None
         if refresh is not None:
@@ -218,7 +221,8 @@ def create_app(
                 )
             refresh_seconds = int(refresh)
         service = services.remediation
-        page = render_landing(
+        page = await asyncio.to_thread(
+            render_landing,
             telemetry_path=telemetry_path,
             up=services.poller.up,
             snapshot=services.poller.snapshot,

@@ -18,8 +18,8 @@ when the image is deletable.
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -31,7 +31,7 @@ from exporter.remediation.records import record_json
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.units import format_duration
 
-_UNIT = re.compile(r"[0-9]+[a-z]+")
+_ROUGH_UNITS = (("y", 31_536_000), ("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
 
 SkipReason = Literal[
     "in_use",
@@ -203,12 +203,27 @@ def _ordinal(n: int) -> str:
 
 
 def _rough(seconds: float) -> str:
-    """The two largest units of a duration (`28d3h`, `5m54s`): enough for a reason, exact times are in the data."""
-    return "".join(_UNIT.findall(format_duration(max(round(seconds), 0)))[:2])
+    """The two largest units of a duration (`28d3h`, `5m54s`): enough for a reason, exact times are in the data.
+
+    The same text as the first two units of `format_duration`, computed directly: plans write one or two per
+    image (at 10,000 images the general formatter was a third of a plan's time).
+    """
+    rest = max(round(seconds), 0)
+    parts: list[str] = []
+    for unit, size in _ROUGH_UNITS:
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            if len(parts) == 2:
+                break
+            rest %= size
+    return "".join(parts) or "0s"
 
 
+@functools.lru_cache(maxsize=4096)
 def utc(timestamp: float) -> str:
-    """A timestamp as the UTC time an operator reads in a reason (`2026-12-07 14:05:00 UTC`)."""
+    """A timestamp as the UTC time an operator reads in a reason (`2026-12-07 14:05:00 UTC`).
+
+    Cached: on a first start every image shares one arrival time, and a plan writes it for each of them."""
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
     except (OverflowError, OSError, ValueError):
@@ -262,6 +277,19 @@ def _exclusion(
     now: float,
 ) -> tuple[SkipReason, str] | None:
     """`exclusion` with the image's references and age reference already worked out (a plan needs them twice)."""
+    held = _held(image, references, action, protect)
+    if held is not None:
+        return held
+    age = now - age_reference
+    if age < action.min_age:
+        return "too_young", _too_young(image, age_reference, action.min_age, now)
+    return None
+
+
+def _held(
+    image: Image, references: Iterable[ImageRef | DigestRef], action: ActionConfig, protect: ProtectConfig
+) -> tuple[SkipReason, str] | None:
+    """The rules before `min_age`: use and protection, whatever the image's age."""
     if image.containers > 0:
         return "in_use", f"used by {image.containers} container(s) (running or stopped)"
     if protect.references:
@@ -275,9 +303,6 @@ def _exclusion(
             return "protected_label", f"label matches protect.labels {rule!r}"
     if protect.local_only and image.local_only and action.type in ("keep_last", "prune_unused", "free_space"):
         return "local_only", "tagged but has no repo digest (built or loaded here, exists nowhere else)"
-    age = now - age_reference
-    if age < action.min_age:
-        return "too_young", _too_young(image, age_reference, action.min_age, now)
     return None
 
 
@@ -510,9 +535,8 @@ def maturing(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, n
         images = snapshot.images
     found: list[tuple[Image, float]] = []
     for image in images:
-        excluded = exclusion(image, action, protect, now)
         when = deletable_from(image, action.min_age)
-        if excluded is not None and excluded[0] == "too_young" and when is not None:
+        if when is not None and when > now and _held(image, image.references, action, protect) is None:
             found.append((image, when))
     found.sort(key=lambda pair: (pair[1], pair[0].id))
     return Maturing(action.name, action.min_age, tuple(found))
