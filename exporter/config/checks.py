@@ -6,9 +6,9 @@ then learn of a misspelt route action, or of a route whose matchers match every 
 round. These checks read the parsed YAML as written, so `parse_config` reports them together with every
 field error, whatever else is wrong.
 
-The files the exporter writes are checked here too, without creating anything: a path is writable when the
-file exists and may be written, or when the nearest existing folder above it may be written into (the
-exporter creates missing parent folders). The state file is replaced through a temporary file beside it, so
+The files the exporter writes are checked here too, when the file names them, without creating anything: a
+path is writable when the file exists and may be written, or when the nearest existing folder above it may be
+written into (the exporter creates missing parent folders). The state file is replaced through a temporary file beside it, so
 its folder must be writable even when the file exists.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from exporter.config.model import MATCHES_EVERY_ALERT, Config, RemediationConfig, StateConfig
+from exporter.config.model import MATCHES_EVERY_ALERT, Config
 from exporter.matchers import parse_matcher
 
 
@@ -64,25 +64,23 @@ def _matches_every_alert(route: Mapping[str, Any]) -> str | None:
 
 
 def path_problems(data: Any, config: Config | None) -> list[str]:
-    """`state.path` (when set) and, with remediation enabled, `remediation.audit_log`, if unwritable.
+    """`state.path` and, with remediation enabled, `remediation.audit_log`, when written in the file and not
+    writable.
 
-    The paths come from the validated `config` when there is one (what the exporter will use); otherwise
-    from the document as written, a key left out counting as its default.
+    Only paths the operator wrote: the defaults under /var/lib/docker-image-exporter are what the container
+    image and the Helm chart prepare, and a metrics-only exporter started by hand without that folder runs as
+    it always has (the history kept in memory, a warning when it cannot be saved).
     """
-    if config is not None:
-        state_path: Any = config.state.path
-        audit_log: Any = config.remediation.audit_log if config.remediation.enabled else None
-    else:
-        state_path = _section(data, "state").get("path", StateConfig.model_fields["path"].default)
-        remediation = _section(data, "remediation")
-        audit_log = remediation.get("audit_log", RemediationConfig.model_fields["audit_log"].default)
-        audit_log = audit_log if remediation.get("enabled") is True else None
+    state, remediation = _section(data, "state"), _section(data, "remediation")
+    enabled = config.remediation.enabled if config is not None else remediation.get("enabled") is True
     problems: list[str] = []
+    state_path = state.get("path")
     if isinstance(state_path, str) and state_path:
         problem = unwritable(state_path, replaced=True)
         if problem:
             problems.append(f"state.path: {problem} (last-used and arrival times could not be saved)")
-    if isinstance(audit_log, str) and audit_log:
+    audit_log = remediation.get("audit_log")
+    if enabled and isinstance(audit_log, str) and audit_log:
         problem = unwritable(audit_log, replaced=False)
         if problem:
             problems.append(f"remediation.audit_log: {problem} (every remediation run would fail)")

@@ -20,6 +20,7 @@ from exporter.config import (
     ConfigError,
     FreeSpaceAction,
     SecretFileError,
+    checks,
     load_config,
     parse_config,
     read_secret_file,
@@ -288,6 +289,18 @@ def test_paths_are_checked_only_where_the_exporter_writes(tmp_path: Path) -> Non
     assert not (tmp_path / "missing" / "x.json").exists()
     parse_config({"state": {"path": str(tmp_path / "missing" / "x.json")}})
     assert not (tmp_path / "missing").exists()  # checked, not created
+
+
+def test_default_paths_are_left_to_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only paths written in the file are checked: the defaults are what the image and the chart prepare."""
+    monkeypatch.setattr(checks, "unwritable", lambda path, *, replaced: f"{path} refused")
+    config = parse_config({"remediation": {"enabled": True, "auth": {"bearer_token": "t"}}})
+    assert config.remediation.audit_log == "/var/lib/docker-image-exporter/audit.jsonl"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"state": {"path": "/srv/state.json"}})
+    assert err.value.problems == [
+        "state.path: /srv/state.json refused (last-used and arrival times could not be saved)"
+    ]
 
 
 def test_make_run_config_is_valid() -> None:
