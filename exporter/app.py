@@ -209,8 +209,8 @@ def create_app(
     async def landing(request: web.Request) -> web.Response:
         """The overview page: the current snapshot, remediation status and the audit tail (read off the loop).
 
-        Rendered in a worker thread from immutable inputs: at 10,000 images ranking repositories and working
-        out what min_age holds back per action takes long enough to delay scrapes on the loop."""
+        Rendered in a worker thread from immutable inputs: on a big host ranking repositories and working out
+        what min_age holds back per action takes long enough to delay scrapes on the loop."""
         refresh = request.query.get("refresh")
         refresh_seconds = None
         if refresh is not None:

@@ -206,7 +206,7 @@ def _rough(seconds: float) -> str:
     """The two largest units of a duration (`28d3h`, `5m54s`): enough for a reason, exact times are in the data.
 
     The same text as the first two units of `format_duration`, computed directly: plans write one or two per
-    image (at 10,000 images the general formatter was a third of a plan's time).
+    image, and the general formatter is costly at that rate.
     """
     rest = max(round(seconds), 0)
     parts: list[str] = []
@@ -250,7 +250,7 @@ def deletable_from(image: Image, min_age: float) -> float | None:
 
 
 def _story(image: Image, now: float) -> str:
-    """What is known of the image's age and use (`built 28d ago, tagged 2d ago, never used`), and, when the
+    """What is known of the image's age and use (`built 28d ago, tagged 2d ago, never seen used`), and, when the
     exporter's first sighting is what counts for min_age, since when it is here."""
     parts = [f"built {_rough(now - image.created)} ago"]
     if image.last_tag_time is not None and image.last_tag_time > image.created:

@@ -11,6 +11,7 @@ at that start): `min_age: 5m` is then met for them, not for a build loaded since
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,3 +125,37 @@ async def test_free_space_on_a_first_day_deletes_the_oldest_builds_first(dockerd
     finally:
         await service.stop()
         engine.close()
+
+
+def test_a_first_start_says_when_the_images_become_deletable(dockerd, exporter_factory, tmp_path):
+    """The exporter process on a new install: the landing page and the plan preview say from when."""
+    ids = _load_builds(dockerd, range(1, 4))
+    before = time.time()
+    exp = exporter_factory(
+        dockerd,
+        {
+            "state": {"path": str(tmp_path / "state.json")},  # no file yet: a first start
+            "filesystem": {"path": str(tmp_path)},
+            "remediation": {
+                "enabled": True,
+                "dry_run": True,
+                "auth": {"bearer_token": "t0ken"},
+                "audit_log": str(tmp_path / "audit.jsonl"),
+                "actions": {"old": {"type": "prune_unused", "min_age": "1h"}},
+            },
+        },
+    )
+    after = time.time()
+    page = exp.get("/")
+    (item,) = re.findall(r'<li data-action="old" data-images="3" data-bytes="[0-9]+" data-first="([0-9.e+]+)">', page)
+    assert before + 3600 - 1 <= float(item) <= after + 3600, (before, item, after)
+    assert "become deletable within the next min_age (1h): the first at " in page
+
+    status, body = exp.request("POST", "/api/v1/actions/old?dry_run=true", headers={"Authorization": "Bearer t0ken"})
+    assert status == 200, body
+    plan = json.loads(body)["plan"]
+    assert plan["candidates"] == []
+    skipped = {s["id"]: s for s in plan["skipped"]}
+    assert set(skipped) == set(ids.values()) and {s["reason"] for s in skipped.values()} == {"too_young"}
+    detail = skipped[ids[1]]["detail"]
+    assert "first seen by the exporter), min_age 1h: deletable from " in detail, detail
