@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from exporter.config.checks import cross_reference_problems, path_problems
+from exporter.config.checks import cross_reference_problems, path_problems, section_rule_problems
 from exporter.config.errors import ConfigError, problems_from
 from exporter.config.model import (
     ACTION_TYPES,
@@ -57,7 +57,7 @@ def parse_config(data: Any) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems = problems_from(exc, _UNIONS)
-    for problem in (*cross_reference_problems(data), *path_problems(data, config)):
+    for problem in (*cross_reference_problems(data), *section_rule_problems(data), *path_problems(data, config)):
         if problem not in problems:
             problems.append(problem)
     if problems or config is None:

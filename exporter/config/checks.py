@@ -2,8 +2,8 @@
 
 pydantic runs a model's own checks only once every field of it is valid, and a field validator that reads a
 sibling (`routes` reading `actions`) sees nothing when that sibling failed. An operator fixing a config would
-then learn of a misspelt route action, or of a route whose matchers match every alert, only in a second
-round. These checks read the parsed YAML as written, so `parse_config` reports them together with every
+then learn of a misspelt route action, of a route whose matchers match every alert, or of a relay rule or
+a secret given twice, only in a second round. These checks read the parsed YAML as written, so `parse_config` reports them together with every
 field error, whatever else is wrong.
 
 The files the exporter writes are checked here too, when the file names them, without creating anything: a
@@ -19,7 +19,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from exporter.config.model import MATCHES_EVERY_ALERT, Config
+from exporter.config.model import (
+    MATCHES_EVERY_ALERT,
+    RELAY_HOST_REGEX,
+    RELAY_SELF_NAMES,
+    RELAY_URL_TEMPLATE,
+    Config,
+    both_given,
+)
 from exporter.matchers import parse_matcher
 
 
@@ -61,6 +68,32 @@ def _matches_every_alert(route: Mapping[str, Any]) -> str | None:
     except (ValueError, TypeError):
         return None
     return None if any(m.requires_label() for m in parsed) else MATCHES_EVERY_ALERT
+
+
+def section_rule_problems(data: Any) -> list[str]:
+    """The cross-key rules of `remediation.auth` and `remediation.relay` on the document as written.
+
+    Each rule only where every key it reads is present in a form the models accept or absent: an invalid
+    key's own error says enough, and a rule judged on a guess would name a problem that is not there.
+    """
+    remediation = _section(data, "remediation")
+    problems: list[str] = []
+    auth = _section(remediation, "auth")
+    if auth.get("bearer_token") is not None and auth.get("bearer_token_file") is not None:
+        problems.append(f"remediation.auth.bearer_token: {both_given('bearer_token', 'bearer_token_file')}")
+    basic = _section(auth, "basic_auth")
+    if basic.get("password") is not None and basic.get("password_file") is not None:
+        problems.append(f"remediation.auth.basic_auth.password: {both_given('password', 'password_file')}")
+    relay = _section(remediation, "relay")
+    template = relay.get("url_template")
+    if isinstance(template, str) and "{host}" not in template:
+        problems.append(f"remediation.relay.url_template: {RELAY_URL_TEMPLATE}")
+    if relay.get("enabled") is True:
+        if relay.get("self_names") in (None, []):
+            problems.append(f"remediation.relay.self_names: {RELAY_SELF_NAMES}")
+        if relay.get("peers") in (None, {}) and relay.get("host_regex") is None:
+            problems.append(f"remediation.relay.host_regex: {RELAY_HOST_REGEX}")
+    return problems
 
 
 def path_problems(data: Any, config: Config | None) -> list[str]:

@@ -247,6 +247,36 @@ def test_route_rules_are_reported_whatever_else_is_wrong() -> None:
     assert "remediation.routes[1].matchers: is required" in err.value.problems
 
 
+def test_auth_and_relay_rules_are_reported_with_their_sections_other_errors(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    doc = {
+        "remediation": {
+            "auth": {"bearer_token": "t", "bearer_token_file": str(token), "basic_auth": {"username": 3}},
+            "relay": {"enabled": True, "url_template": "http://x/", "timeout": "forever"},
+        }
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    keys = sorted(p.split(": ", 1)[0] for p in err.value.problems)
+    assert keys == [
+        "remediation.auth.basic_auth.username",
+        "remediation.auth.bearer_token",
+        "remediation.relay.host_regex",
+        "remediation.relay.self_names",
+        "remediation.relay.timeout",
+        "remediation.relay.url_template",
+    ], err.value.problems
+    assert "remediation.auth.bearer_token: give either bearer_token or bearer_token_file, not both" in (
+        err.value.problems
+    )
+    assert "remediation.relay.url_template: must contain {host}" in err.value.problems
+    # a peer map that is itself invalid is not judged as missing
+    with pytest.raises(ConfigError) as err:
+        parse_config({"remediation": {"relay": {"enabled": True, "self_names": ["a"], "peers": {"b": "ftp://b"}}}})
+    assert err.value.problems == ["remediation.relay.peers.b: must be an http(s) URL, got 'ftp://b'"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes")
 def test_unwritable_files_and_folders_are_named(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
