@@ -73,8 +73,9 @@ def _matches_every_alert(route: Mapping[str, Any]) -> str | None:
 def section_rule_problems(data: Any) -> list[str]:
     """The cross-key rules of `remediation.auth` and `remediation.relay` on the document as written.
 
-    Each rule only where every key it reads is present in a form the models accept or absent: an invalid
-    key's own error says enough, and a rule judged on a guess would name a problem that is not there.
+    A rule is judged only on what the document says for sure: a secret given both ways is given both ways
+    whatever else is wrong with it, but a peer map that is invalid is not "no peers" (its own error says
+    enough, and a rule judged on a guess would name a problem that is not there).
     """
     remediation = _section(data, "remediation")
     problems: list[str] = []
