@@ -325,7 +325,8 @@ def _maturing(snapshot: Snapshot | None, config: RemediationConfig, now: float) 
             f'<li data-action="{esc(name)}" data-images="{count}" data-bytes="{found.size}" data-first="{first!r}">'
             f"<b>{esc(name)}</b>: {count} image{'s' if count != 1 else ''} ({_bytes(found.size)}) become"
             f"{'s' if count == 1 else ''} deletable within the next min_age ({format_duration(found.min_age)}): "
-            f"the first at {utc(first)}{f', the last at {utc(last)}' if count > 1 else ''}</li>"
+            f"the first at {utc(first)} (in {rough_duration(first - now)})"
+            f"{f', the last at {utc(last)} (in {rough_duration(last - now)})' if count > 1 else ''}</li>"
         )
     if not lines:
         return ""

@@ -160,8 +160,8 @@ def test_images_held_back_only_by_min_age_are_counted_with_the_time_the_first_be
         "2 images (" in text
     )
     assert (
-        "become deletable within the next min_age (1h): the first at 2027-01-15 08:54:00 UTC, "
-        "the last at 2027-01-15 08:55:00 UTC</li>" in text
+        "become deletable within the next min_age (1h): the first at 2027-01-15 08:54:00 UTC (in 54m), "
+        "the last at 2027-01-15 08:55:00 UTC (in 55m)</li>" in text
     )
     assert 'data-action="dangling" data-images' not in text and 'data-action="cache" data-images' not in text
     settled = page(snapshot(first_day[3]), remediation=True, actions=[], remediation_config=config)
