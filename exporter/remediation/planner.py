@@ -11,8 +11,8 @@ pushed or pulled (`local_only`, only when `protect.local_only` is on, for tagged
 
 `min_age` and the order are different questions. The age reference includes the arrival time (when the
 exporter first saw the image), a safety floor: on a first start every image "arrives" at once. The order
-(`order_time`) is what is known of use and age: the latest of last use, last tag and build (`Created`),
-so on a new install the oldest builds still go first. Reasons say both, and a `too_young` skip says from
+(`order_time`) is what is known of use and age: the last use, else the later of last tag and build
+(`Created`), so on a new install the oldest builds still go first. Reasons say both, and a `too_young` skip says from
 when the image is deletable.
 """
 
@@ -231,16 +231,18 @@ def utc(timestamp: float) -> str:
 
 
 def order_time(image: Image) -> float:
-    """When the image was last known to matter: the latest of last use, last tag and build time.
+    """When the image was last known to matter: its last use, else the later of its last tag and its build.
 
-    The order of every action that deletes oldest or least recently used first. The arrival time is left
-    out on purpose: it only says when the exporter first saw the image (on a first start, every image at
-    once), which guards `min_age` but says nothing about which build is older. Infinitely recent while the
-    last tag time is still being read, like `Image.age_reference`.
+    The order of every action that deletes oldest or least recently used first: `Image.age_reference`
+    without the arrival time, which only says when the exporter first saw the image (on a first start,
+    every image at once); it guards `min_age` but says nothing about which build is older. Infinitely recent
+    while the last tag time is still being read, like `Image.age_reference`.
     """
+    if image.last_used is not None:
+        return image.last_used
     if image.tag_time_pending:
         return math.inf
-    return max(t for t in (image.created, image.last_tag_time, image.last_used) if t is not None)
+    return image.created if image.last_tag_time is None else max(image.created, image.last_tag_time)
 
 
 def deletable_from(image: Image, min_age: float) -> float | None:

@@ -227,16 +227,17 @@ def test_on_a_first_start_every_ordered_action_takes_the_oldest_builds_first():
     assert [c.image_id[7:9] for c in plan.candidates] == ["d1", "d2", "d3"]
 
 
-def test_order_follows_the_latest_known_use_tag_or_build():
+def test_order_is_the_last_use_else_the_last_tag_or_build():
     fs = Filesystem("/var/lib/docker", size=1000, avail=100)
     images = [
         img("u1", ["a:1"], age=40 * DAY, last_used=NOW - 2 * DAY),  # old build, used two days ago
         img("u2", ["a:2"], age=30 * DAY, last_tag=NOW - 3 * DAY),  # re-tagged three days ago
         img("u3", ["a:3"], age=10 * DAY, arrived=NOW - 3600),  # pulled an hour ago: order by its build
+        img("u4", ["a:4"], age=50 * DAY, last_used=NOW - 7 * DAY, last_tag=NOW - DAY),  # last use counts
     ]
     plan = make_plan(snap(*images, fs=fs), action("free_space", target_avail_ratio=0.5, min_age="30m"), PROTECT, NOW)
-    assert [c.image_id[7:9] for c in plan.candidates] == ["u3", "u2", "u1"]
-    assert plan.candidates[1].reason == "built 4w2d ago, tagged 3d ago, never seen used (LRU rank 2)"
+    assert [c.image_id[7:9] for c in plan.candidates] == ["u3", "u4", "u2", "u1"]
+    assert plan.candidates[2].reason == "built 4w2d ago, tagged 3d ago, never seen used (LRU rank 3)"
 
 
 def test_too_young_says_which_time_counts_and_from_when_the_image_is_deletable():
