@@ -204,7 +204,10 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
 
     async def stop_runs(_app: web.Application) -> None:
-        """On SIGTERM aiohttp waits for open requests (a manual run) before cleanup: stop runs first."""
+        """On SIGTERM aiohttp waits for open requests (a manual run) before cleanup: stop runs first.
+
+        The first step of every shutdown, so it also says one is under way (`stopped` follows in cli)."""
+        log.info("shutting down")
         if services.remediation is not None:
             services.remediation.executor.stop()
 
@@ -214,7 +217,10 @@ def create_app(
     metrics_handler = metrics_endpoint.handle
 
     async def landing(request: web.Request) -> web.Response:
-        """The overview page: the current snapshot, remediation status and the audit tail (read off the loop)."""
+        """The overview page: the current snapshot, remediation status and the audit tail (read off the loop).
+
+        Rendered in a worker thread from immutable inputs: on a big host ranking repositories and working out
+        what min_age holds back per action takes long enough to delay scrapes on the loop."""
         refresh = request.query.get("refresh")
         refresh_seconds = None
         if refresh is not None:
@@ -225,7 +231,8 @@ def create_app(
                 )
             refresh_seconds = int(refresh)
         service = services.remediation
-        page = render_landing(
+        page = await asyncio.to_thread(
+            render_landing,
             telemetry_path=telemetry_path,
             up=services.poller.up,
             snapshot=services.poller.snapshot,
@@ -237,6 +244,7 @@ def create_app(
             audit=await service.recent_audit() if service is not None else None,
             refresh_seconds=refresh_seconds,
             events_live=services.poller.events_live,
+            remediation_config=service.config if service is not None else None,
         )
         return web.Response(text=page, content_type="text/html")
 

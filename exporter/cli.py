@@ -201,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ListenError as exc:
         log.error("%s", exc)
         return 1
+    log.info("stopped")
     return 0
 
 

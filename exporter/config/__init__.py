@@ -1,6 +1,7 @@
 """Configuration: declarative models (model.py), errors that name the key, a strict YAML reader.
 
-`load_config` is what start-up and `--config.check` both run, so a config that passes the check starts.
+`load_config` is what start-up and `--config.check` both run, so a config that passes the check starts, and
+one that fails lists every problem at once (checks.py: cross-references and writable paths too).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from exporter.config.checks import cross_reference_problems, path_problems, section_rule_problems
 from exporter.config.errors import ConfigError, problems_from
 from exporter.config.model import (
     ACTION_TYPES,
@@ -43,11 +45,24 @@ _ACTIONS = TypeAdapter[dict[str, ActionConfig]](dict[str, ActionConfig])
 
 
 def parse_config(data: Any) -> Config:
-    """Validate a parsed YAML document into a Config, or raise ConfigError listing every problem."""
+    """Validate a parsed YAML document into a Config, or raise ConfigError listing every problem.
+
+    Every problem in one round: the field errors, the cross-references and the writability of the files the
+    exporter writes (exporter.config.checks) are all collected before anything is raised.
+    """
+    data = {} if data is None else data
+    problems: list[str] = []
+    config: Config | None = None
     try:
-        return Config.model_validate({} if data is None else data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(problems_from(exc, _UNIONS)) from None
+        problems = problems_from(exc, _UNIONS)
+    for problem in (*cross_reference_problems(data), *section_rule_problems(data), *path_problems(data, config)):
+        if problem not in problems:
+            problems.append(problem)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:

@@ -147,10 +147,15 @@ class AuthConfig(Model):
         return self
 
 
+def both_given(key: str, file_key: str) -> str:
+    """The message for a secret given inline and in a file (also checked in exporter.config.checks)."""
+    return f"give either {key} or {file_key}, not both"
+
+
 def _secret(inline: str | None, path: str | None, key: str, file_key: str) -> str | None:
     """The secret given inline or in a file (the file form keeps it out of the config)."""
     if inline is not None and path is not None:
-        raise keyed(key, f"give either {key} or {file_key}, not both")
+        raise keyed(key, both_given(key, file_key))
     if path is None:
         return inline
     try:
@@ -254,6 +259,12 @@ ActionConfig = Annotated[
 ]
 
 
+MATCHES_EVERY_ALERT = (
+    'needs a matcher that requires a label value (name="v" or name=~"re" not matching ""): '
+    "these match every alert; set match_any_alert: true if that is meant"
+)
+
+
 class RouteConfig(Model):
     # The schema's approximation of `_not_everything`: matchers given and non-empty, or the explicit opt-in.
     model_config = ConfigDict(
@@ -276,15 +287,13 @@ class RouteConfig(Model):
 
     @model_validator(mode="after")
     def _not_everything(self) -> RouteConfig:
+        """Also checked on the document as written (exporter.config.checks), so that a route's other errors
+        do not hide it."""
         if self.match_any_alert or any(m.requires_label() for m in self.matchers):
             return self
         if "matchers" not in self.model_fields_set:
             raise keyed("matchers", "is required")
-        raise keyed(
-            "matchers",
-            'needs a matcher that requires a label value (name="v" or name=~"re" not matching ""): '
-            "these match every alert; set match_any_alert: true if that is meant",
-        )
+        raise keyed("matchers", MATCHES_EVERY_ALERT)
 
 
 class ClientTLSConfig(Model):
@@ -316,6 +325,11 @@ def _env_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(expanded)
 
 
+RELAY_URL_TEMPLATE = "must contain {host}"
+RELAY_SELF_NAMES = "is required when relay is enabled: the host label values that mean this host"
+RELAY_HOST_REGEX = "is required when relay is enabled without peers: the host label values to relay to"
+
+
 class RelayConfig(Model):
     """Fleet mode: alerts about another host are relayed to that host's exporter instead of run here."""
 
@@ -339,14 +353,14 @@ class RelayConfig(Model):
 
     @model_validator(mode="after")
     def _usable(self) -> RelayConfig:
+        """Also checked on the document as written (exporter.config.checks), so that other errors in this
+        section do not hide these."""
         if "{host}" not in self.url_template:
-            raise keyed("url_template", "must contain {host}")
+            raise keyed("url_template", RELAY_URL_TEMPLATE)
         if self.enabled and not self.self_names:
-            raise keyed("self_names", "is required when relay is enabled: the host label values that mean this host")
+            raise keyed("self_names", RELAY_SELF_NAMES)
         if self.enabled and not self.peers and self.host_regex is None:
-            raise keyed(
-                "host_regex", "is required when relay is enabled without peers: the host label values to relay to"
-            )
+            raise keyed("host_regex", RELAY_HOST_REGEX)
         return self
 
 

@@ -617,7 +617,7 @@ def _outcome(
             item.references,
             item.size,
             item.size_basis,
-            "selected by the action",
+            item.summary,
             result,
             item.reason,
             item.detail,

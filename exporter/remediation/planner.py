@@ -8,11 +8,19 @@ in use by any container, running or stopped (`in_use`); a reference matching a p
 (`protected_reference`, protects the whole image; tags and `repo@sha256:…` digest references alike); a protected label (`protected_label`); tagged but never
 pushed or pulled (`local_only`, only when `protect.local_only` is on, for tagged images only); younger than
 `min_age` counted from `Image.age_reference` (`too_young`). Every image plan reports what `local_only` kept.
+
+`min_age` and the order are different questions. The age reference includes the arrival time (when the
+exporter first saw the image), a safety floor: on a first start every image "arrives" at once. The order
+(`order_time`) is what is known of use and age: the last use, else the later of last tag and build
+(`Created`), so on a new install the oldest builds still go first. Reasons say both, and a `too_young` skip says from
+when the image is deletable.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -23,6 +31,8 @@ from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, Kee
 from exporter.remediation.records import record_json
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.units import format_duration
+
+_ROUGH_UNITS = (("y", 31_536_000), ("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
 
 SkipReason = Literal[
     "in_use",
@@ -35,6 +45,17 @@ SkipReason = Literal[
     "max_deletions",
 ]
 SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
+#: What each skip reason means, for the `reason` of a skipped image's outcome and audit line.
+SKIP_SUMMARIES: dict[SkipReason, str] = {
+    "in_use": "kept: in use by a container",
+    "protected_reference": "kept: a reference matches protect.references",
+    "protected_label": "kept: a label matches protect.labels",
+    "local_only": "kept: local-only (protect.local_only)",
+    "too_young": "kept: younger than min_age",
+    "conflict": "kept: the engine refused (conflict)",
+    "not_found": "already gone",
+    "max_deletions": "kept: max_deletions reached",
+}
 SizeBasis = Literal["unique", "total"]
 
 
@@ -69,6 +90,11 @@ class Skip:
     size_basis: SizeBasis
     reason: SkipReason
     detail: str
+
+    @property
+    def summary(self) -> str:
+        """The skip in words (`kept: in use by a container`); `detail` says the specifics."""
+        return SKIP_SUMMARIES[self.reason]
 
     def to_json(self) -> dict[str, Any]:
         return record_json(self)
@@ -177,6 +203,71 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
+def _rough(seconds: float) -> str:
+    """The two largest units of a duration (`28d3h`, `5m54s`): enough for a reason, exact times are in the data.
+
+    The same text as the first two units of `format_duration`, computed directly: plans write one or two per
+    image, and the general formatter is costly at that rate.
+    """
+    rest = max(round(seconds), 0)
+    parts: list[str] = []
+    for unit, size in _ROUGH_UNITS:
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            if len(parts) == 2:
+                break
+            rest %= size
+    return "".join(parts) or "0s"
+
+
+@functools.lru_cache(maxsize=4096)
+def utc(timestamp: float) -> str:
+    """A timestamp as the UTC time an operator reads in a reason (`2026-12-07 14:05:00 UTC`).
+
+    Cached: on a first start every image shares one arrival time, and a plan writes it for each of them."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        return repr(timestamp)
+
+
+def order_time(image: Image) -> float:
+    """When the image was last known to matter: its last use, else the later of its last tag and its build.
+
+    The order of every action that deletes oldest or least recently used first: `Image.age_reference`
+    without the arrival time, which only says when the exporter first saw the image (on a first start,
+    every image at once); it guards `min_age` but says nothing about which build is older. Infinitely recent
+    while the last tag time is still being read, like `Image.age_reference`.
+    """
+    if image.last_used is not None:
+        return image.last_used
+    if image.tag_time_pending:
+        return math.inf
+    return image.created if image.last_tag_time is None else max(image.created, image.last_tag_time)
+
+
+def deletable_from(image: Image, min_age: float) -> float | None:
+    """When `min_age` stops protecting the image; None while its last tag time is still being read.
+
+    A forward step of the wall clock since the image was first seen is not age: it moves the date on too."""
+    reference = image.age_reference
+    return None if math.isinf(reference) else reference + clocks.CLOCK.forward_step(image.seen_offset) + min_age
+
+
+def _story(image: Image, now: float) -> str:
+    """What is known of the image's age and use (`built 28d ago, tagged 2d ago, never seen used`), and, when the
+    exporter's first sighting is what counts for min_age, since when it is here."""
+    parts = [f"built {_rough(now - image.created)} ago"]
+    if image.last_tag_time is not None and image.last_tag_time > image.created:
+        parts.append(f"tagged {_rough(now - image.last_tag_time)} ago")
+    parts.append("never seen used" if image.last_used is None else f"last used {_rough(now - image.last_used)} ago")
+    text = ", ".join(parts)
+    arrived = image.arrived
+    if arrived is not None and arrived > max(image.created, image.last_tag_time or 0.0):
+        text += f"; here since {utc(arrived)} ({_rough(now - arrived)} ago, first seen by the exporter)"
+    return text
+
+
 def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: float) -> tuple[SkipReason, str] | None:
     """The first safety rule that forbids touching `image` for this action, with a human detail."""
     return _exclusion(image, image.references, image.age_reference, action, protect, now)
@@ -191,6 +282,19 @@ def _exclusion(
     now: float,
 ) -> tuple[SkipReason, str] | None:
     """`exclusion` with the image's references and age reference already worked out (a plan needs them twice)."""
+    held = _held(image, references, action, protect)
+    if held is not None:
+        return held
+    step = clocks.CLOCK.forward_step(image.seen_offset)  # a clock step is not age
+    if now - age_reference - step < action.min_age:
+        return "too_young", _too_young(image, age_reference, step, action.min_age, now)
+    return None
+
+
+def _held(
+    image: Image, references: Iterable[ImageRef | DigestRef], action: ActionConfig, protect: ProtectConfig
+) -> tuple[SkipReason, str] | None:
+    """The rules before `min_age`: use and protection, whatever the image's age."""
     if image.containers > 0:
         return "in_use", f"used by {image.containers} container(s) (running or stopped)"
     if protect.references:
@@ -204,10 +308,26 @@ def _exclusion(
             return "protected_label", f"label matches protect.labels {rule!r}"
     if protect.local_only and image.local_only and action.type in ("keep_last", "prune_unused", "free_space"):
         return "local_only", "tagged but has no repo digest (built or loaded here, exists nowhere else)"
-    age = now - age_reference - clocks.CLOCK.forward_step(image.seen_offset)  # a clock step is not age
-    if age < action.min_age:
-        return "too_young", f"{_ago(age)} old, min_age {format_duration(action.min_age)}"
     return None
+
+
+def _too_young(image: Image, age_reference: float, step: float, min_age: float, now: float) -> str:
+    """Why min_age holds the image and until when: which time counts (build, tag or arrival) and the UTC time;
+    `step`, a forward step of the wall clock since the image was first seen, counts as no age."""
+    if math.isinf(age_reference):
+        return f"last tag time not read yet: held until it is known, min_age {format_duration(min_age)}"
+    if image.arrived is not None and age_reference == image.arrived:
+        since = f"here since {utc(age_reference)}, first seen by the exporter"
+    elif image.last_tag_time is not None and age_reference == image.last_tag_time:
+        since = f"tagged {utc(age_reference)}"
+    else:
+        since = f"built {utc(age_reference)}"
+    until = age_reference + step + min_age
+    stepped = f", the wall clock stepped {_rough(step)} forward since" if step > 0 else ""
+    return (
+        f"{_ago(now - age_reference - step)} old ({since}{stepped}), min_age {format_duration(min_age)}: "
+        f"deletable from {utc(until)} (in {_rough(until - now)})"
+    )
 
 
 def _skip(image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: SkipReason, detail: str) -> Skip:
@@ -262,13 +382,13 @@ def _whole_images(
 
 def _whole_image_reason(e: _Eligible, now: float) -> str:
     kind = "dangling" if e.dangling else "unused" if e.image.refs else "unused, pinned by digest only"
-    return f"{kind}, {_ago(now - e.age_reference)} old"
+    return f"{kind}, {_story(e.image, now)}"
 
 
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
     eligible, skipped = _whole_images(snapshot.dangling, action, protect, now)
-    eligible.sort(key=lambda e: (e.age_reference, e.image.id))  # oldest first
+    eligible.sort(key=lambda e: (order_time(e.image), e.image.id))  # oldest first
     candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
     return Plan(action.name, action.type, now, candidates, tuple(skipped))
 
@@ -276,7 +396,7 @@ def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: Prote
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
     eligible, skipped = _whole_images(snapshot.images, action, protect, now)
-    eligible.sort(key=lambda e: (not e.dangling, e.age_reference, e.image.id))
+    eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
     candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
     return Plan(action.name, action.type, now, candidates, tuple(skipped))
 
@@ -297,11 +417,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         return Plan(action.name, action.type, now, target_avail_ratio=target, filesystem=fs, goal_met=True)
     eligible, skipped = _whole_images(snapshot.images, action, protect, now)
 
-    def lru(e: _Eligible) -> tuple[bool, float, str]:
-        last_used = e.image.last_used
-        return (not e.dangling, e.age_reference if last_used is None else last_used, e.image.id)
-
-    eligible.sort(key=lru)
+    eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
@@ -309,12 +425,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
             candidates.append(e.candidate(_whole_image_reason(e, now)))
             continue
         tagged_rank += 1
-        last_used = e.image.last_used
-        if last_used is not None:
-            why = f"unused for {_ago(now - last_used)} (LRU rank {tagged_rank})"
-        else:
-            why = f"never seen used, {_ago(now - e.age_reference)} old (LRU rank {tagged_rank})"
-        candidates.append(e.candidate(why))
+        candidates.append(e.candidate(f"{_story(e.image, now)} (LRU rank {tagged_rank})"))
     plan = Plan(
         action.name,
         action.type,
@@ -396,6 +507,46 @@ def plan_build_cache(snapshot: Snapshot, action: BuildCacheAction, protect: Prot
     if du is not None and du.build_cache is not None:
         notes.append(f"build cache reclaimable at last /system/df: {du.build_cache.reclaimable} bytes")
     return Plan(action.name, action.type, now, notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class Maturing:
+    """Images only `min_age` holds back from an action now, and from when each becomes deletable."""
+
+    action: str
+    min_age: float
+    #: (image, deletable from), soonest first
+    images: tuple[tuple[Image, float], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(image_size(image)[0] for image, _ in self.images)
+
+
+def maturing(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Maturing | None:
+    """What becomes deletable for `action` within its `min_age` (None for build_cache).
+
+    The images the action would consider if it ran now (for free_space: as if the disk were full, so the
+    answer does not depend on today's usage), skipped for `too_young` and for nothing else. Images whose
+    last tag time is not read yet have no date and are left out.
+    """
+    if isinstance(action, BuildCacheAction):
+        return None
+    if isinstance(action, KeepLastAction):
+        by_id = snapshot.by_id or {i.id: i for i in snapshot.images}
+        held = [by_id.get(s.image_id) for s in plan_keep_last(snapshot, action, protect, now).skipped]
+        images: Iterable[Image] = [i for i in held if i is not None]
+    elif action.type == "prune_dangling":
+        images = snapshot.dangling
+    else:
+        images = snapshot.images
+    found: list[tuple[Image, float]] = []
+    for image in images:
+        when = deletable_from(image, action.min_age)
+        if when is not None and when > now and _held(image, image.references, action, protect) is None:
+            found.append((image, when))
+    found.sort(key=lambda pair: (pair[1], pair[0].id))
+    return Maturing(action.name, action.min_age, tuple(found))
 
 
 def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:

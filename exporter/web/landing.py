@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter import __revision__, __version__
+from exporter.config import RemediationConfig
 from exporter.hints import engine_error_hint
+from exporter.remediation.planner import maturing, utc
 from exporter.remediation.service import ActionStatus, AuditTail
 from exporter.snapshot import Image, Snapshot
 from exporter.units import format_duration
@@ -264,7 +266,7 @@ def _repositories(snapshot: Snapshot) -> str:
 _RESULT_CLASS = {"success": "ok", "dry_run": "info", "partial": "warn", "failure": "bad"}
 
 
-def _actions(actions: Sequence[ActionStatus], dry_run: bool, now: float) -> str:
+def _actions(actions: Sequence[ActionStatus], dry_run: bool, now: float, held: str = "") -> str:
     rows = []
     for a in actions:
         last = a.last_run
@@ -300,7 +302,38 @@ def _actions(actions: Sequence[ActionStatus], dry_run: bool, now: float) -> str:
         f'<section id="remediation"><h2>Remediation</h2>{banner}'
         '<table class="grid"><thead><tr><th>Action</th><th>Type</th><th>Last result</th><th>Last run</th>'
         '<th class="r">Deleted</th><th class="r">Freed</th><th>Schedule</th><th>Next run</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
+        f"<tbody>{''.join(rows)}</tbody></table>{held}</section>"
+    )
+
+
+def _maturing(snapshot: Snapshot | None, config: RemediationConfig, now: float) -> str:
+    """Per image action: how many images `min_age` alone holds back, how big, and when the first is free.
+
+    On a first start every image counts as arriving then, so nothing is deletable for min_age: this says
+    when that ends, before the operator has to ask.
+    """
+    if snapshot is None or snapshot.engine is None:
+        return ""
+    lines = []
+    for name, action in sorted(config.actions.items()):
+        found = maturing(snapshot, action, config.protect, now)
+        if found is None or not found.images:
+            continue
+        first, last = found.images[0][1], found.images[-1][1]
+        count = len(found.images)
+        lines.append(
+            f'<li data-action="{esc(name)}" data-images="{count}" data-bytes="{found.size}" data-first="{first!r}">'
+            f"<b>{esc(name)}</b>: {count} image{'s' if count != 1 else ''} ({_bytes(found.size)}) become"
+            f"{'s' if count == 1 else ''} deletable within the next min_age ({format_duration(found.min_age)}): "
+            f"the first at {utc(first)} (in {rough_duration(first - now)})"
+            f"{f', the last at {utc(last)} (in {rough_duration(last - now)})' if count > 1 else ''}</li>"
+        )
+    if not lines:
+        return ""
+    return (
+        '<div id="maturing"><p>Held back by <code>min_age</code> only (counted from the latest of build, last tag '
+        "and when the exporter first saw the image; on a first start that is every image):</p>"
+        f"<ul>{''.join(lines)}</ul></div>"
     )
 
 
@@ -395,10 +428,12 @@ def render_landing(
     refresh_seconds: int | None = None,
     now: float | None = None,
     events_live: bool | None = None,
+    remediation_config: RemediationConfig | None = None,
 ) -> str:
     """The whole page; remediation sections only when `remediation` (then `actions` and `audit` fill them).
 
-    `events_live`: `Poller.events_live` (None, no event follower: no row)."""
+    `events_live`: `Poller.events_live` (None, no event follower: no row). `remediation_config`: its actions
+    and protections say which images only `min_age` holds back, and until when."""
     now = time.time() if now is None else now
     links = [
         f'<a href="{esc(telemetry_path)}">Metrics</a>',
@@ -413,7 +448,8 @@ def render_landing(
     else:
         sections.append('<section id="space"><p class="muted">No snapshot of the engine yet.</p></section>')
     if remediation:
-        sections.append(_actions(actions, dry_run, now))
+        held = _maturing(snapshot, remediation_config, now) if remediation_config is not None else ""
+        sections.append(_actions(actions, dry_run, now, held))
         sections.append(_audit(audit or AuditTail(()), now))
     refresh = f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">' if refresh_seconds else ""
     refresh_note = (

@@ -128,7 +128,9 @@ def parse_dry_run(value: str | None) -> bool | None:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"dry_run must be true or false, got {value!r}")
+    raise ValueError(
+        f"dry_run must be one of {', '.join(_TRUE)} (a preview) or {', '.join(_FALSE)} (a real run), got {value!r}"
+    )
 
 
 def parse_limit(value: str | None) -> int:

@@ -25,3 +25,5 @@ def test_sigterm_exits_cleanly(
         dockerd.start()
     code = exp.stop(timeout=20)  # SIGTERM, SIGKILL only if it is still alive after 20 s
     assert code == 0, f"exporter did not exit cleanly on SIGTERM (code {code}):\n{exp.logs(30)}"
+    said = [line for line in exp.logs().splitlines() if "shutting down" in line or "stopped" in line]
+    assert len(said) == 2 and "shutting down" in said[0] and "stopped" in said[1], exp.logs(30)

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import tracemalloc
@@ -19,6 +20,7 @@ from exporter.config import (
     ConfigError,
     FreeSpaceAction,
     SecretFileError,
+    checks,
     load_config,
     parse_config,
     read_secret_file,
@@ -167,6 +169,168 @@ def test_config_check_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     bad.write_text("metrics: {max_image_series: many}\n")
     assert main(["--config.file", str(bad), "--config.check"]) == 1
     assert "metrics.max_image_series" in capsys.readouterr().err
+
+
+def test_config_check_lists_every_kind_of_problem_in_one_round(tmp_path: Path) -> None:
+    """Field errors, a misspelt route action next to a bad matcher and unwritable files, in one run."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be: unwritable below it, for root too\n")
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"""
+poll: {{interval: 15s, bogus: 1}}
+state: {{path: {blocker}/state.json}}
+remediation:
+  enabled: true
+  auth: {{bearer_token: s3cret}}
+  audit_log: {blocker}/audit.jsonl
+  actions:
+    free-disk: {{type: free_space, target_avail_ratio: 1.5}}
+  routes:
+    - {{matchers: ['severity=~"("'], action: free-disk}}
+    - {{matchers: ['alertname="DiskFull"'], action: free_disk}}
+"""
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(config), "--config.check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip().startswith("- ")]
+    expected = [
+        "- poll.bogus: unknown key",
+        "- remediation.actions.free-disk.target_avail_ratio: must be between 0 and 1",
+        "- remediation.routes[0].matchers[0]: ",
+        "- remediation.routes[1].action: names no action under remediation.actions: 'free_disk'",
+        f"- state.path: cannot be created: {blocker} is not a directory",
+        f"- remediation.audit_log: cannot be created: {blocker} is not a directory",
+    ]
+    for start in expected:
+        assert sum(line.startswith(start) for line in lines) == 1, (start, done.stderr)
+    assert len(lines) == len(expected), done.stderr
+
+
+def test_route_rules_are_reported_whatever_else_is_wrong() -> None:
+    """A route's cross-reference and its matcher rule do not wait for the route's or the actions' own errors."""
+    doc = {
+        "remediation": {
+            "actions": {"x": {"type": "prune_unsed"}},  # invalid itself: its name still counts
+            "routes": [
+                {"matchers": ['alertname=""'], "action": "x", "cooldown": "soon"},
+                {"action": "x", "cooldown": "soon"},
+                {"matchers": ['a=~"("'], "action": "y"},
+                {"matchers": ['severity="page"'], "action": "x", "match_any_alert": "maybe"},
+            ],
+        }
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    keys = [p.split(": ", 1)[0] for p in err.value.problems]
+    assert sorted(keys) == sorted(
+        [
+            "remediation.actions.x.type",
+            "remediation.routes[0].cooldown",
+            "remediation.routes[0].matchers",  # matches every alert
+            "remediation.routes[1].cooldown",
+            "remediation.routes[1].matchers",  # is required
+            "remediation.routes[2].matchers[0]",
+            "remediation.routes[2].action",  # names no action
+            "remediation.routes[3].match_any_alert",
+        ]
+    ), err.value.problems
+    assert "remediation.routes[0].matchers: needs a matcher that requires a label value" in "\n".join(
+        err.value.problems
+    )
+    assert "remediation.routes[1].matchers: is required" in err.value.problems
+
+
+def test_auth_and_relay_rules_are_reported_with_their_sections_other_errors(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    doc = {
+        "remediation": {
+            "auth": {"bearer_token": "t", "bearer_token_file": str(token), "basic_auth": {"username": 3}},
+            "relay": {"enabled": True, "url_template": "http://x/", "timeout": "forever"},
+        }
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    keys = sorted(p.split(": ", 1)[0] for p in err.value.problems)
+    assert keys == [
+        "remediation.auth.basic_auth.username",
+        "remediation.auth.bearer_token",
+        "remediation.relay.host_regex",
+        "remediation.relay.self_names",
+        "remediation.relay.timeout",
+        "remediation.relay.url_template",
+    ], err.value.problems
+    assert "remediation.auth.bearer_token: give either bearer_token or bearer_token_file, not both" in (
+        err.value.problems
+    )
+    assert "remediation.relay.url_template: must contain {host}" in err.value.problems
+    # a peer map that is itself invalid is not judged as missing
+    with pytest.raises(ConfigError) as err:
+        parse_config({"remediation": {"relay": {"enabled": True, "self_names": ["a"], "peers": {"b": "ftp://b"}}}})
+    assert err.value.problems == ["remediation.relay.peers.b: must be an http(s) URL, got 'ftp://b'"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes")
+def test_unwritable_files_and_folders_are_named(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "audit.jsonl").write_text("")
+    (tmp_path / "audit.jsonl").chmod(0o444)
+    locked.chmod(0o555)
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "state": {"path": str(locked / "sub" / "state.json")},
+                "remediation": {
+                    "enabled": True,
+                    "auth": {"bearer_token": "t"},
+                    "audit_log": str(tmp_path / "audit.jsonl"),
+                },
+            }
+        )
+    assert err.value.problems == [
+        f"state.path: cannot be written: the folder {locked} is not writable by this user (uid {os.getuid()}) "
+        "(last-used and arrival times could not be saved)",
+        f"remediation.audit_log: {tmp_path / 'audit.jsonl'} is not writable by this user (uid {os.getuid()}) "
+        "(every remediation run would fail)",
+    ]
+
+
+def test_paths_are_checked_only_where_the_exporter_writes(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # remediation off: its audit log is never opened
+    parse_config({"state": {"path": str(tmp_path / "state.json")}, "remediation": {"audit_log": str(blocker / "a")}})
+    with pytest.raises(ConfigError) as err:
+        parse_config({"state": {"path": str(tmp_path)}})
+    assert err.value.problems == [
+        f"state.path: {tmp_path} is a directory (last-used and arrival times could not be saved)"
+    ]
+    existing = tmp_path / "state.json"
+    existing.write_text("{}")
+    assert parse_config({"state": {"path": str(existing)}}).state.path == str(existing)
+    assert not (tmp_path / "missing" / "x.json").exists()
+    parse_config({"state": {"path": str(tmp_path / "missing" / "x.json")}})
+    assert not (tmp_path / "missing").exists()  # checked, not created
+
+
+def test_default_paths_are_left_to_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only paths written in the file are checked: the defaults are what the image and the chart prepare."""
+    monkeypatch.setattr(checks, "unwritable", lambda path, *, replaced: f"{path} refused")
+    config = parse_config({"remediation": {"enabled": True, "auth": {"bearer_token": "t"}}})
+    assert config.remediation.audit_log == "/var/lib/docker-image-exporter/audit.jsonl"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"state": {"path": "/srv/state.json"}})
+    assert err.value.problems == [
+        "state.path: /srv/state.json refused (last-used and arrival times could not be saved)"
+    ]
 
 
 def test_make_run_config_is_valid() -> None:

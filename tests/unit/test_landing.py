@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 
+from exporter.config import parse_config
 from exporter.remediation.service import ActionStatus, AuditTail, Refused, read_audit_tail
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.web.landing import human_bytes, render_landing, repositories_by_unique_bytes, rough_duration
@@ -130,6 +132,40 @@ def test_remediation_sections_only_when_enabled() -> None:
     assert 'id="remediation"' in on and "No audit entries yet." in on and "dry_run: true" in on
     assert f'data-action="weekly" data-next-run="{NOW + 3600!r}"' in on
     assert "never run" in on and "every 1w" in on and ">in 1h<" in on
+
+
+def test_images_held_back_only_by_min_age_are_counted_with_the_time_the_first_becomes_deletable() -> None:
+    """A first start: every image arrived six minutes ago; min_age 1h holds all of them until 30:00 UTC."""
+    arrived = NOW - 360  # 2027-01-15 07:54:00 UTC
+    first_day = [
+        replace(image("a", ["web:1"], 1000, 0), arrived=arrived),
+        replace(image("b", ["web:2"], 2000, 0), arrived=arrived + 60),
+        replace(image("c", ["db:1"], 4000, 0, containers=1), arrived=arrived),  # in use: not min_age's doing
+        replace(image("d", ["web:3"], 8000, 0), arrived=None),  # built a day ago, known since: deletable now
+    ]
+    config = parse_config(
+        {
+            "remediation": {
+                "actions": {
+                    "unused": {"type": "prune_unused", "min_age": "1h"},
+                    "cache": {"type": "build_cache"},
+                    "dangling": {"type": "prune_dangling", "min_age": "1h"},
+                }
+            }
+        }
+    ).remediation
+    text = page(snapshot(*first_day), remediation=True, actions=[], remediation_config=config)
+    assert (
+        f'<li data-action="unused" data-images="2" data-bytes="3000" data-first="{arrived + 3600!r}"><b>unused</b>: '
+        "2 images (" in text
+    )
+    assert (
+        "become deletable within the next min_age (1h): the first at 2027-01-15 08:54:00 UTC (in 54m), "
+        "the last at 2027-01-15 08:55:00 UTC (in 55m)</li>" in text
+    )
+    assert 'data-action="dangling" data-images' not in text and 'data-action="cache" data-images' not in text
+    settled = page(snapshot(first_day[3]), remediation=True, actions=[], remediation_config=config)
+    assert 'id="maturing"' not in settled
 
 
 def test_last_run_shows_result_time_and_bytes_freed() -> None:

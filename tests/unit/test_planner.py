@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from exporter import apishapes
 from exporter.config import ActionConfig, ProtectConfig, make_action
-from exporter.remediation.planner import make_plan
+from exporter.remediation.planner import make_plan, maturing
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
@@ -202,9 +202,83 @@ def test_free_space_orders_dangling_then_least_recently_used():
     plan = make_plan(snap(*images, fs=fs), action("free_space", target_avail_ratio=0.5), PROTECT, NOW)
     assert [c.image_id[7:9] for c in plan.candidates] == ["d1", "t2", "t1", "t3"]
     assert "LRU rank 1" in plan.candidates[1].reason and "never seen used" in plan.candidates[1].reason
-    assert "unused for 1d (LRU rank 2)" in plan.candidates[2].reason
+    assert "last used 1d ago (LRU rank 2)" in plan.candidates[2].reason
     assert [s.reason for s in plan.skipped] == ["in_use"]
     assert plan.goal_met is False
+
+
+def test_on_a_first_start_every_ordered_action_takes_the_oldest_builds_first():
+    """Every image arrived at once (the exporter's first sighting): the order follows the builds, not the IDs."""
+    fs = Filesystem("/var/lib/docker", size=1000, avail=100)
+    arrived = NOW - 6 * 60
+    # IDs in the reverse order of the builds, so an order that falls back to the ID is visibly wrong
+    images = [img(f"{99 - v:02d}", [f"big/app:{v}"], age=(30 - v) * DAY, arrived=arrived) for v in range(1, 15)]
+    dangling = [img(f"d{v}", [], age=(30 - v) * DAY, arrived=arrived) for v in (3, 1, 2)]
+    oldest_first = [f"big/app:{v}" for v in range(1, 15)]
+    for kind, extra in (("free_space", {"target_avail_ratio": 0.5}), ("prune_unused", {})):
+        plan = make_plan(snap(*images, *dangling, fs=fs), action(kind, min_age="5m", **extra), PROTECT, NOW)
+        tagged = [c for c in plan.candidates if c.references]
+        assert [c.references[0] for c in tagged] == oldest_first, kind
+        assert [c.image_id[7:9] for c in plan.candidates[:3]] == ["d1", "d2", "d3"], kind
+        first = tagged[0].reason
+        assert "built 4w1d ago, never seen used; here since 2023-11-14 22:07:20 UTC" in first, first
+        assert "6m ago, first seen by the exporter" in first
+    plan = make_plan(snap(*dangling), action("prune_dangling", min_age="5m"), PROTECT, NOW)
+    assert [c.image_id[7:9] for c in plan.candidates] == ["d1", "d2", "d3"]
+
+
+def test_order_is_the_last_use_else_the_last_tag_or_build():
+    fs = Filesystem("/var/lib/docker", size=1000, avail=100)
+    images = [
+        img("u1", ["a:1"], age=40 * DAY, last_used=NOW - 2 * DAY),  # old build, used two days ago
+        img("u2", ["a:2"], age=30 * DAY, last_tag=NOW - 3 * DAY),  # re-tagged three days ago
+        img("u3", ["a:3"], age=10 * DAY, arrived=NOW - 3600),  # pulled an hour ago: order by its build
+        img("u4", ["a:4"], age=50 * DAY, last_used=NOW - 7 * DAY, last_tag=NOW - DAY),  # last use counts
+    ]
+    plan = make_plan(snap(*images, fs=fs), action("free_space", target_avail_ratio=0.5, min_age="30m"), PROTECT, NOW)
+    assert [c.image_id[7:9] for c in plan.candidates] == ["u3", "u4", "u2", "u1"]
+    assert plan.candidates[2].reason == "built 4w2d ago, tagged 3d ago, never seen used (LRU rank 3)"
+
+
+def test_too_young_says_which_time_counts_and_from_when_the_image_is_deletable():
+    images = [
+        img("y1", ["a:1"], age=30 * DAY, arrived=NOW - 6 * 60),  # first seen six minutes ago
+        img("y2", ["a:2"], age=30 * DAY, last_tag=NOW - 600),
+        img("y3", ["a:3"], age=1800),
+        replace(img("y4", ["a:4"]), tag_time_pending=True),
+    ]
+    plan = make_plan(snap(*images), action("prune_unused", min_age="1h"), PROTECT, NOW)
+    detail = {s.image_id[7:9]: s.detail for s in plan.skipped}
+    assert {s.reason for s in plan.skipped} == {"too_young"}
+    assert detail["y1"] == (
+        "6m old (here since 2023-11-14 22:07:20 UTC, first seen by the exporter), min_age 1h: "
+        "deletable from 2023-11-14 23:07:20 UTC (in 54m)"
+    )
+    assert detail["y2"].startswith("10m old (tagged 2023-11-14 22:03:20 UTC), min_age 1h: deletable from 2023-11-14 ")
+    assert detail["y3"].startswith("30m old (built 2023-11-14 21:43:20 UTC), min_age 1h: deletable from ")
+    assert detail["y4"] == "last tag time not read yet: held until it is known, min_age 1h"
+
+
+def test_maturing_counts_what_only_min_age_holds_back_by_the_actions_own_rules():
+    fs = Filesystem("/var/lib/docker", size=1000, avail=900)  # free_space's goal is met: counted as if not
+    arrived = NOW - 600
+    images = [
+        img("m1", ["app:1"], age=30 * DAY, arrived=arrived),  # an old version: held by min_age only
+        img("m2", ["app:2"], age=20 * DAY, arrived=arrived + 60),  # the kept version for keep_last
+        img("m3", ["app:0"], age=40 * DAY, arrived=arrived, containers=1),  # in use: never counted
+        img("m4", ["app:9"], age=50 * DAY),  # known for long: deletable now, not maturing
+        replace(img("m5", ["other:1"]), tag_time_pending=True),  # no date yet: left out
+    ]
+    snapshot = snap(*images, fs=fs)
+    free = maturing(snapshot, action("free_space", target_avail_ratio=0.5, min_age="1h"), PROTECT, NOW)
+    assert free is not None
+    assert [(i.id[7:9], when) for i, when in free.images] == [("m1", arrived + 3600), ("m2", arrived + 3660)]
+    assert free.size == 2000
+    keep = maturing(snapshot, action("keep_last", keep=1, min_age="1h"), PROTECT, NOW)
+    assert keep is not None and [i.id[7:9] for i, _ in keep.images] == ["m1"]  # app:2 is kept, app:0 in use
+    assert maturing(snapshot, action("build_cache"), PROTECT, NOW) is None
+    dangling = maturing(snapshot, action("prune_dangling", min_age="1h"), PROTECT, NOW)
+    assert dangling is not None and dangling.images == ()
 
 
 def test_free_space_goal_already_met_or_unmeasurable_plans_nothing():

@@ -147,6 +147,15 @@ async def test_clear_true_values_make_a_preview(app_factory, value):
     assert service.last_started == {}
 
 
+async def test_an_unclear_dry_run_value_is_answered_with_every_accepted_one(app_factory):
+    client, service, _ = await ready_app(app_factory)
+    resp = await client.post("/api/v1/actions/free-disk?dry_run=on", headers=AUTH_ONLY)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert "dry_run must be one of true, 1, yes (a preview) or false, 0, no (a real run), got 'on'" in error
+    assert nothing_started(service)
+
+
 # --------------------------------------------------------------------- client errors stay 4xx (#11)
 
 
