@@ -21,7 +21,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from exporter import apishapes
+from exporter import apishapes, memory
 from exporter.apishapes import MalformedAnswer
 from exporter.config import Config
 from exporter.engine import Engine, EngineError
@@ -44,6 +44,9 @@ FILL_PUBLISH_INTERVAL = 1.0  # seconds between publishes while LastTagTimes fill
 #: shutdown's save. A crash in between loses only arrivals and presence, which count as new on restart:
 #: the safe side (too young to delete).
 EVENT_SAVE_INTERVAL = 1.0
+#: Images fewer than the poll before, from which the freed memory is handed back to the system at once (see
+#: `poll_once`).
+TRIM_AFTER_DROP = 10_000
 
 TagKey = tuple[str, tuple[str, ...]]
 
@@ -184,11 +187,17 @@ class Poller:
             start = time.monotonic()
             self.metrics.polls.inc()
             self._reconcile = False
+            listed = len(self._parts[1]) if self._parts is not None else 0
             try:
                 await self._poll()
             finally:
                 self._attempted = True
                 self.metrics.duration.set(time.monotonic() - start)
+            dropped = listed - (len(self._parts[1]) if self._parts is not None else 0)
+        if not self.up or dropped >= TRIM_AFTER_DROP:
+            # a failed read (a refused or malformed answer may have been large) or a listing that shrank by
+            # thousands of images freed much at once: glibc keeps freed pages for reuse unless asked
+            await asyncio.to_thread(memory.release_free_memory)
         await self._fill_pending()
         return self.snapshot
 

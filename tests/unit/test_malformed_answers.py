@@ -23,12 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from exporter import memory
 from exporter.config import parse_config
 from exporter.diskusage import DiskUsageRefresher
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.logs import _FIELDS_ATTR as FIELDS_ATTR
-from exporter.poller import Poller
+from exporter.poller import TRIM_AFTER_DROP, Poller
 from exporter.selfmetrics import POLL_STAGES, PollMetrics
 from exporter.snapshot import Snapshot
 from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine, load
@@ -335,3 +336,29 @@ async def test_a_malformed_event_is_counted_and_re_lists(tmp_path: Path, caplog:
     assert registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": "events"}) == 1
     assert any("malformed engine event" in r.getMessage() for r in caplog.records)
     assert poller._wake.is_set()  # a re-list finds out what it changed
+
+
+async def test_memory_is_handed_back_after_a_failed_poll_and_after_a_listing_shrinks_by_thousands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[int] = []
+
+    def trim() -> bool:
+        trims.append(1)
+        return True
+
+    monkeypatch.setattr(memory, "release_free_memory", trim)
+    engine = MutableEngine("bookworm")
+    poller, _ = make_poller(engine, tmp_path)
+    await poller.poll_once()
+    assert trims == []  # an ordinary poll: nothing to hand back
+    engine.replace["list_images"] = {"not": "a list"}
+    await poller.poll_once()
+    assert len(trims) == 1
+    phantoms = [{"Id": f"sha256:{i:064x}", "Created": 1, "Size": 1} for i in range(TRIM_AFTER_DROP)]
+    engine.replace["list_images"] = engine.images + phantoms
+    await poller.poll_once()
+    assert poller.up and len(trims) == 1
+    del engine.replace["list_images"]
+    await poller.poll_once()  # the phantoms are gone: thousands of images freed at once
+    assert poller.up and len(trims) == 2
