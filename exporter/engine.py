@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("image", "container")
 # What the exporter reads from /system/df: never containers or volumes, which can cost minutes to size.
 DISK_USAGE_KINDS = ("image", "build-cache")
-#: `docker.max_response_bytes`'s default: the largest engine answer read. The recorded listings take 500-1,300
-#: bytes per image (labels are most of it), so 64 MiB holds 50k+ real images; what it bounds is memory, since
-#: a parsed answer needs several times its size.
+#: `docker.max_response_bytes`'s default: the largest engine answer read. The recorded listings take 200-700
+#: bytes per image (tags, digests and labels are most of it), so 64 MiB holds ~100k such images, and 30k even
+#: at 2 KB each (many labels); what it bounds is memory, since a parsed answer needs several times its size.
 MAX_RESPONSE_BYTES = 64 << 20
 #: Bytes read from the engine per call while reading an answer (the limit is checked between reads).
 READ_CHUNK = 1 << 20
