@@ -54,7 +54,7 @@ def _describe(value: Any) -> str:
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     """`value` when it is a JSON object; null as empty (the engine sends null for empty objects)."""
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):  # the exact type first: the ABC check costs more
         return value
     if value is None:
         return _EMPTY

@@ -11,6 +11,7 @@ part: tests/unit/test_engine_answers.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import math
@@ -362,3 +363,44 @@ async def test_memory_is_handed_back_after_a_failed_poll_and_after_a_listing_shr
     del engine.replace["list_images"]
     await poller.poll_once()  # the phantoms are gone: thousands of images freed at once
     assert poller.up and len(trims) == 2
+
+
+async def test_an_unforeseen_error_in_a_poll_does_not_end_polling(tmp_path: Path) -> None:
+    """Whatever escapes a poll (here a bug's RuntimeError) is logged with its traceback, shown as
+    `docker_up 0`, and the loop polls again."""
+    engine = MutableEngine("bookworm")
+    poller, registry = make_poller(engine, tmp_path)
+    poller.config = parse_config({"filesystem": {"path": str(tmp_path)}, "poll": {"debounce": "0s"}})
+    list_images = engine.list_images
+    failures = 0
+
+    async def failing_once() -> list[dict[str, Any]]:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise RuntimeError("a bug")
+        return await list_images()
+
+    engine.list_images = failing_once  # type: ignore[method-assign]
+    logged = asyncio.Event()
+
+    class Logged(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "poll failed unexpectedly" in record.getMessage() and record.exc_info:
+                logged.set()
+
+    handler = Logged()
+    logging.getLogger("exporter.poller").addHandler(handler)
+    task = asyncio.create_task(poller.run())
+    try:
+        async with asyncio.timeout(30):
+            await logged.wait()
+            assert not poller.up and poller.last_error == "poll: RuntimeError: a bug"
+            poller.wake()
+            await poller.ready.wait()
+    finally:
+        logging.getLogger("exporter.poller").removeHandler(handler)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert poller.up and registry.get_sample_value("docker_exporter_polls_total") == 2
