@@ -23,6 +23,7 @@ from exporter.poller import Poller
 from exporter.selfmetrics import PollMetrics
 from tests.harness.dockerd import PrivateDockerd, short_workdir
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
 
 pytestmark = pytest.mark.engine
@@ -163,3 +164,34 @@ async def test_a_malformed_event_line_ends_the_stream_as_an_outage(dockerd: Priv
         with pytest.raises(EngineUnavailable, match="event stream broke"):
             await asyncio.wait_for(asyncio.to_thread(poller.engine.follow_events, seen.append), 30)
         assert seen == [event]
+
+
+def test_the_exporter_reports_refused_listings_keeps_polling_and_recovers(
+    dockerd: PrivateDockerd, exporter_factory: ExporterFactory
+) -> None:
+    """The whole process, from its launch read on: a malformed first listing leaves it unready with
+    `docker_up 0` while `polls_total` keeps growing; the engine's real answer brings it up; an answer over
+    `docker.max_response_bytes` takes it down again, logged with the key and the size, until it is gone."""
+    with FaultProxy(dockerd.socket, short_workdir("answers-e2e-") / "p.sock") as proxy:
+        bad = proxy.replace("GET", r"^/images/json$", b'{"message": "an object, not a list"}')
+        config = {"poll": {"interval": "1s", "debounce": "0s"}, "docker": {"max_response_bytes": "1MiB"}}
+        exp = exporter_factory(proxy.host, config, ready=False)
+
+        def images_errors() -> float:
+            return exp.sample("docker_exporter_poll_errors_total", {"stage": "images"}) or 0
+
+        exp.wait_for(lambda: exp.sample("docker_up") == 0 and images_errors() >= 1, what="the refused listing")
+        polls = exp.sample("docker_exporter_polls_total") or 0
+        exp.wait_for(lambda: (exp.sample("docker_exporter_polls_total") or 0) >= polls + 2, what="polling goes on")
+        assert images_errors() >= 2
+        assert "GET /images/json: expected a list, the engine answered dict" in exp.logs()
+        proxy.restore(bad)
+        exp.wait_for(lambda: exp.sample("docker_up") == 1, what="recovery")
+        exp.wait_ready()
+
+        big = proxy.replace("GET", r"^/images/json$", listing(12000), chunked=True)
+        errors_before = images_errors()
+        exp.wait_for(lambda: exp.sample("docker_up") == 0 and images_errors() > errors_before, what="too large")
+        assert "over docker.max_response_bytes (1048576)" in exp.logs()
+        proxy.restore(big)
+        exp.wait_for(lambda: exp.sample("docker_up") == 1, what="recovery after the large answer")
