@@ -404,3 +404,32 @@ async def test_an_unforeseen_error_in_a_poll_does_not_end_polling(tmp_path: Path
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert poller.up and registry.get_sample_value("docker_exporter_polls_total") == 2
+
+
+async def test_an_unforeseen_error_handling_events_does_not_end_the_event_worker(tmp_path: Path) -> None:
+    engine = MutableEngine("bookworm")
+    poller, _ = make_poller(engine, tmp_path)
+    await poller.poll_once()
+    follower = EventFollower(engine, poller, poller.history, poller.metrics)
+    applied: list[object] = []
+    first = asyncio.Event()
+
+    async def apply(events: object, deleted: object = ()) -> bool:
+        applied.append(events)
+        first.set()
+        if len(applied) == 1:
+            raise RuntimeError("a bug")
+        return True
+
+    poller.apply_image_events = apply  # type: ignore[method-assign]
+    image = engine.images[0]["Id"]
+    tag = {"Type": "image", "Action": "tag", "Actor": {"ID": image, "Attributes": {"name": "again:1"}}, "time": 1}
+    worker = asyncio.create_task(follower._handle_events())
+    follower._queue.put_nowait(tag)
+    async with asyncio.timeout(30):
+        await first.wait()  # the first batch, alone, before the second event is queued
+    follower._queue.put_nowait(dict(tag, time=2))
+    follower._queue.put_nowait(None)
+    async with asyncio.timeout(30):
+        await worker  # ends at the stream's end, not with the first batch's error
+    assert len(applied) == 2 and poller._wake.is_set()
