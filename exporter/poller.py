@@ -107,6 +107,10 @@ class Poller:
         self._logged_up: bool | None = None  # the engine state last logged: log transitions only, the first too
         self._logged_fs_error: str | None = None  # likewise for statvfs, so a missing mount warns once
         self._logged_malformed: str | None = None  # the malformed answer last logged: each new problem warns once
+        #: A malformed inspect's error: `up` stays 0 from one poll to the next until the inspects it left pending
+        #: are answered properly (else every poll's publish would show the engine up for a moment).
+        self._refused_inspect: str | None = None
+        self._listed = False  # the last poll's reads all succeeded
         self.last_error: str | None = None
         self.disk_usage: DiskUsage | None = None
         self.on_change: list[Callable[[], None]] = []  # the set of image IDs changed
@@ -256,7 +260,7 @@ class Poller:
                 reads.discard()
             self._log_malformed(exc, "poll failed, serving the last snapshot; retrying")
             self._logged_up = False
-            self.up = False
+            self.up = self._listed = False
             return
         except EngineError as exc:
             if reads is not None:
@@ -268,7 +272,7 @@ class Poller:
                     extra=kv(host=self.engine.where, serving=served, err=exc, hint=engine_error_hint(str(exc))),
                 )
                 self._logged_up = False
-            self.up = False
+            self.up = self._listed = False
             return
         self.last_error = None  # the engine answered; a statvfs failure below is the one left to show
         filesystem: Filesystem | None = None
@@ -284,14 +288,17 @@ class Poller:
             if self._logged_fs_error is not None:
                 log.info("statvfs works again", extra=kv(path=self.config.filesystem.path))
             self._logged_fs_error = None
-        self._logged_malformed = None
-        if self._logged_up is not True:
+        self._listed = True
+        self.up = self._refused_inspect is None
+        if not self.up:
+            self.last_error = self._refused_inspect
+        elif self._logged_up is not True:
             log.info(
                 "engine reachable",
                 extra=kv(version=engine.version, api_version=api, storage_driver=engine.storage_driver),
             )
             self._logged_up = True
-        self.up = True
+            self._logged_malformed = None
         self._track_history(images, containers, now)
         self._parts = (engine, images, containers, filesystem)
         keys = {i.id: _tag_key(i) for i in images}
@@ -313,6 +320,11 @@ class Poller:
         while True:
             async with self._lock:
                 if self._parts is None or not self._pending:
+                    if self._refused_inspect is not None and self._listed and not self._pending:
+                        self._refused_inspect = self.last_error = self._logged_malformed = None
+                        self.up = True  # answered properly now
+                        log.info("image inspects answer properly again")
+                        self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
                     return
                 batch = sorted(self._pending)[:FILL_BATCH]
                 try:
@@ -331,7 +343,7 @@ class Poller:
                     self.metrics.errors.labels("images").inc()
                     self.last_error = f"images: malformed answer: {bad}"
                     self._log_malformed(bad, "LastTagTime not known; retried next poll")
-                    self._logged_up = False
+                    self._refused_inspect = self.last_error
                     self.up = False
                     self._publish(self.snapshot.taken_at if self.snapshot else self.clock())
                     return

@@ -433,3 +433,27 @@ async def test_an_unforeseen_error_handling_events_does_not_end_the_event_worker
     async with asyncio.timeout(30):
         await worker  # ends at the stream's end, not with the first batch's error
     assert len(applied) == 2 and poller._wake.is_set()
+
+
+async def test_a_malformed_inspect_keeps_docker_up_0_at_every_publish_until_it_is_answered_properly(
+    tmp_path: Path,
+) -> None:
+    """The listing is fine, so each poll publishes before the inspects run: the engine must not show up for
+    that moment while the inspect it needs still answers garbage."""
+    engine = MutableEngine("bookworm")
+    poller, registry = make_poller(engine, tmp_path)
+    published: list[bool] = []
+    poller.on_publish.append(lambda _: published.append(poller.up))
+    engine.replace["inspect_image"] = mutated(engine.inspect, ("Metadata",), "garbage", False)
+    await poller.poll_once()
+    assert not poller.up and poller.last_error is not None and "Metadata" in poller.last_error
+    published.clear()
+    await poller.poll_once()
+    await poller.poll_once()
+    assert published and not any(published)
+    assert not poller.up and poller.last_error is not None and "Metadata" in poller.last_error
+    assert registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": "images"}) == 3
+    del engine.replace["inspect_image"]
+    await poller.poll_once()
+    assert poller.up and poller.last_error is None and published[-1] is True
+    assert poller.snapshot is not None and poller.snapshot.pending_inspects == 0
