@@ -60,7 +60,12 @@ class Services:
         self.config = config
         self.docker_host = docker_host
         self.registry = CollectorRegistry(auto_describe=True)
-        self.engine = engine or Engine(docker_host, config.docker.timeout, config.docker.disk_usage_timeout)
+        self.engine = engine or Engine(
+            docker_host,
+            config.docker.timeout,
+            config.docker.disk_usage_timeout,
+            max_response_bytes=config.docker.max_response_bytes,
+        )
         self.history = ImageHistory(config.state.path)
         self.metrics = PollMetrics(self.registry)
         register_runtime_metrics(self.registry)

@@ -225,7 +225,12 @@ async def run(
     from exporter.engine import Engine
     from exporter.firstreads import FirstReads
 
-    engine = Engine(docker_host, config.docker.timeout, config.docker.disk_usage_timeout)
+    engine = Engine(
+        docker_host,
+        config.docker.timeout,
+        config.docker.disk_usage_timeout,
+        max_response_bytes=config.docker.max_response_bytes,
+    )
     reads = await FirstReads.start(engine, early=earlyread.claim(engine.address))
     try:
         from exporter.app import create_app

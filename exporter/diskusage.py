@@ -96,5 +96,11 @@ class DiskUsageRefresher:
         finally:
             self.metrics.disk_usage_duration.set(time.monotonic() - start)
         info = self.poller.snapshot.engine if self.poller.snapshot else None
-        self.poller.set_disk_usage(apishapes.parse_disk_usage(raw, self.clock(), info))
+        try:
+            usage = apishapes.parse_disk_usage(raw, self.clock(), info)
+        except apishapes.MalformedAnswer as exc:  # the last good figures stay, their age shows
+            self.metrics.errors.labels("disk_usage").inc()
+            log.warning("/system/df answer malformed", extra=kv(field=exc.field, problem=exc.problem))
+            return None
+        self.poller.set_disk_usage(usage)
         return self.poller.snapshot

@@ -58,6 +58,10 @@ NO_ENGINE_FLAGS = frozenset({"--config.check", "--version", "-h", "--help"})
 MAX_CONFIG_BYTES = 1 << 20
 #: How long the thread's socket waits on the engine; the first poll waits only `docker.timeout` for it.
 SOCKET_TIMEOUT = 300.0
+#: The largest answer read here: `docker.max_response_bytes`'s default (`engine.MAX_RESPONSE_BYTES`, kept equal
+#: by a unit test). A larger answer fails the early read, and the first poll reads again under the configured
+#: limit; a configured limit below this one makes the first poll ignore the early read (`firstreads`).
+MAX_ANSWER_BYTES = 64 << 20
 
 
 class EarlyReadError(Exception):
@@ -227,16 +231,22 @@ def _exchange(sock: socket.socket, target: str) -> tuple[int, bytes]:
         headers[name.strip().lower()] = value.strip()
     if b"content-length" in headers:
         size = int(headers[b"content-length"])
+        if size > MAX_ANSWER_BYTES:
+            raise EarlyReadError(f"GET {target}: the answer is {size} bytes, over {MAX_ANSWER_BYTES}")
         body = buffer if len(buffer) >= size else buffer + _recv_exactly(sock, size - len(buffer))
         return int(status), body[:size]
     if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
         raise EarlyReadError(f"GET {target}: an answer framed by neither Content-Length nor chunks")
     parts: list[bytes] = []
+    total = 0
     while True:
         line, buffer = _recv_through(sock, buffer, b"\r\n")
         size = int(line.split(b";", 1)[0].strip(), 16)
         if size == 0:
             return int(status), b"".join(parts)  # trailers (the engine sends none) are left unread
+        total += size
+        if total > MAX_ANSWER_BYTES:
+            raise EarlyReadError(f"GET {target}: the answer is over {MAX_ANSWER_BYTES} bytes")
         if len(buffer) < size + 2:
             buffer += _recv_exactly(sock, size + 2 - len(buffer))
         parts.append(buffer[:size])

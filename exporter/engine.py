@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("image", "container")
 # What the exporter reads from /system/df: never containers or volumes, which can cost minutes to size.
 DISK_USAGE_KINDS = ("image", "build-cache")
+#: `docker.max_response_bytes`'s default: the largest engine answer read. The recorded listings take 200-700
+#: bytes per image (tags, digests and labels are most of it), so 64 MiB holds ~100k such images, and 30k even
+#: at 2 KB each (many labels); what it bounds is memory, since a parsed answer needs several times its size.
+MAX_RESPONSE_BYTES = 64 << 20
+#: Bytes read from the engine per call while reading an answer (the limit is checked between reads).
+READ_CHUNK = 1 << 20
 
 
 class EngineError(Exception):
@@ -65,6 +71,34 @@ class EngineConflict(EngineError):
 
 class EngineNotFound(EngineError):
     """404: the image (or reference) is already gone."""
+
+
+class AnswerTooLarge(EngineError):
+    """The answer is larger than `docker.max_response_bytes`: not read further, nothing of it used."""
+
+    def __init__(self, what: str, limit: int, size: int | None) -> None:
+        told = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(f"{what}: the answer is {told}, over docker.max_response_bytes ({limit})")
+
+
+def _decode(body: bytes | bytearray, what: str) -> Any:
+    """The JSON in `body`; EngineError naming `what` when it is not JSON (or nests deeper than Python parses)."""
+    try:
+        return json.loads(body) if body.strip() else None
+    except RecursionError:
+        raise EngineError(f"{what}: the answer nests too deeply to be a Docker API answer") from None
+    except ValueError as exc:
+        raise EngineError(f"{what}: the answer is not JSON ({exc})") from None
+
+
+def _shaped(data: Any, kind: type, what: str) -> Any:
+    """`data` when it is a JSON `kind` (list or dict); null as an empty one; else EngineError."""
+    if data is None:
+        return kind()
+    if not isinstance(data, kind):
+        name = "a list" if kind is list else "an object"
+        raise EngineError(f"{what}: expected {name}, the engine answered {type(data).__name__}")
+    return data
 
 
 def _status_error(status: int, message: str) -> EngineError:
@@ -115,18 +149,19 @@ class UnixConnection:
         readable, _, _ = select.select([sock.fileno()], [], [], 0)
         return bool(readable)
 
-    async def request(self, method: str, target: str) -> tuple[int, bytes, bool]:
+    async def request(self, method: str, target: str, max_bytes: int = MAX_RESPONSE_BYTES) -> tuple[int, bytes, bool]:
         """Send one bodiless request and read its whole answer: (status, body, still usable).
 
-        OSError or EOFError when the connection breaks, ValueError when the answer is not HTTP/1.x.
+        OSError or EOFError when the connection breaks, ValueError when the answer is not HTTP/1.x,
+        AnswerTooLarge (without reading it) when its body is over `max_bytes`.
         """
         try:
-            return await self._exchange(method, target)
+            return await self._exchange(method, target, max_bytes)
         except BaseException:
             self.close()
             raise
 
-    async def _exchange(self, method: str, target: str) -> tuple[int, bytes, bool]:
+    async def _exchange(self, method: str, target: str, max_bytes: int) -> tuple[int, bytes, bool]:
         self.writer.write(f"{method} {target} HTTP/1.1\r\nHost: docker\r\n\r\n".encode("ascii"))
         await self.writer.drain()
         line = await self.reader.readline()
@@ -146,18 +181,27 @@ class UnixConnection:
         if status in (204, 304):
             body = b""
         elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            body = await self._chunked()
+            body = await self._chunked(method, target, max_bytes)
         elif b"content-length" in headers:
-            body = await self.reader.readexactly(int(headers[b"content-length"]))
+            size = int(headers[b"content-length"])
+            if size > max_bytes:
+                raise AnswerTooLarge(f"{method} {target}", max_bytes, size)
+            body = await self.reader.readexactly(size)
         else:
-            body, keep_alive = await self.reader.read(), False
+            body, keep_alive = await self.reader.read(max_bytes + 1), False
+            if len(body) > max_bytes:
+                raise AnswerTooLarge(f"{method} {target}", max_bytes, None)
         if not keep_alive:
             self.close()
         return status, body, keep_alive
 
-    async def _chunked(self) -> bytes:
+    async def _chunked(self, method: str, target: str, max_bytes: int) -> bytes:
         parts = []
+        total = 0
         while size := int((await self.reader.readline()).split(b";", 1)[0].strip() or b"x", 16):
+            total += size
+            if total > max_bytes:
+                raise AnswerTooLarge(f"{method} {target}", max_bytes, None)
             parts.append(await self.reader.readexactly(size))
             await self.reader.readexactly(2)  # the CRLF after each chunk
         while (await self.reader.readline()).strip():  # trailer fields, then the empty line
@@ -181,6 +225,7 @@ class Engine:
         timeout: float = 30.0,
         disk_usage_timeout: float = 300.0,
         delete_lane_threads: int = DELETE_LANE_THREADS,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.host = host
         #: Read once by `engineaddress.parse`, the reading the launch read shares: the SDK client gets its
@@ -188,6 +233,7 @@ class Engine:
         self.address = engineaddress.parse(host)
         self.timeout = timeout
         self.disk_usage_timeout = disk_usage_timeout
+        self.max_response_bytes = max_response_bytes
         self.api_version: str | None = None
         self._lanes = {
             "api": ThreadPoolExecutor(1, thread_name_prefix="engine-api"),
@@ -251,7 +297,9 @@ class Engine:
         try:
             async with asyncio.timeout(self.timeout):
                 conn = self._idle_connection() or await UnixConnection.open(self._socket_path)
-                status, body, reusable = await conn.request(method, f"/v{self._lean_version}{path}")
+                status, body, reusable = await conn.request(
+                    method, f"/v{self._lean_version}{path}", self.max_response_bytes
+                )
         except TimeoutError:
             self._drop_lean()
             self.lean_error = f"{method} {path}: engine did not answer within {self.timeout:.0f}s"
@@ -263,16 +311,14 @@ class Engine:
         self.lean_error = None
         if reusable:
             self._idle.append(conn)
-        try:
-            data = json.loads(body) if body.strip() else None
-        except ValueError:
-            data = None
         if status >= 400:
+            try:
+                data = _decode(body, f"{method} {path}")
+            except EngineError:
+                data = None
             message = data.get("message") if isinstance(data, dict) else None
-            raise _status_error(status, str(message or body.decode(errors="replace").strip()))
-        if data is None and body.strip():
-            raise EngineError(f"{method} {path}: the engine answered {status} with a body that is not JSON")
-        return data
+            raise _status_error(status, str(message or body[:1000].decode(errors="replace").strip()))
+        return _decode(body, f"{method} {path}")
 
     async def check_lean(self) -> None:
         """EngineUnavailable while the lean client still cannot reach the engine after a call of it failed.
@@ -324,9 +370,36 @@ class Engine:
             raise EngineUnavailable(f"engine did not answer within {timeout + 5:.0f}s") from None
 
     # -- reads ----------------------------------------------------------------------------------------
+    def _get(self, c: docker.APIClient, path: str, params: Mapping[str, Any] | None = None, **url: Any) -> Any:
+        """`GET path` through the SDK client, read up to `max_response_bytes` and decoded.
+
+        Why not the SDK's own readers: they read the whole answer into memory whatever its size (a 100 MB
+        listing cost ~900 MiB at its peak), and hand on whatever JSON came. Here the body is streamed into
+        one buffer that stops at the limit (`Content-Length` is refused before anything is read), and an
+        answer that is not JSON, or nests too deeply for the parser, is an EngineError naming the call.
+        """
+        what = f"GET {path}"
+        response = c._get(c._url(path, **url), params=dict(params or {}), stream=True)
+        try:
+            c._raise_for_status(response)
+            limit = self.max_response_bytes
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > limit:
+                raise AnswerTooLarge(what, limit, int(length))
+            body = bytearray()
+            for chunk in response.iter_content(READ_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    del body, chunk  # not kept alive by the traceback while the error is handled and logged
+                    raise AnswerTooLarge(what, limit, None)
+        finally:
+            response.close()
+        return _decode(body, what)
+
     async def version_and_info(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         def get(c: docker.APIClient) -> tuple[dict[str, Any], dict[str, Any], str]:
-            return c.version(api_version=False), c.info(), str(c.api_version)
+            version = _shaped(self._get(c, "/version", versioned_api=False), dict, "GET /version")
+            return version, _shaped(self._get(c, "/info"), dict, "GET /info"), str(c.api_version)
 
         return await self._call(get)
 
@@ -338,25 +411,30 @@ class Engine:
 
         def get(c: docker.APIClient) -> list[dict[str, Any]]:
             params = dict(urllib.parse.parse_qsl(images_query(c.api_version)))
-            return list(c._result(c._get(c._url("/images/json"), params=params), True) or [])
+            return list(_shaped(self._get(c, "/images/json", params), list, "GET /images/json"))
 
         return await self._call(get)
 
     async def list_containers(self, *, lane: Lane = "api") -> list[dict[str, Any]]:
         """Every container, running or stopped: a stopped one still holds its image."""
+        what = "GET /containers/json"
         if self._lean(lane):
-            return list(await self._call_raw("GET", "/containers/json?all=1") or [])
-        return await self._call(lambda c: list(c.containers(all=True) or []), lane=lane)
+            return list(_shaped(await self._call_raw("GET", "/containers/json?all=1"), list, what))
+        return await self._call(
+            lambda c: list(_shaped(self._get(c, "/containers/json", {"all": 1}), list, what)), lane=lane
+        )
 
     async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
+        path = f"/images/{_quote(ref)}/json"
         # every inspect takes the lean client on a unix socket: the poller's LastTagTime fill and event
         # applies make thousands of them, and the SDK's per-request overhead was 4-5x the engine's answer
         if self._socket_path is not None:
-            return dict(await self._call_raw("GET", f"/images/{_quote(ref)}/json") or {})
-        return await self._call(lambda c: dict(c.inspect_image(ref)), lane=lane)
+            return dict(_shaped(await self._call_raw("GET", path), dict, f"GET {path}"))
+        return await self._call(lambda c: dict(_shaped(self._get(c, path), dict, f"GET {path}")), lane=lane)
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
-        return await self._call(lambda c: dict(c.inspect_container(container_id)))
+        path = f"/containers/{_quote(container_id)}/json"
+        return await self._call(lambda c: dict(_shaped(self._get(c, path), dict, f"GET {path}")))
 
     async def disk_usage(self, kinds: Sequence[str] = DISK_USAGE_KINDS) -> dict[str, Any]:
         """`/system/df`, one call at a time (df lane), limited to `kinds` where the API allows it.
@@ -372,7 +450,7 @@ class Engine:
                 params["type"] = list(kinds)
             if api_at_least(c.api_version, "1.52"):
                 params["verbose"] = "1"
-            return dict(c._result(c._get(c._url("/system/df"), params=params), True) or {})
+            return dict(_shaped(self._get(c, "/system/df", params), dict, "GET /system/df"))
 
         return await self._call(get, lane="df")
 
@@ -429,7 +507,7 @@ class Engine:
             for event in stream:
                 if isinstance(event, dict):
                     on_event(event)
-        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError) as exc:
+        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError, RecursionError) as exc:
             raise EngineUnavailable(f"event stream broke: {exc}") from exc
         finally:
             with self._stream_lock:

@@ -23,7 +23,7 @@ import re
 import time
 from typing import Any
 
-from exporter.apishapes import normalize_id, parse_time
+from exporter.apishapes import MalformedAnswer, normalize_id, parse_time
 from exporter.engine import Engine, EngineError, EngineUnavailable
 from exporter.history import ImageHistory
 from exporter.logs import kv
@@ -47,6 +47,30 @@ MAX_BATCH = 1024
 #: a batch of two or three events every few milliseconds. An event after a quiet spell is taken at once.
 BATCH_INTERVAL = 0.05
 _HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
+
+
+def check_event(event: Any) -> None:
+    """MalformedAnswer unless `event` has the shape `handle_batch` reads: strings where it reads strings, objects
+    where it reads objects, positive whole times."""
+    if not isinstance(event, dict):
+        raise MalformedAnswer("", f"expected an object, got {type(event).__name__}")
+    for key in ("Type", "Action", "status", "id"):
+        if event.get(key) is not None and type(event[key]) is not str:
+            raise MalformedAnswer(key, f"expected a string, got {type(event[key]).__name__}")
+    for key in ("time", "timeNano"):
+        value = event.get(key)
+        if value is not None and (type(value) is not int or not 0 <= value < 2**63):
+            raise MalformedAnswer(key, f"expected a positive whole number, got {type(value).__name__} {value!r:.40}")
+    actor = event.get("Actor")
+    if actor is None:
+        return
+    if not isinstance(actor, dict):
+        raise MalformedAnswer("Actor", f"expected an object, got {type(actor).__name__}")
+    if actor.get("ID") is not None and type(actor["ID"]) is not str:
+        raise MalformedAnswer("Actor.ID", f"expected a string, got {type(actor['ID']).__name__}")
+    attributes = actor.get("Attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise MalformedAnswer("Actor.Attributes", f"expected an object, got {type(attributes).__name__}")
 
 
 def event_time(event: dict[str, Any]) -> float:
@@ -184,6 +208,9 @@ class EventFollower:
                 await self.handle_batch(events)
             except EngineError as exc:
                 log.debug("could not resolve events", extra=kv(events=len(events), err=exc))
+            except Exception as exc:  # whatever a batch met, the events after it must still be handled
+                log.exception("handling engine events failed; re-listing", extra=kv(events=len(events), err=exc))
+                self.poller.wake()
             if len(events) < len(batch):
                 return
 
@@ -203,6 +230,16 @@ class EventFollower:
         deleted: dict[str, bool] = {}  # image ID -> whether its last event here is a delete
         relist = False
         for event in events:
+            try:
+                check_event(event)
+            except MalformedAnswer as exc:  # what it changed is unknown: a re-list finds out
+                self.metrics.errors.labels("events").inc()
+                log.warning(
+                    "malformed engine event ignored; re-listing",
+                    extra=kv(field=exc.field, problem=exc.problem, event=repr(event)[:200]),
+                )
+                relist = True
+                continue
             kind = event.get("Type")
             action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
             actor = event.get("Actor") or {}

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from exporter.earlyread import EarlyListing
+from exporter.earlyread import MAX_ANSWER_BYTES, EarlyListing
 from exporter.engine import Engine, EngineUnavailable
 from exporter.logs import kv
 
@@ -66,8 +66,12 @@ async def _listing(engine: Engine, early: EarlyListing | None) -> list[dict[str,
     """The listing sent at launch when there is one, else (or when it failed) `Engine.list_images`.
 
     A launch read that failed is asked again the normal way, which reports the failure as every poll does;
-    one that has not answered within `docker.timeout` is the engine not answering, as for any read.
+    one that has not answered within `docker.timeout` is the engine not answering, as for any read. A launch
+    read is bounded by the default `docker.max_response_bytes`: under a lower configured limit it is not used.
     """
+    if early is not None and engine.max_response_bytes < MAX_ANSWER_BYTES:
+        early.future.cancel()
+        early = None
     if early is not None:
         try:
             async with asyncio.timeout(engine.timeout):

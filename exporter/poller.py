@@ -3,7 +3,9 @@
 The poller is the only reader of the cheap endpoints (/version, /info, /images/json,
 /containers/json, image inspect for LastTagTime, container inspect once per stopped container for when
 it last ran) and of statvfs. It never raises out of its loop: a failed
-stage is counted, `up` goes to 0 and the last good data keeps being served with its age visible.
+stage is counted, `up` goes to 0 and the last good data keeps being served with its age visible. An answer
+of the wrong shape (`apishapes.MalformedAnswer`) fails its stage the same way, logged with the endpoint and
+field, never half-parsed into wrong counts; the next poll asks again.
 /system/df lives in `diskusage`, which hands its result here to be merged into the next published view.
 """
 
@@ -19,7 +21,8 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from exporter import apishapes
+from exporter import apishapes, memory
+from exporter.apishapes import MalformedAnswer
 from exporter.config import Config
 from exporter.engine import Engine, EngineError, EngineUnavailable
 from exporter.firstreads import FirstReads
@@ -41,6 +44,9 @@ FILL_PUBLISH_INTERVAL = 1.0  # seconds between publishes while LastTagTimes fill
 #: shutdown's save. A crash in between loses only arrivals and presence, which count as new on restart:
 #: the safe side (too young to delete).
 EVENT_SAVE_INTERVAL = 1.0
+#: Images fewer than the poll before, from which the freed memory is handed back to the system at once (see
+#: `poll_once`).
+TRIM_AFTER_DROP = 10_000
 
 TagKey = tuple[str, tuple[str, ...]]
 
@@ -106,6 +112,11 @@ class Poller:
         self.up = False
         self._logged_up: bool | None = None  # the engine state last logged: log transitions only, the first too
         self._logged_fs_error: str | None = None  # likewise for statvfs, so a missing mount warns once
+        self._logged_malformed: str | None = None  # the malformed answer last logged: each new problem warns once
+        #: A malformed inspect's error: `up` stays 0 from one poll to the next until the inspects it left pending
+        #: are answered properly (else every poll's publish would show the engine up for a moment).
+        self._refused_inspect: str | None = None
+        self._listed = False  # the last poll's reads all succeeded
         self.last_error: str | None = None
         self.disk_usage: DiskUsage | None = None
         self.on_change: list[Callable[[], None]] = []  # the set of image IDs changed
@@ -167,7 +178,13 @@ class Poller:
     async def run(self) -> None:
         """One task: poll, then sleep until the interval passes or something wakes us."""
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception as exc:  # a bug or an answer nobody foresaw must not end polling for good
+                self.up = False
+                self.last_error = f"poll: {type(exc).__name__}: {exc}"
+                self._logged_up = False
+                log.exception("poll failed unexpectedly; retrying next interval", extra=kv(err=exc))
             # asyncio.timeout, not wait_for: on 3.11 wait_for returns the result of an inner future done at
             # the moment the task is cancelled and swallows the cancel, and a wake() at shutdown hung the
             # stop for a whole poll interval
@@ -184,11 +201,17 @@ class Poller:
             start = time.monotonic()
             self.metrics.polls.inc()
             self._reconcile = False
+            listed = len(self._parts[1]) if self._parts is not None else 0
             try:
                 await self._poll()
             finally:
                 self._attempted = True
                 self.metrics.duration.set(time.monotonic() - start)
+            dropped = listed - (len(self._parts[1]) if self._parts is not None else 0)
+        if not self.up or dropped >= TRIM_AFTER_DROP:
+            # a failed read (a refused or malformed answer may have been large) or a listing that shrank by
+            # thousands of images freed much at once: glibc keeps freed pages for reuse unless asked
+            await asyncio.to_thread(memory.release_free_memory)
         await self._fill_pending()
         return self.snapshot
 
@@ -200,6 +223,23 @@ class Poller:
             self.last_error = f"{stage}: {exc}"
             raise
 
+    def _parse(self, stage: str, endpoint: str, parse: Callable[..., Any], *raw: Any) -> Any:
+        """`parse(*raw)`; a MalformedAnswer is counted against `stage` and names `endpoint` and the field."""
+        try:
+            return parse(*raw)
+        except MalformedAnswer as exc:
+            self.metrics.errors.labels(stage).inc()
+            bad = exc.within(endpoint) if not exc.field.startswith("/") else exc
+            self.last_error = f"{stage}: malformed answer: {bad}"
+            raise bad from None
+
+    def _log_malformed(self, exc: MalformedAnswer, what: str) -> None:
+        """Warn once per distinct problem (a broken engine repeats it every poll), debug after."""
+        text = str(exc)
+        level = logging.DEBUG if text == self._logged_malformed else logging.WARNING
+        self._logged_malformed = text
+        log.log(level, f"malformed engine answer; {what}", extra=kv(field=exc.field, problem=exc.problem))
+
     async def _poll(self) -> None:
         reads, self.first_reads = self.first_reads, None
         now = reads.started_at if reads is not None else self.clock()
@@ -210,12 +250,14 @@ class Poller:
         if reads is not None:  # the listing answers first: parse it while version and info are read
             await asyncio.wait([reads.images])
             if not reads.images.cancelled() and reads.images.exception() is None:
-                listed = [apishapes.parse_image(entry) for entry in reads.images.result() or ()]
+                # a malformed one is parsed again below, in order, where its error is counted and logged
+                with contextlib.suppress(MalformedAnswer):
+                    listed = apishapes.parse_listing(reads.images.result())
         try:
             version, info, api = await self._stage(
                 "info", reads.info if reads is not None else self.engine.version_and_info()
             )
-            engine = apishapes.parse_engine_info(version, info, api)
+            engine = self._parse("info", "/version", apishapes.parse_engine_info, version, info, api)
             raw_images = await self._stage("images", reads.images if reads is not None else self.engine.list_images())
             raw_containers = await self._stage(
                 "containers", reads.containers if reads is not None else self.engine.list_containers()
@@ -223,11 +265,18 @@ class Poller:
             if listed is not None:
                 images = apishapes.for_engine(listed, engine)
             else:
-                images = apishapes.parse_images(raw_images, engine)
-            containers = list(apishapes.parse_containers(raw_containers))
+                images = self._parse("images", "/images/json", apishapes.parse_images, raw_images, engine)
+            containers = list(self._parse("containers", "/containers/json", apishapes.parse_containers, raw_containers))
             await self._stage("containers", self._fill_container_use(containers))
             # the inspects and deletions' path: up means every path reaches the engine, not only the SDK's
             await self._stage("images", self.engine.check_lean())
+        except MalformedAnswer as exc:
+            if reads is not None:
+                reads.discard()
+            self._log_malformed(exc, "poll failed, serving the last snapshot; retrying")
+            self._logged_up = False
+            self.up = self._listed = False
+            return
         except EngineError as exc:
             if reads is not None:
                 reads.discard()  # reads queued behind the one that failed: the next poll asks again
@@ -238,7 +287,7 @@ class Poller:
                     extra=kv(host=self.engine.where, serving=served, err=exc, hint=engine_error_hint(str(exc))),
                 )
                 self._logged_up = False
-            self.up = False
+            self.up = self._listed = False
             return
         self.last_error = None  # the engine answered; a statvfs failure below is the one left to show
         filesystem: Filesystem | None = None
@@ -258,13 +307,17 @@ class Poller:
             if self._logged_fs_error is not None:
                 log.info("statvfs works again", extra=kv(path=fs_path))
             self._logged_fs_error = None
-        if self._logged_up is not True:
+        self._listed = True
+        self.up = self._refused_inspect is None
+        if not self.up:
+            self.last_error = self._refused_inspect
+        elif self._logged_up is not True:
             log.info(
                 "engine reachable",
                 extra=kv(version=engine.version, api_version=api, storage_driver=engine.storage_driver),
             )
             self._logged_up = True
-        self.up = True
+            self._logged_malformed = None
         self._track_history(images, containers, now)
         self._parts = (engine, images, containers, filesystem)
         keys = {i.id: _tag_key(i) for i in images}
@@ -287,6 +340,13 @@ class Poller:
         while True:
             async with self._lock:
                 if self._parts is None or not self._pending:
+                    if self._refused_inspect is not None and self._listed and not self._pending:
+                        self._refused_inspect = self.last_error = self._logged_malformed = None
+                        self.up = True  # answered properly now
+                        log.info("image inspects answer properly again")
+                        self._publish(
+                            self.snapshot.taken_at if self.snapshot else self.clock(), offset=self._listed_offset
+                        )
                     return
                 batch = sorted(self._pending)[:FILL_BATCH]
                 try:
@@ -300,6 +360,15 @@ class Poller:
                         else:
                             self._tag_times[key] = apishapes.parse_last_tag_time(inspect)
                         self._pending.discard(key)
+                except MalformedAnswer as exc:  # still pending, and the engine not trusted until a poll says so
+                    bad = exc.within(f"/images/{key[0]}/json")
+                    self.metrics.errors.labels("images").inc()
+                    self.last_error = f"images: malformed answer: {bad}"
+                    self._log_malformed(bad, "LastTagTime not known; retried next poll")
+                    self._refused_inspect = self.last_error
+                    self.up = False
+                    self._publish(self.snapshot.taken_at if self.snapshot else self.clock(), offset=self._listed_offset)
+                    return
                 except EngineError as exc:  # still pending: the next poll retries
                     self.metrics.errors.labels("images").inc()
                     self.last_error = f"images: {exc}"
@@ -360,11 +429,16 @@ class Poller:
             gone = set() if engine.podman else {apishapes.normalize_id(i) for i in deleted} & by_id.keys()
             touched -= gone
             inspected: dict[str, Image] = {}
-            await self._inspect_into(touched, engine, by_id, inspected, gone)
-            # an image that lost a tag to an inspected one (a tag moved, e.g. by `load`): inspect it too
-            moved = {r for i in inspected.values() for r in i.refs}
-            losers = {i.id for i in images if i.id not in inspected and moved.intersection(i.refs)}
-            await self._inspect_into(losers, engine, by_id, inspected, gone)
+            try:
+                await self._inspect_into(touched, engine, by_id, inspected, gone)
+                # an image that lost a tag to an inspected one (a tag moved, e.g. by `load`): inspect it too
+                moved = {r for i in inspected.values() for r in i.refs}
+                losers = {i.id for i in images if i.id not in inspected and moved.intersection(i.refs)}
+                await self._inspect_into(losers, engine, by_id, inspected, gone)
+            except MalformedAnswer as exc:  # nothing applied: the re-list the caller schedules says what is true
+                self.metrics.errors.labels("events").inc()
+                self._log_malformed(exc, "event not applied; re-listing")
+                return False
             if gone - inspected.keys() and any(i.shared_size is not None for i in images):
                 self._reconcile = True
             updated: list[Image] = []
@@ -412,7 +486,11 @@ class Poller:
                 if name in by_id:
                     gone.add(name)
                 continue
-            image = apishapes.parse_image_inspect(raw, engine)
+            try:
+                image = apishapes.parse_image_inspect(raw, engine)
+                tag_time = apishapes.parse_last_tag_time(raw)
+            except MalformedAnswer as exc:
+                raise exc.within(f"/images/{name}/json") from None
             if image.id in inspected:
                 continue
             if image.id in by_id:  # same layers, same sharing (None where the engine cannot tell)
@@ -421,7 +499,7 @@ class Poller:
                 self._reconcile = True  # a new image may share layers: the listing's SharedSize moves
             inspected[image.id] = image
             key = _tag_key(image)
-            self._tag_times[key] = apishapes.parse_last_tag_time(raw)
+            self._tag_times[key] = tag_time
             self._pending.discard(key)
 
     async def _fill_container_use(self, containers: list[Container]) -> None:
@@ -441,7 +519,9 @@ class Poller:
                 if exc.status == 404:  # removed between list and inspect: the next poll will not list it
                     continue
                 raise
-            self._container_use[key] = apishapes.parse_container_last_use(inspect)
+            self._container_use[key] = self._parse(
+                "containers", f"/containers/{key[0]}/json", apishapes.parse_container_last_use, inspect
+            )
 
     def _track_history(self, images: list[Image], containers: list[Container], now: float) -> None:
         """Arrivals (images not proven present before count as arriving now, see `history`) and use."""

@@ -25,7 +25,14 @@ from exporter.web.webconfig import WebConfig, load_web_config
 log = logging.getLogger("exporter.reload")
 
 #: Keys read once when the exporter starts (the engine client, the state file, the HTTP app and its routes).
-RESTART_KEYS = ("docker.host", "docker.timeout", "docker.disk_usage_timeout", "state.path", "remediation.enabled")
+RESTART_KEYS = (
+    "docker.host",
+    "docker.timeout",
+    "docker.disk_usage_timeout",
+    "docker.max_response_bytes",
+    "state.path",
+    "remediation.enabled",
+)
 #: Restart-only keys that matter only while remediation is enabled (the audit log file, the body limit of the
 #: HTTP app, the relay's HTTP client).
 REMEDIATION_RESTART_KEYS = ("remediation.audit_log", "remediation.max_body_bytes", "remediation.relay")

@@ -66,6 +66,8 @@ class DockerConfig(Model):
     """Per call for the cheap endpoints (lists, inspects, deletes)."""
     disk_usage_timeout: Annotated[float, Duration("1s", "1h")] = 300.0
     """For /system/df and build-cache prune, which can take minutes on big hosts."""
+    max_response_bytes: Annotated[int, Size("4GiB"), Field(ge=1 << 20)] = 64 << 20
+    """Largest engine answer read (the image listing, /system/df); a larger one fails that read (docker_up 0)."""
 
     @field_validator("host")
     @classmethod

@@ -1,9 +1,12 @@
-"""A Unix-socket proxy in front of a private dockerd that holds chosen requests until the test says go.
+"""A Unix-socket proxy in front of a private dockerd that holds chosen requests until the test says go, or
+answers them itself.
 
 What a real engine cannot be made to do on demand is *when* another client acts: to put a `docker tag`
 exactly between the exporter's last check and its DELETE, the proxy holds the DELETE (it has not reached
 the engine yet), the test acts on the engine directly, then releases the DELETE, which the engine answers
-as it would any other. Everything else passes through untouched.
+as it would any other. Nor does a real engine answer with a malformed or oversized body: `replace()` makes
+the proxy answer matching requests with the given body (framed as the engine frames it: Content-Length, or
+chunked as Go sends a large JSON answer) until the test removes it. Everything else passes through untouched.
 
 One upstream connection per request, with `Connection: close` both ways, so the proxy never has to frame
 responses (streams such as /events are relayed as they come).
@@ -37,6 +40,20 @@ class Hold:
         self.released.set()
 
 
+@dataclass
+class Replacement:
+    """Answer requests with this method and path (without the API version prefix) with `body` while armed."""
+
+    method: str
+    path: re.Pattern[str]
+    body: bytes
+    status: int = 200
+    chunked: bool = False
+    #: Content-Length announced (None: the body's length); a larger one makes a client that trusts it wait.
+    length: int | None = None
+    served: int = 0
+
+
 class FaultProxy(Managed):
     """Listens on `path`, forwards to the engine socket `upstream`; `hold()` arms a one-shot hold."""
 
@@ -46,6 +63,7 @@ class FaultProxy(Managed):
         self.host = f"unix://{self.path}"
         self.requests: list[str] = []
         self._holds: list[Hold] = []
+        self._replacements: list[Replacement] = []
         self._lock = threading.Lock()
         self._server: socket.socket | None = None
         self._threads: list[threading.Thread] = []
@@ -56,6 +74,26 @@ class FaultProxy(Managed):
         with self._lock:
             self._holds.append(hold)
         return hold
+
+    def replace(self, method: str, path_regex: str, body: bytes, **kw: object) -> Replacement:
+        """Answer every matching request with `body` (see `Replacement`) until `restore(it)`."""
+        replacement = Replacement(method.upper(), re.compile(path_regex), body, **kw)  # type: ignore[arg-type]
+        with self._lock:
+            self._replacements.append(replacement)
+        return replacement
+
+    def restore(self, replacement: Replacement) -> None:
+        with self._lock:
+            self._replacements.remove(replacement)
+
+    def _matching_replacement(self, method: str, path: str) -> Replacement | None:
+        bare = re.sub(r"^/v[0-9.]+", "", path.split("?", 1)[0])
+        with self._lock:
+            for replacement in self._replacements:
+                if replacement.method == method and replacement.path.search(bare):
+                    replacement.served += 1
+                    return replacement
+        return None
 
     def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -112,6 +150,11 @@ class FaultProxy(Managed):
             method, target, _version = lines[0].split(" ", 2)
             headers = [line for line in lines[1:] if line and not line.lower().startswith("connection:")]
             self.requests.append(f"{method} {target}")
+            replacement = self._matching_replacement(method, target)
+            if replacement is not None:
+                with contextlib.suppress(OSError):  # the client may stop reading (an answer over its limit)
+                    _answer(client, replacement)
+                return
             hold = self._matching_hold(method, target)
             if hold is not None:
                 hold.arrived.set()
@@ -122,6 +165,20 @@ class FaultProxy(Managed):
                 upstream.sendall(request + rest)
                 self._spawn(_pump, client, upstream)  # the request body, if any is still coming
                 _pump(upstream, client)
+
+
+def _answer(client: socket.socket, replacement: Replacement) -> None:
+    body = replacement.body
+    head = [f"HTTP/1.1 {replacement.status} Replaced", "Content-Type: application/json", "Connection: close"]
+    if replacement.chunked:
+        client.sendall(("\r\n".join([*head, "Transfer-Encoding: chunked", "", ""])).encode("latin-1"))
+        for start in range(0, len(body), 1 << 20):
+            chunk = body[start : start + (1 << 20)]
+            client.sendall(f"{len(chunk):x}\r\n".encode("ascii") + chunk + b"\r\n")
+        client.sendall(b"0\r\n\r\n")
+    else:
+        length = len(body) if replacement.length is None else replacement.length
+        client.sendall(("\r\n".join([*head, f"Content-Length: {length}", "", ""])).encode("latin-1") + body)
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from exporter import cli, earlyread
+from exporter.config import parse_config
 from exporter.earlyread import EarlyListing, EarlyReadError
-from exporter.engine import EngineUnavailable
+from exporter.engine import MAX_RESPONSE_BYTES, EngineUnavailable
 from exporter.engineaddress import parse
 from exporter.firstreads import FirstReads
 from tests.unit.recorded import RecordedEngine
@@ -237,6 +238,20 @@ def test_an_engine_error_or_a_version_without_api_version_is_an_error(tmp_path: 
         earlyread.fetch(str(tmp_path / "nobody.sock"))
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_answer_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunked: bool) -> None:
+    """Bounded as `docker.max_response_bytes` bounds the normal read; the first poll then reads again."""
+    monkeypatch.setattr(earlyread, "MAX_ANSWER_BYTES", 1000)
+    for server in serve(tmp_path / "engine.sock", "bookworm", chunked=chunked):
+        assert len(server.images) > 1000
+        with pytest.raises(EarlyReadError, match="over 1000"):
+            earlyread.fetch(str(tmp_path / "engine.sock"))
+
+
+def test_the_launch_read_is_bounded_by_the_default_limit() -> None:
+    assert earlyread.MAX_ANSWER_BYTES == MAX_RESPONSE_BYTES == parse_config({}).docker.max_response_bytes
+
+
 # -- who takes it -----------------------------------------------------------------------------------------
 def test_started_at_launch_and_claimed_once_by_the_same_engine_only(fake: FakeEngine) -> None:
     host = f"unix://{fake.server_address}"
@@ -266,6 +281,15 @@ async def test_the_first_poll_takes_the_launch_listing_and_replays_from_when_it_
     assert await reads.images == sent
     assert "list_images" not in engine.calls
     assert reads.started_at == 1_600_000_000.0  # changes since the launch read are replayed, not lost
+
+
+async def test_under_a_lower_configured_limit_the_launch_listing_is_not_used() -> None:
+    """The launch read knows only the default limit: a lower one is the normal read's to apply."""
+    engine = RecordedEngine("bookworm")
+    engine.max_response_bytes = earlyread.MAX_ANSWER_BYTES - 1
+    reads = await FirstReads.start(engine, early=early([{"Id": "sha256:" + "a" * 64}]))
+    assert await reads.images == engine.images
+    assert engine.calls.count("list_images") == 1
 
 
 async def test_a_failed_launch_read_is_asked_again_the_normal_way() -> None:
