@@ -192,7 +192,11 @@ def _image_table_rows(image: Image) -> list[tuple[SortKey, TableRow]]:
     rows: list[tuple[SortKey, TableRow]] = []
     for row in image_rows((image,)):
         ref = row[1]
-        labels = (ref.repository, ref.tag, short_id) if ref else (NONE_LABEL, NONE_LABEL, short_id)
+        if ref is not None:
+            labels = (ref.repository, ref.tag, short_id)
+        else:  # pinned by digest: its repository, as `docker images` shows it; dangling: nothing names it
+            pinned = min((d.repository for d in image.digest_refs), default=NONE_LABEL)
+            labels = (pinned, NONE_LABEL, short_id)
         rows.append((_row_order(row), (labels, values)))
     return rows
 

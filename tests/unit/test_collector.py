@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import platform
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -101,6 +102,16 @@ def test_per_tag_series_and_unknown_shared_size() -> None:
     none = {"repository": "<none>", "tag": "<none>", "image_id": "b" * 12}
     assert v("docker_image_size_bytes", none) == 300
     assert v("docker_image_shared_size_bytes", none) is None  # unknown is absent, not zero
+
+
+def test_an_image_pulled_by_digest_is_named_by_its_repository() -> None:
+    """As `docker images` shows it (REPOSITORY app, TAG <none>): not lumped with the dangling `<none>` rows."""
+    pinned = image("d", 700, digests=("reg.local:5000/team/web@sha256:y", "mirror.local/team/web@sha256:y"))
+    reg, _ = render(replace(SNAP, images=(*SNAP.images, pinned)))
+    labels = {"repository": "mirror.local/team/web", "tag": "<none>", "image_id": "d" * 12}
+    assert reg.get_sample_value("docker_image_size_bytes", labels) == 700
+    dangling = {"repository": "<none>", "tag": "<none>", "image_id": "d" * 12}
+    assert reg.get_sample_value("docker_image_size_bytes", dangling) is None
 
 
 def test_cap_drops_smallest_and_counts_them() -> None:
