@@ -520,11 +520,15 @@ class Executor:
 
         Two DELETEs of one image racing (a run and someone's `docker rmi`) make dockerd answer 500
         "unrecognized image ID" to one of them about half the time. Which client deleted it is unknown,
-        so it is not counted as ours (nor its bytes); the run goes on.
+        so it is not counted as ours (nor its bytes); the run goes on. An image still there with an answer
+        asking for force (Podman 4.3's "by ID with more than one tag … please force removal") is a
+        refusal, as a 409 would be.
         """
         if await self._absent(cand.image_id):
             detail = f"gone; another client deleted it concurrently ({target} answered: {exc})"
             return steps.outcome("not_found", detail)
+        if "force" in str(exc).lower():  # Podman refuses an ID with two tags so, not with a 409
+            return steps.outcome("conflict", f"the engine refused it: {exc}")
         raise exc
 
     async def _references_now(self, image_id: str) -> str:

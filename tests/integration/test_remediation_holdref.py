@@ -132,6 +132,9 @@ async def test_a_concurrent_docker_rmi_is_recorded_as_gone_and_the_run_goes_on(
     ours = {i for i, x in lines.items() if x["result"] == "deleted"}
     gone = {i for i, x in lines.items() if x["result"] == "skipped" and x["skip_reason"] == "not_found"}
     assert ours | gone == set(ids) and not ours & gone and run.images_deleted == len(ours)
-    assert set(theirs) <= gone  # an image the other client deleted is never counted as ours
+    if engine_store(dockerd) == "podman":  # Podman may answer both racing DELETEs `Deleted`: both count it
+        assert set(theirs) <= gone | ours
+    else:
+        assert set(theirs) <= gone  # an image the other client deleted is never counted as ours
     answered_500 = sum("answered" in str(lines[i]["detail"]) for i in gone)
     print(f"{len(theirs)} of {len(ids)} races won by the other client; {answered_500} of ours answered 500")

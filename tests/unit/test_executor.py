@@ -616,3 +616,22 @@ async def test_stopping_mid_untag_of_a_many_tag_image_ends_the_run(tmp_path: Pat
     (outcome,) = run.outcomes
     assert outcome.result == "untagged" and len(outcome.untagged) == 5 and "shutting down" in outcome.detail
     assert h.audit()[-1]["event"] == "run_end"
+
+
+async def test_podmans_refusal_of_an_id_with_two_tags_is_a_conflict(tmp_path: Path, engine: FakeEngine) -> None:
+    """Podman 4.3 answers a DELETE by ID of an image that gained a tag with an error asking for force, not 409."""
+    iid = engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+
+    async def podman(ref: str) -> list[dict[str, Any]]:
+        engine.tag(iid, "app:production", NOW)
+        raise EngineError(
+            f'unable to delete image "{iid[7:]}" by ID with more than one tag ([app:1 app:production]): '
+            "please force removal",
+            500,
+        )
+
+    engine.remove_image = podman  # type: ignore[method-assign]
+    run = await h.run(act("prune_unused"))
+    assert iid in engine.images and run.result == "partial"
+    assert run.outcomes[0].skip_reason == "conflict" and "please force removal" in run.outcomes[0].detail
