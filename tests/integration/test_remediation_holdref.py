@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from exporter.remediation.executor import HOLD_REPOSITORY
+from tests.harness.audit import read_audit
 from tests.harness.dockerd import EngineError, PrivateDockerd, short_workdir
 from tests.harness.engines import engine_store
 from tests.harness.faultproxy import FaultProxy, Hold
-from tests.harness.images import load_images
+from tests.harness.fixtures import ExporterFactory
+from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.registry import PrivateRegistry
 from tests.integration.test_remediation_races import present, rig, spec, tags_of
 
@@ -138,3 +142,50 @@ async def test_a_concurrent_docker_rmi_is_recorded_as_gone_and_the_run_goes_on(
         assert set(theirs) <= gone  # an image the other client deleted is never counted as ours
     answered_500 = sum("answered" in str(lines[i]["detail"]) for i in gone)
     print(f"{len(theirs)} of {len(ids)} races won by the other client; {answered_500} of ours answered 500")
+
+
+def test_sigterm_mid_untag_of_a_many_tag_image_ends_the_run_quickly(
+    dockerd: PrivateDockerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    """Each untag is a container list, an inspect, an fsync'd intent and a DELETE: 1,500 take far longer than
+    the 20 s a stop may take. The stop lands between two untags; the run ends with its `run_end` line."""
+    old = datetime.now(UTC).replace(microsecond=0) - timedelta(days=10)
+    tags = [f"holdref/many:{n:04d}" for n in range(1500)]
+    (image_id,) = load_images(dockerd, [ImageSpec(tags=tags, layers=[Layer.random(4096, "hold-many")], created=old)])
+    audit = tmp_path / "audit.jsonl"
+    token = "holdref-token"
+    exp = exporter_factory(
+        dockerd,
+        {
+            "state": {"path": str(tmp_path / "state.json")},
+            "poll": {"interval": "10m"},
+            "remediation": {
+                "enabled": True,
+                "auth": {"bearer_token": token},
+                "audit_log": str(audit),
+                "protect": {"local_only": False},
+                "actions": {"many": {"type": "prune_unused", "min_age": "0s"}},
+            },
+        },
+    )
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    manual = threading.Thread(target=exp.request, args=("POST", "/api/v1/actions/many"), kwargs={"headers": headers})
+    manual.start()  # answers when the run ends: here, when the exporter stops
+
+    def untagging() -> bool:
+        return audit.exists() and sum(r["event"] == "intent" for r in read_audit(audit)) >= 5
+
+    exp.wait_for(untagging, timeout=60, what="five untags under way")
+    started = time.monotonic()
+    code = exp.stop(timeout=20)  # SIGTERM; SIGKILL if it is still alive after 20 s
+    stopped_in = time.monotonic() - started
+    manual.join(30)
+    assert code == 0, f"exporter did not exit cleanly on SIGTERM (code {code}) after {stopped_in:.1f}s"
+    assert stopped_in < 10, stopped_in
+    records = read_audit(audit)
+    end = records[-1]
+    assert end["event"] == "run_end" and end["result"] == "partial" and "shutting down" in end["detail"]
+    (line,) = [r for r in records if r["event"] == "image"]
+    assert line["result"] == "untagged" and "shutting down" in line["detail"]
+    left = dockerd.get_json(f"/images/{image_id}/json")["RepoTags"]
+    assert len(left) == len(tags) - len(line["untagged"]) and len(left) > 1000
