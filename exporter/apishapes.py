@@ -58,14 +58,25 @@ def parse_time(value: Any) -> float | None:
         return None
 
 
+#: The registry host of the remediation executor's hold references (`<it>/<run id>:<short image id>`): a
+#: name the exporter gives an image without tags for the moment of its deletion, never one of its tags.
+HOLD_REPOSITORY = "docker-image-exporter.hold"
+_HOLD_PREFIX = HOLD_REPOSITORY + "/"
+
+
+def is_hold_reference(ref: str) -> bool:
+    return ref.startswith(_HOLD_PREFIX)
+
+
 def parse_refs(repo_tags: Any) -> tuple[ImageRef, ...]:
-    """`RepoTags` as sorted, distinct ImageRefs; `<none>:<none>` dropped."""
+    """`RepoTags` as sorted, distinct ImageRefs; `<none>:<none>` and hold references dropped."""
     if not repo_tags:
         return ()
     if len(repo_tags) == 1:  # most images have one tag: no set, no sort (10k images: ~20 % of a listing's parse)
-        ref = ImageRef.parse(repo_tags[0]) if isinstance(repo_tags[0], str) else None
+        tag = repo_tags[0]
+        ref = ImageRef.parse(tag) if isinstance(tag, str) and not tag.startswith(_HOLD_PREFIX) else None
         return () if ref is None else (ref,)
-    refs = (ImageRef.parse(t) for t in repo_tags if isinstance(t, str))
+    refs = (ImageRef.parse(t) for t in repo_tags if isinstance(t, str) and not t.startswith(_HOLD_PREFIX))
     return tuple(sorted({r for r in refs if r is not None}))
 
 

@@ -9,8 +9,8 @@ Safety beyond the plan, because the engine moves while we work:
   exporter's own (`docker-image-exporter.hold/<run id>:<short id>`, announced by the intent line), loses
   its digest references by name, and goes with a DELETE of the hold *by name*: the engine deletes the
   image only with its last reference, so a reference gained before that DELETE makes it an untag and
-  the image stays (audited as a conflict). Hold references are never counted as the image's tags; one
-  left by an interrupted run is removed with the image by a later run;
+  the image stays (audited as a conflict). Hold references are never the image's tags (`apishapes`
+  leaves them out of every listing and inspect); one left by an interrupted run goes with the image;
 - every DELETE is preceded by fresh checks (the image gained no tag, an untagged name still names it and
   no container uses it; for the last DELETE the engine's own reference and container checks are that
   last check) and by an fsync'd `intent` audit line; if the intent cannot be written, nothing is deleted
@@ -29,9 +29,10 @@ Safety beyond the plan, because the engine moves while we work:
 Reclaimed bytes count only images the engine answered `Deleted: <image id>` for, at their unique size.
 
 Concurrency (why: one image at a time is slower than `docker image prune -a`, which is round trips and
-fsyncs, not engine work): up to `in_flight` candidates whose only DELETE is by image ID run at once on the
-engine's `delete` lane, each with its own checks and intent; their audit lines share fsyncs (GroupCommit).
-A candidate that needs untags by name runs alone, so nothing of ours widens that unavoidable window.
+fsyncs, not engine work): up to `in_flight` candidates whose DELETEs no re-tag can redirect (by image ID,
+or of a hold and one digest reference) run at once on the engine's `delete` lane, each with its own checks
+and intent; their audit lines share fsyncs (GroupCommit). A candidate that needs untags by name runs
+alone, so nothing of ours widens that unavoidable window.
 `max_deletions` counts deletions in flight, and `free_space` starts no candidate while those in flight
 would already meet the goal: the bounds hold exactly as with one at a time.
 """
@@ -47,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from exporter import apishapes
-from exporter.apishapes import normalize_id
+from exporter.apishapes import HOLD_REPOSITORY, normalize_id
+from exporter.apishapes import is_hold_reference as is_hold
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction
 from exporter.engine import (
     DELETE_LANE_THREADS,
@@ -67,8 +69,6 @@ from exporter.snapshot import Filesystem
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: The registry host of hold references (`docker-image-exporter.hold/<run id>:<short image id>`).
-HOLD_REPOSITORY = "docker-image-exporter.hold"
 STOPPED = "stopped part-way: the exporter is shutting down"
 
 
@@ -476,6 +476,8 @@ class Executor:
             problem = await self._drop_ref(run, cand, ref, steps)
             if problem is not None:
                 return steps.outcome(*problem)
+            if steps.gone:  # the hold went meanwhile (someone removed it): that was the last reference
+                return _outcome(cand, "deleted", untagged=steps.untagged)
         try:  # the hold intent line announced this DELETE too
             answer = await self.engine.remove_image(hold)
         except EngineConflict as exc:  # a container came: the hold stays its name (only force removes it)
@@ -753,18 +755,13 @@ def hold_reference(run_id: str, image_id: str) -> tuple[str, str]:
     return f"{HOLD_REPOSITORY}/{run_id}", image_id.removeprefix("sha256:")[:12]
 
 
-def is_hold(ref: str) -> bool:
-    """A hold reference of this exporter (any run): never one of the image's own references."""
-    return ref.startswith(HOLD_REPOSITORY + "/")
-
-
 def _tags(inspect: dict[str, Any]) -> set[str]:
-    """The image's own tags: hold references are the exporter's, not the image's."""
-    return {str(r) for r in apishapes.parse_refs(inspect.get("RepoTags")) if not is_hold(str(r))}
+    """The image's own tags (hold references are the exporter's, and parse_refs leaves them out)."""
+    return {str(r) for r in apishapes.parse_refs(inspect.get("RepoTags"))}
 
 
 def _holds(inspect: dict[str, Any]) -> set[str]:
-    return {str(r) for r in apishapes.parse_refs(inspect.get("RepoTags")) if is_hold(str(r))}
+    return {t for t in inspect.get("RepoTags") or () if isinstance(t, str) and is_hold(t)}
 
 
 def _digests(inspect: dict[str, Any]) -> list[str]:

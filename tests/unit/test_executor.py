@@ -17,15 +17,17 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.apishapes import HOLD_REPOSITORY, parse_refs
+from exporter.apishapes import is_hold_reference as is_hold
 from exporter.config import ActionConfig, ActionType, ProtectConfig
 from exporter.engine import DELETE_LANE_THREADS, EngineError
 from exporter.remediation import audit as audit_module
 from exporter.remediation.audit import AuditLog
-from exporter.remediation.executor import HOLD_REPOSITORY, Executor, is_hold
+from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Plan, make_plan
 from exporter.remediation.runs import SUMMARY_LIST_LIMIT, Run
-from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+from exporter.snapshot import Filesystem, Image, Snapshot
 from tests.harness.audit import read_audit
 from tests.unit.actions import action_of
 from tests.unit.fake_engine import FakeEngine
@@ -44,7 +46,7 @@ def snapshot_of(engine: FakeEngine, fs: Filesystem | None = None) -> Snapshot:
     images = tuple(
         Image(
             id=i.id,
-            refs=tuple(sorted(r for r in (ImageRef.parse(t) for t in i.tags) if r is not None)),
+            refs=parse_refs(sorted(i.tags)),  # as a poll parses them: hold references are not tags
             digests=tuple(sorted(i.digests)),
             created=i.arrived,
             size=100,
@@ -548,13 +550,19 @@ async def test_a_dangling_image_goes_with_its_hold_and_digests(tmp_path: Path, e
     assert is_hold(targets[0]) and sorted(targets[1:]) == sorted(engine.untagged[i].target for i in range(2))
 
 
-async def test_a_hold_left_by_an_interrupted_run_goes_with_the_image(tmp_path: Path, engine: FakeEngine) -> None:
+@pytest.mark.parametrize("kind", ["prune_dangling", "prune_unused"])
+async def test_a_hold_left_by_an_interrupted_run_goes_with_the_image(
+    tmp_path: Path, engine: FakeEngine, kind: ActionType
+) -> None:
+    """A leftover hold is no tag: the image is still dangling to the planner, and the hold goes first."""
     dangling = engine.add("dangling", ("docker-image-exporter.hold/0123456789abcdef:aaaaaaaaaaaa",), arrived=OLD)
     tagged = engine.add("tagged", ("app:1", "docker-image-exporter.hold/0123456789abcdef:bbbbbbbbbbbb"), arrived=OLD)
     h = Harness(tmp_path, engine)
-    run = await h.run(act("prune_unused"))
-    assert {r.image_id for r in engine.removals} == {dangling, tagged} and run.result == "success"
+    run = await h.run(act(kind))
+    expected = {dangling} if kind == "prune_dangling" else {dangling, tagged}
+    assert {r.image_id for r in engine.removals} == expected and run.result == "success"
     assert all(not is_hold(t) for o in run.outcomes for t in o.untagged)
+    assert all(o.references == () for o in run.outcomes if o.image_id == dangling)
 
 
 async def test_a_container_at_the_final_delete_keeps_the_image(tmp_path: Path, engine: FakeEngine) -> None:
