@@ -189,3 +189,19 @@ def test_sigterm_mid_untag_of_a_many_tag_image_ends_the_run_quickly(
     assert line["result"] == "untagged" and "shutting down" in line["detail"]
     left = dockerd.get_json(f"/images/{image_id}/json")["RepoTags"]
     assert len(left) == len(tags) - len(line["untagged"]) and len(left) > 1000
+
+
+async def test_a_hold_left_by_an_interrupted_run_goes_with_its_dangling_image(
+    dockerd: PrivateDockerd, tmp_path: Path
+) -> None:
+    (image_id,) = load_images(dockerd, [spec(None, "hold-leftover")])
+    leftover = f"{HOLD_REPOSITORY}/0123456789abcdef:{image_id[7:19]}"
+    dockerd.cli("tag", image_id, leftover)
+    async with rig(dockerd.host, tmp_path) as r:
+        plan = await r.plan("prune_dangling", {image_id})
+        assert [(c.image_id, c.references) for c in plan.candidates] == [(image_id, ())]  # still dangling
+        run = await r.run(plan)
+    assert run.result == "success" and run.images_deleted == 1
+    assert image_id not in present(dockerd)
+    targets = [x["target"] for x in r.audit() if x["event"] == "intent"]
+    assert leftover in targets and targets[0].startswith(f"{HOLD_REPOSITORY}/{run.run_id}:")
