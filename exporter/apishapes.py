@@ -81,10 +81,11 @@ def parse_refs(repo_tags: Any) -> tuple[ImageRef, ...]:
 
 
 def parse_digests(repo_digests: Any) -> tuple[str, ...]:
-    """`RepoDigests` as `repo@sha256:…` strings; `<none>@<none>` and malformed entries dropped."""
+    """`RepoDigests` as `repo@sha256:…` strings; `<none>@<none>`, malformed entries and the digests Podman
+    and the containerd store derive from a hold reference's name dropped."""
     if not repo_digests:
         return ()
-    refs = (DigestRef.parse(d) for d in repo_digests if isinstance(d, str))
+    refs = (DigestRef.parse(d) for d in repo_digests if isinstance(d, str) and not d.startswith(_HOLD_PREFIX))
     return tuple(sorted({str(r) for r in refs if r is not None}))
 
 
