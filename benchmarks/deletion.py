@@ -5,7 +5,7 @@
     .venv/bin/python -m benchmarks.deletion memory [--images 10000] [--runs 100]
 
 `delete` starts a private dockerd and, per round, loads identical fresh sets of `--images` unused images
-(tests/harness/images.py) and removes each set one way: `docker image prune -a -f` (the reference), the
+(tests/harness/images.py; `--dangling`: without tags, which the executor deletes through a hold reference) and removes each set one way: `docker image prune -a -f` (the reference), the
 executor with each `--in-flight` width (default: 1, what main did, and DELETE_LANE_THREADS), and with
 `--sdk` also the executor whose delete lane goes through the docker SDK (`sdk_<n>`: the client before
 the lean unix-socket one). The order rotates per round (interleaved), medians are reported with the
@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -136,7 +137,9 @@ async def executor_delete(
     }
 
 
-def bench_delete(count: int, rounds: int, in_flight: list[int], sdk: list[int]) -> dict[str, Any]:
+def bench_delete(
+    count: int, rounds: int, in_flight: list[int], sdk: list[int], dangling: bool = False
+) -> dict[str, Any]:
     workdir = short_workdir("die-del-")
     engine = PrivateDockerd(workdir, name="bench-delete")
     ways = ["prune_a", *(f"in_flight_{n}" for n in in_flight), *(f"sdk_{n}" for n in sdk)]
@@ -149,7 +152,10 @@ def bench_delete(count: int, rounds: int, in_flight: list[int], sdk: list[int]) 
         base = Layer.random(64 * 1024, "bench-delete-base")
         for r in range(rounds):
             for way in ways[r % len(ways) :] + ways[: r % len(ways)]:
-                load_images(engine, tiny_images(count, prefix=f"r{r}{way.replace('_', '')}/img", shared=base))
+                specs = tiny_images(count, prefix=f"r{r}{way.replace('_', '')}/img", shared=base)
+                if dangling:  # the executor's other path: a hold reference added, then DELETEd by name
+                    specs = [replace(s, tags=[]) for s in specs]
+                load_images(engine, specs)
                 assert len(engine.get_json("/images/json")) == count
                 if way == "prune_a":
                     cpu, start = cpu_seconds(engine.pid), time.perf_counter()
@@ -175,6 +181,7 @@ def bench_delete(count: int, rounds: int, in_flight: list[int], sdk: list[int]) 
         remove_workdir(workdir)
     return {
         "images": count,
+        "dangling": dangling,
         "rounds": rounds,
         "seconds": {w: [round(t, 2) for t in ts] for w, ts in times.items()},
         "median_seconds": {w: round(statistics.median(ts), 2) for w, ts in times.items()},
@@ -281,10 +288,12 @@ def main() -> int:
         help="comma-separated deletions in flight to compare (default: one, and the executor's default)",
     )
     parser.add_argument("--sdk", default="", help="comma-separated widths to run with the SDK delete lane too")
+    parser.add_argument("--dangling", action="store_true", help="load the images without tags")
     args = parser.parse_args()
     if args.what == "delete":
         widths = [int(n) for n in args.in_flight.split(",")]
-        result = bench_delete(args.images or 1000, args.rounds, widths, [int(n) for n in args.sdk.split(",") if n])
+        sdk_widths = [int(n) for n in args.sdk.split(",") if n]
+        result = bench_delete(args.images or 1000, args.rounds, widths, sdk_widths, args.dangling)
     elif args.what == "plan":
         result = bench_plan(args.images or 10000)
     else:

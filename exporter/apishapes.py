@@ -148,23 +148,35 @@ def _strings(values: Any, field: str) -> list[str]:
     return items
 
 
+#: The registry host of the remediation executor's hold references (`<it>/<run id>:<short image id>`): a
+#: name the exporter gives an image without tags for the moment of its deletion, never one of its tags.
+HOLD_REPOSITORY = "docker-image-exporter.hold"
+_HOLD_PREFIX = HOLD_REPOSITORY + "/"
+
+
+def is_hold_reference(ref: str) -> bool:
+    return ref.startswith(_HOLD_PREFIX)
+
+
 def parse_refs(repo_tags: Any) -> tuple[ImageRef, ...]:
-    """`RepoTags` as sorted, distinct ImageRefs; `<none>:<none>` dropped."""
+    """`RepoTags` as sorted, distinct ImageRefs; `<none>:<none>` and hold references dropped."""
     if not repo_tags:
         return ()
     tags = _strings(repo_tags, "RepoTags")
-    if len(tags) == 1:  # most images have one tag: no set, no sort (10k images: ~20 % of a listing's parse)
-        ref = ImageRef.parse(tags[0])
+    if len(tags) == 1:  # most images have one tag: no set, no sort
+        tag = tags[0]
+        ref = None if tag.startswith(_HOLD_PREFIX) else ImageRef.parse(tag)
         return () if ref is None else (ref,)
-    refs = (ImageRef.parse(t) for t in tags)
+    refs = (ImageRef.parse(t) for t in tags if not t.startswith(_HOLD_PREFIX))
     return tuple(sorted({r for r in refs if r is not None}))
 
 
 def parse_digests(repo_digests: Any) -> tuple[str, ...]:
-    """`RepoDigests` as `repo@sha256:…` strings; `<none>@<none>` and unparsable references dropped."""
+    """`RepoDigests` as `repo@sha256:…` strings; `<none>@<none>`, unparsable references and the digests Podman
+    and the containerd store derive from a hold reference's name dropped."""
     if not repo_digests:
         return ()
-    refs = (DigestRef.parse(d) for d in _strings(repo_digests, "RepoDigests"))
+    refs = (DigestRef.parse(d) for d in _strings(repo_digests, "RepoDigests") if not d.startswith(_HOLD_PREFIX))
     return tuple(sorted({str(r) for r in refs if r is not None}))
 
 

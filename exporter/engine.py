@@ -463,6 +463,14 @@ class Engine:
             return list(answer or [])
         return await self._call(lambda c: list(c.remove_image(ref, force=False, noprune=False) or []), lane="delete")
 
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        """`POST /images/{id}/tag` without force, on the `delete` lane: the executor's hold reference."""
+        if self._lean("delete"):
+            query = urllib.parse.urlencode({"repo": repository, "tag": tag})
+            await self._call_raw("POST", f"/images/{_quote(image_id)}/tag?{query}")
+            return
+        await self._call(lambda c: c.tag(image_id, repository, tag, force=False), lane="delete")
+
     async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call(lambda c: dict(c.prune_images(filters=dict(filters)) or {}))
 

@@ -1,12 +1,22 @@
 """Follows a Plan: a few DELETEs in flight, never forced, each written down before it is sent.
 
 Safety beyond the plan, because the engine moves while we work:
-- a whole image goes by **image ID** (its extra tags first, by name): the engine refuses an ID that gained
-  a tag or a container (409 -> skip), and no re-tag can redirect a DELETE by ID to a newcomer;
+- a tagged image goes by **image ID** (its extra tags first, by name): with its one remaining tag, the
+  engine refuses the ID once the image gained another tag or a container (409 -> skip), and no re-tag can
+  redirect a DELETE by ID to a newcomer;
+- an image without tags (dangling, or known only by digest) does not: moby deletes by ID an image with at
+  most one tag, *with* that tag, so one gained on the way would go too. It gets a hold reference of the
+  exporter's own (`docker-image-exporter.hold/<run id>:<short id>`, announced by the intent line), loses
+  its digest references by name, and goes with a DELETE of the hold *by name*: the engine deletes the
+  image only with its last reference, so a reference gained before that DELETE makes it an untag and
+  the image stays (audited as a conflict). Hold references are never the image's tags (`apishapes`
+  leaves them out of every listing and inspect); one left by an interrupted run goes with the image;
 - every DELETE is preceded by fresh checks (the image gained no tag, an untagged name still names it and
-  no container uses it; for a DELETE by ID the engine's 409 is that last check) and by an fsync'd
-  `intent` audit line; if the intent cannot be written, nothing is deleted; the outcome line follows
-  the DELETE, counts are updated before it is written;
+  no container uses it; for the last DELETE the engine's own reference and container checks are that
+  last check) and by an fsync'd `intent` audit line; if the intent cannot be written, nothing is deleted
+  (nor is a hold added); the outcome line follows the DELETE, counts are updated before it is written;
+- an unexpected engine error (dockerd answers 500 "unrecognized image ID" to the loser of two DELETEs
+  racing) re-checks the image by ID: gone is recorded as gone (not counted as ours) and the run goes on;
 - a deletion's outcome line is queued without waiting for its own fsync: lines reach the disk in order,
   so it is durable once the next intent is (they usually share that fsync), and before the next DELETE
   goes out every queued line is known to be on disk, or the run ends; the run waits for the last ones;
@@ -17,13 +27,15 @@ Safety beyond the plan, because the engine moves while we work:
   the answer is checked, and an image the engine deleted instead is audited under its own ID;
 - protections only grow mid-run: every re-check before a DELETE also applies the protections in force
   now (`protect_now`, the reloaded config's), on top of the run's own that the plan applied;
-- `stop()` (shutdown) ends the run before the next candidate.
+- `stop()` (shutdown) ends the run before the next candidate and before the next untag of a many-tag
+  image (each untag is a few round trips and an fsync: thousands of tags take minutes).
 Reclaimed bytes count only images the engine answered `Deleted: <image id>` for, at their unique size.
 
 Concurrency (why: one image at a time is slower than `docker image prune -a`, which is round trips and
-fsyncs, not engine work): up to `in_flight` candidates whose only DELETE is by image ID run at once on the
-engine's `delete` lane, each with its own checks and intent; their audit lines share fsyncs (GroupCommit).
-A candidate that needs untags by name runs alone, so nothing of ours widens that unavoidable window.
+fsyncs, not engine work): up to `in_flight` candidates whose DELETEs no re-tag can redirect (by image ID,
+or of a hold and one digest reference) run at once on the engine's `delete` lane, each with its own checks
+and intent; their audit lines share fsyncs (GroupCommit). A candidate that needs untags by name runs
+alone, so nothing of ours widens that unavoidable window.
 `max_deletions` counts deletions in flight, and `free_space` starts no candidate while those in flight
 would already meet the goal: the bounds hold exactly as with one at a time.
 """
@@ -39,7 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from exporter import apishapes, clocks
-from exporter.apishapes import normalize_id
+from exporter.apishapes import HOLD_REPOSITORY, normalize_id
+from exporter.apishapes import is_hold_reference as is_hold
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig
 from exporter.engine import (
     DELETE_LANE_THREADS,
@@ -61,6 +74,8 @@ PLAN_SLACK = 300.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+STOPPED = "stopped part-way: the exporter is shutting down"
 
 
 class RunAborted(Exception):
@@ -289,7 +304,7 @@ class Executor:
         # forward clock step in that span makes its LastTagTime look older by the step, so allow for it
         young_after = plan.now - action.min_age - clocks.CLOCK.forward_step_within(action.min_age + PLAN_SLACK)
         pending = deque(plan.candidates)
-        in_flight: dict[asyncio.Task[Outcome], Candidate] = {}
+        in_flight: dict[asyncio.Task[Outcome | None], Candidate] = {}
         alone = False  # the task in flight untags by name: nothing else runs beside it
         done = 0
         avail = fs.avail if fs else 0
@@ -334,6 +349,11 @@ class Executor:
                     except RunAborted as exc:
                         abort = abort or exc
                         continue
+                    if outcome is None or (self.stopping and outcome.detail == STOPPED):
+                        run.detail = "stopped early: the exporter is shutting down"
+                        incomplete = True
+                    if outcome is None:
+                        continue
                     if outcome.result in ("deleted", "untagged"):
                         done += 1
                     if outcome.skip_reason == "conflict":
@@ -354,15 +374,17 @@ class Executor:
             raise abort
         return incomplete
 
-    async def _finish(self, run: Run, in_flight: set[asyncio.Task[Outcome]]) -> RunAborted | None:
+    async def _finish(self, run: Run, in_flight: set[asyncio.Task[Outcome | None]]) -> RunAborted | None:
         """The deletions in flight end, then their outcome lines are on disk; the audit failure, if any."""
         if in_flight:
             await asyncio.wait(in_flight)
         return await self._settle(run)
 
-    async def _one(self, run: Run, cand: Candidate, young_after: float) -> Outcome:
-        """One candidate start to end: checks, intent, DELETE(s), counts, outcome line."""
+    async def _one(self, run: Run, cand: Candidate, young_after: float) -> Outcome | None:
+        """One candidate start to end: checks, intent, DELETE(s), counts, outcome line (None: stopped first)."""
         outcome = await self._delete(run, cand, young_after)
+        if outcome is None:
+            return None
         if outcome.result == "deleted":  # counted before its line is written: a failing write loses no count
             run.images_deleted += 1
             if cand.size_basis == "unique":
@@ -377,7 +399,7 @@ class Executor:
             raise RunAborted(f"cannot statvfs {path}: {exc}") from exc
 
     # -- deleting one candidate ---------------------------------------------------------------------------
-    async def _delete(self, run: Run, cand: Candidate, young_after: float) -> Outcome:
+    async def _delete(self, run: Run, cand: Candidate, young_after: float) -> Outcome | None:
         """Delete one candidate; every DELETE is preceded by a fsync'd intent line and fresh checks.
 
         `young_after`: a tag set after this time (the plan's `now` minus min_age and a recent forward clock step)
@@ -393,13 +415,15 @@ class Executor:
         except EngineError as exc:
             raise RunAborted(f"engine error on {cand.image_id}: {exc}") from exc
 
-    async def _delete_image(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome:
-        """The whole image goes: extra tags are untagged by name, the last DELETE is by image ID.
+    async def _delete_image(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome | None:
+        """The whole image goes: extra tags are untagged by name, the last reference goes conditionally.
 
-        DELETE by ID is atomic in the engine: 409 if the image gained a tag or a container by then, and
-        whatever a tag points to next is never touched. So containers are not listed first here (a round
-        trip per image, and the 409 is the guard anyway: it becomes `in_use`); each untag by name, which
-        the engine would not refuse, lists them right before its DELETE.
+        A tagged image's last DELETE is by image ID: the engine refuses it (409) once the image has a
+        second tag or a container, and whatever a tag points to next is never touched. So containers are
+        not listed first here (a round trip per image, and the 409 is the guard anyway: it becomes
+        `in_use`); each untag by name, which the engine would not refuse, lists them right before its
+        DELETE. An image without tags (dangling, or known only by digest) goes through a hold reference
+        instead (`_delete_held`): a DELETE by ID would take a tag it gained on the way.
         """
         try:
             current = await self.engine.inspect_image(cand.image_id, lane="delete")
@@ -409,11 +433,22 @@ class Executor:
         if problem is not None:
             return _outcome(cand, "skipped", *problem)
         tags = _tags(current)
+        holds = sorted(_holds(current))
+        if not tags:
+            return await self._delete_held(run, cand, steps, _digests(current), holds)
         for ref in sorted(tags)[:-1]:  # more than one tag: all but the last go by name, checked each time
+            if self.stopping:
+                return steps.stopped()
             problem = await self._untag(run, cand, ref, steps)
             if problem is not None:
                 return steps.outcome(*problem)
             if steps.gone:  # its other tags went elsewhere meanwhile: that untag was the last reference
+                return _outcome(cand, "deleted", untagged=steps.untagged)
+        for hold in holds:  # left by an interrupted run: with it, the DELETE by ID would meet two tags
+            problem = await self._drop_ref(run, cand, hold, steps)
+            if problem is not None:
+                return steps.outcome(*problem)
+            if steps.gone:
                 return _outcome(cand, "deleted", untagged=steps.untagged)
         return await self._delete_by_id(run, cand, steps)
 
@@ -427,14 +462,113 @@ class Executor:
             return steps.outcome("not_found", f"404 from the engine: {exc}")
         except EngineUnavailable as exc:
             await self._ambiguous(run, cand, steps, exc)
+        except EngineError as exc:
+            return await self._gone_or_raise(cand, steps, cand.image_id, exc)
         steps.untagged.extend(str(e["Untagged"]) for e in answer if isinstance(e, dict) and e.get("Untagged"))
         if _deleted(answer, cand.image_id):
             return _outcome(cand, "deleted", untagged=steps.untagged)
         return steps.outcome("conflict", f"the engine did not delete the image: {answer!r}")
 
-    async def _untag_only(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome:
+    async def _delete_held(
+        self, run: Run, cand: Candidate, steps: _Steps, digests: list[str], holds: list[str]
+    ) -> Outcome:
+        """An image without tags: give it a reference of our own, drop its others, then DELETE ours by name.
+
+        The engine has no conditional delete, but its reference counting is one: a DELETE by name removes
+        the image only with its last reference, so a tag (or digest) someone adds before that DELETE
+        reaches the engine makes it an untag and the image stays. A DELETE by ID would instead take the
+        image together with one newly gained tag (moby removes every reference when there is at most one
+        tag, all in one repository). The hold's repository is unique to the run and the image, so no one
+        else moves it, and moby's clean-up of digest references within the untagged repository touches
+        nothing else. Digest references are content-addressed (no re-tag redirects them) and, with the
+        hold in place, removing them by name only untags.
+        """
+        repository, tag = hold_reference(run.run_id, cand.image_id)
+        hold = f"{repository}:{tag}"
+        await self._intent(run, cand, hold, hold=True)
+        try:
+            await self.engine.tag_image(cand.image_id, repository, tag)
+        except EngineNotFound as exc:
+            return steps.outcome("not_found", f"404 from the engine: {exc}")
+        except EngineUnavailable as exc:  # nothing was deleted: whether the hold exists is for the next run
+            raise RunAborted(f"engine unreachable while adding the hold reference {hold}: {exc}") from exc
+        except EngineError as exc:
+            return await self._gone_or_raise(cand, steps, hold, exc)
+        for ref in [*digests, *holds]:  # a few at most: no stop check, the hold would stay behind
+            problem = await self._drop_ref(run, cand, ref, steps)
+            if problem is not None:
+                return steps.outcome(*problem)
+            if steps.gone:  # the hold went meanwhile (someone removed it): that was the last reference
+                return _outcome(cand, "deleted", untagged=steps.untagged)
+        try:  # the hold intent line announced this DELETE too
+            answer = await self.engine.remove_image(hold)
+        except EngineConflict as exc:  # a container came: the hold stays its name (only force removes it)
+            reason: SkipReason = "in_use" if _in_use(exc) else "conflict"
+            return steps.outcome(reason, f"409 from the engine: {exc}; {hold} stays on the image")
+        except EngineNotFound as exc:
+            return steps.outcome("not_found", f"404 from the engine for {hold}: {exc}")
+        except EngineUnavailable as exc:
+            await self._ambiguous(run, cand, steps, exc, hold)
+        except EngineError as exc:
+            return await self._gone_or_raise(cand, steps, hold, exc)
+        steps.untagged.extend(r for r in _untagged(answer) if not is_hold(r))
+        if _deleted(answer, cand.image_id):
+            return _outcome(cand, "deleted", untagged=steps.untagged)
+        gained = await self._references_now(cand.image_id)
+        detail = f"gained a reference during its DELETE ({gained}): the engine removed only {hold}; the image stays"
+        return steps.outcome("conflict", detail)
+
+    async def _drop_ref(self, run: Run, cand: Candidate, ref: str, steps: _Steps) -> tuple[SkipReason, str] | None:
+        """Untag a reference no one can move (a digest, a hold) while a hold keeps the image: no re-check."""
+        await self._intent(run, cand, ref)
+        try:
+            answer = await self.engine.remove_image(ref)
+        except EngineNotFound:
+            if not is_hold(ref):
+                steps.missing.append(ref)
+            return None
+        except EngineConflict as exc:
+            return "conflict", f"409 from the engine on {ref}: {exc}"
+        except EngineUnavailable as exc:
+            await self._ambiguous(run, cand, steps, exc, ref)
+        except EngineError as exc:
+            outcome = await self._gone_or_raise(cand, steps, ref, exc)
+            return outcome.skip_reason or "not_found", outcome.detail
+        steps.untagged.extend(r for r in _untagged(answer) if not is_hold(r) and r not in steps.untagged)
+        if _deleted(answer, cand.image_id):  # not held (a tagged image's leftover hold was its last name)
+            steps.gone = True
+        return None
+
+    async def _gone_or_raise(self, cand: Candidate, steps: _Steps, target: str, exc: EngineError) -> Outcome:
+        """An unexpected engine error for a call on the image: if the image is gone, that is the outcome.
+
+        Two DELETEs of one image racing (a run and someone's `docker rmi`) make dockerd answer 500
+        "unrecognized image ID" to one of them about half the time. Which client deleted it is unknown,
+        so it is not counted as ours (nor its bytes); the run goes on. An image still there with an answer
+        asking for force (Podman 4.3's "by ID with more than one tag … please force removal") is a
+        refusal, as a 409 would be.
+        """
+        if await self._absent(cand.image_id):
+            detail = f"gone; another client deleted it concurrently ({target} answered: {exc})"
+            return steps.outcome("not_found", detail)
+        if "force" in str(exc).lower():  # Podman refuses an ID with two tags so, not with a 409
+            return steps.outcome("conflict", f"the engine refused it: {exc}")
+        raise exc
+
+    async def _references_now(self, image_id: str) -> str:
+        """The image's references now, for the audit line of an image that stayed (best effort)."""
+        try:
+            current = await self.engine.inspect_image(image_id, lane="delete")
+        except EngineError as exc:
+            return f"cannot inspect it: {exc}"
+        refs = sorted(_tags(current)) + _digests(current)
+        return ", ".join(refs) or "none left"
+
+    async def _untag_only(self, run: Run, cand: Candidate, steps: _Steps) -> Outcome | None:
         """keep_last: old tags of an image that keeps others go by name, re-checked right before each."""
         for ref in cand.references:
+            if self.stopping:
+                return steps.stopped()
             problem = await self._untag(run, cand, ref, steps)
             if problem is not None:
                 return steps.outcome(*problem)
@@ -475,6 +609,9 @@ class Executor:
             return "conflict", f"409 from the engine on {ref}: {exc}"
         except EngineUnavailable as exc:
             await self._ambiguous(run, cand, steps, exc, ref)
+        except EngineError as exc:
+            outcome = await self._gone_or_raise(cand, steps, ref, exc)
+            return outcome.skip_reason or "not_found", outcome.detail
         steps.untagged.append(ref)
         deleted = _deleted_ids(answer)
         if cand.image_id in deleted:
@@ -541,9 +678,15 @@ class Executor:
             return True
         return False
 
-    async def _intent(self, run: Run, cand: Candidate, target: str) -> None:
-        """The durable line that says a DELETE is about to be sent; if it cannot be written, nothing is."""
-        await self._audit(run, "intent", image_id=cand.image_id, target=target, references=list(cand.references))
+    async def _intent(self, run: Run, cand: Candidate, target: str, hold: bool = False) -> None:
+        """The durable line that says a DELETE is about to be sent; if it cannot be written, nothing is.
+
+        `hold`: `target` is a hold reference about to be added (`POST /images/{id}/tag`) and DELETEd last.
+        """
+        fields: dict[str, Any] = {"image_id": cand.image_id, "target": target, "references": list(cand.references)}
+        if hold:
+            fields["hold"] = True
+        await self._audit(run, "intent", **fields)
         unwritten = await self._settle(run)  # queued before the intent, so on disk by now: check they made it
         if unwritten is not None:
             raise unwritten
@@ -580,6 +723,12 @@ class _Steps:
         if tagged_at is not None and tagged_at > self.young_after:
             return "too_young", "tagged again since planning (Metadata.LastTagTime): younger than min_age now"
         return None
+
+    def stopped(self) -> Outcome | None:
+        """Shutting down between two untags: what went so far, or None when nothing did."""
+        if not self.untagged:
+            return None
+        return _outcome(self.cand, "untagged", detail=STOPPED, untagged=self.untagged)
 
     def outcome(self, reason: SkipReason, detail: str) -> Outcome:
         """Stopped part-way: untagged if something went, else skipped."""
@@ -655,13 +804,36 @@ def _protected(inspect: dict[str, Any], protect: ProtectConfig) -> tuple[SkipRea
 
 
 def _in_use(conflict: EngineConflict) -> bool:
-    """A 409 for a container using the image: dockerd says "being used by", Podman "in use by"."""
+    """A 409 for a container using the image: dockerd says "being used by" (by ID) or "container … is using
+    its referenced image" (by name), Podman "in use by"."""
     text = str(conflict).lower()
-    return "being used" in text or "in use" in text
+    return "being used" in text or "in use" in text or "is using" in text
+
+
+def hold_reference(run_id: str, image_id: str) -> tuple[str, str]:
+    """The hold reference of one image in one run: (repository, tag), a repository of its own.
+
+    The dot makes `docker-image-exporter.hold` a registry host, so no engine prefixes it (`docker.io/`,
+    Podman's `localhost/`) and it can never be pushed anywhere by accident.
+    """
+    return f"{HOLD_REPOSITORY}/{run_id}", image_id.removeprefix("sha256:")[:12]
 
 
 def _tags(inspect: dict[str, Any]) -> set[str]:
+    """The image's own tags (hold references are the exporter's, and parse_refs leaves them out)."""
     return {str(r) for r in apishapes.parse_refs(inspect.get("RepoTags"))}
+
+
+def _holds(inspect: dict[str, Any]) -> set[str]:
+    return {t for t in inspect.get("RepoTags") or () if isinstance(t, str) and is_hold(t)}
+
+
+def _digests(inspect: dict[str, Any]) -> list[str]:
+    return list(apishapes.parse_digests(inspect.get("RepoDigests")))
+
+
+def _untagged(answer: list[dict[str, Any]]) -> list[str]:
+    return [str(e["Untagged"]) for e in answer if isinstance(e, dict) and e.get("Untagged")]
 
 
 def _deleted_ids(answer: list[dict[str, Any]]) -> list[str]:

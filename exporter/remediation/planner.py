@@ -61,7 +61,7 @@ SizeBasis = Literal["unique", "total"]
 
 @dataclass(frozen=True)
 class Candidate:
-    """One image to delete (by ID when dangling) or to untag (`references`, one DELETE each, in order).
+    """One image to delete (through a hold reference when it has no tag) or to untag (`references`, one DELETE each, in order).
 
     `removes_image` is False when the image keeps other tags (keep_last untagging one repository's old tag):
     then deleting frees nothing and `size` does not count towards the estimate. `known_references` are
@@ -354,7 +354,7 @@ class _Eligible:
     dangling: bool
 
     def candidate(self, reason: str) -> Candidate:
-        """Deletes the whole image: every reference (by ID when dangling)."""
+        """Deletes the whole image: every reference (through a hold reference when it has no tag)."""
         image = self.image
         size, basis = image_size(image)
         known = self.references[: len(image.refs)]

@@ -39,6 +39,7 @@ from exporter.engine import Engine
 from exporter.events import EventFollower
 from exporter.history import ImageHistory
 from exporter.poller import Poller
+from exporter.remediation.executor import hold_reference
 from exporter.remediation.runs import Run
 from exporter.remediation.service import RemediationService
 from exporter.selfmetrics import PollMetrics
@@ -67,6 +68,10 @@ class RecordingEngine(Engine):
         self.writes.append(("remove_image", ref))
         return await super().remove_image(ref)
 
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        self.writes.append(("tag_image", f"{repository}:{tag}"))
+        await super().tag_image(image_id, repository, tag)
+
     async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
         self.writes.append(("prune_images", dict(filters)))
         return await super().prune_images(filters)
@@ -74,6 +79,11 @@ class RecordingEngine(Engine):
     async def prune_builds(self, keep_storage: int | None, filters: Mapping[str, Any]) -> dict[str, Any]:
         self.writes.append(("prune_builds", (keep_storage, dict(filters))))
         return await super().prune_builds(keep_storage, filters)
+
+
+def hold_of(run_id: str, image_id: str) -> str:
+    """The hold reference the executor gives an image without tags before deleting it."""
+    return ":".join(hold_reference(run_id, image_id))
 
 
 def is_podman(engine: PrivateDockerd) -> bool:
@@ -468,10 +478,12 @@ async def test_prune_unused_dry_run_then_real(dockerd, registry, tmp_path, make_
     assert world.present() == set(world.ids) - going
     assert run.images_deleted == len(going)
     assert run.reclaimed_bytes == world.reclaimable(going)
-    deletes = [ref for call, ref in h.engine.writes if call == "remove_image"]
-    # a whole image goes by ID (the engine refuses an ID that gained a tag or a container); extra tags first
+    deletes = [ref for call, ref in h.engine.writes if call == "remove_image" and "@" not in ref]
+    # a tagged image goes by ID (the engine refuses an ID that gained a tag or a container); extra tags
+    # first; an image without tags by the name of its hold reference (its digest references first)
     extra_tags = [ref for k in going for ref in world.refs[k][:-1]]
-    assert sorted(deletes) == sorted([*extra_tags, *(world.ids[k] for k in going)])
+    last = [world.ids[k] if world.refs[k] else hold_of(run.run_id, world.ids[k]) for k in going]
+    assert sorted(deletes) == sorted([*extra_tags, *last])
     lines = image_lines(h.audit(), run)
     skips = {key: lines[world.ids[key]]["skip_reason"] for key in set(world.ids) - going}
     expected = {
@@ -510,7 +522,8 @@ async def test_prune_dangling_only_touches_old_unpinned_untagged_images(dockerd,
 
     assert run.result == "success", run.to_json()
     assert world.present() == set(world.ids) - {"dangling_old"}
-    assert h.engine.writes == [("remove_image", world.ids["dangling_old"])]
+    hold = hold_of(run.run_id, world.ids["dangling_old"])
+    assert [w for w in h.engine.writes if "@" not in w[1]] == [("tag_image", hold), ("remove_image", hold)]
     lines = image_lines(h.audit(), run)
     assert {k: lines[world.ids[k]]["skip_reason"] for k in ("dangling_young", "dangling_label", "dangling_used")} == {
         "dangling_young": "too_young",

@@ -107,6 +107,9 @@ class RecordedEngine(Engine):
     async def remove_image(self, ref: str) -> list[dict[str, Any]]:
         raise AssertionError(f"a unit test reached remove_image({ref})")
 
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        raise AssertionError(f"a unit test reached tag_image({image_id}, {repository}:{tag})")
+
     async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
         raise AssertionError("a unit test reached prune_images")
 

@@ -164,3 +164,16 @@ def test_container_last_use_is_the_later_of_finished_and_started() -> None:
     assert apishapes.parse_container_last_use(running) == apishapes.parse_time("2026-11-28T10:00:00Z")
     assert apishapes.parse_container_last_use({"State": {"StartedAt": zero, "FinishedAt": zero}}) is None  # created
     assert apishapes.parse_container_last_use({}) is None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_hold_reference_is_never_a_tag(engine: str) -> None:
+    """The executor's hold on an image about to go: listings and inspects show the image as it was."""
+    hold = f"{apishapes.HOLD_REPOSITORY}/0123456789abcdef:0123456789ab"
+    for raw in load(engine, "images.json"):
+        before = apishapes.parse_image(raw)
+        tags = [t for t in raw.get("RepoTags") or [] if "<none>" not in t]
+        digests = [d for d in raw.get("RepoDigests") or [] if "<none>" not in d]
+        derived = f"{apishapes.HOLD_REPOSITORY}/0123456789abcdef@sha256:{'0' * 64}"  # Podman, containerd store
+        image = apishapes.parse_image({**raw, "RepoTags": [*tags, hold], "RepoDigests": [*digests, derived]})
+        assert image.refs == before.refs and image.digests == before.digests and image.dangling == before.dangling

@@ -94,6 +94,8 @@ class ClosingServer:
             return "404 Not Found", payload("delete-unknown.json")
         if method == "DELETE":
             return "200 OK", payload("delete-image.json")
+        if method == "POST" and "/tag?" in target:
+            return "201 Created", b""  # dockerd's answer to a tag: no body
         return "200 OK", payload("image-inspect.json")
 
 
@@ -140,6 +142,14 @@ async def test_the_lean_client_speaks_the_negotiated_version_and_never_forces(
     await engine.remove_image("localhost:5000/team/app:1.0")
     deletes = [t for _, m, t in server.requests if m == "DELETE"]
     assert deletes == ["/v1.41/images/localhost:5000/team/app:1.0?force=false&noprune=false"]
+
+
+async def test_a_hold_tag_is_a_bodiless_post_without_force(engine: Engine, server: ClosingServer) -> None:
+    await engine.tag_image("sha256:abc", "docker-image-exporter.hold/0123456789abcdef", "abc")
+    await engine.remove_image("sha256:abc")  # the connection stays usable after the empty 201
+    posts = [t for _, m, t in server.requests if m == "POST"]
+    assert posts == ["/v1.41/images/sha256:abc/tag?repo=docker-image-exporter.hold%2F0123456789abcdef&tag=abc"]
+    assert len({n for n, _, t in server.requests if "/images/" in t}) == 1
 
 
 async def test_engine_refusals_keep_their_meaning(engine: Engine) -> None:

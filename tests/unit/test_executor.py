@@ -17,15 +17,17 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.apishapes import HOLD_REPOSITORY, parse_refs
+from exporter.apishapes import is_hold_reference as is_hold
 from exporter.config import ActionConfig, ActionType, ProtectConfig
-from exporter.engine import DELETE_LANE_THREADS
+from exporter.engine import DELETE_LANE_THREADS, EngineError
 from exporter.remediation import audit as audit_module
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Plan, make_plan
 from exporter.remediation.runs import SUMMARY_LIST_LIMIT, Run
-from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+from exporter.snapshot import Filesystem, Image, Snapshot
 from tests.harness.audit import read_audit
 from tests.unit.actions import action_of
 from tests.unit.fake_engine import FakeEngine
@@ -44,7 +46,7 @@ def snapshot_of(engine: FakeEngine, fs: Filesystem | None = None) -> Snapshot:
     images = tuple(
         Image(
             id=i.id,
-            refs=tuple(sorted(r for r in (ImageRef.parse(t) for t in i.tags) if r is not None)),
+            refs=parse_refs(sorted(i.tags)),  # as a poll parses them: hold references are not tags
             digests=tuple(sorted(i.digests)),
             created=i.arrived,
             size=100,
@@ -497,3 +499,147 @@ async def test_a_single_tag_image_coming_into_use_is_refused_by_the_engine_and_s
     assert old in engine.images and engine.images[old].tags == {"app:1"} and engine.removals == []
     assert run.outcomes[0].result == "skipped" and run.outcomes[0].skip_reason == "in_use"
     assert run.result == "success"
+
+
+# -- the 0 -> 1 tag race, concurrent `docker rmi`, stopping mid-untag -------------------------------------
+def _at_final_delete(engine: FakeEngine, then: Callable[[], object]) -> None:
+    """Run `then` once, just before the image's last DELETE (of its hold, or by ID) reaches the engine."""
+    done = False
+
+    def hook(call: str, arg: str) -> None:
+        nonlocal done
+        if call == "remove_image" and (is_hold(arg) or arg.startswith("sha256:")) and not done:
+            done = True
+            then()
+
+    engine.before = hook
+
+
+async def test_a_dangling_image_that_gains_a_tag_during_its_delete_stays(tmp_path: Path, engine: FakeEngine) -> None:
+    """moby deletes by ID an image with one tag, tag and all: the final DELETE is of the hold, by name."""
+    iid = engine.add("dangling", arrived=OLD)
+    h = Harness(tmp_path, engine)
+    _at_final_delete(engine, lambda: engine.tag(iid, "app:production", NOW))
+    run = await h.run(act("prune_dangling"))
+    assert iid in engine.images and engine.images[iid].tags == {"app:production"}  # the hold went, not the image
+    assert engine.removals == [] and run.images_deleted == 0
+    (outcome,) = run.outcomes
+    assert outcome.result == "skipped" and outcome.skip_reason == "conflict"
+    assert "app:production" in outcome.detail and "gained a reference" in outcome.detail
+    (intent,) = [r for r in h.audit() if r["event"] == "intent"]
+    assert intent["hold"] is True and intent["target"] == f"{HOLD_REPOSITORY}/{run.run_id}:{iid[7:19]}"
+
+
+async def test_a_digest_only_image_that_gains_a_tag_during_its_delete_stays(tmp_path: Path, engine: FakeEngine) -> None:
+    iid = engine.add("pulled", arrived=OLD, digests=("app@sha256:" + "d" * 64,))
+    h = Harness(tmp_path, engine)
+    _at_final_delete(engine, lambda: engine.tag(iid, "app:production", NOW))
+    run = await h.run(act("prune_unused"))
+    assert iid in engine.images and engine.images[iid].tags == {"app:production"}
+    assert engine.removals == [] and run.outcomes[0].skip_reason == "conflict"
+
+
+async def test_a_dangling_image_goes_with_its_hold_and_digests(tmp_path: Path, engine: FakeEngine) -> None:
+    iid = engine.add("pulled", arrived=OLD, digests=("app@sha256:" + "d" * 64, "mirror/app@sha256:" + "d" * 64))
+    h = Harness(tmp_path, engine)
+    run = await h.run(act("prune_unused"))
+    assert [r.image_id for r in engine.removals] == [iid] and run.images_deleted == 1 and run.result == "success"
+    assert sorted(run.outcomes[0].untagged) == sorted(engine.untagged[i].target for i in range(2))
+    assert not any(is_hold(t) for t in run.outcomes[0].untagged)  # the hold is ours, not the image's
+    targets = [r["target"] for r in h.audit() if r["event"] == "intent"]
+    assert is_hold(targets[0]) and sorted(targets[1:]) == sorted(engine.untagged[i].target for i in range(2))
+
+
+@pytest.mark.parametrize("kind", ["prune_dangling", "prune_unused"])
+async def test_a_hold_left_by_an_interrupted_run_goes_with_the_image(
+    tmp_path: Path, engine: FakeEngine, kind: ActionType
+) -> None:
+    """A leftover hold is no tag: the image is still dangling to the planner, and the hold goes first."""
+    dangling = engine.add("dangling", ("docker-image-exporter.hold/0123456789abcdef:aaaaaaaaaaaa",), arrived=OLD)
+    tagged = engine.add("tagged", ("app:1", "docker-image-exporter.hold/0123456789abcdef:bbbbbbbbbbbb"), arrived=OLD)
+    h = Harness(tmp_path, engine)
+    run = await h.run(act(kind))
+    expected = {dangling} if kind == "prune_dangling" else {dangling, tagged}
+    assert {r.image_id for r in engine.removals} == expected and run.result == "success"
+    assert all(not is_hold(t) for o in run.outcomes for t in o.untagged)
+    assert all(o.references == () for o in run.outcomes if o.image_id == dangling)
+
+
+async def test_a_container_at_the_final_delete_keeps_the_image(tmp_path: Path, engine: FakeEngine) -> None:
+    iid = engine.add("dangling", arrived=OLD)
+    h = Harness(tmp_path, engine)
+    _at_final_delete(engine, lambda: engine.create_container(iid))
+    run = await h.run(act("prune_dangling"))
+    assert iid in engine.images and engine.removals == []
+    assert run.outcomes[0].skip_reason == "in_use" and "stays on the image" in run.outcomes[0].detail
+
+
+@pytest.mark.parametrize("status", [500, 404])
+async def test_an_image_another_client_deleted_first_is_gone_not_a_failure(
+    tmp_path: Path, engine: FakeEngine, status: int
+) -> None:
+    """dockerd answers the loser of two racing DELETEs 500 "unrecognized image ID" about half the time."""
+    first = engine.add("first", ("app:1",), arrived=OLD)
+    second = engine.add("second", ("app:2",), arrived=OLD + 1)
+    h = Harness(tmp_path, engine, in_flight=1)
+
+    def docker_rmi(call: str, arg: str) -> None:
+        if call == "remove_image" and arg == first:
+            assert engine.rmi_by_other(first, status)
+
+    engine.before = docker_rmi
+    run = await h.run(act("prune_unused"))
+    assert run.result == "success" and [r.image_id for r in engine.removals] == [second]
+    assert run.images_deleted == 1 and run.reclaimed_bytes == 100  # the other client's deletion is not ours
+    gone = run.outcomes[0]
+    assert gone.image_id == first and gone.result == "skipped" and gone.skip_reason == "not_found"
+    if status == 500:
+        assert "another client deleted it concurrently" in gone.detail
+
+
+async def test_a_500_for_an_image_that_is_still_there_ends_the_run(tmp_path: Path, engine: FakeEngine) -> None:
+    iid = engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+
+    async def broken(ref: str) -> list[dict[str, Any]]:
+        raise EngineError("driver failed removing layer", 500)
+
+    engine.remove_image = broken  # type: ignore[method-assign]
+    run = await h.run(act("prune_unused"))
+    assert iid in engine.images and run.result == "failure" and "driver failed" in run.detail
+
+
+async def test_stopping_mid_untag_of_a_many_tag_image_ends_the_run(tmp_path: Path, engine: FakeEngine) -> None:
+    iid = engine.add("many", tuple(f"app:{n:04d}" for n in range(3000)), arrived=OLD)
+    h = Harness(tmp_path, engine)
+
+    def stop_at_the_fifth_untag(call: str, arg: str) -> None:
+        if call == "remove_image" and len(engine.untagged) == 4:
+            h.executor.stop()
+
+    engine.before = stop_at_the_fifth_untag
+    run = await h.run(act("prune_unused"))
+    assert len(engine.untagged) == 5 and iid in engine.images  # the DELETE under way ends, no other starts
+    assert run.result == "partial" and "shutting down" in run.detail
+    (outcome,) = run.outcomes
+    assert outcome.result == "untagged" and len(outcome.untagged) == 5 and "shutting down" in outcome.detail
+    assert h.audit()[-1]["event"] == "run_end"
+
+
+async def test_podmans_refusal_of_an_id_with_two_tags_is_a_conflict(tmp_path: Path, engine: FakeEngine) -> None:
+    """Podman 4.3 answers a DELETE by ID of an image that gained a tag with an error asking for force, not 409."""
+    iid = engine.add("old", ("app:1",), arrived=OLD)
+    h = Harness(tmp_path, engine)
+
+    async def podman(ref: str) -> list[dict[str, Any]]:
+        engine.tag(iid, "app:production", NOW)
+        raise EngineError(
+            f'unable to delete image "{iid[7:]}" by ID with more than one tag ([app:1 app:production]): '
+            "please force removal",
+            500,
+        )
+
+    engine.remove_image = podman  # type: ignore[method-assign]
+    run = await h.run(act("prune_unused"))
+    assert iid in engine.images and run.result == "partial"
+    assert run.outcomes[0].skip_reason == "conflict" and "please force removal" in run.outcomes[0].detail

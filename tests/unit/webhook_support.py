@@ -48,6 +48,9 @@ class NoEngine(Engine):
     async def remove_image(self, ref: str) -> list[dict[str, Any]]:
         raise AssertionError(f"unit test reached remove_image({ref})")
 
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        raise AssertionError(f"unit test reached tag_image({image_id}, {repository}:{tag})")
+
     async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
         raise AssertionError("unit test reached prune_images")
 
