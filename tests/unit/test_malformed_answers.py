@@ -164,6 +164,12 @@ def summary(snapshot: Snapshot | None) -> Any:
     )
 
 
+def without_tag_times(summary: Any) -> Any:
+    """A `summary` with every image's LastTagTime left out."""
+    engine, images, *rest = summary
+    return (engine, [image[:-1] for image in images], *rest)
+
+
 def assert_sane(snapshot: Snapshot | None) -> None:
     """Whatever was published is made of numbers a metric can carry: finite, whole bytes, in range."""
     assert snapshot is not None
@@ -205,6 +211,7 @@ async def malformed_then_good(engine_name: str, read: str, bad: Any, tmp_path: P
     poller, registry = make_poller(engine, tmp_path)
     handler = Records()
     logging.getLogger("exporter").addHandler(handler)
+    accepted_inspect = False
     try:
         for rounds in range(2):
             if rounds == 1 or read == "disk_usage":  # /system/df waits for a first snapshot (the engine's identity)
@@ -223,13 +230,18 @@ async def malformed_then_good(engine_name: str, read: str, bad: Any, tmp_path: P
                     assert poller.snapshot is not None
             else:  # the mutation left a valid answer: what it says is published, sanely
                 assert poller.up
+                # and an inspect's LastTagTime is kept until the image's tags change (it is not asked again)
+                accepted_inspect = read == "inspect_image"
             if poller.snapshot is not None:
                 assert_sane(poller.snapshot)
             del engine.replace[read]
             await poller.poll_once()
             await poll_through(engine, poller, "disk_usage")
             assert poller.up and poller.last_error is None
-            assert summary(poller.snapshot) == expected
+            if accepted_inspect:
+                assert without_tag_times(summary(poller.snapshot)) == without_tag_times(expected)
+            else:
+                assert summary(poller.snapshot) == expected
     finally:
         logging.getLogger("exporter").removeHandler(handler)
 
