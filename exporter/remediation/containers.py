@@ -32,7 +32,9 @@ from exporter.engine import EngineConflict, EngineNotFound, EngineUnavailable
 #: States a container may be removed in: it has run and ended.
 PRUNABLE_STATES = frozenset(("exited", "dead"))
 
-ContainerSkipReason = Literal["protected_label", "too_young", "max_deletions", "not_stopped", "restarted", "conflict"]
+ContainerSkipReason = Literal[
+    "protected_label", "too_young", "max_deletions", "not_stopped", "restarted", "conflict", "not_found"
+]
 ContainerResult = Literal["deleted", "skipped", "would_delete", "not_found", "unknown"]
 
 
@@ -114,10 +116,33 @@ class ContainerOutcome:
     result: ContainerResult
     skip_reason: ContainerSkipReason | None = None
     detail: str = ""
+    reason: str = ""
+
+
+def audit_fields(o: ContainerOutcome) -> dict[str, Any]:
+    """A container outcome's audit line fields (the `container` event)."""
+    return {
+        "container_id": o.id,
+        "name": o.name,
+        "image_id": o.image_id,
+        "reason": o.reason,
+        "result": o.result,
+        "skip_reason": o.skip_reason,
+        "detail": o.detail,
+    }
+
+
+def skipped(c: StoppedContainer, reason: ContainerSkipReason, detail: str) -> ContainerOutcome:
+    """The outcome of a stopped container the selection kept."""
+    return _outcome(c, "skipped", reason, detail)
 
 
 class RemovalAborted(Exception):
     """The run cannot go on: an intent could not be written, or a DELETE got no answer."""
+
+    def __init__(self, message: str, done: list[ContainerOutcome] | None = None) -> None:
+        super().__init__(message)
+        self.done = done or []
 
 
 #: Writes one durable audit line (event, fields); raises when it cannot, and then nothing is deleted.
@@ -131,18 +156,25 @@ async def remove(
     audit: AuditLine,
     protect_now: Callable[[], ProtectConfig],
     dry_run: bool,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> list[ContainerOutcome]:
     """Remove the plan's candidates in order, each re-checked and announced by an intent line first.
 
-    Raises RemovalAborted (with the outcomes so far in `args[1]`) when an intent cannot be written or a
-    DELETE gets no answer: whether that container went is then unknown, so the run stops there.
+    Raises RemovalAborted (with the outcomes so far in `done`) when an intent cannot be written or a
+    DELETE gets no answer: whether that container went is then unknown, so the run stops there. Ends
+    before the next candidate once `stopping()` says so (shutdown).
     """
     outcomes: list[ContainerOutcome] = []
     for planned in plan.candidates:
+        if stopping():
+            break
         if dry_run:
             outcomes.append(_outcome(planned, "would_delete"))
             continue
-        outcome = await _remove_one(engine, planned, audit, protect_now())
+        try:
+            outcome = await _remove_one(engine, planned, audit, protect_now())
+        except RemovalAborted as exc:
+            raise RemovalAborted(str(exc), outcomes) from exc
         outcomes.append(outcome)
         if outcome.result == "unknown":
             raise RemovalAborted(outcome.detail, outcomes)
@@ -183,4 +215,4 @@ async def _remove_one(
 def _outcome(
     c: StoppedContainer, result: ContainerResult, reason: ContainerSkipReason | None = None, detail: str = ""
 ) -> ContainerOutcome:
-    return ContainerOutcome(c.id, c.name, c.image_id, result, reason, detail)
+    return ContainerOutcome(c.id, c.name, c.image_id, result, reason, detail, f"stopped container ({c.state})")

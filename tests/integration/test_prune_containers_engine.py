@@ -4,6 +4,7 @@ the DELETE, and the engine's own 409 for a container started between our re-chec
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,10 @@ from exporter.engine import Engine, EngineNotFound
 from exporter.remediation.containers import parse_inspect, remove, select
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.images import ImageSpec, Layer, load_images
+from tests.integration import test_remediation_actions as actions
+from tests.integration.test_remediation_actions import remediation_config
+
+make_harness = actions.make_harness  # the fixture, shared with the action tests
 
 pytestmark = pytest.mark.engine
 
@@ -79,3 +84,46 @@ async def test_removes_exited_containers_and_never_one_restarted_during_its_remo
     finally:
         dockerd.cli("kill", racer, check=False)
         engine.close()
+
+
+async def test_prune_containers_action_dry_run_then_real_audited(
+    dockerd: PrivateDockerd, tmp_path: Path, make_harness: Any
+) -> None:
+    load_images(dockerd, [ImageSpec(tags=["stopper:1"], layers=[Layer.pause()], cmd=["/pause"])])
+    gone = exited(dockerd, "litter")
+    kept = exited(dockerd, "pinned", ("keep=true",))  # protect.labels of remediation_config
+    running = dockerd.cli("create", "--network", "none", "--name", "busy", "stopper:1").stdout.decode().strip()
+    dockerd.cli("start", running)
+    config = remediation_config(tmp_path, {"containers": {"type": "prune_containers", "min_age": "0s"}}, "/")
+    h = await make_harness(dockerd, config)
+    try:
+        dry = await h.run("containers", dry_run=True)
+        assert dry.result == "dry_run", dry.to_json()
+        assert {(o.references, o.result, o.skip_reason) for o in dry.outcomes} == {
+            (("litter",), "would_delete", None),
+            (("pinned",), "skipped", "protected_label"),
+        }
+        assert [line["event"] for line in h.audit() if line["run_id"] == dry.run_id] == [
+            "run_start",
+            "dry_run_summary",
+            "run_end",
+        ]
+        for cid in (gone, kept, running):
+            await h.engine.inspect_container_now(cid)  # a dry run removes nothing
+
+        run = await h.run("containers")
+        assert run.result == "success", run.to_json()
+        with pytest.raises(EngineNotFound):
+            await h.engine.inspect_container_now(gone)
+        await h.engine.inspect_container_now(kept)
+        assert parse_inspect(await h.engine.inspect_container_now(running)).state == "running"
+        lines = [line for line in h.audit() if line["run_id"] == run.run_id]
+        events = [(line["event"], line.get("container_id") or line.get("name")) for line in lines]
+        # the intent is on disk before the DELETE; the outcome line follows it
+        assert events.index(("intent", gone)) < events.index(("container", gone))
+        assert {line["name"]: line["result"] for line in lines if line["event"] == "container"} == {
+            "litter": "deleted",
+            "pinned": "skipped",
+        }
+    finally:
+        dockerd.cli("kill", running, check=False)
