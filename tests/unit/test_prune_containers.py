@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import ProtectConfig
-from exporter.engine import EngineConflict, EngineNotFound
+from exporter.engine import EngineConflict, EngineNotFound, EngineUnavailable
 from exporter.remediation.containers import (
     PRUNABLE_STATES,
     ContainerPlan,
@@ -208,3 +208,33 @@ async def test_never_removes_a_busy_or_protected_container(
     for cid in removed:  # every DELETE that removed something came right after its intent
         i = engine.log.index(f"delete {cid}")
         assert i > 0 and engine.log[i - 1] == f"intent {cid}"
+
+
+class Silent(FakeEngine):
+    """A DELETE that gets no answer: the engine may still carry it out."""
+
+    async def remove_container(self, container_id: str) -> None:
+        self.log.append(f"delete {container_id}")
+        raise EngineUnavailable("engine did not answer within 35s")
+
+
+async def test_a_delete_without_an_answer_is_unknown_and_ends_the_run() -> None:
+    engine = Silent({n: inspect(n, "exited", NOW - 7200 - i) for i, n in enumerate(("a", "b"))})
+    plan = plan_of(engine, ProtectConfig())
+    with pytest.raises(RemovalAborted) as aborted:
+        await run(engine, plan, ProtectConfig())
+    assert [(o.id, o.result) for o in aborted.value.done] == [("b", "unknown")]  # oldest first; "a" not tried
+    assert engine.log == ["intent b", "delete b"]
+
+
+async def test_stops_before_the_next_container_on_shutdown() -> None:
+    engine = FakeEngine({n: inspect(n, "exited", NOW - 7200 - i) for i, n in enumerate(("a", "b"))})
+    plan = plan_of(engine, ProtectConfig())
+
+    async def audit(event: str, fields: dict[str, Any]) -> None:
+        engine.log.append(f"{event} {fields['container_id']}")
+
+    done = await remove(
+        engine, plan, audit=audit, protect_now=ProtectConfig, dry_run=False, stopping=lambda: bool(engine.removed)
+    )
+    assert [o.id for o in done] == ["b"] and "a" in engine.containers
