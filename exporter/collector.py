@@ -37,6 +37,9 @@ GAUGE_FAMILIES = (
     "docker_images_dangling_size_bytes",
     "docker_images_unused",
     "docker_images_local_only",
+    "docker_containers",
+    "docker_images_held_by_stopped_containers",
+    "docker_images_held_by_stopped_containers_bytes",
     "docker_repository_images",
     "docker_repository_tags",
     "docker_repository_size_bytes",
@@ -58,6 +61,12 @@ GAUGE_FAMILIES = (
     "docker_filesystem_avail_bytes",
 )
 INFO_FAMILIES = ("docker_exporter_build",)  # exposed with the `_info` suffix
+
+# Container states the engine documents (ContainerState.Status); anything else counts as `other`, so the
+# `state` label stays bounded whatever an engine reports.
+CONTAINER_STATES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
+# States in which a container runs nothing yet still pins its image: `docker container prune` removes these.
+STOPPED_STATES = frozenset(("created", "exited", "dead"))
 
 _FRESH = "Refreshed every poll and within about a second of image/container events."
 _DF = "From /system/df, refreshed every poll.disk_usage_interval (see docker_exporter_disk_usage_timestamp_seconds)."
@@ -392,6 +401,15 @@ def _table_section(table: Table) -> Section:
     return Section(table.metrics, table)
 
 
+def held_by_stopped_containers(snapshot: Snapshot) -> list[Image]:
+    """Images used by at least one container, all of them stopped: they stay only because of those containers."""
+    states: dict[str, set[str]] = {}
+    for container in snapshot.containers:
+        states.setdefault(container.image_id, set()).add(container.state)
+    held = {image_id for image_id, seen in states.items() if seen <= STOPPED_STATES}
+    return [image for image in snapshot.images if image.id in held]
+
+
 class SnapshotSource(Protocol):
     """All the collector reads (the poller provides it): the current snapshot, and whether the engine answered."""
 
@@ -436,6 +454,7 @@ class SnapshotCollector(Collector):
         sections = [
             head,
             Section(lambda: self._totals(tables.totals)),
+            Section(lambda: self._containers(snapshot)),
             _table_section(Table(REPOSITORY_FAMILIES, ("repository",), tables.repositories)),
         ]
         if self.config.per_image:
@@ -510,6 +529,35 @@ class SnapshotCollector(Collector):
             "docker_images_local_only",
             f"Tagged images with no repo digest: built here, never pushed or pulled. {_FRESH}",
             totals.local_only,
+        )
+
+    def _containers(self, snapshot: Snapshot) -> Iterator[Metric]:
+        counts = dict.fromkeys(CONTAINER_STATES, 0)
+        for container in snapshot.containers:
+            state = container.state if container.state in counts else "other"
+            counts[state] = counts.get(state, 0) + 1
+        family = GaugeMetricFamily(
+            "docker_containers",
+            f"Containers (/containers/json?all=1) by state; states the engine does not document count as other. "
+            f"{_FRESH}",
+            labels=["state"],
+        )
+        for state, count in counts.items():
+            family.add_metric([state], count)
+        yield family
+        held = held_by_stopped_containers(snapshot)
+        yield _gauge(
+            "docker_images_held_by_stopped_containers",
+            f"Images that containers use but only stopped ones (created, exited, dead): removing those "
+            f"containers makes the images unused. {_FRESH}",
+            len(held),
+        )
+        sizes = [image.unique_size for image in held]
+        yield _gauge(
+            "docker_images_held_by_stopped_containers_bytes",
+            f"Sum of the unique sizes of those images: what removing the stopped containers and then the images "
+            f"frees at least (absent where the engine does not report shared sizes). {_FRESH}",
+            None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None),
         )
 
     def _disk(self, snapshot: Snapshot) -> Iterator[Metric]:

@@ -471,6 +471,20 @@ class Engine:
             return
         await self._call(lambda c: c.tag(image_id, repository, tag, force=False), lane="delete")
 
+    async def inspect_container_now(self, container_id: str) -> dict[str, Any]:
+        """Container inspect on the `delete` lane: the re-check right before a container's DELETE."""
+        if self._lean("delete"):
+            return dict(await self._call_raw("GET", f"/containers/{_quote(container_id)}/json") or {})
+        return await self._call(lambda c: dict(c.inspect_container(container_id)), lane="delete")
+
+    async def remove_container(self, container_id: str) -> None:
+        """`DELETE /containers/{id}` with force and v off: the engine refuses a running container (409), and
+        the container's volumes stay."""
+        if self._lean("delete"):
+            await self._call_raw("DELETE", f"/containers/{_quote(container_id)}?force=false&v=false&link=false")
+            return
+        await self._call(lambda c: c.remove_container(container_id, v=False, link=False, force=False), lane="delete")
+
     async def prune_images(self, filters: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call(lambda c: dict(c.prune_images(filters=dict(filters)) or {}))
 

@@ -41,7 +41,7 @@ from exporter.config.fields import (
 from exporter.config.secrets import SecretFileError, read_secret_file
 from exporter.schedule import DEFAULT_TIMEZONE, Cron, parse_timezone
 
-ActionType = Literal["prune_dangling", "prune_unused", "keep_last", "free_space", "build_cache"]
+ActionType = Literal["prune_dangling", "prune_unused", "keep_last", "free_space", "build_cache", "prune_containers"]
 ACTION_TYPES: tuple[ActionType, ...] = get_args(ActionType)
 
 
@@ -255,8 +255,20 @@ class BuildCacheAction(ActionBase):
     """Build cache to keep (SI or IEC size)."""
 
 
+class PruneContainersAction(ActionBase):
+    """Exited or dead containers whose State.FinishedAt is older than min_age; never running, paused,
+    restarting or created ones, never ones with a label matching protect.labels. Volumes stay."""
+
+    type: Literal["prune_containers"]
+
+
 ActionConfig = Annotated[
-    PruneDanglingAction | PruneUnusedAction | KeepLastAction | FreeSpaceAction | BuildCacheAction,
+    PruneDanglingAction
+    | PruneUnusedAction
+    | KeepLastAction
+    | FreeSpaceAction
+    | BuildCacheAction
+    | PruneContainersAction,
     Field(discriminator="type"),
 ]
 

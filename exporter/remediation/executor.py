@@ -53,7 +53,7 @@ from typing import Any, NoReturn, TypeVar
 from exporter import apishapes, clocks
 from exporter.apishapes import HOLD_REPOSITORY, normalize_id
 from exporter.apishapes import is_hold_reference as is_hold
-from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig
+from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig, PruneContainersAction
 from exporter.engine import (
     DELETE_LANE_THREADS,
     Engine,
@@ -63,6 +63,7 @@ from exporter.engine import (
     EngineUnavailable,
 )
 from exporter.logs import kv
+from exporter.remediation import containers
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason
@@ -215,6 +216,8 @@ class Executor:
                 await self._record_all(run, skips)
             if isinstance(action, BuildCacheAction):
                 await self._build_cache(run, action)
+            elif isinstance(action, PruneContainersAction):
+                await self._containers(run, action)
             else:
                 await self._images(run, plan, action)
             if run.dry_run:
@@ -265,6 +268,60 @@ class Executor:
             Outcome(None, (), reclaimed, "total", reason, "deleted", detail=f"{len(deleted)} build cache records"),
         )
         run.result = "success"
+
+    async def _containers(self, run: Run, action: PruneContainersAction) -> None:
+        """prune_containers: select from a fresh inspect of each stopped container, then remove (see containers)."""
+        try:
+            listed = apishapes.parse_containers(await self.engine.list_containers(lane="delete"))
+            stopped: list[containers.StoppedContainer] = []
+            for c in listed:
+                if c.state in containers.PRUNABLE_STATES:
+                    try:
+                        stopped.append(containers.parse_inspect(await self.engine.inspect_container_now(c.id)))
+                    except EngineNotFound:
+                        continue  # removed since the listing: nothing to do
+        except EngineError as exc:
+            raise RunAborted(f"cannot read the containers: {exc}") from exc
+
+        def protect_now() -> ProtectConfig:
+            return self.protect_now() or ProtectConfig()
+
+        plan = containers.select(
+            stopped, min_age=action.min_age, max_deletions=action.max_deletions, protect=protect_now(), now=time.time()
+        )
+        await self._container_outcomes(
+            run, [containers.skipped(c, reason, detail) for c, reason, detail in plan.skipped]
+        )
+
+        async def audit(event: str, fields: dict[str, Any]) -> None:
+            await self._audit(run, event, **fields)
+
+        try:
+            done = await containers.remove(
+                self.engine,
+                plan,
+                audit=audit,
+                protect_now=protect_now,
+                dry_run=run.dry_run,
+                stopping=lambda: self.stopping,
+            )
+        except containers.RemovalAborted as exc:
+            await self._container_outcomes(run, exc.done)
+            raise RunAborted(str(exc)) from exc
+        await self._container_outcomes(run, done)
+        if run.dry_run:
+            run.result = "dry_run"
+        elif self.stopping and len(done) < len(plan.candidates):
+            run.result = "partial"
+            run.detail = "stopped: the exporter is shutting down"
+        else:
+            run.result = "success"
+
+    async def _container_outcomes(self, run: Run, done: list[containers.ContainerOutcome]) -> None:
+        """Outcomes join the run; a real run writes their `container` lines (a dry run only its summary)."""
+        run.outcomes.extend(_from_container(o) for o in done)
+        if not run.dry_run and done:
+            await self._write([self._line(run, "container", **containers.audit_fields(o)) for o in done])
 
     async def _images(self, run: Run, plan: Plan, action: ActionConfig) -> None:
         free_space = isinstance(action, FreeSpaceAction)
@@ -782,6 +839,14 @@ def _outcome(
         detail,
         tuple(untagged or ()),
     )
+
+
+def _from_container(o: containers.ContainerOutcome) -> Outcome:
+    """A container's outcome as the run lists it: `references` is its name, `image_id` the image it pins."""
+    name = (o.name or o.id[:12],)
+    if o.result == "not_found":
+        return Outcome(o.image_id or None, name, 0, "total", o.reason, "skipped", "not_found", o.detail)
+    return Outcome(o.image_id or None, name, 0, "total", o.reason, o.result, o.skip_reason, o.detail)
 
 
 def _protected(inspect: dict[str, Any], protect: ProtectConfig) -> tuple[SkipReason, str] | None:

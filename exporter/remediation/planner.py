@@ -43,6 +43,8 @@ SkipReason = Literal[
     "conflict",
     "not_found",
     "max_deletions",
+    "not_stopped",
+    "restarted",
 ]
 SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
 #: What each skip reason means, for the `reason` of a skipped image's outcome and audit line.
@@ -55,6 +57,8 @@ SKIP_SUMMARIES: dict[SkipReason, str] = {
     "conflict": "kept: the engine refused (conflict)",
     "not_found": "already gone",
     "max_deletions": "kept: max_deletions reached",
+    "not_stopped": "kept: the container is no longer stopped",
+    "restarted": "kept: the container ran again since the plan",
 }
 SizeBasis = Literal["unique", "total"]
 
@@ -530,7 +534,7 @@ def maturing(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, n
     answer does not depend on today's usage), skipped for `too_young` and for nothing else. Images whose
     last tag time is not read yet have no date and are left out.
     """
-    if isinstance(action, BuildCacheAction):
+    if isinstance(action, BuildCacheAction) or action.type == "prune_containers":
         return None
     if isinstance(action, KeepLastAction):
         by_id = snapshot.by_id or {i.id: i for i in snapshot.images}
@@ -553,6 +557,11 @@ def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, 
     """The plan for `action` on `snapshot` at time `now`."""
     if isinstance(action, BuildCacheAction):
         return plan_build_cache(snapshot, action, protect, now)
+    if action.type == "prune_containers":
+        # FinishedAt is only in container inspect, which a pure plan cannot call: the executor selects the
+        # containers when the run starts (exporter.remediation.containers), and its outcomes list them.
+        note = "containers are selected when the run starts, from an inspect of each stopped container"
+        return Plan(action.name, action.type, now, notes=(note,))
     if isinstance(action, FreeSpaceAction):
         plan = plan_free_space(snapshot, action, protect, now)
     elif isinstance(action, KeepLastAction):

@@ -712,7 +712,7 @@ class RemediationService:
                 run.detail = f"engine unreachable: {self.poller.last_error or 'no snapshot'}"
                 run.finished_at = self.clock()
             else:
-                if action.type != "build_cache":
+                if action.type not in ("build_cache", "prune_containers"):  # these plan no image sizes
                     snapshot = await self._with_shared_sizes(snapshot)
                 self._warn_engine_limits(snapshot)
                 # in a worker thread: at 10k images a plan takes long enough to hold up scrapes and webhooks

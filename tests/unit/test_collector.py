@@ -27,7 +27,7 @@ from exporter.collector import (
 )
 from exporter.config import MetricsConfig, parse_config
 from exporter.selfmetrics import PollMetrics
-from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from exporter.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from tests.unit.recorded import RecordedEngine
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -72,6 +72,39 @@ SNAP = Snapshot(
     disk_usage=DiskUsage(1200.0, 700, 250, MappingProxyType({}), BuildCache(50, 20, 3)),
     filesystem=Filesystem("/var/lib/docker", 10_000, 2_500),
 )
+
+
+def test_containers_by_state_and_images_only_stopped_containers_hold() -> None:
+    a, b, c = SNAP.images
+    snap = replace(
+        SNAP,
+        containers=(
+            Container("1", a.id, "running"),
+            Container("2", a.id, "exited"),  # a is also used by a running one: not held by stopped ones only
+            Container("3", c.id, "exited"),
+            Container("4", c.id, "created"),
+            Container("5", c.id, "dead"),
+            Container("6", "sha256:gone", "exited"),  # its image is not listed: nothing to count
+            Container("7", a.id, "stopped"),  # not a documented state: `other`
+        ),
+    )
+    reg, _ = render(snap)
+    v = reg.get_sample_value
+    states = {"created": 1, "running": 1, "paused": 0, "restarting": 0, "removing": 0, "exited": 3, "dead": 1}
+    assert {s: v("docker_containers", {"state": s}) for s in states} == states
+    assert v("docker_containers", {"state": "other"}) == 1
+    assert v("docker_images_held_by_stopped_containers") == 1
+    assert v("docker_images_held_by_stopped_containers_bytes") == c.unique_size == 200
+    # an image whose shared size is unknown makes the sum unknown: absent, never an undercount shown as exact
+    unknown = replace(snap, containers=(*snap.containers, Container("8", b.id, "exited")))
+    reg, _ = render(unknown)
+    assert reg.get_sample_value("docker_images_held_by_stopped_containers") == 2
+    assert reg.get_sample_value("docker_images_held_by_stopped_containers_bytes") is None
+    # no containers: every state 0 and nothing held
+    reg, _ = render(replace(SNAP, containers=()))
+    assert reg.get_sample_value("docker_containers", {"state": "exited"}) == 0
+    assert reg.get_sample_value("docker_containers", {"state": "other"}) is None
+    assert reg.get_sample_value("docker_images_held_by_stopped_containers_bytes") == 0
 
 
 def test_totals_and_repositories() -> None:
