@@ -35,6 +35,7 @@ from exporter.config.model import (
     RelayConfig,
     RemediationConfig,
     RouteConfig,
+    SelectConfig,
     StateConfig,
 )
 from exporter.config.secrets import SecretFileError, read_secret_file
@@ -105,6 +106,7 @@ __all__ = [
     "RemediationConfig",
     "RouteConfig",
     "SecretFileError",
+    "SelectConfig",
     "StateConfig",
     "load_config",
     "make_action",

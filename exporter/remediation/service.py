@@ -48,7 +48,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter import apishapes, memory
-from exporter.config import ActionConfig, RemediationConfig, RouteConfig
+from exporter.config import ActionConfig, FreeSpaceAction, RemediationConfig, RouteConfig
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
 from exporter.logs import kv
@@ -834,7 +834,7 @@ class RemediationService:
         m.last_run.labels(run.action).set(run.finished_at or self.clock())
         m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
         m.last_candidates.labels(run.action).set(len(run.plan.candidates) if run.plan else 0)
-        shortfall = run.shortfall_bytes(action.target_avail_ratio if action.type == "free_space" else None)
+        shortfall = run.shortfall_bytes(action if isinstance(action, FreeSpaceAction) else None)
         if shortfall is not None:
             m.last_shortfall.labels(run.action).set(shortfall)
         self.history.appendleft(run.summary())
