@@ -266,6 +266,10 @@ class ImageActionBase(ActionBase):
     remediation.protect still wins."""
 
 
+FREE_SPACE_GOAL = "is required (or target_avail_bytes, or both)"
+DANGLING_REFERENCES = "prune_dangling takes untagged images, which have no reference to match: use select.labels"
+
+
 class PruneDanglingAction(ImageActionBase):
     """Untagged images."""
 
@@ -273,12 +277,10 @@ class PruneDanglingAction(ImageActionBase):
 
     @model_validator(mode="after")
     def _no_reference_select(self) -> PruneDanglingAction:
-        """Untagged images have no reference: a reference glob here is a mistake that selects nothing."""
+        """Untagged images have no reference: a reference glob here is a mistake that selects nothing. Also
+        checked on the document as written (exporter.config.checks)."""
         if self.select is not None and self.select.references:
-            raise keyed(
-                ("select", "references"),
-                "prune_dangling takes untagged images, which have no reference to match: use select.labels",
-            )
+            raise keyed(("select", "references"), DANGLING_REFERENCES)
         return self
 
 
@@ -312,8 +314,9 @@ class FreeSpaceAction(ImageActionBase):
 
     @model_validator(mode="after")
     def _a_goal(self) -> FreeSpaceAction:
+        """Also checked on the document as written (exporter.config.checks)."""
         if self.target_avail_ratio is None and self.target_avail_bytes is None:
-            raise keyed("target_avail_ratio", "is required (or target_avail_bytes, or both)")
+            raise keyed("target_avail_ratio", FREE_SPACE_GOAL)
         return self
 
     def shortfall(self, size: int, avail: int) -> int:

@@ -748,6 +748,7 @@ class RemediationService:
                         local_only="on" if plan.local_only_enabled else "off",
                         local_only_kept_images=local_images,
                         local_only_kept_bytes=local_bytes,
+                        not_selected=None if plan.select is None else plan.not_selected,
                         note=plan.unreachable_note or None,
                     ),
                 )

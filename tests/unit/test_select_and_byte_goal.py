@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import ConfigError, ProtectConfig, SelectConfig, make_action
+from exporter.config import ConfigError, ProtectConfig, SelectConfig, make_action, parse_config
 from exporter.remediation.planner import make_plan, maturing
 from exporter.snapshot import Filesystem, Image
 from tests.unit.fake_engine import FakeEngine
@@ -54,6 +54,24 @@ def test_select_is_checked_like_protect() -> None:
     )
     labels_only = make_action("a", type="prune_dangling", select={"labels": ["team=ci"]})
     assert labels_only.select == SelectConfig(labels=("team=ci",))  # type: ignore[union-attr]
+
+
+def test_a_missing_goal_and_a_dangling_reference_select_are_reported_with_the_other_errors() -> None:
+    actions = {
+        "disk": {"type": "free_space", "min_age": "soon"},
+        "dangling": {"type": "prune_dangling", "max_deletions": 0, "select": {"references": ["ci/*"]}},
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"remediation": {"actions": actions}})
+    assert [p.split(":")[0] for p in caught.value.problems[:2]] == [
+        "remediation.actions.disk.min_age",
+        "remediation.actions.dangling.max_deletions",
+    ]
+    assert caught.value.problems[2:] == [
+        "remediation.actions.disk.target_avail_ratio: is required (or target_avail_bytes, or both)",
+        "remediation.actions.dangling.select.references: prune_dangling takes untagged images, which have no "
+        "reference to match: use select.labels",
+    ]
 
 
 # -- planner: select -------------------------------------------------------------------------------------------
