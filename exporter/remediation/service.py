@@ -444,6 +444,9 @@ class RemediationService:
                     **self._schedule_json(name, action.schedule, newest.get(name)),
                     "max_deletions": action.max_deletions,
                     "min_age_seconds": action.min_age,
+                    "select": None
+                    if action.type == "build_cache" or action.select is None
+                    else action.select.describe(),
                     "seconds_since_last_start": None if started is None else round(now - started, 3),
                 }
             )

@@ -1,4 +1,5 @@
-"""GET /api/v1/actions: `last_run` is the last run of any trigger, `last_scheduled_run` the last scheduled one."""
+"""GET /api/v1/actions: `last_run` is the last run of any trigger, `last_scheduled_run` the last scheduled one;
+each action's `select`."""
 
 from __future__ import annotations
 
@@ -42,3 +43,15 @@ async def test_a_manual_or_alert_run_is_the_last_run_and_the_last_scheduled_run_
     assert by_hand["last_run_time"].endswith("Z") and by_hand["last_scheduled_run"] is None
     assert nightly["last_run"] == runs["nightly"]["started_at"] and nightly["last_run_trigger"] == "alert"
     assert nightly["last_scheduled_run"] == scheduled_at and nightly["last_scheduled_run_time"].endswith("Z")
+
+
+async def test_the_actions_list_shows_each_actions_select(app_factory):
+    actions = {
+        "ci": {"type": "prune_unused", "select": {"references": ["ci/*"], "labels": ["team=ci"]}},
+        "all": {"type": "prune_unused"},
+        "cache": {"type": "build_cache"},
+    }
+    client, _service, _ = await app_factory(actions=actions, routes=[])
+    listed = (await (await client.get("/api/v1/actions", headers=BEARER)).json())["actions"]
+    selects = {a["name"]: a["select"] for a in listed}
+    assert selects == {"ci": {"references": ["ci/*"], "labels": ["team=ci"]}, "all": None, "cache": None}
