@@ -72,6 +72,10 @@ def test_a_missing_goal_and_a_dangling_reference_select_are_reported_with_the_ot
         "remediation.actions.dangling.select.references: prune_dangling takes untagged images, which have no "
         "reference to match: use select.labels",
     ]
+    valid_otherwise = {"disk": {"type": "free_space"}, "dangling": {**actions["dangling"], "max_deletions": 5}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"remediation": {"actions": valid_otherwise}})
+    assert len(caught.value.problems) == 2  # the model's own check and the document's say it once
 
 
 # -- planner: select -------------------------------------------------------------------------------------------
