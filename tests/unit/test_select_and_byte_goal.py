@@ -57,7 +57,7 @@ def test_select_is_checked_like_protect() -> None:
 
 
 def test_a_missing_goal_and_a_dangling_reference_select_are_reported_with_the_other_errors() -> None:
-    actions = {
+    actions: dict[str, dict[str, Any]] = {
         "disk": {"type": "free_space", "min_age": "soon"},
         "dangling": {"type": "prune_dangling", "max_deletions": 0, "select": {"references": ["ci/*"]}},
     }
@@ -240,7 +240,7 @@ def images(draw: st.DrawFn) -> list[Image]:
         labels = draw(st.dictionaries(st.sampled_from(["team", "keep"]), st.sampled_from(["ci", "web", "true"])))
         found.append(
             img(
-                f"i{n}",
+                f"i{n:02d}",  # fixed width: `img` pads the name into the ID, so i1 and i10 would collide
                 own,
                 age=draw(st.sampled_from([60.0, 2 * DAY, 30 * DAY])),
                 containers=draw(st.integers(0, 1)),
