@@ -277,7 +277,7 @@ def _filling_up(t: Mapping[str, Threshold]) -> dict[str, Any]:
         "The filesystem holding {{ $labels.path }} on {{ $labels.instance }} has "
         f"{_query_value('docker_filesystem_avail_bytes', 'humanize1024', _FS)}B available and, at the trend "
         f"of the last {window}, runs out within {horizon}s (about {left}). Routed to the free-disk "
-        "remediation, which frees space only while the filesystem is below its target_avail_ratio.",
+        "remediation, which frees space only while the filesystem is below its goal (target_avail_ratio, target_avail_bytes).",
     )
 
 

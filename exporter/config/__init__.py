@@ -26,6 +26,7 @@ from exporter.config.model import (
     DockerConfig,
     FilesystemConfig,
     FreeSpaceAction,
+    ImageActionBase,
     KeepLastAction,
     MetricsConfig,
     PollConfig,
@@ -36,6 +37,7 @@ from exporter.config.model import (
     RelayConfig,
     RemediationConfig,
     RouteConfig,
+    SelectConfig,
     StateConfig,
 )
 from exporter.config.secrets import SecretFileError, read_secret_file
@@ -96,6 +98,7 @@ __all__ = [
     "DockerConfig",
     "FilesystemConfig",
     "FreeSpaceAction",
+    "ImageActionBase",
     "KeepLastAction",
     "MetricsConfig",
     "PollConfig",
@@ -107,6 +110,7 @@ __all__ = [
     "RemediationConfig",
     "RouteConfig",
     "SecretFileError",
+    "SelectConfig",
     "StateConfig",
     "load_config",
     "make_action",

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config.model import (
+    DANGLING_REFERENCES,
+    FREE_SPACE_GOAL,
     MATCHES_EVERY_ALERT,
     RELAY_HOST_REGEX,
     RELAY_SELF_NAMES,
@@ -94,6 +96,25 @@ def section_rule_problems(data: Any) -> list[str]:
             problems.append(f"remediation.relay.self_names: {RELAY_SELF_NAMES}")
         if relay.get("peers") in (None, {}) and relay.get("host_regex") is None:
             problems.append(f"remediation.relay.host_regex: {RELAY_HOST_REGEX}")
+    problems.extend(_action_rule_problems(_section(remediation, "actions")))
+    return problems
+
+
+def _action_rule_problems(actions: Mapping[str, Any]) -> list[str]:
+    """free_space without a goal and prune_dangling selecting by reference, whatever else the action gets wrong."""
+    problems: list[str] = []
+    for name, action in actions.items():
+        if not isinstance(action, Mapping):
+            continue
+        kind, select = action.get("type"), action.get("select")
+        if (
+            kind == "free_space"
+            and action.get("target_avail_ratio") is None
+            and action.get("target_avail_bytes") is None
+        ):
+            problems.append(f"remediation.actions.{name}.target_avail_ratio: {FREE_SPACE_GOAL}")
+        if kind == "prune_dangling" and isinstance(select, Mapping) and select.get("references"):
+            problems.append(f"remediation.actions.{name}.select.references: {DANGLING_REFERENCES}")
     return problems
 
 

@@ -7,6 +7,7 @@ Each field's docstring becomes its description in docs/config.schema.json.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
@@ -192,18 +193,58 @@ class ProtectConfig(Model):
 
     def reference_rule(self, reference: str) -> str | None:
         """The glob that protects `repo:tag`, if any."""
-        for pattern in self.references:
-            if fnmatch.fnmatchcase(reference, pattern):
-                return pattern
-        return None
+        return _glob_matching(reference, self.references)
 
     def label_rule(self, labels: Mapping[str, str]) -> str | None:
         """The `key=value` (or bare `key`) rule that protects an image with these labels, if any."""
-        for rule in self.labels:
-            key, sep, value = rule.partition("=")
-            if key in labels and (not sep or labels[key] == value):
-                return rule
-        return None
+        return _rule_matching(labels, self.labels)
+
+
+def _glob_matching(reference: str, patterns: tuple[str, ...]) -> str | None:
+    """The first glob of `patterns` that `reference` matches (protect and select read globs alike)."""
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(reference, pattern):
+            return pattern
+    return None
+
+
+def _rule_matching(labels: Mapping[str, str], rules: tuple[str, ...]) -> str | None:
+    """The first `key=value` (or bare `key`) rule of `rules` that these labels satisfy."""
+    for rule in rules:
+        key, sep, value = rule.partition("=")
+        if key in labels and (not sep or labels[key] == value):
+            return rule
+    return None
+
+
+class SelectConfig(Model):
+    """The images an action may take: those with a reference matching a glob OR a label matching a rule.
+
+    Globs and label rules are written and matched as in remediation.protect; protection still wins."""
+
+    references: tuple[Annotated[StrictStr, AfterValidator(_reference_glob)], ...] = ()
+    """Globs on repository:tag or repository@digest ("ci/*", "*:pr-*"); untagged images have no reference and
+    never match."""
+    labels: tuple[Annotated[StrictStr, AfterValidator(_label_rule)], ...] = ()
+    """key=value or bare key: images carrying it are selected."""
+
+    @model_validator(mode="after")
+    def _something(self) -> SelectConfig:
+        if not self.references and not self.labels:
+            raise ValueError("selects no image: give references and/or labels (omit select to take every image)")
+        return self
+
+    def reference_rule(self, reference: str) -> str | None:
+        """The glob that selects `repo:tag`, if any."""
+        return _glob_matching(reference, self.references)
+
+    def label_rule(self, labels: Mapping[str, str]) -> str | None:
+        """The label rule that selects an image with these labels, if any."""
+        return _rule_matching(labels, self.labels)
+
+    def describe(self) -> dict[str, list[str]]:
+        """The rules as plans and audit lines show them."""
+        return {"references": list(self.references), "labels": list(self.labels)}
 
 
 class ActionBase(Model):
@@ -219,19 +260,39 @@ class ActionBase(Model):
     """Also run on its own: an interval (24h, from the last run) or five cron fields ('0 3 * * SUN')."""
 
 
-class PruneDanglingAction(ActionBase):
+class ImageActionBase(ActionBase):
+    """What every action on images has."""
+
+    select: SelectConfig | None = None
+    """Only images matching these rules (any reference glob or any label rule); omitted: every image.
+    remediation.protect still wins."""
+
+
+FREE_SPACE_GOAL = "is required (or target_avail_bytes, or both)"
+DANGLING_REFERENCES = "prune_dangling takes untagged images, which have no reference to match: use select.labels"
+
+
+class PruneDanglingAction(ImageActionBase):
     """Untagged images."""
 
     type: Literal["prune_dangling"]
 
+    @model_validator(mode="after")
+    def _no_reference_select(self) -> PruneDanglingAction:
+        """Untagged images have no reference: a reference glob here is a mistake that selects nothing. Also
+        checked on the document as written (exporter.config.checks)."""
+        if self.select is not None and self.select.references:
+            raise keyed(("select", "references"), DANGLING_REFERENCES)
+        return self
 
-class PruneUnusedAction(ActionBase):
+
+class PruneUnusedAction(ImageActionBase):
     """Images no container uses."""
 
     type: Literal["prune_unused"]
 
 
-class KeepLastAction(ActionBase):
+class KeepLastAction(ImageActionBase):
     """Per repository, tags older than the `keep` newest."""
 
     type: Literal["keep_last"]
@@ -239,12 +300,45 @@ class KeepLastAction(ActionBase):
     """How many of the newest tags per repository to keep."""
 
 
-class FreeSpaceAction(ActionBase):
-    """Least-recently-used first until the data-root filesystem has the target share available."""
+class FreeSpaceAction(ImageActionBase):
+    """Least-recently-used first until the data-root filesystem has the target available."""
+
+    # the schema's form of `_a_goal`
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["target_avail_ratio"]}, {"required": ["target_avail_bytes"]}]}
+    )
 
     type: Literal["free_space"]
-    target_avail_ratio: Ratio
-    """Share of the filesystem to have available, between 0 and 1."""
+    target_avail_ratio: Ratio | None = None
+    """Share of the filesystem to have available, between 0 and 1. With target_avail_bytes too, both must hold."""
+    target_avail_bytes: Annotated[int, Size("1PB")] | None = None
+    """Bytes to have available (SI or IEC size: 50GB, 20GiB). With target_avail_ratio too, both must hold."""
+
+    @model_validator(mode="after")
+    def _a_goal(self) -> FreeSpaceAction:
+        """Also checked on the document as written (exporter.config.checks)."""
+        if self.target_avail_ratio is None and self.target_avail_bytes is None:
+            raise keyed("target_avail_ratio", FREE_SPACE_GOAL)
+        return self
+
+    def shortfall(self, size: int, avail: int) -> int:
+        """Bytes to free before a filesystem of `size` bytes with `avail` available meets every goal (0: met)."""
+        missing = 0
+        ratio = self.target_avail_ratio
+        if ratio is not None and (avail / size if size else 1.0) < ratio:
+            missing = max(math.ceil(ratio * size) - avail, 1)
+        if self.target_avail_bytes is not None:
+            missing = max(missing, self.target_avail_bytes - avail)
+        return missing
+
+    def describe_goal(self) -> str:
+        """The goal in the config's words (`target_avail_ratio 0.3 and target_avail_bytes 50000000000`)."""
+        parts = []
+        if self.target_avail_ratio is not None:
+            parts.append(f"target_avail_ratio {self.target_avail_ratio}")
+        if self.target_avail_bytes is not None:
+            parts.append(f"target_avail_bytes {self.target_avail_bytes}")
+        return " and ".join(parts)
 
 
 class BuildCacheAction(ActionBase):

@@ -66,7 +66,7 @@ from exporter.logs import kv
 from exporter.remediation import containers
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.metrics import RemediationMetrics
-from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason
+from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason, goal_met
 from exporter.remediation.runs import Outcome, OutcomeKind, Run
 from exporter.snapshot import Filesystem
 
@@ -208,6 +208,7 @@ class Executor:
                 type=action.type,
                 candidates=len(plan.candidates),
                 estimated_bytes=plan.estimated_bytes,
+                **_selection(plan),
             )
             skips = [_outcome(skip, "skipped") for skip in plan.skipped]
             if run.dry_run:
@@ -325,7 +326,6 @@ class Executor:
 
     async def _images(self, run: Run, plan: Plan, action: ActionConfig) -> None:
         free_space = isinstance(action, FreeSpaceAction)
-        target = action.target_avail_ratio if isinstance(action, FreeSpaceAction) else 1.0
         if free_space and plan.filesystem is None:
             raise RunAborted("free_space: the data-root filesystem could not be read")
         if free_space and plan.goal_met:
@@ -334,7 +334,7 @@ class Executor:
             run.detail = "goal already met at plan time: nothing to delete"
             return
         if run.dry_run:  # 10k outcomes are built in a worker thread: ~8 ms no scrape should wait behind
-            outcomes, goal_met = await asyncio.to_thread(_described, plan, action, target)
+            outcomes, goal_met = await asyncio.to_thread(_described, plan, action)
             run.outcomes.extend(outcomes)
             if goal_met:
                 run.goal_met = True
@@ -342,7 +342,7 @@ class Executor:
             if free_space and not run.goal_met:
                 run.goal_met = False
             return
-        incomplete = await self._delete_all(run, plan, action, target)
+        incomplete = await self._delete_all(run, plan, action)
         if free_space:
             if not run.goal_met:
                 run.goal_met = False
@@ -351,7 +351,7 @@ class Executor:
             return
         run.result = "partial" if incomplete else "success"
 
-    async def _delete_all(self, run: Run, plan: Plan, action: ActionConfig, target: float) -> bool:
+    async def _delete_all(self, run: Run, plan: Plan, action: ActionConfig) -> bool:
         """Up to `in_flight` candidates at once (one alone when it untags by name), bounds kept exactly.
 
         True when the run left something undone: stopped, max_deletions reached, or a conflict.
@@ -388,7 +388,7 @@ class Executor:
                     by_name = not cand.removes_image or len(cand.references) > 1
                     if fs is not None:
                         on_the_way = sum(c.size for c in in_flight.values() if c.removes_image)
-                        if in_flight and (avail + on_the_way) / fs.size >= target:
+                        if in_flight and goal_met(action, fs.size, avail + on_the_way):
                             break  # those in flight may be enough: see before deleting more
                     if by_name and in_flight:
                         break
@@ -422,7 +422,7 @@ class Executor:
                             abort = exc
                             continue
                         avail = run.filesystem_after.avail
-                        if run.filesystem_after.avail_ratio >= target:
+                        if goal_met(action, run.filesystem_after.size, avail):
                             run.goal_met = True
         finally:  # cancelled (even repeatedly) or a bug: DELETEs already sent still get their outcome lines
             unwritten = await _despite_cancellation(self._finish(run, set(in_flight)))
@@ -849,6 +849,13 @@ def _from_container(o: containers.ContainerOutcome) -> Outcome:
     return Outcome(o.image_id or None, name, 0, "total", o.reason, o.result, o.skip_reason, o.detail)
 
 
+def _selection(plan: Plan) -> dict[str, Any]:
+    """The `run_start` fields of an action with `select`: its rules and how many images they left out."""
+    if plan.select is None:
+        return {}
+    return {"select": {**plan.select.describe(), "not_selected": plan.not_selected}}
+
+
 def _protected(inspect: dict[str, Any], protect: ProtectConfig) -> tuple[SkipReason, str] | None:
     """The planner's reference and label rules on a fresh inspect (the protections in force now)."""
     if protect.references:
@@ -926,7 +933,7 @@ def _image_fields(o: Outcome) -> dict[str, Any]:
     }
 
 
-def _described(plan: Plan, action: ActionConfig, target: float) -> tuple[list[Outcome], bool]:
+def _described(plan: Plan, action: ActionConfig) -> tuple[list[Outcome], bool]:
     """Dry run: what would go, in plan order, within max_deletions and (free_space) until the goal; and
     whether the goal is met by then. Pure, so it can run off the event loop."""
     fs = plan.filesystem if isinstance(action, FreeSpaceAction) else None
@@ -940,6 +947,6 @@ def _described(plan: Plan, action: ActionConfig, target: float) -> tuple[list[Ou
         outcomes.append(_outcome(cand, "would_delete"))
         if fs is not None:
             projected_avail += cand.size if cand.removes_image else 0
-            if projected_avail / fs.size >= target:
+            if goal_met(action, fs.size, projected_avail):
                 return outcomes, True
     return outcomes, False

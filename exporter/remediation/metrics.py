@@ -71,8 +71,8 @@ class RemediationMetrics:
         )
         self.last_shortfall = Gauge(
             "docker_remediation_last_run_shortfall_bytes",
-            "free_space: bytes still missing to reach target_avail_ratio when the last run ended (a dry run: "
-            "after what it would delete); 0 when the goal was met and for actions without a byte goal.",
+            "free_space: bytes still missing to reach target_avail_ratio and/or target_avail_bytes when the last run "
+            "ended (a dry run: after what it would delete); 0 when the goal was met and for other actions.",
             ["action"],
             registry=registry,
         )

@@ -9,6 +9,11 @@ in use by any container, running or stopped (`in_use`); a reference matching a p
 pushed or pulled (`local_only`, only when `protect.local_only` is on, for tagged images only); younger than
 `min_age` counted from `Image.age_reference` (`too_young`). Every image plan reports what `local_only` kept.
 
+An action's `select` comes before all of them: an image it does not match is not the action's to consider,
+and a plan only counts such images (`not_selected`) rather than listing each. An image is selected when any of
+its references (tags and digest references) matches a `select.references` glob or a label matches a
+`select.labels` rule; an untagged image has no reference, so only label rules can select it.
+
 `min_age` and the order are different questions. The age reference includes the arrival time (when the
 exporter first saw the image), a safety floor: on a first start every image "arrives" at once. The order
 (`order_time`) is what is known of use and age: the last use, else the later of last tag and build
@@ -27,7 +32,15 @@ from functools import cached_property
 from typing import Any, Literal, get_args
 
 from exporter import clocks
-from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, KeepLastAction, ProtectConfig
+from exporter.config import (
+    ActionConfig,
+    BuildCacheAction,
+    FreeSpaceAction,
+    ImageActionBase,
+    KeepLastAction,
+    ProtectConfig,
+    SelectConfig,
+)
 from exporter.remediation.records import record_json
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.units import format_duration
@@ -122,6 +135,11 @@ class Plan:
     local_only_enabled: bool = False
     #: free_space: bytes to free to reach the target at plan time (None for other actions or when met).
     needed_bytes: int | None = None
+    #: free_space: the byte goal, beside or instead of `target_avail_ratio` (both given: both must hold).
+    target_avail_bytes: int | None = None
+    #: The action's `select` (None: every image) and how many images it left out of this plan.
+    select: SelectConfig | None = None
+    not_selected: int = 0
 
     @cached_property
     def estimated_bytes(self) -> int:
@@ -146,8 +164,23 @@ class Plan:
             return None
         return (
             f"at plan time: can free at most {self.estimated_bytes} of the {self.needed_bytes} bytes needed "
-            f"to reach target_avail_ratio {self.target_avail_ratio}"
+            f"to reach {self.goal_text}"
         )
+
+    @property
+    def goal_text(self) -> str:
+        """free_space: the goal in the config's words (both keys when both are given)."""
+        parts = [] if self.target_avail_ratio is None else [f"target_avail_ratio {self.target_avail_ratio}"]
+        if self.target_avail_bytes is not None:
+            parts.append(f"target_avail_bytes {self.target_avail_bytes}")
+        return " and ".join(parts)
+
+    @property
+    def not_selected_note(self) -> str | None:
+        """How many images `select` left out (they are counted, not listed), else None."""
+        if self.select is None or not self.not_selected:
+            return None
+        return f"{self.not_selected} images not selected by this action's select"
 
     def totals(self) -> dict[str, int]:
         """How many entries each list of the plan has (`plan_skipped`: the plan's own exclusions)."""
@@ -171,8 +204,12 @@ class Plan:
         if self.type != "build_cache":
             images, size = self.local_only_kept
             data["local_only"] = {"enabled": self.local_only_enabled, "kept_images": images, "kept_bytes": size}
-        if self.target_avail_ratio is not None:
+        if self.select is not None:
+            data["select"] = {**self.select.describe(), "not_selected": self.not_selected}
+        if self.type == "free_space":
             data["target_avail_ratio"] = self.target_avail_ratio
+            if self.target_avail_bytes is not None:
+                data["target_avail_bytes"] = self.target_avail_bytes
             data["goal_met_at_plan_time"] = self.goal_met
             if self.filesystem is not None:
                 data["filesystem"] = {
@@ -295,6 +332,20 @@ def _exclusion(
     return None
 
 
+def selected(image: Image, references: Iterable[ImageRef | DigestRef | str], select: SelectConfig | None) -> bool:
+    """Whether an action's `select` takes the image: any reference matches a glob or a label matches a rule."""
+    if select is None:
+        return True
+    if select.references and any(select.reference_rule(str(ref)) is not None for ref in references):
+        return True
+    return bool(select.labels and image.labels and select.label_rule(image.labels) is not None)
+
+
+def action_select(action: ActionConfig) -> SelectConfig | None:
+    """The action's `select` rules; None for actions on other things than images, and where it has none."""
+    return action.select if isinstance(action, ImageActionBase) else None
+
+
 def _held(
     image: Image, references: Iterable[ImageRef | DigestRef], action: ActionConfig, protect: ProtectConfig
 ) -> tuple[SkipReason, str] | None:
@@ -367,21 +418,27 @@ class _Eligible:
 
 def _whole_images(
     images: Iterable[Image], action: ActionConfig, protect: ProtectConfig, now: float
-) -> tuple[list[_Eligible], list[Skip]]:
-    """The images an action deleting whole images may take, and the skips; one pass, each image read once."""
+) -> tuple[list[_Eligible], list[Skip], int]:
+    """The images an action deleting whole images may take, the skips, and how many `select` left out; one
+    pass, each image read once."""
     eligible: list[_Eligible] = []
     skipped: list[Skip] = []
+    select = action_select(action)
+    not_selected = 0
     for image in images:
         references: tuple[ImageRef | DigestRef, ...] = (
             (*image.refs, *image.digest_refs) if image.digests else image.refs
         )
+        if select is not None and not selected(image, references, select):
+            not_selected += 1
+            continue
         age_reference = image.age_reference
         excluded = _exclusion(image, references, age_reference, action, protect, now)
         if excluded is not None:
             skipped.append(_skip(image, references, *excluded))
             continue
         eligible.append(_Eligible(image, tuple(str(r) for r in references), age_reference, not references))
-    return eligible, skipped
+    return eligible, skipped, not_selected
 
 
 def _whole_image_reason(e: _Eligible, now: float) -> str:
@@ -391,35 +448,45 @@ def _whole_image_reason(e: _Eligible, now: float) -> str:
 
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
-    eligible, skipped = _whole_images(snapshot.dangling, action, protect, now)
+    eligible, skipped, not_selected = _whole_images(snapshot.dangling, action, protect, now)
     eligible.sort(key=lambda e: (order_time(e.image), e.image.id))  # oldest first
     candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
-    return Plan(action.name, action.type, now, candidates, tuple(skipped))
+    return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
 
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
-    eligible, skipped = _whole_images(snapshot.images, action, protect, now)
+    eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
     eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
     candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
-    return Plan(action.name, action.type, now, candidates, tuple(skipped))
+    return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
 
 def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: ProtectConfig, now: float) -> Plan:
     """Dangling first, then least recently used; the executor stops once the filesystem goal is met."""
     fs = snapshot.filesystem
-    target = action.target_avail_ratio
+    ratio, goal_bytes = action.target_avail_ratio, action.target_avail_bytes
     if fs is None:
         return Plan(
             action.name,
             action.type,
             now,
-            target_avail_ratio=target,
             notes=("the data-root filesystem could not be read (filesystem.path): nothing can be measured",),
+            target_avail_ratio=ratio,
+            target_avail_bytes=goal_bytes,
         )
-    if fs.avail_ratio >= target:
-        return Plan(action.name, action.type, now, target_avail_ratio=target, filesystem=fs, goal_met=True)
-    eligible, skipped = _whole_images(snapshot.images, action, protect, now)
+    needed = action.shortfall(fs.size, fs.avail)
+    if needed == 0:
+        return Plan(
+            action.name,
+            action.type,
+            now,
+            target_avail_ratio=ratio,
+            target_avail_bytes=goal_bytes,
+            filesystem=fs,
+            goal_met=True,
+        )
+    eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
 
     eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
     candidates: list[Candidate] = []
@@ -436,9 +503,11 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         now,
         tuple(candidates),
         tuple(skipped),
-        target_avail_ratio=target,
         filesystem=fs,
-        needed_bytes=max(math.ceil(target * fs.size) - fs.avail, 0),
+        needed_bytes=needed,
+        not_selected=not_selected,
+        target_avail_ratio=ratio,
+        target_avail_bytes=goal_bytes,
     )
     note = plan.unreachable_note
     return replace(plan, notes=(note,)) if note else plan
@@ -470,6 +539,12 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     why: dict[str, list[str]] = {}
     kept: list[str] = []
     images: dict[str, Image] = {}
+    select = action.select
+    not_selected = 0
+    if select is not None:  # every tagged image not selected, counted once whether or not it is an old version
+        not_selected = sum(
+            1 for image in snapshot.images if image.refs and not selected(image, image.references, select)
+        )
     for repo, entries in sorted(by_repo.items()):
         ordered = _versions_newest_first(entries.values())
         total = len(ordered)
@@ -485,6 +560,8 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     skipped: list[Skip] = []
     for image_id, refs in old_refs.items():
         image = images[image_id]
+        if select is not None and not selected(image, image.references, select):
+            continue
         refs.sort()
         excluded = _exclusion(image, image.references, image.age_reference, action, protect, now)
         if excluded is not None:
@@ -497,7 +574,15 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         candidates.append((image, _candidate(image, refs, reason, removes)))
     ordered_candidates = sorted(candidates, key=lambda p: (p[0].created, p[0].id))  # oldest first
     skipped.sort(key=lambda s: s.image_id)
-    return Plan(action.name, action.type, now, tuple(c for _, c in ordered_candidates), tuple(skipped), tuple(kept))
+    return Plan(
+        action.name,
+        action.type,
+        now,
+        tuple(c for _, c in ordered_candidates),
+        tuple(skipped),
+        tuple(kept),
+        not_selected=not_selected,
+    )
 
 
 def plan_build_cache(snapshot: Snapshot, action: BuildCacheAction, protect: ProtectConfig, now: float) -> Plan:
@@ -547,10 +632,21 @@ def maturing(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, n
     found: list[tuple[Image, float]] = []
     for image in images:
         when = deletable_from(image, action.min_age)
-        if when is not None and when > now and _held(image, image.references, action, protect) is None:
+        if (
+            when is not None
+            and when > now
+            and selected(image, image.references, action_select(action))
+            and _held(image, image.references, action, protect) is None
+        ):
             found.append((image, when))
     found.sort(key=lambda pair: (pair[1], pair[0].id))
     return Maturing(action.name, action.min_age, tuple(found))
+
+
+def goal_met(action: ActionConfig, size: int, avail: int) -> bool:
+    """free_space: whether a filesystem of `size` bytes with `avail` available meets the action's goal (every
+    goal it gives); the planner, the executor and dry runs ask this one question. False for other actions."""
+    return isinstance(action, FreeSpaceAction) and action.shortfall(size, avail) == 0
 
 
 def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
@@ -570,4 +666,6 @@ def make_plan(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, 
         plan = plan_prune_unused(snapshot, action, protect, now)
     else:
         plan = plan_prune_dangling(snapshot, action, protect, now)
-    return replace(plan, local_only_enabled=protect.local_only)
+    plan = replace(plan, local_only_enabled=protect.local_only, select=action_select(action))
+    not_selected = plan.not_selected_note
+    return replace(plan, notes=(*plan.notes, not_selected)) if not_selected else plan

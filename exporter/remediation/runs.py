@@ -6,12 +6,12 @@ history and the metrics can read a run without depending on how it is executed.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from exporter.config import FreeSpaceAction
 from exporter.remediation.planner import Plan, SkipReason
 from exporter.remediation.records import record_json
 from exporter.snapshot import Filesystem
@@ -71,13 +71,13 @@ class Run:
         """What the audit log names as the trigger: alert fingerprints, or `schedule` / `manual`."""
         return list(self.fingerprints) if self.trigger == "alert" else self.trigger
 
-    def shortfall_bytes(self, target_avail_ratio: float | None) -> int | None:
-        """Bytes still missing to reach a free-space target when the run ended (0: met, or no byte goal).
+    def shortfall_bytes(self, action: FreeSpaceAction | None) -> int | None:
+        """Bytes still missing to reach a free-space goal when the run ended (0: met, or not free_space).
 
         After deletions the last statvfs counts; a dry run projects from the plan's filesystem plus the
         candidates it would have deleted. None when the filesystem was never read (e.g. engine unreachable).
         """
-        if target_avail_ratio is None or self.goal_met:
+        if action is None or self.goal_met:
             return 0
         fs = self.filesystem_after or (self.plan.filesystem if self.plan else None)
         if fs is None or self.plan is None:
@@ -86,7 +86,7 @@ class Run:
         if self.dry_run:
             would = sum(1 for o in self.outcomes if o.result == "would_delete")
             avail += sum(c.size for c in self.plan.candidates[:would] if c.removes_image)
-        return max(0, math.ceil(target_avail_ratio * fs.size) - avail)
+        return action.shortfall(fs.size, avail)
 
     def summary(self) -> dict[str, Any]:
         """The bounded form kept in history: counts and the first SUMMARY_LIST_LIMIT images of each kind.

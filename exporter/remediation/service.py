@@ -48,7 +48,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter import apishapes, memory
-from exporter.config import ActionConfig, RemediationConfig, RouteConfig
+from exporter.config import ActionConfig, FreeSpaceAction, RemediationConfig, RouteConfig
 from exporter.diskusage import DiskUsageRefresher
 from exporter.engine import Engine
 from exporter.logs import kv
@@ -57,7 +57,7 @@ from exporter.remediation.alerts import Alert, Envelope, route_alert
 from exporter.remediation.audit import AuditError, AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
-from exporter.remediation.planner import Candidate, make_plan
+from exporter.remediation.planner import Candidate, action_select, make_plan
 from exporter.remediation.records import record_json
 from exporter.remediation.relay import Relay, RelayResult
 from exporter.remediation.runs import Outcome, Run, Trigger
@@ -400,15 +400,27 @@ class RemediationService:
                 "saving schedules to the state file timed out", extra=kv(timeout_seconds=SCHEDULE_SAVE_TIMEOUT_SECONDS)
             )
 
-    def _schedule_json(self, name: str, schedule: Schedule | None) -> dict[str, Any]:
-        """The schedule fields of GET /api/v1/actions: description, last and next run (POSIX + RFC 3339)."""
-        last = self.schedules.last_run(name) if schedule is not None else None
+    def _schedule_json(self, name: str, schedule: Schedule | None, newest: dict[str, Any] | None) -> dict[str, Any]:
+        """The run-time fields of GET /api/v1/actions (POSIX + RFC 3339): the schedule, its last and next run,
+        and the last run of any trigger.
+
+        `newest` is the action's newest run in the history (since start, every trigger, dry runs included);
+        the last scheduled run comes from the state file and outlives restarts, so `last_run` is the later of
+        the two: an action run by hand or by an alert shows when, a scheduled one still does after a restart.
+        """
+        scheduled = self.schedules.last_run(name) if schedule is not None else None
         nxt = self._next_run.get(name) if schedule is not None else None
+        last, trigger = scheduled, None if scheduled is None else "schedule"
+        if newest is not None and (last is None or newest["started_at"] > last):
+            last, trigger = newest["started_at"], newest["trigger"]
         return {
             "schedule": None if schedule is None else schedule.describe(),
             "schedule_seconds": schedule.seconds if isinstance(schedule, Interval) else None,  # as before cron
             "last_run": last,
             "last_run_time": _rfc3339(last),
+            "last_run_trigger": trigger,
+            "last_scheduled_run": scheduled,
+            "last_scheduled_run_time": _rfc3339(scheduled),
             "next_run": nxt,
             "next_run_time": _rfc3339(nxt),
         }
@@ -417,6 +429,9 @@ class RemediationService:
     def describe(self) -> dict[str, Any]:
         """GET /api/v1/actions: the configured actions and recent runs, newest first."""
         now = self.monotonic()
+        newest: dict[str, dict[str, Any]] = {}
+        for summary in self.history:  # newest first
+            newest.setdefault(summary["action"], summary)
         actions = []
         for name, action in self.config.actions.items():
             started = self.last_started.get(name)
@@ -426,9 +441,10 @@ class RemediationService:
                     "type": action.type,
                     "running": self.executor.is_running(name),
                     "previewing": name in self._previewing,
-                    **self._schedule_json(name, action.schedule),
+                    **self._schedule_json(name, action.schedule, newest.get(name)),
                     "max_deletions": action.max_deletions,
                     "min_age_seconds": action.min_age,
+                    "select": None if (rules := action_select(action)) is None else rules.describe(),
                     "seconds_since_last_start": None if started is None else round(now - started, 3),
                 }
             )
@@ -733,6 +749,7 @@ class RemediationService:
                         local_only="on" if plan.local_only_enabled else "off",
                         local_only_kept_images=local_images,
                         local_only_kept_bytes=local_bytes,
+                        not_selected=None if plan.select is None else plan.not_selected,
                         note=plan.unreachable_note or None,
                     ),
                 )
@@ -819,7 +836,7 @@ class RemediationService:
         m.last_run.labels(run.action).set(run.finished_at or self.clock())
         m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
         m.last_candidates.labels(run.action).set(len(run.plan.candidates) if run.plan else 0)
-        shortfall = run.shortfall_bytes(action.target_avail_ratio if action.type == "free_space" else None)
+        shortfall = run.shortfall_bytes(action if isinstance(action, FreeSpaceAction) else None)
         if shortfall is not None:
             m.last_shortfall.labels(run.action).set(shortfall)
         self.history.appendleft(run.summary())
