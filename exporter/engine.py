@@ -395,6 +395,30 @@ class Engine:
             lane="df",
         )
 
+    # -- restore (bringing a deleted image back) ---------------------------------------------------------
+    async def pull_digest(self, repository: str, digest: str) -> None:
+        """`POST /images/create?fromImage=<repository>&tag=<digest>`: pull one image by its repo digest.
+
+        On the `api` lane with the engine timeout. The engine reports a failed pull inside its progress
+        stream (HTTP 200 then `{"error": ...}`), so the stream is read to its end and such a line raises.
+        """
+
+        def pull(c: docker.APIClient) -> None:
+            for line in c.pull(repository, tag=digest, stream=True, decode=True):
+                if isinstance(line, dict) and line.get("error"):
+                    raise docker.errors.APIError(f"pull {repository}@{digest}: {line['error']}")
+
+        await self._call(pull)
+
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        """`POST /images/{id}/tag`: point `repository:tag` at the image (moving it if it names another)."""
+
+        def tag_it(c: docker.APIClient) -> None:
+            if not c.tag(image_id, repository, tag, force=True):
+                raise docker.errors.APIError(f"tag {image_id} as {repository}:{tag}: refused")
+
+        await self._call(tag_it)
+
     # -- events ---------------------------------------------------------------------------------------
     async def events_between(self, since: int, until: int) -> list[dict[str, Any]]:
         """Replay image/container events from the engine's buffer (its last 256, none from before its start)."""
