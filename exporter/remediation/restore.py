@@ -198,6 +198,6 @@ async def restore_one(engine: Engine, image: Deleted, *, force: bool = False, dr
 
 def audit_line(run_id: str, restored: Restored, *, trigger: str, dry_run: bool) -> dict[str, Any]:
     """The audit record of one restore outcome (`event: restore`, the deleting run's `run_id`)."""
-    return {"ts": time.time(), "event": "restore", "run_id": run_id, "trigger": trigger, "dry_run": dry_run} | (
-        restored.to_json()
-    )
+    fields = restored.to_json()
+    fields["image_id"] = fields.pop("id")  # the audit log's name for it, as in the `image` lines
+    return {"ts": time.time(), "event": "restore", "run_id": run_id, "trigger": trigger, "dry_run": dry_run} | fields
