@@ -9,8 +9,9 @@ from typing import Any, cast
 
 import pytest
 
+from exporter import cli
 from exporter.engine import Engine, EngineNotFound, EngineUnavailable
-from exporter.remediation.planner import restore_hint
+from exporter.remediation.planner import Candidate, restore_hint
 from exporter.remediation.restore import Deleted, RestoreError, deleted_images, restore_one, select
 
 OLD = "sha256:" + "a" * 64
@@ -121,3 +122,19 @@ def test_the_hint_gives_commands_to_paste_or_says_no_copy_is_known() -> None:
         f"docker pull {DIGEST} && docker tag {DIGEST} reg.example/app:1"
     )
     assert restore_hint(OLD, [], ["local/app:1"]).startswith("no copy known")
+
+
+def test_a_plan_candidate_says_how_it_could_come_back() -> None:
+    pulled = Candidate(OLD, ("reg.example/app:1",), 5, "unique", "old", True, ("reg.example/app:1",), (DIGEST,))
+    built = Candidate(OTHER, ("local/app:1",), 5, "unique", "old", True, ("local/app:1",))
+    assert pulled.to_json()["restore"] == f"docker pull {DIGEST} && docker tag {DIGEST} reg.example/app:1"
+    assert built.to_json()["restore"].startswith("no copy known")
+
+
+def test_the_cli_names_a_run_the_audit_log_does_not_hold_and_touches_no_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write_log(tmp_path / "audit.jsonl", [{"event": "run_start", "run_id": "r1"}])
+    nowhere = f"unix://{tmp_path}/no.sock"
+    assert cli.main(["restore", "--audit-log", str(log), "--run", "r2", "--docker.host", nowhere]) == 1
+    assert "run r2 is not in the audit log" in capsys.readouterr().err
