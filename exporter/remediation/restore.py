@@ -51,13 +51,16 @@ class Deleted:
 
     @classmethod
     def from_line(cls, line: dict[str, Any]) -> Deleted:
-        tags = line.get("tags")
-        if not isinstance(tags, list):  # a line written before tags were recorded: its tag references
-            tags = [r for r in line.get("references") or [] if ImageRef.parse(str(r)) is not None]
+        tags, digests = line.get("tags"), line.get("repo_digests")
+        references = [str(r) for r in line.get("references") or []]
+        if not isinstance(tags, list):  # a line without the restore fields: what its references say
+            tags = [r for r in references if ImageRef.parse(r) is not None]
+        if not isinstance(digests, list):
+            digests = [r for r in references if DigestRef.parse(r) is not None]
         return cls(
             str(line.get("image_id") or ""),
             tuple(str(t) for t in tags),
-            tuple(str(d) for d in line.get("repo_digests") or []),
+            tuple(str(d) for d in digests),
             line.get("created") if isinstance(line.get("created"), int | float) else None,
             int(line.get("size") or 0),
         )

@@ -101,6 +101,7 @@ def test_a_runs_deletions_come_from_its_image_lines_the_last_line_per_image_winn
     assert set(found) == {OLD, "sha256:" + "e" * 64}
     assert found[OLD].repo_digests == (DIGEST,) and found[OLD].tags == ("reg.example/app:1",)
     assert found["sha256:" + "e" * 64].tags == ("x/y:2",)
+    assert found["sha256:" + "e" * 64].repo_digests == (DIGEST,)
     with pytest.raises(RestoreError, match="run nope is not in the audit log"):
         deleted_images(log, "nope")
     with pytest.raises(RestoreError, match="cannot read audit log"):
