@@ -53,6 +53,7 @@ def images_dashboard() -> Dashboard:
                 "Untagged images (`<none>:<none>`): leftovers of rebuilds and re-pulls, usually safe to prune.",
                 "short",
                 sel("docker_images_dangling"),
+                width=3,
             ),
             stat(
                 3,
@@ -60,14 +61,26 @@ def images_dashboard() -> Dashboard:
                 "Images no container (running or stopped) uses.",
                 "short",
                 sel("docker_images_unused"),
+                width=3,
             ),
             stat(
                 4,
                 "Local-only images",
                 "Tagged images with no repository digest: built here and never "
-                "pushed, so deleting them loses them. Remediation protects them by default.",
+                "pushed, so deleting them loses them. Remediation protects them by default. No value on the "
+                "containerd store and Podman, where every image lists a digest (unknown there).",
                 "short",
                 sel("docker_images_local_only"),
+                width=3,
+            ),
+            stat(
+                29,
+                "Exists only on this host",
+                "Bytes of the local-only images: what no registry holds a copy of, so a deletion could not be "
+                "undone by a pull (docs/remediation.md, Getting an image back). No value where unknown.",
+                "bytes",
+                sel("docker_images_local_only_size_bytes"),
+                width=3,
             ),
             free_space_stat(5, "Free share of the filesystem holding the engine's data root (statvfs avail/size)."),
             stat(

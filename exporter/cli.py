@@ -157,7 +157,73 @@ def plain_http_warning(host: str | None, port: int, *, tls: bool, remediation: b
     )
 
 
+def build_restore_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="docker-image-exporter restore",
+        description="Bring back the images a remediation run deleted: pull each by repo digest, check that "
+        "the image ID is the deleted one, re-create every tag. Reads the audit log; no exporter needs to run.",
+    )
+    p.add_argument("--audit-log", dest="audit_log", help="the audit log (default: remediation.audit_log of the config)")
+    p.add_argument("--run", dest="run_id", required=True, help="the run_id of the run whose deletions to undo")
+    p.add_argument("--image", help="only this image (its ID, or at least 12 hex characters of it)")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="say what would be done; pull nothing")
+    p.add_argument(
+        "--force", action="store_true", help="move tags that name another image now back to the restored one"
+    )
+    p.add_argument("--config.file", dest="config_file", help="YAML configuration file (audit log, engine address)")
+    p.add_argument("--docker.host", dest="docker_host", help="engine address (as for the exporter)")
+    return p
+
+
+def restore_main(argv: Sequence[str]) -> int:
+    """`docker-image-exporter restore …`: one JSON line per image on stdout, each also in the audit log."""
+    import json
+
+    from exporter.engine import Engine
+    from exporter.remediation.audit import AuditError, AuditLog
+    from exporter.remediation.restore import FAILED, RestoreError, audit_line, deleted_images, restore_one, select
+
+    args = build_restore_parser().parse_args(argv)
+    try:
+        config = load_config(args.config_file)
+        _, address = resolve_engine(args.docker_host, config)
+    except (ConfigError, AddressError) as exc:
+        print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
+        return 1
+    audit_path = args.audit_log or config.remediation.audit_log
+    try:
+        images = select(deleted_images(audit_path, args.run_id), args.image)
+    except RestoreError as exc:
+        print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
+        return 1
+    engine = Engine(address.given, config.docker.timeout, config.docker.disk_usage_timeout)
+    audit = AuditLog(audit_path)
+    failed = 0
+
+    async def restore_all() -> None:
+        nonlocal failed
+        for image in images:
+            done = await restore_one(engine, image, force=args.force, dry_run=args.dry_run)
+            line = audit_line(args.run_id, done, trigger="cli", dry_run=args.dry_run)
+            await asyncio.to_thread(audit.write_many, [line])
+            print(json.dumps(line, sort_keys=True), flush=True)
+            failed += done.result in FAILED
+
+    try:
+        asyncio.run(restore_all())
+    except AuditError as exc:
+        print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+        audit.close()
+    return 2 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["restore"]:  # a subcommand: no server, no early listing (earlyread skips positionals)
+        return restore_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     exporter.memory.configure()  # before any thread starts (glibc arenas: see exporter/memory.py)

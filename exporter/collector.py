@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 import exporter
 from exporter.config import MetricsConfig
-from exporter.snapshot import NONE_LABEL, Image, ImageRef, Snapshot
+from exporter.snapshot import NONE_LABEL, EngineInfo, Image, ImageRef, Snapshot
 
 PER_IMAGE_LABELS = ["repository", "tag", "image_id"]
 
@@ -37,6 +37,7 @@ GAUGE_FAMILIES = (
     "docker_images_dangling_size_bytes",
     "docker_images_unused",
     "docker_images_local_only",
+    "docker_images_local_only_size_bytes",
     "docker_containers",
     "docker_images_held_by_stopped_containers",
     "docker_images_held_by_stopped_containers_bytes",
@@ -218,13 +219,15 @@ class Totals:
     dangling_size: int
     unused: int
     local_only: int
+    local_only_size: int
 
 
-def _contribution(image: Image) -> tuple[int, int, int, int, int, int]:
+def _contribution(image: Image) -> tuple[int, int, int, int, int, int, int]:
     """What one image adds to each field of Totals."""
     dangling = image.dangling
+    local_only = image.local_only
     return (1, image.size, int(dangling), image.size if dangling else 0, int(image.containers == 0),
-            int(image.local_only))  # fmt: skip
+            int(local_only), image.size if local_only else 0)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,7 @@ class _Entry:
 
     image: Image
     rows: list[tuple[SortKey, TableRow]]
-    totals: tuple[int, int, int, int, int, int]
+    totals: tuple[int, int, int, int, int, int, int]
 
     @classmethod
     def of(cls, image: Image) -> _Entry:
@@ -278,7 +281,7 @@ class TableCache:
         self._entries: dict[str, _Entry] = {}  # by image ID, for the images of self._last
         self._keys: list[SortKey] = []  # sorted, and parallel to _rows
         self._rows: list[TableRow] = []
-        self._totals = [0, 0, 0, 0, 0, 0]
+        self._totals = [0, 0, 0, 0, 0, 0, 0]
         self._repos = _Repositories()
 
     def tables(self, snapshot: Snapshot) -> ImageTables:
@@ -337,7 +340,7 @@ class TableCache:
 
     def _rebuild(self, entries: Iterable[_Entry]) -> None:
         keyed: list[tuple[SortKey, TableRow]] = []
-        totals = [0, 0, 0, 0, 0, 0]
+        totals = [0, 0, 0, 0, 0, 0, 0]
         repos = _Repositories()
         for entry in entries:
             keyed.extend(entry.rows)
@@ -453,7 +456,7 @@ class SnapshotCollector(Collector):
         tables = self.tables.tables(snapshot)
         sections = [
             head,
-            Section(lambda: self._totals(tables.totals)),
+            Section(lambda: self._totals(tables.totals, snapshot.engine)),
             Section(lambda: self._containers(snapshot)),
             _table_section(Table(REPOSITORY_FAMILIES, ("repository",), tables.repositories)),
         ]
@@ -511,7 +514,7 @@ class SnapshotCollector(Collector):
         family.add_metric([info.version, info.api_version, info.storage_driver, info.os, info.arch], 1.0)
         yield family
 
-    def _totals(self, totals: Totals) -> Iterator[Metric]:
+    def _totals(self, totals: Totals, engine: EngineInfo | None) -> Iterator[Metric]:
         yield _gauge("docker_images", f"Images as /images/json lists them (unique IDs). {_FRESH}", totals.images)
         yield _gauge(
             "docker_images_size_bytes",
@@ -525,10 +528,18 @@ class SnapshotCollector(Collector):
             totals.dangling_size,
         )
         yield _gauge("docker_images_unused", f"Images no container (running or stopped) uses. {_FRESH}", totals.unused)
+        if engine is not None and (engine.containerd_store or engine.podman):
+            return  # every image lists a repo digest there: which exist only here is unknown, so no series
         yield _gauge(
             "docker_images_local_only",
             f"Tagged images with no repo digest: built here, never pushed or pulled. {_FRESH}",
             totals.local_only,
+        )
+        yield _gauge(
+            "docker_images_local_only_size_bytes",
+            "Sum of the sizes of local-only images: what exists only on this host, with no registry copy to "
+            f"pull back after a deletion (shared layers counted per image). {_FRESH}",
+            totals.local_only_size,
         )
 
     def _containers(self, snapshot: Snapshot) -> Iterator[Metric]:

@@ -210,6 +210,8 @@ class UnixConnection:
 
 
 Lane = Literal["api", "df", "delete"]
+#: How long one restore pull may take: a registry download, far slower than any other engine call.
+RESTORE_PULL_TIMEOUT = 900.0
 # Deletions in flight at most. Measured (benchmarks/deletion.py, 1,000 images, 2 cores): 1 -> 4 -> 8 in
 # flight take 4.3 -> 2.5 -> 2.4 s, 16 about the same as 8: the engine serialises much of a removal, and a
 # few calls waiting at the engine hide each other's round trips and fsyncs.
@@ -240,6 +242,8 @@ class Engine:
             "df": ThreadPoolExecutor(1, thread_name_prefix="engine-df"),
             "delete": ThreadPoolExecutor(delete_lane_threads, thread_name_prefix="engine-delete"),
         }
+        # restore pulls get a thread of their own: minutes of download never hold up a poll on the `api` lane
+        self._restore_lane = ThreadPoolExecutor(1, thread_name_prefix="engine-restore")
         self._local = threading.local()
         self._socket_path = self.address.socket_path
         self._idle: list[UnixConnection] = []  # the lean delete lane's kept-alive connections not in use
@@ -495,6 +499,40 @@ class Engine:
             lane="df",
         )
 
+    # -- restore (bringing a deleted image back) ---------------------------------------------------------
+    async def pull_digest(self, repository: str, digest: str) -> None:
+        """`POST /images/create?fromImage=<repository>&tag=<digest>`: pull one image by its repo digest.
+
+        In its own worker thread, bounded by RESTORE_PULL_TIMEOUT: a download takes minutes where the other
+        calls take seconds, and on the `api` lane it would hold up every poll meanwhile. The engine reports a
+        failed pull inside its progress stream (HTTP 200 then `{"error": ...}`), so the stream is read to its
+        end and such a line raises.
+        """
+
+        def pull(c: docker.APIClient) -> None:
+            for line in c.pull(repository, tag=digest, stream=True, decode=True):
+                if isinstance(line, dict) and line.get("error"):
+                    raise docker.errors.APIError(f"pull {repository}@{digest}: {line['error']}")
+
+        future = asyncio.get_running_loop().run_in_executor(self._restore_lane, self._run, pull, RESTORE_PULL_TIMEOUT)
+        try:
+            async with asyncio.timeout(RESTORE_PULL_TIMEOUT + 5):
+                await future
+        except TimeoutError:
+            raise EngineUnavailable(
+                f"pull {repository}@{digest} did not finish within {RESTORE_PULL_TIMEOUT:.0f}s"
+            ) from None
+
+    async def restore_tag(self, image_id: str, repository: str, tag: str) -> None:
+        """`POST /images/{id}/tag` for a restore: point `repository:tag` at the image (moving it if it names
+        another; the restore decides beforehand whether it may)."""
+
+        def tag_it(c: docker.APIClient) -> None:
+            if not c.tag(image_id, repository, tag, force=True):
+                raise docker.errors.APIError(f"tag {image_id} as {repository}:{tag}: refused")
+
+        await self._call(tag_it)
+
     # -- events ---------------------------------------------------------------------------------------
     async def events_between(self, since: int, until: int) -> list[dict[str, Any]]:
         """Replay image/container events from the engine's buffer (its last 256, none from before its start)."""
@@ -553,6 +591,7 @@ class Engine:
             self._drop_lean()
         for lane in self._lanes.values():
             lane.shutdown(wait=False, cancel_futures=True)
+        self._restore_lane.shutdown(wait=False, cancel_futures=True)
 
 
 def _quote(ref: str) -> str:

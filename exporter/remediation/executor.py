@@ -838,6 +838,9 @@ def _outcome(
         reason,
         detail,
         tuple(untagged or ()),
+        item.known_references,
+        item.repo_digests,
+        item.created,
     )
 
 
@@ -930,6 +933,9 @@ def _image_fields(o: Outcome) -> dict[str, Any]:
         "skip_reason": o.skip_reason,
         "detail": o.detail,
         "untagged": list(o.untagged),
+        "tags": list(o.tags),
+        "repo_digests": list(o.repo_digests),
+        "created": o.created,
     }
 
 

@@ -17,6 +17,8 @@ TRIGGERS = ("alert", "schedule", "manual")
 RESULTS = ("success", "partial", "failure", "dry_run")
 ALERT_STATUSES = ("firing", "resolved")
 ALERT_OUTCOMES = ("routed", "unrouted", "out_of_scope", "deduplicated", "cooldown", "relayed")
+#: What one restore of one deleted image can end in (see exporter/remediation/restore.py).
+RESTORE_RESULTS = ("restored", "present", "would_restore", "no_copy", "mismatch", "failed")
 WEBHOOK_CODES = ("200", "400", "401", "403", "404", "405", "409", "413", "415", "422", "500", "502", "503")
 
 
@@ -109,6 +111,16 @@ class RemediationMetrics:
             ["status", "outcome"],
             registry=registry,
         )
+        self.restored = Counter(
+            "docker_remediation_restored_images",
+            "Deleted images a restore (`POST /api/v1/runs/{run_id}/restore`) dealt with, by result: restored, "
+            "present (was there already), would_restore (dry run), no_copy (no repo digest recorded), mismatch "
+            "(the digest came back as another image ID), failed (pull or tag failed).",
+            ["result"],
+            registry=registry,
+        )
+        for result in RESTORE_RESULTS:
+            self.restored.labels(result)
         self.add_actions(actions)
         for code in WEBHOOK_CODES:
             self.webhook_requests.labels(code)

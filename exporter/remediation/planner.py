@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal, get_args
@@ -92,9 +92,27 @@ class Candidate:
     reason: str
     removes_image: bool = True
     known_references: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    created: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return record_json(self)
+        data = record_json(self)
+        data["restore"] = restore_hint(self.image_id, self.repo_digests, self.known_references)
+        return data
+
+
+def restore_hint(image_id: str, repo_digests: Sequence[str], tags: Sequence[str]) -> str:
+    """How a deleted image could be brought back, in words a person can act on.
+
+    A repo digest is where the engine last pulled or pushed the image; the registry may have dropped it
+    since, and on the containerd store and Podman every image lists one, so it names a place to try, not a
+    proven copy. With none, no registry copy is known.
+    """
+    if not repo_digests:
+        return f"no copy known: {image_id} is gone for good once deleted"
+    pulled = repo_digests[0]
+    lines = [f"docker pull {pulled}", *(f"docker tag {pulled} {t}" for t in tags)]
+    return " && ".join(lines)
 
 
 @dataclass(frozen=True)
@@ -395,7 +413,9 @@ def _candidate(
 ) -> Candidate:
     size, basis = image_size(image)
     known = tuple(str(r) for r in image.refs)
-    return Candidate(image.id, tuple(str(r) for r in refs), size, basis, reason, removes_image, known)
+    return Candidate(
+        image.id, tuple(str(r) for r in refs), size, basis, reason, removes_image, known, image.digests, image.created
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +433,7 @@ class _Eligible:
         image = self.image
         size, basis = image_size(image)
         known = self.references[: len(image.refs)]
-        return Candidate(image.id, self.references, size, basis, reason, True, known)
+        return Candidate(image.id, self.references, size, basis, reason, True, known, image.digests, image.created)
 
 
 def _whole_images(

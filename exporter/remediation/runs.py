@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exporter.config import FreeSpaceAction
-from exporter.remediation.planner import Plan, SkipReason
+from exporter.remediation.planner import Plan, SkipReason, restore_hint
 from exporter.remediation.records import record_json
 from exporter.snapshot import Filesystem
 
@@ -40,9 +40,17 @@ class Outcome:
     skip_reason: SkipReason | None = None
     detail: str = ""
     untagged: tuple[str, ...] = ()
+    #: What a restore needs (see exporter/remediation/restore.py): every tag the image had when planned,
+    #: every repo digest it listed, and its build time. Empty for build cache and re-tag race lines.
+    tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    created: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return record_json(self, omit_empty=("skip_reason", "detail", "untagged"))
+        data = record_json(self, omit_empty=("skip_reason", "detail", "untagged", "tags", "repo_digests", "created"))
+        if self.result in ("deleted", "would_delete") and self.image_id:
+            data["restore"] = restore_hint(self.image_id, self.repo_digests, self.tags)
+        return data
 
 
 @dataclass

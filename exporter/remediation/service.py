@@ -606,6 +606,9 @@ class RemediationService:
             "deleted",
             detail=f"its DELETE got no answer; gone {after:.1f}s later (seen by {by})",
             untagged=entry.outcome.untagged,
+            tags=cand.known_references,
+            repo_digests=cand.repo_digests,
+            created=cand.created,
         )
         log.info(
             "a DELETE that got no answer did delete the image",

@@ -183,6 +183,16 @@ def _space(snapshot: Snapshot, now: float) -> str:
         )
     images = snapshot.images
     dangling = snapshot.dangling
+    engine = snapshot.engine
+    if engine is not None and (engine.containerd_store or engine.podman):
+        # every image lists a repo digest on these engines: which exist only here cannot be told
+        only_here = "which images exist only on this host: unknown on this engine (every image lists a repo digest)"
+    else:
+        local = [i for i in images if i.local_only]
+        only_here = (
+            f"{_count(len(local), 'docker_images_local_only')} images "
+            f"({_bytes(sum(i.size for i in local), 'docker_images_local_only_size_bytes')}) exist only on this host"
+        )
     cards.append(
         _card(
             "Images",
@@ -190,8 +200,8 @@ def _space(snapshot: Snapshot, now: float) -> str:
             [
                 f"{_bytes(sum(i.size for i in images), 'docker_images_size_bytes')} as <code>docker images</code> "
                 "adds them up",
-                f"{_count(len(snapshot.unused), 'docker_images_unused')} unused, "
-                f"{_count(sum(1 for i in images if i.local_only), 'docker_images_local_only')} local-only",
+                f"{_count(len(snapshot.unused), 'docker_images_unused')} unused",
+                only_here,
             ],
             ident="images",
         )

@@ -34,7 +34,9 @@ from multidict import CIMultiDict
 from exporter.config import AuthConfig
 from exporter.logs import kv
 from exporter.remediation.alerts import PayloadError, parse_envelope
+from exporter.remediation.audit import AuditError
 from exporter.remediation.relay import HOP_HEADER
+from exporter.remediation.restore import FAILED, Deleted, RestoreError, audit_line, deleted_images, restore_one, select
 from exporter.remediation.runs import ANSWER_LIST_LIMIT, ANSWER_LIST_MAX
 from exporter.remediation.service import Refused, RemediationService
 
@@ -189,12 +191,17 @@ class RemediationEndpoints:
 
     def __init__(self, service: RemediationService) -> None:
         self.service = service
+        self._restoring = asyncio.Lock()  # one restore at a time: two would pull and tag the same images
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/webhook/alertmanager", self._endpoint(self.webhook, params=())),
             web.get("/api/v1/actions", self._endpoint(self.list_actions)),
             web.post("/api/v1/actions/{name}", self._endpoint(self.run_action, params=("dry_run", "limit"))),
+            web.get("/api/v1/runs/{run_id}", self._endpoint(self.show_run)),
+            web.post(
+                "/api/v1/runs/{run_id}/restore", self._endpoint(self.restore_run, params=("image", "dry_run", "force"))
+            ),
         ]
 
     def _endpoint(self, handle: Handler, *, params: Collection[str] | None = None) -> Handler:
@@ -279,3 +286,69 @@ class RemediationEndpoints:
         if isinstance(result, Refused):
             return refused(result)
         return await json_off_loop(lambda: result.to_json(limit))  # the run is over: nothing changes it now
+
+    async def _deleted(self, run_id: str) -> list[Deleted] | web.Response:
+        """The images the run deleted, from the audit log (read in a worker thread), or a 404."""
+        try:
+            return await asyncio.to_thread(deleted_images, self.service.audit.path, run_id)
+        except RestoreError as exc:
+            return error_response(404, str(exc))
+
+    async def show_run(self, request: web.Request) -> web.Response:
+        """`GET /api/v1/runs/{run_id}`: the run's summary (while in history) and, per deleted image, whether
+        and how it can be brought back, with the commands a person can paste."""
+        run_id = request.match_info["run_id"]
+        deleted = await self._deleted(run_id)
+        if isinstance(deleted, web.Response):
+            return deleted
+        summary = next((dict(s) for s in self.service.history if s.get("run_id") == run_id), None)
+        return await json_off_loop(
+            lambda: {"run_id": run_id, "summary": summary, "deleted": [d.to_json() for d in deleted]}
+        )
+
+    async def restore_run(self, request: web.Request) -> web.Response:
+        """`POST /api/v1/runs/{run_id}/restore?image=&dry_run=&force=`: bring the run's deleted images back.
+
+        404 unknown run or image, 409 another restore in progress, 200 with one entry per image otherwise
+        (`failed` counts those that did not come back). Each outcome is written to the audit log.
+        """
+        try:
+            dry_run = bool(parse_dry_run(request.query.get("dry_run")))
+            force = bool(parse_flag("force", request.query.get("force")))
+        except ValueError as exc:
+            return error_response(400, f"{exc}; nothing was restored")
+        run_id = request.match_info["run_id"]
+        deleted = await self._deleted(run_id)
+        if isinstance(deleted, web.Response):
+            return deleted
+        try:
+            chosen = select(deleted, request.query.get("image"))
+        except RestoreError as exc:
+            return error_response(404, str(exc))
+        if self._restoring.locked():
+            return error_response(409, "another restore is in progress; nothing was restored")
+        answers: list[dict[str, Any]] = []
+        async with self._restoring:
+            for image in chosen:
+                done = await restore_one(self.service.engine, image, force=force, dry_run=dry_run)
+                line = audit_line(run_id, done, trigger="api", dry_run=dry_run)
+                try:
+                    await asyncio.to_thread(self.service.audit.write_many, [line])
+                except AuditError as exc:
+                    return error_response(500, f"{exc}; restored so far: {answers}")
+                self.service.metrics.restored.labels(done.result).inc()
+                answers.append(done.to_json())
+        failed = sum(1 for a in answers if a["result"] in FAILED)
+        return web.json_response({"run_id": run_id, "dry_run": dry_run, "failed": failed, "images": answers})
+
+
+def parse_flag(name: str, value: str | None) -> bool | None:
+    """A yes/no query parameter (None when absent); ValueError naming it for anything else."""
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of {', '.join(_TRUE + _FALSE)}, got {value!r}")

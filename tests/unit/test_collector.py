@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import platform
 import re
 from dataclasses import replace
@@ -107,6 +108,17 @@ def test_containers_by_state_and_images_only_stopped_containers_hold() -> None:
     assert reg.get_sample_value("docker_images_held_by_stopped_containers_bytes") == 0
 
 
+@pytest.mark.parametrize("kind", ["containerd_store", "podman"])
+def test_local_only_is_absent_where_every_image_lists_a_repo_digest(kind: str) -> None:
+    """On the containerd store and Podman a repo digest proves no registry copy: unknown, not 0."""
+    base = EngineInfo("28.5.0", "1.51", "overlayfs", "linux", "amd64")
+    engine = dataclasses.replace(base, containerd_store=kind == "containerd_store", podman=kind == "podman")
+    reg, _ = render(dataclasses.replace(SNAP, engine=engine))
+    assert reg.get_sample_value("docker_images") == 3
+    assert reg.get_sample_value("docker_images_local_only") is None
+    assert reg.get_sample_value("docker_images_local_only_size_bytes") is None
+
+
 def test_totals_and_repositories() -> None:
     reg, _ = render(SNAP)
     v = reg.get_sample_value
@@ -116,6 +128,7 @@ def test_totals_and_repositories() -> None:
     assert v("docker_images_dangling") == 1 and v("docker_images_dangling_size_bytes") == 300
     assert v("docker_images_unused") == 2
     assert v("docker_images_local_only") == 1  # "a" is tagged with no digest; "c" has one
+    assert v("docker_images_local_only_size_bytes") == 500  # what a deletion could not pull back
     assert v("docker_images_disk_usage_bytes") == 700 and v("docker_images_reclaimable_bytes") == 250
     assert v("docker_repository_images", {"repository": "app"}) == 2
     assert v("docker_repository_tags", {"repository": "app"}) == 3

@@ -425,6 +425,7 @@ _SERIES: list[tuple[str, str]] = [
     (f"docker_images_unused{{{_T}}}", "2x120"),
     (f"docker_images_reclaimable_bytes{{{_T}}}", "170x120"),
     (f"docker_images_local_only{{{_T}}}", "1x120"),
+    (f"docker_images_local_only_size_bytes{{{_T}}}", "1048576x120"),
     (f'docker_repository_images{{{_T},repository="app"}}', "2x120"),
     (f'docker_repository_tags{{{_T},repository="app"}}', "2x120"),
     (f'docker_repository_size_bytes{{{_T},repository="app"}}', "620x120"),

@@ -65,6 +65,8 @@ def engine_host(argv: list[str], environ: dict[str, str]) -> tuple[bool, str | N
         (["--docker.hots", "unix:///typo.sock"], {}, (False, None)),
         (["--docker.host"], {}, (False, None)),  # no value: argparse stops start-up
         (["stray"], {}, (False, None)),
+        # the restore subcommand never serves: its engine reads are its own, nothing goes out early
+        (["restore", "--run", "abc", "--docker.host", "unix:///flag.sock"], {}, (False, None)),
         (["--", "--docker.host", "unix:///after.sock"], {}, (False, None)),
     ],
 )

@@ -35,7 +35,11 @@ from tests.unit.webhook_support import (
 
 NOTHING_TO_DELETE = {"free-disk": {"type": "prune_dangling", "min_age": "3650d"}}
 AUTH_ONLY = {"Authorization": f"Bearer {TOKEN}"}
-DESTRUCTIVE = (("/webhook/alertmanager", "POST"), ("/api/v1/actions/free-disk", "POST"))
+DESTRUCTIVE = (
+    ("/webhook/alertmanager", "POST"),
+    ("/api/v1/actions/free-disk", "POST"),
+    ("/api/v1/runs/0123456789abcdef/restore", "POST"),
+)
 
 
 @pytest.fixture
@@ -311,3 +315,17 @@ async def test_a_refused_authorization_header_is_never_logged(app_factory, caplo
     assert "refused" in logged  # the refusal is logged ...
     assert "hunter2" not in logged  # ... without the credentials
     assert base64.b64encode(b"am:hunter2").decode() not in logged
+
+
+async def test_the_runs_endpoints_need_auth_name_an_unknown_run_and_take_strict_parameters(app_factory, tmp_path):
+    client, service, _ = await ready_app(app_factory)
+    run_url = "/api/v1/runs/0123456789abcdef"
+    assert (await client.get(run_url)).status == 401
+    assert (await client.post(f"{run_url}/restore", headers=JSON)).status == 401
+    resp = await client.get(run_url, headers=AUTH_ONLY)
+    assert resp.status == 404 and "not in the audit log" in (await resp.json())["error"]
+    resp = await client.post(f"{run_url}/restore", params={"force": "maybe"}, headers=BEARER)
+    assert resp.status == 400 and "force must be one of" in (await resp.json())["error"]
+    resp = await client.post(f"{run_url}/restore", params={"image": "abc"}, headers=BEARER)
+    assert resp.status == 404
+    assert service.metrics.restored.labels("restored")._value.get() == 0

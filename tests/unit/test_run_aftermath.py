@@ -145,6 +145,11 @@ async def test_an_unanswered_delete_the_engine_finishes_later_gets_its_deleted_l
     confirmed = [r for r in audit if r["event"] == "image" and r["result"] == "deleted"]
     assert [(r["image_id"], r["run_id"], r["confirmed_by"]) for r in confirmed] == [(first, run["run_id"], seen_by)]
     assert audit[-1] == confirmed[0]  # after the run's end: the audit is append-only
+    # the confirming line is the one a restore reads: it carries what the unknown line knew
+    assert line["tags"] == ["app:0"]
+    assert [confirmed[0][k] for k in ("tags", "repo_digests", "created")] == [
+        line[k] for k in ("tags", "repo_digests", "created")
+    ]
     assert deleted_count(service) == 1
     assert service.history[0]["images_deleted"] == 1 and service.history[0]["confirmed_later"] == 1
     assert second in engine.images
