@@ -30,7 +30,7 @@ if len(sys.argv) > 2:  # another checkout's package first: drop the editable ins
     sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
     sys.path.insert(0, sys.argv[2])
 from exporter import memory
-from exporter.engine import Engine
+from exporter.engine.client import Engine
 
 def status(key: str) -> float:
     # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec

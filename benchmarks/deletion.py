@@ -37,19 +37,19 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import normalize_id
 from exporter.config import ProtectConfig, parse_config
-from exporter.engine import DELETE_LANE_THREADS, Engine, Lane
-from exporter.history import ImageHistory
-from exporter.poller import Poller
+from exporter.engine.apishapes import normalize_id
+from exporter.engine.client import DELETE_LANE_THREADS, Engine, Lane
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import make_plan
 from exporter.remediation.runs import Run
 from exporter.remediation.service import HISTORY_SIZE
-from exporter.selfmetrics import PollMetrics
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.harness.dockerd import PrivateDockerd, remove_workdir, short_workdir
 from tests.harness.images import Layer, load_images, tiny_images
 from tests.unit.actions import action_of

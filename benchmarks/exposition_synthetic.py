@@ -21,9 +21,9 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from exporter.collector import SnapshotCollector
 from exporter.config import MetricsConfig
-from exporter.selfmetrics import PollMetrics, register_runtime_metrics
+from exporter.metrics.collector import SnapshotCollector
+from exporter.metrics.selfmetrics import PollMetrics, register_runtime_metrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.web.exposition import MetricsEndpoint
 

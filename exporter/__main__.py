@@ -3,7 +3,8 @@ the exporter itself is imported (see `earlyread`), then the CLI runs."""
 
 import sys
 
-from exporter import earlyread, memory
+from exporter import memory
+from exporter.engine import earlyread
 
 
 def main() -> int:

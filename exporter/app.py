@@ -18,20 +18,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import SnapshotCollector
 from exporter.config import Config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.engine import Engine
-from exporter.events import EventFollower
-from exporter.firstreads import FirstReads
-from exporter.history import ImageHistory
+from exporter.engine.client import Engine
+from exporter.engine.firstreads import FirstReads
 from exporter.logs import kv
-from exporter.poller import Poller
+from exporter.metrics.collector import SnapshotCollector
+from exporter.metrics.selfmetrics import PollMetrics, register_runtime_metrics
 from exporter.reload import Reloader, ReloadResult, ReloadSource
 from exporter.remediation.audit import AuditError
 from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
-from exporter.selfmetrics import PollMetrics, register_runtime_metrics
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.events import EventFollower
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from exporter.web.basicauth import BasicAuthGate, gate_middlewares
 from exporter.web.exposition import MetricsEndpoint
 from exporter.web.landing import render_landing

@@ -179,7 +179,7 @@ def restore_main(argv: Sequence[str]) -> int:
     """`docker-image-exporter restore …`: one JSON line per image on stdout, each also in the audit log."""
     import json
 
-    from exporter.engine import Engine
+    from exporter.engine.client import Engine
     from exporter.remediation.audit import AuditError, AuditLog
     from exporter.remediation.restore import FAILED, RestoreError, audit_line, deleted_images, restore_one, select
 
@@ -287,9 +287,9 @@ async def run(
     still stops start-up with one line: the reads not sent yet are cancelled; the one in flight ends in its
     worker thread (within `docker.timeout`) before the process exits.
     """
-    from exporter import earlyread
-    from exporter.engine import Engine
-    from exporter.firstreads import FirstReads
+    from exporter.engine import earlyread
+    from exporter.engine.client import Engine
+    from exporter.engine.firstreads import FirstReads
 
     engine = Engine(
         docker_host,

@@ -50,11 +50,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from exporter import apishapes, clocks
-from exporter.apishapes import HOLD_REPOSITORY, normalize_id
-from exporter.apishapes import is_hold_reference as is_hold
+from exporter import clocks
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig, PruneContainersAction
-from exporter.engine import (
+from exporter.engine import apishapes
+from exporter.engine.apishapes import HOLD_REPOSITORY, normalize_id
+from exporter.engine.apishapes import is_hold_reference as is_hold
+from exporter.engine.client import (
     DELETE_LANE_THREADS,
     Engine,
     EngineConflict,

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from exporter.apishapes import normalize_id
-from exporter.engine import Engine, EngineError, EngineNotFound
+from exporter.engine.apishapes import normalize_id
+from exporter.engine.client import Engine, EngineError, EngineNotFound
 from exporter.remediation.planner import restore_hint
 from exporter.remediation.records import record_json
 from exporter.snapshot import DigestRef, ImageRef

@@ -47,12 +47,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter import apishapes, memory
+from exporter import memory
 from exporter.config import ActionConfig, FreeSpaceAction, RemediationConfig, RouteConfig
-from exporter.diskusage import DiskUsageRefresher
-from exporter.engine import Engine
+from exporter.engine import apishapes
+from exporter.engine.client import Engine
 from exporter.logs import kv
-from exporter.poller import Poller, read_filesystem
 from exporter.remediation.alerts import Alert, Envelope, route_alert
 from exporter.remediation.audit import AuditError, AuditLog
 from exporter.remediation.executor import Executor
@@ -64,6 +63,8 @@ from exporter.remediation.runs import Outcome, Run, Trigger
 from exporter.schedule import Interval, Schedule, decide, sleep_seconds
 from exporter.schedulestate import ScheduleState
 from exporter.snapshot import Filesystem, Snapshot
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.poller import Poller, read_filesystem
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.collector import SnapshotCollector, Table, TableFamily, TableRow
+from exporter.metrics.collector import SnapshotCollector, Table, TableFamily, TableRow
 from exporter.snapshot import Snapshot
 
 MAX_VARIANTS = 8  # cached renders per state: (content type, gzip) pairs; Prometheus uses one

@@ -20,7 +20,7 @@ from typing import Any
 
 from exporter import __revision__, __version__
 from exporter.config import RemediationConfig
-from exporter.hints import engine_error_hint
+from exporter.engine.hints import engine_error_hint
 from exporter.remediation.planner import maturing, utc
 from exporter.remediation.service import ActionStatus, AuditTail
 from exporter.snapshot import Image, Snapshot

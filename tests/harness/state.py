@@ -11,8 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from exporter.apishapes import normalize_id
-from exporter.history import STATE_VERSION
+from exporter.engine.apishapes import normalize_id
+from exporter.state.history import STATE_VERSION
 from tests.harness.dockerd import PrivateDockerd
 
 

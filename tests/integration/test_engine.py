@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from exporter.apishapes import normalize_id
-from exporter.earlyread import api_at_least
-from exporter.engine import Engine, EngineConflict, EngineNotFound, EngineUnavailable
+from exporter.engine.apishapes import normalize_id
+from exporter.engine.client import Engine, EngineConflict, EngineNotFound, EngineUnavailable
+from exporter.engine.earlyread import api_at_least
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.images import LoadedScenario, load_images, tiny_images
 

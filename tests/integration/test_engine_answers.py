@@ -17,10 +17,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
-from exporter.engine import AnswerTooLarge, Engine, EngineError, EngineUnavailable
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.engine.client import AnswerTooLarge, Engine, EngineError, EngineUnavailable
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.harness.dockerd import PrivateDockerd, short_workdir
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.fixtures import ExporterFactory

@@ -20,14 +20,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import normalize_id
 from exporter.config import parse_config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.engine import Engine
-from exporter.history import STATE_VERSION, ImageHistory
-from exporter.poller import Poller
+from exporter.engine.apishapes import normalize_id
+from exporter.engine.client import Engine
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.service import RemediationService
-from exporter.selfmetrics import PollMetrics
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.history import STATE_VERSION, ImageHistory
+from exporter.state.poller import Poller
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.engines import engine_store

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from exporter.config import ProtectConfig
-from exporter.engine import Engine, EngineNotFound
+from exporter.engine.client import Engine, EngineNotFound
 from exporter.remediation.containers import parse_inspect, remove, select
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.images import ImageSpec, Layer, load_images

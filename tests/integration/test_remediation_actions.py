@@ -32,17 +32,17 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import normalize_id, parse_time
 from exporter.config import Config, parse_config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.engine import Engine
-from exporter.events import EventFollower
-from exporter.history import ImageHistory
-from exporter.poller import Poller
+from exporter.engine.apishapes import normalize_id, parse_time
+from exporter.engine.client import Engine
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.executor import hold_reference
 from exporter.remediation.runs import Run
 from exporter.remediation.service import RemediationService
-from exporter.selfmetrics import PollMetrics
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.events import EventFollower
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.images import ImageSpec, Layer, create_container, load_images

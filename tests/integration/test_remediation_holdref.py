@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.apishapes import HOLD_REPOSITORY
+from exporter.engine.apishapes import HOLD_REPOSITORY
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import EngineError, PrivateDockerd, short_workdir
 from tests.harness.engines import engine_store

@@ -18,15 +18,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import ActionType, ProtectConfig, parse_config
-from exporter.engine import Engine
-from exporter.history import ImageHistory
-from exporter.poller import Poller, read_filesystem
+from exporter.engine.client import Engine
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Plan, make_plan
 from exporter.remediation.runs import Run
-from exporter.selfmetrics import PollMetrics
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller, read_filesystem
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import PrivateDockerd, short_workdir
 from tests.harness.engines import engine_store

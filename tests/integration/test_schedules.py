@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from exporter.history import STATE_VERSION
 from exporter.schedule import Cron
+from exporter.state.history import STATE_VERSION
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.exporter import ExporterProcess
 from tests.harness.fixtures import ExporterFactory

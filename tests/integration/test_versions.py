@@ -15,11 +15,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import normalize_id, parse_time
 from exporter.config import Config, parse_config
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.engine.apishapes import normalize_id, parse_time
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.integration import test_remediation_actions as actions
 from tests.integration.test_remediation_actions import MIN_AGE, Img, RecordingEngine, image_lines, setup

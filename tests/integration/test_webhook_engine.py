@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from exporter.apishapes import normalize_id, parse_time
+from exporter.engine.apishapes import normalize_id, parse_time
 from tests.harness.dockerd import PrivateDockerd, unix_http
 from tests.harness.exporter import ExporterProcess
 from tests.harness.images import ImageSpec, Layer, load_images

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from exporter.engine import (
+from exporter.engine.client import (
     DISK_USAGE_KINDS,
     Engine,
     EngineConflict,

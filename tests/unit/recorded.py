@@ -1,6 +1,6 @@
 """An Engine answering from one engine's recorded payloads (tests/fixtures/api/<engine>/, see its index.json).
 
-Reads return what the real engine answered to the same request `exporter.engine.Engine` makes
+Reads return what the real engine answered to the same request `exporter.engine.client.Engine` makes
 (`/images/json?shared-size=1`, `/containers/json?all=1`, `/system/df?type=image&type=build-cache`); only
 lookups (inspect by ID or name) are simulated, from the same recording. Writes and the docker client are
 out of bounds: a unit test that reaches them fails.
@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import docker
 
-from exporter.apishapes import normalize_id
-from exporter.engine import DISK_USAGE_KINDS, Engine, EngineNotFound, EngineUnavailable, Lane
+from exporter.engine.apishapes import normalize_id
+from exporter.engine.client import DISK_USAGE_KINDS, Engine, EngineNotFound, EngineUnavailable, Lane
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from exporter import apishapes
+from exporter.engine import apishapes
 from exporter.snapshot import ImageRef
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"

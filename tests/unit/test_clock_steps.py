@@ -1,5 +1,5 @@
 """Arrival ages against wall-clock steps, and state files whose times cannot be trusted (exporter.clocks,
-exporter.history): on an injected pair of clocks (a wall clock that steps, a boot clock that does not).
+exporter.state.history): on an injected pair of clocks (a wall clock that steps, a boot clock that does not).
 
 The property: within one boot, no step of the wall clock (forward or back, before or after a restart of
 the exporter) makes an image deletable before `min_age` of real time has passed since it arrived.
@@ -22,10 +22,10 @@ from prometheus_client import CollectorRegistry
 from exporter import clocks
 from exporter.clocks import Clock
 from exporter.config import ProtectConfig, make_action, parse_config
-from exporter.history import STATE_VERSION, ImageHistory
-from exporter.poller import Poller
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.planner import make_plan
-from exporter.selfmetrics import PollMetrics
+from exporter.state.history import STATE_VERSION, ImageHistory
+from exporter.state.poller import Poller
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.recorded import RecordedEngine
 from tests.unit.test_executor import NOW, OLD, Harness, act
@@ -324,7 +324,7 @@ def test_a_state_saved_before_this_boot_began_is_trusted(machine: Machine, tmp_p
 
 async def test_replay_from_a_distrusted_state_does_not_use_its_time(machine: Machine, tmp_path: Path) -> None:
     """`"saved_at": -Infinity` would stop the event follower (`int(-inf)` raises); distrusted, nothing replays."""
-    from exporter.events import EventFollower
+    from exporter.state.events import EventFollower
 
     path = tmp_path / "state.json"
     write_state(path, state_text(saved_at="-Infinity"))
@@ -348,8 +348,8 @@ class AskedEngine(RecordedEngine):
 async def test_a_replay_ends_at_the_engines_clock_not_this_process(machine: Machine, tmp_path: Path) -> None:
     """A replay `until` a time the engine's clock has not reached is held open by the engine until then:
     asked up to this process's clock, stepped three days ahead alone, it would end only at the timeout."""
-    from exporter.apishapes import parse_time
-    from exporter.events import EventFollower
+    from exporter.engine.apishapes import parse_time
+    from exporter.state.events import EventFollower
 
     path = tmp_path / "state.json"
     write_state(path, state_text(saved_at=str(WALL0 - 600)))

@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import exporter
 from exporter.app import create_app
-from exporter.collector import (
+from exporter.config import MetricsConfig, parse_config
+from exporter.metrics.collector import (
     GAUGE_FAMILIES,
     INFO_FAMILIES,
     SnapshotCollector,
@@ -26,8 +27,7 @@ from exporter.collector import (
     build_labels,
     image_series,
 )
-from exporter.config import MetricsConfig, parse_config
-from exporter.selfmetrics import PollMetrics
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from tests.unit.recorded import RecordedEngine
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter import apishapes
 from exporter.config import parse_config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.engine import apishapes
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine
 
 NOW = 1_800_000_000.0
@@ -93,9 +93,9 @@ async def test_a_failed_background_call_is_retried_soon_not_an_interval_later(
 ) -> None:
     """20.10 refuses a /system/df while another runs (a second exporter, a `docker system df`): with a 1h
     interval the figures stayed absent for an hour; a failure is retried after the minimum spacing."""
-    import exporter.diskusage
+    import exporter.state.diskusage
 
-    monkeypatch.setattr(exporter.diskusage, "RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(exporter.state.diskusage, "RETRY_SECONDS", 0.01)
     refresher, poller, recorded, registry = make(
         "sid", tmp_path, disk_usage_interval="1h", disk_usage_min_interval="0s"
     )
@@ -139,6 +139,6 @@ def test_the_retry_delay_is_the_minimum_spacing_within_bounds(tmp_path: Path) ->
 
 
 def exporter_retry_seconds() -> float:
-    from exporter.diskusage import RETRY_SECONDS
+    from exporter.state.diskusage import RETRY_SECONDS
 
     return RETRY_SECONDS

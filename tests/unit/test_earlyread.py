@@ -1,4 +1,4 @@
-"""The listing sent at launch (`exporter.earlyread`): to which engine it may go, what it asks, who takes it.
+"""The listing sent at launch (`exporter.engine.earlyread`): to which engine it may go, what it asks, who takes it.
 
 The engine it would ask must be exactly the one the CLI decides on, or nothing is sent: a wrong guess would
 be a connection to an engine nobody named (tests, for one, must never reach the machine's own socket). The
@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from exporter import cli, earlyread
+from exporter import cli
 from exporter.config import parse_config
-from exporter.earlyread import EarlyListing, EarlyReadError
-from exporter.engine import MAX_RESPONSE_BYTES, EngineUnavailable
+from exporter.engine import earlyread
+from exporter.engine.client import MAX_RESPONSE_BYTES, EngineUnavailable
+from exporter.engine.earlyread import EarlyListing, EarlyReadError
+from exporter.engine.firstreads import FirstReads
 from exporter.engineaddress import parse
-from exporter.firstreads import FirstReads
 from tests.unit.recorded import RecordedEngine
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.engine import Engine, EngineConflict, EngineNotFound
+from exporter.engine.client import Engine, EngineConflict, EngineNotFound
 from exporter.engineaddress import AddressError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api" / "bookworm"

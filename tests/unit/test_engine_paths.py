@@ -19,10 +19,10 @@ import docker
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
-from exporter.engine import Engine, Lane
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.engine.client import Engine, Lane
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.unit.recorded import RecordedEngine
 from tests.unit.test_engine_lean import ClosingServer
 

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import earlyread, engineaddress
+from exporter import engineaddress
+from exporter.engine import earlyread
 from exporter.engineaddress import DEFAULT_SOCKET, AddressError, parse, resolve
 
 
@@ -186,13 +187,14 @@ def test_the_launch_read_sends_nothing_for_an_address_the_cli_refuses() -> None:
 def test_the_launch_read_stays_import_light() -> None:
     """`earlyread` runs before the rest of the exporter is imported: sharing the resolution must not pull in
     the SDK, pydantic, aiohttp or the config models."""
-    code = "import sys, exporter.earlyread; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, exporter.engine.earlyread; print(' '.join(sorted(sys.modules)))"
     loaded = set(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     )
     assert {m for m in loaded if m.startswith("exporter")} == {
         "exporter",
-        "exporter.earlyread",
+        "exporter.engine",
+        "exporter.engine.earlyread",
         "exporter.engineaddress",
     }
     assert not loaded & {"docker", "requests", "pydantic", "aiohttp", "yaml", "prometheus_client"}

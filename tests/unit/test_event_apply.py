@@ -24,14 +24,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from exporter import events as events_module
 from exporter.config import parse_config
-from exporter.engine import EngineNotFound, Lane
-from exporter.events import EventFollower
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.engine.client import EngineNotFound, Lane
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.snapshot import Image
+from exporter.state import events as events_module
+from exporter.state.events import EventFollower
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.unit.recorded import RecordedEngine, load
 
 BLOBS = ("alpha", "beta", "gamma", "delta")

@@ -11,10 +11,10 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import normalize_id
-from exporter.events import EventFollower
-from exporter.history import ImageHistory
-from exporter.selfmetrics import PollMetrics
+from exporter.engine.apishapes import normalize_id
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.events import EventFollower
+from exporter.state.history import ImageHistory
 from tests.unit.recorded import FIXTURES, RecordedEngine
 
 ENGINES = sorted(p.name for p in FIXTURES.iterdir() if (p / "events.json").exists())
@@ -53,7 +53,7 @@ async def test_recorded_events(engine: str) -> None:
 
 
 async def test_event_time_prefers_nanoseconds() -> None:
-    from exporter.events import event_time
+    from exporter.state.events import event_time
 
     assert event_time({"time": 10, "timeNano": 10_500_000_000}) == 10.5
     assert event_time({"time": 10}) == 10.0

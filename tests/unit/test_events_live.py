@@ -24,11 +24,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
-from exporter.engine import EngineError, EngineUnavailable
-from exporter.events import EventFollower
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.engine.client import EngineError, EngineUnavailable
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.events import EventFollower
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from tests.unit.recorded import RecordedEngine
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import HOLD_REPOSITORY, parse_refs
-from exporter.apishapes import is_hold_reference as is_hold
 from exporter.config import ActionConfig, ActionType, ProtectConfig
-from exporter.engine import DELETE_LANE_THREADS, EngineError
+from exporter.engine.apishapes import HOLD_REPOSITORY, parse_refs
+from exporter.engine.apishapes import is_hold_reference as is_hold
+from exporter.engine.client import DELETE_LANE_THREADS, EngineError
 from exporter.remediation import audit as audit_module
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.executor import Executor
@@ -310,7 +310,7 @@ async def test_a_timed_out_delete_the_engine_cannot_confirm_is_recorded_as_unkno
 
     def engine_gone(call: str, arg: str) -> None:
         if call == "inspect_image" and any(c == "remove_image" for c, _ in engine.calls):
-            from exporter.engine import EngineUnavailable
+            from exporter.engine.client import EngineUnavailable
 
             raise EngineUnavailable("connection refused")
 

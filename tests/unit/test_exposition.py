@@ -21,14 +21,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from exporter.collector import SnapshotCollector
 from exporter.config import MetricsConfig, parse_config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.events import EventFollower
-from exporter.history import ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.metrics.collector import SnapshotCollector
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.events import EventFollower
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from exporter.web import exposition
 from exporter.web.exposition import MetricsEndpoint, RenderedPart, crc32_combine, deflate, gzip_member
 from tests.unit.recorded import RecordedEngine

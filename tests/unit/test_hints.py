@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.hints import engine_error_hint
+from exporter.engine.hints import engine_error_hint
 from exporter.web.landing import render_landing
 
 MISSING = (

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import normalize_id
 from exporter.config import parse_config
-from exporter.engine import Engine, EngineNotFound, Lane
-from exporter.events import EventFollower, event_time
-from exporter.history import STATE_VERSION, ImageHistory
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.engine.apishapes import normalize_id
+from exporter.engine.client import Engine, EngineNotFound, Lane
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.events import EventFollower, event_time
+from exporter.state.history import STATE_VERSION, ImageHistory
+from exporter.state.poller import Poller
 
 T0 = 1_700_000_000.0
 A, B, C = (f"sha256:{c * 64}" for c in "abc")

@@ -52,10 +52,10 @@ def module_path(tree: Path, dotted: str) -> Path:
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
-        ("exporter.collector", "import exporter.engine", "A scrape and a plan never reach the engine"),
+        ("exporter.metrics.collector", "import exporter.engine.client", "A scrape and a plan never reach the engine"),
         ("exporter.remediation.planner", "import aiohttp", "Only the web layer and the app factory speak HTTP"),
-        ("exporter.poller", "import exporter.remediation.service", "The house, top to bottom"),
-        ("exporter.history", "import docker", "Only exporter.engine imports the docker SDK"),
+        ("exporter.state.poller", "import exporter.remediation.service", "The house, top to bottom"),
+        ("exporter.state.history", "import docker", "Only exporter.engine.client imports the docker SDK"),
         ("exporter.units", "import exporter.matchers", "No import circle"),
     ],
 )
@@ -88,7 +88,10 @@ def test_no_module_escapes_the_forbidden_import_lists() -> None:
     """A new module must be placed: under a listed source, or under the one place allowed the import."""
     modules = modules_of_exporter()
     packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "exporter").rglob("__init__.py")}
-    allowed = {"docker-only-in-engine": {"exporter.engine"}, "http-only-in-web": {"exporter.web", "exporter.app"}}
+    allowed = {
+        "docker-only-in-engine": {"exporter.engine.client"},
+        "http-only-in-web": {"exporter.web", "exporter.app"},
+    }
     for contract_id, exempt in allowed.items():
         sources = set(contracts()[contract_id]["source_modules"])  # type: ignore[call-overload]
         assert sources | exempt <= modules | packages, (contract_id, (sources | exempt) - modules - packages)
@@ -99,6 +102,6 @@ def test_no_module_escapes_the_forbidden_import_lists() -> None:
 def test_earlyread_imports_nothing_heavy() -> None:
     """The launch listing goes out before the heavy libraries load: importing its module must not load them."""
     heavy = ("docker", "requests", "aiohttp", "pydantic", "prometheus_client", "yaml")
-    code = f"import sys, exporter.earlyread; print(sorted(set({heavy!r}) & set(sys.modules)))"
+    code = f"import sys, exporter.engine.earlyread; print(sorted(set({heavy!r}) & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout

@@ -26,13 +26,13 @@ from prometheus_client import CollectorRegistry
 
 from exporter import memory
 from exporter.config import parse_config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.events import EventFollower
-from exporter.history import ImageHistory
 from exporter.logs import _FIELDS_ATTR as FIELDS_ATTR
-from exporter.poller import TRIM_AFTER_DROP, Poller
-from exporter.selfmetrics import POLL_STAGES, PollMetrics
+from exporter.metrics.selfmetrics import POLL_STAGES, PollMetrics
 from exporter.snapshot import Snapshot
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.events import EventFollower
+from exporter.state.history import ImageHistory
+from exporter.state.poller import TRIM_AFTER_DROP, Poller
 from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine, load
 
 Path_ = tuple[str | int, ...]

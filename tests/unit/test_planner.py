@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from exporter import apishapes
 from exporter.config import ActionConfig, ProtectConfig, make_action
+from exporter.engine import apishapes
 from exporter.remediation.planner import make_plan, maturing
 from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter import apishapes
 from exporter.config import parse_config
-from exporter.engine import EngineUnavailable
-from exporter.firstreads import FirstReads
-from exporter.history import ImageHistory
-from exporter.poller import Poller, _with_learned
-from exporter.selfmetrics import PollMetrics
+from exporter.engine import apishapes
+from exporter.engine.client import EngineUnavailable
+from exporter.engine.firstreads import FirstReads
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.snapshot import EngineInfo
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller, _with_learned
 from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine
 
 PollerFactory = Callable[..., tuple[Poller, RecordedEngine, CollectorRegistry]]
@@ -187,7 +187,7 @@ async def test_the_first_publish_comes_before_the_inspects_and_says_what_is_pend
     make_poller: PollerFactory,
 ) -> None:
     """Ready after one listing; LastTagTime fills in behind it: absent (never 0) and counted while unknown."""
-    from exporter.collector import SnapshotCollector
+    from exporter.metrics.collector import SnapshotCollector
 
     poller, recorded, _ = make_poller()
     collector = SnapshotCollector(poller, parse_config({}).metrics)
@@ -290,10 +290,10 @@ async def test_the_fill_publishes_at_most_once_per_interval_and_always_when_done
     make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch, interval: float, fill_publishes: str
 ) -> None:
     """Each fill publish re-renders rows all over the exposition: throttled, but the last one never withheld."""
-    import exporter.poller
+    import exporter.state.poller
 
-    monkeypatch.setattr(exporter.poller, "FILL_BATCH", 1)
-    monkeypatch.setattr(exporter.poller, "FILL_PUBLISH_INTERVAL", interval)
+    monkeypatch.setattr(exporter.state.poller, "FILL_BATCH", 1)
+    monkeypatch.setattr(exporter.state.poller, "FILL_PUBLISH_INTERVAL", interval)
     poller, recorded, _ = make_poller()
     published: list[int] = []
     poller.on_publish.append(lambda snapshot: published.append(snapshot.pending_inspects))
@@ -346,7 +346,7 @@ async def test_without_filesystem_path_the_engines_own_data_root_is_measured(tmp
 
 async def test_a_data_root_this_process_cannot_see_is_named_with_its_own_hint(tmp_path: Path) -> None:
     """Not "is the engine running?": the engine answered; the error names the path and where it came from."""
-    from exporter.hints import engine_error_hint
+    from exporter.engine.hints import engine_error_hint
 
     recorded = RecordedEngine("bookworm")
     recorded.info = {**recorded.info, "DockerRootDir": str(tmp_path / "host-only")}

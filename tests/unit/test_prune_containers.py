@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import ProtectConfig
-from exporter.engine import EngineConflict, EngineNotFound, EngineUnavailable
+from exporter.engine.client import EngineConflict, EngineNotFound, EngineUnavailable
 from exporter.remediation.containers import (
     PRUNABLE_STATES,
     ContainerPlan,

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from exporter.apishapes import normalize_id
-from exporter.events import EventFollower
+from exporter.engine.apishapes import normalize_id
 from exporter.remediation import runs as runs_module
 from exporter.remediation import service as service_module
 from exporter.remediation.planner import Plan, make_plan
+from exporter.state.events import EventFollower
 from tests.unit.webhook_support import AUTH_ONLY_HEADERS, AppFactory, RecordedEngine, app_factory_for
 
 UNUSED = {"free-disk": {"type": "prune_unused", "min_age": "0s", "max_deletions": 100_000}}

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from exporter import cli
-from exporter.engine import Engine, EngineNotFound, EngineUnavailable
+from exporter.engine.client import Engine, EngineNotFound, EngineUnavailable
 from exporter.remediation.planner import Candidate, restore_hint
 from exporter.remediation.restore import Deleted, RestoreError, deleted_images, restore_one, select
 

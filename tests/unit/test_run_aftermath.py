@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from exporter.engine import EngineError, EngineUnavailable
+from exporter.engine.client import EngineError, EngineUnavailable
 from exporter.remediation.service import Refused, RemediationService
 from tests.harness.audit import read_audit
 from tests.unit.fake_engine import FakeEngine

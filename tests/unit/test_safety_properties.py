@@ -32,8 +32,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from exporter.apishapes import is_hold_reference as is_hold
 from exporter.config import ActionType, ProtectConfig
+from exporter.engine.apishapes import is_hold_reference as is_hold
 from exporter.remediation.planner import make_plan
 from exporter.snapshot import Filesystem
 from tests.harness.audit import read_audit

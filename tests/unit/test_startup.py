@@ -14,8 +14,8 @@ import pytest
 from exporter import cli, memory
 from exporter.app import create_app
 from exporter.config import parse_config
-from exporter.firstreads import FirstReads
-from exporter.history import STATE_VERSION
+from exporter.engine.firstreads import FirstReads
+from exporter.state.history import STATE_VERSION
 from tests.harness.exporter import parse_samples
 from tests.unit.recorded import RecordedEngine
 

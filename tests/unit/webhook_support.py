@@ -16,15 +16,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from exporter.apishapes import normalize_id
 from exporter.config import Config, parse_config
-from exporter.diskusage import DiskUsageRefresher
-from exporter.engine import Engine, EngineUnavailable
-from exporter.history import ImageHistory
-from exporter.poller import Poller
+from exporter.engine.apishapes import normalize_id
+from exporter.engine.client import Engine, EngineUnavailable
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
-from exporter.selfmetrics import PollMetrics
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 from exporter.web.relay import RelayClient
 from exporter.web.remediation import RemediationEndpoints
 from tests.unit.recorded import RecordedEngine as Recorded

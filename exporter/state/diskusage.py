@@ -14,15 +14,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from exporter import apishapes
 from exporter.config import PollConfig
-from exporter.engine import Engine, EngineError
+from exporter.engine import apishapes
+from exporter.engine.client import Engine, EngineError
 from exporter.logs import kv
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.snapshot import Snapshot
+from exporter.state.poller import Poller
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.diskusage")  # the caller= name log pipelines filter on, not the file's place
 
 RETRY_SECONDS = 5.0  # after a failed /system/df, wait at least this long (an engine that is down answers fast)
 

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from exporter.earlyread import MAX_ANSWER_BYTES, EarlyListing
-from exporter.engine import Engine, EngineUnavailable
+from exporter.engine.client import Engine, EngineUnavailable
+from exporter.engine.earlyread import MAX_ANSWER_BYTES, EarlyListing
 from exporter.logs import kv
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.firstreads")  # the caller= name log pipelines filter on, not the file's place
 
 
 class FirstReads:

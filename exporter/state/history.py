@@ -50,7 +50,7 @@ from exporter.logs import kv
 from exporter.schedulestate import SECTION as SCHEDULES
 from exporter.schedulestate import ScheduleState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.history")  # the caller= name log pipelines filter on, not the file's place
 
 STATE_VERSION = 2
 #: Seconds a saved time may lie ahead of the check it must pass (two clock readings a moment apart).

@@ -23,14 +23,14 @@ import re
 import time
 from typing import Any
 
-from exporter.apishapes import MalformedAnswer, normalize_id, parse_time
-from exporter.engine import Engine, EngineError, EngineUnavailable
-from exporter.history import ImageHistory
+from exporter.engine.apishapes import MalformedAnswer, normalize_id, parse_time
+from exporter.engine.client import Engine, EngineError, EngineUnavailable
 from exporter.logs import kv
-from exporter.poller import Poller
-from exporter.selfmetrics import PollMetrics
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.history import ImageHistory
+from exporter.state.poller import Poller
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.events")  # the caller= name log pipelines filter on, not the file's place
 
 ARRIVAL_ACTIONS = frozenset({"pull", "load", "tag", "import", "loadfromarchive"})
 USE_ACTIONS = frozenset({"create", "start"})

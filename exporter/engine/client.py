@@ -36,11 +36,11 @@ import docker.errors
 import requests.exceptions
 
 from exporter import engineaddress
-from exporter.earlyread import api_at_least, images_query
+from exporter.engine.earlyread import api_at_least, images_query
 from exporter.logs import kv
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.engine")  # the caller= name log pipelines filter on, not the file's place
 
 EVENT_TYPES = ("image", "container")
 # What the exporter reads from /system/df: never containers or volumes, which can cost minutes to size.

@@ -21,18 +21,19 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from exporter import apishapes, memory
-from exporter.apishapes import MalformedAnswer
+from exporter import memory
 from exporter.config import Config
-from exporter.engine import Engine, EngineError, EngineUnavailable
-from exporter.firstreads import FirstReads
-from exporter.hints import engine_error_hint, filesystem_error
-from exporter.history import ImageHistory
+from exporter.engine import apishapes
+from exporter.engine.apishapes import MalformedAnswer
+from exporter.engine.client import Engine, EngineError, EngineUnavailable
+from exporter.engine.firstreads import FirstReads
+from exporter.engine.hints import engine_error_hint, filesystem_error
 from exporter.logs import kv
-from exporter.selfmetrics import PollMetrics
+from exporter.metrics.selfmetrics import PollMetrics
 from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from exporter.state.history import ImageHistory
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.poller")  # the caller= name log pipelines filter on, not the file's place
 
 # Marking running images as used at most this often keeps the state file from being rewritten every poll.
 RUNNING_USE_RESOLUTION = 60.0

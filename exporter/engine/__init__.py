@@ -1,0 +1,1 @@
+"""Talking to the engine: the client (the only user of the docker SDK), launch reads, answer shapes, error hints."""
