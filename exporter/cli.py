@@ -280,9 +280,9 @@ async def run(
 ) -> None:
     """Send the engine the first poll's reads, then import and build the app while it answers, then serve.
 
-    Why this order: at 10k images listing them takes the engine about as long as importing aiohttp, the
+    Why this order: with many images, listing them takes the engine about as long as importing aiohttp, the
     remediation service and the rest takes here; started first, the listing overlaps that work, and
-    `/-/ready` (the first listing published) comes about 0.3 s sooner on a 2-core machine. The app modules
+    `/-/ready` (the first listing published) comes sooner. The app modules
     are imported only now so that `--config.check` stays fast and engine-free. A listener that cannot bind
     still stops start-up with one line: the reads not sent yet are cancelled; the one in flight ends in its
     worker thread (within `docker.timeout`) before the process exits.

@@ -1,8 +1,8 @@
 """The C allocator's settings: keep the process's memory flat under repeated large, short-lived work.
 
-Why: a 10k-image plan builds and drops tens of megabytes of small objects in a worker thread. glibc's malloc
+Why: a plan over many images builds and drops tens of megabytes of small objects in a worker thread. glibc's malloc
 gives each thread that allocates its own arena (up to 8 per core) and keeps what is freed there for reuse,
-so RSS climbed by a quarter over 100 dry runs while the Python heap stayed flat (tracemalloc). Two arenas
+so RSS climbs over repeated dry runs while the Python heap stays flat (tracemalloc). Two arenas
 are enough for an exporter whose threads mostly wait on the engine, and `malloc_trim(0)` after a run gives the
 freed pages back. Elsewhere (musl, macOS, a glibc without these calls) both are no-ops.
 
@@ -11,7 +11,7 @@ freed pages back. Elsewhere (musl, macOS, a glibc without these calls) both are 
 
 Start-up also pauses Python's cyclic garbage collector (`pause_collector_for_startup`): importing pydantic,
 aiohttp and the docker SDK creates a few hundred thousand long-lived objects, and each full collection on
-the way walked all of them again (~70 ms of a 10k-image start). Once the app is built they are frozen
+the way walks all of them again (a visible part of start-up). Once the app is built they are frozen
 (`gc.freeze`: never scanned again, still freed by reference counting) and collection resumes.
 """
 

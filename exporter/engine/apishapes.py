@@ -219,7 +219,7 @@ def _labels(labels: Any, field: str) -> Mapping[str, str]:
 def parse_image_inspect(raw: Mapping[str, Any], engine: EngineInfo) -> Image:
     """One image inspect as `parse_image` would read the same image's `/images/json` entry.
 
-    Why: an event names one image, and inspecting it is exact where a full re-list costs seconds at 10k
+    Why: an event names one image, and inspecting it is exact where a full re-list costs seconds with many
     images. Inspect has `Created` as RFC 3339 (the listing truncates it to whole seconds), labels under
     `Config`, and no `SharedSize` (None: the listing's value is merged in by the poller, see `Poller`).
     On the containerd store inspect and listing disagree (`Size`, `RepoDigests`), so the poller re-lists

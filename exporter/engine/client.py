@@ -1,6 +1,6 @@
 """The only module that imports `docker`: an async facade over the blocking SDK.
 
-Why lanes: the SDK blocks and one client's thread safety is undocumented (docker-py #3229), so each lane
+Why lanes: the SDK blocks and one client's thread safety is undocumented (docker-py says so itself), so each lane
 is one worker thread owning one client. Cheap calls (lists, inspects, deletes) share the `api` lane; the
 expensive `/system/df` and build-cache prune get the `df` lane so they never run twice at once and never
 hold up a poll; the remediation executor's checks and DELETEs get the `delete` lane (up to
@@ -10,8 +10,8 @@ exporter starts while the engine is down, and are dropped on connection errors s
 renegotiated when the engine comes back (possibly upgraded).
 
 Why a lean client on the delete lane: every deletion pays an inspect and a DELETE, and through the SDK
-each costs ~1.5-2 ms of Python (requests' environment, proxy and netrc lookups, header parsing) plus two
-thread hops, against ~0.35 ms for the engine's own work, on the same 2 cores dockerd needs. When the
+each costs several times the engine's own work in Python (requests' environment, proxy and netrc lookups,
+header parsing) plus two thread hops, on the same cores dockerd needs. When the
 engine is on a unix socket, the delete lane's calls are plain HTTP/1.1 on the event loop over kept-alive
 connections (`UnixConnection`, one per call in flight, at the API version an SDK client negotiated); tcp
 hosts (plain or TLS) keep the SDK in the lane's threads.

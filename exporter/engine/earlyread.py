@@ -1,6 +1,6 @@
 """The first image listing, asked of the engine at launch, before the exporter's own modules are imported.
 
-Why: at 10k images the engine needs about 0.4 s to list them, and this process as long again to import
+Why: with many images the engine needs a noticeable time to list them, and this process as long again to import
 pydantic, aiohttp and the docker SDK and to validate its config. `python -m exporter` and the console script
 call `start` first thing: it works out the engine exactly as the CLI will (`--docker.host`, else the config
 file's `docker.host`, else `DOCKER_HOST`, else the default socket, read by the same
@@ -191,8 +191,8 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     """`size` bytes in as few system calls as the kernel allows (MSG_WAITALL on a blocking socket).
 
     Why not a buffered reader: each `recv` gives the interpreter lock back and must take it again, and
-    while the main thread imports (holding it) every retake waits up to the switch interval (5 ms). A 10k
-    listing is ~7 MB: in 64 KiB reads that stretched the transfer by ~0.1 s.
+    while the main thread imports (holding it) every retake waits up to the interpreter's switch interval.
+    A large listing is megabytes: in 64 KiB reads those waits add up to a visible part of the transfer.
     """
     data = bytearray(size)
     view = memoryview(data)

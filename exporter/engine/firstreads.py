@@ -23,7 +23,7 @@ log = logging.getLogger("exporter.firstreads")  # the caller= name log pipelines
 class FirstReads:
     """The first poll's engine reads (version and info, images, containers), started before the app exists.
 
-    Why: at 10k images the engine takes about as long to list them as this process takes to import and
+    Why: with many images the engine takes about as long to list them as this process takes to import and
     build the web app. `cli` starts these reads as soon as the config names the engine, so the engine lists
     while the process imports; the first poll then takes their answers instead of asking again. Each read
     is the same `Engine` call a poll makes, queued at once on the engine's api lane (the listing first: the

@@ -132,7 +132,7 @@ class Table:
     `values[f]` in family `f` (none where it is None), and each family lists its samples in row order.
 
     Why a shape of its own: the exposition renders a table in chunks of rows and renders again only the chunks
-    whose rows changed (`exporter.web.exposition`), so one changed image costs its rows, not all 55k series.
+    whose rows changed (`exporter.web.exposition`), so one changed image costs its rows, not every series.
     Rows compare by value: equal rows render to equal text (values are ints and finite floats here).
     """
 
@@ -262,7 +262,7 @@ REBUILD_CHANGES = 512
 class TableCache:
     """The tables of the last `snapshot.images` seen, updated by the images that changed for the next one.
 
-    Why: at 10k images, building and sorting every per-tag row and summing every image is most of what a
+    Why: with many images, building and sorting every per-tag row and summing every image is most of what a
     render costs beyond the text. A publish after an event shares nearly every Image object with the one
     before; a quiet poll has equal ones. So the two image tuples are compared by object identity (dicts and
     set operations, in C), a new object equal to the one it replaces keeps its rows, and only the images that

@@ -334,7 +334,7 @@ class Executor:
             run.result = "dry_run" if run.dry_run else "success"
             run.detail = "goal already met at plan time: nothing to delete"
             return
-        if run.dry_run:  # 10k outcomes are built in a worker thread: ~8 ms no scrape should wait behind
+        if run.dry_run:  # outcomes for every image are built in a worker thread: no scrape should wait behind them
             outcomes, goal_met = await asyncio.to_thread(_described, plan, action)
             run.outcomes.extend(outcomes)
             if goal_met:

@@ -420,8 +420,8 @@ def _candidate(
 
 @dataclass(frozen=True, slots=True)
 class _Eligible:
-    """An image no rule excludes, with what planning it needs worked out once (at 10k images, recomputing
-    references and ages per use was most of a plan's time)."""
+    """An image no rule excludes, with what planning it needs worked out once (recomputing references and
+    ages per use would be most of a plan's time)."""
 
     image: Image
     references: tuple[str, ...]  # tags first, then digest references

@@ -99,14 +99,14 @@ class Run:
     def summary(self) -> dict[str, Any]:
         """The bounded form kept in history: counts and the first SUMMARY_LIST_LIMIT images of each kind.
 
-        Bounded because history keeps it for the exporter's lifetime: a 10k-image dry run must not keep
-        10k entries per run (the full lists are in the run's own API answer and, for deletions, the audit log).
+        Bounded because history keeps it for the exporter's lifetime: a dry run over every image must not
+        keep an entry per image (the full lists are in the run's own API answer and, for deletions, the audit log).
         """
         counts: dict[str, int] = {}
         skipped: dict[str, int] = {}
         would_bytes = 0
         first: dict[str, list[Outcome]] = {"deleted": [], "would_delete": []}
-        for o in self.outcomes:  # one pass: at 10k outcomes this runs on the event loop when a run ends
+        for o in self.outcomes:  # one pass: it runs on the event loop when a run ends, over every outcome
             result = o.result
             counts[result] = counts.get(result, 0) + 1
             if result == "skipped":

@@ -416,7 +416,7 @@ class RemediationService:
             last, trigger = newest["started_at"], newest["trigger"]
         return {
             "schedule": None if schedule is None else schedule.describe(),
-            "schedule_seconds": schedule.seconds if isinstance(schedule, Interval) else None,  # as before cron
+            "schedule_seconds": schedule.seconds if isinstance(schedule, Interval) else None,  # intervals only
             "last_run": last,
             "last_run_time": _rfc3339(last),
             "last_run_trigger": trigger,
@@ -735,7 +735,7 @@ class RemediationService:
                 if action.type not in ("build_cache", "prune_containers"):  # these plan no image sizes
                     snapshot = await self._with_shared_sizes(snapshot)
                 self._warn_engine_limits(snapshot)
-                # in a worker thread: at 10k images a plan takes long enough to hold up scrapes and webhooks
+                # in a worker thread: with many images a plan takes long enough to hold up scrapes and webhooks
                 plan = await asyncio.to_thread(make_plan, snapshot, action, config.protect, self.clock())
                 local_images, local_bytes = plan.local_only_kept
                 log.info(
@@ -778,7 +778,7 @@ class RemediationService:
 
         The live snapshot when nothing says it lags the engine (`Poller.behind`): engine events are applied to
         it as they arrive and the periodic poll reconciles, so a fresh re-list per run would only cost time
-        (about a second at 10k images, its parsing on the event loop). It is safe for real runs too: each image
+        (seconds with many images, its parsing on the event loop). It is safe for real runs too: each image
         is re-checked right before its DELETE, and the engine refuses a DELETE by ID of an image in use. When a
         refresh is pending or running, LastTagTimes are still being read, or the event stream is not live (not
         connected or replayed yet, lost, reconnecting: the snapshot may be a whole poll interval old), the run
@@ -791,7 +791,7 @@ class RemediationService:
     def _trim_memory_soon(self) -> None:
         """Give the heap a finished run freed back to the system, once its answer is written (see memory.py).
 
-        One pending trim at a time, a moment after the last run ends: a 10k-image run's answer is still being
+        One pending trim at a time, a moment after the last run ends: a large run's answer is still being
         encoded when the run returns, and trimming in between would only be repeated.
         """
         if self._trim is not None and not self._trim.done():

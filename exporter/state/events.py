@@ -2,8 +2,8 @@
 
 The blocking stream runs in a thread and hands each event to the event loop. An image event that names its
 image (tag, untag, delete, load, pull, import) is applied to the snapshot by inspecting that image
-(`Poller.apply_image_event`) and published at once, with no re-list: at 10k images a full poll takes about a
-second, and a burst of 500 tags used to cause 7-8 of them. Any other change (container events, `prune`, every
+(`Poller.apply_image_event`) and published at once, with no re-list: with many images a full poll takes
+seconds, and a burst of tags would cause several of them. Any other change (container events, `prune`, every
 image event on the containerd store, an event whose inspect fails) wakes the poller (debounced there). Container create/start records the image's last-used time; image
 pull/load/tag/import records its arrival, so a freshly pulled old image counts as young for `min_age`.
 On start and after every reconnect the events since the last one known (the saved state's time on start)
@@ -118,9 +118,9 @@ class EventFollower:
                     loop.call_soon_threadsafe(connected.set)
 
                 # Subscribe first, replay second: events from the moment the stream is live are delivered by
-                # it, and the replay covers what came before. (Replaying first lost ~400 images of a 1,000-image
-                # load that ran during a start-up replay: the engine keeps only its last 256 events for a
-                # stream that starts later.) A change in the overlap is handled twice, which is harmless.
+                # it, and the replay covers what came before. (Replaying first loses the events of a load
+                # that runs during the replay: the engine keeps only its last 256 events for a stream that
+                # starts later.) A change in the overlap is handled twice, which is harmless.
                 stream = asyncio.create_task(asyncio.to_thread(self.engine.follow_events, deliver, on_connected))
                 live = asyncio.create_task(connected.wait())
                 try:

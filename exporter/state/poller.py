@@ -61,8 +61,8 @@ def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
     """`image` with what the poller learned elsewhere (`values` in `_publish`'s order).
 
     A shallow copy of the frozen dataclass's fields, as `copy.copy` makes it: `dataclasses.replace`
-    re-reads the field list and re-runs `__init__` per call (~4x the cost; 10k images on every
-    publish before the first ready).
+    re-reads the field list and re-runs `__init__` per call (several times the cost, for every
+    image on every publish before the first ready).
     """
     out: Image = object.__new__(Image)
     fields = out.__dict__
@@ -134,7 +134,7 @@ class Poller:
         self._parts: tuple[EngineInfo, list[Image], list[Container], Filesystem | None] | None = None
         self._published_ids: frozenset[str] = frozenset()
         #: The last publish per image: (listed image, learned values, merged image, tag key), so an event's publish
-        #: rebuilds only the images it changed (rebuilding all cost ~27 % of a poll at 10k images).
+        #: rebuilds only the images it changed (rebuilding all is a large share of a poll).
         self._merged: dict[str, tuple[Image, tuple[Any, ...], Image, TagKey]] = {}
         self._event_saved = float("-inf")  # monotonic time of the last state save an applied event made
         #: The clock offset when the last listing was taken (see `_publish`).
@@ -145,7 +145,7 @@ class Poller:
         #: `EventFollower` fed by this poller (False from its creation until its stream is connected and the
         #: replay applied, and again as soon as the stream ends). None: no follower at all (unit tests,
         #: benchmarks, embedding). That is not "not live": nothing ever applies events to such a snapshot,
-        #: so nothing can be missing from it but what the next poll brings, as before there were events;
+        #: so nothing can be missing from it but what the next poll brings, as with polls alone;
         #: saying False there would make every remediation run re-list for no gain.
         self.events_live: bool | None = None
         self.ready = asyncio.Event()
@@ -332,8 +332,8 @@ class Poller:
     async def _fill_pending(self) -> None:
         """Inspect images whose LastTagTime is not known yet (new images or tag sets), publishing as they come.
 
-        Why behind the publish: LastTagTime needs one inspect per image (~2 ms each through the SDK, 20 s at
-        10k images on a first poll), while counts, sizes and tags need only the listing. Until known, an image
+        Why behind the publish: LastTagTime needs one inspect per image (tens of seconds for many images on
+        a first poll), while counts, sizes and tags need only the listing. Until known, an image
         says so (`Image.tag_time_pending`: no last-tag series, and remediation counts it as young) and
         `docker_exporter_pending_inspects` counts them. The lock is taken per batch, so events apply between.
         """
@@ -398,12 +398,12 @@ class Poller:
         """Apply image events (each: the IDs and references it names) by inspecting only the images they
         touch, once each; publish once.
 
-        Why: a full poll re-lists and re-parses every image (seconds at 10k); an event names one image
+        Why: a full poll re-lists and re-parses every image (seconds with many); an event names one image
         (an ID, or a reference on the containerd store and Podman) and an inspect of it is exact. Touched
         are the named images and whichever image held a named reference before (a tag that moved). An
         inspect answering 404 means the image is gone. False when the event cannot be applied exactly
         (no snapshot yet, the engine is down, the containerd store, whose inspect and listing disagree on
-        sizes and digests): the caller schedules a full poll then, as before. Events that add or remove
+        sizes and digests): the caller schedules a full poll then. Events that add or remove
         images change other images' `SharedSize`: those also ask for a (debounced) reconciling poll.
         `deleted`: IDs a `delete` event said are gone (the last word on them in this batch): not inspected,
         except on Podman, whose `delete` event names each reference removed while the image may stay.

@@ -209,7 +209,7 @@ class BasicAuthGate:
 
 
 def basic_auth_gate(config: WebConfig) -> BasicAuthGate | None:
-    """The gate for `config`'s users, or None when it lists none (every path open, as before)."""
+    """The gate for `config`'s users, or None when it lists none (every path open, as without a web config)."""
     if not config.basic_auth_users:
         return None
     log.info(

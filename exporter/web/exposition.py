@@ -1,12 +1,12 @@
 """`/metrics`: the snapshot's families rendered once per snapshot, the exporter's own metrics every scrape.
 
-Why: rendering every per-image series on each scrape cost ~135 ms of event-loop CPU at 10k images (530 ms
-uncapped), and nothing else on the loop ran meanwhile (issue 14). A snapshot is immutable, so is its text.
+Why: rendering every per-image series on each scrape costs event-loop CPU in proportion to the images, and
+nothing else on the loop runs meanwhile. A snapshot is immutable, so is its text.
 
 How:
 - The registry keeps every collector, so `?name[]=`, duplicate-name checks and `get_sample_value` work as
-  before. A scrape walks the registry's collectors in registration order: the exporter's own ones (poll and
-  remediation metrics, process/python: tens of series) are rendered per scrape on the loop, and the snapshot
+  with any prometheus_client registry. A scrape walks the registry's collectors in registration order: the
+  exporter's own ones (poll and remediation metrics, process/python: tens of series) are rendered per scrape on the loop, and the snapshot
   collector's part is spliced in from a cache. The bytes equal prometheus_client's `generate_latest(registry)`
   for the same state (tests/unit/test_exposition.py checks it for both formats).
 - The cache is keyed by the state the snapshot collector renders, `(poller.snapshot, poller.up, collector.config)`, compared by
@@ -14,10 +14,10 @@ How:
   refresh), so there is no subscription to miss; an entry holds its snapshot, so an identity is never reused.
   Within a state, one entry per negotiated content type (format, version, escaping) and gzip, at most
   `MAX_VARIANTS`; rarer Accept headers are rendered uncached.
-- A render costs what changed, not every series (issue 14: a full render of 55k series took ~0.5 s at 10k
+- A render costs what changed, not every series (a full render of every series is the slow part with many
   images). The collector cuts its families into sections (`SnapshotCollector.sections`): plain ones (tens of
   series: `docker_up`, totals, disk) are rendered whole each time; the per-tag and per-repository families are
-  Tables, rendered in chunks of ~CHUNK_ROWS rows whose cuts depend on the rows' labels (`table_chunks`). A
+  Tables, rendered in chunks of about CHUNK_ROWS rows whose cuts depend on the rows' labels (`table_chunks`). A
   chunk made of the same row objects as one of the last render keeps its text; the collector's `TableCache`
   keeps the row objects of unchanged images (same or equal Image), so a publish after an event renders a
   chunk or two per table, a quiet poll or a /system/df result none. Byte-identical to a full render: the
@@ -33,12 +33,12 @@ How:
   instead could not bound staleness in publishes: publishes are seen only when a scrape arrives.
 - OpenMetrics: every part is rendered without its `# EOF`, which is appended once, at the end.
 - gzip (Prometheus always asks for it): the snapshot part is deflated in segments (raw deflate ended by a sync
-  flush, so byte aligned and not final) of a few table chunks each (~25 KiB, so compression stays within
-  ~10 % of one stream); a segment of the very same pieces as last time is not compressed again, so after a
-  change only the touched segments are (in the render's thread when a gzip scrape asked for the format).
+  flush, so byte aligned and not final) of a few table chunks each (SEGMENT_CHUNKS: large enough that
+  compression stays close to one stream's); a segment of the very same pieces as last time is not compressed
+  again, so after a change only the touched segments are (in the render's thread when a gzip scrape asked for the format).
   The part is spliced between the per-scrape parts deflated the same way, in one gzip member whose CRC-32 is
   combined arithmetically (zlib's crc32_combine). A scrape compresses only its own metrics. Other codings
-  (deflate) fall back to aiohttp compressing the whole body, as before.
+  (deflate) fall back to aiohttp compressing the whole body.
 - `?name[]=` requests bypass the cache: prometheus_client's restricted registry, rendered in a worker thread.
 """
 
@@ -69,7 +69,7 @@ OPENMETRICS = "application/openmetrics-text"
 EOF = b"# EOF\n"
 CHUNK_ROWS = 32  # table rows per chunk on average: what one changed image costs to render again
 MAX_CHUNK_ROWS = 256
-SEGMENT_CHUNKS = 8  # table chunks per deflate segment on average: ~25 KiB of text, near deflate's 32 KiB window
+SEGMENT_CHUNKS = 8  # table chunks per deflate segment on average: text near the size of deflate's 32 KiB window
 
 Encoder = Callable[[Collector], bytes]
 State = tuple[Snapshot | None, bool, object]  # (snapshot, up, the collector's config: a reload may change it)
@@ -122,7 +122,7 @@ class RenderedPart:
     def deflate(self) -> Deflated:
         """The whole part as one deflate segment, for splicing into a gzip member (in a worker thread).
 
-        The CRC is computed over the text (zlib, ~1 GB/s) rather than combined per segment (pure Python).
+        The CRC is computed over the text (zlib, in C) rather than combined per segment (pure Python).
         """
         if self.deflated is None:
             crc = 0

@@ -1,7 +1,7 @@
 """What the command line knows about the listener before aiohttp is imported: its flags' defaults, limits,
 how an address is spelled, and the error naming a failed bind.
 
-Why a module of its own: `exporter.web.server` imports aiohttp (about 0.2 s), and `cli` needs these to parse
+Why a module of its own: `exporter.web.server` imports aiohttp (slow to import), and `cli` needs these to parse
 its flags before it sends the engine the first reads (see `cli.run`); aiohttp is imported while the engine
 answers.
 """

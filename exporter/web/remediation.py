@@ -112,7 +112,7 @@ def refused(refusal: Refused) -> web.Response:
 
 
 async def json_off_loop(build: Callable[[], dict[str, Any]]) -> web.Response:
-    """A JSON answer built and encoded in a worker thread: a 10k-image run's answer takes long enough to
+    """A JSON answer built and encoded in a worker thread: a large run's answer takes long enough to
     hold up scrapes and webhooks if done on the event loop. `build` must only read finished data."""
     body = await asyncio.to_thread(lambda: json.dumps(build()).encode())
     return web.Response(body=body, content_type="application/json", charset="utf-8")
