@@ -132,7 +132,7 @@ class Table:
     `values[f]` in family `f` (none where it is None), and each family lists its samples in row order.
 
     Why a shape of its own: the exposition renders a table in chunks of rows and renders again only the chunks
-    whose rows changed (`exporter.web.exposition`), so one changed image costs its rows, not every series.
+    whose rows changed (`exporter.metrics.exposition`), so one changed image costs its rows, not every series.
     Rows compare by value: equal rows render to equal text (values are ints and finite floats here).
     """
 

@@ -22,7 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.config import MetricsConfig, parse_config
+from exporter.metrics import exposition as rendering
 from exporter.metrics.collector import SnapshotCollector
+from exporter.metrics.exposition import RenderedPart, crc32_combine, deflate, gzip_member
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.state.diskusage import DiskUsageRefresher
@@ -30,7 +32,7 @@ from exporter.state.events import EventFollower
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller
 from exporter.web import exposition
-from exporter.web.exposition import MetricsEndpoint, RenderedPart, crc32_combine, deflate, gzip_member
+from exporter.web.exposition import MetricsEndpoint
 from tests.unit.recorded import RecordedEngine
 from tests.unit.test_event_apply import ClassicStore, Clock, blobs, operations, refs
 
@@ -106,12 +108,12 @@ class Setup:
 
 
 @pytest.fixture
-def renders(monkeypatch: pytest.MonkeyPatch) -> list[exposition.State]:
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[rendering.State]:
     """Spy on the expensive render: the states it was called for."""
-    calls: list[exposition.State] = []
-    real = exposition.render_snapshot
+    calls: list[rendering.State] = []
+    real = rendering.render_snapshot
 
-    def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> RenderedPart:
+    def spy(collector: SnapshotCollector, state: rendering.State, *args: Any) -> RenderedPart:
         calls.append(state)
         return real(collector, state, *args)
 
@@ -187,7 +189,7 @@ def test_gzip_member_of_spliced_segments() -> None:
 
 
 async def test_own_metrics_change_per_scrape_while_the_snapshot_part_is_reused(
-    renders: list[exposition.State],
+    renders: list[rendering.State],
 ) -> None:
     setup = Setup(FakePoller(snapshot()))
     first = await setup.text()
@@ -200,7 +202,7 @@ async def test_own_metrics_change_per_scrape_while_the_snapshot_part_is_reused(
     assert len(renders) == 1
 
 
-async def test_formats_render_lazily_once_each(renders: list[exposition.State]) -> None:
+async def test_formats_render_lazily_once_each(renders: list[rendering.State]) -> None:
     setup = Setup(FakePoller(snapshot()))
     for accept in ["", "application/openmetrics-text", "", "application/openmetrics-text"]:
         await setup.scrape(accept)
@@ -208,7 +210,7 @@ async def test_formats_render_lazily_once_each(renders: list[exposition.State]) 
     assert len(renders) == 2  # text and OpenMetrics; each gzip variant deflates its cached text
 
 
-async def test_every_state_change_invalidates(renders: list[exposition.State]) -> None:
+async def test_every_state_change_invalidates(renders: list[rendering.State]) -> None:
     poller = FakePoller(snapshot(taken_at=1.0))
     setup = Setup(poller)
     assert "docker_exporter_snapshot_timestamp_seconds 1.0\n" in await setup.text()
@@ -242,9 +244,9 @@ async def test_a_publish_renders_and_compresses_only_what_changed(
     randomises per process: a stable hash here makes the test the same in every run (with the random one, one
     run in a few dozen drew a segment holding over a quarter of the text).
     """
-    monkeypatch.setattr(exposition, "hash", lambda labels: zlib.crc32("\0".join(labels).encode()), raising=False)
-    monkeypatch.setattr(exposition, "CHUNK_ROWS", 8)
-    monkeypatch.setattr(exposition, "MAX_CHUNK_ROWS", 1_000_000)
+    monkeypatch.setattr(rendering, "hash", lambda labels: zlib.crc32("\0".join(labels).encode()), raising=False)
+    monkeypatch.setattr(rendering, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(rendering, "MAX_CHUNK_ROWS", 1_000_000)
     poller = FakePoller(snapshot(taken_at=1.0, images=2000))
     setup = Setup(poller, MetricsConfig(max_image_series=1_000_000))
 
@@ -307,12 +309,12 @@ class BlockingRenders:
     """A render spy that holds each render in its thread until released, so a test controls the moment."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[exposition.State] = []
+        self.calls: list[rendering.State] = []
         self.started = threading.Semaphore(0)
         self.release = threading.Event()
-        real = exposition.render_snapshot
+        real = rendering.render_snapshot
 
-        def spy(collector: SnapshotCollector, state: exposition.State, *args: Any) -> RenderedPart:
+        def spy(collector: SnapshotCollector, state: rendering.State, *args: Any) -> RenderedPart:
             self.calls.append(state)
             self.started.release()
             assert self.release.wait(30), "the test never released the render"
@@ -373,7 +375,7 @@ async def test_a_client_going_away_does_not_cancel_the_shared_render(monkeypatch
 
 
 async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = exposition.render_snapshot
+    real = rendering.render_snapshot
     failures = [RuntimeError("boom")]
 
     def flaky(*args: Any) -> RenderedPart:
@@ -391,7 +393,7 @@ async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest
 @pytest.mark.parametrize(
     "query", ["?name[]=docker_images", "?name[]=docker_images&name[]=docker_exporter_polls_total", "?name[]=nope"]
 )
-async def test_name_filter_bypasses_the_cache(query: str, renders: list[exposition.State]) -> None:
+async def test_name_filter_bypasses_the_cache(query: str, renders: list[rendering.State]) -> None:
     setup = Setup(FakePoller(snapshot()))
     got = await setup.scrape(query=query)
     assert got.body == (await setup.expected(query=query)).body
@@ -402,7 +404,7 @@ async def test_name_filter_bypasses_the_cache(query: str, renders: list[expositi
 
 
 async def test_uncommon_accept_headers_are_not_cached_without_bound(
-    renders: list[exposition.State],
+    renders: list[rendering.State],
 ) -> None:
     setup = Setup(FakePoller(snapshot()))
     accepts = [f"application/openmetrics-text;version=1.0.{n}" for n in range(exposition.MAX_VARIANTS + 4)]
@@ -483,9 +485,9 @@ async def test_incremental_render_equals_a_full_render(
     away) is byte for byte what a fresh collector and prometheus_client render for that state, in every
     format, gzip included. Tiny chunks and segments (and forced cuts) so that 40 images span many of them."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(exposition, "CHUNK_ROWS", 3)
-        patch.setattr(exposition, "MAX_CHUNK_ROWS", 4)
-        patch.setattr(exposition, "SEGMENT_CHUNKS", 2)
+        patch.setattr(rendering, "CHUNK_ROWS", 3)
+        patch.setattr(rendering, "MAX_CHUNK_ROWS", 4)
+        patch.setattr(rendering, "SEGMENT_CHUNKS", 2)
         images = {spec[0]: spec_image(spec) for spec in start}
         poller = FakePoller(snapshot_of(images.values(), 1.0))
         setup = Setup(poller, MetricsConfig(max_image_series=30))

@@ -1,0 +1,336 @@
+"""The snapshot's part of `/metrics`, rendered for one state in one format, and the gzip splicing around it.
+
+No HTTP here: the handler (`exporter.web.exposition`) decides when a render runs and caches its result per
+state; this module makes the bytes, which equal prometheus_client's `generate_latest(registry)` for the
+same state (tests/unit/test_exposition.py checks it for both formats).
+
+- A render costs what changed, not every series (a full render of every series is the slow part with many
+  images). The collector cuts its families into sections (`SnapshotCollector.sections`): plain ones (tens of
+  series: `docker_up`, totals, disk) are rendered whole each time; the per-tag and per-repository families are
+  Tables, rendered in chunks of about CHUNK_ROWS rows whose cuts depend on the rows' labels (`table_chunks`).
+  A chunk made of the same row objects as one of the last render keeps its text (`FormatRenderer`, one per
+  format); the collector's `TableCache` keeps the row objects of unchanged images (same or equal Image), so
+  a publish after an event renders a chunk or two per table, a quiet poll or a /system/df result none.
+  Byte-identical to a full render: the tests compare with prometheus_client over random sequences of
+  snapshots.
+- OpenMetrics: every part is rendered without its `# EOF`, which the handler appends once, at the end.
+- gzip (Prometheus always asks for it): the snapshot part is deflated in segments (raw deflate ended by a sync
+  flush, so byte aligned and not final) of a few table chunks each (SEGMENT_CHUNKS: large enough that
+  compression stays close to one stream's); a segment of the very same pieces as last time is not
+  compressed again, so after a change only the touched segments are. `gzip_member` splices deflated parts
+  into one gzip member whose CRC-32 is combined arithmetically (zlib's crc32_combine).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from exporter.metrics.collector import SnapshotCollector, Table, TableFamily, TableRow
+from exporter.snapshot import Snapshot
+
+GZIP_LEVEL = 6  # zlib's default, as aiohttp compresses; the snapshot part is compressed once per state
+OPENMETRICS = "application/openmetrics-text"
+EOF = b"# EOF\n"
+CHUNK_ROWS = 32  # table rows per chunk on average: what one changed image costs to render again
+MAX_CHUNK_ROWS = 256
+SEGMENT_CHUNKS = 8  # table chunks per deflate segment on average: text near the size of deflate's 32 KiB window
+
+Encoder = Callable[[Collector], bytes]
+State = tuple[Snapshot | None, bool, object]  # (snapshot, up, the collector's config: a reload may change it)
+
+
+class CollectorList:
+    """A fixed list of collectors, collected in order (what `generate_latest` needs for one part)."""
+
+    def __init__(self, collectors: Iterable[Collector]) -> None:
+        self.collectors = list(collectors)
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+class MetricsOf:
+    """Metrics from a callable, for one `generate_latest` call."""
+
+    def __init__(self, metrics: Callable[[], Iterable[Metric]]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics()
+
+
+def encode_part(encoder: Encoder, source: Collector, openmetrics: bool) -> bytes:
+    body = encoder(source)
+    if openmetrics:
+        assert body.endswith(EOF), "OpenMetrics encoder output without # EOF"
+        body = body[: -len(EOF)]
+    return body
+
+
+class RenderedPart:
+    """The snapshot collector's part of the exposition for one state in one format (no `# EOF`), in pieces.
+
+    `cuts[i]`: a deflate segment may end after `texts[i]`. Segments are runs of pieces ending at a cut; the
+    deflate of a run of the very same pieces is reused (`Segments`), so a gzip scrape after a change compresses
+    the few segments it touched. Segments span several table chunks: deflate looks back 32 KiB, and segments
+    much smaller than that would compress noticeably worse.
+    """
+
+    def __init__(self, texts: list[bytes], cuts: list[bool], segments: Segments) -> None:
+        self.texts = texts
+        self.cuts = cuts
+        self.segments = segments
+        self.deflated: Deflated | None = None
+
+    def deflate(self) -> Deflated:
+        """The whole part as one deflate segment, for splicing into a gzip member (in a worker thread).
+
+        The CRC is computed over the text (zlib, in C) rather than combined per segment (pure Python).
+        """
+        if self.deflated is None:
+            crc = 0
+            for text in self.texts:
+                crc = zlib.crc32(text, crc)
+            data = self.segments.deflate(self.texts, self.cuts)
+            self.deflated = Deflated(data, crc, sum(map(len, self.texts)))
+        return self.deflated
+
+
+class Segments:
+    """The deflate segments of the last gzip render of one format, by the identity of the pieces they hold."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_pieces: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes]] = {}
+        #: bytes compressed so far (not reused): what shows a change is compressed incrementally
+        self.compressed = 0
+
+    def deflate(self, texts: Sequence[bytes], cuts: Sequence[bool]) -> bytes:
+        with self._lock:
+            old = self._by_pieces
+            new: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes]] = {}
+            out: list[bytes] = []
+            run: list[bytes] = []
+            for text, cut in zip(texts, cuts, strict=True):
+                run.append(text)
+                if not cut:
+                    continue
+                key = tuple(map(id, run))  # the entry keeps the pieces alive: an id is not reused meanwhile
+                entry = old.get(key) or new.get(key)
+                if entry is None:
+                    joined = b"".join(run)
+                    entry = (tuple(run), deflate(joined).data if joined else b"")
+                    self.compressed += len(joined)
+                new[key] = entry
+                out.append(entry[1])
+                run = []
+            if run:
+                raise AssertionError("the last piece of a part must end a segment")
+            self._by_pieces = new
+            return b"".join(out)
+
+
+def table_chunks(rows: Sequence[TableRow]) -> list[tuple[int, int]]:
+    """Bounds of consecutive runs of rows, each ended by a row whose labels hash to 0 modulo CHUNK_ROWS (or
+    at MAX_CHUNK_ROWS rows). The cuts depend on the rows' labels, not their positions: adding or removing a row
+    changes only the chunk it is in, and a changed value only its own chunk."""
+    ends = [index + 1 for index, code in enumerate(map(hash, map(itemgetter(0), rows))) if not code % CHUNK_ROWS]
+    if not ends or ends[-1] != len(rows):
+        ends.append(len(rows))
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for end in ends:
+        while end - start > MAX_CHUNK_ROWS:
+            bounds.append((start, start + MAX_CHUNK_ROWS))
+            start += MAX_CHUNK_ROWS
+        if end > start:
+            bounds.append((start, end))
+        start = end
+    return bounds
+
+
+class _TableText:
+    """One table rendered in one format: each family's header, and each chunk's lines per family."""
+
+    def __init__(self, headers: tuple[bytes, ...]) -> None:
+        self.headers = headers
+        #: by the identity of the chunk's rows (held in the entry) -> the chunk's rows, its text per family
+        self.chunks: dict[tuple[int, ...], tuple[tuple[TableRow, ...], tuple[bytes, ...]]] = {}
+
+
+TableKey = tuple[tuple[TableFamily, ...], tuple[str, ...]]
+
+
+class FormatRenderer:
+    """Renders the snapshot part in one format, keeping what the next render of a new state can reuse.
+
+    Plain sections (tens of series) are rendered whole every time. A table is rendered chunk by chunk
+    (`table_chunks`): a chunk made of the very same row objects as one of the last render keeps its text (the
+    collector's `TableCache` keeps the rows of unchanged images), so a publish that changed one image renders
+    about CHUNK_ROWS rows per family. A family's text is its header followed by its lines of each chunk in
+    order, which is what the encoder writes for the whole family: a gauge's samples are independent lines
+    (the tests compare the bytes with prometheus_client's). Renders of one format run one at a time.
+    """
+
+    def __init__(self, encoder: Encoder, openmetrics: bool) -> None:
+        self.encoder = encoder
+        self.openmetrics = openmetrics
+        self.segments = Segments()
+        self._lock = threading.Lock()
+        self._tables: dict[TableKey, _TableText] = {}
+        #: table rows rendered (not reused) so far: what shows a render is incremental
+        self.rows_rendered = 0
+
+    def render(self, collector: SnapshotCollector, state: State) -> RenderedPart:
+        """The part for `state`, pinned to it (a render in a thread must not read a newer snapshot)."""
+        with self._lock:
+            texts: list[bytes] = []
+            cuts: list[bool] = []
+            tables: dict[TableKey, _TableText] = {}
+            for section in collector.sections(state[0], state[1]):
+                if section.table is None:
+                    texts.append(encode_part(self.encoder, MetricsOf(section.families), self.openmetrics))
+                    cuts.append(True)
+                    continue
+                key = (section.table.families, section.table.labelnames)
+                text = self._tables.get(key) or self._new_table(section.table)
+                tables[key] = text
+                self._table(section.table, text, texts, cuts)
+            self._tables = tables  # a table that is gone (metrics.per_image switched off) is forgotten
+            return RenderedPart(texts, cuts, self.segments)
+
+    def _new_table(self, table: Table) -> _TableText:
+        return _TableText(tuple(self._family(table, index, ()) for index in range(len(table.families))))
+
+    def _family(self, table: Table, index: int, rows: Iterable[TableRow]) -> bytes:
+        """Family `index` of `table` with the samples of `rows` only, as the encoder writes it (header included)."""
+        family = table.families[index]
+        metric = GaugeMetricFamily(family.name, family.documentation, labels=list(table.labelnames))
+        for labels, values in rows:
+            value = values[index]
+            if value is not None:
+                metric.add_metric(labels, value)
+        return encode_part(self.encoder, MetricsOf(lambda: [metric]), self.openmetrics)
+
+    def _table(self, table: Table, text: _TableText, texts: list[bytes], cuts: list[bool]) -> None:
+        """Append the table's pieces to `texts` (and where segments may end to `cuts`)."""
+        rows = table.rows
+        chunks: dict[tuple[int, ...], tuple[tuple[TableRow, ...], tuple[bytes, ...]]] = {}
+        ordered: list[tuple[bytes, ...]] = []
+        ends: list[bool] = []
+        for start, end in table_chunks(rows):
+            chunk = tuple(rows[start:end])
+            key = tuple(map(id, chunk))
+            entry = text.chunks.get(key) or chunks.get(key)
+            if entry is None:
+                entry = (
+                    chunk,
+                    tuple(self._lines(table, index, chunk, header) for index, header in enumerate(text.headers)),
+                )
+                self.rows_rendered += len(chunk)
+            chunks[key] = entry
+            ordered.append(entry[1])
+            ends.append(not (hash(chunk[-1][0]) // CHUNK_ROWS) % SEGMENT_CHUNKS)
+        text.chunks = chunks  # only the chunks of this render: memory follows the table's size
+        if ends:
+            ends[-1] = True  # the next family's header starts a segment
+        for index, header in enumerate(text.headers):
+            texts.append(header)
+            cuts.append(not ordered)
+            texts.extend(lines[index] for lines in ordered)
+            cuts.extend(ends)
+
+    def _lines(self, table: Table, index: int, rows: tuple[TableRow, ...], header: bytes) -> bytes:
+        rendered = self._family(table, index, rows)
+        if not rendered.startswith(header):
+            raise AssertionError(f"{table.families[index].name}: the encoder wrote another header for some rows")
+        return rendered[len(header) :]
+
+
+def render_snapshot(
+    collector: SnapshotCollector, state: State, renderer: FormatRenderer, compress: bool = False
+) -> RenderedPart:
+    """The snapshot part for `state` in the renderer's format, deflated too when `compress` (a render thread)."""
+    part = renderer.render(collector, state)
+    if compress:
+        part.deflate()
+    return part
+
+
+# --- gzip splicing -------------------------------------------------------------------------------------------
+
+_CRC_POLY = 0xEDB88320  # CRC-32 (gzip), reflected
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (reflected bit order); a must not be 0. Port of zlib's multmodp."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if a & (m - 1) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+
+
+def _x2n_table() -> list[int]:
+    table = [1 << 30]  # x^1
+    for _ in range(31):
+        table.append(_multmodp(table[-1], table[-1]))
+    return table
+
+
+_X2N = _x2n_table()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A+B from crc(A), crc(B) and len(B), without reading B (zlib's crc32_combine)."""
+    p = 1 << 31  # x^0
+    n, k = len2, 3  # x^(8 * len2)
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multmodp(p, crc1) ^ crc2
+
+
+@dataclass(frozen=True)
+class Deflated:
+    """A raw deflate segment that can be followed by another: ends byte-aligned and not final (unless `final`)."""
+
+    data: bytes
+    crc: int
+    size: int
+
+
+def deflate(body: bytes, *, final: bool = False, level: int = GZIP_LEVEL) -> Deflated:
+    """Compress on its own (no back-references before its start), ending in a sync flush or the final block."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = compressor.compress(body) + compressor.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+    return Deflated(data, zlib.crc32(body), len(body))
+
+
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no flags, no mtime, unknown OS
+
+
+def gzip_member(parts: Sequence[Deflated]) -> bytes:
+    """One gzip member from segments; only the last may be (and must be) final."""
+    crc = 0
+    size = 0
+    for part in parts:
+        crc = crc32_combine(crc, part.crc, part.size)
+        size += part.size
+    return b"".join([_GZIP_HEADER, *(p.data for p in parts), struct.pack("<II", crc, size & 0xFFFFFFFF)])
