@@ -45,9 +45,9 @@ log = logging.getLogger("exporter.engine")  # the caller= name log pipelines fil
 EVENT_TYPES = ("image", "container")
 # What the exporter reads from /system/df: never containers or volumes, which can cost minutes to size.
 DISK_USAGE_KINDS = ("image", "build-cache")
-#: `docker.max_response_bytes`'s default: the largest engine answer read. The recorded listings take 200-700
-#: bytes per image (tags, digests and labels are most of it), so 64 MiB holds ~100k such images, and 30k even
-#: at 2 KB each (many labels); what it bounds is memory, since a parsed answer needs several times its size.
+#: `docker.max_response_bytes`'s default: the largest engine answer read. A listing takes a few hundred bytes
+#: per image (tags, digests and labels are most of it), so this leaves room for the largest hosts, also with
+#: many labels per image; what it bounds is memory, since a parsed answer needs several times its size.
 MAX_RESPONSE_BYTES = 64 << 20
 #: Bytes read from the engine per call while reading an answer (the limit is checked between reads).
 READ_CHUNK = 1 << 20
@@ -377,8 +377,8 @@ class Engine:
     def _get(self, c: docker.APIClient, path: str, params: Mapping[str, Any] | None = None, **url: Any) -> Any:
         """`GET path` through the SDK client, read up to `max_response_bytes` and decoded.
 
-        Why not the SDK's own readers: they read the whole answer into memory whatever its size (a 100 MB
-        listing cost ~900 MiB at its peak), and hand on whatever JSON came. Here the body is streamed into
+        Why not the SDK's own readers: they read the whole answer into memory whatever its size (and a parsed
+        answer needs several times that), and hand on whatever JSON came. Here the body is streamed into
         one buffer that stops at the limit (`Content-Length` is refused before anything is read), and an
         answer that is not JSON, or nests too deeply for the parser, is an EngineError naming the call.
         """

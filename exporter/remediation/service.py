@@ -555,7 +555,7 @@ class RemediationService:
         if len(self._unconfirmed) >= UNCONFIRMED_MAX:
             oldest = min(self._unconfirmed, key=lambda i: self._unconfirmed[i].since)
             self._give_up(self._unconfirmed.pop(oldest), "too many unconfirmed DELETEs watched")
-        # only what its audit line needs: the run itself holds its whole plan (10k images) and outcomes
+        # only what its audit line needs: the run itself holds its whole plan (every image) and outcomes
         names = Run(run.action, run.type, run.trigger, run.dry_run, run.fingerprints, run.run_id, run.started_at)
         self._unconfirmed[cand.image_id] = _Unconfirmed(names, outcome, cand, self.monotonic())
         snapshot = self.poller.snapshot
