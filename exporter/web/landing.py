@@ -285,8 +285,9 @@ def _actions(actions: Sequence[ActionStatus], dry_run: bool, now: float, held: s
         else:
             kind = str(last.get("result") or "failure")
             result = f'<span class="pill {_RESULT_CLASS.get(kind, "bad")}">{esc(kind.replace("_", " "))}</span>'
-            if last.get("detail"):
-                result += f' <small class="error">{esc(str(last["detail"]))}</small>'
+            if last.get("detail"):  # red only when something went wrong: "goal already met" is good news
+                tone = "error" if kind in ("failure", "partial") else "muted"
+                result += f' <small class="{tone}">{esc(str(last["detail"]))}</small>'
             when = _when(
                 last.get("finished_at") or last.get("started_at"),
                 now,

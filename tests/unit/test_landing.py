@@ -177,6 +177,22 @@ def test_last_run_shows_result_time_and_bytes_freed() -> None:
     assert "data-next-run" not in text
 
 
+@pytest.mark.parametrize(
+    ("result", "detail", "tone"),
+    [
+        ("success", "goal already met at plan time: nothing to delete", "muted"),
+        ("dry_run", "goal already met at plan time: nothing to delete", "muted"),
+        ("partial", "candidates ran out before the goal was met", "error"),
+        ("failure", "engine unreachable", "error"),
+    ],
+)
+def test_a_last_runs_detail_is_red_only_when_something_went_wrong(result: str, detail: str, tone: str) -> None:
+    last = {"result": result, "finished_at": NOW - 60, "detail": detail}
+    text = page(snapshot(), remediation=True, actions=[ActionStatus("free", "free_space", None, True, last, None)])
+    row = text.split('data-action="free"')[1].split("</tr>")[0]
+    assert f'<small class="{tone}">{detail}</small>' in row
+
+
 def test_absurd_audit_timestamps_are_shown_not_fatal() -> None:
     audit = AuditTail(({"ts": 1e300, "event": "run_end"}, {"ts": float("nan"), "event": "x"}, {"ts": "soon"}))
     text = page(snapshot(), remediation=True, audit=audit)
