@@ -26,7 +26,7 @@ from exporter.config import ProtectConfig, parse_config
 from exporter.engine.client import Engine
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.audit import AuditLog
-from exporter.remediation.executor import Executor
+from exporter.remediation.executor import Executor, hold_reference
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import make_plan
 from exporter.remediation.runs import Run
@@ -85,7 +85,8 @@ def test_a_delete_the_engine_finishes_after_the_timeout_is_recorded_unknown_then
         status, body = exp.request("POST", "/api/v1/actions/clean?dry_run=false", headers=AUTH, timeout=60)
         assert status == 200, body
         run = json.loads(body)
-        assert hold.arrived.is_set() and hold.target == f"/images/{image_id}"
+        # a dangling image's last DELETE is of its hold reference
+        assert hold.arrived.is_set() and hold.target == "/images/{}:{}".format(*hold_reference(run["run_id"], image_id))
         assert run["result"] == "failure" and run["images_deleted"] == 0
         assert [(o["id"], o["result"]) for o in run["outcomes"]] == [(image_id, "unknown")]
         (line,) = [r for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "image"]
@@ -164,7 +165,8 @@ async def test_protections_added_while_a_run_is_in_progress_protect_its_remainin
         finally:
             audit.close()
             engine.close()
-    assert hold.target == f"/images/{first}"
+    held = "{}:{}".format(*hold_reference(run.run_id, first))  # the first is dangling: its hold goes last
+    assert hold.target == f"/images/{held}"
     results = {o.image_id: (o.result, o.skip_reason) for o in run.outcomes}
     assert results == {
         first: ("deleted", None),
@@ -172,4 +174,4 @@ async def test_protections_added_while_a_run_is_in_progress_protect_its_remainin
         by_label: ("skipped", "protected_label"),
     }
     assert present(dockerd) >= {by_ref, by_label} and first not in present(dockerd)
-    assert [r["target"] for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "intent"] == [first]
+    assert [r["target"] for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "intent"] == [held]
