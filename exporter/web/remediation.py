@@ -123,16 +123,12 @@ async def json_off_loop(build: Callable[[], dict[str, Any]]) -> web.Response:
 
 def parse_dry_run(value: str | None) -> bool | None:
     """`?dry_run=` as a bool (None when absent); ValueError for anything else."""
-    if value is None:
-        return None
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(
-        f"dry_run must be one of {', '.join(_TRUE)} (a preview) or {', '.join(_FALSE)} (a real run), got {value!r}"
-    )
+    try:
+        return parse_flag("dry_run", value)
+    except ValueError:
+        raise ValueError(
+            f"dry_run must be one of {', '.join(_TRUE)} (a preview) or {', '.join(_FALSE)} (a real run), got {value!r}"
+        ) from None
 
 
 def parse_limit(value: str | None) -> int:
