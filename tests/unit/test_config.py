@@ -1,7 +1,9 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from datetime import datetime
 from pathlib import Path
@@ -277,30 +279,62 @@ def test_auth_and_relay_rules_are_reported_with_their_sections_other_errors(tmp_
     assert err.value.problems == ["remediation.relay.peers.b: must be an http(s) URL, got 'ftp://b'"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes")
-def test_unwritable_files_and_folders_are_named(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    (tmp_path / "audit.jsonl").write_text("")
-    (tmp_path / "audit.jsonl").chmod(0o444)
-    locked.chmod(0o555)
-    with pytest.raises(ConfigError) as err:
-        parse_config(
+def _problems_as(uid: int | None, config: dict[str, Any]) -> list[str]:
+    """`parse_config(config)`'s problems as this user, or (root, whose writes go through file modes) as `uid`
+    in a forked child: the check is about the user the exporter runs as."""
+    if uid is None:
+        with pytest.raises(ConfigError) as err:
+            parse_config(config)
+        return list(err.value.problems)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe and never returns
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            try:
+                parse_config(config)
+                problems: list[str] = []
+            except ConfigError as exc:
+                problems = list(exc.problems)
+            os.write(write, json.dumps(problems).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        data = answer.read()
+    os.waitpid(pid, 0)
+    return list(json.loads(data))
+
+
+def test_unwritable_files_and_folders_are_named() -> None:
+    nobody = 65534 if os.geteuid() == 0 else None
+    top = Path(tempfile.mkdtemp(prefix="die-unwritable-", dir="/tmp"))  # reachable by any user (tmp_path is not)
+    try:
+        top.chmod(0o755)
+        locked = top / "locked"
+        locked.mkdir()
+        (top / "audit.jsonl").write_text("")
+        (top / "audit.jsonl").chmod(0o444)
+        locked.chmod(0o555)
+        problems = _problems_as(
+            nobody,
             {
                 "state": {"path": str(locked / "sub" / "state.json")},
-                "remediation": {
-                    "enabled": True,
-                    "auth": {"bearer_token": "t"},
-                    "audit_log": str(tmp_path / "audit.jsonl"),
-                },
-            }
+                "remediation": {"enabled": True, "auth": {"bearer_token": "t"}, "audit_log": str(top / "audit.jsonl")},
+            },
         )
-    assert err.value.problems == [
-        f"state.path: cannot be written: the folder {locked} is not writable by this user (uid {os.getuid()}) "
-        "(last-used and arrival times could not be saved)",
-        f"remediation.audit_log: {tmp_path / 'audit.jsonl'} is not writable by this user (uid {os.getuid()}) "
-        "(every remediation run would fail)",
-    ]
+        uid = os.getuid() if nobody is None else nobody
+        assert problems == [
+            f"state.path: cannot be written: the folder {locked} is not writable by this user (uid {uid}) "
+            "(last-used and arrival times could not be saved)",
+            f"remediation.audit_log: {top / 'audit.jsonl'} is not writable by this user (uid {uid}) "
+            "(every remediation run would fail)",
+        ]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_paths_are_checked_only_where_the_exporter_writes(tmp_path: Path) -> None:
