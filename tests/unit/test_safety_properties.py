@@ -3,7 +3,7 @@
 Over random images (tags, digests, dangling, age, containers), policies (action type, min_age, protect
 globs, keep) and changes interleaved with the executor's own engine calls (a container created, a tag
 moved, an image re-pulled under an existing tag, a new tag on an old image, another client's `docker rmi`
-winning a race with ours), planner + executor never make the engine delete an image that is in use,
+winning a race with ours, logrotate moving the audit log away), planner + executor never make the engine delete an image that is in use,
 protected or younger than min_age *at the moment of that DELETE*, never one that gained a reference since
 the plan, never one that was not planned, never send a DELETE (or add a hold reference) without its audit
 intent line already on disk, and never end a run as a failure because another client deleted an image.
@@ -28,6 +28,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -49,7 +50,7 @@ HOUR = 3600.0
 @dataclass(frozen=True)
 class Change:
     at: int  # the executor's n-th engine call
-    kind: str  # container | move | repull | tag | rmi (another client's, racing ours: 500) | rmi404
+    kind: str  # container | move | repull | tag | rmi (another client's, racing ours: 500) | rmi404 | rotate
     image: int
     tag: str
 
@@ -73,7 +74,7 @@ changes_st = st.lists(
     st.builds(
         Change,
         st.integers(min_value=0, max_value=12),
-        st.sampled_from(["container", "move", "repull", "tag", "rmi", "rmi404"]),
+        st.sampled_from(["container", "move", "repull", "tag", "rmi", "rmi404", "rotate"]),
         st.integers(min_value=0, max_value=5),
         st.sampled_from(TAGS),
     ),
@@ -96,6 +97,22 @@ def scene(images: list[tuple[set[str], float, bool]]) -> tuple[FakeEngine, list[
     return engine, ids
 
 
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    """Every line of the audit log, rotated files (`.1`, `.2`, … oldest last, as logrotate numbers them)
+    first: a rotation moves lines, it never loses them."""
+    rotated = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]))
+    return [r for f in [*rotated, path] if f.exists() for r in read_audit(f)]
+
+
+def rotate(path: Path) -> None:
+    """logrotate's `create` mode: the file is renamed away (the writer must notice) and a new one created."""
+    for older in sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:])):
+        older.rename(path.with_name(f"{path.name}.{int(older.suffix[1:]) + 1}"))
+    if path.exists():
+        path.rename(path.with_name(path.name + ".1"))
+    path.touch()
+
+
 def protected(tags: frozenset[str], globs: set[str]) -> bool:
     return any(fnmatch.fnmatchcase(t, g) for t in tags for g in globs)
 
@@ -115,6 +132,7 @@ PRUNE = ("prune_dangling", 0.0, set[str](), 0)
 @example(DANGLING, PRUNE, [Change(2, "rmi", 0, "app:1")], 1)
 @example(DANGLING, PRUNE, [Change(1, "rmi404", 0, "app:1")], 1)
 @example([({"app:1"}, 10 * 86400.0, False)], ("prune_unused", 0.0, set[str](), 0), [Change(1, "rmi", 0, "app:1")], 1)
+@example(DIGEST_ONLY, ("prune_unused", 0.0, set[str](), 0), [Change(1, "rotate", 0, ""), Change(3, "rotate", 0, "")], 4)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(images_st, policy_st, changes_st, st.sampled_from([1, 4]))
 def test_nothing_unsafe_is_ever_deleted(
@@ -140,7 +158,7 @@ def test_nothing_unsafe_is_ever_deleted(
 
         def before(call: str, arg: str) -> None:
             nonlocal calls
-            records = read_audit(harness.audit_path)
+            records = audit_records(harness.audit_path)
             if call == "remove_image":
                 intents = Counter(r["target"] for r in records if r["event"] == "intent")
                 if intents[arg] <= sent[arg]:  # every DELETE needs an intent of its own on disk
@@ -161,7 +179,11 @@ def test_nothing_unsafe_is_ever_deleted(
                     break  # an untag's name check comes after its container check: inside the same window
                 if pending[0].kind != "container" and windows and in_flight > 1:
                     break  # inside another candidate's check-to-DELETE window: it lands at a later call
-                _apply(engine, ids, pending.pop(0))
+                change = pending.pop(0)
+                if change.kind == "rotate":
+                    rotate(harness.audit_path)
+                else:
+                    _apply(engine, ids, change)
             if call == "inspect_image":
                 if not arg.startswith("sha256:"):
                     windows.clear()  # an untag by name runs alone: the others in flight have ended
@@ -172,7 +194,9 @@ def test_nothing_unsafe_is_ever_deleted(
 
         engine.before = before
         asyncio.run(harness.run(action, plan=plan))
-        records = read_audit(harness.audit_path)
+        records = audit_records(harness.audit_path)
+        if any(c.kind == "rotate" for c in changes if c not in pending):
+            assert read_audit(harness.audit_path)[-1]["event"] == "run_end"  # the writer follows to the new file
 
     assert intents_missing == []
     # an image that must stay keeps its tags too (its digests and our hold go while a hold keeps it)
