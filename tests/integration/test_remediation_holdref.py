@@ -150,7 +150,7 @@ def test_sigterm_mid_untag_of_a_many_tag_image_ends_the_run_quickly(
     """Each untag is a container list, an inspect, an fsync'd intent and a DELETE: 1,500 take far longer than
     the 20 s a stop may take. The stop lands between two untags; the run ends with its `run_end` line."""
     if engine_store(dockerd) == "podman":
-        pytest.skip("Podman 4.3 takes minutes to load an image with 1,500 tags; the stop check is the executor's own")
+        pytest.xfail("Podman 4.3 takes minutes to load an image with 1,500 tags; the stop check is the executor's own")
     old = datetime.now(UTC).replace(microsecond=0) - timedelta(days=10)
     tags = [f"holdref/many:{n:04d}" for n in range(1500)]
     (image_id,) = load_images(dockerd, [ImageSpec(tags=tags, layers=[Layer.random(4096, "hold-many")], created=old)])
