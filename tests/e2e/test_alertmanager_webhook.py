@@ -6,20 +6,18 @@ re-sends inside the cooldown run nothing (they are acknowledged, so Alertmanager
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.harness.dockerd import PrivateDockerd, find_program, free_port, isolated_env
-from tests.harness.exporter import ExporterProcess, find_sample
+from tests.harness.dockerd import PrivateDockerd
+from tests.harness.exporter import ExporterProcess
 from tests.harness.images import ImageSpec, Layer, load_images
+from tests.harness.promstack import PrivateAlertmanager, webhook_receiver_config
 from tests.harness.state import write_saved_state
 
 pytestmark = pytest.mark.e2e("prometheus-alertmanager")
@@ -27,103 +25,15 @@ pytestmark = pytest.mark.e2e("prometheus-alertmanager")
 TOKEN = "e2e-bearer-token"
 
 
-class Alertmanager:
-    """`prometheus-alertmanager` with a private config and storage, no clustering, on a free port."""
-
-    def __init__(self, workdir: Path, webhook_url: str, token_file: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = workdir / "alertmanager.yml"
-        self.log = workdir / "alertmanager.log"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "route": {
-                        "receiver": "docker",
-                        "group_by": ["alertname"],
-                        "group_wait": "1s",
-                        "group_interval": "2s",
-                        "repeat_interval": "3s",
-                    },
-                    "receivers": [
-                        {
-                            "name": "docker",
-                            "webhook_configs": [
-                                {
-                                    "url": webhook_url,
-                                    "send_resolved": True,
-                                    "http_config": {
-                                        "authorization": {"type": "Bearer", "credentials_file": str(token_file)}
-                                    },
-                                }
-                            ],
-                        }
-                    ],
-                }
-            )
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        program = find_program("prometheus-alertmanager")
-        assert program is not None
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    program,
-                    f"--config.file={self.config}",
-                    f"--storage.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--cluster.listen-address=",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=isolated_env(),
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            assert time.monotonic() < deadline, "alertmanager not ready"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def fire(self, **labels: str) -> None:
-        """POST an alert to Alertmanager's v2 API, as Prometheus does."""
-        body = json.dumps([{"labels": labels, "annotations": {"summary": "e2e"}}]).encode()
-        req = urllib.request.Request(
-            f"{self.url}/api/v2/alerts", data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 200
-
-    def metric(self, name: str, labels: dict[str, str]) -> float:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
-            return find_sample(resp.read().decode(), name, labels) or 0.0
-
-
 @pytest.fixture
 def alertmanager_factory(tmp_path: Path) -> Iterator[Any]:
-    made: list[Alertmanager] = []
+    made: list[PrivateAlertmanager] = []
 
-    def factory(webhook_url: str, token_file: Path) -> Alertmanager:
-        am = Alertmanager(tmp_path, webhook_url, token_file)
+    def factory(webhook_url: str, token_file: Path) -> PrivateAlertmanager:
+        config = webhook_receiver_config(
+            webhook_url, token_file, group_by=("alertname",), group_interval="2s", repeat_interval="3s"
+        )
+        am = PrivateAlertmanager(tmp_path / f"am-{len(made)}", config)
         made.append(am)
         am.start()
         return am
@@ -131,6 +41,11 @@ def alertmanager_factory(tmp_path: Path) -> Iterator[Any]:
     yield factory
     for am in made:
         am.stop()
+
+
+def fire(am: PrivateAlertmanager, **labels: str) -> None:
+    """An alert as Prometheus posts it."""
+    am.post_alerts([{"labels": labels, "annotations": {"summary": "e2e"}}])
 
 
 def load_dangling(engine: PrivateDockerd, count: int, tag: str) -> set[str]:
@@ -178,7 +93,7 @@ def test_alertmanager_triggers_one_run_and_repeats_inside_cooldown_none(
     )
     am = alertmanager_factory(f"{exp.url}/webhook/alertmanager", token_file)
 
-    am.fire(alertname="DockerDanglingImages", severity="warning", instance="node-1")
+    fire(am, alertname="DockerDanglingImages", severity="warning", instance="node-1")
     exp.wait_for(lambda: runs(exp) and runs(exp)[0]["finished_at"], timeout=30, what="the first run")
     assert [r["trigger"] for r in runs(exp)] == ["alert"]
     assert runs(exp)[0]["result"] == "success"
@@ -187,7 +102,7 @@ def test_alertmanager_triggers_one_run_and_repeats_inside_cooldown_none(
     # new dangling images a second run would delete; then Alertmanager repeats and re-sends (a new alert in
     # the group changes it) inside the 10m cooldown
     second = load_dangling(dockerd, 2, "second")
-    am.fire(alertname="DockerDanglingImages", severity="critical", instance="node-1")
+    fire(am, alertname="DockerDanglingImages", severity="critical", instance="node-1")
     exp.wait_for(
         lambda: (exp.sample("docker_webhook_alerts_total", {"status": "firing", "outcome": "cooldown"}) or 0) >= 3,
         timeout=60,

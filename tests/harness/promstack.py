@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.harness.dockerd import free_port
+from tests.harness.exporter import find_sample
 
 T = TypeVar("T")
 
@@ -83,6 +84,11 @@ class _Program:
         req = urllib.request.Request(self.url + path, data=b"", method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             return int(resp.status)
+
+    def metric(self, name: str, labels: Mapping[str, str]) -> float:
+        """One sample of the program's own `/metrics` (0 when absent)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            return find_sample(resp.read().decode(), name, dict(labels)) or 0.0
 
     def logs(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
