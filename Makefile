@@ -67,7 +67,8 @@ helm-assets: venv
 	$(BIN)/python scripts/sync-helm-assets.py
 
 ## bench: issue 14 figures on a private engine (BENCH_PROFILE=1k|10k|smoke; run under nice -n 19); results in benchmarks/results/
-bench: test-deps venv
+bench: venv
+	@scripts/install-test-deps.sh bench
 	$(BIN)/python -m benchmarks.run
 
 ## bench-listener: /metrics latency while a slowloris client holds 1,100 connections (no engine needed)

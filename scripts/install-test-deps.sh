@@ -3,6 +3,7 @@
 # mmdebstrap; openssl for TLS test certificates; Debian's chromium for the landing-page screenshot; logrotate
 # for the audit log's rotation tests; faketime to step the exporter's wall clock).
 # Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
+# `install-test-deps.sh bench` installs only what `make bench` runs: the engine and mkfs for its data roots.
 set -euo pipefail
 declare -A need=(
   [dockerd]=docker.io
@@ -19,6 +20,9 @@ declare -A need=(
   [logrotate]=logrotate
   [faketime]=faketime
 )
+if [ "${1:-}" = bench ]; then
+  need=([dockerd]=docker.io [mkfs.ext4]=e2fsprogs)
+fi
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("${need[$cmd]}")

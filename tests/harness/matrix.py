@@ -1,9 +1,13 @@
 """The engine compatibility matrix: the engine-backed integration suite once per engine kind.
 
 ``python -m tests.harness.matrix`` (``make test-engines``) prepares each engine (see ``engines.py``), starts
-it once to learn its API version, then runs ``pytest -m engine tests/integration`` with ``DIE_ENGINE=<name>``
-so the harness fixtures start that engine instead of bookworm's. It prints one summary row per engine and
-exits non-zero if any engine could not be prepared or any test failed.
+it once to learn its API version, then runs ``pytest -m "engine and not engine_agnostic" tests/integration``
+with ``DIE_ENGINE=<name>`` so the harness fixtures start that engine instead of bookworm's (tests marked
+``engine_agnostic`` test the exporter, not the engine: `make test` runs them once). It prints one summary row
+per engine and exits non-zero if any engine could not be prepared or any test failed.
+
+``--jobs N`` (or ``DIE_ENGINE_JOBS``) runs N engines at once, each leg's output kept in its own log and
+printed whole when the leg ends: the legs wait on engines and timers far more than they compute.
 
 Choose engines with ``DIE_ENGINES=bookworm,sid-containerd`` or as arguments; pytest arguments go after
 ``--`` (``python -m tests.harness.matrix sid -- -k events``).
@@ -12,12 +16,15 @@ Choose engines with ``DIE_ENGINES=bookworm,sid-containerd`` or as arguments; pyt
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
@@ -26,6 +33,7 @@ from pathlib import Path
 from tests.harness.engines import ENGINE_NAMES, EngineUnavailable, check_engine, prepare_engine, start_engine
 
 REPO = Path(__file__).resolve().parents[2]
+_PRINT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -91,8 +99,11 @@ def _count(junit: Path, row: Row) -> None:
     row.skipped -= xfailed
 
 
-def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
-    """Prepare, probe and test one engine; every failure ends up in the row, never as an exception."""
+def run_engine(name: str, pytest_args: list[str], timeout: float, log: Path | None = None) -> Row:
+    """Prepare, probe and test one engine; every failure ends up in the row, never as an exception.
+
+    With `log`, pytest's output goes there instead of to this process's stdout.
+    """
     row = Row(name)
     started = time.monotonic()
     try:
@@ -112,7 +123,7 @@ def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
             "-m",
             "pytest",
             "-m",
-            "engine",
+            "engine and not engine_agnostic",
             "-p",
             "no:cacheprovider",
             f"--junitxml={junit}",
@@ -123,7 +134,10 @@ def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
         env = {**os.environ, "DIE_ENGINE": name}
         print(f"matrix: {name}: DIE_ENGINE={name} {' '.join(argv[1:])}", flush=True)
         try:
-            code = subprocess.run(argv, cwd=REPO, env=env, timeout=timeout, check=False).returncode
+            with open(log, "ab") if log is not None else contextlib.nullcontext() as out:
+                code = subprocess.run(
+                    argv, cwd=REPO, env=env, timeout=timeout, check=False, stdout=out, stderr=out
+                ).returncode
         except subprocess.TimeoutExpired:
             code, row.note = -1, f"timed out after {timeout:.0f}s"
         if junit.exists():
@@ -136,6 +150,23 @@ def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
         row.status = "failed"
         row.note = row.note or f"pytest exit {code}"
     return row
+
+
+def _run_parallel(names: list[str], pytest_args: list[str], timeout: float, jobs: int) -> list[Row]:
+    """Run the legs `jobs` at a time; print each leg's whole log when it ends, rows in the given order."""
+    with tempfile.TemporaryDirectory(prefix="die-matrix-logs-") as tmp:
+
+        def leg(name: str) -> Row:
+            log = Path(tmp) / f"{name}.log"
+            log.touch()
+            try:
+                return run_engine(name, pytest_args, timeout, log=log)
+            finally:
+                with _PRINT_LOCK:
+                    print(f"\n===== matrix: {name} =====\n{log.read_text(errors='replace')}", flush=True)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(leg, names))
 
 
 def format_table(rows: list[Row]) -> str:
@@ -186,8 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=float(os.environ.get("DIE_ENGINE_TIMEOUT", 1800)), help="seconds per engine"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=int(os.environ.get("DIE_ENGINE_JOBS", 1)), help="engines tested at once"
+    )
     opts = parser.parse_args(args)
-    rows = [run_engine(name, pytest_args, opts.timeout) for name in _selected(opts.engines)]
+    names = _selected(opts.engines)
+    if opts.jobs <= 1:
+        rows = [run_engine(name, pytest_args, opts.timeout) for name in names]
+    else:
+        for name in names:  # downloads and unpacking first, one at a time (they share the cache)
+            with contextlib.suppress(EngineUnavailable):
+                prepare_engine(name)
+        rows = _run_parallel(names, pytest_args, opts.timeout, opts.jobs)
     print("\nengine matrix:\n" + format_table(rows), flush=True)
     if opts.json:
         opts.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

@@ -16,7 +16,8 @@ from benchmarks.report import missing_figures
 from benchmarks.run import PROFILES, run, write_results
 from tests.harness.dockerd import PrivateDockerd, remove_workdir, short_workdir
 
-pytestmark = pytest.mark.engine
+# subject: the benchmark harness; the engine does not matter, so one engine (make test) is enough
+pytestmark = [pytest.mark.engine, pytest.mark.engine_agnostic]
 
 
 def test_smoke_profile_produces_every_figure(tmp_path: Path) -> None:

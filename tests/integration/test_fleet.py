@@ -18,7 +18,8 @@ from tests.harness.fixtures import EngineFactory, ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.state import write_saved_state
 
-pytestmark = pytest.mark.engine
+# subject: fleet relays; the engine does not matter, so one engine (make test) is enough
+pytestmark = [pytest.mark.engine, pytest.mark.engine_agnostic]
 
 TOKEN = "fleet-token"
 MIN_AGE_SECONDS = 2

@@ -19,10 +19,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.engines import engine_store
 from tests.harness.exporter import ExporterProcess, find_sample, parse_samples
 from tests.harness.requires import require_programs
+
+# subject: the landing page; the engine does not matter, so one engine (make test) is enough
+pytestmark = pytest.mark.engine_agnostic
 
 TOKEN = "landing-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

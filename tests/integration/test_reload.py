@@ -19,7 +19,8 @@ from tests.harness.exporter import ExporterProcess
 from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
 
-pytestmark = pytest.mark.engine
+# subject: config reload; the engine does not matter, so one engine (make test) is enough
+pytestmark = [pytest.mark.engine, pytest.mark.engine_agnostic]
 
 OLD_TOKEN = "old-token-before-rotation"
 NEW_TOKEN = "new-token-after-rotation"

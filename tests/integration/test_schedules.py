@@ -13,11 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exporter.schedule import Cron
 from exporter.state.history import STATE_VERSION
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.exporter import ExporterProcess
 from tests.harness.fixtures import ExporterFactory
+
+# subject: schedules; the engine does not matter, so one engine (make test) is enough
+pytestmark = pytest.mark.engine_agnostic
 
 TOKEN = "schedule-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -10,7 +10,8 @@ import pytest
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.fixtures import ExporterFactory
 
-pytestmark = pytest.mark.engine
+# subject: shutdown; the engine does not matter, so one engine (make test) is enough
+pytestmark = [pytest.mark.engine, pytest.mark.engine_agnostic]
 
 
 @pytest.mark.parametrize("moment", ["connected", "engine_down", "engine_restarting"])
