@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exporter.config import FreeSpaceAction
-from exporter.remediation.planner import Plan, SkipReason, restore_hint
+from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason, restore_hint
 from exporter.remediation.records import record_json
 from exporter.snapshot import Filesystem
 
@@ -51,6 +51,41 @@ class Outcome:
         if self.result in ("deleted", "would_delete") and self.image_id:
             data["restore"] = restore_hint(self.image_id, self.repo_digests, self.tags)
         return data
+
+
+def outcome_of(
+    item: Candidate | Skip,
+    result: OutcomeKind,
+    reason: SkipReason | None = None,
+    detail: str = "",
+    untagged: list[str] | None = None,
+) -> Outcome:
+    """The Outcome for a candidate (its planned reason) or a plan skip (selected, then excluded)."""
+    if isinstance(item, Skip):
+        return Outcome(
+            item.image_id,
+            item.references,
+            item.size,
+            item.size_basis,
+            item.summary,
+            result,
+            item.reason,
+            item.detail,
+        )
+    return Outcome(
+        item.image_id,
+        item.references,
+        item.size,
+        item.size_basis,
+        item.reason,
+        result,
+        reason,
+        detail,
+        tuple(untagged or ()),
+        item.known_references,
+        item.repo_digests,
+        item.created,
+    )
 
 
 @dataclass
