@@ -45,8 +45,8 @@ from exporter.remediation.audit import AuditLog
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import make_plan
+from exporter.remediation.runner import HISTORY_SIZE
 from exporter.remediation.runs import Run
-from exporter.remediation.service import HISTORY_SIZE
 from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 from collections.abc import AsyncIterator
 
@@ -34,17 +33,13 @@ from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller
 from exporter.web.basicauth import BasicAuthGate, gate_middlewares
 from exporter.web.exposition import MetricsEndpoint
-from exporter.web.landing import render_landing
+from exporter.web.lifecycle import ReloadEndpoint, header_hook
+from exporter.web.pages import Pages
 from exporter.web.relay import RelayClient
-from exporter.web.remediation import RemediationEndpoints, check_cross_site
+from exporter.web.remediation import RemediationEndpoints
 from exporter.web.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
-
-#: `/?refresh=N` bounds: a page that reloads every second would be a scrape loop of its own.
-MIN_REFRESH_SECONDS = 5
-MAX_REFRESH_SECONDS = 3600
-REFRESH_RE = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also admits "²", which int() refuses
 
 
 class Services:
@@ -171,10 +166,7 @@ def create_app(
         services.registry,
     )
 
-    async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.update(reloader.web_config.headers)  # read per response: a reload may change them
-
-    app.on_response_prepare.append(add_headers)
+    app.on_response_prepare.append(header_hook(lambda: reloader.web_config))  # a reload may change them
 
     async def sighup() -> ReloadResult:
         if services.remediation is not None:  # let go of a rotated or deleted audit log now, as daemons do
@@ -214,70 +206,21 @@ def create_app(
         The first step of every shutdown, so it also says one is under way (`stopped` follows in cli)."""
         log.info("shutting down")
         if services.remediation is not None:
-            services.remediation.executor.stop()
+            services.remediation.stop_runs()
 
     app.on_shutdown.append(stop_runs)
     metrics_endpoint = MetricsEndpoint(services.registry, services.collector)
     services.poller.on_publish.append(metrics_endpoint.prerender)
     metrics_handler = metrics_endpoint.handle
 
-    async def landing(request: web.Request) -> web.Response:
-        """The overview page: the current snapshot, remediation status and the audit tail (read off the loop).
-
-        Rendered in a worker thread from immutable inputs: on a big host ranking repositories and working out
-        what min_age holds back per action takes long enough to delay scrapes on the loop."""
-        refresh = request.query.get("refresh")
-        refresh_seconds = None
-        if refresh is not None:
-            if not REFRESH_RE.fullmatch(refresh) or not MIN_REFRESH_SECONDS <= int(refresh) <= MAX_REFRESH_SECONDS:
-                raise web.HTTPBadRequest(
-                    text=f"refresh must be whole seconds from {MIN_REFRESH_SECONDS} to {MAX_REFRESH_SECONDS}, "
-                    f"got {refresh!r}\n"
-                )
-            refresh_seconds = int(refresh)
-        service = services.remediation
-        page = await asyncio.to_thread(
-            render_landing,
-            telemetry_path=telemetry_path,
-            up=services.poller.up,
-            snapshot=services.poller.snapshot,
-            last_error=services.poller.last_error,
-            remediation=service is not None,
-            docker_host=services.engine.where,
-            actions=service.action_status() if service is not None else (),
-            dry_run=service is not None and service.config.dry_run,
-            audit=await service.recent_audit() if service is not None else None,
-            refresh_seconds=refresh_seconds,
-            events_live=services.poller.events_live,
-            remediation_config=service.config if service is not None else None,
-        )
-        return web.Response(text=page, content_type="text/html")
-
-    async def healthy(_: web.Request) -> web.Response:
-        return web.Response(text="Healthy.\n")
-
-    async def ready(_: web.Request) -> web.Response:
-        if services.poller.snapshot is None:
-            return web.Response(status=503, text="Not ready: no snapshot of the engine yet.\n")
-        return web.Response(text="Ready.\n")
-
-    async def reload_endpoint(request: web.Request) -> web.Response:
-        if reload is None or not reload.enable_lifecycle:
-            return web.Response(status=403, text="Lifecycle API is not enabled.\n")
-        # a reload applies whatever the files say now: a page on another site must not trigger one through
-        # an operator's browser, so the remediation endpoints' rules apply (`curl -X POST` sends neither)
-        refusal = check_cross_site(request)
-        if refusal is not None:
-            return refusal
-        result = await reloader.reload("/-/reload")
-        return web.Response(status=200 if result.ok else 500, text=result.message + "\n")
-
-    app.router.add_get("/", landing)
+    pages = Pages(services.poller, services.engine, services.remediation, telemetry_path)
+    reload_endpoint = ReloadEndpoint(reloader.reload, reload is not None and reload.enable_lifecycle)
+    app.router.add_get("/", pages.landing)
     app.router.add_get(telemetry_path, metrics_handler)
-    app.router.add_get("/-/healthy", healthy)
-    app.router.add_get("/-/ready", ready)
-    app.router.add_post("/-/reload", reload_endpoint)
-    app.router.add_put("/-/reload", reload_endpoint)
+    app.router.add_get("/-/healthy", pages.healthy)
+    app.router.add_get("/-/ready", pages.ready)
+    app.router.add_post("/-/reload", reload_endpoint.handle)
+    app.router.add_put("/-/reload", reload_endpoint.handle)
     if endpoints is not None:
         app.router.add_routes(endpoints.routes())
     return app

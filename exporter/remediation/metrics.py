@@ -19,7 +19,6 @@ ALERT_STATUSES = ("firing", "resolved")
 ALERT_OUTCOMES = ("routed", "unrouted", "out_of_scope", "deduplicated", "cooldown", "relayed")
 #: What one restore of one deleted image can end in (see exporter/remediation/restore.py).
 RESTORE_RESULTS = ("restored", "present", "would_restore", "no_copy", "mismatch", "failed")
-WEBHOOK_CODES = ("200", "400", "401", "403", "404", "405", "409", "413", "415", "422", "500", "502", "503")
 
 
 class RemediationMetrics:
@@ -91,6 +90,7 @@ class RemediationMetrics:
             ["action"],
             registry=registry,
         )
+        # its `code` series are created by the web layer, which alone knows the codes it answers with
         self.webhook_requests = Counter(
             "docker_webhook_requests",
             "Requests to the remediation HTTP endpoints (webhook and actions API) by response code.",
@@ -122,8 +122,6 @@ class RemediationMetrics:
         for result in RESTORE_RESULTS:
             self.restored.labels(result)
         self.add_actions(actions)
-        for code in WEBHOOK_CODES:
-            self.webhook_requests.labels(code)
         for status in ALERT_STATUSES:
             for outcome in ALERT_OUTCOMES:
                 self.webhook_alerts.labels(status, outcome)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any
 
 _RENAMED = {"image_id": "id"}
@@ -22,3 +23,10 @@ def record_json(record: Any, *, omit_empty: Collection[str] = ()) -> dict[str, A
             continue
         data[_RENAMED.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
     return data
+
+
+def rfc3339(t: float | None) -> str | None:
+    """A POSIX time as RFC 3339 in UTC (`2026-11-29T03:00:00Z`), for people reading the API and the log."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

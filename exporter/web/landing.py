@@ -21,8 +21,9 @@ from typing import Any
 from exporter import __revision__, __version__
 from exporter.config import RemediationConfig
 from exporter.engine.hints import engine_error_hint
+from exporter.remediation.audittail import AuditTail
 from exporter.remediation.planner import maturing, utc
-from exporter.remediation.service import ActionStatus, AuditTail
+from exporter.remediation.status import ActionStatus
 from exporter.snapshot import Image, Snapshot
 from exporter.units import format_duration
 

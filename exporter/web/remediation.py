@@ -33,12 +33,13 @@ from multidict import CIMultiDict
 
 from exporter.config import AuthConfig
 from exporter.logs import kv
-from exporter.remediation.alerts import PayloadError, parse_envelope
+from exporter.remediation.alerts import PayloadError, Unprocessable, parse_envelope
 from exporter.remediation.audit import AuditError
+from exporter.remediation.gate import Refusal, Refused
 from exporter.remediation.relay import HOP_HEADER
 from exporter.remediation.restore import FAILED, Deleted, RestoreError, audit_line, deleted_images, restore_one, select
 from exporter.remediation.runs import ANSWER_LIST_LIMIT, ANSWER_LIST_MAX
-from exporter.remediation.service import Refused, RemediationService
+from exporter.remediation.service import RemediationService
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,13 @@ _FALSE = ("false", "0", "no")
 # What an HTML form (or a "simple" cross-origin fetch) can send without a CORS preflight.
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 _SCHEME_SHOWN = 16  # characters of an unknown scheme worth logging
+
+#: Each refusal of the service as a status code: 4xx are never retried by Alertmanager, 5xx are.
+REFUSAL_STATUS = {Refusal.NOT_FOUND: 404, Refusal.BUSY: 409, Refusal.ENGINE_DOWN: 503}
+#: A body that can never be processed: 400 when it is not JSON, 422 when it is JSON of the wrong shape.
+UNPROCESSABLE_STATUS = {Unprocessable.NOT_JSON: 400, Unprocessable.NOT_A_WEBHOOK: 422}
+#: Every code these endpoints answer with; each series exists at 0 from the start.
+RESPONSE_CODES = ("200", "400", "401", "403", "404", "405", "409", "413", "415", "422", "500", "502", "503")
 
 
 # --------------------------------------------------------------------------------------------- auth
@@ -108,7 +116,7 @@ def error_response(status: int, message: str, headers: CIMultiDict[str] | None =
 
 
 def refused(refusal: Refused) -> web.Response:
-    return error_response(refusal.status, refusal.message)
+    return error_response(REFUSAL_STATUS[refusal.kind], refusal.message)
 
 
 async def json_off_loop(build: Callable[[], dict[str, Any]]) -> web.Response:
@@ -187,6 +195,8 @@ class RemediationEndpoints:
 
     def __init__(self, service: RemediationService) -> None:
         self.service = service
+        for code in RESPONSE_CODES:
+            service.metrics.webhook_requests.labels(code)
         self._restoring = asyncio.Lock()  # one restore at a time: two would pull and tag the same images
 
     def routes(self) -> list[web.RouteDef]:
@@ -254,7 +264,7 @@ class RemediationEndpoints:
         try:
             envelope = parse_envelope(body)
         except PayloadError as exc:
-            return error_response(exc.status, str(exc))
+            return error_response(UNPROCESSABLE_STATUS[exc.kind], str(exc))
         result = await self.service.accept_delivery(
             envelope, request.headers["Authorization"], request.headers.get(HOP_HEADER)
         )

@@ -16,7 +16,7 @@ import pytest
 
 from exporter.remediation import audit as audit_module
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
-from exporter.remediation.service import read_audit_tail
+from exporter.remediation.audittail import read_audit_tail
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import find_program
 from tests.harness.requires import require_programs, require_root

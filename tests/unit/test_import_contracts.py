@@ -71,6 +71,26 @@ def test_a_broken_line_fails(tree_copy: Path, module: str, line: str, contract: 
     assert any(ln.startswith(contract) for ln in broken), result.stdout
 
 
+@pytest.mark.parametrize(
+    ("module", "line"),
+    [
+        ("exporter.remediation.gate", "from http import HTTPStatus"),
+        ("exporter.remediation.service", "from aiohttp import web"),
+        ("exporter.state.history", "from multidict import CIMultiDict"),
+        ("exporter.config.model", "import yarl"),
+    ],
+)
+def test_http_below_web_fails(tree_copy: Path, module: str, line: str) -> None:
+    """An HTTP status or an aiohttp type below web/ breaks `no-http-below-web`, naming the importer."""
+    path = module_path(tree_copy, module)
+    path.write_text(path.read_text() + f"\n{line}  # noqa: E402\n")
+    result = run_lint_imports(tree_copy)
+    assert result.returncode != 0
+    broken = [ln for ln in result.stdout.splitlines() if ln.endswith("BROKEN")]
+    assert any(ln.startswith("No HTTP below web/") for ln in broken), result.stdout
+    assert f"{module} ->" in result.stdout, result.stdout
+
+
 def modules_of_exporter() -> set[str]:
     """Every module file under exporter/ by dotted name; a package's `__init__` holds no code (see below)."""
     return {

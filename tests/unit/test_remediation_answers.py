@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from exporter.engine.apishapes import normalize_id
+from exporter.remediation import runner as service_module
 from exporter.remediation import runs as runs_module
-from exporter.remediation import service as service_module
 from exporter.remediation.planner import Plan, make_plan
 from exporter.state.events import EventFollower
 from tests.unit.webhook_support import AUTH_ONLY_HEADERS, AppFactory, RecordedEngine, app_factory_for

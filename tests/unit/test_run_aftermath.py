@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from exporter.engine.client import EngineError, EngineUnavailable
-from exporter.remediation.service import Refused, RemediationService
+from exporter.remediation.gate import Refused
+from exporter.remediation.service import RemediationService
 from tests.harness.audit import read_audit
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.webhook_support import BEARER, AppFactory, alert, app_factory_for, body, make_config

@@ -1,0 +1,225 @@
+"""A claimed run, from a fresh plan to its record: plan, execute, release, count, remember.
+
+Every trigger (alert, schedule, manual) ends here once the gate (gate.py) has claimed the action. A run
+plans on the config it was claimed under; the executor re-checks each image against the protections in
+force now as well, so a reload only ever adds protection to a run in progress. Whatever happens (the
+engine gone, the audit log unwritable, a crash), the claim is released and the run recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from exporter import memory
+from exporter.config import ActionConfig, FreeSpaceAction, RemediationConfig
+from exporter.engine import apishapes
+from exporter.logs import kv
+from exporter.remediation.executor import Executor
+from exporter.remediation.gate import RunGate
+from exporter.remediation.metrics import RemediationMetrics
+from exporter.remediation.planner import make_plan
+from exporter.remediation.runs import Run
+from exporter.snapshot import Snapshot
+from exporter.state.diskusage import DiskUsageRefresher
+from exporter.state.poller import Poller
+
+log = logging.getLogger(__name__)
+
+HISTORY_SIZE = 100
+STOP_GRACE_SECONDS = 30.0
+#: After a run ends, wait this long before returning freed heap to the system (its answer is encoded meanwhile).
+TRIM_DELAY_SECONDS = 1.0
+
+
+class Runner:
+    """Runs claimed runs in tasks it tracks, and keeps the summaries of the last HISTORY_SIZE, newest first."""
+
+    def __init__(
+        self,
+        gate: RunGate,
+        executor: Executor,
+        poller: Poller,
+        disk_usage: DiskUsageRefresher,
+        metrics: RemediationMetrics,
+        config: Callable[[], RemediationConfig],
+        clock: Callable[[], float],
+    ) -> None:
+        self.gate = gate
+        self.executor = executor
+        self.poller = poller
+        self.disk_usage = disk_usage
+        self.metrics = metrics
+        self._config = config
+        self.clock = clock
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self.tasks: set[asyncio.Task[Run]] = set()
+        self._trim: asyncio.Task[None] | None = None
+        self._warned_local_only = False
+
+    def start_background(self, run: Run) -> asyncio.Task[Run]:
+        """Run in a task the runner tracks (stop() waits for it)."""
+        task = asyncio.create_task(self._run(run), name=f"remediation-{run.action}-{run.run_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def run_to_completion(self, run: Run) -> Run:
+        """Plan on a fresh snapshot and execute; always releases the claim and records the run.
+
+        Shielded from the caller's cancellation (a client hanging up on a manual run must not leave a run
+        half-recorded); `stop()` ends runs through `executor.stop()` instead.
+        """
+        return await asyncio.shield(self.start_background(run))
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Wait for running runs (the executor is stopped first, so they end after their current deletion)."""
+        if self.tasks:
+            _done, pending = await asyncio.wait(list(self.tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._trim is not None:
+            self._trim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trim
+
+    async def _run(self, run: Run) -> Run:
+        config = self.gate.config_of(run)  # the config of begin(), whatever a reload did
+        action = config.actions[run.action]
+        try:
+            snapshot, source = await self._plan_snapshot()
+            if not self.poller.up or snapshot is None:
+                run.result = "failure"
+                run.detail = f"engine unreachable: {self.poller.last_error or 'no snapshot'}"
+                run.finished_at = self.clock()
+            else:
+                if action.type not in ("build_cache", "prune_containers"):  # these plan no image sizes
+                    snapshot = await self._with_shared_sizes(snapshot)
+                self._warn_engine_limits(snapshot)
+                # in a worker thread: with many images a plan takes long enough to hold up scrapes and webhooks
+                plan = await asyncio.to_thread(make_plan, snapshot, action, config.protect, self.clock())
+                local_images, local_bytes = plan.local_only_kept
+                log.info(
+                    "remediation run planned",
+                    extra=kv(
+                        run_id=run.run_id,
+                        action=run.action,
+                        type=action.type,
+                        trigger=run.trigger,
+                        dry_run=run.dry_run,
+                        snapshot=source,
+                        candidates=len(plan.candidates),
+                        skipped=len(plan.skipped),
+                        estimated_bytes=plan.estimated_bytes,
+                        local_only="on" if plan.local_only_enabled else "off",
+                        local_only_kept_images=local_images,
+                        local_only_kept_bytes=local_bytes,
+                        not_selected=None if plan.select is None else plan.not_selected,
+                        note=plan.unreachable_note or None,
+                    ),
+                )
+                if plan.unreachable_note:  # said up front; the executor keeps it unless something is more urgent
+                    run.detail = plan.unreachable_note
+                await self.executor.execute(run, plan, action)
+        except Exception as exc:  # a bug must not leave the action claimed forever
+            log.exception("remediation run crashed", extra=kv(run_id=run.run_id, action=run.action))
+            run.result = "failure"
+            run.detail = f"internal error: {exc}"
+            run.finished_at = self.clock()
+        finally:
+            self.gate.end(run)
+            self._record(run, action)
+            if not run.dry_run:  # deletions: re-list soon (events tell most of it); a dry run changed nothing
+                self.poller.wake()
+            self._trim_memory_soon()
+        return run
+
+    async def _plan_snapshot(self) -> tuple[Snapshot | None, str]:
+        """The snapshot to plan on, and where it came from (`live` or `fresh poll`, for the log line).
+
+        The live snapshot when nothing says it lags the engine (`Poller.behind`): engine events are applied to
+        it as they arrive and the periodic poll reconciles, so a fresh re-list per run would only cost time
+        (seconds with many images, its parsing on the event loop). It is safe for real runs too: each image
+        is re-checked right before its DELETE, and the engine refuses a DELETE by ID of an image in use. When a
+        refresh is pending or running, LastTagTimes are still being read, or the event stream is not live (not
+        connected or replayed yet, lost, reconnecting: the snapshot may be a whole poll interval old), the run
+        waits for a fresh poll.
+        """
+        if not self.poller.behind:
+            return self.poller.snapshot, "live"
+        return await self.poller.poll_once(), "fresh poll"
+
+    def _trim_memory_soon(self) -> None:
+        """Give the heap a finished run freed back to the system, once its answer is written (see memory.py).
+
+        One pending trim at a time, a moment after the last run ends: a large run's answer is still being
+        encoded when the run returns, and trimming in between would only be repeated.
+        """
+        if self._trim is not None and not self._trim.done():
+            return
+
+        async def trim() -> None:
+            await asyncio.sleep(TRIM_DELAY_SECONDS)
+            await asyncio.to_thread(memory.release_free_memory)
+
+        self._trim = asyncio.create_task(trim(), name="remediation-memory-trim")
+
+    def _warn_engine_limits(self, snapshot: Snapshot) -> None:
+        """Say once when protect.local_only cannot protect anything on this engine."""
+        engine = snapshot.engine
+        if self._warned_local_only or engine is None or not self._config().protect.local_only:
+            return
+        if apishapes.local_images_have_digests(engine):
+            self._warned_local_only = True
+            log.warning(
+                "protect.local_only protects nothing on %s: the engine gives every image a repo digest, "
+                "even images built or loaded here; protect them with protect.labels or protect.references",
+                "Podman" if engine.podman else "the containerd image store",
+            )
+
+    async def _with_shared_sizes(self, snapshot: Snapshot) -> Snapshot:
+        """Unique sizes need SharedSize, which API 1.41 only gives in /system/df: refresh it when missing."""
+        if all(image.shared_size is not None for image in snapshot.images) or not apishapes.shared_sizes_known(
+            snapshot.engine
+        ):
+            return snapshot
+        refreshed = await self.disk_usage.refresh_now()
+        if refreshed is None:
+            log.warning("cannot refresh shared sizes (/system/df failed); sizes are totals (upper bounds)")
+            return snapshot
+        return refreshed
+
+    def _record(self, run: Run, action: ActionConfig) -> None:
+        result = run.result or "failure"
+        m = self.metrics
+        m.runs.labels(run.action, run.trigger, result).inc()
+        m.images_deleted.labels(run.action).inc(run.images_deleted)
+        m.reclaimed.labels(run.action).inc(run.reclaimed_bytes)
+        for outcome in run.outcomes:
+            if outcome.skip_reason is not None:
+                m.skipped.labels(run.action, outcome.skip_reason).inc()
+        m.last_run.labels(run.action).set(run.finished_at or self.clock())
+        m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
+        m.last_candidates.labels(run.action).set(len(run.plan.candidates) if run.plan else 0)
+        shortfall = run.shortfall_bytes(action if isinstance(action, FreeSpaceAction) else None)
+        if shortfall is not None:
+            m.last_shortfall.labels(run.action).set(shortfall)
+        self.history.appendleft(run.summary())
+        log.info(
+            "remediation run ended",
+            extra=kv(
+                run_id=run.run_id,
+                action=run.action,
+                result=result,
+                deleted=run.images_deleted,
+                reclaimed_bytes=run.reclaimed_bytes,
+                detail=run.detail or None,
+            ),
+        )
