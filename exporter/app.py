@@ -70,10 +70,11 @@ class Services:
         self.metrics = PollMetrics(self.registry)
         register_runtime_metrics(self.registry)
         self.poller = Poller(self.engine, config, self.history, self.metrics, first_reads=first_reads)
+        self.store = self.poller.store
         self.disk_usage = DiskUsageRefresher(self.engine, self.poller, config.poll, self.metrics)
-        self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
-        self.poller.on_change.append(self.disk_usage.mark_changed)
-        self.collector = SnapshotCollector(self.poller, config.metrics)
+        self.events = EventFollower(self.engine, self.poller, self.history, self.metrics, store=self.store)
+        self.store.on_change.append(self.disk_usage.mark_changed)
+        self.collector = SnapshotCollector(self.store, config.metrics)
         self.registry.register(self.collector)
         remediation = config.remediation
         self.relay_client = (
@@ -218,7 +219,7 @@ def create_app(
 
     app.on_shutdown.append(stop_runs)
     metrics_endpoint = MetricsEndpoint(services.registry, services.collector)
-    services.poller.on_publish.append(metrics_endpoint.prerender)
+    services.store.on_publish.append(metrics_endpoint.prerender)
     metrics_handler = metrics_endpoint.handle
 
     async def landing(request: web.Request) -> web.Response:
@@ -239,16 +240,16 @@ def create_app(
         page = await asyncio.to_thread(
             render_landing,
             telemetry_path=telemetry_path,
-            up=services.poller.up,
-            snapshot=services.poller.snapshot,
-            last_error=services.poller.last_error,
+            up=services.store.up,
+            snapshot=services.store.snapshot,
+            last_error=services.store.last_error,
             remediation=service is not None,
             docker_host=services.engine.where,
             actions=service.action_status() if service is not None else (),
             dry_run=service is not None and service.config.dry_run,
             audit=await service.recent_audit() if service is not None else None,
             refresh_seconds=refresh_seconds,
-            events_live=services.poller.events_live,
+            events_live=services.store.events_live,
             remediation_config=service.config if service is not None else None,
         )
         return web.Response(text=page, content_type="text/html")
@@ -257,7 +258,7 @@ def create_app(
         return web.Response(text="Healthy.\n")
 
     async def ready(_: web.Request) -> web.Response:
-        if services.poller.snapshot is None:
+        if services.store.snapshot is None:
             return web.Response(status=503, text="Not ready: no snapshot of the engine yet.\n")
         return web.Response(text="Ready.\n")
 

@@ -12,8 +12,8 @@ How:
   on the loop, and the snapshot collector's part is spliced in from a cache. The bytes equal
   prometheus_client's `generate_latest(registry)` for the same state (tests/unit/test_exposition.py checks it
   for both formats).
-- The cache is keyed by the state the snapshot collector renders, `(poller.snapshot, poller.up,
-  collector.config)`, compared by identity: the poller publishes a new Snapshot object for every change (a
+- The cache is keyed by the state the snapshot collector renders, `(store.snapshot, store.up,
+  collector.config)`, compared by identity: the store publishes a new Snapshot object for every change (a
   poll, a /system/df result, an event refresh), so there is no subscription to miss; an entry holds its
   snapshot, so an identity is never reused. Within a state, one entry per negotiated content type (format,
   version, escaping) and gzip, at most `MAX_VARIANTS`; rarer Accept headers are rendered uncached.
@@ -93,7 +93,7 @@ class MetricsEndpoint:
             response.enable_compression()
             return response
         openmetrics = content_type.startswith(OPENMETRICS)
-        state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
+        state = (self.collector.source.snapshot, self.collector.source.up, self.collector.config)
         gzipped = gzip_accepted(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
         if content_type in self._formats or len(self._formats) < MAX_VARIANTS:
             self._formats[content_type] = (encoder, openmetrics, gzipped)
@@ -110,7 +110,7 @@ class MetricsEndpoint:
         return response
 
     def prerender(self, _snapshot: Snapshot | None = None) -> list[asyncio.Future[Any]]:
-        """Start rendering the current state in every format scraped so far (the poller's `on_publish` hook).
+        """Start rendering the current state in every format scraped so far (the store's `on_publish` hook).
 
         Why: the first scrape after a publish otherwise waits for the render; started at publish time, it is
         usually done before the next scrape arrives. Runs on the event loop and hands the render to a worker
@@ -121,7 +121,7 @@ class MetricsEndpoint:
         gone, all of them taking the interpreter lock from the engine work that caused the burst. A scrape in
         between renders its own state on demand, as ever.
         """
-        state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
+        state = (self.collector.source.snapshot, self.collector.source.up, self.collector.config)
         if state[0] is None:
             return []
         self._follow(state)
