@@ -1,9 +1,10 @@
 """`/metrics`: the snapshot's families rendered once per snapshot, the exporter's own metrics every scrape.
 
 Why: rendering every per-image series on each scrape costs event-loop CPU in proportion to the images, and
-nothing else on the loop runs meanwhile. A snapshot is immutable, so is its text. The rendering itself (in
-chunks, deflated in segments, spliced into one gzip member) is `exporter.metrics.exposition`; this module
-decides when a render runs and which one a scrape gets.
+nothing else on the loop runs meanwhile. A snapshot is immutable, so is its text. The rendering itself and
+every cache it reuses (rows, chunk texts, deflate segments) is `exporter.metrics.render` (`SnapshotRenderer`);
+this module decides when a render runs and which one a scrape gets, and keeps the finished renders of the
+current state for the scrapes that ask for it.
 
 How:
 - The registry keeps every collector, so `?name[]=`, duplicate-name checks and `get_sample_value` work as
@@ -52,7 +53,6 @@ from exporter.metrics.exposition import (
     CollectorList,
     Deflated,
     Encoder,
-    FormatRenderer,
     MetricsOf,
     RenderedPart,
     State,
@@ -61,6 +61,7 @@ from exporter.metrics.exposition import (
     gzip_member,
     render_snapshot,
 )
+from exporter.metrics.render import SnapshotRenderer
 from exporter.snapshot import Snapshot
 
 MAX_VARIANTS = 8  # cached renders per state: (content type, gzip) pairs; Prometheus uses one
@@ -78,7 +79,9 @@ class MetricsEndpoint:
         self._state: State | None = None
         self._texts: dict[str, asyncio.Future[RenderedPart]] = {}  # by content type, for self._state
         self._gzips: dict[str, asyncio.Future[Deflated]] = {}
-        self._renderers: dict[str, FormatRenderer] = {}  # by content type: what the next render reuses
+        #: the per-format renderers and every cache they reuse (`exporter.metrics.render`)
+        self.renderer = SnapshotRenderer(collector)
+        self._renderers = self.renderer.renderers  # by content type (read by the tests of incremental renders)
         self._formats: dict[str, tuple[Encoder, bool, bool]] = {}  # content type -> encoder, openmetrics, gzip
         self._prerendering: asyncio.Future[Any] | None = None  # the renders the last publish started
         self._prerender_again = False  # publishes landed while they ran: render the newest state next
@@ -181,11 +184,7 @@ class MetricsEndpoint:
         too, right after (a gzip scrape is what asks)."""
 
         def start() -> asyncio.Future[RenderedPart]:
-            renderer = self._renderers.get(content_type)
-            if renderer is None:
-                renderer = FormatRenderer(encoder, openmetrics)
-                if len(self._renderers) < MAX_VARIANTS:
-                    self._renderers[content_type] = renderer
+            renderer = self.renderer.renderer(content_type, encoder, openmetrics)
             loop = asyncio.get_running_loop()
             return loop.run_in_executor(None, render_snapshot, self.collector, state, renderer, compress)
 
