@@ -105,3 +105,27 @@ def test_earlyread_imports_nothing_heavy() -> None:
     code = f"import sys, exporter.engine.earlyread; print(sorted(set({heavy!r}) & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        (
+            "exporter.engine.client",
+            "import exporter.engine.earlyread",
+            "The engine client takes nothing from the launch",
+        ),
+        ("exporter.engine.http1", "import exporter.engine.lean", "Inside engine/"),
+        ("exporter.state.store", "import exporter.state.builder", "Inside state/"),
+        ("exporter.metrics.exposition", "import exporter.metrics.render", "Inside metrics/: the one render call"),
+    ],
+)
+def test_a_broken_line_inside_a_package_fails(tree_copy: Path, module: str, line: str, contract: str) -> None:
+    """The package-inner contracts (the store under its writers, one HTTP parser under its readers, the one
+    render call over its pieces) are worth as much as the outer ones: each fails when broken on purpose."""
+    path = module_path(tree_copy, module)
+    path.write_text(path.read_text() + f"\n{line}  # noqa: E402\n")
+    result = run_lint_imports(tree_copy)
+    assert result.returncode != 0
+    broken = [ln for ln in result.stdout.splitlines() if ln.endswith("BROKEN")]
+    assert any(ln.startswith(contract) for ln in broken), result.stdout
