@@ -65,10 +65,11 @@ class Services:
         self.metrics = PollMetrics(self.registry)
         register_runtime_metrics(self.registry)
         self.poller = Poller(self.engine, config, self.history, self.metrics, first_reads=first_reads)
+        self.store = self.poller.store
         self.disk_usage = DiskUsageRefresher(self.engine, self.poller, config.poll, self.metrics)
-        self.events = EventFollower(self.engine, self.poller, self.history, self.metrics)
-        self.poller.on_change.append(self.disk_usage.mark_changed)
-        self.collector = SnapshotCollector(self.poller, config.metrics)
+        self.events = EventFollower(self.engine, self.poller, self.history, self.metrics, store=self.store)
+        self.store.on_change.append(self.disk_usage.mark_changed)
+        self.collector = SnapshotCollector(self.store, config.metrics)
         self.registry.register(self.collector)
         remediation = config.remediation
         self.relay_client = (
@@ -210,10 +211,10 @@ def create_app(
 
     app.on_shutdown.append(stop_runs)
     metrics_endpoint = MetricsEndpoint(services.registry, services.collector)
-    services.poller.on_publish.append(metrics_endpoint.prerender)
+    services.store.on_publish.append(metrics_endpoint.prerender)
     metrics_handler = metrics_endpoint.handle
 
-    pages = Pages(services.poller, services.engine, services.remediation, telemetry_path)
+    pages = Pages(services.store, services.engine, services.remediation, telemetry_path)
     reload_endpoint = ReloadEndpoint(reloader.reload, reload is not None and reload.enable_lifecycle)
     app.router.add_get("/", pages.landing)
     app.router.add_get(telemetry_path, metrics_handler)

@@ -11,11 +11,12 @@ import platform
 import ssl
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import exporter.memory
 from exporter import __build_date__, __revision__, __version__, engineaddress
 from exporter.config import Config, ConfigError, load_config
-from exporter.engineaddress import AddressError, EngineAddress, Source
+from exporter.engineaddress import ARGPARSE_OWN, FLAGS, AddressError, EngineAddress, Source
 from exporter.logs import LEVELS, kv, setup_logging
 from exporter.units import parse_duration
 from exporter.web.listen import (
@@ -79,51 +80,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prometheus exporter for Docker images, with alert-driven pruning.",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps --version's lines as they are
     )
-    p.add_argument("--config.file", dest="config_file", help="YAML configuration file (default: built-in defaults)")
-    p.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config and exit")
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen",
-        default=f":{DEFAULT_PORT}",
-        type=parse_listen_address,
-        help=f"address to listen on (default :{DEFAULT_PORT})",
-    )
-    p.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        help="exporter-toolkit web config: TLS (with client certificates), basic auth users and response headers",
-    )
-    p.add_argument(
-        "--web.enable-lifecycle",
-        dest="enable_lifecycle",
-        action="store_true",
-        help="enable POST/PUT /-/reload (re-read the config files, as SIGHUP does); off: 403",
-    )
-    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", help="metrics path")
-    p.add_argument(
-        "--web.max-connections",
-        dest="max_connections",
-        default=DEFAULT_MAX_CONNECTIONS,
-        type=positive_int("--web.max-connections"),
-        help="open connections at most; over it the oldest stalled or idle one is closed "
-        f"(default {DEFAULT_MAX_CONNECTIONS}; keep it below the process's file descriptor limit)",
-    )
-    p.add_argument(
-        "--web.read-header-timeout",
-        dest="read_header_timeout",
-        default=DEFAULT_READ_HEADER_TIMEOUT,
-        type=positive_duration("--web.read-header-timeout"),
-        help=f"close a connection whose request headers are not complete after this long "
-        f"(default {DEFAULT_READ_HEADER_TIMEOUT:g}s)",
-    )
-    p.add_argument(
-        "--docker.host",
-        dest="docker_host",
-        help="engine address (default: docker.host from the config, else DOCKER_HOST, else the platform default)",
-    )
-    p.add_argument("--log.level", dest="log_level", default="info", choices=LEVELS)
-    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"))
-    p.add_argument("--version", action="version", version=version_text())
+    options: dict[str, dict[str, Any]] = {
+        "--config.file": {"dest": "config_file", "help": "YAML configuration file (default: built-in defaults)"},
+        "--config.check": {"dest": "config_check", "action": "store_true", "help": "validate the config and exit"},
+        "--web.listen-address": {
+            "dest": "listen",
+            "default": f":{DEFAULT_PORT}",
+            "type": parse_listen_address,
+            "help": f"address to listen on (default :{DEFAULT_PORT})",
+        },
+        "--web.config.file": {
+            "dest": "web_config_file",
+            "help": "exporter-toolkit web config: TLS (with client certificates), basic auth users and response headers",
+        },
+        "--web.enable-lifecycle": {
+            "dest": "enable_lifecycle",
+            "action": "store_true",
+            "help": "enable POST/PUT /-/reload (re-read the config files, as SIGHUP does); off: 403",
+        },
+        "--web.telemetry-path": {"dest": "telemetry_path", "default": "/metrics", "help": "metrics path"},
+        "--web.max-connections": {
+            "dest": "max_connections",
+            "default": DEFAULT_MAX_CONNECTIONS,
+            "type": positive_int("--web.max-connections"),
+            "help": "open connections at most; over it the oldest stalled or idle one is closed "
+            f"(default {DEFAULT_MAX_CONNECTIONS}; keep it below the process's file descriptor limit)",
+        },
+        "--web.read-header-timeout": {
+            "dest": "read_header_timeout",
+            "default": DEFAULT_READ_HEADER_TIMEOUT,
+            "type": positive_duration("--web.read-header-timeout"),
+            "help": f"close a connection whose request headers are not complete after this long "
+            f"(default {DEFAULT_READ_HEADER_TIMEOUT:g}s)",
+        },
+        "--docker.host": {
+            "dest": "docker_host",
+            "help": "engine address (default: docker.host from the config, else DOCKER_HOST, else the platform default)",
+        },
+        "--log.level": {"dest": "log_level", "default": "info", "choices": LEVELS},
+        "--log.format": {"dest": "log_format", "default": "logfmt", "choices": ("logfmt", "json")},
+        "--version": {"action": "version", "version": version_text()},
+    }
+    # the one flag table (`engineaddress.FLAGS`, which the launch read shares) decides which flags exist: a flag
+    # without options here fails every start at once, options for a flag not in the table are never added
+    for name in FLAGS.keys() - ARGPARSE_OWN:
+        if name not in options:
+            raise AssertionError(f"{name} is in engineaddress.FLAGS but the parser has no options for it")
+    for name in FLAGS:
+        if name not in ARGPARSE_OWN:
+            p.add_argument(name, **options[name])
     return p
 
 

@@ -14,19 +14,60 @@ reason, so a config check or start-up stops on them instead of every read failin
 SDK needs paramiko and a key setup the exporter does not manage), `npipe://` (Windows), `fd://`, and the
 SDK's own refusals (no port on tcp, a query, a password).
 
-Standard library only: `earlyread` imports this before anything else of the exporter is loaded.
+`from_command_line` is the launch read's way to the same answer before the CLI is imported: it reads the
+command line by the CLI's own flag table (`FLAGS`, from which `cli.build_parser` adds its flags), and only
+when every flag is one it knows exactly is it certain. `resolve` is the one precedence (`--docker.host`, else the config file's `docker.host`, else `DOCKER_HOST`)
+for the CLI, which reads the config file through the config loader, and for the launch read, which reads
+only that key, leniently (`host_in_config_file`), before the loader is imported.
+
+Standard library only (PyYAML is imported when a config file is read): `earlyread` imports this before
+anything else of the exporter is loaded.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlparse
 
 #: The SDK's platform default on Linux, used when no address is given (or `unix://` names no socket).
 DEFAULT_SOCKET = "/var/run/docker.sock"
+
+#: `value`: takes a value (`--flag=x` or `--flag x`); `switch`: no value, still starts the exporter;
+#: `no-engine`: no value, and the process then talks to no engine at all (it checks, prints and exits).
+FlagKind = Literal["value", "switch", "no-engine"]
+
+#: Every flag of the command line, in `--help` order (`-h`/`--help` are argparse's own).
+FLAGS: dict[str, FlagKind] = {
+    "--config.file": "value",
+    "--config.check": "no-engine",
+    "--web.listen-address": "value",
+    "--web.config.file": "value",
+    "--web.enable-lifecycle": "switch",
+    "--web.telemetry-path": "value",
+    "--web.max-connections": "value",
+    "--web.read-header-timeout": "value",
+    "--docker.host": "value",
+    "--log.level": "value",
+    "--log.format": "value",
+    "--version": "no-engine",
+    "-h": "no-engine",
+    "--help": "no-engine",
+}
+#: argparse adds these itself.
+ARGPARSE_OWN = frozenset({"-h", "--help"})
+
+
+def flags_of_kind(kind: FlagKind) -> frozenset[str]:
+    return frozenset(name for name, k in FLAGS.items() if k == kind)
+
+
+#: A config file larger than this is left to the real loader (which refuses files over 1 MiB).
+MAX_CONFIG_BYTES = 1 << 20
 
 #: Where an address came from, in the order the CLI consults them; error messages name it.
 Source = Literal["--docker.host", "docker.host", "DOCKER_HOST"]
@@ -143,3 +184,70 @@ def resolve(flag: str | None, config_host: str | None, env_host: str | None) -> 
             except AddressError as exc:
                 raise AddressError(f"{source}: {value!r}: {exc}") from None
     return None, DEFAULT
+
+
+def host_in_config_file(path: str) -> tuple[bool, str | None]:
+    """(certain, docker.host) from the config file at `path`, read leniently and without the config loader;
+    not certain on anything unusual (missing, over MAX_CONFIG_BYTES, not UTF-8, not YAML, a `docker` that is
+    not a mapping, a `host` that is not a non-empty string): the loader then says what it is."""
+    try:
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            return False, None
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        import yaml
+
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except Exception:  # missing, unreadable, not UTF-8, not YAML: the real loader says what it is
+        return False, None
+    if document is None:
+        return True, None
+    if not isinstance(document, dict):
+        return False, None
+    docker = document.get("docker")
+    if docker is None:
+        return True, None
+    if not isinstance(docker, dict):
+        return False, None
+    host = docker.get("host")
+    if host is None:
+        return True, None
+    return (True, host) if isinstance(host, str) and host else (False, None)
+
+
+def from_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> EngineAddress | None:
+    """The engine the CLI will talk to for `argv`, worked out without the CLI; None unless certain.
+
+    None whenever the answer could differ from what the CLI decides (a flag not in `FLAGS` exactly: a
+    positional, `--`, an abbreviation or a typo, which argparse decides; a config file not read cheaply), when
+    no engine is involved (`no-engine` flags), or when the address is one the CLI refuses.
+    """
+    given: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        kind = FLAGS.get(name)
+        if kind == "no-engine":
+            return None
+        if kind == "switch" and not eq:
+            i += 1
+            continue
+        if kind != "value":
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            i += 1
+            value = argv[i]
+        given[name] = value
+        i += 1
+    config_host: str | None = None
+    config_file = given.get("--config.file")
+    if config_file and "--docker.host" not in given:
+        certain, config_host = host_in_config_file(config_file)
+        if not certain:
+            return None
+    try:
+        return resolve(given.get("--docker.host"), config_host, environ.get("DOCKER_HOST"))[1]
+    except AddressError:  # the CLI stops start-up on it, naming the key
+        return None

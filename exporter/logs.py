@@ -83,3 +83,20 @@ def setup_logging(level: str, fmt: str) -> None:
     # The SDK's HTTP stack is chatty at debug level and says nothing an operator needs.
     for noisy in ("urllib3", "docker", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class WarnOnce:
+    """Warns once per distinct problem (a broken peer repeats it on every poll), at debug level after that."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.last: str | None = None
+
+    def log(self, problem: str, message: str, /, **fields: object) -> None:
+        level = logging.DEBUG if problem == self.last else logging.WARNING
+        self.last = problem
+        self.logger.log(level, message, extra=kv(**fields))
+
+    def clear(self) -> None:
+        """The problem is gone: its next occurrence warns again."""
+        self.last = None

@@ -9,22 +9,17 @@ stream has its own client. Clients are built lazily inside their thread, so the
 exporter starts while the engine is down, and are dropped on connection errors so the API version is
 renegotiated when the engine comes back (possibly upgraded).
 
-Why a lean client on the delete lane: every deletion pays an inspect and a DELETE, and through the SDK
-each costs several times the engine's own work in Python (requests' environment, proxy and netrc lookups,
-header parsing) plus two thread hops, on the same cores dockerd needs. When the
-engine is on a unix socket, the delete lane's calls are plain HTTP/1.1 on the event loop over kept-alive
-connections (`UnixConnection`, one per call in flight, at the API version an SDK client negotiated); tcp
-hosts (plain or TLS) keep the SDK in the lane's threads.
+When the engine is on a unix socket, the delete lane's calls and every image inspect go over the lean client
+(`lean`: plain HTTP/1.1 on the event loop, at the API version an SDK client negotiated); tcp hosts (plain or
+TLS) keep the SDK in the lane's threads. Errors and answer checks are `errors`', shared by both paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import select
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -36,8 +31,33 @@ import docker.errors
 import requests.exceptions
 
 from exporter import engineaddress
-from exporter.engine.earlyread import api_at_least, images_query
+from exporter.engine.apiversion import api_at_least, images_query
+from exporter.engine.errors import (
+    AnswerTooLarge,
+    EngineConflict,
+    EngineError,
+    EngineNotFound,
+    EngineUnavailable,
+    decode,
+    shaped,
+    status_error,
+)
+from exporter.engine.lean import LeanClient
+from exporter.engineaddress import EngineAddress
 from exporter.logs import kv
+
+__all__ = [
+    "DELETE_LANE_THREADS",
+    "DISK_USAGE_KINDS",
+    "MAX_RESPONSE_BYTES",
+    "AnswerTooLarge",
+    "Engine",
+    "EngineConflict",
+    "EngineError",
+    "EngineNotFound",
+    "EngineUnavailable",
+    "Lane",
+]
 
 T = TypeVar("T")
 log = logging.getLogger("exporter.engine")  # the caller= name log pipelines filter on, not the file's place
@@ -53,160 +73,10 @@ MAX_RESPONSE_BYTES = 64 << 20
 READ_CHUNK = 1 << 20
 
 
-class EngineError(Exception):
-    """The engine answered with an error that is not about reachability."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class EngineUnavailable(EngineError):
-    """The engine could not be reached or did not answer in time."""
-
-
-class EngineConflict(EngineError):
-    """409: the image is in use, has children, or another prune is running."""
-
-
-class EngineNotFound(EngineError):
-    """404: the image (or reference) is already gone."""
-
-
-class AnswerTooLarge(EngineError):
-    """The answer is larger than `docker.max_response_bytes`: not read further, nothing of it used."""
-
-    def __init__(self, what: str, limit: int, size: int | None) -> None:
-        told = f"{size} bytes" if size is not None else f"more than {limit} bytes"
-        super().__init__(f"{what}: the answer is {told}, over docker.max_response_bytes ({limit})")
-
-
-def _decode(body: bytes | bytearray, what: str) -> Any:
-    """The JSON in `body`; EngineError naming `what` when it is not JSON (or nests deeper than Python parses)."""
-    try:
-        return json.loads(body) if body.strip() else None
-    except RecursionError:
-        raise EngineError(f"{what}: the answer nests too deeply to be a Docker API answer") from None
-    except ValueError as exc:
-        raise EngineError(f"{what}: the answer is not JSON ({exc})") from None
-
-
-def _shaped(data: Any, kind: type, what: str) -> Any:
-    """`data` when it is a JSON `kind` (list or dict); null as an empty one; else EngineError."""
-    if data is None:
-        return kind()
-    if not isinstance(data, kind):
-        name = "a list" if kind is list else "an object"
-        raise EngineError(f"{what}: expected {name}, the engine answered {type(data).__name__}")
-    return data
-
-
-def _status_error(status: int, message: str) -> EngineError:
-    if status == 409:
-        return EngineConflict(message, status)
-    if status == 404:
-        return EngineNotFound(message, status)
-    return EngineError(message, status)
-
-
 def _translate(exc: Exception) -> EngineError:
     if isinstance(exc, docker.errors.APIError):
-        return _status_error(exc.status_code or 0, str(exc.explanation or exc))
+        return status_error(exc.status_code or 0, str(exc.explanation or exc))
     return EngineUnavailable(f"{type(exc).__name__}: {exc}")
-
-
-class UnixConnection:
-    """One HTTP/1.1 connection to the engine's unix socket, on the event loop, kept alive between calls.
-
-    Minimal on purpose: bodiless GET and DELETE, answers framed by Content-Length or chunked (what the
-    engine's Go server sends) or by the connection's end. Any error, timeout or cancellation closes it.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, socket_path: str) -> UnixConnection:
-        reader, writer = await asyncio.open_unix_connection(socket_path)
-        return cls(reader, writer)
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def stale(self) -> bool:
-        """The engine closed the idle connection (or sent something unasked): do not send on it.
-
-        Asked of the socket itself, not only of the stream (which learns of an end one loop turn later),
-        so a DELETE is never sent on a connection the engine already dropped, where its fate could not be
-        told from a lost answer.
-        """
-        if self.reader.at_eof() or self.writer.is_closing():
-            return True
-        sock = self.writer.get_extra_info("socket")
-        if sock is None:
-            return True
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        return bool(readable)
-
-    async def request(self, method: str, target: str, max_bytes: int = MAX_RESPONSE_BYTES) -> tuple[int, bytes, bool]:
-        """Send one bodiless request and read its whole answer: (status, body, still usable).
-
-        OSError or EOFError when the connection breaks, ValueError when the answer is not HTTP/1.x,
-        AnswerTooLarge (without reading it) when its body is over `max_bytes`.
-        """
-        try:
-            return await self._exchange(method, target, max_bytes)
-        except BaseException:
-            self.close()
-            raise
-
-    async def _exchange(self, method: str, target: str, max_bytes: int) -> tuple[int, bytes, bool]:
-        self.writer.write(f"{method} {target} HTTP/1.1\r\nHost: docker\r\n\r\n".encode("ascii"))
-        await self.writer.drain()
-        line = await self.reader.readline()
-        if not line:
-            raise ConnectionError("the engine closed the connection without answering")
-        version, status_text = line.split(None, 2)[:2]
-        if not version.startswith(b"HTTP/1."):
-            raise ValueError(f"not an HTTP/1.x answer: {line[:80]!r}")
-        status = int(status_text)
-        headers: dict[bytes, bytes] = {}
-        while line := (await self.reader.readline()).strip():
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise ValueError(f"malformed header line: {line[:80]!r}")
-            headers[name.strip().lower()] = value.strip()
-        keep_alive = version != b"HTTP/1.0" and headers.get(b"connection", b"").lower() != b"close"
-        if status in (204, 304):
-            body = b""
-        elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            body = await self._chunked(method, target, max_bytes)
-        elif b"content-length" in headers:
-            size = int(headers[b"content-length"])
-            if size > max_bytes:
-                raise AnswerTooLarge(f"{method} {target}", max_bytes, size)
-            body = await self.reader.readexactly(size)
-        else:
-            body, keep_alive = await self.reader.read(max_bytes + 1), False
-            if len(body) > max_bytes:
-                raise AnswerTooLarge(f"{method} {target}", max_bytes, None)
-        if not keep_alive:
-            self.close()
-        return status, body, keep_alive
-
-    async def _chunked(self, method: str, target: str, max_bytes: int) -> bytes:
-        parts = []
-        total = 0
-        while size := int((await self.reader.readline()).split(b";", 1)[0].strip() or b"x", 16):
-            total += size
-            if total > max_bytes:
-                raise AnswerTooLarge(f"{method} {target}", max_bytes, None)
-            parts.append(await self.reader.readexactly(size))
-            await self.reader.readexactly(2)  # the CRLF after each chunk
-        while (await self.reader.readline()).strip():  # trailer fields, then the empty line
-            pass
-        return b"".join(parts)
 
 
 Lane = Literal["api", "df", "delete"]
@@ -216,6 +86,149 @@ RESTORE_PULL_TIMEOUT = 900.0
 # flight take 4.3 -> 2.5 -> 2.4 s, 16 about the same as 8: the engine serialises much of a removal, and a
 # few calls waiting at the engine hide each other's round trips and fsyncs.
 DELETE_LANE_THREADS = 8
+
+
+def _get(c: docker.APIClient, limit: int, path: str, params: Mapping[str, Any] | None = None, **url: Any) -> Any:
+    """`GET path` through the SDK client, read up to `limit` bytes (`docker.max_response_bytes`) and decoded.
+
+    Why not the SDK's own readers: they read the whole answer into memory whatever its size (and a parsed
+    answer needs several times that), and hand on whatever JSON came. Here the body is streamed into
+    one buffer that stops at the limit (`Content-Length` is refused before anything is read), and an
+    answer that is not JSON, or nests too deeply for the parser, is an EngineError naming the call.
+    """
+    what = f"GET {path}"
+    response = c._get(c._url(path, **url), params=dict(params or {}), stream=True)
+    try:
+        c._raise_for_status(response)
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise AnswerTooLarge(what, limit, int(length))
+        body = bytearray()
+        for chunk in response.iter_content(READ_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                del body, chunk  # not kept alive by the traceback while the error is handled and logged
+                raise AnswerTooLarge(what, limit, None)
+    finally:
+        response.close()
+    return decode(body, what)
+
+
+class SdkLanes:
+    """The docker SDK side: one client per lane thread (built lazily, so the exporter starts while the engine
+    is down, and dropped on connection errors so the API version is negotiated again), the restore thread,
+    and the event stream's own client."""
+
+    def __init__(self, address: EngineAddress, delete_lane_threads: int) -> None:
+        self.address = address
+        self.api_version: str | None = None
+        self._lanes = {
+            "api": ThreadPoolExecutor(1, thread_name_prefix="engine-api"),
+            "df": ThreadPoolExecutor(1, thread_name_prefix="engine-df"),
+            "delete": ThreadPoolExecutor(delete_lane_threads, thread_name_prefix="engine-delete"),
+        }
+        # restore pulls get a thread of their own: minutes of download never hold up a poll on the `api` lane
+        self._restore_lane = ThreadPoolExecutor(1, thread_name_prefix="engine-restore")
+        self._local = threading.local()
+        self.stream: Any = None
+        self._stream_lock = threading.Lock()
+        self._events_closed = False
+
+    def new_client(self, timeout: float | None) -> docker.APIClient:
+        tls: Any = False
+        if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
+            tls = docker.utils.kwargs_from_env().get("tls", False)
+        client = docker.APIClient(base_url=self.address.base_url, version="auto", timeout=timeout, tls=tls)
+        if self.api_version != client.api_version:
+            log.info(
+                "engine API version negotiated", extra=kv(api_version=client.api_version, host=self.address.display)
+            )
+        self.api_version = client.api_version
+        return client
+
+    def _client(self, timeout: float) -> docker.APIClient:
+        client: docker.APIClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self.new_client(timeout)
+            self._local.client = client
+        return client
+
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            client.close()
+
+    def run(self, fn: Callable[[docker.APIClient], T], timeout: float) -> T:
+        try:
+            return fn(self._client(timeout))
+        except (docker.errors.APIError, docker.errors.NotFound) as exc:
+            raise _translate(exc) from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            self._drop_client()
+            raise _translate(exc) from exc
+
+    async def call(self, fn: Callable[[docker.APIClient], T], lane: Lane, seconds: float) -> T:
+        """Run `fn(client)` in the lane's worker thread; a hung engine becomes EngineUnavailable."""
+        future = asyncio.get_running_loop().run_in_executor(self._lanes[lane], self.run, fn, seconds)
+        try:
+            async with asyncio.timeout(seconds + 5):  # not wait_for, which can swallow a cancel on 3.11
+                return await future
+        except TimeoutError:
+            raise EngineUnavailable(f"engine did not answer within {seconds + 5:.0f}s") from None
+
+    async def call_restore(self, fn: Callable[[docker.APIClient], None], seconds: float, what: str) -> None:
+        """`fn(client)` in the restore thread, bounded by `seconds` (EngineUnavailable naming `what` after)."""
+        future = asyncio.get_running_loop().run_in_executor(self._restore_lane, self.run, fn, seconds)
+        try:
+            async with asyncio.timeout(seconds + 5):
+                await future
+        except TimeoutError:
+            raise EngineUnavailable(f"{what} did not finish within {seconds:.0f}s") from None
+
+    def follow_events(
+        self, on_event: Callable[[dict[str, Any]], None], on_connected: Callable[[], None] | None
+    ) -> None:
+        """`Engine.follow_events`, on a client of its own."""
+        try:
+            client = self.new_client(None)
+            stream = client.events(decode=True, filters={"type": list(EVENT_TYPES)})
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            raise _translate(exc) from exc
+        with self._stream_lock:
+            if self._events_closed:  # closed while we were connecting: do not block on a fresh stream
+                stream.close()
+                client.close()
+                return
+            self.stream = stream
+        if on_connected is not None:
+            on_connected()
+        try:
+            for event in stream:
+                if isinstance(event, dict):
+                    on_event(event)
+        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError, RecursionError) as exc:
+            raise EngineUnavailable(f"event stream broke: {exc}") from exc
+        finally:
+            with self._stream_lock:
+                self.stream = None
+            client.close()
+
+    def close_events(self) -> None:
+        """End a blocking `follow_events`, and any that starts later."""
+        with self._stream_lock:
+            self._events_closed = True
+            stream = self.stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # closing a half-dead socket may raise anything; it is ending anyway
+                log.debug("closing event stream", extra=kv(err=exc))
+
+    def shutdown(self) -> None:
+        for lane in self._lanes.values():
+            lane.shutdown(wait=False, cancel_futures=True)
+        self._restore_lane.shutdown(wait=False, cancel_futures=True)
 
 
 class Engine:
@@ -236,23 +249,23 @@ class Engine:
         self.timeout = timeout
         self.disk_usage_timeout = disk_usage_timeout
         self.max_response_bytes = max_response_bytes
-        self.api_version: str | None = None
-        self._lanes = {
-            "api": ThreadPoolExecutor(1, thread_name_prefix="engine-api"),
-            "df": ThreadPoolExecutor(1, thread_name_prefix="engine-df"),
-            "delete": ThreadPoolExecutor(delete_lane_threads, thread_name_prefix="engine-delete"),
-        }
-        # restore pulls get a thread of their own: minutes of download never hold up a poll on the `api` lane
-        self._restore_lane = ThreadPoolExecutor(1, thread_name_prefix="engine-restore")
-        self._local = threading.local()
+        self._sdk = SdkLanes(self.address, delete_lane_threads)
         self._socket_path = self.address.socket_path
-        self._idle: list[UnixConnection] = []  # the lean delete lane's kept-alive connections not in use
-        self._lean_version: str | None = None  # the API version they speak, negotiated by an SDK client
-        #: Why the lean client's last call could not reach the engine; None once a call goes through.
-        self.lean_error: str | None = None
-        self._stream: Any = None
-        self._stream_lock = threading.Lock()
-        self._events_closed = False
+        self._lean_client = LeanClient()
+
+    @property
+    def api_version(self) -> str | None:
+        """The API version the SDK negotiated last (None before the first call)."""
+        return self._sdk.api_version
+
+    @api_version.setter
+    def api_version(self, version: str | None) -> None:
+        self._sdk.api_version = version
+
+    @property
+    def _stream(self) -> Any:
+        """The event stream while one is open (tests wait for it before making changes they must see)."""
+        return self._sdk.stream
 
     @property
     def where(self) -> str:
@@ -260,69 +273,35 @@ class Engine:
         when it reads differently)."""
         return self.address.display
 
-    # -- clients -------------------------------------------------------------------------------------
-    def _new_client(self, timeout: float | None) -> docker.APIClient:
-        tls: Any = False
-        if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
-            tls = docker.utils.kwargs_from_env().get("tls", False)
-        client = docker.APIClient(base_url=self.address.base_url, version="auto", timeout=timeout, tls=tls)
-        if self.api_version != client.api_version:
-            log.info("engine API version negotiated", extra=kv(api_version=client.api_version, host=self.where))
-        self.api_version = client.api_version
-        return client
-
-    def _client(self, timeout: float) -> docker.APIClient:
-        client: docker.APIClient | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._new_client(timeout)
-            self._local.client = client
-        return client
-
-    def _drop_client(self) -> None:
-        client = getattr(self._local, "client", None)
-        self._local.client = None
-        if client is not None:
-            client.close()
-
     def _lean(self, lane: Lane) -> bool:
         """Whether this lane's call goes over the lean client: the delete lane, on a unix socket."""
         return lane == "delete" and self._socket_path is not None
 
     async def _call_raw(self, method: str, path: str) -> Any:
-        """`method path` over a kept-alive unix-socket connection on the event loop; the decoded JSON answer.
+        """`method path` over the lean client; the decoded JSON answer.
 
         Errors as the SDK path raises them: 404/409/other statuses become EngineNotFound/EngineConflict/
         EngineError, a broken, refused or silent connection EngineUnavailable (and the API version is
         negotiated again next time, the engine may have been upgraded meanwhile).
         """
         assert self._socket_path is not None
-        if self._lean_version is None:
-            self._lean_version = await self._call(lambda c: str(c.api_version), lane="delete")
-        try:
-            async with asyncio.timeout(self.timeout):
-                conn = self._idle_connection() or await UnixConnection.open(self._socket_path)
-                status, body, reusable = await conn.request(
-                    method, f"/v{self._lean_version}{path}", self.max_response_bytes
-                )
-        except TimeoutError:
-            self._drop_lean()
-            self.lean_error = f"{method} {path}: engine did not answer within {self.timeout:.0f}s"
-            raise EngineUnavailable(self.lean_error) from None
-        except (OSError, EOFError, ValueError) as exc:
-            self._drop_lean()
-            self.lean_error = f"{method} {path}: {type(exc).__name__}: {exc}"
-            raise EngineUnavailable(self.lean_error) from exc
-        self.lean_error = None
-        if reusable:
-            self._idle.append(conn)
+        lean = self._lean_client
+        if lean.version is None:
+            lean.version = await self._call(lambda c: str(c.api_version), lane="delete")
+        status, body = await lean.request(self._socket_path, method, path, self.timeout, self.max_response_bytes)
         if status >= 400:
             try:
-                data = _decode(body, f"{method} {path}")
+                data = decode(body, f"{method} {path}")
             except EngineError:
                 data = None
             message = data.get("message") if isinstance(data, dict) else None
-            raise _status_error(status, str(message or body[:1000].decode(errors="replace").strip()))
-        return _decode(body, f"{method} {path}")
+            raise status_error(status, str(message or body[:1000].decode(errors="replace").strip()))
+        return decode(body, f"{method} {path}")
+
+    @property
+    def lean_error(self) -> str | None:
+        """Why the lean client's last call could not reach the engine; None once a call goes through."""
+        return self._lean_client.error
 
     async def check_lean(self) -> None:
         """EngineUnavailable while the lean client still cannot reach the engine after a call of it failed.
@@ -335,75 +314,19 @@ class Engine:
         if self._socket_path is not None and self.lean_error is not None:
             await self._call_raw("GET", "/version")
 
-    def _idle_connection(self) -> UnixConnection | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.stale():
-                return conn
-            conn.close()
-        return None
-
-    def _drop_lean(self) -> None:
-        self._lean_version = None
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
-
-    def _run(self, fn: Callable[[docker.APIClient], T], timeout: float) -> T:
-        try:
-            return fn(self._client(timeout))
-        except (docker.errors.APIError, docker.errors.NotFound) as exc:
-            raise _translate(exc) from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-            self._drop_client()
-            raise _translate(exc) from exc
-
     async def _call(self, fn: Callable[[docker.APIClient], T], *, lane: Lane = "api") -> T:
         """Run `fn(client)` in the lane's worker thread; a hung engine becomes EngineUnavailable.
 
         Private: the client never leaves this module, so every engine call is a named method below and
         the API-version quirks of its parameters are decided in one place.
         """
-        timeout = self.disk_usage_timeout if lane == "df" else self.timeout
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._lanes[lane], self._run, fn, timeout)
-        try:
-            async with asyncio.timeout(timeout + 5):  # not wait_for, which can swallow a cancel on 3.11
-                return await future
-        except TimeoutError:
-            raise EngineUnavailable(f"engine did not answer within {timeout + 5:.0f}s") from None
+        return await self._sdk.call(fn, lane, self.disk_usage_timeout if lane == "df" else self.timeout)
 
     # -- reads ----------------------------------------------------------------------------------------
-    def _get(self, c: docker.APIClient, path: str, params: Mapping[str, Any] | None = None, **url: Any) -> Any:
-        """`GET path` through the SDK client, read up to `max_response_bytes` and decoded.
-
-        Why not the SDK's own readers: they read the whole answer into memory whatever its size (and a parsed
-        answer needs several times that), and hand on whatever JSON came. Here the body is streamed into
-        one buffer that stops at the limit (`Content-Length` is refused before anything is read), and an
-        answer that is not JSON, or nests too deeply for the parser, is an EngineError naming the call.
-        """
-        what = f"GET {path}"
-        response = c._get(c._url(path, **url), params=dict(params or {}), stream=True)
-        try:
-            c._raise_for_status(response)
-            limit = self.max_response_bytes
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > limit:
-                raise AnswerTooLarge(what, limit, int(length))
-            body = bytearray()
-            for chunk in response.iter_content(READ_CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    del body, chunk  # not kept alive by the traceback while the error is handled and logged
-                    raise AnswerTooLarge(what, limit, None)
-        finally:
-            response.close()
-        return _decode(body, what)
-
     async def version_and_info(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         def get(c: docker.APIClient) -> tuple[dict[str, Any], dict[str, Any], str]:
-            version = _shaped(self._get(c, "/version", versioned_api=False), dict, "GET /version")
-            return version, _shaped(self._get(c, "/info"), dict, "GET /info"), str(c.api_version)
+            version = shaped(_get(c, self.max_response_bytes, "/version", versioned_api=False), dict, "GET /version")
+            return version, shaped(_get(c, self.max_response_bytes, "/info"), dict, "GET /info"), str(c.api_version)
 
         return await self._call(get)
 
@@ -415,7 +338,7 @@ class Engine:
 
         def get(c: docker.APIClient) -> list[dict[str, Any]]:
             params = dict(urllib.parse.parse_qsl(images_query(c.api_version)))
-            return list(_shaped(self._get(c, "/images/json", params), list, "GET /images/json"))
+            return list(shaped(_get(c, self.max_response_bytes, "/images/json", params), list, "GET /images/json"))
 
         return await self._call(get)
 
@@ -423,9 +346,10 @@ class Engine:
         """Every container, running or stopped: a stopped one still holds its image."""
         what = "GET /containers/json"
         if self._lean(lane):
-            return list(_shaped(await self._call_raw("GET", "/containers/json?all=1"), list, what))
+            return list(shaped(await self._call_raw("GET", "/containers/json?all=1"), list, what))
         return await self._call(
-            lambda c: list(_shaped(self._get(c, "/containers/json", {"all": 1}), list, what)), lane=lane
+            lambda c: list(shaped(_get(c, self.max_response_bytes, "/containers/json", {"all": 1}), list, what)),
+            lane=lane,
         )
 
     async def inspect_image(self, ref: str, *, lane: Lane = "api") -> dict[str, Any]:
@@ -433,12 +357,14 @@ class Engine:
         # every inspect takes the lean client on a unix socket: the poller's LastTagTime fill and event
         # applies make thousands of them, and the SDK's per-request overhead was 4-5x the engine's answer
         if self._socket_path is not None:
-            return dict(_shaped(await self._call_raw("GET", path), dict, f"GET {path}"))
-        return await self._call(lambda c: dict(_shaped(self._get(c, path), dict, f"GET {path}")), lane=lane)
+            return dict(shaped(await self._call_raw("GET", path), dict, f"GET {path}"))
+        return await self._call(
+            lambda c: dict(shaped(_get(c, self.max_response_bytes, path), dict, f"GET {path}")), lane=lane
+        )
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         path = f"/containers/{_quote(container_id)}/json"
-        return await self._call(lambda c: dict(_shaped(self._get(c, path), dict, f"GET {path}")))
+        return await self._call(lambda c: dict(shaped(_get(c, self.max_response_bytes, path), dict, f"GET {path}")))
 
     async def disk_usage(self, kinds: Sequence[str] = DISK_USAGE_KINDS) -> dict[str, Any]:
         """`/system/df`, one call at a time (df lane), limited to `kinds` where the API allows it.
@@ -454,7 +380,7 @@ class Engine:
                 params["type"] = list(kinds)
             if api_at_least(c.api_version, "1.52"):
                 params["verbose"] = "1"
-            return dict(_shaped(self._get(c, "/system/df", params), dict, "GET /system/df"))
+            return dict(shaped(_get(c, self.max_response_bytes, "/system/df", params), dict, "GET /system/df"))
 
         return await self._call(get, lane="df")
 
@@ -514,14 +440,7 @@ class Engine:
                 if isinstance(line, dict) and line.get("error"):
                     raise docker.errors.APIError(f"pull {repository}@{digest}: {line['error']}")
 
-        future = asyncio.get_running_loop().run_in_executor(self._restore_lane, self._run, pull, RESTORE_PULL_TIMEOUT)
-        try:
-            async with asyncio.timeout(RESTORE_PULL_TIMEOUT + 5):
-                await future
-        except TimeoutError:
-            raise EngineUnavailable(
-                f"pull {repository}@{digest} did not finish within {RESTORE_PULL_TIMEOUT:.0f}s"
-            ) from None
+        await self._sdk.call_restore(pull, RESTORE_PULL_TIMEOUT, f"pull {repository}@{digest}")
 
     async def restore_tag(self, image_id: str, repository: str, tag: str) -> None:
         """`POST /images/{id}/tag` for a restore: point `repository:tag` at the image (moving it if it names
@@ -550,48 +469,17 @@ class Engine:
 
         `on_connected` is called once the engine has answered the request: from then on it delivers every
         event to this stream, so a replay of what came before can start."""
-        try:
-            client = self._new_client(None)
-            stream = client.events(decode=True, filters={"type": list(EVENT_TYPES)})
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-            raise _translate(exc) from exc
-        with self._stream_lock:
-            if self._events_closed:  # closed while we were connecting: do not block on a fresh stream
-                stream.close()
-                client.close()
-                return
-            self._stream = stream
-        if on_connected is not None:
-            on_connected()
-        try:
-            for event in stream:
-                if isinstance(event, dict):
-                    on_event(event)
-        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError, RecursionError) as exc:
-            raise EngineUnavailable(f"event stream broke: {exc}") from exc
-        finally:
-            with self._stream_lock:
-                self._stream = None
-            client.close()
+        self._sdk.follow_events(on_event, on_connected)
 
     def close_events(self) -> None:
         """Called from the event loop thread to end a blocking `follow_events`, and any that starts later."""
-        with self._stream_lock:
-            self._events_closed = True
-            stream = self._stream
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception as exc:  # closing a half-dead socket may raise anything; it is ending anyway
-                log.debug("closing event stream", extra=kv(err=exc))
+        self._sdk.close_events()
 
     def close(self) -> None:
         self.close_events()
         with contextlib.suppress(RuntimeError):  # the loop that owned them may be closed already
-            self._drop_lean()
-        for lane in self._lanes.values():
-            lane.shutdown(wait=False, cancel_futures=True)
-        self._restore_lane.shutdown(wait=False, cancel_futures=True)
+            self._lean_client.drop()
+        self._sdk.shutdown()
 
 
 def _quote(ref: str) -> str:

@@ -4,7 +4,7 @@ Why: with many images the engine needs a noticeable time to list them, and this 
 pydantic, aiohttp and the docker SDK and to validate its config. `python -m exporter` and the console script
 call `start` first thing: it works out the engine exactly as the CLI will (`--docker.host`, else the config
 file's `docker.host`, else `DOCKER_HOST`, else the default socket, read by the same
-`engineaddress.resolve`) and, when that is a unix socket, a daemon
+`engineaddress.resolve`, from the CLI's own flag table `engineaddress.FLAGS`) and, when that is a unix socket, a daemon
 thread asks `GET /version` and then `GET /v<ApiVersion>/images/json` (with `shared-size=1` from API 1.42,
 as `Engine.list_images` does) over a plain blocking socket. The first poll takes the answer through
 `claim`, and only when the validated config names the same engine; anything else (another engine, an
@@ -16,8 +16,10 @@ Safe by construction:
   when the config file cannot be read cheaply (missing, over `MAX_CONFIG_BYTES`, not YAML): then the engine
   it would ask is not certain.
 - It only reads. The thread is a daemon: a config error still stops start-up at once, whatever the engine does.
-- Standard library only (plus PyYAML for the config file, which start-up loads anyway, and
-  `exporter.engineaddress`, itself standard library only).
+- Standard library only (plus PyYAML for the config file, which start-up loads anyway). At import it loads
+  only `exporter.engineaddress` (the CLI's flag table, the address, the config file's `docker.host`); the
+  reading thread loads `engine.http1` (the response parser the lean client shares) and `engine.apiversion`,
+  themselves standard library only.
 """
 
 from __future__ import annotations
@@ -34,28 +36,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter import engineaddress
-from exporter.engineaddress import AddressError, EngineAddress
+from exporter.engineaddress import MAX_CONFIG_BYTES, EngineAddress
 
-#: Flags taking a value, as `cli.build_parser` defines them (a unit test keeps the two in step).
-VALUE_FLAGS = frozenset(
-    {
-        "--config.file",
-        "--web.listen-address",
-        "--web.config.file",
-        "--web.telemetry-path",
-        "--web.max-connections",
-        "--web.read-header-timeout",
-        "--docker.host",
-        "--log.level",
-        "--log.format",
-    }
-)
-#: Flags without a value that still start the exporter.
-SWITCH_FLAGS = frozenset({"--web.enable-lifecycle"})
-#: Flags after which the process does not talk to an engine at all.
-NO_ENGINE_FLAGS = frozenset({"--config.check", "--version", "-h", "--help"})
-#: A config file larger than this is left to the real loader (which refuses files over 1 MiB).
-MAX_CONFIG_BYTES = 1 << 20
+__all__ = ["MAX_CONFIG_BYTES", "EarlyListing", "EarlyReadError", "claim", "fetch", "start"]
+
+#: Flags taking a value, flags without one that still start the exporter, and flags after which the process
+#: talks to no engine at all: the CLI's own flag table (`engineaddress.FLAGS`).
+VALUE_FLAGS = engineaddress.flags_of_kind("value")
+SWITCH_FLAGS = engineaddress.flags_of_kind("switch")
+NO_ENGINE_FLAGS = engineaddress.flags_of_kind("no-engine")
+
+
+def __getattr__(name: str) -> Any:
+    """`api_at_least` (of `apiversion`), importable from here without loading `apiversion` at import."""
+    if name == "api_at_least":
+        from exporter.engine.apiversion import api_at_least
+
+        return api_at_least
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: How long the thread's socket waits on the engine; the first poll waits only `docker.timeout` for it.
 SOCKET_TIMEOUT = 300.0
 #: The largest answer read here: `docker.max_response_bytes`'s default (`engine.MAX_RESPONSE_BYTES`, kept equal
@@ -66,23 +66,6 @@ MAX_ANSWER_BYTES = 64 << 20
 
 class EarlyReadError(Exception):
     """The engine answered the early read with an error status or something that is not the expected JSON."""
-
-
-def api_at_least(version: str | None, wanted: str) -> bool:
-    """Compare `1.41`-style API versions."""
-    if not version:
-        return False
-    try:
-        have = tuple(int(p) for p in version.split("."))
-        want = tuple(int(p) for p in wanted.split("."))
-    except ValueError:
-        return False
-    return have >= want
-
-
-def images_query(api_version: str | None) -> str:
-    """The `/images/json` query: 1.42+ engines compute SharedSize only when asked (1.41 leaves it -1)."""
-    return "shared-size=1" if api_at_least(api_version, "1.42") else ""
 
 
 @dataclass
@@ -99,68 +82,9 @@ _pending: EarlyListing | None = None
 
 
 def engine_address(argv: Sequence[str], environ: Mapping[str, str]) -> EngineAddress | None:
-    """The engine the CLI will talk to, worked out without importing it; None unless certain.
-
-    None whenever the answer could differ from what the CLI decides (or no engine is involved, or the
-    address is one the CLI refuses); then nothing is sent. The precedence and the reading of the address
-    are `engineaddress.resolve`'s, the same function the CLI calls.
-    """
-    flags: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, value = arg.partition("=")
-        if name in NO_ENGINE_FLAGS:
-            return None
-        if name in SWITCH_FLAGS and not eq:
-            i += 1
-            continue
-        if name not in VALUE_FLAGS:
-            return None  # a positional, `--`, an abbreviation or a typo: argparse decides, not us
-        if not eq:
-            if i + 1 >= len(argv):
-                return None
-            i += 1
-            value = argv[i]
-        flags[name] = value
-        i += 1
-    config_host: str | None = None
-    config_file = flags.get("--config.file")
-    if config_file and "--docker.host" not in flags:
-        certain, config_host = _config_host(config_file)
-        if not certain:
-            return None
-    try:
-        return engineaddress.resolve(flags.get("--docker.host"), config_host, environ.get("DOCKER_HOST"))[1]
-    except AddressError:  # the CLI stops start-up on it, naming the key
-        return None
-
-
-def _config_host(path: str) -> tuple[bool, str | None]:
-    """(certain, docker.host) from the config file, read leniently; not certain on anything unusual."""
-    try:
-        if os.path.getsize(path) > MAX_CONFIG_BYTES:
-            return False, None
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        import yaml
-
-        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except Exception:  # missing, unreadable, not UTF-8, not YAML: the real loader says what it is
-        return False, None
-    if document is None:
-        return True, None
-    if not isinstance(document, dict):
-        return False, None
-    docker = document.get("docker")
-    if docker is None:
-        return True, None
-    if not isinstance(docker, dict):
-        return False, None
-    host = docker.get("host")
-    if host is None:
-        return True, None
-    return (True, host) if isinstance(host, str) and host else (False, None)
+    """The engine the CLI will talk to, worked out without importing it; None unless certain (then nothing
+    is sent): `engineaddress.from_command_line`, by the CLI's flag table and its precedence."""
+    return engineaddress.from_command_line(argv, environ)
 
 
 def start(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> EarlyListing | None:
@@ -217,33 +141,32 @@ def _recv_through(sock: socket.socket, buffer: bytes, marker: bytes) -> tuple[by
 
 
 def _exchange(sock: socket.socket, target: str) -> tuple[int, bytes]:
-    """One bodiless `GET` on a kept-alive HTTP/1.1 connection: (status, body), framed as the engine sends it
+    """One bodiless `GET` on a kept-alive HTTP/1.1 connection: (status, body), read as `http1` reads it
     (Content-Length, or chunked: Go sends a large JSON answer as one big chunk)."""
-    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: docker\r\n\r\n".encode("ascii"))
-    head, buffer = _recv_through(sock, b"", b"\r\n\r\n")
-    status_line, *header_lines = head.split(b"\r\n")
-    version, status = status_line.split(None, 2)[:2]
-    if not version.startswith(b"HTTP/1."):
-        raise EarlyReadError(f"GET {target}: not an HTTP/1.x answer: {status_line[:80]!r}")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if b"content-length" in headers:
-        size = int(headers[b"content-length"])
-        if size > MAX_ANSWER_BYTES:
-            raise EarlyReadError(f"GET {target}: the answer is {size} bytes, over {MAX_ANSWER_BYTES}")
-        body = buffer if len(buffer) >= size else buffer + _recv_exactly(sock, size - len(buffer))
-        return int(status), body[:size]
-    if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+    from exporter.engine import http1  # in the reading thread: this module is imported before anything else
+
+    sock.sendall(http1.request("GET", target))
+    head_bytes, buffer = _recv_through(sock, b"", b"\r\n\r\n")
+    status_line, *header_lines = head_bytes.split(b"\r\n")
+    try:
+        head = http1.parse_head(status_line, header_lines)
+        framing = head.framing
+    except http1.BadAnswer as exc:
+        raise EarlyReadError(f"GET {target}: {exc}") from None
+    if framing == "close":
         raise EarlyReadError(f"GET {target}: an answer framed by neither Content-Length nor chunks")
+    if framing != "chunked":
+        if framing > MAX_ANSWER_BYTES:
+            raise EarlyReadError(f"GET {target}: the answer is {framing} bytes, over {MAX_ANSWER_BYTES}")
+        body = buffer if len(buffer) >= framing else buffer + _recv_exactly(sock, framing - len(buffer))
+        return head.status, body[:framing]
     parts: list[bytes] = []
     total = 0
     while True:
         line, buffer = _recv_through(sock, buffer, b"\r\n")
-        size = int(line.split(b";", 1)[0].strip(), 16)
+        size = http1.chunk_size(line)
         if size == 0:
-            return int(status), b"".join(parts)  # trailers (the engine sends none) are left unread
+            return head.status, b"".join(parts)  # trailers (the engine sends none) are left unread
         total += size
         if total > MAX_ANSWER_BYTES:
             raise EarlyReadError(f"GET {target}: the answer is over {MAX_ANSWER_BYTES} bytes")
@@ -262,6 +185,8 @@ def _get_json(sock: socket.socket, target: str) -> Any:
 
 def fetch(socket_path: str, timeout: float = SOCKET_TIMEOUT) -> list[dict[str, Any]]:
     """`GET /version`, then the image listing at that API version, as the SDK would negotiate it."""
+    from exporter.engine.apiversion import api_at_least, images_query  # in the reading thread, as `http1`
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # blocking, so MSG_WAITALL waits in the kernel; the kernel's receive timeout bounds each wait

@@ -414,7 +414,8 @@ def held_by_stopped_containers(snapshot: Snapshot) -> list[Image]:
 
 
 class SnapshotSource(Protocol):
-    """All the collector reads (the poller provides it): the current snapshot, and whether the engine answered."""
+    """All the collector reads (the `SnapshotStore` provides it): the current snapshot, and whether the engine
+    answered."""
 
     @property
     def snapshot(self) -> Snapshot | None: ...
@@ -424,10 +425,10 @@ class SnapshotSource(Protocol):
 
 
 class SnapshotCollector(Collector):
-    """Renders the poller's current snapshot; `docker_up` says whether the last poll reached the engine."""
+    """Renders the current snapshot; `docker_up` says whether the last poll reached the engine."""
 
-    def __init__(self, poller: SnapshotSource, config: MetricsConfig) -> None:
-        self.poller = poller
+    def __init__(self, source: SnapshotSource, config: MetricsConfig) -> None:
+        self.source = source
         self.config = config
         self.tables = TableCache()
 
@@ -437,7 +438,7 @@ class SnapshotCollector(Collector):
         yield from (InfoMetricFamily(name, name) for name in INFO_FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.families(self.poller.snapshot, self.poller.up)
+        yield from self.families(self.source.snapshot, self.source.up)
 
     def families(self, snapshot: Snapshot | None, up: bool) -> Iterator[Metric]:
         """The families for one (snapshot, up) state, in exposition order."""

@@ -29,6 +29,7 @@ from exporter.logs import kv
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller
+from exporter.state.store import SnapshotStore
 
 log = logging.getLogger("exporter.events")  # the caller= name log pipelines filter on, not the file's place
 
@@ -84,22 +85,34 @@ def event_time(event: dict[str, Any]) -> float:
 class EventFollower:
     """One task: keep an event stream open, reconnecting with backoff while the engine is away."""
 
-    def __init__(self, engine: Engine, poller: Poller, history: ImageHistory, metrics: PollMetrics) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        poller: Poller,
+        history: ImageHistory,
+        metrics: PollMetrics,
+        store: SnapshotStore | None = None,
+    ) -> None:
+        """`poller` re-lists (`wake`) and applies image events; `store` (the poller's unless given) is told
+        whether the stream keeps its snapshot current. A stand-in poller without a store (a test driving
+        `handle` alone) has no liveness to tell."""
         self.engine = engine
         self.poller = poller
         self.history = history
         self.metrics = metrics
         #: The newest event handled: where the next replay starts (before any, the saved state's time).
         self.resume_from: float | None = None
-        poller.events_live = False  # attached: the poller's snapshot is current only while the stream is live
+        self.store: SnapshotStore | None = store if store is not None else getattr(poller, "store", None)
+        if self.store is not None:
+            self.store.follower_attached()  # the snapshot is current only while the stream is live
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     async def run(self) -> None:
-        """Follow the stream until cancelled; `poller.events_live` is True only while the snapshot is current.
+        """Follow the stream until cancelled; the store's `events_live` is True only while the snapshot is current.
 
         Live from when the engine has answered the events request and the replay of what came before has
         been applied (before that the snapshot may lack changes), until the stream ends, breaks or this task
-        is cancelled. A remediation run plans on a fresh poll while it is not (`Poller.behind`).
+        is cancelled. A remediation run plans on a fresh poll while it is not (`SnapshotStore.behind`).
         """
         loop = asyncio.get_running_loop()
         backoff = 1.0
@@ -134,7 +147,7 @@ class EventFollower:
                         if reconnecting:  # re-list: a replay is a hint; at start the first poll is that re-list
                             self.poller.wake()
                         if not stream.done():  # the replay is applied and the stream still delivers: current
-                            self.poller.events_live = True
+                            self._live(True)
                             if reconnecting:  # the other half of "ended; reconnecting" / "lost" below
                                 log.info("event stream live again; re-listing")
                         reconnecting = True
@@ -147,7 +160,7 @@ class EventFollower:
                         log.debug("event stream unavailable", extra=kv(err=exc))
                     self.metrics.errors.labels("events").inc()
                 finally:  # cancelled (stopping): the stream's thread ends with `close_events` below
-                    self.poller.events_live = False  # ended, broke or stopping: changes may go unseen from now
+                    self._live(False)  # ended, broke or stopping: changes may go unseen from now
                     live.cancel()
                     stream.cancel()
                 self.poller.wake()  # the engine may be gone: let the poller say so now
@@ -158,6 +171,10 @@ class EventFollower:
         finally:
             self.engine.close_events()
             worker.cancel()
+
+    def _live(self, live: bool) -> None:
+        if self.store is not None:
+            self.store.stream_live(live)
 
     async def replay(self) -> int:
         """Handle the events the engine still holds since `resume_from` (at most its last 256)."""

@@ -1,9 +1,10 @@
 """`/metrics`: the snapshot's families rendered once per snapshot, the exporter's own metrics every scrape.
 
 Why: rendering every per-image series on each scrape costs event-loop CPU in proportion to the images, and
-nothing else on the loop runs meanwhile. A snapshot is immutable, so is its text. The rendering itself (in
-chunks, deflated in segments, spliced into one gzip member) is `exporter.metrics.exposition`; this module
-decides when a render runs and which one a scrape gets.
+nothing else on the loop runs meanwhile. A snapshot is immutable, so is its text. The rendering itself and
+every cache it reuses (rows, chunk texts, deflate segments) is `exporter.metrics.render` (`SnapshotRenderer`);
+this module decides when a render runs and which one a scrape gets, and keeps the finished renders of the
+current state for the scrapes that ask for it.
 
 How:
 - The registry keeps every collector, so `?name[]=`, duplicate-name checks and `get_sample_value` work as
@@ -12,8 +13,8 @@ How:
   on the loop, and the snapshot collector's part is spliced in from a cache. The bytes equal
   prometheus_client's `generate_latest(registry)` for the same state (tests/unit/test_exposition.py checks it
   for both formats).
-- The cache is keyed by the state the snapshot collector renders, `(poller.snapshot, poller.up,
-  collector.config)`, compared by identity: the poller publishes a new Snapshot object for every change (a
+- The cache is keyed by the state the snapshot collector renders, `(store.snapshot, store.up,
+  collector.config)`, compared by identity: the store publishes a new Snapshot object for every change (a
   poll, a /system/df result, an event refresh), so there is no subscription to miss; an entry holds its
   snapshot, so an identity is never reused. Within a state, one entry per negotiated content type (format,
   version, escaping) and gzip, at most `MAX_VARIANTS`; rarer Accept headers are rendered uncached.
@@ -52,7 +53,6 @@ from exporter.metrics.exposition import (
     CollectorList,
     Deflated,
     Encoder,
-    FormatRenderer,
     MetricsOf,
     RenderedPart,
     State,
@@ -61,6 +61,7 @@ from exporter.metrics.exposition import (
     gzip_member,
     render_snapshot,
 )
+from exporter.metrics.render import SnapshotRenderer
 from exporter.snapshot import Snapshot
 
 MAX_VARIANTS = 8  # cached renders per state: (content type, gzip) pairs; Prometheus uses one
@@ -78,7 +79,9 @@ class MetricsEndpoint:
         self._state: State | None = None
         self._texts: dict[str, asyncio.Future[RenderedPart]] = {}  # by content type, for self._state
         self._gzips: dict[str, asyncio.Future[Deflated]] = {}
-        self._renderers: dict[str, FormatRenderer] = {}  # by content type: what the next render reuses
+        #: the per-format renderers and every cache they reuse (`exporter.metrics.render`)
+        self.renderer = SnapshotRenderer(collector)
+        self._renderers = self.renderer.renderers  # by content type (read by the tests of incremental renders)
         self._formats: dict[str, tuple[Encoder, bool, bool]] = {}  # content type -> encoder, openmetrics, gzip
         self._prerendering: asyncio.Future[Any] | None = None  # the renders the last publish started
         self._prerender_again = False  # publishes landed while they ran: render the newest state next
@@ -93,7 +96,7 @@ class MetricsEndpoint:
             response.enable_compression()
             return response
         openmetrics = content_type.startswith(OPENMETRICS)
-        state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
+        state = (self.collector.source.snapshot, self.collector.source.up, self.collector.config)
         gzipped = gzip_accepted(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
         if content_type in self._formats or len(self._formats) < MAX_VARIANTS:
             self._formats[content_type] = (encoder, openmetrics, gzipped)
@@ -110,7 +113,7 @@ class MetricsEndpoint:
         return response
 
     def prerender(self, _snapshot: Snapshot | None = None) -> list[asyncio.Future[Any]]:
-        """Start rendering the current state in every format scraped so far (the poller's `on_publish` hook).
+        """Start rendering the current state in every format scraped so far (the store's `on_publish` hook).
 
         Why: the first scrape after a publish otherwise waits for the render; started at publish time, it is
         usually done before the next scrape arrives. Runs on the event loop and hands the render to a worker
@@ -121,7 +124,7 @@ class MetricsEndpoint:
         gone, all of them taking the interpreter lock from the engine work that caused the burst. A scrape in
         between renders its own state on demand, as ever.
         """
-        state = (self.collector.poller.snapshot, self.collector.poller.up, self.collector.config)
+        state = (self.collector.source.snapshot, self.collector.source.up, self.collector.config)
         if state[0] is None:
             return []
         self._follow(state)
@@ -181,11 +184,7 @@ class MetricsEndpoint:
         too, right after (a gzip scrape is what asks)."""
 
         def start() -> asyncio.Future[RenderedPart]:
-            renderer = self._renderers.get(content_type)
-            if renderer is None:
-                renderer = FormatRenderer(encoder, openmetrics)
-                if len(self._renderers) < MAX_VARIANTS:
-                    self._renderers[content_type] = renderer
+            renderer = self.renderer.renderer(content_type, encoder, openmetrics)
             loop = asyncio.get_running_loop()
             return loop.run_in_executor(None, render_snapshot, self.collector, state, renderer, compress)
 

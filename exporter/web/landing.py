@@ -444,7 +444,7 @@ def render_landing(
 ) -> str:
     """The whole page; remediation sections only when `remediation` (then `actions` and `audit` fill them).
 
-    `events_live`: `Poller.events_live` (None, no event follower: no row). `remediation_config`: its actions
+    `events_live`: `SnapshotStore.events_live` (None, no event follower: no row). `remediation_config`: its actions
     and protections say which images only `min_age` holds back, and until when."""
     now = time.time() if now is None else now
     links = [

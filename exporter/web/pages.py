@@ -13,7 +13,7 @@ from aiohttp import web
 
 from exporter.engine.client import Engine
 from exporter.remediation.service import RemediationService
-from exporter.state.poller import Poller
+from exporter.state.store import SnapshotStore
 from exporter.web.landing import render_landing
 
 #: `/?refresh=N` bounds: a page that reloads every second would be a scrape loop of its own.
@@ -23,12 +23,12 @@ REFRESH_RE = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also 
 
 
 class Pages:
-    """The handlers, reading the poller (and the remediation service, when enabled) per request."""
+    """The handlers, reading the snapshot store (and the remediation service, when enabled) per request."""
 
     def __init__(
-        self, poller: Poller, engine: Engine, remediation: RemediationService | None, telemetry_path: str
+        self, store: SnapshotStore, engine: Engine, remediation: RemediationService | None, telemetry_path: str
     ) -> None:
-        self.poller = poller
+        self.store = store
         self.engine = engine
         self.remediation = remediation
         self.telemetry_path = telemetry_path
@@ -45,20 +45,20 @@ class Pages:
                 )
             refresh_seconds = int(refresh)
         service = self.remediation
-        poller = self.poller
+        store = self.store
         page = await asyncio.to_thread(
             render_landing,
             telemetry_path=self.telemetry_path,
-            up=poller.up,
-            snapshot=poller.snapshot,
-            last_error=poller.last_error,
+            up=store.up,
+            snapshot=store.snapshot,
+            last_error=store.last_error,
             remediation=service is not None,
             docker_host=self.engine.where,
             actions=service.action_status() if service is not None else (),
             dry_run=service is not None and service.config.dry_run,
             audit=await service.recent_audit() if service is not None else None,
             refresh_seconds=refresh_seconds,
-            events_live=poller.events_live,
+            events_live=store.events_live,
             remediation_config=service.config if service is not None else None,
         )
         return web.Response(text=page, content_type="text/html")
@@ -67,6 +67,6 @@ class Pages:
         return web.Response(text="Healthy.\n")
 
     async def ready(self, _request: web.Request) -> web.Response:
-        if self.poller.snapshot is None:
+        if self.store.snapshot is None:
             return web.Response(status=503, text="Not ready: no snapshot of the engine yet.\n")
         return web.Response(text="Ready.\n")

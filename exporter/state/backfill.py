@@ -1,0 +1,153 @@
+"""LastTagTime, learned behind the listing: one image inspect per image and tag set.
+
+Why behind the publish: LastTagTime needs one inspect per image (tens of seconds for many images on a first
+poll), while counts, sizes and tags need only the listing. Until known, an image says so
+(`Image.tag_time_pending`: no last-tag series, and remediation counts it as young) and
+`docker_exporter_pending_inspects` counts them. The poller fills them in batches (`inspect_batch`) and
+publishes as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from exporter.engine import apishapes
+from exporter.engine.apishapes import MalformedAnswer
+from exporter.engine.client import Engine, EngineError, EngineUnavailable
+from exporter.engine.hints import engine_error_hint
+from exporter.logs import WarnOnce, kv
+from exporter.metrics.selfmetrics import PollMetrics
+from exporter.snapshot import Image
+from exporter.state.store import SnapshotStore
+
+log = logging.getLogger("exporter.poller")  # the caller= name log pipelines filter on, not the file's place
+
+TagKey = tuple[str, tuple[str, ...]]
+
+
+def malformed_warning(warn: WarnOnce, exc: MalformedAnswer, what: str) -> None:
+    """Warn once per distinct malformed answer (a broken engine repeats it every poll), debug after."""
+    warn.log(str(exc), f"malformed engine answer; {what}", field=exc.field, problem=exc.problem)
+
+
+def tag_key(image: Image) -> TagKey:
+    """LastTagTime changes only with the tag set: an image is inspected again when its tags change."""
+    return (image.id, tuple(map(str, image.refs)))
+
+
+class TagTimes:
+    """LastTagTime by image and tag set, and the keys listed but not inspected yet."""
+
+    def __init__(self) -> None:
+        self.times: dict[TagKey, float | None] = {}
+        self.pending: set[TagKey] = set()
+
+    def relisted(self, keys: Iterable[TagKey]) -> None:
+        """A new listing: forget the tag sets it no longer holds, and mark the new ones pending."""
+        wanted = set(keys)
+        self.times = {k: v for k, v in self.times.items() if k in wanted}
+        self.pending = wanted - self.times.keys()
+
+    def learn(self, key: TagKey, value: float | None) -> None:
+        self.times[key] = value
+        self.pending.discard(key)
+
+    def forget(self, key: TagKey) -> None:
+        """Not wanted any more (the image is gone or its tags changed): no longer pending."""
+        self.pending.discard(key)
+
+    def next_batch(self, size: int) -> list[TagKey]:
+        return sorted(self.pending)[:size]
+
+    async def inspect_batch(self, engine: Engine, batch: Iterable[TagKey]) -> None:
+        """Inspect each key's image; MalformedAnswer (naming the image's endpoint) or EngineError stop the
+        batch with the rest still pending. An image deleted between list and inspect is no longer pending:
+        the next poll will not list it."""
+        for key in batch:
+            try:
+                inspect = await engine.inspect_image(key[0])
+            except EngineError as exc:
+                if exc.status != 404:
+                    raise
+                self.pending.discard(key)
+                continue
+            try:
+                value = apishapes.parse_last_tag_time(inspect)
+            except apishapes.MalformedAnswer as exc:
+                raise exc.within(f"/images/{key[0]}/json") from None
+            self.learn(key, value)
+
+
+class Backfill:
+    """Fills the pending LastTagTimes in batches under the poller's lock (so events apply between), publishing
+    (`republish`) at most once per `publish_interval` while filling, and when done.
+
+    A malformed inspect leaves its keys pending and the engine not trusted: `refused` holds the error, and
+    `up` stays 0 from one poll to the next until the inspects it left are answered properly (else every
+    poll's publish would show the engine up for a moment).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        tag_times: TagTimes,
+        store: SnapshotStore,
+        metrics: PollMetrics,
+        malformed: WarnOnce,
+        lock: asyncio.Lock,
+        republish: Callable[[], None],
+    ) -> None:
+        self.engine = engine
+        self.tag_times = tag_times
+        self.store = store
+        self.metrics = metrics
+        self.malformed = malformed
+        self._lock = lock
+        self._republish = republish
+        self.refused: str | None = None
+
+    async def fill(self, listed: bool, has_listing: Callable[[], bool], batch: int, publish_interval: float) -> bool:
+        """Fill until nothing is pending or an inspect fails; False when a path to the engine failed
+        (EngineUnavailable). `listed`: the last poll's reads all succeeded (a refusal can be lifted)."""
+        published = time.monotonic()
+        while True:
+            async with self._lock:
+                if not has_listing() or not self.tag_times.pending:
+                    if self.refused is not None and listed and not self.tag_times.pending:
+                        self.refused = None
+                        self.store.set_error(None)
+                        self.malformed.clear()
+                        self.store.set_up(True)  # answered properly now
+                        log.info("image inspects answer properly again")
+                        self._republish()
+                    return True
+                try:
+                    await self.tag_times.inspect_batch(self.engine, self.tag_times.next_batch(batch))
+                except MalformedAnswer as exc:  # still pending, and the engine not trusted until a poll says so
+                    self.metrics.errors.labels("images").inc()
+                    self.refused = f"images: malformed answer: {exc}"
+                    self.store.set_error(self.refused)
+                    malformed_warning(self.malformed, exc, "LastTagTime not known; retried next poll")
+                    self.store.set_up(False)
+                    self._republish()
+                    return True
+                except EngineError as exc:  # still pending: the next poll retries
+                    self.metrics.errors.labels("images").inc()
+                    self.store.set_error(f"images: {exc}")
+                    log.warning(
+                        "cannot inspect images for LastTagTime (retried next poll)",
+                        extra=kv(err=exc, hint=engine_error_hint(str(exc))),
+                    )
+                    unavailable = isinstance(exc, EngineUnavailable)
+                    if unavailable:  # a path to the engine fails: not up, whatever the poll saw
+                        self.store.set_up(False)
+                    self._republish()
+                    return not unavailable
+                # each publish re-renders rows spread over the whole exposition, and a scrape waits for the
+                # current render
+                if not self.tag_times.pending or time.monotonic() - published >= publish_interval:
+                    self._republish()
+                    published = time.monotonic()
