@@ -39,6 +39,7 @@ from exporter.config.model import (
     RouteConfig,
     SelectConfig,
     StateConfig,
+    TrashConfig,
 )
 from exporter.config.secrets import SecretFileError, read_secret_file
 from exporter.config.yamlfile import read_yaml
@@ -112,6 +113,7 @@ __all__ = [
     "SecretFileError",
     "SelectConfig",
     "StateConfig",
+    "TrashConfig",
     "load_config",
     "make_action",
     "parse_config",

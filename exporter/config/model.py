@@ -472,6 +472,20 @@ class RelayConfig(Model):
         return self
 
 
+class TrashConfig(Model):
+    """Where images with no known registry copy are saved (`docker save`) before they are deleted, so a restore
+    can load them back."""
+
+    path: StrictStr
+    """A folder for the archives, on another filesystem than the engine's data root when a free_space action
+    exists (checked at load)."""
+    max_bytes: Annotated[int, Size("1PB"), Field(ge=1 << 20)]
+    """The most the archives may take together (SI or IEC size); the oldest go first to make room, and an image
+    that cannot fit is not deleted."""
+    keep_for: Annotated[float, Duration("1m", "10y")] = 7 * 86_400.0
+    """How long an archive is kept; older ones are removed."""
+
+
 class RemediationConfig(Model):
     enabled: StrictBool = False
     """Turn the webhook and actions on."""
@@ -495,6 +509,9 @@ class RemediationConfig(Model):
     """Fleet mode."""
     timezone: StrictStr = DEFAULT_TIMEZONE
     """IANA timezone (Europe/Berlin) of cron schedules; the default UTC has no DST."""
+    trash: TrashConfig | None = None
+    """Save images with no known registry copy before deleting them (null: off). A save that fails means no
+    deletion of that image."""
 
     @field_validator("timezone")
     @classmethod

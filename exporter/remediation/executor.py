@@ -69,6 +69,7 @@ from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason, goal_met
 from exporter.remediation.runs import Outcome, OutcomeKind, Run
+from exporter.remediation.trash import Trash
 from exporter.snapshot import Filesystem
 
 #: Seconds a run may start after its plan was made: the span `young_after` looks back for clock steps.
@@ -106,6 +107,8 @@ class Executor:
         self.protect_now = protect_now
         #: Told of each `unknown` outcome of an image DELETE (its line is on disk by then).
         self.on_unknown: Callable[[Run, Candidate, Outcome], None] | None = None
+        #: Saves an image with no known registry copy before its first DELETE (None: no trash configured).
+        self.trash: Trash | None = None
         self._stopping = False
         self._running: set[str] = set()
         self._unsettled: dict[str, list[asyncio.Future[None]]] = {}  # outcome lines queued, per run
@@ -490,6 +493,10 @@ class Executor:
         problem = steps.changed(current)
         if problem is not None:
             return _outcome(cand, "skipped", *problem)
+        if self.trash is not None and (
+            unsaved := await self.trash.before_delete(run, cand.image_id, current, self._audit)
+        ):
+            return _outcome(cand, "skipped", "trash", unsaved)  # no save, no DELETE (as with the intent line)
         tags = _tags(current)
         holds = sorted(_holds(current))
         if not tags:

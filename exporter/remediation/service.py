@@ -60,6 +60,7 @@ from exporter.remediation.planner import Candidate, action_select, make_plan
 from exporter.remediation.records import record_json
 from exporter.remediation.relay import Relay, RelayResult
 from exporter.remediation.runs import Outcome, Run, Trigger
+from exporter.remediation.trash import Trash
 from exporter.schedule import Interval, Schedule, decide, sleep_seconds
 from exporter.schedulestate import ScheduleState
 from exporter.snapshot import Filesystem, Snapshot
@@ -254,6 +255,7 @@ class RemediationService:
         self.audit = AuditLog(config.audit_log)
         self.executor = Executor(engine, self.audit, self.metrics, read_fs, protect_now=lambda: self.config.protect)
         self.executor.on_unknown = self._watch_unknown
+        self.executor.trash = self._trash_for(config)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.last_started: dict[str, float] = {}
         self._cooldown_claims: dict[str, tuple[float | None, float]] = {}  # run_id -> (before, claimed)
@@ -279,6 +281,8 @@ class RemediationService:
                 "the audit log is not writable: every remediation run will fail until this is fixed", extra=kv(err=exc)
             )
         self._reschedule()
+        if self.executor.trash is not None:  # what a restart left: expired archives, cut-short saves
+            await asyncio.to_thread(self.executor.trash.expire)
         log.info(
             "remediation enabled",
             extra=kv(
@@ -292,6 +296,8 @@ class RemediationService:
     async def stop(self) -> None:
         """Stop schedules, let running runs end after their current deletion, then close the audit log."""
         self.executor.stop()
+        if self.executor.trash is not None:
+            self.executor.trash.stop()
         schedules = [task for _schedule, task in self._schedules.values()]
         self._schedules.clear()
         for schedule in schedules:
@@ -329,7 +335,24 @@ class RemediationService:
             self.last_started.pop(name, None)
             self.metrics.clear_next_run(name)
         self.metrics.add_actions(sorted(config.actions.keys() - old.actions.keys()))
+        if self.executor.trash is not None and config.trash is not None:
+            self.executor.trash.reconfigure(config.trash)
+        else:
+            self.executor.trash = self._trash_for(config)
         self._reschedule()
+
+    def _trash_for(self, config: RemediationConfig) -> Trash | None:
+        """The trash of `remediation.trash` (None when off); repo digests prove a registry copy only on the
+        classic store, and only once the engine is known."""
+        if config.trash is None:
+            return None
+
+        def digests_prove_copy() -> bool:
+            snapshot = self.poller.snapshot
+            engine = snapshot.engine if snapshot is not None else None
+            return engine is not None and not apishapes.local_images_have_digests(engine)
+
+        return Trash(config.trash, self.engine, digests_prove_copy=digests_prove_copy, gauges=self.metrics)
 
     @property
     def schedules(self) -> ScheduleState:
@@ -737,6 +760,8 @@ class RemediationService:
                 self._warn_engine_limits(snapshot)
                 # in a worker thread: with many images a plan takes long enough to hold up scrapes and webhooks
                 plan = await asyncio.to_thread(make_plan, snapshot, action, config.protect, self.clock())
+                if self.executor.trash is not None:  # said before anything is deleted, dry runs included
+                    plan = await asyncio.to_thread(self.executor.trash.annotate, plan)
                 local_images, local_bytes = plan.local_only_kept
                 log.info(
                     "remediation run planned",
