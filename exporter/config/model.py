@@ -486,6 +486,17 @@ class TrashConfig(Model):
     """How long an archive is kept; older ones are removed."""
 
 
+class RegistryCheckConfig(Model):
+    """Confirm a registry copy of an image with a manifest HEAD before trusting its repo digest."""
+
+    docker_config: ReadableFile | None = None
+    """A docker config.json whose `auths` hold registry credentials; each goes only to the registry it names."""
+    cache_for: Annotated[float, Duration("0s", "1w")] = 3600.0
+    """How long an answer (copy or no copy) is reused; unknown answers are not kept."""
+    timeout: Annotated[float, Duration("100ms", "1m")] = 5.0
+    """Per request to a registry."""
+
+
 class RemediationConfig(Model):
     enabled: StrictBool = False
     """Turn the webhook and actions on."""
@@ -509,6 +520,9 @@ class RemediationConfig(Model):
     """Fleet mode."""
     timezone: StrictStr = DEFAULT_TIMEZONE
     """IANA timezone (Europe/Berlin) of cron schedules; the default UTC has no DST."""
+    registry_check: RegistryCheckConfig | None = None
+    """Confirm registry copies with a manifest HEAD (null: off; a repo digest is then taken as a copy on the
+    classic store). With a trash, an image whose copy is not confirmed is saved first."""
     trash: TrashConfig | None = None
     """Save images with no known registry copy before deleting them (null: off). A save that fails means no
     deletion of that image."""

@@ -58,6 +58,7 @@ from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, action_select, make_plan
 from exporter.remediation.records import record_json
+from exporter.remediation.registrycheck import RegistryCheck
 from exporter.remediation.relay import Relay, RelayResult
 from exporter.remediation.runs import Outcome, Run, Trigger
 from exporter.remediation.trash import Trash
@@ -337,6 +338,8 @@ class RemediationService:
         self.metrics.add_actions(sorted(config.actions.keys() - old.actions.keys()))
         if self.executor.trash is not None and config.trash is not None:
             self.executor.trash.reconfigure(config.trash)
+            if config.registry_check != old.registry_check:
+                self.executor.trash.registry_check = _registry_check(config)
         else:
             self.executor.trash = self._trash_for(config)
         self._reschedule()
@@ -352,7 +355,13 @@ class RemediationService:
             engine = snapshot.engine if snapshot is not None else None
             return engine is not None and not apishapes.local_images_have_digests(engine)
 
-        return Trash(config.trash, self.engine, digests_prove_copy=digests_prove_copy, gauges=self.metrics)
+        return Trash(
+            config.trash,
+            self.engine,
+            digests_prove_copy=digests_prove_copy,
+            gauges=self.metrics,
+            registry_check=_registry_check(config),
+        )
 
     @property
     def schedules(self) -> ScheduleState:
@@ -885,3 +894,7 @@ class RemediationService:
 def _acted(run: Run) -> bool:
     """Whether a run changed images, or may have: deleted, untagged, or sent a DELETE of unknown fate."""
     return run.images_deleted > 0 or any(o.result in ("deleted", "untagged", "unknown") for o in run.outcomes)
+
+
+def _registry_check(config: RemediationConfig) -> RegistryCheck | None:
+    return None if config.registry_check is None else RegistryCheck(config.registry_check)

@@ -6,7 +6,7 @@ The rules, in the order `before_delete` applies them (each refusal is a skip of 
 no save, no DELETE, the same rule as the audit intent):
 - an image whose repo digest proves a registry copy (the classic store: a digest only after a pull or a
   push) needs no save; on the containerd store and Podman every image lists one, so there every image is
-  saved;
+  saved. With `remediation.registry_check`, a copy counts only when a registry confirms it, on every engine;
 - a free_space run never saves onto the filesystem it is freeing (also refused at config load);
 - archives older than `keep_for` go; then the oldest go until the new one fits `max_bytes` (its size estimated
   from the image's); an image larger than `max_bytes` alone is not saved;
@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from exporter.config import TrashConfig
 from exporter.engine.client import Engine, EngineError
 from exporter.remediation.planner import Plan
+from exporter.remediation.registrycheck import RegistryCheck
 from exporter.remediation.runs import Run
 
 #: Share of the trash filesystem that stays available after a save; a save that would go below is not started.
@@ -93,6 +94,7 @@ class Trash:
         *,
         digests_prove_copy: Callable[[], bool] = lambda: True,
         gauges: TrashGauges | None = None,
+        registry_check: RegistryCheck | None = None,
         clock: Callable[[], float] = time.time,
         statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
     ) -> None:
@@ -100,6 +102,8 @@ class Trash:
         self.engine = engine
         self.digests_prove_copy = digests_prove_copy
         self.gauges = gauges
+        #: When set, a copy is known only when a registry confirms it (a manifest HEAD), on every engine.
+        self.registry_check = registry_check
         self.clock = clock
         self.statvfs = statvfs
         self._lock = asyncio.Lock()
@@ -172,11 +176,21 @@ class Trash:
 
         From the plan's repo digests and sizes; the executor decides again on a fresh inspect before each save.
         """
-        saved = [c for c in plan.candidates if c.removes_image and not (c.repo_digests and self.digests_prove_copy())]
+        checked = self.registry_check is not None
+        saved = [
+            c
+            for c in plan.candidates
+            if c.removes_image and (checked or not (c.repo_digests and self.digests_prove_copy()))
+        ]
         if not saved:
             return plan
+        which = (
+            "have no confirmed registry copy yet (a registry check runs first)"
+            if checked
+            else "have no known registry copy"
+        )
         notes = [
-            f"trash: {len(saved)} candidates have no known registry copy: each is saved to {self.folder} before "
+            f"trash: {len(saved)} candidates {which}: each is saved to {self.folder} before "
             f"its DELETE (about {sum(c.size for c in saved)} bytes; max_bytes {self.config.max_bytes})"
         ]
         too_large = [c for c in saved if c.size > self.config.max_bytes]
@@ -205,17 +219,21 @@ class Trash:
         return replace(plan, notes=(*plan.notes, *notes))
 
     # -- before a deletion --------------------------------------------------------------------------------
-    def needs_save(self, inspect: Mapping[str, Any]) -> bool:
-        """No known registry copy: no repo digest, or an engine whose repo digests prove nothing."""
-        digests = inspect.get("RepoDigests")
-        return not (isinstance(digests, list) and digests and self.digests_prove_copy())
+    async def needs_save(self, inspect: Mapping[str, Any]) -> bool:
+        """No known registry copy: with a registry check, none confirmed; without, no repo digest or an engine
+        whose repo digests prove nothing."""
+        listed = inspect.get("RepoDigests")
+        digests = [str(d) for d in listed] if isinstance(listed, list) else []
+        if self.registry_check is not None:
+            return not await self.registry_check.has_copy(digests)
+        return not (digests and self.digests_prove_copy())
 
     async def before_delete(self, run: Run, image_id: str, inspect: Mapping[str, Any], audit: Audit) -> str | None:
         """Save the image if it needs it, and write its `trash` audit line; why it must not be deleted, else None.
 
         `audit(run, "trash", **fields)` writes the line (fsync'd) that a restore reads the archive's path from.
         """
-        if not self.needs_save(inspect):
+        if not await self.needs_save(inspect):
             return None
         try:
             archive = await self.save(image_id, inspect, data_root=_data_root_freed(run))

@@ -131,7 +131,8 @@ async def test_a_full_trash_filesystem_saves_nothing_so_nothing_is_deleted(
         run = await h.run("unused")
 
         assert world.ids["big"] in present(dockerd)
-        assert run.plan is not None and any("filesystem is low" in n for n in run.plan.notes), run.plan.notes
+        assert run.plan is not None
+        assert any("filesystem is low" in n for n in run.plan.notes), run.plan.notes
         assert h.engine.writes == [], h.engine.writes  # not one DELETE (nor a hold tag) was sent
         (outcome,) = [o for o in run.outcomes if o.image_id == world.ids["big"]]
         assert (outcome.result, outcome.skip_reason) == ("skipped", "trash"), outcome
