@@ -175,7 +175,9 @@ class Trash:
         cannot (too large, its filesystem low, on the filesystem free_space frees), so they stay.
 
         From the plan's repo digests and sizes; the executor decides again on a fresh inspect before each save.
+        Expired archives go first, so keep_for holds from run to run even when nothing is saved.
         """
+        self.expire()
         checked = self.registry_check is not None
         saved = [
             c

@@ -110,6 +110,10 @@ async def test_expiry_removes_old_archives_then_the_oldest_to_make_room(tmp_path
     assert [a.image_id for a in trash.archives()] == ids[1:]
     now[0] = 1e9 + 1 + 3600.5  # ids[1] is older than keep_for now, ids[2] not yet
     assert [a.image_id for a in trash.expire()] == ids[2:]
+    now[0] = 1e9 + 2 + 3600.5  # a run's plan expires them too, without saving anything
+    engine.add("local", ("app:1",), arrived=OLD)
+    trash.annotate(Harness(tmp_path, engine).plan(act("prune_unused")))
+    assert [a.image_id for a in trash.archives()] == ids[3:]
 
 
 async def test_an_image_larger_than_max_bytes_is_refused_without_touching_the_trash(tmp_path: Path) -> None:
