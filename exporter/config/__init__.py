@@ -34,11 +34,13 @@ from exporter.config.model import (
     PruneContainersAction,
     PruneDanglingAction,
     PruneUnusedAction,
+    RegistryCheckConfig,
     RelayConfig,
     RemediationConfig,
     RouteConfig,
     SelectConfig,
     StateConfig,
+    TrashConfig,
 )
 from exporter.config.secrets import SecretFileError, read_secret_file
 from exporter.config.yamlfile import read_yaml
@@ -106,12 +108,14 @@ __all__ = [
     "PruneContainersAction",
     "PruneDanglingAction",
     "PruneUnusedAction",
+    "RegistryCheckConfig",
     "RelayConfig",
     "RemediationConfig",
     "RouteConfig",
     "SecretFileError",
     "SelectConfig",
     "StateConfig",
+    "TrashConfig",
     "load_config",
     "make_action",
     "parse_config",

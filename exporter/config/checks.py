@@ -139,7 +139,57 @@ def path_problems(data: Any, config: Config | None) -> list[str]:
         problem = unwritable(audit_log, replaced=False)
         if problem:
             problems.append(f"remediation.audit_log: {problem} (every remediation run would fail)")
+    if enabled:
+        problems.extend(_trash_problems(remediation, _section(data, "filesystem")))
     return problems
+
+
+TRASH_ON_DATA_ROOT = (
+    "is on the same filesystem as the engine's data root ({data_root}), which the free_space action {action!r} "
+    "frees: every save would fill what the action is emptying; put the trash on another filesystem"
+)
+
+
+def _trash_problems(remediation: Mapping[str, Any], filesystem: Mapping[str, Any]) -> list[str]:
+    """`remediation.trash.path`: writable, and not on the data-root filesystem when a free_space action exists.
+
+    The data root is `filesystem.path` when written, else the engine's default; an engine elsewhere is checked
+    again before each save (exporter.remediation.trash).
+    """
+    trash = remediation.get("trash")
+    path = trash.get("path") if isinstance(trash, Mapping) else None
+    if not isinstance(path, str) or not path:
+        return []
+    problem = unwritable(str(Path(path) / ".probe"), replaced=True)
+    if problem:
+        return [f"remediation.trash.path: {problem} (every deletion that needs a save would be skipped)"]
+    actions = remediation.get("actions")
+    free_space = [
+        str(name)
+        for name, body in (actions.items() if isinstance(actions, Mapping) else ())
+        if isinstance(body, Mapping) and body.get("type") == "free_space"
+    ]
+    configured = filesystem.get("path")
+    data_root = configured if isinstance(configured, str) and configured else DEFAULT_DATA_ROOT
+    if free_space and same_filesystem(path, data_root):
+        return ["remediation.trash.path: " + TRASH_ON_DATA_ROOT.format(data_root=data_root, action=free_space[0])]
+    return []
+
+
+#: Where dockerd keeps its data unless told otherwise (`docker info`: Docker Root Dir).
+DEFAULT_DATA_ROOT = "/var/lib/docker"
+
+
+def same_filesystem(path: str, data_root: str) -> bool:
+    """Whether `path` (or its nearest folder that exists: the trash folder is created on first use) is on the
+    filesystem of `data_root`; False when the data root is not here (an engine on another host)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return existing.stat().st_dev == os.stat(data_root).st_dev
+    except OSError:
+        return False
 
 
 def unwritable(path: str, *, replaced: bool) -> str | None:

@@ -472,6 +472,31 @@ class RelayConfig(Model):
         return self
 
 
+class TrashConfig(Model):
+    """Where images with no known registry copy are saved (`docker save`) before they are deleted, so a restore
+    can load them back."""
+
+    path: StrictStr
+    """A folder for the archives, on another filesystem than the engine's data root when a free_space action
+    exists (checked at load)."""
+    max_bytes: Annotated[int, Size("1PB"), Field(ge=1 << 20)]
+    """The most the archives may take together (SI or IEC size); the oldest go first to make room, and an image
+    that cannot fit is not deleted."""
+    keep_for: Annotated[float, Duration("1m", "10y")] = 7 * 86_400.0
+    """How long an archive is kept; older ones are removed."""
+
+
+class RegistryCheckConfig(Model):
+    """Confirm a registry copy of an image with a manifest HEAD before trusting its repo digest."""
+
+    docker_config: ReadableFile | None = None
+    """A docker config.json whose `auths` hold registry credentials; each goes only to the registry it names."""
+    cache_for: Annotated[float, Duration("0s", "1w")] = 3600.0
+    """How long an answer (copy or no copy) is reused; unknown answers are not kept."""
+    timeout: Annotated[float, Duration("100ms", "1m")] = 5.0
+    """Per request to a registry."""
+
+
 class RemediationConfig(Model):
     enabled: StrictBool = False
     """Turn the webhook and actions on."""
@@ -495,6 +520,12 @@ class RemediationConfig(Model):
     """Fleet mode."""
     timezone: StrictStr = DEFAULT_TIMEZONE
     """IANA timezone (Europe/Berlin) of cron schedules; the default UTC has no DST."""
+    registry_check: RegistryCheckConfig | None = None
+    """Confirm registry copies with a manifest HEAD (null: off; a repo digest is then taken as a copy on the
+    classic store). With a trash, an image whose copy is not confirmed is saved first."""
+    trash: TrashConfig | None = None
+    """Save images with no known registry copy before deleting them (null: off). A save that fails means no
+    deletion of that image."""
 
     @field_validator("timezone")
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -177,12 +178,12 @@ class SdkLanes:
         except TimeoutError:
             raise EngineUnavailable(f"engine did not answer within {seconds + 5:.0f}s") from None
 
-    async def call_restore(self, fn: Callable[[docker.APIClient], None], seconds: float, what: str) -> None:
+    async def call_restore(self, fn: Callable[[docker.APIClient], T], seconds: float, what: str) -> T:
         """`fn(client)` in the restore thread, bounded by `seconds` (EngineUnavailable naming `what` after)."""
         future = asyncio.get_running_loop().run_in_executor(self._restore_lane, self.run, fn, seconds)
         try:
             async with asyncio.timeout(seconds + 5):
-                await future
+                return await future
         except TimeoutError:
             raise EngineUnavailable(f"{what} did not finish within {seconds:.0f}s") from None
 
@@ -451,6 +452,52 @@ class Engine:
                 raise docker.errors.APIError(f"tag {image_id} as {repository}:{tag}: refused")
 
         await self._call(tag_it)
+
+    # -- the trash (an image saved before its deletion, loaded back by a restore) -----------------------
+    async def save_image(
+        self, image_id: str, sink: Callable[[bytes], None], platform: Mapping[str, str] | None = None
+    ) -> None:
+        """`GET /images/{id}/get`: stream the image's archive into `sink`, one chunk at a time.
+
+        `sink` may raise to cut the save short (a full trash, a stop); that error is raised here unchanged and
+        the connection is closed. `platform` (API 1.48+) saves one platform of the image: the containerd store
+        fails a save of every platform when content of another platform was never pulled. On the restore
+        lane, bounded by RESTORE_PULL_TIMEOUT: an archive of gigabytes takes minutes.
+        """
+
+        def save(c: docker.APIClient) -> None:
+            params: dict[str, str] = {}
+            if platform and api_at_least(str(c.api_version), "1.48"):
+                params["platform"] = json.dumps(dict(platform), separators=(",", ":"))
+            response = c._get(c._url("/images/{0}/get", image_id), params=params, stream=True)
+            try:
+                c._raise_for_status(response)
+                for chunk in response.iter_content(READ_CHUNK):
+                    sink(chunk)
+            finally:
+                response.close()
+
+        await self._on_restore_lane(save, f"save {image_id}")
+
+    async def load_archive(self, path: str) -> list[str]:
+        """`POST /images/load` of the archive at `path`, streamed from the file; what the engine says it loaded
+        (`Loaded image ID: sha256:…`, `Loaded image: name:tag`), each line's text. A failed load reported in the
+        stream (HTTP 200, then `{"error": …}`) raises."""
+
+        def load(c: docker.APIClient) -> list[str]:
+            said: list[str] = []
+            with open(path, "rb") as archive:
+                for line in c.load_image(archive):
+                    if isinstance(line, dict) and line.get("error"):
+                        raise docker.errors.APIError(f"load: {line['error']}")
+                    if isinstance(line, dict) and line.get("stream"):
+                        said.append(str(line["stream"]).strip())
+            return said
+
+        return await self._on_restore_lane(load, "load")
+
+    async def _on_restore_lane(self, fn: Callable[[docker.APIClient], T], what: str) -> T:
+        return await self._sdk.call_restore(fn, RESTORE_PULL_TIMEOUT, what)
 
     # -- events ---------------------------------------------------------------------------------------
     async def events_between(self, since: int, until: int) -> list[dict[str, Any]]:

@@ -44,6 +44,8 @@ GAUGE_FAMILIES = (
     "docker_repository_images",
     "docker_repository_tags",
     "docker_repository_size_bytes",
+    "docker_repository_local_only_images",
+    "docker_repository_local_only_size_bytes",
     "docker_exporter_image_series_dropped",
     "docker_image_size_bytes",
     "docker_image_shared_size_bytes",
@@ -52,6 +54,7 @@ GAUGE_FAMILIES = (
     "docker_image_last_tag_timestamp_seconds",
     "docker_image_last_used_timestamp_seconds",
     "docker_image_containers",
+    "docker_image_restorable",
     "docker_exporter_disk_usage_timestamp_seconds",
     "docker_images_disk_usage_bytes",
     "docker_images_reclaimable_bytes",
@@ -177,6 +180,12 @@ PER_IMAGE_FAMILIES = (
         "before the exporter started count); persisted across restarts. Absent: no use known.",
     ),
     TableFamily("docker_image_containers", f"Containers (running or stopped) using the image. {_FRESH}"),
+    TableFamily(
+        "docker_image_restorable",
+        "1 if the image lists a repo digest (it was pulled or pushed: a registry held it then, a restore can "
+        "try to pull it back), 0 if none (a deletion loses it). Absent where repo digests prove nothing (the "
+        f"containerd store, Podman list one for every image). {_FRESH}",
+    ),
 )
 REPOSITORY_FAMILIES = (
     TableFamily("docker_repository_images", f"Distinct images with a tag in the repository. {_FRESH}"),
@@ -184,11 +193,26 @@ REPOSITORY_FAMILIES = (
     TableFamily(
         "docker_repository_size_bytes", f"Sum of sizes of the distinct images tagged in the repository. {_FRESH}"
     ),
+    TableFamily(
+        "docker_repository_local_only_images",
+        "Distinct images tagged in the repository with no repo digest: they exist only on this host. Absent where "
+        f"repo digests prove nothing (the containerd store, Podman). {_FRESH}",
+    ),
+    TableFamily(
+        "docker_repository_local_only_size_bytes",
+        f"Sum of the sizes of the repository's local-only images. Absent as docker_repository_local_only_images. {_FRESH}",
+    ),
 )
 
 
-def _image_table_rows(image: Image) -> list[tuple[SortKey, TableRow]]:
-    """The per-tag rows of one image with their sort keys; values in `PER_IMAGE_FAMILIES` order."""
+def digests_known(engine: EngineInfo | None) -> bool:
+    """Whether a repo digest means a pull or a push happened (the classic store); unknown engine: no."""
+    return engine is not None and not (engine.containerd_store or engine.podman)
+
+
+def _image_table_rows(image: Image, known: bool = True) -> list[tuple[SortKey, TableRow]]:
+    """The per-tag rows of one image with their sort keys; values in `PER_IMAGE_FAMILIES` order. `known`:
+    whether repo digests tell what can be restored on this engine (else `docker_image_restorable` is absent)."""
     values = (
         image.size,
         image.shared_size,
@@ -197,6 +221,7 @@ def _image_table_rows(image: Image) -> list[tuple[SortKey, TableRow]]:
         image.last_tag_time,
         image.last_used,
         image.containers,
+        (1 if image.digests else 0) if known else None,
     )
     short_id = image.short_id
     rows: list[tuple[SortKey, TableRow]] = []
@@ -251,8 +276,8 @@ class _Entry:
     totals: tuple[int, int, int, int, int, int, int]
 
     @classmethod
-    def of(cls, image: Image) -> _Entry:
-        return cls(image, _image_table_rows(image), _contribution(image))
+    def of(cls, image: Image, known: bool = True) -> _Entry:
+        return cls(image, _image_table_rows(image, known), _contribution(image))
 
 
 #: Beyond this many changed images (or an eighth of them) the tables are rebuilt and sorted from scratch.
@@ -274,6 +299,7 @@ class TableCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._known = False  # whether repo digests tell what is restorable (digests_known)
         self._reset()
 
     def _reset(self) -> None:
@@ -282,11 +308,14 @@ class TableCache:
         self._keys: list[SortKey] = []  # sorted, and parallel to _rows
         self._rows: list[TableRow] = []
         self._totals = [0, 0, 0, 0, 0, 0, 0]
-        self._repos = _Repositories()
+        self._repos = _Repositories(self._known)
 
     def tables(self, snapshot: Snapshot) -> ImageTables:
         images = snapshot.images
         with self._lock:
+            if digests_known(snapshot.engine) != self._known:  # another engine kind: every row changes
+                self._known = not self._known
+                self._reset()
             if self._last is not None and self._last.images is images:
                 return self._last
             previous = self._last.images if self._last is not None else ()
@@ -304,7 +333,7 @@ class TableCache:
                         entry.image = image
                         continue
                     removed.append(entry)
-                entry = _Entry.of(image)
+                entry = _Entry.of(image, self._known)
                 self._entries[image.id] = entry
                 added.append(entry)
             for image_id in gone:
@@ -341,7 +370,7 @@ class TableCache:
     def _rebuild(self, entries: Iterable[_Entry]) -> None:
         keyed: list[tuple[SortKey, TableRow]] = []
         totals = [0, 0, 0, 0, 0, 0, 0]
-        repos = _Repositories()
+        repos = _Repositories(self._known)
         for entry in entries:
             keyed.extend(entry.rows)
             totals = [a + b for a, b in zip(totals, entry.totals, strict=True)]
@@ -357,9 +386,11 @@ class _Repositories:
     """Per repository: distinct images (and their sizes) and tags, kept up to date image by image; the
     rows (`REPOSITORY_FAMILIES` order, by repository name) of the repositories an image changed are rebuilt."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: bool = True) -> None:
+        self._known = known  # whether local-only is known here (digests_known); else those values are None
         self._tags: dict[str, int] = {}
         self._images: dict[str, dict[str, int]] = {}  # repository -> image ID -> size
+        self._local: dict[str, dict[str, int]] = {}  # repository -> local-only image ID -> size
         self._names: list[str] = []  # sorted, parallel to _rows
         self._rows: list[TableRow] = []
         self._changed: set[str] = set()
@@ -368,12 +399,15 @@ class _Repositories:
         for ref in image.refs:
             self._tags[ref.repository] = self._tags.get(ref.repository, 0) + 1
             self._images.setdefault(ref.repository, {})[image.id] = image.size
+            if image.local_only:
+                self._local.setdefault(ref.repository, {})[image.id] = image.size
             self._changed.add(ref.repository)
 
     def remove(self, image: Image) -> None:
         for ref in image.refs:
             self._tags[ref.repository] -= 1
             self._images[ref.repository].pop(image.id, None)
+            self._local.get(ref.repository, {}).pop(image.id, None)
             self._changed.add(ref.repository)
 
     def rows(self) -> list[TableRow]:
@@ -385,12 +419,15 @@ class _Repositories:
             if not tags:
                 self._tags.pop(repo, None)
                 self._images.pop(repo, None)
+                self._local.pop(repo, None)
                 if present:
                     del self._names[index]
                     del self._rows[index]
                 continue
             ids = self._images[repo]
-            row: TableRow = ((repo,), (len(ids), tags, sum(ids.values())))
+            local = self._local.get(repo, {})
+            local_values = (len(local), sum(local.values())) if self._known else (None, None)
+            row: TableRow = ((repo,), (len(ids), tags, sum(ids.values()), *local_values))
             if present:
                 self._rows[index] = row
             else:

@@ -44,6 +44,7 @@ from exporter.engine.client import Engine, EngineConflict, EngineError, EngineNo
 from exporter.remediation.planner import Candidate, SkipReason
 from exporter.remediation.runaudit import RunAborted, RunAudit
 from exporter.remediation.runs import Outcome, Run, outcome_of
+from exporter.remediation.trash import Trash
 
 STOPPED = "stopped part-way: the exporter is shutting down"
 
@@ -63,6 +64,7 @@ class Deleter:
         protect_now: Callable[[], ProtectConfig | None],
         stopping: Callable[[], bool],
         on_unknown: Callable[[Run, Candidate, Outcome], None],
+        trash: Trash | None = None,
     ) -> None:
         self.engine = engine
         self.audit = audit
@@ -73,6 +75,8 @@ class Deleter:
         self.protect_now = protect_now
         self.stopping = stopping
         self.on_unknown = on_unknown
+        #: Saves an image with no known registry copy before its first DELETE (None: no trash configured).
+        self.trash = trash
         self.checks = Aftermath(self)
 
     async def delete(self, cand: Candidate) -> Outcome | None:
@@ -107,6 +111,10 @@ class Deleter:
         problem = steps.changed(current)
         if problem is not None:
             return outcome_of(cand, "skipped", *problem)
+        if self.trash is not None and (
+            unsaved := await self.trash.before_delete(self.run, cand.image_id, current, self.audit.event)
+        ):
+            return outcome_of(cand, "skipped", "trash", unsaved)  # no save, no DELETE (as with the intent line)
         tags = _tags(current)
         holds = sorted(_holds(current))
         if not tags:

@@ -35,6 +35,7 @@ from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, goal_met
 from exporter.remediation.runaudit import RunAborted, RunAudit
 from exporter.remediation.runs import Outcome, Run, outcome_of
+from exporter.remediation.trash import Trash
 from exporter.snapshot import Filesystem
 
 __all__ = ["PLAN_SLACK", "Executor", "RunAborted", "hold_reference"]
@@ -69,6 +70,8 @@ class Executor:
         self.protect_now = protect_now
         #: Told of each `unknown` outcome of an image DELETE (its line is on disk by then).
         self.on_unknown: Callable[[Run, Candidate, Outcome], None] | None = None
+        #: Saves an image with no known registry copy before its first DELETE (None: no trash configured).
+        self.trash: Trash | None = None
         self._stopping = False
         self._running: set[str] = set()
 
@@ -193,7 +196,14 @@ class Executor:
         # forward clock step in that span makes its LastTagTime look older by the step, so allow for it
         young_after = plan.now - action.min_age - clocks.CLOCK.forward_step_within(action.min_age + PLAN_SLACK)
         deleter = Deleter(
-            self.engine, self.lines, run, young_after, self.protect_now, lambda: self.stopping, self._heard_unknown
+            self.engine,
+            self.lines,
+            run,
+            young_after,
+            self.protect_now,
+            lambda: self.stopping,
+            self._heard_unknown,
+            self.trash,
         )
         pending = deque(plan.candidates)
         in_flight: dict[asyncio.Task[Outcome | None], Candidate] = {}

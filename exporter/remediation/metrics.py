@@ -25,6 +25,9 @@ class RemediationMetrics:
     """Counters and gauges for runs, deletions, skips and webhook traffic (on the app's registry)."""
 
     def __init__(self, registry: CollectorRegistry, actions: Iterable[str]) -> None:
+        self._registry = registry
+        self.trash_bytes: Gauge | None = None
+        self.trash_images: Gauge | None = None
         self.runs = Counter(
             "docker_remediation_runs",
             "Remediation runs by action, trigger (alert, schedule, manual) and result "
@@ -125,6 +128,22 @@ class RemediationMetrics:
         for status in ALERT_STATUSES:
             for outcome in ALERT_OUTCOMES:
                 self.webhook_alerts.labels(status, outcome)
+
+    def set_trash(self, images: int, size: int) -> None:
+        """The trash's contents; the series exist only once a trash is configured (absent is "no trash")."""
+        if self.trash_bytes is None or self.trash_images is None:
+            self.trash_bytes = Gauge(
+                "docker_remediation_trash_bytes",
+                "Bytes the archives in remediation.trash take (images saved before their deletion).",
+                registry=self._registry,
+            )
+            self.trash_images = Gauge(
+                "docker_remediation_trash_images",
+                "Archives in remediation.trash: deleted images a restore can load back without a registry.",
+                registry=self._registry,
+            )
+        self.trash_bytes.set(size)
+        self.trash_images.set(images)
 
     def set_next_run(self, action: str, when: float) -> None:
         self.next_run.labels(action).set(when)

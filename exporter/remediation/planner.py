@@ -58,6 +58,7 @@ SkipReason = Literal[
     "max_deletions",
     "not_stopped",
     "restarted",
+    "trash",
 ]
 SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
 #: What each skip reason means, for the `reason` of a skipped image's outcome and audit line.
@@ -72,6 +73,7 @@ SKIP_SUMMARIES: dict[SkipReason, str] = {
     "max_deletions": "kept: max_deletions reached",
     "not_stopped": "kept: the container is no longer stopped",
     "restarted": "kept: the container ran again since the plan",
+    "trash": "kept: could not be saved to the trash (no known registry copy)",
 }
 SizeBasis = Literal["unique", "total"]
 

@@ -12,7 +12,13 @@ another ID is not the one deleted, and no tag is moved onto it.
 Why tags are not moved by default: a tag the deleted image had may name another image by now (a newer
 build, a deliberate re-tag). Moving it back would silently replace what someone chose; only `force` does.
 
-Pulls are not announced by an intent line (nothing is lost by a pull); every restore outcome is audited.
+An image that the trash saved before its deletion (the run's `trash` line names the archive) is loaded back
+from that archive (`POST /images/load`), then checked and tagged the same way. The archive goes first while
+it is there: it is the image as deleted and needs no network (on the containerd store and Podman a repo
+digest names a place to try, not a proven copy). It stays for another restore until the trash expires it.
+
+Pulls and loads are not announced by an intent line (nothing is lost by either); every restore outcome is
+audited.
 """
 
 from __future__ import annotations
@@ -48,9 +54,11 @@ class Deleted:
     repo_digests: tuple[str, ...]
     created: float | None
     size: int
+    #: The trash archive saved right before the deletion ("" when none was).
+    trash: str = ""
 
     @classmethod
-    def from_line(cls, line: dict[str, Any]) -> Deleted:
+    def from_line(cls, line: dict[str, Any], trash: str = "") -> Deleted:
         tags, digests = line.get("tags"), line.get("repo_digests")
         references = [str(r) for r in line.get("references") or []]
         if not isinstance(tags, list):  # a line without the restore fields: what its references say
@@ -63,16 +71,25 @@ class Deleted:
             tuple(str(d) for d in digests),
             line.get("created") if isinstance(line.get("created"), int | float) else None,
             int(line.get("size") or 0),
+            trash,
         )
+
+    @property
+    def in_trash(self) -> bool:
+        return bool(self.trash) and Path(self.trash).is_file()
 
     @property
     def commands(self) -> str:
         """The shell lines a person can paste to do this restore by hand (or why there are none)."""
+        if self.in_trash:
+            return " && ".join(
+                [f"docker load -i {self.trash}", *(f"docker tag {self.image_id} {t}" for t in self.tags)]
+            )
         return restore_hint(self.image_id, self.repo_digests, self.tags)
 
     def to_json(self) -> dict[str, Any]:
-        data = record_json(self)
-        data["restorable"] = bool(self.repo_digests)
+        data = record_json(self, omit_empty=("trash",))
+        data["restorable"] = bool(self.repo_digests) or self.in_trash
         data["commands"] = self.commands
         return data
 
@@ -85,6 +102,8 @@ class Restored:
     result: RestoreResult
     detail: str = ""
     pulled: str = ""
+    #: The trash archive the image was loaded from ("" when it was not).
+    loaded: str = ""
     tagged: list[str] = field(default_factory=list)
     #: Tags that name another image now, with that image's ID: left alone unless forced.
     conflicts: dict[str, str] = field(default_factory=dict)
@@ -98,6 +117,7 @@ def deleted_images(audit_path: str | Path, run_id: str) -> list[Deleted]:
     """Every image the run deleted, from its audit lines (the last line per image wins: a `confirmed_by`
     line after an `unknown` one)."""
     found: dict[str, Deleted] = {}
+    trashed: dict[str, str] = {}  # image ID -> the archive its `trash` line names
     seen_run = False
     try:
         with open(audit_path, encoding="utf-8", errors="replace") as handle:
@@ -111,8 +131,10 @@ def deleted_images(audit_path: str | Path, run_id: str) -> list[Deleted]:
                 if not isinstance(line, dict) or line.get("run_id") != run_id:
                     continue
                 seen_run = True
+                if line.get("event") == "trash" and line.get("image_id") and isinstance(line.get("file"), str):
+                    trashed[str(line["image_id"])] = line["file"]
                 if line.get("event") == "image" and line.get("result") == "deleted" and line.get("image_id"):
-                    deleted = Deleted.from_line(line)
+                    deleted = Deleted.from_line(line, trashed.get(str(line["image_id"]), ""))
                     found[deleted.image_id] = deleted
     except OSError as exc:
         raise RestoreError(f"cannot read audit log {audit_path}: {exc}") from exc
@@ -147,8 +169,10 @@ async def _named(engine: Engine, ref: str) -> str | None:
 async def restore_one(engine: Engine, image: Deleted, *, force: bool = False, dry_run: bool = False) -> Restored:
     """Bring one deleted image back: pull a repo digest, check the ID, re-create every tag."""
     out = Restored(image.image_id, "failed", commands=image.commands)
-    if not image.repo_digests:
+    if not image.repo_digests and not image.in_trash:
         out.result, out.detail = "no_copy", "no repo digest was recorded: no registry copy is known"
+        if image.trash:
+            out.detail += f"; the trash archive {image.trash} is gone (expired or removed)"
         return out
     try:
         for tag in image.tags:
@@ -158,11 +182,23 @@ async def restore_one(engine: Engine, image: Deleted, *, force: bool = False, dr
         present = await _named(engine, image.image_id) == image.image_id
         if dry_run:
             out.result = "would_restore"
-            out.detail = "already present: only tags to re-create" if present else "would pull, check and tag"
+            how = f"load {image.trash}" if image.in_trash else "pull"
+            out.detail = "already present: only tags to re-create" if present else f"would {how}, check and tag"
             return out
         if not present:
             problems: list[str] = []
-            for pinned in image.repo_digests:
+            if image.in_trash:
+                try:
+                    said = await engine.load_archive(image.trash)
+                except EngineError as exc:
+                    problems.append(f"load {image.trash}: {exc}")
+                else:
+                    out.loaded = image.trash
+                    if await _named(engine, image.image_id) != image.image_id:
+                        out.result = "mismatch"
+                        out.detail = f"{image.trash} loaded as {'; '.join(said)}, not {image.image_id}: no tag moved"
+                        return out
+            for pinned in image.repo_digests if not out.loaded else ():
                 ref = DigestRef.parse(pinned)
                 if ref is None:
                     continue
@@ -173,10 +209,12 @@ async def restore_one(engine: Engine, image: Deleted, *, force: bool = False, dr
                     continue
                 out.pulled = pinned
                 break
-            if not out.pulled:
-                out.detail = "no repo digest could be pulled: " + "; ".join(problems)
+            if not out.pulled and not out.loaded:
+                out.detail = "neither the trash archive could be loaded nor a repo digest pulled: " + "; ".join(
+                    problems
+                )
                 return out
-            got = await _named(engine, out.pulled)
+            got = await _named(engine, out.pulled) if out.pulled else image.image_id
             if got != image.image_id:
                 out.result = "mismatch"
                 out.detail = f"{out.pulled} came back as {got}, not {image.image_id}: no tag moved onto it"

@@ -105,6 +105,8 @@ class Runner:
                 self._warn_engine_limits(snapshot)
                 # in a worker thread: with many images a plan takes long enough to hold up scrapes and webhooks
                 plan = await asyncio.to_thread(make_plan, snapshot, action, config.protect, self.clock())
+                if self.executor.trash is not None:  # said before anything is deleted, dry runs included
+                    plan = await asyncio.to_thread(self.executor.trash.annotate, plan)
                 local_images, local_bytes = plan.local_only_kept
                 log.info(
                     "remediation run planned",

@@ -37,6 +37,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter.config import RemediationConfig, RouteConfig
+from exporter.engine import apishapes
 from exporter.engine.client import Engine
 from exporter.logs import kv
 from exporter.remediation import routing
@@ -46,12 +47,14 @@ from exporter.remediation.audittail import AUDIT_TAIL_LINES, AuditTail, recent_a
 from exporter.remediation.executor import Executor
 from exporter.remediation.gate import Refused, RunGate
 from exporter.remediation.metrics import RemediationMetrics
+from exporter.remediation.registrycheck import RegistryCheck
 from exporter.remediation.relay import Relay
 from exporter.remediation.routing import DeliveryResult, RunStarted
 from exporter.remediation.runner import Runner
 from exporter.remediation.runs import Run, Trigger
 from exporter.remediation.scheduler import Scheduler
 from exporter.remediation.status import ActionStatus, StatusView
+from exporter.remediation.trash import Trash
 from exporter.remediation.unconfirmed import UnknownWatch
 from exporter.schedulestate import ScheduleState
 from exporter.snapshot import Filesystem
@@ -99,6 +102,7 @@ class RemediationService:
         self.status = StatusView(current, self.gate, self.scheduler, self.runner.history)
         self.unknown_watch = UnknownWatch(self.executor, poller, self.metrics, self.runner.history, monotonic)
         self.executor.on_unknown = self.unknown_watch.watch
+        self.executor.trash = self._trash_for(config)
         poller.on_publish.append(self.unknown_watch.on_publish)
         # the parts' state under the names tests and the API read (the same objects, not copies)
         self.history = self.runner.history
@@ -122,6 +126,8 @@ class RemediationService:
                 "the audit log is not writable: every remediation run will fail until this is fixed", extra=kv(err=exc)
             )
         self.scheduler.reschedule()
+        if self.executor.trash is not None:  # what a restart left: expired archives, cut-short saves
+            await asyncio.to_thread(self.executor.trash.expire)
         log.info(
             "remediation enabled",
             extra=kv(
@@ -135,6 +141,8 @@ class RemediationService:
     def stop_runs(self) -> None:
         """Start no more deletions: running runs end after their current one (the first step of a shutdown)."""
         self.executor.stop()
+        if self.executor.trash is not None:
+            self.executor.trash.stop()
 
     async def stop(self) -> None:
         """Stop schedules, let running runs end after their current deletion, then close the audit log."""
@@ -160,7 +168,32 @@ class RemediationService:
         for name in removed:
             self.metrics.clear_next_run(name)
         self.metrics.add_actions(sorted(config.actions.keys() - old.actions.keys()))
+        if self.executor.trash is not None and config.trash is not None:
+            self.executor.trash.reconfigure(config.trash)
+            if config.registry_check != old.registry_check:
+                self.executor.trash.registry_check = _registry_check(config)
+        else:
+            self.executor.trash = self._trash_for(config)
         self.scheduler.reschedule()
+
+    def _trash_for(self, config: RemediationConfig) -> Trash | None:
+        """The trash of `remediation.trash` (None when off); repo digests prove a registry copy only on the
+        classic store, and only once the engine is known."""
+        if config.trash is None:
+            return None
+
+        def digests_prove_copy() -> bool:
+            snapshot = self.poller.snapshot
+            engine = snapshot.engine if snapshot is not None else None
+            return engine is not None and not apishapes.local_images_have_digests(engine)
+
+        return Trash(
+            config.trash,
+            self.engine,
+            digests_prove_copy=digests_prove_copy,
+            gauges=self.metrics,
+            registry_check=_registry_check(config),
+        )
 
     @property
     def schedules(self) -> ScheduleState:
@@ -250,3 +283,7 @@ class RemediationService:
 
     async def run_to_completion(self, run: Run) -> Run:
         return await self.runner.run_to_completion(run)
+
+
+def _registry_check(config: RemediationConfig) -> RegistryCheck | None:
+    return None if config.registry_check is None else RegistryCheck(config.registry_check)

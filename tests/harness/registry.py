@@ -5,10 +5,16 @@ dockerd treats 127.0.0.0/8 registries as insecure by default, so plain HTTP push
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -20,8 +26,11 @@ from tests.harness.lifecycle import Managed
 class PrivateRegistry(Managed):
     """`docker-registry serve` with filesystem storage under `workdir` on 127.0.0.1:<free port>."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, users: Mapping[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
+        #: With users (name -> password), the registry asks for them (htpasswd, HTTP basic auth).
+        self.users = dict(users or {})
+        self.htpasswd_path = self.workdir / "htpasswd"
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.storage = self.workdir / "storage"
@@ -34,12 +43,58 @@ class PrivateRegistry(Managed):
         return f"{self.address}/{name}"
 
     def _config(self) -> dict[str, object]:
-        return {
+        config: dict[str, object] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": str(self.storage)}, "delete": {"enabled": True}},
             "http": {"addr": self.address, "headers": {"X-Content-Type-Options": ["nosniff"]}},
         }
+        if self.users:
+            config["auth"] = {"htpasswd": {"realm": "die-test", "path": str(self.htpasswd_path)}}
+        return config
+
+    def _write_htpasswd(self) -> None:
+        """bcrypt entries, the only hash distribution's htpasswd accepts (glibc's crypt makes them)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+
+            lines = [f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH))}" for u, p in self.users.items()]
+        self.htpasswd_path.write_text("\n".join(lines) + "\n")
+
+    def _authorization(self) -> dict[str, str]:
+        if not self.users:
+            return {}
+        user, password = next(iter(self.users.items()))
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    def put_image(self, name: str, tag: str) -> str:
+        """Upload a minimal image (a config blob, no layers) as `name:tag` over the registry API; its
+        manifest digest. For tests of the registry itself, without an engine."""
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+                             "created": f"2026-01-01T00:00:{time.time_ns() % 60:02d}Z", "die": time.time_ns()}).encode()  # fmt: skip
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        base = f"http://{self.address}/v2/{name}"
+        auth = self._authorization()
+        start = urllib.request.Request(f"{base}/blobs/uploads/", data=b"", method="POST", headers=auth)
+        with urllib.request.urlopen(start, timeout=10) as resp:
+            location = urllib.parse.urljoin(f"http://{self.address}/", str(resp.headers["Location"]))
+        sep = "&" if "?" in location else "?"
+        upload = urllib.request.Request(f"{location}{sep}digest={config_digest}", data=config, method="PUT",
+                                        headers={**auth, "Content-Type": "application/octet-stream"})  # fmt: skip
+        with urllib.request.urlopen(upload, timeout=10) as resp:
+            assert resp.status == 201, resp.status
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
+                       "digest": config_digest},
+            "layers": [],
+        }).encode()  # fmt: skip
+        put = urllib.request.Request(f"{base}/manifests/{tag}", data=manifest, method="PUT",
+                                     headers={**auth, "Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})  # fmt: skip
+        with urllib.request.urlopen(put, timeout=10) as resp:
+            return str(resp.headers["Docker-Content-Digest"])
 
     def start(self, timeout: float = 20) -> None:
         """Start and wait until `GET /v2/` answers 200."""
@@ -47,6 +102,8 @@ class PrivateRegistry(Managed):
         if program is None:
             raise EngineError("docker-registry not found (install Debian's docker-registry)")
         self.storage.mkdir(parents=True, exist_ok=True)
+        if self.users:
+            self._write_htpasswd()
         self.config_path.write_text(yaml.safe_dump(self._config()))
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -65,6 +122,9 @@ class PrivateRegistry(Managed):
                 with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2) as resp:
                     if resp.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401 and self.users:  # serving, and asking for credentials as configured
+                    return
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:

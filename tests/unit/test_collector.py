@@ -117,6 +117,27 @@ def test_local_only_is_absent_where_every_image_lists_a_repo_digest(kind: str) -
     assert reg.get_sample_value("docker_images") == 3
     assert reg.get_sample_value("docker_images_local_only") is None
     assert reg.get_sample_value("docker_images_local_only_size_bytes") is None
+    assert reg.get_sample_value("docker_repository_images", {"repository": "app"}) == 2
+    for name in ("docker_repository_local_only_images", "docker_repository_local_only_size_bytes"):
+        assert reg.get_sample_value(name, {"repository": "app"}) is None
+    assert (
+        reg.get_sample_value("docker_image_size_bytes", {"repository": "app", "tag": "0", "image_id": "c" * 12}) == 200
+    )
+    assert (
+        reg.get_sample_value("docker_image_restorable", {"repository": "app", "tag": "0", "image_id": "c" * 12}) is None
+    )
+
+
+def test_restorable_per_image_and_local_only_per_repository_on_the_classic_store() -> None:
+    """A repo digest there means a pull or a push happened: 1; none: 0 (a deletion loses the image)."""
+    reg, _ = render(SNAP)
+    v = reg.get_sample_value
+    assert v("docker_image_restorable", {"repository": "app", "tag": "0", "image_id": "c" * 12}) == 1
+    assert v("docker_image_restorable", {"repository": "app", "tag": "1", "image_id": "a" * 12}) == 0
+    assert v("docker_image_restorable", {"repository": "<none>", "tag": "<none>", "image_id": "b" * 12}) == 0
+    assert v("docker_repository_local_only_images", {"repository": "app"}) == 1  # "a"; "c" has a digest
+    assert v("docker_repository_local_only_size_bytes", {"repository": "app"}) == 500
+    assert v("docker_repository_local_only_images", {"repository": "reg.local:5000/team/app"}) == 1
 
 
 def test_totals_and_repositories() -> None:

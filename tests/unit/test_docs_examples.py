@@ -30,6 +30,7 @@ def test_remediation_examples_pass_config_check(index: int, tmp_path: Path, caps
     for host_dir in HOST_DIRS:
         block = block.replace(host_dir, f"{tmp_path}/")
     (tmp_path / "token").write_text("s3cret-token\n")
+    (tmp_path / "registry-auth.json").write_text('{"auths": {}}\n')
     config = tmp_path / "config.yml"
     config.write_text(block)
     assert main(["--config.file", str(config), "--config.check"]) == 0, capsys.readouterr().err
