@@ -46,6 +46,7 @@ VALUE_FLAGS = frozenset(
         "--web.max-connections",
         "--web.read-header-timeout",
         "--docker.host",
+        "--runtime.endpoint",
         "--log.level",
         "--log.format",
     }
@@ -124,6 +125,8 @@ def engine_address(argv: Sequence[str], environ: Mapping[str, str]) -> EngineAdd
             value = argv[i]
         flags[name] = value
         i += 1
+    if "--runtime.endpoint" in flags:
+        return None  # a CRI runtime: nothing here speaks its protocol
     config_host: str | None = None
     config_file = flags.get("--config.file")
     if config_file and "--docker.host" not in flags:
@@ -150,8 +153,8 @@ def _config_host(path: str) -> tuple[bool, str | None]:
         return False, None
     if document is None:
         return True, None
-    if not isinstance(document, dict):
-        return False, None
+    if not isinstance(document, dict) or document.get("runtime") is not None:
+        return False, None  # a `runtime` section may choose a CRI runtime: no Docker API request then
     docker = document.get("docker")
     if docker is None:
         return True, None

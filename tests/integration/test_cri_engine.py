@@ -1,0 +1,176 @@
+"""The CRI backend against a real containerd: every metric the CRI can know equals the runtime's own answer.
+
+Expected values come from the CRI itself (ListImages, ImageStatus, ImageFsInfo asked here with the stubs,
+not through the exporter's client), from `ctr` and from the generated images' specs; statvfs of the image
+filesystem for the disk series. What the CRI cannot know (shared and unique sizes, layer disk usage,
+reclaimable bytes, build cache, last tag time) must be absent, not zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc as rpc
+
+from tests.harness.containerd import PrivateContainerd
+from tests.harness.exporter import parse_samples
+from tests.harness.fixtures import ExporterFactory
+from tests.harness.images import ImageSpec, Layer
+
+pytestmark = pytest.mark.cri
+
+REPO = Path(__file__).resolve().parents[2]
+ABSENT_ON_CRI = (
+    "docker_image_shared_size_bytes",
+    "docker_image_unique_size_bytes",
+    "docker_image_last_tag_timestamp_seconds",
+    "docker_images_disk_usage_bytes",
+    "docker_images_reclaimable_bytes",
+    "docker_build_cache_size_bytes",
+    "docker_build_cache_reclaimable_bytes",
+    "docker_build_cache_entries",
+)
+
+
+def specs() -> list[ImageSpec]:
+    base = Layer.random(200_000, "cri-base")
+    old = datetime(2024, 3, 1, tzinfo=UTC)
+    return [
+        ImageSpec(
+            tags=("team/web:1.0", "team/web:latest"),
+            layers=(base, Layer.random(30_000, "web-1")),
+            labels={"keep": "true"},
+            created=old,
+        ),
+        ImageSpec(tags=("team/web:0.9",), layers=(base, Layer.random(20_000, "web-0.9")), created=old - timedelta(1)),
+        ImageSpec(tags=("registry.example:5000/ns/api:2",), layers=(Layer.random(50_000, "api"),)),
+    ]
+
+
+def cri_answer(ctd: PrivateContainerd) -> tuple[list[pb.Image], dict[str, dict[str, object]], pb.ImageFsInfoResponse]:
+    """ListImages, each image's verbose ImageStatus (as JSON) and ImageFsInfo, straight from the runtime."""
+    with grpc.insecure_channel(ctd.endpoint) as channel:
+        images = rpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+        listed = list(images.ListImages(pb.ListImagesRequest(), timeout=10).images)
+        status = {
+            i.id: json.loads(
+                images.ImageStatus(
+                    pb.ImageStatusRequest(image=pb.ImageSpec(image=i.id), verbose=True), timeout=10
+                ).info["info"]
+            )
+            for i in listed
+        }
+        fs = images.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=10)
+    return listed, status, fs
+
+
+def split(ref: str) -> tuple[str, str]:
+    slash, colon = ref.rfind("/"), ref.rfind(":")
+    return ref[:colon], ref[colon + 1 :] if colon > slash else "latest"
+
+
+def test_every_metric_the_cri_knows_equals_the_runtimes_own_answer(
+    containerd: PrivateContainerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    generated = specs()
+    containerd.load(generated)
+    exp = exporter_factory(containerd, {"state": {"path": str(tmp_path / "state.json")}})
+    text = exp.metrics_text()
+    samples = parse_samples(text)
+
+    def values(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        return {tuple(sorted(lbl.items())): v for n, lbl, v in samples if n == name}
+
+    listed, status, fs = cri_answer(containerd)
+    by_id = {i.id: i for i in listed}  # containerd lists an image once per reference: one ID may come twice
+    # the IDs are the images' config digests, as `ctr` names them too
+    assert set(by_id) == {s.image_id for s in generated}
+    assert {r for r in containerd.refs() if r.startswith("sha256:")} == set(by_id)
+    assert values("docker_images")[()] == len(by_id)
+    assert values("docker_images_size_bytes")[()] == sum(i.size for i in by_id.values())
+    assert values("docker_up")[()] == 1
+
+    expected_size, expected_created, expected_containers = {}, {}, {}
+    for image_id, image in by_id.items():
+        tags = {t for i in listed if i.id == image_id for t in i.repo_tags}
+        created = datetime.fromisoformat(status[image_id]["imageSpec"]["created"].replace("Z", "+00:00"))  # type: ignore[index]
+        for ref in tags:
+            repository, tag = split(ref)
+            key = (("image_id", image_id.removeprefix("sha256:")[:12]), ("repository", repository), ("tag", tag))
+            expected_size[key] = float(image.size)
+            expected_created[key] = created.timestamp()
+            expected_containers[key] = 0.0
+    assert values("docker_image_size_bytes") == expected_size
+    assert values("docker_image_created_timestamp_seconds") == expected_created
+    assert values("docker_image_containers") == expected_containers
+    # the specs' own created times: the CRI's verbose status carries the OCI config exactly
+    assert sorted(expected_created.values())[0] == (datetime(2024, 3, 1, tzinfo=UTC) - timedelta(1)).timestamp()
+    repos = {split(t)[0] for i in listed for t in i.repo_tags}
+    assert set(dict(k)["repository"] for k in values("docker_repository_images")) == repos
+    assert values("docker_repository_tags")[(("repository", "docker.io/team/web"),)] == 3
+    assert values("docker_images_dangling")[()] == 0
+    # imported, never pulled: no repo digest, so every image exists only here
+    assert all(not i.repo_digests for i in listed)
+    assert values("docker_images_local_only")[()] == len(by_id)
+
+    # the image filesystem is ImageFsInfo's mountpoint, sized by statvfs
+    mountpoint = fs.image_filesystems[0].fs_id.mountpoint
+    assert mountpoint == str(containerd.image_fs)
+    st = os.statvfs(mountpoint)
+    assert values("docker_filesystem_size_bytes")[(("path", mountpoint),)] == st.f_blocks * st.f_frsize
+    avail = values("docker_filesystem_avail_bytes")[(("path", mountpoint),)]
+    assert abs(avail - st.f_bavail * st.f_frsize) < 256 << 20  # other tests write to the same disk meanwhile
+
+    # which runtime answered, in the labels the dashboards already read
+    version = subprocess.run(["containerd", "--version"], capture_output=True, text=True, check=True).stdout.split()
+    (info,) = values("docker_engine_info")
+    labels = dict(info)
+    assert labels["runtime"] == "containerd"
+    assert labels["version"] == version[2]
+    assert labels["api_version"] == "v1"
+    assert labels["storage_driver"] == "native"
+
+    for name in ABSENT_ON_CRI:
+        assert not values(name), f"{name} is unknown over the CRI and must be absent"
+
+
+def test_an_image_removed_by_the_runtime_leaves_at_the_next_poll(
+    containerd: PrivateContainerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    generated = specs()
+    containerd.load(generated)
+    exp = exporter_factory(containerd, {"state": {"path": str(tmp_path / "state.json")}, "poll": {"interval": "1s"}})
+    assert exp.sample("docker_images") == 3
+    gone = generated[2]
+    containerd.ctr("images", "rm", "registry.example:5000/ns/api:2", gone.image_id)
+    exp.wait_for(lambda: exp.sample("docker_images") == 2, timeout=15, what="the removal to show")
+    assert not [s for s in exp.samples("docker_image_size_bytes") if s[0]["image_id"] == gone.short_id]
+
+
+def test_docker_and_runtime_together_are_refused_at_start(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--docker.host",
+            "unix:///nowhere.sock",
+            "--runtime.endpoint",
+            "unix:///x.sock",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "both a Docker engine (unix:///nowhere.sock) and a CRI runtime (unix:///x.sock) are set" in proc.stderr
