@@ -64,7 +64,7 @@ from exporter.engine.client import (
     EngineUnavailable,
 )
 from exporter.logs import kv
-from exporter.remediation import containers
+from exporter.remediation import containers, crideletion
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason, goal_met
@@ -465,6 +465,10 @@ class Executor:
         """
         steps = _Steps(cand, young_after, self.protect_now)
         try:
+            if isinstance(self.engine, crideletion.CriRemoval):  # a CRI runtime protects nothing itself
+                intent = lambda: self._intent(run, cand, cand.image_id)  # noqa: E731
+                result, reason, detail = await crideletion.remove(self.engine, cand, steps.changed, intent)
+                return _outcome(cand, result, reason, detail)
             if cand.removes_image:
                 return await self._delete_image(run, cand, steps)
             return await self._untag_only(run, cand, steps)

@@ -12,16 +12,20 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
-from tests.harness.containerd import PrivateContainerd
+from tests.harness.audit import read_audit
+from tests.harness.containerd import SANDBOX_IMAGE, PrivateContainerd
 from tests.harness.exporter import parse_samples
+from tests.harness.fakecri import FIXTURE, comparable, record, recorded_specs
 from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import ImageSpec, Layer
 
@@ -174,3 +178,74 @@ def test_docker_and_runtime_together_are_refused_at_start(tmp_path: Path) -> Non
     )
     assert proc.returncode == 1
     assert "both a Docker engine (unix:///nowhere.sock) and a CRI runtime (unix:///x.sock) are set" in proc.stderr
+
+
+def test_the_recorded_answers_are_the_real_runtimes(containerd: PrivateContainerd) -> None:
+    """The fake runtime of the removal tests answers with this recording: it must be what containerd says."""
+    containerd.load(recorded_specs())
+    fresh = record(containerd.endpoint)
+    if os.environ.get("DIE_RECORD_CRI") == "1":
+        FIXTURE.write_text(json.dumps(fresh, indent=1, sort_keys=True) + "\n")
+    assert comparable(fresh) == comparable(json.loads(FIXTURE.read_text()))
+
+
+TOKEN = "cri-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def test_a_disk_pressure_alert_frees_space_and_never_touches_the_sandbox_image(
+    containerd: PrivateContainerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    """The full loop on a containerd node: Alertmanager's webhook, the free_space plan, the CRI protocol's
+    checks, intent lines, RemoveImage; what is left is the sandbox image, as containerd itself says."""
+    loaded = recorded_specs()
+    containerd.load(loaded)
+    audit = tmp_path / "audit.jsonl"
+    config = {
+        "state": {"path": str(tmp_path / "state.json")},
+        "poll": {"interval": "1s"},
+        "remediation": {
+            "enabled": True,
+            "dry_run": False,
+            "auth": {"bearer_token": TOKEN},
+            "audit_log": str(audit),
+            # an unreachable goal: every image the rules let go must go
+            "actions": {"free-disk": {"type": "free_space", "target_avail_ratio": 0.999, "min_age": "1s"}},
+            "routes": [{"matchers": ['remediation="free-disk"'], "action": "free-disk", "cooldown": "10m"}],
+        },
+    }
+    exp = exporter_factory(containerd, config)
+    time.sleep(1.5)  # min_age counts from the exporter's first sight of the images
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "DockerDiskPressure", "remediation": "free-disk", "instance": "node-1"},
+        "annotations": {},
+        "startsAt": "2024-01-01T00:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": "0123456789abcdef",
+    }
+    body = json.dumps({"version": "4", "status": "firing", "receiver": "r", "groupKey": "{}", "alerts": [alert]})
+    status, answer = exp.request("POST", "/webhook/alertmanager", body.encode(), headers=BEARER)
+    assert status in (200, 202), answer
+
+    def finished() -> list[dict[str, Any]]:
+        records = read_audit(audit) if audit.exists() else []
+        return records if any(r.get("event") == "run_end" for r in records) else []
+
+    records = exp.wait_for(finished, timeout=60, what="the run to end")
+    sandbox = next(s for s in loaded if SANDBOX_IMAGE in s.tags)
+    # containerd's own answer: only the sandbox image is left
+    assert {r for r in containerd.refs() if r.startswith("sha256:")} == {sandbox.image_id}
+    assert containerd.refs() == sorted([sandbox.image_id, SANDBOX_IMAGE])
+    images = [r for r in records if r.get("event") in ("intent", "image")]
+    for spec in loaded:
+        events = [r["event"] for r in images if r.get("image_id") == spec.image_id]
+        if spec is sandbox:
+            assert events == ["image"]
+            (kept,) = [r for r in images if r.get("image_id") == spec.image_id]
+            assert kept["result"] == "skipped" and kept["skip_reason"] == "protected_reference", kept
+        else:
+            assert events == ["intent", "image"], (spec.tags, events)  # the intent line first
+            (done,) = [r for r in images if r.get("image_id") == spec.image_id and r["event"] == "image"]
+            assert done["result"] == "deleted", done
+    exp.wait_for(lambda: exp.sample("docker_images") == 1, timeout=15, what="the next poll to show it")

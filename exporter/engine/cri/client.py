@@ -261,24 +261,34 @@ class CriEngine(Engine):
         raise EngineError("the CRI cannot tag images")
 
     async def restore_tag(self, image_id: str, repository: str, tag: str) -> None:
-        raise EngineError("the CRI cannot tag images: pull the reference by its tag instead")
+        """The CRI cannot tag: the tag comes back by pulling `repository:tag`, which names the restored image
+        only while the registry's tag still points at it. Checked after the pull; an EngineError says so
+        when the registry's tag has moved (the image it names now was pulled, the restored one is untouched)."""
+        await self._pull(f"{repository}:{tag}")
+        status = await self._status(f"{repository}:{tag}", lane="delete")
+        if status is None or status.image.id != image_id:
+            now = status.image.id if status is not None else "nothing"
+            raise EngineError(f"{repository}:{tag} in the registry is {now} now, not {image_id}: tag not restored")
 
     async def pull_digest(self, repository: str, digest: str) -> None:
         """CRI `PullImage` of `repository@digest`, on a thread of its own (minutes of download)."""
-        request = pb.PullImageRequest(image=pb.ImageSpec(image=f"{repository}@{digest}"))
+        await self._pull(f"{repository}@{digest}")
+
+    async def _pull(self, ref: str) -> None:
+        request = pb.PullImageRequest(image=pb.ImageSpec(image=ref))
 
         def pull() -> None:
             try:
                 self._images.PullImage(request, timeout=RESTORE_PULL_TIMEOUT)
             except grpc.RpcError as exc:
-                raise _translate(exc, f"PullImage {repository}@{digest}") from None
+                raise _translate(exc, f"PullImage {ref}") from None
 
         future = asyncio.get_running_loop().run_in_executor(self._restore_lane, pull)
         try:
             async with asyncio.timeout(RESTORE_PULL_TIMEOUT + 5):
                 await future
         except TimeoutError:
-            raise EngineUnavailable(f"pull {repository}@{digest} did not finish in time") from None
+            raise EngineUnavailable(f"pull {ref} did not finish in time") from None
 
     async def inspect_container_now(self, container_id: str) -> dict[str, Any]:
         raise EngineError("container removal is the kubelet's on a Kubernetes node")
