@@ -34,9 +34,13 @@ class ContainerdError(RuntimeError):
 class PrivateContainerd(Managed):
     """`containerd --config <workdir>/config.toml`, its gRPC socket at `<workdir>/c.sock`."""
 
-    def __init__(self, workdir: Path | None = None, sandbox_image: str = SANDBOX_IMAGE) -> None:
+    def __init__(
+        self, workdir: Path | None = None, sandbox_image: str = SANDBOX_IMAGE, plain_http: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir or short_workdir("die-ctd-")
         self.sandbox_image = sandbox_image
+        #: registries (`127.0.0.1:port`) the CRI pulls from over plain HTTP (the tests' private registry)
+        self.plain_http = tuple(plain_http)
         self.socket = self.workdir / "c.sock"
         self.log_path = self.workdir / "containerd.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -67,6 +71,10 @@ class PrivateContainerd(Managed):
             '  [plugins."io.containerd.grpc.v1.cri".cni]\n'
             f'    bin_dir = "{w}/cni-bin"\n'
             f'    conf_dir = "{w}/cni-conf"\n'
+            + "".join(
+                f'  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{host}"]\n    endpoint = ["http://{host}"]\n'
+                for host in self.plain_http
+            )
         )
 
     def start(self, timeout: float = 30) -> PrivateContainerd:

@@ -28,6 +28,7 @@ from tests.harness.exporter import parse_samples
 from tests.harness.fakecri import FIXTURE, comparable, record, recorded_specs
 from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import ImageSpec, Layer
+from tests.harness.registry import PrivateRegistry
 
 pytestmark = pytest.mark.cri
 
@@ -249,3 +250,54 @@ def test_a_disk_pressure_alert_frees_space_and_never_touches_the_sandbox_image(
             (done,) = [r for r in images if r.get("image_id") == spec.image_id and r["event"] == "image"]
             assert done["result"] == "deleted", done
     exp.wait_for(lambda: exp.sample("docker_images") == 1, timeout=15, what="the next poll to show it")
+
+
+def test_a_removed_image_is_restored_by_digest_and_tag(
+    registry: PrivateRegistry, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    """Restore over the CRI: the run's audit lines name the repo digest; the restore pulls it through the CRI's
+    PullImage and brings the tag back by pulling it (checked to name the same image)."""
+    containerd = PrivateContainerd(plain_http=[registry.address])
+    try:
+        containerd.start()
+        ref = registry.ref("team/web:1")
+        (spec,) = [ImageSpec(tags=(ref,), layers=(Layer.random(40_000, "restore-me"),))]
+        containerd.load([spec])
+        containerd.ctr("images", "push", "--plain-http", ref)
+        containerd.ctr("images", "rm", ref, spec.image_id)
+        with grpc.insecure_channel(containerd.endpoint) as channel:  # as kubelet gets it: pulled over the CRI
+            images = rpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+            images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=60)
+            (listed,) = images.ListImages(pb.ListImagesRequest(), timeout=10).images
+        assert listed.id == spec.image_id and listed.repo_digests
+        audit = tmp_path / "audit.jsonl"
+        config = {
+            "state": {"path": str(tmp_path / "state.json")},
+            "remediation": {
+                "enabled": True,
+                "dry_run": False,
+                "auth": {"bearer_token": TOKEN},
+                "audit_log": str(audit),
+                "actions": {"unused": {"type": "prune_unused", "min_age": "1s"}},
+                "routes": [{"matchers": ['remediation="unused"'], "action": "unused", "cooldown": "10m"}],
+            },
+        }
+        exp = exporter_factory(containerd, config)
+        time.sleep(1.5)
+        status, answer = exp.request("POST", "/api/v1/actions/unused", b"", headers=BEARER)
+        assert status in (200, 202), answer
+        records = exp.wait_for(
+            lambda: [r for r in read_audit(audit) if r.get("event") == "run_end"] and read_audit(audit), timeout=60
+        )
+        (deleted,) = [r for r in records if r.get("event") == "image" and r["result"] == "deleted"]
+        assert deleted["image_id"] == spec.image_id
+        assert containerd.refs() == []
+        run_id = deleted["run_id"]
+        status, answer = exp.request("POST", f"/api/v1/runs/{run_id}/restore", b"", headers=BEARER)
+        assert status == 200, answer
+        (result,) = json.loads(answer)["images"]
+        assert result["result"] == "restored", result
+        assert result["tagged"] == [ref] and result["pulled"].startswith(f"{registry.address}/team/web@sha256:"), result
+        assert spec.image_id in containerd.refs() and ref in containerd.refs()
+    finally:
+        containerd.remove()
