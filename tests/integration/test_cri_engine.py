@@ -27,12 +27,14 @@ from tests.harness.containerd import SANDBOX_IMAGE, PrivateContainerd
 from tests.harness.exporter import parse_samples
 from tests.harness.fakecri import FIXTURE, comparable, record, recorded_specs
 from tests.harness.fixtures import ExporterFactory
-from tests.harness.images import ImageSpec, Layer
+from tests.harness.images import ImageSpec, Layer, scenario_basic
 from tests.harness.registry import PrivateRegistry
+from tests.integration.test_golden_exposition import FIXED_NOW, normalise
 
 pytestmark = pytest.mark.cri
 
 REPO = Path(__file__).resolve().parents[2]
+CRI_GOLDEN = REPO / "tests" / "golden" / "metrics-cri-containerd.prom"
 ABSENT_ON_CRI = (
     "docker_image_shared_size_bytes",
     "docker_image_unique_size_bytes",
@@ -301,3 +303,19 @@ def test_a_removed_image_is_restored_by_digest_and_tag(
         assert spec.image_id in containerd.refs() and ref in containerd.refs()
     finally:
         containerd.remove()
+
+
+def test_exposition_matches_the_cri_golden_file(
+    containerd: PrivateContainerd, exporter_factory: ExporterFactory, tmp_path: Path
+) -> None:
+    """The golden-file check's CRI leg: the same scenario (images, then successors taking some tags, leaving
+    the old images dangling), no containers (none can run here). `UPDATE_GOLDEN=1` rewrites it."""
+    scenario = scenario_basic(now=FIXED_NOW)
+    containerd.load([s for s in scenario.images.values() if s.tags])
+    containerd.load(list(scenario.successors.values()))
+    exp = exporter_factory(containerd, {"poll": {"interval": "10m"}, "state": {"path": str(tmp_path / "s.json")}})
+    actual = normalise(exp.metrics_text())
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        CRI_GOLDEN.write_text(actual)
+    assert CRI_GOLDEN.exists(), "no golden file yet: run with UPDATE_GOLDEN=1"
+    assert actual == CRI_GOLDEN.read_text(), "exposition changed: review, then UPDATE_GOLDEN=1 to accept"
