@@ -10,6 +10,7 @@ fresh /tmp directory: the system's `/run/containerd/containerd.sock` is never to
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import tempfile
@@ -31,6 +32,30 @@ class ContainerdError(RuntimeError):
     pass
 
 
+def containerd_bin_dir() -> Path | None:
+    """Where `containerd` and `ctr` come from: `DIE_CRI_ENGINE=trixie` takes Debian trixie's containerd 1.7 from
+    the engine matrix's cache (fetched like its dockerd); unset or `bookworm`, the system's (PATH)."""
+    name = os.environ.get("DIE_CRI_ENGINE", "").strip() or "bookworm"
+    if name == "bookworm":
+        return None
+    if name != "trixie":  # containerd 2.x (sid) reads another config format
+        raise ContainerdError(f"DIE_CRI_ENGINE={name}: only bookworm (1.6) and trixie (1.7) are known")
+    from tests.harness.engines import prepare_engine
+
+    bin_dir = prepare_engine("trixie").bin_dir
+    assert bin_dir is not None
+    return bin_dir.parent / "root" / "usr" / "bin"  # the extracted package: containerd and ctr side by side
+
+
+def containerd_version(bin_dir: Path | None) -> str:
+    """`containerd --version`'s version field (`1.6.20~ds1`) of the containerd in `bin_dir` (None: PATH)."""
+    program = find_program("containerd", None if bin_dir is None else str(bin_dir))
+    if program is None:
+        raise ContainerdError("containerd not installed (apt-get install containerd)")
+    out = subprocess.run([program, "--version"], capture_output=True, text=True, check=True, timeout=30).stdout
+    return out.split()[2]
+
+
 class PrivateContainerd(Managed):
     """`containerd --config <workdir>/config.toml`, its gRPC socket at `<workdir>/c.sock`."""
 
@@ -44,6 +69,7 @@ class PrivateContainerd(Managed):
         self.socket = self.workdir / "c.sock"
         self.log_path = self.workdir / "containerd.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self.bin_dir = containerd_bin_dir()
 
     @property
     def endpoint(self) -> str:
@@ -78,7 +104,7 @@ class PrivateContainerd(Managed):
         )
 
     def start(self, timeout: float = 30) -> PrivateContainerd:
-        program = find_program("containerd")
+        program = find_program("containerd", None if self.bin_dir is None else str(self.bin_dir))
         if program is None:
             raise ContainerdError("containerd not installed (apt-get install containerd)")
         config = self.workdir / "config.toml"
@@ -100,6 +126,10 @@ class PrivateContainerd(Managed):
                 return self
             time.sleep(0.05)
 
+    def version(self) -> str:
+        """`containerd --version`'s version field (`1.6.20~ds1`) of the binary this harness runs."""
+        return containerd_version(self.bin_dir)
+
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -109,7 +139,7 @@ class PrivateContainerd(Managed):
         return subprocess.run(self._ctr_argv(*args), capture_output=True, timeout=30, check=False).returncode == 0
 
     def _ctr_argv(self, *args: str) -> list[str]:
-        program = find_program("ctr")
+        program = find_program("ctr", None if self.bin_dir is None else str(self.bin_dir))
         if program is None:
             raise ContainerdError("ctr not installed (apt-get install containerd)")
         return [program, "--address", str(self.socket), "--namespace", CRI_NAMESPACE, *args]

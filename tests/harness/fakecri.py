@@ -28,7 +28,16 @@ from google.protobuf import json_format
 from tests.harness.containerd import SANDBOX_IMAGE
 from tests.harness.images import ImageSpec, Layer
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cri" / "containerd-1.6.20.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cri"
+#: Answers of Debian bookworm's containerd 1.6.20 (no `pinned` field yet); `fixture_for` names the others.
+FIXTURE = FIXTURES / "containerd-1.6.20.json"
+
+
+def fixture_for(version: str) -> Path:
+    """The recording of containerd `version` (`1.7.24~ds1` -> containerd-1.7.24.json)."""
+    return FIXTURES / f"containerd-{version.split('~')[0]}.json"
+
+
 #: What the fixture's containerd held: fixed created times, so a fresh recording has the same image IDs.
 RECORDED_CREATED = datetime(2024, 3, 1, tzinfo=UTC)
 

@@ -26,8 +26,9 @@ from pathlib import Path
 from tests.harness.engines import ENGINE_NAMES, EngineUnavailable, check_engine, prepare_engine, start_engine
 
 REPO = Path(__file__).resolve().parents[2]
-#: Legs that are not a Docker engine: the CRI backend's suite (`-m cri`) against Debian's containerd, run once.
-CRI_LEGS = ("containerd-cri",)
+#: Legs that are not a Docker engine: the CRI backend's suite (`-m cri`) against Debian's containerd, by
+#: `DIE_CRI_ENGINE` (bookworm's 1.6 on PATH, trixie's 1.7 from the engine cache).
+CRI_LEGS = {"containerd-cri": "bookworm", "containerd-1.7-cri": "trixie"}
 
 
 @dataclass
@@ -95,13 +96,16 @@ def _count(junit: Path, row: Row) -> None:
 
 
 def _probe_containerd(row: Row) -> None:
-    """The CRI leg's runtime: the system's containerd (its version for the table; the tests start it privately)."""
-    program = shutil.which("containerd")
-    if program is None:
-        raise EngineUnavailable("containerd not installed (apt-get install containerd)")
-    out = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout.split()
-    row.api_version, row.store = "CRI v1", f"containerd {out[2] if len(out) > 2 else '?'} native"
-    print(f"matrix: {row.engine}: {' '.join(out[:3])}", flush=True)
+    """The CRI leg's containerd (its version for the table; the tests start it privately, fetched if need be)."""
+    from tests.harness.containerd import containerd_bin_dir, containerd_version
+
+    os.environ["DIE_CRI_ENGINE"] = CRI_LEGS[row.engine]
+    try:
+        version = containerd_version(containerd_bin_dir())
+    finally:
+        del os.environ["DIE_CRI_ENGINE"]
+    row.api_version, row.store = "CRI v1", f"containerd {version} native"
+    print(f"matrix: {row.engine}: containerd {version}", flush=True)
 
 
 def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
@@ -137,7 +141,7 @@ def run_engine(name: str, pytest_args: list[str], timeout: float) -> Row:
             "--durations=5",  # where each engine spends its minutes, in the CI log
             *(pytest_args or ["tests/integration"]),
         ]
-        env = {**os.environ} if cri else {**os.environ, "DIE_ENGINE": name}
+        env = {**os.environ, "DIE_CRI_ENGINE": CRI_LEGS[name]} if cri else {**os.environ, "DIE_ENGINE": name}
         print(f"matrix: {name}: DIE_ENGINE={name} {' '.join(argv[1:])}", flush=True)
         try:
             code = subprocess.run(argv, cwd=REPO, env=env, timeout=timeout, check=False).returncode
