@@ -196,6 +196,7 @@ def build_restore_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config.file", dest="config_file", help="YAML configuration file (audit log, engine address)")
     p.add_argument("--docker.host", dest="docker_host", help="engine address (as for the exporter)")
+    p.add_argument("--runtime.endpoint", dest="runtime_endpoint", help="CRI runtime socket (as for the exporter)")
     return p
 
 
@@ -203,13 +204,14 @@ def restore_main(argv: Sequence[str]) -> int:
     """`docker-image-exporter restore …`: one JSON line per image on stdout, each also in the audit log."""
     import json
 
-    from exporter.engine.client import Engine
+    from exporter.engine.backend import open_engine
     from exporter.remediation.audit import AuditError, AuditLog
     from exporter.remediation.restore import FAILED, RestoreError, audit_line, deleted_images, restore_one, select
 
     args = build_restore_parser().parse_args(argv)
     try:
         config = load_config(args.config_file)
+        runtime_endpoint = resolve_runtime(args.runtime_endpoint, args.docker_host, config)
         _, address = resolve_engine(args.docker_host, config)
     except (ConfigError, AddressError) as exc:
         print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
@@ -220,7 +222,11 @@ def restore_main(argv: Sequence[str]) -> int:
     except RestoreError as exc:
         print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
         return 1
-    engine = Engine(address.given, config.docker.timeout, config.docker.disk_usage_timeout)
+    try:
+        engine = open_engine(config, address.given, runtime_endpoint)
+    except BackendUnavailable as exc:
+        print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
+        return 1
     audit = AuditLog(audit_path)
     failed = 0
 

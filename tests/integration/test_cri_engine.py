@@ -302,10 +302,34 @@ def test_a_removed_image_is_restored_by_digest_and_tag(
         run_id = deleted["run_id"]
         status, answer = exp.request("POST", f"/api/v1/runs/{run_id}/restore", b"", headers=BEARER)
         assert status == 200, answer
+        # the CLI over the CRI, dry run: the image is back, only its tag would be re-created
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "restore",
+                "--audit-log",
+                str(audit),
+                "--run",
+                run_id,
+                "--dry-run",
+                "--runtime.endpoint",
+                containerd.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            check=False,
+        )
         (result,) = json.loads(answer)["images"]
         assert result["result"] == "restored", result
         assert result["tagged"] == [ref] and result["pulled"].startswith(f"{registry.address}/team/web@sha256:"), result
         assert spec.image_id in containerd.refs() and ref in containerd.refs()
+        assert cli.returncode == 0, cli.stderr
+        (line,) = [json.loads(x) for x in cli.stdout.splitlines()]
+        assert line["image_id"] == spec.image_id and line["result"] == "would_restore", line
     finally:
         containerd.remove()
 
