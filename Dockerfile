@@ -14,6 +14,8 @@ ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE} AS build
 # OFFLINE=1: install only from the wheelhouse that scripts/build-image.sh put into build/wheels (no index).
 ARG OFFLINE=0
+# Optional extras: EXTRAS=cri adds the CRI backend (gRPC) for Kubernetes nodes without Docker (runtime.endpoint).
+ARG EXTRAS=
 # Baked into the package by setup.py (exporter/_build.py: `--version`, docker_exporter_build_info); the
 # context has no .git to describe. The offline wheel is built on the host with the same values.
 ARG REVISION=unknown
@@ -34,7 +36,7 @@ RUN set -eu; \
             || { echo "OFFLINE=1 but build/wheels has no project wheel: run scripts/build-image.sh" >&2; exit 1; }; \
         /opt/venv/bin/pip install --no-index --find-links /src/build/wheels prometheus-docker-image-exporter; \
     else \
-        /opt/venv/bin/pip install /src; \
+        /opt/venv/bin/pip install "/src${EXTRAS:+[$EXTRAS]}"; \
     fi; \
     mkdir -p /out/etc/docker-image-exporter /out/var/lib/docker-image-exporter; \
     printf '%s\n' \

@@ -67,7 +67,12 @@ class Services:
         self.poller = Poller(self.engine, config, self.history, self.metrics, first_reads=first_reads)
         self.store = self.poller.store
         self.disk_usage = DiskUsageRefresher(self.engine, self.poller, config.poll, self.metrics)
-        self.events = EventFollower(self.engine, self.poller, self.history, self.metrics, store=self.store)
+        #: None for an engine without an event stream (the CRI): polls alone keep the snapshot current.
+        self.events = (
+            EventFollower(self.engine, self.poller, self.history, self.metrics, store=self.store)
+            if self.engine.follows_events
+            else None
+        )
         self.store.on_change.append(self.disk_usage.mark_changed)
         self.collector = SnapshotCollector(self.store, config.metrics)
         self.registry.register(self.collector)
@@ -100,7 +105,8 @@ class Services:
     async def run(self) -> AsyncIterator[None]:
         self.history.load()
         reads = self.poller.first_reads
-        if reads is not None:  # the listing was taken before the event stream starts: replay from there on
+        # the listing was taken before the event stream starts: replay from there on
+        if reads is not None and self.events is not None:
             # without a state file, from the moment the listing was asked for: it shows everything before
             # (events from a second earlier were applied again, and on Podman those it cannot apply exactly
             # forced a second full poll); with one, from its time, never earlier: the file is what is known
@@ -110,8 +116,9 @@ class Services:
         tasks = [
             asyncio.create_task(self.poller.run(), name="poller"),
             asyncio.create_task(self.disk_usage.run(), name="disk-usage"),
-            asyncio.create_task(self.events.run(), name="events"),
         ]
+        if self.events is not None:
+            tasks.append(asyncio.create_task(self.events.run(), name="events"))
         if self.relay_client is not None:
             await self.relay_client.start()
         if self.remediation is not None:

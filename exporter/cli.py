@@ -16,6 +16,7 @@ from typing import Any
 import exporter.memory
 from exporter import __build_date__, __revision__, __version__, engineaddress
 from exporter.config import Config, ConfigError, load_config
+from exporter.engine.backend import BackendUnavailable
 from exporter.engineaddress import ARGPARSE_OWN, FLAGS, AddressError, EngineAddress, Source
 from exporter.logs import LEVELS, kv, setup_logging
 from exporter.units import parse_duration
@@ -117,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
             "dest": "docker_host",
             "help": "engine address (default: docker.host from the config, else DOCKER_HOST, else the platform default)",
         },
+        "--runtime.endpoint": {
+            "dest": "runtime_endpoint",
+            "help": "a Kubernetes node's CRI runtime socket instead of a Docker engine "
+            "(unix:///run/containerd/containerd.sock; default: runtime.endpoint from the config)",
+        },
         "--log.level": {"dest": "log_level", "default": "info", "choices": LEVELS},
         "--log.format": {"dest": "log_format", "default": "logfmt", "choices": ("logfmt", "json")},
         "--version": {"action": "version", "version": version_text()},
@@ -130,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ARGPARSE_OWN:
             p.add_argument(name, **options[name])
     return p
+
+
+def resolve_runtime(flag: str | None, docker_flag: str | None, config: Config) -> str | None:
+    """The CRI endpoint to talk to, or None for a Docker engine; AddressError when both are named or the
+    endpoint is not a unix socket. DOCKER_HOST is an environment default, not a choice: a runtime wins over it."""
+    endpoint = flag or config.runtime.endpoint
+    if endpoint is None:
+        return None
+    if not endpoint.startswith("unix:///") or len(endpoint) == len("unix:///"):
+        raise AddressError(f"--runtime.endpoint {endpoint!r}: a CRI endpoint is unix:///path/to/socket")
+    docker = docker_flag or config.docker.host
+    if docker is not None:
+        raise AddressError(
+            f"both a Docker engine ({docker}) and a CRI runtime ({endpoint}) are set "
+            "(--docker.host/docker.host and --runtime.endpoint/runtime.endpoint): set one"
+        )
+    return endpoint
 
 
 def resolve_engine(flag: str | None, config: Config) -> tuple[Source | None, EngineAddress]:
@@ -177,6 +200,7 @@ def build_restore_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config.file", dest="config_file", help="YAML configuration file (audit log, engine address)")
     p.add_argument("--docker.host", dest="docker_host", help="engine address (as for the exporter)")
+    p.add_argument("--runtime.endpoint", dest="runtime_endpoint", help="CRI runtime socket (as for the exporter)")
     return p
 
 
@@ -184,13 +208,14 @@ def restore_main(argv: Sequence[str]) -> int:
     """`docker-image-exporter restore …`: one JSON line per image on stdout, each also in the audit log."""
     import json
 
-    from exporter.engine.client import Engine
+    from exporter.engine.backend import open_engine
     from exporter.remediation.audit import AuditError, AuditLog
     from exporter.remediation.restore import FAILED, RestoreError, audit_line, deleted_images, restore_one, select
 
     args = build_restore_parser().parse_args(argv)
     try:
         config = load_config(args.config_file)
+        runtime_endpoint = resolve_runtime(args.runtime_endpoint, args.docker_host, config)
         _, address = resolve_engine(args.docker_host, config)
     except (ConfigError, AddressError) as exc:
         print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
@@ -201,7 +226,11 @@ def restore_main(argv: Sequence[str]) -> int:
     except RestoreError as exc:
         print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
         return 1
-    engine = Engine(address.given, config.docker.timeout, config.docker.disk_usage_timeout)
+    try:
+        engine = open_engine(config, address.given, runtime_endpoint)
+    except BackendUnavailable as exc:
+        print(f"docker-image-exporter restore: {exc}", file=sys.stderr)
+        return 1
     audit = AuditLog(audit_path)
     failed = 0
 
@@ -240,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"docker-image-exporter: {exc}", file=sys.stderr)
         return 1
     try:
+        runtime_endpoint = resolve_runtime(args.runtime_endpoint, args.docker_host, config)
         source, address = resolve_engine(args.docker_host, config)
     except AddressError as exc:  # the flag's or DOCKER_HOST's: a config file's stopped at load, keyed
         print(f"docker-image-exporter: invalid engine address: {exc}", file=sys.stderr)
@@ -247,7 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config_check:
         checked = " and ".join(filter(None, [args.config_file or "(defaults)", args.web_config_file]))
         print(f"docker-image-exporter: configuration {checked} is valid")
-        print(f"docker-image-exporter: engine {address.display}" + (f" from {source}" if source else ""))
+        if runtime_endpoint is not None:
+            print(f"docker-image-exporter: CRI runtime {runtime_endpoint}")
+        else:
+            print(f"docker-image-exporter: engine {address.display}" + (f" from {source}" if source else ""))
         return 0
     if not args.telemetry_path.startswith("/"):
         print("docker-image-exporter: --web.telemetry-path must start with /", file=sys.stderr)
@@ -260,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=__version__,
             revision=__revision__,
             listen=f"{'https' if ssl_context else 'http'}://{host or '*'}:{port}",
-            engine=address.display,
+            engine=address.display if runtime_endpoint is None else f"{runtime_endpoint} (CRI)",
             remediation="enabled" if config.remediation.enabled else "disabled",
         ),
     )
@@ -268,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if warning:
         log.warning("%s", warning)
     try:
-        asyncio.run(run(args, config, web_config, ssl_context, docker_host))
-    except ListenError as exc:
+        asyncio.run(run(args, config, web_config, ssl_context, docker_host, runtime_endpoint))
+    except (ListenError, BackendUnavailable) as exc:
         log.error("%s", exc)
         return 1
     log.info("stopped")
@@ -282,6 +315,7 @@ async def run(
     web_config: WebConfig,
     ssl_context: ssl.SSLContext | None,
     docker_host: str | None,
+    runtime_endpoint: str | None = None,
 ) -> None:
     """Send the engine the first poll's reads, then import and build the app while it answers, then serve.
 
@@ -293,15 +327,10 @@ async def run(
     worker thread (within `docker.timeout`) before the process exits.
     """
     from exporter.engine import earlyread
-    from exporter.engine.client import Engine
+    from exporter.engine.backend import open_engine
     from exporter.engine.firstreads import FirstReads
 
-    engine = Engine(
-        docker_host,
-        config.docker.timeout,
-        config.docker.disk_usage_timeout,
-        max_response_bytes=config.docker.max_response_bytes,
-    )
+    engine = open_engine(config, docker_host, runtime_endpoint)
     reads = await FirstReads.start(engine, early=earlyread.claim(engine.address))
     try:
         from exporter.app import create_app

@@ -52,6 +52,7 @@ FLAGS: dict[str, FlagKind] = {
     "--web.max-connections": "value",
     "--web.read-header-timeout": "value",
     "--docker.host": "value",
+    "--runtime.endpoint": "value",
     "--log.level": "value",
     "--log.format": "value",
     "--version": "no-engine",
@@ -202,8 +203,8 @@ def host_in_config_file(path: str) -> tuple[bool, str | None]:
         return False, None
     if document is None:
         return True, None
-    if not isinstance(document, dict):
-        return False, None
+    if not isinstance(document, dict) or document.get("runtime") is not None:
+        return False, None  # a `runtime` section may choose a CRI runtime: no Docker API request then
     docker = document.get("docker")
     if docker is None:
         return True, None
@@ -241,6 +242,8 @@ def from_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> Engine
             value = argv[i]
         given[name] = value
         i += 1
+    if "--runtime.endpoint" in given:
+        return None  # a CRI runtime: the launch read speaks only the Docker API
     config_host: str | None = None
     config_file = given.get("--config.file")
     if config_file and "--docker.host" not in given:

@@ -30,6 +30,8 @@ RESTART_KEYS = (
     "docker.timeout",
     "docker.disk_usage_timeout",
     "docker.max_response_bytes",
+    "runtime.endpoint",
+    "runtime.timeout",
     "state.path",
     "remediation.enabled",
 )

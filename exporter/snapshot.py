@@ -179,6 +179,13 @@ class EngineInfo:
     podman: bool = False
     #: Where the engine keeps its data (`docker info`: Docker Root Dir), as the engine sees it; "" if unsaid.
     data_root: str = ""
+    #: The CRI runtime that answered (`containerd`, `cri-o`); "" for an engine speaking the Docker API.
+    cri_runtime: str = ""
+
+    @property
+    def runtime(self) -> str:
+        """Which kind of engine answered: `docker`, `podman`, or the CRI runtime's name."""
+        return self.cri_runtime or ("podman" if self.podman else "docker")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests run for real (dockerd, Prometheus, Alertmanager, a registry,
 # mmdebstrap; openssl for TLS test certificates; Debian's chromium for the landing-page screenshot; logrotate
-# for the audit log's rotation tests; faketime to step the exporter's wall clock).
+# for the audit log's rotation tests; faketime to step the exporter's wall clock; containerd and ctr, which
+# docker.io pulls in anyway, named here because the CRI backend's tests start containerd on its own).
 # Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
 # `install-test-deps.sh bench` installs only what `make bench` runs: the engine and mkfs for its data roots.
 set -euo pipefail
 declare -A need=(
   [dockerd]=docker.io
+  [containerd]=containerd
+  [ctr]=containerd
   [prometheus]=prometheus
   [promtool]=prometheus
   [prometheus-alertmanager]=prometheus-alertmanager

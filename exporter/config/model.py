@@ -81,6 +81,22 @@ class DockerConfig(Model):
         return value
 
 
+class RuntimeConfig(Model):
+    endpoint: StrictStr | None = None
+    """A Kubernetes node's CRI runtime socket instead of a Docker engine (`unix:///run/containerd/containerd.sock`,
+    `unix:///var/run/crio/crio.sock`); `--runtime.endpoint` wins over it. Needs the `[cri]` extra."""
+    timeout: Annotated[float, Duration("1s", "1h")] = 30.0
+    """Deadline of each CRI call."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _unix_socket(cls, value: str | None) -> str | None:
+        """Runtimes serve the CRI on a unix socket only."""
+        if value is not None and not (value.startswith("unix:///") and len(value) > len("unix:///")):
+            raise ValueError(f"{value!r}: a CRI endpoint is unix:///path/to/socket")
+        return value
+
+
 class PollConfig(Model):
     interval: Annotated[float, Duration("1s", "1w")] = 30.0
     """Full refresh of images, containers and the filesystem (events refresh sooner)."""
@@ -582,6 +598,7 @@ class Config(Model):
     """docker-image-exporter configuration (--config.file)."""
 
     docker: DockerConfig = Field(default_factory=DockerConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
     filesystem: FilesystemConfig = Field(default_factory=FilesystemConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -243,8 +243,9 @@ def parse_image_inspect(raw: Mapping[str, Any], engine: EngineInfo) -> Image:
 
 
 def shared_sizes_known(engine: EngineInfo | None) -> bool:
-    """False on Podman, which answers SharedSize 0 (and LayersSize 0) for images that do share layers."""
-    return engine is None or not engine.podman
+    """False on Podman, which answers SharedSize 0 (and LayersSize 0) for images that do share layers, and on
+    CRI runtimes, whose API has no layer sizes at all."""
+    return engine is None or not (engine.podman or engine.cri_runtime)
 
 
 def local_images_have_digests(engine: EngineInfo | None) -> bool:
@@ -356,6 +357,7 @@ def _engine_info(version: Mapping[str, Any], info: Mapping[str, Any], api_versio
         containerd_store=containerd_store,
         podman=podman,
         data_root=root if isinstance(root := info.get("DockerRootDir"), str) else "",
+        cri_runtime=cri if isinstance(cri := info.get("CRIRuntime"), str) else "",
     )
 
 

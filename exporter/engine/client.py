@@ -235,6 +235,9 @@ class SdkLanes:
 class Engine:
     """Async access to one Docker-API engine (dockerd or Podman) with per-call timeouts."""
 
+    #: Whether `follow_events` delivers image and container events (the CRI backend has none).
+    follows_events = True
+
     def __init__(
         self,
         host: str | None,

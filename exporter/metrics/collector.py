@@ -546,10 +546,11 @@ class SnapshotCollector(Collector):
             return
         family = GaugeMetricFamily(
             "docker_engine_info",
-            "The engine the exporter talks to; api_version is the negotiated API version. Value is always 1.",
-            labels=["version", "api_version", "storage_driver", "os", "arch"],
+            "The engine the exporter talks to; api_version is the negotiated API version, runtime says which kind "
+            "answered (docker, podman, or the CRI runtime's name). Value is always 1.",
+            labels=["version", "api_version", "storage_driver", "os", "arch", "runtime"],
         )
-        family.add_metric([info.version, info.api_version, info.storage_driver, info.os, info.arch], 1.0)
+        family.add_metric([info.version, info.api_version, info.storage_driver, info.os, info.arch, info.runtime], 1.0)
         yield family
 
     def _totals(self, totals: Totals, engine: EngineInfo | None) -> Iterator[Metric]:

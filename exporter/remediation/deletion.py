@@ -41,6 +41,7 @@ from exporter.engine import apishapes
 from exporter.engine.apishapes import HOLD_REPOSITORY, normalize_id
 from exporter.engine.apishapes import is_hold_reference as is_hold
 from exporter.engine.client import Engine, EngineConflict, EngineError, EngineNotFound, EngineUnavailable
+from exporter.remediation import crideletion
 from exporter.remediation.planner import Candidate, SkipReason
 from exporter.remediation.runaudit import RunAborted, RunAudit
 from exporter.remediation.runs import Outcome, Run, outcome_of
@@ -86,6 +87,10 @@ class Deleter:
         """
         steps = _Steps(cand, self.young_after, self.protect_now)
         try:
+            if isinstance(self.engine, crideletion.CriRemoval):  # a CRI runtime protects nothing itself
+                intent = lambda: self.audit.intent(self.run, cand, cand.image_id)  # noqa: E731
+                result, reason, detail = await crideletion.remove(self.engine, cand, steps.changed, intent)
+                return outcome_of(cand, result, reason, detail)
             if cand.removes_image:
                 return await self._delete_image(cand, steps)
             return await self._untag_only(cand, steps)

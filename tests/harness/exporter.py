@@ -64,6 +64,8 @@ class ExporterProcess(Managed):
     ) -> None:
         self.workdir = Path(workdir)
         self.engine_host = engine_host
+        #: `--runtime.endpoint` for a CRI runtime (the `exporter_factory` sets it for a PrivateContainerd).
+        self.engine_flag = "--docker.host"
         self.config = dict(config or {})
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -88,7 +90,7 @@ class ExporterProcess(Managed):
             str(self.config_path),
             "--web.listen-address",
             self.address,
-            "--docker.host",
+            self.engine_flag,
             self.engine_host,
             "--log.level",
             "debug",

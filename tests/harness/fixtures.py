@@ -9,7 +9,10 @@ Fixtures (all start real programs; teardown stops them and checks nothing is lef
   ``dockerd`` + ``load_scenario``.
 - ``registry``: a private registry on loopback.
 - ``loop_fs_factory(size_mb)``: a mounted ext4 loop filesystem (``.mountpoint``) for disk pressure.
-- ``exporter_factory(engine, config)``: the exporter subprocess, started and healthy.
+- ``exporter_factory(engine, config)``: the exporter subprocess, started and healthy (a PrivateContainerd
+  as `engine`: over the CRI, `--runtime.endpoint`).
+- ``containerd``: a fresh private containerd with its CRI plugin (tests/harness/containerd.py); tests using it
+  get the `cri` marker (root, containerd and ctr needed: skip locally, fail under CI=true).
 
 Which engine: ``DIE_ENGINE`` (see tests/harness/engines.py; default ``bookworm`` = the system's dockerd).
 ``DIE_KEEP_WORKDIR=1`` keeps engine workdirs under /tmp for post-mortems.
@@ -27,6 +30,7 @@ from typing import Any, Protocol
 import pytest
 
 from tests.harness import engines
+from tests.harness.containerd import PrivateContainerd
 from tests.harness.dockerd import LoopFilesystem, PrivateDockerd, remove_workdir, short_workdir
 from tests.harness.engines import EngineSpec
 from tests.harness.exporter import ExporterProcess
@@ -47,6 +51,8 @@ _UNSAFE_VARS = ("DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 
 #: Fixtures that start an engine: tests using them get the `engine` marker automatically.
 ENGINE_FIXTURES = frozenset({"dockerd", "dockerd_factory", "loaded_dockerd"})
+#: Fixtures that start a CRI runtime: the `cri` marker (not `engine`: the Docker matrix does not repeat them).
+CRI_FIXTURES = frozenset({"containerd"})
 
 _DIAGNOSTICS = pytest.StashKey[list[Callable[[], tuple[str, str]]]]()
 
@@ -69,11 +75,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)
+        if CRI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cri)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("engine") is not None:
         require_engine()
+    if item.get_closest_marker("cri") is not None:
+        require_root("a private containerd")
+        require_programs("containerd", "ctr")
     e2e = item.get_closest_marker("e2e")
     if e2e is not None:
         require_programs(*(e2e.args or E2E_PROGRAMS))
@@ -242,6 +253,21 @@ def loaded_dockerd() -> Iterator[LoadedScenario]:
 
 
 @pytest.fixture
+def containerd(request: pytest.FixtureRequest) -> Iterator[PrivateContainerd]:
+    """A fresh private containerd (CRI plugin, native snapshotter, no CNI) on its own socket."""
+    ctd = PrivateContainerd()
+    add_diagnostics(request.node, "containerd.log", ctd.log_tail)
+    try:
+        ctd.start()
+        yield ctd
+    finally:
+        if os.environ.get("DIE_KEEP_WORKDIR") == "1":
+            ctd.stop()
+        else:
+            ctd.remove()
+
+
+@pytest.fixture
 def registry(request: pytest.FixtureRequest) -> Iterator[PrivateRegistry]:
     """A private `docker-registry` on 127.0.0.1:<free port> (engines push to it without TLS)."""
     require_programs("docker-registry")
@@ -285,7 +311,7 @@ def loop_fs_factory() -> Iterator[LoopFactory]:
 class ExporterFactory(Protocol):
     def __call__(
         self,
-        engine: PrivateDockerd | str,
+        engine: PrivateDockerd | PrivateContainerd | str,
         config: dict[str, Any] | None = None,
         *,
         extra_args: Sequence[str] = (),
@@ -305,7 +331,7 @@ def exporter_factory(request: pytest.FixtureRequest) -> Iterator[ExporterFactory
     workdir = short_workdir("die-exp-")
 
     def factory(
-        engine: PrivateDockerd | str,
+        engine: PrivateDockerd | PrivateContainerd | str,
         config: dict[str, Any] | None = None,
         *,
         extra_args: Sequence[str] = (),
@@ -313,10 +339,18 @@ def exporter_factory(request: pytest.FixtureRequest) -> Iterator[ExporterFactory
         ready: bool = True,
         client_tls: ssl.SSLContext | None = None,
     ) -> ExporterProcess:
-        host = engine if isinstance(engine, str) else engine.host
+        host = (
+            engine
+            if isinstance(engine, str)
+            else engine.endpoint
+            if isinstance(engine, PrivateContainerd)
+            else engine.host
+        )
         exp = ExporterProcess(
             workdir, host, config, extra_args=extra_args, name=f"exporter{len(made)}", client_tls=client_tls
         )
+        if isinstance(engine, PrivateContainerd):
+            exp.engine_flag = "--runtime.endpoint"
         made.append(exp)
         add_diagnostics(request.node, f"{exp.name} stderr", lambda: exp.logs(60))
         if start:

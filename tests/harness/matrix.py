@@ -34,6 +34,9 @@ from tests.harness.engines import ENGINE_NAMES, EngineUnavailable, check_engine,
 
 REPO = Path(__file__).resolve().parents[2]
 _PRINT_LOCK = threading.Lock()
+#: Legs that are not a Docker engine: the CRI backend's suite (`-m cri`) against Debian's containerd, by
+#: `DIE_CRI_ENGINE` (bookworm's 1.6 on PATH, trixie's 1.7 from the engine cache).
+CRI_LEGS = {"containerd-cri": "bookworm", "containerd-1.7-cri": "trixie"}
 
 
 @dataclass
@@ -60,10 +63,11 @@ class Row:
 
 def _selected(args: list[str]) -> list[str]:
     names = args or [n.strip() for n in os.environ.get("DIE_ENGINES", "").split(",") if n.strip()]
-    names = names or list(ENGINE_NAMES)
-    unknown = [n for n in names if n not in ENGINE_NAMES]
+    names = names or [*ENGINE_NAMES, *CRI_LEGS]
+    known = (*ENGINE_NAMES, *CRI_LEGS)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINE_NAMES)}")
+        raise SystemExit(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return names
 
 
@@ -99,6 +103,19 @@ def _count(junit: Path, row: Row) -> None:
     row.skipped -= xfailed
 
 
+def _probe_containerd(row: Row) -> None:
+    """The CRI leg's containerd (its version for the table; the tests start it privately, fetched if need be)."""
+    from tests.harness.containerd import containerd_bin_dir, containerd_version
+
+    os.environ["DIE_CRI_ENGINE"] = CRI_LEGS[row.engine]
+    try:
+        version = containerd_version(containerd_bin_dir())
+    finally:
+        del os.environ["DIE_CRI_ENGINE"]
+    row.api_version, row.store = "CRI v1", f"containerd {version} native"
+    print(f"matrix: {row.engine}: containerd {version}", flush=True)
+
+
 def run_engine(name: str, pytest_args: list[str], timeout: float, log: Path | None = None) -> Row:
     """Prepare, probe and test one engine; every failure ends up in the row, never as an exception.
 
@@ -106,8 +123,12 @@ def run_engine(name: str, pytest_args: list[str], timeout: float, log: Path | No
     """
     row = Row(name)
     started = time.monotonic()
+    cri = name in CRI_LEGS
     try:
-        _probe(row)
+        if cri:
+            _probe_containerd(row)
+        else:
+            _probe(row)
     except EngineUnavailable as exc:
         row.status, row.note = "unavailable", str(exc).splitlines()[0]
         row.seconds = time.monotonic() - started
@@ -123,7 +144,7 @@ def run_engine(name: str, pytest_args: list[str], timeout: float, log: Path | No
             "-m",
             "pytest",
             "-m",
-            "engine and not engine_agnostic",
+            "cri" if cri else "engine and not engine_agnostic",
             "-p",
             "no:cacheprovider",
             f"--junitxml={junit}",
@@ -131,7 +152,7 @@ def run_engine(name: str, pytest_args: list[str], timeout: float, log: Path | No
             "--durations=5",  # where each engine spends its minutes, in the CI log
             *(pytest_args or ["tests/integration"]),
         ]
-        env = {**os.environ, "DIE_ENGINE": name}
+        env = {**os.environ, "DIE_CRI_ENGINE": CRI_LEGS[name]} if cri else {**os.environ, "DIE_ENGINE": name}
         print(f"matrix: {name}: DIE_ENGINE={name} {' '.join(argv[1:])}", flush=True)
         try:
             with open(log, "ab") if log is not None else contextlib.nullcontext() as out:

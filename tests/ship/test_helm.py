@@ -35,7 +35,21 @@ CHART = ROOT / "helm" / "docker-image-exporter"
 KUBE_VERSION = "1.30.0"
 RELEASE = "die"
 NAMESPACE = "monitoring"
-SCENARIOS = ("default", "remediation", "all", "tls")
+SCENARIOS = ("default", "remediation", "all", "tls", "containerd", "crio")
+#: What each runtime mounts: (socket volume, socket host path key, image-fs volume, image-fs host path key).
+RUNTIME_MOUNTS = {
+    "docker": ("docker-socket", "dockerSocket", "docker-data-root", "dockerDataRoot"),
+    "containerd": ("runtime-socket", "containerdSocket", "image-fs", "containerdImageFs"),
+    "crio": ("runtime-socket", "crioSocket", "image-fs", "crioImageFs"),
+}
+DEFAULT_HOST_PATHS = {
+    "dockerSocket": "/var/run/docker.sock",
+    "dockerDataRoot": "/var/lib/docker",
+    "containerdSocket": "/run/containerd/containerd.sock",
+    "containerdImageFs": "/var/lib/containerd",
+    "crioSocket": "/var/run/crio/crio.sock",
+    "crioImageFs": "/var/lib/containers/storage",
+}
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 SECRET_DIR = "/etc/docker-image-exporter/secrets"
 TLS_DIR = "/etc/docker-image-exporter/tls"
@@ -343,6 +357,8 @@ EXPECTED_KINDS: dict[str, Counter[str]] = {
     # dashboards: one ConfigMap each (counted in the test)
     "all": Counter(DaemonSet=1, Service=2, ServiceAccount=1, ServiceMonitor=1, PrometheusRule=1, NetworkPolicy=1),
     "tls": Counter(ConfigMap=1, DaemonSet=1, Service=2, ServiceAccount=1, Secret=1, ServiceMonitor=1),
+    "containerd": Counter(ConfigMap=1, DaemonSet=1, Service=2, ServiceAccount=1),
+    "crio": Counter(ConfigMap=1, DaemonSet=1, Service=2, ServiceAccount=1, Secret=1),
 }
 
 
@@ -443,20 +459,44 @@ def test_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]], scenario:
         assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     mounts = {m["name"]: m for m in container["volumeMounts"]}
+    runtime = values.get("runtime", "docker")
+    socket, socket_key, image_fs, image_fs_key = RUNTIME_MOUNTS[runtime]
+    host_paths = {**DEFAULT_HOST_PATHS, **values.get("hostPaths", {})}
+    socket_in_pod = "/var/run/docker.sock" if runtime == "docker" else host_paths[socket_key]
     # writable places despite the read-only root: state/audit directory and /tmp only
     writable = {m["mountPath"] for m in mounts.values() if not m.get("readOnly")}
-    remediation = scenario != "default"
-    assert writable == {"/var/lib/docker-image-exporter", "/tmp"} | ({"/var/run/docker.sock"} if remediation else set())
-    assert mounts["docker-data-root"]["readOnly"] is True
+    remediation = bool(values.get("config", {}).get("remediation", {}).get("enabled"))
+    assert writable == {"/var/lib/docker-image-exporter", "/tmp"} | ({socket_in_pod} if remediation else set())
+    assert mounts[image_fs]["readOnly"] is True
     # the socket is read-write exactly when remediation is on (deleting images needs it)
-    assert mounts["docker-socket"]["readOnly"] is (not remediation)
+    assert mounts[socket]["readOnly"] is (not remediation)
+    assert mounts[socket]["mountPath"] == socket_in_pod
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["docker-socket"]["hostPath"]["type"] == "Socket"
-    host_paths = {"dockerSocket": "/var/run/docker.sock", "dockerDataRoot": "/var/lib/docker"}
-    host_paths.update(values.get("hostPaths", {}))
-    assert volumes["docker-socket"]["hostPath"]["path"] == host_paths["dockerSocket"]
-    assert volumes["docker-data-root"]["hostPath"]["path"] == host_paths["dockerDataRoot"]
-    assert mounts["docker-data-root"]["mountPath"] == host_paths["dockerDataRoot"]
+    assert volumes[socket]["hostPath"]["type"] == "Socket"
+    assert volumes[socket]["hostPath"]["path"] == host_paths[socket_key]
+    assert volumes[image_fs]["hostPath"]["path"] == host_paths[image_fs_key]
+    assert mounts[image_fs]["mountPath"] == host_paths[image_fs_key]
+    # only the chosen runtime's socket and filesystem are mounted
+    assert {v["name"] for v in pod["volumes"]} & {
+        "docker-socket",
+        "runtime-socket",
+        "docker-data-root",
+        "image-fs",
+    } == {
+        socket,
+        image_fs,
+    }
+    config = _config(objects)
+    if runtime == "docker":
+        assert config["docker"]["host"] == "unix:///var/run/docker.sock" and "runtime" not in config
+    else:
+        assert config["runtime"]["endpoint"] == f"unix://{host_paths[socket_key]}" and "docker" not in config
+    assert config["filesystem"]["path"] == host_paths[image_fs_key]
+
+
+def test_a_docker_host_beside_a_cri_runtime_is_refused() -> None:
+    with pytest.raises(Exception, match=r"config\.docker\.host is set but runtime is containerd"):
+        render({"runtime": "containerd", "config": {"docker": {"host": "unix:///var/run/docker.sock"}}})
 
 
 def test_state_on_host_path_gets_a_chown_init_container(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -518,10 +558,16 @@ def test_rendered_config_passes_the_exporters_validation(
     text = yaml.safe_dump(config).replace(SECRET_DIR, str(tmp_path)).replace(TLS_DIR, str(tls_dir))
     parsed = parse_config(yaml.safe_load(text))
     values = scenario_values(scenario)
-    assert parsed.docker.host == "unix:///var/run/docker.sock"
-    assert parsed.filesystem.path == values.get("hostPaths", {}).get("dockerDataRoot", "/var/lib/docker")
+    runtime = values.get("runtime", "docker")
+    _, socket_key, _, image_fs_key = RUNTIME_MOUNTS[runtime]
+    host_paths = {**DEFAULT_HOST_PATHS, **values.get("hostPaths", {})}
+    if runtime == "docker":
+        assert parsed.docker.host == "unix:///var/run/docker.sock" and parsed.runtime.endpoint is None
+    else:  # the CLI refuses both together: the chart sets only the runtime
+        assert parsed.docker.host is None and parsed.runtime.endpoint == f"unix://{host_paths[socket_key]}"
+    assert parsed.filesystem.path == host_paths[image_fs_key]
     assert parsed.state.path == "/var/lib/docker-image-exporter/state.json"
-    assert parsed.remediation.enabled is (scenario != "default")
+    assert parsed.remediation.enabled is (scenario not in ("default", "containerd"))
     if scenario == "remediation":
         assert parsed.remediation.auth.bearer_token == "t0ken"
         assert parsed.remediation.auth.basic_auth is not None

@@ -41,10 +41,15 @@ REVISION = "wheeltest0123"
 SOURCE_DATE_EPOCH = 1_790_000_000
 
 
+#: Extras installed with the wheel, at their lower bounds too (`cri`: the CRI backend's gRPC and stubs).
+EXTRAS = ("cri",)
+
+
 def lower_bound_pins(pyproject: Mapping[str, Any]) -> dict[str, str]:
-    """{name: lower bound} of every runtime dependency whose marker holds for this interpreter."""
+    """{name: lower bound} of every runtime dependency (and of `EXTRAS`) whose marker holds for this interpreter."""
     pins: dict[str, str] = {}
-    for text in pyproject["project"]["dependencies"]:
+    extras = [text for extra in EXTRAS for text in pyproject["project"]["optional-dependencies"][extra]]
+    for text in [*pyproject["project"]["dependencies"], *extras]:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate():
             continue
@@ -116,7 +121,16 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Install
     venv = work / "venv"
     run([sys.executable, "-m", "venv", venv], cwd=work)
     run(
-        [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--constraint", constraints, built.wheel],
+        [
+            venv / "bin" / "python",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--constraint",
+            constraints,
+            f"{built.wheel}[{','.join(EXTRAS)}]",
+        ],
         cwd=work,
         env=clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1"),
         timeout=900,
@@ -155,6 +169,12 @@ def test_installs_with_every_dependency_at_its_lower_bound(installed: Installed)
     script = "import importlib.metadata as m, json, sys; print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
     versions = json.loads(run([installed.python, "-c", script, *installed.pins], cwd=installed.venv))
     assert {n: Version(v) for n, v in versions.items()} == {n: Version(v) for n, v in installed.pins.items()}
+
+
+def test_the_cri_backend_imports_at_its_lower_bounds(installed: Installed, tmp_path: Path) -> None:
+    """The stubs' generated code checks the grpcio and protobuf versions at import: the bounds must pass it."""
+    script = "from exporter.engine.cri.client import CriEngine; print(CriEngine.follows_events)"
+    assert run([installed.python, "-c", script], cwd=tmp_path, env=clean_env()).strip() == "False"
 
 
 def test_version_and_config_check_from_the_installed_package(installed: Installed, tmp_path: Path) -> None:

@@ -88,7 +88,8 @@ unless docker.runAsRoot: uid 0 connects as the socket's owner (root:docker 0660)
 {{- $_ := set $sc "runAsGroup" 0 }}
 {{- $_ := set $sc "runAsNonRoot" false }}
 {{- else if kindIs "invalid" $group }}
-{{- fail (printf "docker.socketGroup is required: the gid that owns %s on the nodes (run `stat -c %%g %s` on a node, e.g. --set docker.socketGroup=998; 0 when it is root:root). The exporter runs as uid 10151 and without that group cannot connect (docker_up stays 0). Alternatively docker.runAsRoot=true runs it as root." .Values.hostPaths.dockerSocket .Values.hostPaths.dockerSocket) }}
+{{- $socket := include "docker-image-exporter.socketPath" . }}
+{{- fail (printf "docker.socketGroup is required: the gid that owns %s on the nodes (run `stat -c %%g %s` on a node, e.g. --set docker.socketGroup=998; 0 when it is root:root). The exporter runs as uid 10151 and without that group cannot connect (docker_up stays 0). Alternatively docker.runAsRoot=true runs it as root." $socket $socket) }}
 {{- end }}
 {{- if not (kindIs "invalid" $group) }}
 {{- $groups := list (int64 $group) }}
@@ -114,6 +115,26 @@ the old keys through for this message).
 {{- if hasKey (.Values.prometheusRule | default dict) "labels" }}
 {{- fail "prometheusRule.labels was renamed prometheusRule.additionalLabels; see Upgrading in the chart README" }}
 {{- end }}
+{{- end }}
+
+{{/*
+The runtime's socket and image filesystem on the node (runtime: docker, containerd or crio). A CRI socket is
+mounted at its own path, Docker's at /var/run/docker.sock.
+*/}}
+{{- define "docker-image-exporter.socketPath" -}}
+{{- $runtime := .Values.runtime | default "docker" }}
+{{- if eq $runtime "containerd" }}{{ .Values.hostPaths.containerdSocket }}
+{{- else if eq $runtime "crio" }}{{ .Values.hostPaths.crioSocket }}
+{{- else }}{{ .Values.hostPaths.dockerSocket }}{{ end }}
+{{- end }}
+{{- define "docker-image-exporter.imageFsPath" -}}
+{{- $runtime := .Values.runtime | default "docker" }}
+{{- if eq $runtime "containerd" }}{{ .Values.hostPaths.containerdImageFs }}
+{{- else if eq $runtime "crio" }}{{ .Values.hostPaths.crioImageFs }}
+{{- else }}{{ .Values.hostPaths.dockerDataRoot }}{{ end }}
+{{- end }}
+{{- define "docker-image-exporter.cri" -}}
+{{- if ne (.Values.runtime | default "docker") "docker" }}true{{ end }}
 {{- end }}
 
 {{/* Paths inside the container. */}}
@@ -248,14 +269,25 @@ credentials are never accepted twice.
 */}}
 {{- define "docker-image-exporter.config" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- if include "docker-image-exporter.cri" . }}
+{{- if hasKey (get $cfg "docker" | default dict) "host" }}
+{{- fail (printf "config.docker.host is set but runtime is %s: the exporter reads either a Docker engine or a CRI runtime, not both" .Values.runtime) }}
+{{- end }}
+{{- $runtimeCfg := get $cfg "runtime" | default dict }}
+{{- if not (hasKey $runtimeCfg "endpoint") }}
+{{- $_ := set $runtimeCfg "endpoint" (printf "unix://%s" (include "docker-image-exporter.socketPath" .)) }}
+{{- end }}
+{{- $_ := set $cfg "runtime" $runtimeCfg }}
+{{- else }}
 {{- $docker := get $cfg "docker" | default dict }}
 {{- if not (hasKey $docker "host") }}
 {{- $_ := set $docker "host" "unix:///var/run/docker.sock" }}
 {{- end }}
 {{- $_ := set $cfg "docker" $docker }}
+{{- end }}
 {{- $fs := get $cfg "filesystem" | default dict }}
 {{- if not (hasKey $fs "path") }}
-{{- $_ := set $fs "path" .Values.hostPaths.dockerDataRoot }}
+{{- $_ := set $fs "path" (include "docker-image-exporter.imageFsPath" .) }}
 {{- end }}
 {{- $_ := set $cfg "filesystem" $fs }}
 {{- $state := get $cfg "state" | default dict }}
