@@ -10,7 +10,7 @@ BASE_IMAGE ?= python:3.12-slim
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: run test unit lint typecheck pytest test-deps venv runtime-venv bench bench-listener bench-auth-flood image test-engines clean dashboards helm-assets
+.PHONY: test-fleet run test unit lint typecheck pytest test-deps venv runtime-venv bench bench-listener bench-auth-flood image test-engines clean dashboards helm-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,9 +54,10 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
-## dashboards: regenerate the alert rules, dashboards/*.json (they share thresholds) and the Helm chart's copies
+## dashboards: regenerate the alert and fleet recording rules, dashboards/*.json (they share thresholds) and the Helm chart's copies
 dashboards: venv
 	$(BIN)/python -m alerts.render
+	$(BIN)/python -m alerts.recording
 	$(BIN)/python -m dashboards.generate
 	$(MAKE) helm-assets
 
@@ -82,6 +83,11 @@ bench-auth-flood: venv
 ## image: the container image (OFFLINE=1 builds with no network inside the build)
 image:
 	scripts/build-image.sh "$(IMAGE)" "$(BASE_IMAGE)" "$(OFFLINE)"
+
+## test-fleet: FLEET_HOSTS (default 50) exporters on private engines behind one Prometheus and two clustered
+## Alertmanagers, disk pressure on FLEET_PRESSED (10) of them; ~15 min, root; not part of `make test`
+test-fleet: test-deps venv
+	nice -n 10 $(BIN)/pytest -p no:cacheprovider -s -ra tests/fleet/scenario.py $(PYTEST_ARGS)
 
 ## test-engines: the engine-backed suite against every engine in the matrix
 test-engines: test-deps venv

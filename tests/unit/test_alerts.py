@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts import render
+from alerts import recording, render
+from alerts.recording import render_recording_rules, render_recording_text
 from alerts.render import (
     DEFAULT_THRESHOLDS,
     REMEDIATION_LABELS,
@@ -30,6 +31,7 @@ RULES = REPO / "alerts" / "docker-image-exporter.rules.yml"
 TESTS_DIR = REPO / "alerts" / "tests"
 TEST_FILES = sorted(TESTS_DIR.glob("*.test.yml"))
 RUNBOOKS = REPO / "docs" / "runbooks.md"
+RECORDING = REPO / "alerts" / "docker-image-exporter.recording.yml"
 
 
 def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -376,3 +378,64 @@ def test_cli_writes_overridden_rules(tmp_path: Path) -> None:
     assert "< 0.5\n" in out.read_text(encoding="utf-8")
     assert render.main(["--output", str(tmp_path / "default.yml")]) == 0
     assert (tmp_path / "default.yml").read_text(encoding="utf-8") == RULES.read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------- fleet recording rules
+
+
+def test_committed_recording_rules_equal_renderer() -> None:
+    assert RECORDING.read_text(encoding="utf-8") == render_recording_text(), (
+        "alerts/docker-image-exporter.recording.yml differs from alerts/recording.py: run `python -m alerts.recording`"
+    )
+
+
+def test_promtool_check_recording_rules() -> None:
+    result = run_promtool("check", "rules", str(RECORDING))
+    assert result.returncode == 0, result.stdout + result.stderr
+    count = len(render_recording_rules()["groups"][0]["rules"])
+    assert f"SUCCESS: {count} rules found" in result.stdout
+
+
+def test_pressure_count_follows_the_warning_threshold() -> None:
+    text = render_recording_text({"disk_avail_ratio_warning": 0.1, "disk_avail_ratio_warning_clear": 0.2})
+    assert "> 0.9)" in text and "> 0.85" not in text
+
+
+def _no_zero_arm(doc: dict[str, Any]) -> None:
+    for rule in doc["groups"][0]["rules"]:
+        rule["expr"] = rule["expr"].split("\nor\n")[0]
+
+
+def _no_born_at_one_arm(doc: dict[str, Any]) -> None:
+    for rule in doc["groups"][0]["rules"]:
+        if rule["record"].endswith("runs:increase1h"):
+            rule["expr"] = "sum by (job, action, result) (increase(docker_remediation_runs_total[1h]))"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mutate"),
+    [
+        pytest.param({"disk_avail_ratio_warning": 0.16, "disk_avail_ratio_warning_clear": 0.2}, None, id="threshold"),
+        pytest.param({}, _no_zero_arm, id="no data instead of 0"),
+        pytest.param({}, _no_born_at_one_arm, id="counter born at 1 missed"),
+    ],
+)
+def test_recording_unit_tests_catch_broken_rules(
+    tmp_path: Path, overrides: dict[str, Any], mutate: Callable[[dict[str, Any]], None] | None
+) -> None:
+    doc = render_recording_rules(overrides)
+    if mutate is not None:
+        mutate(doc)
+    (tmp_path / "alerts" / "tests").mkdir(parents=True)
+    (tmp_path / "alerts" / RECORDING.name).write_text(dump_rules(doc), encoding="utf-8")
+    assert dump_rules(doc) != dump_rules(render_recording_rules()), "the mutation changed nothing"
+    target = tmp_path / "alerts" / "tests" / "recording.test.yml"
+    shutil.copy(TESTS_DIR / "recording.test.yml", target)
+    assert run_promtool("check", "rules", str(tmp_path / "alerts" / RECORDING.name)).returncode == 0
+    result = run_promtool("test", "rules", str(target))
+    assert result.returncode != 0, f"recording.test.yml still passes with broken rules:\n{result.stdout}"
+
+
+def test_recording_cli_writes_the_committed_file(tmp_path: Path) -> None:
+    assert recording.main(["--output", str(tmp_path / "rec.yml")]) == 0
+    assert (tmp_path / "rec.yml").read_text(encoding="utf-8") == RECORDING.read_text(encoding="utf-8")
