@@ -27,6 +27,7 @@ from tests.harness.exporter import ExporterProcess
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus
 from tests.harness.state import write_saved_state
+from tests.harness.waiting import poll
 
 T = TypeVar("T")
 
@@ -58,18 +59,12 @@ COOLDOWN = os.environ.get("FLEET_COOLDOWN", "10m")
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
     """Poll until `predicate` is truthy (exceptions count as not yet); AssertionError naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s (last error: {last!r})")
-        time.sleep(interval)
+    return poll(
+        predicate,
+        timeout,
+        interval,
+        lambda last: AssertionError(f"{what}: not within {timeout:.0f}s (last error: {last!r})"),
+    )
 
 
 # --------------------------------------------------------------------------------------------- /proc

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.dockerd import DOCKER_ENV_VARS, free_port
 from tests.harness.lifecycle import Managed
+from tests.harness.waiting import poll
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -246,19 +247,12 @@ class ExporterProcess(Managed):
         Exceptions from the predicate count as "not yet" (the exporter may be restarting); the last one is
         reported.
         """
-        deadline = time.monotonic() + timeout
-        last_exc: BaseException | None = None
-        while True:
-            try:
-                result = predicate()
-                if result:
-                    return result
-            except Exception as exc:
-                last_exc = exc
-            if time.monotonic() > deadline:
-                detail = f" (last error: {last_exc!r})" if last_exc else ""
-                raise ExporterError(f"{what} not met within {timeout}s{detail}\n{self.logs(30)}")
-            time.sleep(interval)
+
+        def timed_out(last: BaseException | None) -> Exception:
+            detail = f" (last error: {last!r})" if last else ""
+            return ExporterError(f"{what} not met within {timeout}s{detail}\n{self.logs(30)}")
+
+        return poll(predicate, timeout, interval, timed_out)
 
     # -- diagnostics ----------------------------------------------------------------------------------------
 

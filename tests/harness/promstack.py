@@ -22,6 +22,7 @@ import yaml
 
 from tests.harness.dockerd import free_port
 from tests.harness.exporter import find_sample
+from tests.harness.waiting import poll
 
 T = TypeVar("T")
 
@@ -96,20 +97,17 @@ class _Program:
         return ""
 
     def wait_for(self, predicate: Callable[[], T], timeout: float = 60, interval: float = 0.2, what: str = "") -> T:
-        deadline = time.monotonic() + timeout
-        last: BaseException | None = None
-        while True:
+        def exited() -> None:
             if self._proc is not None and self._proc.poll() is not None:
                 raise ProgramError(f"{self.name} exited with {self._proc.returncode}:\n{self.logs()}")
-            try:
-                result = predicate()
-                if result:
-                    return result
-            except Exception as exc:  # not up yet, or a transient answer
-                last = exc
-            if time.monotonic() > deadline:
-                raise ProgramError(f"{what or 'condition'} not met in {timeout}s (last: {last!r})\n{self.logs()}")
-            time.sleep(interval)
+
+        return poll(
+            predicate,
+            timeout,
+            interval,
+            lambda last: ProgramError(f"{what or 'condition'} not met in {timeout}s (last: {last!r})\n{self.logs()}"),
+            check=exited,
+        )
 
 
 class PrivatePrometheus(_Program):
