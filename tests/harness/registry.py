@@ -6,6 +6,8 @@ dockerd treats 127.0.0.0/8 registries as insecure by default, so plain HTTP push
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import subprocess
@@ -13,7 +15,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,12 +55,8 @@ class PrivateRegistry(Managed):
         return config
 
     def _write_htpasswd(self) -> None:
-        """bcrypt entries, the only hash distribution's htpasswd accepts (glibc's crypt makes them)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
-
-            lines = [f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH))}" for u, p in self.users.items()]
+        """bcrypt entries, the only hash distribution's htpasswd accepts (glibc's libcrypt makes them)."""
+        lines = [f"{u}:{bcrypt_hash(p)}" for u, p in self.users.items()]
         self.htpasswd_path.write_text("\n".join(lines) + "\n")
 
     def _authorization(self) -> dict[str, str]:
@@ -166,3 +163,17 @@ class PrivateRegistry(Managed):
                 self._proc.kill()
                 self._proc.wait(timeout)
         self._proc = None
+
+
+def bcrypt_hash(password: str) -> str:
+    """A `$2b$` hash by the system's libcrypt (libxcrypt): Python 3.13 has no `crypt` module."""
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt_gensalt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    salt = lib.crypt_gensalt(b"$2b$", 5, None, 0)
+    hashed = lib.crypt(password.encode(), salt) if salt else None
+    if not hashed or not hashed.startswith(b"$2b$"):
+        raise RuntimeError("libcrypt made no bcrypt hash")
+    return str(hashed.decode())
