@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from exporter.units import parse_duration
+from exporter.core.units import parse_duration
 
 Threshold = int | float | str
 

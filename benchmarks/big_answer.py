@@ -29,7 +29,7 @@ import asyncio, gc, json, sys, time
 if len(sys.argv) > 2:  # another checkout's package first: drop the editable install's finder
     sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
     sys.path.insert(0, sys.argv[2])
-from exporter import memory
+from exporter.core import memory
 from exporter.engine.client import Engine
 
 def status(key: str) -> float:

@@ -38,6 +38,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter.config import ProtectConfig, parse_config
+from exporter.core.snapshot import Filesystem, Image, ImageRef, Snapshot
 from exporter.engine.apishapes import normalize_id
 from exporter.engine.client import DELETE_LANE_THREADS, Engine, Lane
 from exporter.metrics.selfmetrics import PollMetrics
@@ -47,7 +48,6 @@ from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import make_plan
 from exporter.remediation.runner import HISTORY_SIZE
 from exporter.remediation.runs import Run
-from exporter.snapshot import Filesystem, Image, ImageRef, Snapshot
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller
 from tests.harness.dockerd import PrivateDockerd, remove_workdir, short_workdir

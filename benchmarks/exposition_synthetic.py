@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.config import MetricsConfig
+from exporter.core.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.selfmetrics import PollMetrics, register_runtime_metrics
-from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.web.exposition import MetricsEndpoint
 
 OM = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"

@@ -3,7 +3,7 @@ the exporter itself is imported (see `earlyread`), then the CLI runs."""
 
 import sys
 
-from exporter import memory
+from exporter.core import memory
 from exporter.engine import earlyread
 
 

@@ -3,7 +3,7 @@
 One task per concern: the poller (cheap endpoints, every interval or when woken), the disk-usage refresher
 (/system/df, rarely), the event follower, and — when enabled — the remediation service. All are created in
 `cleanup_ctx`, so tests and `run_app` get the same start/stop behaviour. A reload (SIGHUP, `/-/reload`) hands
-the new config to `Services.reconfigure`; see exporter/reload.py for what it refuses.
+the new config to `Services.reconfigure`; see exporter/web/reload.py for what it refuses.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Config
+from exporter.core.logs import kv
 from exporter.engine.client import Engine
 from exporter.engine.firstreads import FirstReads
-from exporter.logs import kv
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.selfmetrics import PollMetrics, register_runtime_metrics
-from exporter.reload import Reloader, ReloadResult, ReloadSource
 from exporter.remediation.audit import AuditError
 from exporter.remediation.relay import Relay
 from exporter.remediation.service import RemediationService
@@ -36,6 +35,7 @@ from exporter.web.exposition import MetricsEndpoint
 from exporter.web.lifecycle import ReloadEndpoint, header_hook
 from exporter.web.pages import Pages
 from exporter.web.relay import RelayClient
+from exporter.web.reload import Reloader, ReloadResult, ReloadSource
 from exporter.web.remediation import RemediationEndpoints
 from exporter.web.webconfig import WebConfig
 

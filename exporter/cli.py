@@ -13,13 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import exporter.memory
-from exporter import __build_date__, __revision__, __version__, engineaddress
+import exporter.core.memory
+from exporter import __build_date__, __revision__, __version__
 from exporter.config import Config, ConfigError, load_config
+from exporter.core import engineaddress
+from exporter.core.engineaddress import ARGPARSE_OWN, FLAGS, AddressError, EngineAddress, Source
+from exporter.core.logs import LEVELS, kv, setup_logging
+from exporter.core.units import parse_duration
 from exporter.engine.backend import BackendUnavailable
-from exporter.engineaddress import ARGPARSE_OWN, FLAGS, AddressError, EngineAddress, Source
-from exporter.logs import LEVELS, kv, setup_logging
-from exporter.units import parse_duration
 from exporter.web.listen import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_READ_HEADER_TIMEOUT,
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return restore_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    exporter.memory.configure()  # before any thread starts (glibc arenas: see exporter/memory.py)
+    exporter.core.memory.configure()  # before any thread starts (glibc arenas: see exporter/core/memory.py)
     try:
         config = load_config(args.config_file)
         web_config = load_web_config(args.web_config_file)
@@ -334,8 +335,8 @@ async def run(
     reads = await FirstReads.start(engine, early=earlyread.claim(engine.address))
     try:
         from exporter.app import create_app
-        from exporter.reload import ReloadSource
         from exporter.web.basicauth import basic_auth_gate
+        from exporter.web.reload import ReloadSource
         from exporter.web.server import serve
 
         app = create_app(
@@ -348,7 +349,7 @@ async def run(
             basic_auth=basic_auth_gate(web_config),
             first_reads=reads,
         )
-        exporter.memory.resume_collector_after_startup()  # imports done, app built: see memory.py
+        exporter.core.memory.resume_collector_after_startup()  # imports done, app built: see memory.py
         limits = ListenerLimits(max_connections=args.max_connections, read_header_timeout=args.read_header_timeout)
         host, port = args.listen
         await serve(app, host=host, port=port, ssl_context=ssl_context, limits=limits)

@@ -29,7 +29,7 @@ from exporter.config.model import (
     Config,
     both_given,
 )
-from exporter.matchers import parse_matcher
+from exporter.core.matchers import parse_matcher
 
 
 def cross_reference_problems(data: Any) -> list[str]:

@@ -22,9 +22,9 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from exporter.matchers import Matcher, parse_matcher
-from exporter.schedule import Cron, Interval, Schedule, parse_schedule
-from exporter.units import DURATION_PATTERN, SIZE_PATTERN, format_duration, parse_bytes, parse_duration
+from exporter.core.matchers import Matcher, parse_matcher
+from exporter.core.schedule import Cron, Interval, Schedule, parse_schedule
+from exporter.core.units import DURATION_PATTERN, SIZE_PATTERN, format_duration, parse_bytes, parse_duration
 
 StrictBool = Annotated[bool, Strict()]
 StrictInt = Annotated[int, Strict()]

@@ -23,7 +23,6 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from exporter import engineaddress
 from exporter.config.errors import keyed
 from exporter.config.fields import (
     Duration,
@@ -40,7 +39,8 @@ from exporter.config.fields import (
     StrictStr,
 )
 from exporter.config.secrets import SecretFileError, read_secret_file
-from exporter.schedule import DEFAULT_TIMEZONE, Cron, parse_timezone
+from exporter.core import engineaddress
+from exporter.core.schedule import DEFAULT_TIMEZONE, Cron, parse_timezone
 
 ActionType = Literal["prune_dangling", "prune_unused", "keep_last", "free_space", "build_cache", "prune_containers"]
 ACTION_TYPES: tuple[ActionType, ...] = get_args(ActionType)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config.model import Config
-from exporter.units import DURATION_PATTERN, format_duration
+from exporter.core.units import DURATION_PATTERN, format_duration
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "config.schema.json"
 SCHEMA_ID = "https://raw.githubusercontent.com/docker-image-exporter/docker-image-exporter/main/docs/config.schema.json"

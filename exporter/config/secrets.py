@@ -1,7 +1,7 @@
 """Secrets kept in files (`bearer_token_file`, `password_file`): read them, refuse an empty one.
 
 An empty secret is the dangerous case: compared against an empty `Authorization` credential it would let
-anybody in. The files are read at start-up and at every reload (exporter/reload.py), both through
+anybody in. The files are read at start-up and at every reload (exporter/web/reload.py), both through
 `load_config`: a rotation to an empty or unreadable file is refused as a whole and the credential in effect
 stays, never an empty one.
 """

@@ -23,7 +23,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from exporter.snapshot import BuildCache, Container, DigestRef, DiskUsage, EngineInfo, Image, ImageRef
+from exporter.core.snapshot import BuildCache, Container, DigestRef, DiskUsage, EngineInfo, Image, ImageRef
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _EMPTY_SIZES: Mapping[str, int] = MappingProxyType({})

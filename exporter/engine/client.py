@@ -31,7 +31,9 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from exporter import engineaddress
+from exporter.core import engineaddress
+from exporter.core.engineaddress import EngineAddress
+from exporter.core.logs import kv
 from exporter.engine.apiversion import api_at_least, images_query
 from exporter.engine.errors import (
     AnswerTooLarge,
@@ -44,8 +46,6 @@ from exporter.engine.errors import (
     status_error,
 )
 from exporter.engine.lean import LeanClient
-from exporter.engineaddress import EngineAddress
-from exporter.logs import kv
 
 __all__ = [
     "DELETE_LANE_THREADS",

@@ -17,7 +17,7 @@ Safe by construction:
   it would ask is not certain.
 - It only reads. The thread is a daemon: a config error still stops start-up at once, whatever the engine does.
 - Standard library only (plus PyYAML for the config file, which start-up loads anyway). At import it loads
-  only `exporter.engineaddress` (the CLI's flag table, the address, the config file's `docker.host`); the
+  only `exporter.core.engineaddress` (the CLI's flag table, the address, the config file's `docker.host`); the
   reading thread loads `engine.http1` (the response parser the lean client shares) and `engine.apiversion`,
   themselves standard library only.
 """
@@ -35,8 +35,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter import engineaddress
-from exporter.engineaddress import MAX_CONFIG_BYTES, EngineAddress
+from exporter.core import engineaddress
+from exporter.core.engineaddress import MAX_CONFIG_BYTES, EngineAddress
 
 __all__ = ["MAX_CONFIG_BYTES", "EarlyListing", "EarlyReadError", "claim", "fetch", "start"]
 
@@ -93,7 +93,7 @@ def start(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Earl
     address = engine_address(argv, os.environ if environ is None else environ)
     if address is None or address.socket_path is None:
         return None
-    from exporter import memory
+    from exporter.core import memory
 
     memory.configure()
     listing = EarlyListing(address=address, started_at=time.time())

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from exporter.core.logs import kv
 from exporter.engine.client import Engine, EngineUnavailable
 from exporter.engine.earlyread import MAX_ANSWER_BYTES, EarlyListing
-from exporter.logs import kv
 
 log = logging.getLogger("exporter.firstreads")  # the caller= name log pipelines filter on, not the file's place
 

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 import exporter
 from exporter.config import MetricsConfig
-from exporter.snapshot import NONE_LABEL, EngineInfo, Image, ImageRef, Snapshot
+from exporter.core.snapshot import NONE_LABEL, EngineInfo, Image, ImageRef, Snapshot
 
 PER_IMAGE_LABELS = ["repository", "tag", "image_id"]
 

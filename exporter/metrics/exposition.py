@@ -34,8 +34,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from exporter.core.snapshot import Snapshot
 from exporter.metrics.collector import SnapshotCollector, Table, TableFamily, TableRow
-from exporter.snapshot import Snapshot
 
 GZIP_LEVEL = 6  # zlib's default, as aiohttp compresses; the snapshot part is compressed once per state
 OPENMETRICS = "application/openmetrics-text"

@@ -24,6 +24,7 @@ from typing import Literal
 
 from prometheus_client.exposition import choose_encoder
 
+from exporter.core.snapshot import Snapshot
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.exposition import (
     EOF,
@@ -36,7 +37,6 @@ from exporter.metrics.exposition import (
     gzip_member,
     render_snapshot,
 )
-from exporter.snapshot import Snapshot
 
 #: What `render` writes: the text format or OpenMetrics, plain or as one gzip member.
 Format = Literal["text", "text+gzip", "openmetrics", "openmetrics+gzip"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.config import RouteConfig
-from exporter.matchers import Matcher, all_match
+from exporter.core.matchers import Matcher, all_match
 
 
 class Unprocessable(enum.Enum):

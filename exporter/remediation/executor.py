@@ -24,10 +24,11 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from exporter import clocks
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig, PruneContainersAction
+from exporter.core import clocks
+from exporter.core.logs import kv
+from exporter.core.snapshot import Filesystem
 from exporter.engine.client import DELETE_LANE_THREADS, Engine
-from exporter.logs import kv
 from exporter.remediation import prunes
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.deletion import STOPPED, Deleter, hold_reference
@@ -36,7 +37,6 @@ from exporter.remediation.planner import Candidate, Plan, goal_met
 from exporter.remediation.runaudit import RunAborted, RunAudit
 from exporter.remediation.runs import Outcome, Run, outcome_of
 from exporter.remediation.trash import Trash
-from exporter.snapshot import Filesystem
 
 __all__ = ["PLAN_SLACK", "Executor", "RunAborted", "hold_reference"]
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from exporter.config import RemediationConfig, RouteConfig
-from exporter.logs import kv
+from exporter.core.logs import kv
 from exporter.remediation.executor import Executor
 from exporter.remediation.runs import Run, Trigger
 

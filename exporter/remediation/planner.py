@@ -31,7 +31,6 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal, get_args
 
-from exporter import clocks
 from exporter.config import (
     ActionConfig,
     BuildCacheAction,
@@ -41,9 +40,10 @@ from exporter.config import (
     ProtectConfig,
     SelectConfig,
 )
+from exporter.core import clocks
+from exporter.core.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
+from exporter.core.units import format_duration
 from exporter.remediation.records import record_json
-from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
-from exporter.units import format_duration
 
 _ROUGH_UNITS = (("y", 31_536_000), ("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
 

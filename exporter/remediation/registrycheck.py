@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.config import RegistryCheckConfig
-from exporter.snapshot import DigestRef
+from exporter.core.snapshot import DigestRef
 
 MANIFEST_TYPES = ", ".join(
     (

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exporter.config import RelayConfig
-from exporter.logs import kv
+from exporter.core.logs import kv
 from exporter.remediation.alerts import Alert
 from exporter.remediation.records import record_json
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from exporter.core.snapshot import DigestRef, ImageRef
 from exporter.engine.apishapes import normalize_id
 from exporter.engine.client import Engine, EngineError, EngineNotFound
 from exporter.remediation.planner import restore_hint
 from exporter.remediation.records import record_json
-from exporter.snapshot import DigestRef, ImageRef
 
 RestoreResult = Literal["restored", "present", "would_restore", "no_copy", "mismatch", "failed"]
 #: Results that count as a failure (`docker_remediation_restored_images_total{result}` counts each).

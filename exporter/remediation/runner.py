@@ -15,16 +15,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from exporter import memory
 from exporter.config import ActionConfig, FreeSpaceAction, RemediationConfig
+from exporter.core import memory
+from exporter.core.logs import kv
+from exporter.core.snapshot import Snapshot
 from exporter.engine import apishapes
-from exporter.logs import kv
 from exporter.remediation.executor import Executor
 from exporter.remediation.gate import RunGate
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import make_plan
 from exporter.remediation.runs import Run
-from exporter.snapshot import Snapshot
 from exporter.state.diskusage import DiskUsageRefresher
 from exporter.state.poller import Poller
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exporter.config import FreeSpaceAction
+from exporter.core.snapshot import Filesystem
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason, restore_hint
 from exporter.remediation.records import record_json
-from exporter.snapshot import Filesystem
 
 SUMMARY_LIST_LIMIT = 20  # images listed per kind in a history summary; the counts cover the rest
 #: Entries per list in a manual run's answer unless the request says otherwise (`?limit=`); totals cover the rest.

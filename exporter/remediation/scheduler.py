@@ -2,7 +2,7 @@
 
 Schedules survive restarts: each scheduled action's last scheduled run is kept in the state file
 (`ImageHistory.schedules`, saved before the run starts), so a run missed while the exporter was down
-happens once after start and a restart never repeats one (see exporter/schedule.py for the rule).
+happens once after start and a restart never repeats one (see exporter/core/schedule.py for the rule).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from exporter.config import RemediationConfig
-from exporter.logs import kv
+from exporter.core.logs import kv
+from exporter.core.schedule import Schedule, decide, sleep_seconds
+from exporter.core.schedulestate import ScheduleState
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.records import rfc3339
 from exporter.remediation.runs import Run, Trigger
-from exporter.schedule import Schedule, decide, sleep_seconds
-from exporter.schedulestate import ScheduleState
 from exporter.state.history import ImageHistory
 
 log = logging.getLogger(__name__)

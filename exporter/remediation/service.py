@@ -37,9 +37,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter.config import RemediationConfig, RouteConfig
+from exporter.core.logs import kv
+from exporter.core.schedulestate import ScheduleState
+from exporter.core.snapshot import Filesystem
 from exporter.engine import apishapes
 from exporter.engine.client import Engine
-from exporter.logs import kv
 from exporter.remediation import routing
 from exporter.remediation.alerts import Alert, Envelope
 from exporter.remediation.audit import AuditError, AuditLog
@@ -56,8 +58,6 @@ from exporter.remediation.scheduler import Scheduler
 from exporter.remediation.status import ActionStatus, StatusView
 from exporter.remediation.trash import Trash
 from exporter.remediation.unconfirmed import UnknownWatch
-from exporter.schedulestate import ScheduleState
-from exporter.snapshot import Filesystem
 from exporter.state.diskusage import DiskUsageRefresher
 from exporter.state.poller import Poller, read_filesystem
 

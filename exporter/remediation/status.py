@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.config import RemediationConfig
+from exporter.core.schedule import Interval
 from exporter.remediation.gate import RunGate
 from exporter.remediation.planner import action_select
 from exporter.remediation.records import rfc3339
 from exporter.remediation.scheduler import Scheduler
-from exporter.schedule import Interval
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.logs import kv
+from exporter.core.logs import kv
+from exporter.core.snapshot import Snapshot
 from exporter.remediation.audit import AuditError
 from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate
 from exporter.remediation.runs import Outcome, Run
-from exporter.snapshot import Snapshot
 from exporter.state.poller import Poller
 
 log = logging.getLogger(__name__)

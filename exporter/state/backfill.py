@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from exporter.core.logs import WarnOnce, kv
+from exporter.core.snapshot import Image
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
 from exporter.engine.client import Engine, EngineError, EngineUnavailable
 from exporter.engine.hints import engine_error_hint
-from exporter.logs import WarnOnce, kv
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import Image
 from exporter.state.store import SnapshotStore
 
 log = logging.getLogger("exporter.poller")  # the caller= name log pipelines filter on, not the file's place

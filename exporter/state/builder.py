@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from exporter.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, Snapshot
+from exporter.core.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, Snapshot
 from exporter.state.backfill import TagKey, TagTimes, tag_key
 from exporter.state.history import ImageHistory
 from exporter.state.store import SnapshotStore
@@ -91,7 +91,7 @@ class SnapshotBuilder:
     ) -> None:
         """A new Snapshot from the listing and what was learned; `only`: the image IDs an event changed (the
         others keep their merged copy as is, since nothing else they depend on moved); `keys`: the listed
-        images' tag keys when the caller has them already; `offset`: the clock offset (exporter.clocks) when
+        images' tag keys when the caller has them already; `offset`: the clock offset (exporter.core.clocks) when
         what is published was seen, which images seen for the first time are anchored at (now's if None).
 
         A LastTagTime inspected behind the listing is anchored at the listing's offset, not the inspect's:

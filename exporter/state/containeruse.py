@@ -8,10 +8,10 @@ started (nothing ran).
 
 from __future__ import annotations
 
+from exporter.core.snapshot import Container, Image
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
 from exporter.engine.client import Engine, EngineError
-from exporter.snapshot import Container, Image
 from exporter.state.history import ImageHistory
 
 # Marking running images as used at most this often keeps the state file from being rewritten every poll.

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 
 from exporter.config import PollConfig
+from exporter.core.logs import kv
+from exporter.core.snapshot import Snapshot
 from exporter.engine import apishapes
 from exporter.engine.client import Engine, EngineError
-from exporter.logs import kv
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import Snapshot
 from exporter.state.poller import Poller
 
 log = logging.getLogger("exporter.diskusage")  # the caller= name log pipelines filter on, not the file's place

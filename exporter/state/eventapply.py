@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 
+from exporter.core.logs import WarnOnce
+from exporter.core.snapshot import EngineInfo, Image, ImageRef
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
 from exporter.engine.client import Engine, EngineError
-from exporter.logs import WarnOnce
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import EngineInfo, Image, ImageRef
 from exporter.state.backfill import malformed_warning, tag_key
 from exporter.state.builder import SnapshotBuilder
 from exporter.state.history import ImageHistory

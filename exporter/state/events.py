@@ -23,9 +23,9 @@ import re
 import time
 from typing import Any
 
+from exporter.core.logs import kv
 from exporter.engine.apishapes import MalformedAnswer, normalize_id, parse_time
 from exporter.engine.client import Engine, EngineError, EngineUnavailable
-from exporter.logs import kv
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller

@@ -6,10 +6,10 @@ import asyncio
 import logging
 import os
 
+from exporter.core.logs import kv
+from exporter.core.snapshot import EngineInfo, Filesystem
 from exporter.engine.hints import engine_error_hint, filesystem_error
-from exporter.logs import kv
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import EngineInfo, Filesystem
 from exporter.state.store import SnapshotStore
 
 log = logging.getLogger("exporter.poller")  # the caller= name log pipelines filter on, not the file's place

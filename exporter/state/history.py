@@ -15,7 +15,7 @@ us later (no `LastTagTime`, `Created` is the build time):
 Losing history therefore makes remediation more conservative about age, never less. Replayed engine
 events (only the last 256 survive in the engine) can move an arrival or a last use later, never earlier.
 
-Clock steps and untrusted files (see exporter.clocks): each image's age reference is anchored to the
+Clock steps and untrusted files (see exporter.core.clocks): each image's age reference is anchored to the
 offset of the wall clock from the boot clock when it was first seen (`anchor`), so a forward step does
 not age it. Anchors are kept in the file with the kernel's boot ID and reused only in the same boot. The
 file's times are trusted only when every one is a finite positive number, none lies in the future, and
@@ -45,10 +45,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from exporter.clocks import CLOCK, Clock
-from exporter.logs import kv
-from exporter.schedulestate import SECTION as SCHEDULES
-from exporter.schedulestate import ScheduleState
+from exporter.core.clocks import CLOCK, Clock
+from exporter.core.logs import kv
+from exporter.core.schedulestate import SECTION as SCHEDULES
+from exporter.core.schedulestate import ScheduleState
 
 log = logging.getLogger("exporter.history")  # the caller= name log pipelines filter on, not the file's place
 
@@ -120,7 +120,7 @@ class ImageHistory:
         self.saved_at: float | None = None
         #: When `present` was last listed: saved as the next start's `saved_at`.
         self.observed_at: float | None = None
-        #: Scheduled actions' last runs (see exporter.schedulestate), saved in the same file.
+        #: Scheduled actions' last runs (see exporter.core.schedulestate), saved in the same file.
         self.schedules = ScheduleState()
         self._dirty = False
         self._save_lock = threading.Lock()  # the poller and the remediation service both save

@@ -19,16 +19,16 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
-from exporter import memory
 from exporter.config import Config
+from exporter.core import memory
+from exporter.core.logs import WarnOnce, kv
+from exporter.core.snapshot import DiskUsage, Image, Snapshot
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
 from exporter.engine.client import Engine, EngineError
 from exporter.engine.firstreads import FirstReads
 from exporter.engine.hints import engine_error_hint
-from exporter.logs import WarnOnce, kv
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import DiskUsage, Image, Snapshot
 from exporter.state.backfill import Backfill, TagTimes, malformed_warning, tag_key
 from exporter.state.builder import SnapshotBuilder, _with_learned
 from exporter.state.containeruse import RUNNING_USE_RESOLUTION, ContainerUse

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from exporter.snapshot import Snapshot
+from exporter.core.snapshot import Snapshot
 
 
 def _never() -> bool:

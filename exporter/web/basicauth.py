@@ -34,7 +34,7 @@ import bcrypt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.logs import kv
+from exporter.core.logs import kv
 from exporter.web.server import waiting_for_auth
 from exporter.web.webconfig import WebConfig
 

@@ -46,6 +46,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from exporter.core.snapshot import Snapshot
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.exposition import (
     EOF,
@@ -62,7 +63,6 @@ from exporter.metrics.exposition import (
     render_snapshot,
 )
 from exporter.metrics.render import SnapshotRenderer
-from exporter.snapshot import Snapshot
 
 MAX_VARIANTS = 8  # cached renders per state: (content type, gzip) pairs; Prometheus uses one
 

@@ -20,12 +20,12 @@ from typing import Any
 
 from exporter import __revision__, __version__
 from exporter.config import RemediationConfig
+from exporter.core.snapshot import Image, Snapshot
+from exporter.core.units import format_duration
 from exporter.engine.hints import engine_error_hint
 from exporter.remediation.audittail import AuditTail
 from exporter.remediation.planner import maturing, utc
 from exporter.remediation.status import ActionStatus
-from exporter.snapshot import Image, Snapshot
-from exporter.units import format_duration
 
 TOP_REPOSITORIES = 10
 FULL_PERCENT = 85  # the data-root bar turns red from here

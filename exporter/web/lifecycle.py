@@ -1,7 +1,7 @@
 """What a reload means to the web layer: `POST|PUT /-/reload`, and the response headers it may change.
 
 `/-/reload` is as in Prometheus: 403 unless the lifecycle API is enabled, 500 when a reload fails. The
-reload itself (exporter/reload.py) sits above the web layer; it is handed in as a call.
+reload itself (exporter/web/reload.py) sits above the web layer; it is handed in as a call.
 """
 
 from __future__ import annotations

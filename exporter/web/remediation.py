@@ -32,7 +32,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from exporter.config import AuthConfig
-from exporter.logs import kv
+from exporter.core.logs import kv
 from exporter.remediation.alerts import PayloadError, Unprocessable, parse_envelope
 from exporter.remediation.audit import AuditError
 from exporter.remediation.gate import Refusal, Refused

@@ -39,7 +39,7 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from exporter.logs import kv
+from exporter.core.logs import kv
 from exporter.web.listen import ListenerLimits, listen_error
 
 log = logging.getLogger("exporter.web.server")

@@ -15,7 +15,7 @@ import ssl
 import time
 
 from exporter.config import ConfigError
-from exporter.logs import kv
+from exporter.core.logs import kv
 from exporter.web.webconfig import TLSServerConfig, WebConfig
 
 log = logging.getLogger("exporter.web.tls")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from dashboards.generate import DASHBOARDS
 from dashboards.model import Target
-from exporter.units import parse_duration
+from exporter.core.units import parse_duration
 
 
 def _all_targets() -> Iterable[tuple[str, str, Target]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from exporter.schedule import Cron
+from exporter.core.schedule import Cron
 from exporter.state.history import STATE_VERSION
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.exporter import ExporterProcess

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from exporter.core.snapshot import ImageRef
 from exporter.engine import apishapes
-from exporter.snapshot import ImageRef
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
 ENGINES = sorted(p.name for p in FIXTURES.iterdir() if (p / "index.json").exists())

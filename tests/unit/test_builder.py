@@ -8,8 +8,8 @@ from types import MappingProxyType
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
+from exporter.core.snapshot import DiskUsage
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import DiskUsage
 from exporter.state.events import EventFollower
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller

@@ -1,4 +1,4 @@
-"""Arrival ages against wall-clock steps, and state files whose times cannot be trusted (exporter.clocks,
+"""Arrival ages against wall-clock steps, and state files whose times cannot be trusted (exporter.core.clocks,
 exporter.state.history): on an injected pair of clocks (a wall clock that steps, a boot clock that does not).
 
 The property: within one boot, no step of the wall clock (forward or back, before or after a restart of
@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from exporter import clocks
-from exporter.clocks import Clock
 from exporter.config import ProtectConfig, make_action, parse_config
+from exporter.core import clocks
+from exporter.core.clocks import Clock
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.remediation.planner import make_plan
 from exporter.state.history import STATE_VERSION, ImageHistory

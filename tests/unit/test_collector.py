@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import exporter
 from exporter.app import create_app
 from exporter.config import MetricsConfig, parse_config
+from exporter.core.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.metrics.collector import (
     GAUGE_FAMILIES,
     INFO_FAMILIES,
@@ -28,7 +29,6 @@ from exporter.metrics.collector import (
     image_series,
 )
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from tests.unit.recorded import RecordedEngine
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"

@@ -29,8 +29,8 @@ from exporter.config import (
 )
 from exporter.config.schema import SCHEMA_PATH, render
 from exporter.config.schema import main as schema_main
-from exporter.schedule import Cron, Interval
-from exporter.units import format_duration, parse_duration, parse_duration_ms
+from exporter.core.schedule import Cron, Interval
+from exporter.core.units import format_duration, parse_duration, parse_duration_ms
 from exporter.web.webconfig import WebConfig, load_web_config, parse_web_config
 
 FULL = """

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.config import ProtectConfig
+from exporter.core.snapshot import Filesystem, Snapshot
 from exporter.engine import apishapes
 from exporter.engine.cri.client import CriEngine
 from exporter.remediation import crideletion
@@ -33,7 +34,6 @@ from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, make_plan
 from exporter.remediation.runs import Run
-from exporter.snapshot import Filesystem, Snapshot
 from tests.harness.audit import read_audit
 from tests.harness.fakecri import FIXTURE, FakeCri, FakeState, fixture_for
 from tests.unit.actions import action_of

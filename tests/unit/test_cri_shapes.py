@@ -9,9 +9,9 @@ from cri_api.v1 import api_pb2 as pb
 
 from exporter.cli import resolve_runtime
 from exporter.config import Config
+from exporter.core.engineaddress import AddressError
 from exporter.engine import apishapes
 from exporter.engine.cri import shapes
-from exporter.engineaddress import AddressError
 
 ID = "sha256:" + "ab" * 32
 SPEC = {"created": "2024-03-01T00:00:00Z", "config": {"Labels": {"keep": "true", "n": 1}}}

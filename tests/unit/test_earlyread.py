@@ -21,11 +21,11 @@ import pytest
 
 from exporter import cli
 from exporter.config import parse_config
+from exporter.core.engineaddress import parse
 from exporter.engine import earlyread
 from exporter.engine.client import MAX_RESPONSE_BYTES, EngineUnavailable
 from exporter.engine.earlyread import EarlyListing, EarlyReadError
 from exporter.engine.firstreads import FirstReads
-from exporter.engineaddress import parse
 from tests.unit.recorded import RecordedEngine
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"

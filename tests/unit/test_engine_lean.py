@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from exporter.core.engineaddress import AddressError
 from exporter.engine.client import Engine, EngineConflict, EngineNotFound
-from exporter.engineaddress import AddressError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api" / "bookworm"
 

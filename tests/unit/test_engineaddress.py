@@ -1,4 +1,4 @@
-"""The engine address, read once (`exporter.engineaddress`) exactly as the docker SDK reads it.
+"""The engine address, read once (`exporter.core.engineaddress`) exactly as the docker SDK reads it.
 
 The SDK client, the lean unix-socket client and the launch read each open the engine: if one read an
 address differently from the SDK, reads and deletions would go to two engines. So every accepted form is
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import engineaddress
+from exporter.core import engineaddress
+from exporter.core.engineaddress import DEFAULT_SOCKET, AddressError, parse, resolve
 from exporter.engine import earlyread
-from exporter.engineaddress import DEFAULT_SOCKET, AddressError, parse, resolve
 
 
 def sdk_reading(address: str) -> tuple[str, str] | None:
@@ -195,6 +195,7 @@ def test_the_launch_read_stays_import_light() -> None:
         "exporter",
         "exporter.engine",
         "exporter.engine.earlyread",
-        "exporter.engineaddress",
+        "exporter.core",
+        "exporter.core.engineaddress",
     }
     assert not loaded & {"docker", "requests", "pydantic", "aiohttp", "yaml", "prometheus_client"}

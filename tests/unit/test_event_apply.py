@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
+from exporter.core.snapshot import Image
 from exporter.engine.client import EngineNotFound, Lane
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import Image
 from exporter.state import events as events_module
 from exporter.state.events import EventFollower
 from exporter.state.history import ImageHistory

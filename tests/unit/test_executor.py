@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import ActionConfig, ActionType, ProtectConfig
+from exporter.core.snapshot import Filesystem, Image, Snapshot
 from exporter.engine.apishapes import HOLD_REPOSITORY, parse_refs
 from exporter.engine.apishapes import is_hold_reference as is_hold
 from exporter.engine.client import DELETE_LANE_THREADS, EngineError
@@ -27,7 +28,6 @@ from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Plan, make_plan
 from exporter.remediation.runs import SUMMARY_LIST_LIMIT, Run
-from exporter.snapshot import Filesystem, Image, Snapshot
 from tests.harness.audit import read_audit
 from tests.unit.actions import action_of
 from tests.unit.fake_engine import FakeEngine

@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.config import MetricsConfig, parse_config
+from exporter.core.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.metrics import exposition as rendering
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.exposition import RenderedPart, crc32_combine, deflate, gzip_member
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.state.diskusage import DiskUsageRefresher
 from exporter.state.events import EventFollower
 from exporter.state.history import ImageHistory

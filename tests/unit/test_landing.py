@@ -13,10 +13,10 @@ from types import MappingProxyType
 import pytest
 
 from exporter.config import parse_config
+from exporter.core.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.remediation.audittail import AuditTail, read_audit_tail
 from exporter.remediation.gate import Refused
 from exporter.remediation.status import ActionStatus
-from exporter.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.web.landing import human_bytes, render_landing, repositories_by_unique_bytes, rough_duration
 from tests.unit.webhook_support import RecordedEngine, build_app
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.logs import JsonFormatter, LogfmtFormatter, kv, setup_logging
+from exporter.core.logs import JsonFormatter, LogfmtFormatter, kv, setup_logging
 
 CREATED = 1_767_323_045.25  # 2026-01-02T03:04:05.250Z
 

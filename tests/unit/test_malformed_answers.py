@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from exporter import memory
 from exporter.config import parse_config
-from exporter.logs import _FIELDS_ATTR as FIELDS_ATTR
+from exporter.core import memory
+from exporter.core.logs import _FIELDS_ATTR as FIELDS_ATTR
+from exporter.core.snapshot import Snapshot
 from exporter.metrics.selfmetrics import POLL_STAGES, PollMetrics
-from exporter.snapshot import Snapshot
 from exporter.state.diskusage import DiskUsageRefresher
 from exporter.state.events import EventFollower
 from exporter.state.history import ImageHistory

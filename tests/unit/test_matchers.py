@@ -1,6 +1,6 @@
 import pytest
 
-from exporter.matchers import all_match, parse_matcher
+from exporter.core.matchers import all_match, parse_matcher
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""exporter/memory.py: the allocator settings take effect on glibc, give way to MALLOC_ARENA_MAX, and never fail.
+"""exporter/core/memory.py: the allocator settings take effect on glibc, give way to MALLOC_ARENA_MAX, and never fail.
 
 Each check runs in a fresh interpreter: the arena cap only counts before a thread starts, and pytest's own
 process already has threads.
@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from exporter import memory
+from exporter.core import memory
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -29,17 +29,17 @@ def fresh(code: str, **env: str) -> str:
 
 @pytest.mark.skipif(not GLIBC, reason="the settings exist on glibc only")
 def test_on_glibc_the_arena_cap_takes_effect_before_threads_start():
-    assert fresh("import exporter.memory as m; print(m.configure())") == "True"
+    assert fresh("import exporter.core.memory as m; print(m.configure())") == "True"
 
 
 def test_an_operator_malloc_arena_max_wins():
-    assert fresh("import exporter.memory as m; print(m.configure())", MALLOC_ARENA_MAX="4") == "False"
+    assert fresh("import exporter.core.memory as m; print(m.configure())", MALLOC_ARENA_MAX="4") == "False"
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim exists on glibc only")
 def test_freed_heap_goes_back_to_the_system():
     # 50 MB of small blocks freed: the top of the heap is free and malloc_trim(0) releases it
-    code = "import exporter.memory as m; x = [bytearray(1000) for _ in range(50_000)]; del x; print(m.release_free_memory())"
+    code = "import exporter.core.memory as m; x = [bytearray(1000) for _ in range(50_000)]; del x; print(m.release_free_memory())"
     assert fresh(code) == "True"
 
 

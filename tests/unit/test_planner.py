@@ -9,9 +9,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from exporter.config import ActionConfig, ProtectConfig, make_action
+from exporter.core.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.engine import apishapes
 from exporter.remediation.planner import make_plan, maturing
-from exporter.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
 

@@ -14,11 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
+from exporter.core.snapshot import EngineInfo
 from exporter.engine import apishapes
 from exporter.engine.client import EngineUnavailable
 from exporter.engine.firstreads import FirstReads
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.snapshot import EngineInfo
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller, _with_learned
 from tests.unit.recorded import RECORDED_ENGINES, RecordedEngine

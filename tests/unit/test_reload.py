@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.app import create_app
 from exporter.config import Config, parse_config
-from exporter.reload import Reloader, ReloadSource, restart_only_changes, web_restart_only_changes
+from exporter.web.reload import Reloader, ReloadSource, restart_only_changes, web_restart_only_changes
 from exporter.web.webconfig import WebConfig, parse_web_config
 from tests.unit.recorded import RecordedEngine
 from tests.unit.webhook_support import BEARER, TOKEN, AppFactory, app_factory_for, make_config
@@ -175,7 +175,7 @@ async def test_an_unexpected_error_while_reading_refuses_the_reload(
     def broken(_path: str | None) -> Config:
         raise RuntimeError("parser bug")
 
-    monkeypatch.setattr("exporter.reload.load_config", broken)
+    monkeypatch.setattr("exporter.web.reload.load_config", broken)
     with caplog.at_level(logging.INFO, "exporter.reload"):
         result = await reloader.reload("test")
     assert not result.ok

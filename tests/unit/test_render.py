@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter.config import MetricsConfig
+from exporter.core.snapshot import Snapshot
 from exporter.metrics import exposition as rendering
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.render import Format, SnapshotRenderer
-from exporter.snapshot import Snapshot
 from tests.unit.test_exposition import image_specs, snapshot, snapshot_of, spec_image
 
 FORMATS: tuple[Format, ...] = get_args(Format)

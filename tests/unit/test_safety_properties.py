@@ -34,9 +34,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from exporter.config import ActionType, ProtectConfig
+from exporter.core.snapshot import Filesystem
 from exporter.engine.apishapes import is_hold_reference as is_hold
 from exporter.remediation.planner import make_plan
-from exporter.snapshot import Filesystem
 from tests.harness.audit import read_audit
 from tests.unit.actions import action_of
 from tests.unit.fake_engine import FakeEngine

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.schedule import (
+from exporter.core.schedule import (
     MAX_SLEEP_SECONDS,
     Cron,
     Decision,
@@ -27,7 +27,7 @@ from exporter.schedule import (
     parse_timezone,
     sleep_seconds,
 )
-from exporter.schedulestate import SECTION, ScheduleState
+from exporter.core.schedulestate import SECTION, ScheduleState
 
 BERLIN = ZoneInfo("Europe/Berlin")
 HOUR, DAY, WEEK = 3600.0, 86400.0, 7 * 86400.0

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.config import ConfigError, ProtectConfig, SelectConfig, make_action, parse_config
+from exporter.core.snapshot import Filesystem, Image
 from exporter.remediation.planner import make_plan, maturing
-from exporter.snapshot import Filesystem, Image
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.test_executor import OLD, Harness, act
 from tests.unit.test_planner import DAY, NOW, img, snap

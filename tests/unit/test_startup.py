@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from exporter import cli, memory
+from exporter import cli
 from exporter.app import create_app
 from exporter.config import parse_config
+from exporter.core import memory
 from exporter.engine.firstreads import FirstReads
 from exporter.state.history import STATE_VERSION
 from tests.harness.exporter import parse_samples
@@ -114,7 +115,7 @@ def test_a_taken_port_stops_startup_with_one_line_while_the_first_reads_are_out(
 
 
 def test_the_collector_paused_at_launch_is_running_again_once_the_app_is_built() -> None:
-    """`python -m exporter` pauses cyclic collection at launch (exporter/memory.py); building the app must
+    """`python -m exporter` pauses cyclic collection at launch (exporter/core/memory.py); building the app must
     resume it, or the exporter would run for good without it. Seen here through the same path as above."""
     memory.pause_collector_for_startup()
     try:

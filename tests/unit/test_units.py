@@ -1,6 +1,6 @@
 import pytest
 
-from exporter.units import format_duration, parse_bytes, parse_duration
+from exporter.core.units import format_duration, parse_bytes, parse_duration
 
 
 @pytest.mark.parametrize(

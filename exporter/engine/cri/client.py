@@ -21,6 +21,8 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
+from exporter.core.engineaddress import EngineAddress
+from exporter.core.logs import kv
 from exporter.engine.client import (
     DISK_USAGE_KINDS,
     RESTORE_PULL_TIMEOUT,
@@ -31,8 +33,6 @@ from exporter.engine.client import (
     Lane,
 )
 from exporter.engine.cri import shapes
-from exporter.engineaddress import EngineAddress
-from exporter.logs import kv
 
 T = TypeVar("T")
 log = logging.getLogger("exporter.engine")

@@ -7,7 +7,7 @@ Pure: no clock, no I/O, no asyncio. The service loop, per scheduled action:
     if decision.due_now: start a run; state.record(name, run start); save the state file
     else: sleep sleep_seconds(decision, now), then decide again
 
-The anchor survives restarts in the state file (`exporter.schedulestate`), so a restart
+The anchor survives restarts in the state file (`exporter.core.schedulestate`), so a restart
 neither skips nor doubles a run, and a run missed while the exporter was down happens once after start.
 A scheduled run skipped because the action is already running counts as that occurrence's run (record
 it), so the loop does not spin.
@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
-from exporter.units import format_duration, parse_duration
+from exporter.core.units import format_duration, parse_duration
 
 DEFAULT_TIMEZONE = "UTC"
 MIN_INTERVAL_SECONDS = 60.0

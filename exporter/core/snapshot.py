@@ -74,7 +74,7 @@ class Image:
     last_used: float | None = None
     arrived: float | None = None
     #: The wall clock's offset from the boot clock when the exporter first saw this `age_reference`
-    #: (see exporter.clocks): a forward step of the wall clock since then does not count as age.
+    #: (see exporter.core.clocks): a forward step of the wall clock since then does not count as age.
     seen_offset: float | None = None
     #: LastTagTime not inspected yet (the poller fills it in behind the first publish): unknown, not absent.
     tag_time_pending: bool = False

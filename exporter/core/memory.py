@@ -24,7 +24,7 @@ import logging
 import os
 from functools import cache
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.memory")  # the caller= name log pipelines filter on, not the file's place
 
 #: glibc's mallopt() parameter for the arena cap (malloc.h: M_ARENA_MAX).
 M_ARENA_MAX = -8

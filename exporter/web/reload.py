@@ -19,10 +19,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.config import Config, ConfigError, load_config
-from exporter.logs import kv
+from exporter.core.logs import kv
 from exporter.web.webconfig import WebConfig, load_web_config
 
-log = logging.getLogger("exporter.reload")
+log = logging.getLogger("exporter.reload")  # the caller= name log pipelines filter on, not the file's place
 
 #: Keys read once when the exporter starts (the engine client, the state file, the HTTP app and its routes).
 RESTART_KEYS = (
