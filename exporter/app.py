@@ -21,6 +21,7 @@ from exporter.config import Config
 from exporter.core.logs import kv
 from exporter.engine.client import Engine
 from exporter.engine.firstreads import FirstReads
+from exporter.engine.seam import EngineSeam
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.selfmetrics import PollMetrics, register_runtime_metrics
 from exporter.remediation.audit import AuditError
@@ -49,13 +50,13 @@ class Services:
         self,
         config: Config,
         docker_host: str | None,
-        engine: Engine | None = None,
+        engine: EngineSeam | None = None,
         first_reads: FirstReads | None = None,
     ) -> None:
         self.config = config
         self.docker_host = docker_host
         self.registry = CollectorRegistry(auto_describe=True)
-        self.engine = engine or Engine(
+        self.engine: EngineSeam = engine or Engine(
             docker_host,
             config.docker.timeout,
             config.docker.disk_usage_timeout,
@@ -145,7 +146,7 @@ def create_app(
     *,
     docker_host: str | None,
     telemetry_path: str = "/metrics",
-    engine: Engine | None = None,
+    engine: EngineSeam | None = None,
     web_config: WebConfig | None = None,
     reload: ReloadSource | None = None,
     basic_auth: BasicAuthGate | None = None,

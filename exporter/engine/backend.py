@@ -6,19 +6,15 @@ the docker SDK and gRPC.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from exporter.config import Config
-
-if TYPE_CHECKING:
-    from exporter.engine.client import Engine
+from exporter.engine.seam import EngineSeam
 
 
 class BackendUnavailable(Exception):
     """The chosen backend's optional dependencies are not installed."""
 
 
-def open_engine(config: Config, docker_host: str | None, runtime_endpoint: str | None) -> Engine:
+def open_engine(config: Config, docker_host: str | None, runtime_endpoint: str | None) -> EngineSeam:
     """The engine client for this process; the CRI backend is imported only when chosen (gRPC is an extra)."""
     if runtime_endpoint is None:
         from exporter.engine.client import Engine

@@ -64,3 +64,16 @@ def status_error(status: int, message: str) -> EngineError:
     if status == 404:
         return EngineNotFound(message, status)
     return EngineError(message, status)
+
+
+def answered(status: int, body: bytes, what: str) -> Any:
+    """The decoded JSON of a raw HTTP answer; for a status of 400 or more, the error it says (its `message`
+    when the body is the engine's JSON error, else the start of the body)."""
+    if status >= 400:
+        try:
+            data = decode(body, what)
+        except EngineError:
+            data = None
+        message = data.get("message") if isinstance(data, dict) else None
+        raise status_error(status, str(message or body[:1000].decode(errors="replace").strip()))
+    return decode(body, what)

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from exporter.core.logs import kv
-from exporter.engine.client import Engine, EngineUnavailable
 from exporter.engine.earlyread import MAX_ANSWER_BYTES, EarlyListing
+from exporter.engine.errors import EngineUnavailable
+from exporter.engine.seam import EngineSeam
 
 log = logging.getLogger("exporter.firstreads")  # the caller= name log pipelines filter on, not the file's place
 
@@ -26,7 +27,7 @@ class FirstReads:
     Why: with many images the engine takes about as long to list them as this process takes to import and
     build the web app. `cli` starts these reads as soon as the config names the engine, so the engine lists
     while the process imports; the first poll then takes their answers instead of asking again. Each read
-    is the same `Engine` call a poll makes, queued at once on the engine's api lane (the listing first: the
+    is the same engine call a poll makes, queued at once on the engine's api lane (the listing first: the
     small version and info calls would otherwise wait for the importing thread's GIL before the long one
     is even sent), so a failure counts against the same stage. `started_at` (wall clock, before the reads
     were sent) is where the event follower's replay starts: a change between the listing and the event
@@ -34,7 +35,7 @@ class FirstReads:
     """
 
     def __init__(
-        self, engine: Engine, clock: Callable[[], float] = time.time, early: EarlyListing | None = None
+        self, engine: EngineSeam, clock: Callable[[], float] = time.time, early: EarlyListing | None = None
     ) -> None:
         self.started_at = clock() if early is None else min(clock(), early.started_at)
         self.images: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(_listing(engine, early))
@@ -45,7 +46,7 @@ class FirstReads:
 
     @classmethod
     async def start(
-        cls, engine: Engine, clock: Callable[[], float] = time.time, early: EarlyListing | None = None
+        cls, engine: EngineSeam, clock: Callable[[], float] = time.time, early: EarlyListing | None = None
     ) -> FirstReads:
         """Create the reads and let each reach the engine's lane (they run there while the caller works)."""
         reads = cls(engine, clock, early)
@@ -62,8 +63,8 @@ class FirstReads:
                 task.exception()
 
 
-async def _listing(engine: Engine, early: EarlyListing | None) -> list[dict[str, Any]]:
-    """The listing sent at launch when there is one, else (or when it failed) `Engine.list_images`.
+async def _listing(engine: EngineSeam, early: EarlyListing | None) -> list[dict[str, Any]]:
+    """The listing sent at launch when there is one, else (or when it failed) `list_images`.
 
     A launch read that failed is asked again the normal way, which reports the failure as every poll does;
     one that has not answered within `docker.timeout` is the engine not answering, as for any read. A launch

@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 
 from exporter.config import ProtectConfig
 from exporter.engine import apishapes
-from exporter.engine.client import EngineConflict, EngineNotFound, EngineUnavailable
+from exporter.engine.errors import EngineConflict, EngineNotFound, EngineUnavailable
 
 #: States a container may be removed in: it has run and ended.
 PRUNABLE_STATES = frozenset(("exited", "dead"))
@@ -99,7 +99,7 @@ def select(
 
 
 class ContainerEngine(Protocol):
-    """The engine calls container removal makes (exporter.engine.client.Engine has them)."""
+    """The engine calls container removal makes (every `EngineSeam` has them)."""
 
     async def inspect_container_now(self, container_id: str) -> dict[str, Any]: ...
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from exporter.engine.client import EngineNotFound, EngineUnavailable
+from exporter.engine.errors import EngineNotFound, EngineUnavailable
 from exporter.remediation.planner import Candidate, SkipReason
 from exporter.remediation.runs import OutcomeKind
 

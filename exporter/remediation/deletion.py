@@ -40,7 +40,8 @@ from exporter.config import ProtectConfig
 from exporter.engine import apishapes
 from exporter.engine.apishapes import HOLD_REPOSITORY, normalize_id
 from exporter.engine.apishapes import is_hold_reference as is_hold
-from exporter.engine.client import Engine, EngineConflict, EngineError, EngineNotFound, EngineUnavailable
+from exporter.engine.errors import EngineConflict, EngineError, EngineNotFound, EngineUnavailable
+from exporter.engine.seam import EngineSeam
 from exporter.remediation import crideletion
 from exporter.remediation.planner import Candidate, SkipReason
 from exporter.remediation.runaudit import RunAborted, RunAudit
@@ -58,7 +59,7 @@ class Deleter:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineSeam,
         audit: RunAudit,
         run: Run,
         young_after: float,

@@ -28,7 +28,7 @@ from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, Pro
 from exporter.core import clocks
 from exporter.core.logs import kv
 from exporter.core.snapshot import Filesystem
-from exporter.engine.client import DELETE_LANE_THREADS, Engine
+from exporter.engine.seam import DELETE_LANE_THREADS, EngineSeam
 from exporter.remediation import prunes
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.deletion import STOPPED, Deleter, hold_reference
@@ -52,7 +52,7 @@ class Executor:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineSeam,
         audit: AuditLog,
         metrics: RemediationMetrics,
         read_filesystem: Callable[[str], Filesystem],

@@ -11,13 +11,14 @@ from typing import Any
 
 from exporter.config import BuildCacheAction, ProtectConfig, PruneContainersAction
 from exporter.engine import apishapes
-from exporter.engine.client import Engine, EngineError, EngineNotFound
+from exporter.engine.errors import EngineError, EngineNotFound
+from exporter.engine.seam import EngineSeam
 from exporter.remediation import containers
 from exporter.remediation.runaudit import RunAborted, RunAudit
 from exporter.remediation.runs import Outcome, Run
 
 
-async def build_cache(engine: Engine, audit: RunAudit, run: Run, action: BuildCacheAction) -> None:
+async def build_cache(engine: EngineSeam, audit: RunAudit, run: Run, action: BuildCacheAction) -> None:
     filters = {"until": f"{int(action.min_age)}s"} if action.min_age > 0 else {}
     reason = f"build cache older than {int(action.min_age)}s, keep-storage {action.keep_storage}"
     if run.dry_run:
@@ -45,7 +46,7 @@ async def build_cache(engine: Engine, audit: RunAudit, run: Run, action: BuildCa
 
 
 async def stopped_containers(
-    engine: Engine,
+    engine: EngineSeam,
     audit: RunAudit,
     run: Run,
     action: PruneContainersAction,

@@ -32,7 +32,8 @@ from typing import Any, Literal
 
 from exporter.core.snapshot import DigestRef, ImageRef
 from exporter.engine.apishapes import normalize_id
-from exporter.engine.client import Engine, EngineError, EngineNotFound
+from exporter.engine.errors import EngineError, EngineNotFound
+from exporter.engine.seam import EngineSeam
 from exporter.remediation.planner import restore_hint
 from exporter.remediation.records import record_json
 
@@ -157,7 +158,7 @@ def select(images: Iterable[Deleted], image: str | None) -> list[Deleted]:
     return chosen
 
 
-async def _named(engine: Engine, ref: str) -> str | None:
+async def _named(engine: EngineSeam, ref: str) -> str | None:
     """The image ID `ref` names now, None when it names nothing."""
     try:
         answer = await engine.inspect_image(ref)
@@ -166,7 +167,7 @@ async def _named(engine: Engine, ref: str) -> str | None:
     return normalize_id(str(answer.get("Id", "")))
 
 
-async def restore_one(engine: Engine, image: Deleted, *, force: bool = False, dry_run: bool = False) -> Restored:
+async def restore_one(engine: EngineSeam, image: Deleted, *, force: bool = False, dry_run: bool = False) -> Restored:
     """Bring one deleted image back: pull a repo digest, check the ID, re-create every tag."""
     out = Restored(image.image_id, "failed", commands=image.commands)
     if not image.repo_digests and not image.in_trash:

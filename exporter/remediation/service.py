@@ -41,7 +41,7 @@ from exporter.core.logs import kv
 from exporter.core.schedulestate import ScheduleState
 from exporter.core.snapshot import Filesystem
 from exporter.engine import apishapes
-from exporter.engine.client import Engine
+from exporter.engine.seam import EngineSeam
 from exporter.remediation import routing
 from exporter.remediation.alerts import Alert, Envelope
 from exporter.remediation.audit import AuditError, AuditLog
@@ -70,7 +70,7 @@ class RemediationService:
     def __init__(
         self,
         config: RemediationConfig,
-        engine: Engine,
+        engine: EngineSeam,
         poller: Poller,
         registry: CollectorRegistry,
         *,

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from exporter.config import TrashConfig
-from exporter.engine.client import Engine, EngineError
+from exporter.engine.errors import EngineError
+from exporter.engine.seam import EngineSeam
 from exporter.remediation.planner import Plan
 from exporter.remediation.registrycheck import RegistryCheck
 from exporter.remediation.runs import Run
@@ -90,7 +91,7 @@ class Trash:
     def __init__(
         self,
         config: TrashConfig,
-        engine: Engine,
+        engine: EngineSeam,
         *,
         digests_prove_copy: Callable[[], bool] = lambda: True,
         gauges: TrashGauges | None = None,

@@ -18,8 +18,9 @@ from exporter.core.logs import WarnOnce, kv
 from exporter.core.snapshot import Image
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
-from exporter.engine.client import Engine, EngineError, EngineUnavailable
+from exporter.engine.errors import EngineError, EngineUnavailable
 from exporter.engine.hints import engine_error_hint
+from exporter.engine.seam import EngineSeam
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.store import SnapshotStore
 
@@ -62,7 +63,7 @@ class TagTimes:
     def next_batch(self, size: int) -> list[TagKey]:
         return sorted(self.pending)[:size]
 
-    async def inspect_batch(self, engine: Engine, batch: Iterable[TagKey]) -> None:
+    async def inspect_batch(self, engine: EngineSeam, batch: Iterable[TagKey]) -> None:
         """Inspect each key's image; MalformedAnswer (naming the image's endpoint) or EngineError stop the
         batch with the rest still pending. An image deleted between list and inspect is no longer pending:
         the next poll will not list it."""
@@ -92,7 +93,7 @@ class Backfill:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineSeam,
         tag_times: TagTimes,
         store: SnapshotStore,
         metrics: PollMetrics,

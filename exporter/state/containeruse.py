@@ -11,7 +11,8 @@ from __future__ import annotations
 from exporter.core.snapshot import Container, Image
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
-from exporter.engine.client import Engine, EngineError
+from exporter.engine.errors import EngineError
+from exporter.engine.seam import EngineSeam
 from exporter.state.history import ImageHistory
 
 # Marking running images as used at most this often keeps the state file from being rewritten every poll.
@@ -25,7 +26,7 @@ class ContainerUse:
         self.history = history
         self._last_ran: dict[tuple[str, str], float | None] = {}
 
-    async def fill(self, engine: Engine, containers: list[Container]) -> None:
+    async def fill(self, engine: EngineSeam, containers: list[Container]) -> None:
         """Inspect the stopped containers not read in their current state yet; EngineError and
         MalformedAnswer (naming the container's endpoint) stop it, the rest is read next poll."""
         wanted = {(c.id, c.state) for c in containers if c.state not in ("running", "created")}

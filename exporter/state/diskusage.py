@@ -18,7 +18,8 @@ from exporter.config import PollConfig
 from exporter.core.logs import kv
 from exporter.core.snapshot import Snapshot
 from exporter.engine import apishapes
-from exporter.engine.client import Engine, EngineError
+from exporter.engine.errors import EngineError
+from exporter.engine.seam import EngineSeam
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.poller import Poller
 
@@ -32,7 +33,7 @@ class DiskUsageRefresher:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineSeam,
         poller: Poller,
         config: PollConfig,
         metrics: PollMetrics,

@@ -15,7 +15,8 @@ from exporter.core.logs import WarnOnce
 from exporter.core.snapshot import EngineInfo, Image, ImageRef
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
-from exporter.engine.client import Engine, EngineError
+from exporter.engine.errors import EngineError
+from exporter.engine.seam import EngineSeam
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.backfill import malformed_warning, tag_key
 from exporter.state.builder import SnapshotBuilder
@@ -37,7 +38,7 @@ class EventApplier:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineSeam,
         builder: SnapshotBuilder,
         history: ImageHistory,
         metrics: PollMetrics,

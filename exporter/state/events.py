@@ -25,7 +25,8 @@ from typing import Any
 
 from exporter.core.logs import kv
 from exporter.engine.apishapes import MalformedAnswer, normalize_id, parse_time
-from exporter.engine.client import Engine, EngineError, EngineUnavailable
+from exporter.engine.errors import EngineError, EngineUnavailable
+from exporter.engine.seam import EngineSeam
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller
@@ -87,7 +88,7 @@ class EventFollower:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineSeam,
         poller: Poller,
         history: ImageHistory,
         metrics: PollMetrics,

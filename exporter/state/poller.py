@@ -25,9 +25,10 @@ from exporter.core.logs import WarnOnce, kv
 from exporter.core.snapshot import DiskUsage, Image, Snapshot
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
-from exporter.engine.client import Engine, EngineError
+from exporter.engine.errors import EngineError
 from exporter.engine.firstreads import FirstReads
 from exporter.engine.hints import engine_error_hint
+from exporter.engine.seam import EngineSeam
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.backfill import Backfill, TagTimes, malformed_warning, tag_key
 from exporter.state.builder import SnapshotBuilder, _with_learned
@@ -96,7 +97,7 @@ class Poller:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineSeam,
         config: Config,
         history: ImageHistory,
         metrics: PollMetrics,

@@ -11,7 +11,7 @@ import re
 
 from aiohttp import web
 
-from exporter.engine.client import Engine
+from exporter.engine.seam import EngineSeam
 from exporter.remediation.service import RemediationService
 from exporter.state.store import SnapshotStore
 from exporter.web.landing import render_landing
@@ -26,7 +26,7 @@ class Pages:
     """The handlers, reading the snapshot store (and the remediation service, when enabled) per request."""
 
     def __init__(
-        self, store: SnapshotStore, engine: Engine, remediation: RemediationService | None, telemetry_path: str
+        self, store: SnapshotStore, engine: EngineSeam, remediation: RemediationService | None, telemetry_path: str
     ) -> None:
         self.store = store
         self.engine = engine
