@@ -142,11 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_runtime(flag: str | None, docker_flag: str | None, config: Config) -> str | None:
     """The CRI endpoint to talk to, or None for a Docker engine; AddressError when both are named or the
     endpoint is not a unix socket. DOCKER_HOST is an environment default, not a choice: a runtime wins over it."""
-    endpoint = flag or config.runtime.endpoint
+    # an empty flag is a value that names nothing (often an unset variable expanded), never "unset": it must
+    # not quietly choose the Docker engine instead of the runtime meant
+    source, endpoint = (
+        ("--runtime.endpoint", flag) if flag is not None else ("runtime.endpoint", config.runtime.endpoint)
+    )
     if endpoint is None:
         return None
+    if not endpoint.strip():
+        raise AddressError(
+            f"{source}: {endpoint!r}: empty endpoint: leave it unset for a Docker engine, "
+            "or give unix:///path/to/socket"
+        )
     if not endpoint.startswith("unix:///") or len(endpoint) == len("unix:///"):
-        raise AddressError(f"--runtime.endpoint {endpoint!r}: a CRI endpoint is unix:///path/to/socket")
+        raise AddressError(f"{source}: {endpoint!r}: a CRI endpoint is unix:///path/to/socket")
     docker = docker_flag or config.docker.host
     if docker is not None:
         raise AddressError(

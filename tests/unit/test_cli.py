@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import errno
+import os
 import platform
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import exporter
 from exporter import cli
+from exporter.config import Config
+from exporter.core.engineaddress import AddressError
 from exporter.web.listen import format_address, listen_error
 
 
@@ -112,6 +118,8 @@ def test_listen_error_names_cause_and_flag() -> None:
         (["--docker.host", "ssh://user@host"], {}, "invalid engine address: --docker.host: 'ssh://user@host': ssh://"),
         (["--docker.host", "tcp://h"], {}, "--docker.host: 'tcp://h': a port is required"),
         (["--docker.host="], {}, "--docker.host: '': empty address"),
+        (["--runtime.endpoint="], {}, "--runtime.endpoint: '': empty endpoint"),
+        (["--runtime.endpoint", " "], {}, "--runtime.endpoint: ' ': empty endpoint"),
         ([], {"DOCKER_HOST": "npipe:////./pipe/docker_engine"}, "DOCKER_HOST: 'npipe:////./pipe/docker_engine'"),
     ],
 )
@@ -128,6 +136,33 @@ def test_a_refused_engine_address_stops_start_up_and_the_config_check_naming_its
     for check in ([], ["--config.check"]):
         assert cli.main([*args, *check]) == 1
         assert problem in capsys.readouterr().err
+
+
+def test_an_empty_runtime_endpoint_flag_is_refused_not_read_as_unset() -> None:
+    """Not the Docker engine instead, and not the config file's endpoint either: the flag names nothing."""
+    meant = Config.model_validate({"runtime": {"endpoint": "unix:///run/containerd/containerd.sock"}})
+    for config in (Config(), meant):
+        with pytest.raises(AddressError, match=r"^--runtime\.endpoint: '': empty endpoint"):
+            cli.resolve_runtime("", None, config)
+    assert cli.resolve_runtime(None, None, meant) == "unix:///run/containerd/containerd.sock"
+    assert cli.resolve_runtime(None, None, Config()) is None
+
+
+def test_an_empty_runtime_endpoint_stops_the_process_before_it_reaches_any_engine(tmp_path: Path) -> None:
+    """The installed entry point, started for real (no `--config.check`): exit status 1 and the flag named.
+
+    Were the empty flag read as unset, the exporter would start against DOCKER_HOST (a socket nobody serves
+    here) and keep running: the timeout then fails the test.
+    """
+    with socket.socket() as probe:  # a port it could listen on: a start that went on would not fail on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environ = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/nobody.sock"}
+    command = [sys.executable, "-m", "exporter", "--runtime.endpoint=", f"--web.listen-address=127.0.0.1:{port}"]
+    result = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "invalid engine address: --runtime.endpoint: '': empty endpoint" in result.stderr
+    assert "starting docker-image-exporter" not in result.stderr
 
 
 def test_a_refused_docker_host_in_the_config_is_a_config_error(
