@@ -32,10 +32,14 @@ class ContainerdError(RuntimeError):
     pass
 
 
-def containerd_bin_dir() -> Path | None:
-    """Where `containerd` and `ctr` come from: `DIE_CRI_ENGINE=trixie` takes Debian trixie's containerd 1.7 from
-    the engine matrix's cache (fetched like its dockerd); unset or `bookworm`, the system's (PATH)."""
-    name = os.environ.get("DIE_CRI_ENGINE", "").strip() or "bookworm"
+def containerd_bin_dir(suite: str | None = None) -> Path | None:
+    """Where `containerd` and `ctr` come from: `trixie` takes Debian trixie's containerd 1.7 from the engine
+    matrix's cache (fetched like its dockerd); `bookworm`, the system's (PATH).
+
+    `suite` None reads `DIE_CRI_ENGINE` (unset: bookworm), as a test process started for one leg does; the
+    matrix, which runs legs in parallel threads of one process, passes each leg's suite instead.
+    """
+    name = (os.environ.get("DIE_CRI_ENGINE", "") if suite is None else suite).strip() or "bookworm"
     if name == "bookworm":
         return None
     if name != "trixie":  # containerd 2.x (sid) reads another config format

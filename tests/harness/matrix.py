@@ -107,11 +107,9 @@ def _probe_containerd(row: Row) -> None:
     """The CRI leg's containerd (its version for the table; the tests start it privately, fetched if need be)."""
     from tests.harness.containerd import containerd_bin_dir, containerd_version
 
-    os.environ["DIE_CRI_ENGINE"] = CRI_LEGS[row.engine]
-    try:
-        version = containerd_version(containerd_bin_dir())
-    finally:
-        del os.environ["DIE_CRI_ENGINE"]
+    # the leg's suite as an argument: legs run in threads of this one process, and another leg's pytest
+    # inherits this process's environment
+    version = containerd_version(containerd_bin_dir(CRI_LEGS[row.engine]))
     row.api_version, row.store = "CRI v1", f"containerd {version} native"
     print(f"matrix: {row.engine}: containerd {version}", flush=True)
 
