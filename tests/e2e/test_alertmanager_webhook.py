@@ -19,6 +19,7 @@ from tests.harness.exporter import ExporterProcess
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.promstack import PrivateAlertmanager, webhook_receiver_config
 from tests.harness.state import write_saved_state
+from tests.integration.test_remediation_actions import wait_until_older
 
 pytestmark = pytest.mark.e2e("prometheus-alertmanager")
 
@@ -142,6 +143,8 @@ def test_an_alert_run_saves_to_the_trash_and_its_deletions_come_back_by_the_api(
         ),
     }
     ids = dict(zip(specs, load_images(dockerd, list(specs.values())), strict=True))
+    # the containerd store stamps a load as the last tag time: wait until min_age holds by the engine's marks
+    wait_until_older(dockerd, list(ids.values()), 10)
     before = {key: image_tags(dockerd, image_id) for key, image_id in ids.items()}
     assert all(before.values()), before
     token_file = tmp_path / "token"
@@ -161,7 +164,7 @@ def test_an_alert_run_saves_to_the_trash_and_its_deletions_come_back_by_the_api(
                 # local images are what the trash is for: nothing protects them here
                 "protect": {"references": [], "labels": [], "local_only": False},
                 "trash": {"path": str(trash), "max_bytes": "1GiB", "keep_for": "1d"},
-                "actions": {"clean-unused": {"type": "prune_unused", "min_age": "1h"}},
+                "actions": {"clean-unused": {"type": "prune_unused", "min_age": "10s"}},
                 "routes": [
                     {"matchers": ['alertname="DockerImagesUnused"'], "action": "clean-unused", "cooldown": "10m"}
                 ],
