@@ -9,6 +9,7 @@ from dashboards.panels import (
     free_space_stat,
     free_space_timeseries,
     stat,
+    steps,
     timeseries,
     unit_override,
 )
@@ -218,11 +219,63 @@ def remediation_dashboard() -> Dashboard:
             ),
         ],
     )
+    trash_bytes, trash_max = sel("docker_remediation_trash_bytes"), sel("docker_remediation_trash_max_bytes")
+    way_back = Row(
+        203,
+        "Trash and restores",
+        [
+            stat(
+                15,
+                "Trash used",
+                "Share of remediation.trash.max_bytes the saved archives take; a save first removes the oldest "
+                "archives to stay under it. No value when no trash is configured.",
+                "percentunit",
+                f"{trash_bytes} / {trash_max}",
+                defaults={"thresholds": steps(("green", None), ("yellow", 0.8), ("red", 0.95)), "min": 0, "max": 1},
+                width=4,
+            ),
+            stat(
+                16,
+                "Images in the trash",
+                "Deleted images saved before their deletion: a restore loads them back without a registry "
+                "(docs/remediation.md, Getting an image back). No value when no trash is configured.",
+                "short",
+                sel("docker_remediation_trash_images"),
+                width=4,
+            ),
+            timeseries(
+                17,
+                "Trash bytes vs max",
+                "Bytes of the archives in remediation.trash, and its max_bytes bound.",
+                "bytes",
+                [Target(trash_bytes, "{{instance}} in trash"), Target(trash_max, "{{instance}} max_bytes")],
+                width=8,
+            ),
+            timeseries(
+                18,
+                "Restores by result",
+                "Deleted images a restore dealt with per interval: restored, present (only tags re-created), "
+                "would_restore (dry run), no_copy, mismatch, failed.",
+                "short",
+                [
+                    Target(
+                        f"sum by (result) (increase({sel('docker_remediation_restored_images_total')}"
+                        f"[$__rate_interval]))",
+                        "{{result}}",
+                    )
+                ],
+                draw_style="bars",
+                stacking="normal",
+                fill=80,
+                width=8,
+            ),
+        ],
+    )
     return Dashboard(
         UID,
         "Docker image remediation",
-        "What docker-image-exporter's remediation hook did: runs, deletions, bytes reclaimed, skips and the "
-        "Alertmanager webhook traffic.",
-        [overview, activity, webhook],
+        "What docker-image-exporter's remediation hook did: runs, deletions, bytes reclaimed, skips, the "
+        "Alertmanager webhook traffic, the trash and restores.",
+        [overview, activity, webhook, way_back],
         annotations=[("Remediation runs", RUN_ANNOTATION)],
     )

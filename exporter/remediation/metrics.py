@@ -28,6 +28,7 @@ class RemediationMetrics:
         self._registry = registry
         self.trash_bytes: Gauge | None = None
         self.trash_images: Gauge | None = None
+        self.trash_max_bytes: Gauge | None = None
         self.runs = Counter(
             "docker_remediation_runs",
             "Remediation runs by action, trigger (alert, schedule, manual) and result "
@@ -129,9 +130,10 @@ class RemediationMetrics:
             for outcome in ALERT_OUTCOMES:
                 self.webhook_alerts.labels(status, outcome)
 
-    def set_trash(self, images: int, size: int) -> None:
-        """The trash's contents; the series exist only once a trash is configured (absent is "no trash")."""
-        if self.trash_bytes is None or self.trash_images is None:
+    def set_trash(self, images: int, size: int, max_bytes: int) -> None:
+        """The trash's contents and bound; the series exist only once a trash is configured (absent is "no
+        trash")."""
+        if self.trash_bytes is None or self.trash_images is None or self.trash_max_bytes is None:
             self.trash_bytes = Gauge(
                 "docker_remediation_trash_bytes",
                 "Bytes the archives in remediation.trash take (images saved before their deletion).",
@@ -142,8 +144,14 @@ class RemediationMetrics:
                 "Archives in remediation.trash: deleted images a restore can load back without a registry.",
                 registry=self._registry,
             )
+            self.trash_max_bytes = Gauge(
+                "docker_remediation_trash_max_bytes",
+                "remediation.trash.max_bytes: the oldest archives are removed before the trash would pass it.",
+                registry=self._registry,
+            )
         self.trash_bytes.set(size)
         self.trash_images.set(images)
+        self.trash_max_bytes.set(max_bytes)
 
     def set_next_run(self, action: str, when: float) -> None:
         self.next_run.labels(action).set(when)

@@ -53,7 +53,7 @@ class _CutShort(Exception):
 
 
 class TrashGauges(Protocol):
-    def set_trash(self, images: int, size: int) -> None: ...
+    def set_trash(self, images: int, size: int, max_bytes: int) -> None: ...
 
 
 Audit = Callable[..., Awaitable[None]]
@@ -109,6 +109,7 @@ class Trash:
         self.statvfs = statvfs
         self._lock = asyncio.Lock()
         self._stop = threading.Event()
+        self.publish()  # the series exist from startup: a dashboard shows the bound before the first save
 
     @property
     def folder(self) -> Path:
@@ -117,6 +118,7 @@ class Trash:
     def reconfigure(self, config: TrashConfig) -> None:
         """A reload: the new bounds apply from the next save (and the expiry it starts with)."""
         self.config = config
+        self.publish()  # the gauge of max_bytes follows the reload at once
 
     def stop(self) -> None:
         """Shutdown: a save in progress fails (its image stays), and no new one starts."""
@@ -143,7 +145,7 @@ class Trash:
     def publish(self, archives: list[Archive] | None = None) -> None:
         listed = self.archives() if archives is None else archives
         if self.gauges is not None:
-            self.gauges.set_trash(len(listed), sum(a.size for a in listed))
+            self.gauges.set_trash(len(listed), sum(a.size for a in listed), self.config.max_bytes)
 
     def expire(self, room_for: int = 0) -> list[Archive]:
         """Remove archives older than keep_for, then the oldest until `room_for` more bytes fit max_bytes, and
@@ -322,7 +324,11 @@ class Trash:
             raise TrashRefused(f"cannot write {partial}: {exc}") from exc
         finally:
             abandoned.set()
-            handle.close()
+            try:
+                # closing flushes what the buffer still holds; after a failed write that fails the same way
+                handle.close()
+            except OSError as exc:
+                raise TrashRefused(f"cut short: {exc}") from exc
         if written == 0:
             raise TrashRefused("the engine sent an empty archive")
         return written

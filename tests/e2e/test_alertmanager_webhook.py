@@ -19,6 +19,7 @@ from tests.harness.exporter import ExporterProcess
 from tests.harness.images import ImageSpec, Layer, load_images
 from tests.harness.promstack import PrivateAlertmanager, webhook_receiver_config
 from tests.harness.state import write_saved_state
+from tests.integration.test_remediation_actions import wait_until_older
 
 pytestmark = pytest.mark.e2e("prometheus-alertmanager")
 
@@ -115,3 +116,89 @@ def test_alertmanager_triggers_one_run_and_repeats_inside_cooldown_none(
     notifications = am.metric("alertmanager_notifications_total", {"integration": "webhook"})
     failed = am.metric("alertmanager_notifications_failed_total", {"integration": "webhook"})
     assert notifications >= 3 and failed == 0
+
+
+def image_tags(engine: PrivateDockerd, image_id: str) -> set[str]:
+    """The image's tags (the containerd store also lists a digest name there: not a tag)."""
+    listed = engine.get_json(f"/images/{image_id}/json").get("RepoTags") or []
+    return {t for t in listed if "@" not in t and "<none>" not in t}
+
+
+def test_an_alert_run_saves_to_the_trash_and_its_deletions_come_back_by_the_api(
+    dockerd, exporter_factory, alertmanager_factory, tmp_path
+):
+    """Alertmanager fires, the routed run saves each local image to the trash before deleting it, and
+    `POST /api/v1/runs/{id}/restore` loads them back with the same ID and every tag."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    specs = {
+        "build": ImageSpec(
+            tags=["local/build:1", "local/build:latest"],
+            layers=[Layer.random(512 * 1024, f"build-{time.time_ns()}")],
+            created=now - timedelta(days=2),
+        ),
+        "tool": ImageSpec(
+            tags=["local/tool:2"],
+            layers=[Layer.random(256 * 1024, f"tool-{time.time_ns()}")],
+            created=now - timedelta(days=2),
+        ),
+    }
+    ids = dict(zip(specs, load_images(dockerd, list(specs.values())), strict=True))
+    # the containerd store stamps a load as the last tag time: wait until min_age holds by the engine's marks
+    wait_until_older(dockerd, list(ids.values()), 10)
+    before = {key: image_tags(dockerd, image_id) for key, image_id in ids.items()}
+    assert all(before.values()), before
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    write_saved_state(tmp_path / "state.json", dockerd)
+    trash = tmp_path / "trash"
+    audit = tmp_path / "audit.jsonl"
+    exp = exporter_factory(
+        dockerd,
+        {
+            "state": {"path": str(tmp_path / "state.json")},
+            "poll": {"interval": "10m"},
+            "remediation": {
+                "enabled": True,
+                "auth": {"bearer_token_file": str(token_file)},
+                "audit_log": str(audit),
+                # local images are what the trash is for: nothing protects them here
+                "protect": {"references": [], "labels": [], "local_only": False},
+                "trash": {"path": str(trash), "max_bytes": "1GiB", "keep_for": "1d"},
+                "actions": {"clean-unused": {"type": "prune_unused", "min_age": "10s"}},
+                "routes": [
+                    {"matchers": ['alertname="DockerImagesUnused"'], "action": "clean-unused", "cooldown": "10m"}
+                ],
+            },
+        },
+    )
+    am = alertmanager_factory(f"{exp.url}/webhook/alertmanager", token_file)
+
+    fire(am, alertname="DockerImagesUnused", severity="warning", instance="node-1")
+    exp.wait_for(lambda: runs(exp) and runs(exp)[0]["finished_at"], timeout=60, what="the alert's run")
+    (run,) = runs(exp)
+    assert (run["trigger"], run["result"]) == ("alert", "success"), run
+    assert not present(dockerd) & set(ids.values())
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    saved = {x["image_id"]: x["file"] for x in lines if x["event"] == "trash" and x["run_id"] == run["run_id"]}
+    assert set(saved) == set(ids.values())
+    assert all(Path(f).parent == trash and Path(f).stat().st_size > 0 for f in saved.values())
+    assert exp.sample("docker_remediation_trash_images") == 2
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    status, body = exp.request("GET", f"/api/v1/runs/{run['run_id']}", headers=headers)
+    assert status == 200
+    listed = {d["id"]: d for d in json.loads(body)["deleted"]}
+    assert {i: (d["restorable"], d["trash"]) for i, d in listed.items()} == {i: (True, saved[i]) for i in ids.values()}
+
+    status, body = exp.request("POST", f"/api/v1/runs/{run['run_id']}/restore", headers=headers)
+    assert status == 200, body
+    answers = {a["id"]: a for a in json.loads(body)["images"]}
+    assert {i: (a["result"], a["loaded"]) for i, a in answers.items()} == {
+        i: ("restored", saved[i]) for i in ids.values()
+    }
+    for key, image_id in ids.items():
+        assert image_id in present(dockerd)
+        assert image_tags(dockerd, image_id) == before[key]
+    assert exp.sample("docker_remediation_restored_images_total", {"result": "restored"}) == 2
+    restores = [x for x in audit.read_text().splitlines() if '"event": "restore"' in x or '"event":"restore"' in x]
+    assert len(restores) == 2

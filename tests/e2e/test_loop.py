@@ -100,6 +100,9 @@ def test_disk_pressure_loop(
                 "auth": {"bearer_token_file": str(token_file)},
                 "protect": {"references": ["*:production"], "labels": ["keep=true"], "local_only": True},
                 "audit_log": str(audit),
+                # on another filesystem than the data root it frees; the victims have a registry copy, so
+                # nothing is saved, but the trash panels have their series
+                "trash": {"path": str(tmp_path / "trash"), "max_bytes": "64MiB", "keep_for": "1d"},
                 "actions": {
                     "free-disk": {"type": "free_space", "target_avail_ratio": TARGET, "min_age": "10m"},
                 },

@@ -7,7 +7,7 @@ Fixtures (all start real programs; teardown stops them and checks nothing is lef
 - ``loaded_dockerd``: module-scoped engine pre-loaded with ``scenario_basic()``, a ``LoadedScenario``
   (``.engine``, ``.ids[key]``, ``.spec(key)``, ``.containers``). Read-only: tests that change images use
   ``dockerd`` + ``load_scenario``.
-- ``registry``: a private registry on loopback.
+- ``registry``: a private registry on loopback (a Podman engine of the same test lists it as insecure).
 - ``loop_fs_factory(size_mb)``: a mounted ext4 loop filesystem (``.mountpoint``) for disk pressure.
 - ``exporter_factory(engine, config)``: the exporter subprocess, started and healthy (a PrivateContainerd
   as `engine`: over the CRI, `--runtime.endpoint`).
@@ -213,6 +213,10 @@ def dockerd_factory(request: pytest.FixtureRequest, loop_fs_factory: Any) -> Ite
         start: bool = True,
     ) -> PrivateDockerd:
         engine = new_engine(short_workdir(), name, data_root=data_root, bin_dir=bin_dir, extra_args=extra_args)
+        if isinstance(engine, engines.PodmanService) and "registry" in request.fixturenames:
+            # dockerd trusts plain HTTP to 127.0.0.0/8; Podman pushes only where registries.conf says insecure,
+            # and it reads that file once: the test's registry is listed before the service starts
+            engine.add_insecure_registry(request.getfixturevalue("registry").address)
         started.append(engine)
         label = f"{engine.name}#{len(started)}"
         add_diagnostics(request.node, f"{label} dockerd.log ({engine.workdir})", lambda: engine.log_tail(60))

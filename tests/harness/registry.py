@@ -1,6 +1,7 @@
 """A private registry (Debian's `docker-registry`, distribution v2) on loopback: real RepoDigests.
 
-dockerd treats 127.0.0.0/8 registries as insecure by default, so plain HTTP push and pull need no setup.
+dockerd treats 127.0.0.0/8 registries as insecure by default, so plain HTTP push and pull need no setup;
+Podman needs the address in its registries.conf, which the `dockerd` fixture writes when a test also uses `registry`.
 """
 
 from __future__ import annotations

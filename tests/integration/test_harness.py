@@ -349,8 +349,8 @@ def test_engine_on_a_loop_filesystem_fills_it(loop_fs_factory: LoopFactory, dock
 
 
 def test_registry_push_then_pull_gives_repo_digests(dockerd: PrivateDockerd, registry: PrivateRegistry) -> None:
-    if isinstance(dockerd, PodmanService):  # dockerd allows plain HTTP to loopback registries by default
-        dockerd.add_insecure_registry(registry.address)
+    if isinstance(dockerd, PodmanService):  # the fixtures list the registry as insecure before Podman starts
+        assert dockerd.insecure_registries == [registry.address]
     ref = registry.ref("team/app:1.0")
     repo = f"{registry.address}/team/app"
     (image_id,) = load_images(dockerd, [ImageSpec(tags=[ref], layers=[Layer.random(256 * 1024, "pushed")])])

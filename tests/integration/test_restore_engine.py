@@ -1,8 +1,8 @@
 """Undoing a run: images deleted by a real run come back from the private registry, by the CLI and the API.
 
-The images are pushed to the loopback registry (so they carry the repo digest it serves), deleted by a
-manual `prune_unused` run, then restored: the image ID that comes back and its tags are compared with
-what the engine listed before the run, and a tag that names another image by then is only moved by force.
+The images are pushed to the loopback registry and pulled back (so they carry the repo digest it serves),
+deleted by a manual `prune_unused` run, then restored: the image ID that comes back and its tags are compared
+with what the engine listed before the run, and a tag that names another image by then is only moved by force.
 """
 
 from __future__ import annotations
@@ -13,22 +13,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from exporter.web.remediation import RemediationEndpoints
 from tests.harness.audit import read_audit
 from tests.harness.dockerd import PrivateDockerd
-from tests.harness.engines import engine_store
 from tests.harness.registry import PrivateRegistry
 from tests.integration import test_remediation_actions as actions
 from tests.integration.test_remediation_actions import (
     MIN_AGE,
+    MIN_AGE_SECONDS,
     Harness,
     Img,
+    World,
     build_world,
     image_lines,
     remediation_config,
+    wait_until_older,
 )
 
 make_harness = actions.make_harness  # the fixture, shared with the action tests
@@ -60,24 +61,32 @@ def cli_restore(engine: PrivateDockerd, audit: Path, run_id: str, *extra: str) -
     return done.returncode, [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
+def pull_back(engine: PrivateDockerd, world: World, key: str) -> None:
+    """Push every tag of the image, remove it, pull it back: its repo digests are then the ones the registry
+    serves. A loaded image's digest on the containerd store and Podman proves no copy, and Podman's push
+    recompresses the layers, so the manifest it pushed has another digest than the one it lists."""
+    refs = [world.prefix + t for img in world.images if img.key == key for t in img.tags]
+    for ref in refs:
+        engine.cli("push", ref)
+    engine.cli("rmi", *refs)
+    for ref in refs:
+        engine.cli("pull", ref)
+    assert engine.get_json(f"/images/{refs[0]}/json")["Id"] == world.ids[key]
+
+
 async def test_restore_brings_a_runs_deleted_images_back_by_cli_and_api(
     dockerd: PrivateDockerd, registry: PrivateRegistry, tmp_path: Path, make_harness: Any, aiohttp_client: Any
 ) -> None:
-    if engine_store(dockerd) == "podman":
-        pytest.xfail(
-            "Podman's Docker API pushes only to registries its registries.conf marks insecure, and the test "
-            "registry's port is chosen per test; restore's logic is engine-independent past the pull"
-        )
     config = remediation_config(tmp_path, {"unused": {"type": "prune_unused", "min_age": MIN_AGE}}, "/")
     world = build_world(
         dockerd,
         registry,
         [Img("app", ["app:1", "app:stable"]), Img("web", ["web:1"]), Img("keeper", ["keeper:1"], in_use=True)],
     )
-    if engine_store(dockerd) != "classic":  # loaded images list a digest already there, but the registry lacks them
-        for key in ("app", "web"):
-            for tag in world.images[0 if key == "app" else 1].tags:
-                dockerd.cli("push", world.prefix + tag)
+    for key in ("app", "web"):
+        pull_back(dockerd, world, key)
+    # the containerd store stamps a pull as the last tag time: wait until min_age holds again
+    wait_until_older(dockerd, [world.ids["app"], world.ids["web"]], MIN_AGE_SECONDS)
     world.refresh()
     before = {k: (world.ids[k], tags(dockerd, world.ids[k]), sorted(world.digests[k])) for k in ("app", "web")}
     assert all(digests for _, _, digests in before.values()), before

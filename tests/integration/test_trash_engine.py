@@ -9,18 +9,23 @@ nothing is deleted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from exporter.web.remediation import RemediationEndpoints
-from tests.harness.dockerd import PrivateDockerd
+from tests.harness.dockerd import PrivateDockerd, short_workdir
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.fixtures import LoopFactory
 from tests.integration import test_remediation_actions as actions
 from tests.integration.test_remediation_actions import MIB, MIN_AGE, Harness, Img, build_world, remediation_config
 from tests.integration.test_restore_engine import cli_restore, present, tags
@@ -86,6 +91,7 @@ async def test_local_images_go_to_the_trash_and_come_back_with_their_id_and_ever
         assert audit.index(line) < first_intent
     assert h.sample("docker_remediation_trash_images", {}) == 2
     assert h.sample("docker_remediation_trash_bytes", {}) == sum(x["bytes"] for x in saved.values())
+    assert h.sample("docker_remediation_trash_max_bytes", {}) == 1 << 30
 
     code, done = cli_restore(dockerd, h.audit_path, run.run_id, "--image", world.ids["solo"])
     assert code == 0, done
@@ -139,3 +145,51 @@ async def test_a_full_trash_filesystem_saves_nothing_so_nothing_is_deleted(
         assert "low" in outcome.detail
         assert not [x for x in h.audit() if x["event"] == "intent"]
         assert os.listdir(small / "trash") == [], "nothing (not even a partial archive) stays"
+
+
+def fill_up(path: Path) -> None:
+    """Write until the filesystem refuses a single block more (as root: the reserved blocks too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        for chunk in (MIB, 4096):
+            while True:
+                try:
+                    os.write(fd, b"\0" * chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def test_a_trash_filesystem_that_fills_during_the_save_cuts_it_short_so_nothing_is_deleted(
+    dockerd: PrivateDockerd, loop_fs_factory: LoopFactory, tmp_path: Path, make_harness: Any
+) -> None:
+    """The room check passes, then another writer fills the loop filesystem before the archive arrives: the
+    write fails (ENOSPC), the partial archive goes, and the image is not deleted."""
+    world = build_world(dockerd, None, [Img("big", ["big:1"], size=4 * MIB, pushed=False)])
+    fs = loop_fs_factory(64)
+    trash = fs.mountpoint / "trash"
+    trash.mkdir()
+    # the proxy holds the save's GET between the exporter's room check and the engine's answer
+    with FaultProxy(dockerd.socket, short_workdir("die-trashfull-") / "p.sock") as proxy:
+        engine = SimpleNamespace(host=proxy.host, get_json=dockerd.get_json)
+        h: Harness = await make_harness(engine, trash_config(tmp_path, trash))
+        held = proxy.hold("GET", r"^/images/[^/]+/get")
+        running = asyncio.create_task(h.run("unused"))
+        assert await asyncio.to_thread(held.arrived.wait, 60), "the save never asked the engine"
+        await asyncio.to_thread(fill_up, fs.mountpoint / "filler")
+        assert fs.avail_bytes() < MIB
+        held.release()
+        run = await asyncio.wait_for(running, 120)
+
+    assert world.ids["big"] in present(dockerd)
+    assert h.engine.writes == [], h.engine.writes  # not one DELETE (nor a hold tag) was sent
+    outcomes = [o for o in run.outcomes if o.image_id == world.ids["big"]]
+    assert len(outcomes) == 1, run.to_json()
+    assert (outcomes[0].result, outcomes[0].skip_reason) == ("skipped", "trash"), outcomes[0]
+    assert "No space left on device" in outcomes[0].detail, outcomes[0].detail
+    assert not [x for x in h.audit() if x["event"] in ("intent", "trash")]
+    assert os.listdir(trash) == [], "nothing (not even a partial archive) stays"
+    assert h.sample("docker_remediation_trash_images", {}) == 0

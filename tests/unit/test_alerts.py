@@ -95,6 +95,23 @@ def test_every_alert_has_a_runbook_url_whose_section_exists() -> None:
         assert url.rpartition("#")[2] in anchors, f"docs/runbooks.md has no section for {rule['alert']}"
 
 
+def _runbook_sections(markdown: str) -> dict[str, str]:
+    """The text under each `## <alert>` heading of docs/runbooks.md, by alert name."""
+    parts = re.split(r"^## (\S+)\s*$", markdown, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_the_runbook_of_every_deleting_or_remediation_alert_links_the_way_back() -> None:
+    """Alerts that start deletions (a `remediation` label) and the alerts about remediation itself tell the
+    reader how a deleted image comes back."""
+    sections = _runbook_sections(RUNBOOKS.read_text(encoding="utf-8"))
+    concerned = [n for n, action in REMEDIATION_LABELS.items() if action is not None or "Remediation" in n]
+    assert len(concerned) >= 6, concerned
+    for name in concerned:
+        assert "(remediation.md#getting-an-image-back)" in sections[name], f"runbook of {name}"
+    assert "## Getting an image back" in (REPO / "docs" / "remediation.md").read_text(encoding="utf-8")
+
+
 def test_runbook_anchor_check_detects_a_missing_section() -> None:
     """Control for the test above: a runbook without the alert's heading does not have its anchor."""
     text = RUNBOOKS.read_text(encoding="utf-8")

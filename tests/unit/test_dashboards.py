@@ -179,6 +179,10 @@ def test_issue_panels_present() -> None:
         "Webhook requests by code",
         "Alerts by outcome",
         "Last run per action",
+        "Trash used",
+        "Images in the trash",
+        "Trash bytes vs max",
+        "Restores by result",
     ):
         assert title in remediation, title
 
@@ -446,6 +450,10 @@ _SERIES: list[tuple[str, str]] = [
     (f'docker_remediation_running{{{_T},action="free-disk"}}', "0x120"),
     (f'docker_webhook_requests_total{{{_T},code="200"}}', "0+1x120"),
     (f'docker_webhook_alerts_total{{{_T},status="firing",outcome="routed"}}', "0+1x120"),
+    (f"docker_remediation_trash_bytes{{{_T}}}", "0+1000x120"),
+    (f"docker_remediation_trash_images{{{_T}}}", "2x120"),
+    (f"docker_remediation_trash_max_bytes{{{_T}}}", "1073741824x120"),
+    (f'docker_remediation_restored_images_total{{{_T},result="restored"}}', "0+1x120"),
 ]
 for _repo, _tag, _id, _size, _unique in _IMAGES:
     _labels = f'{_T},repository="{_repo}",tag="{_tag}",image_id="{_id}"'

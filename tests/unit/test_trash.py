@@ -8,6 +8,8 @@ does with any stream (longer than announced, failing half-way); the real `GET /i
 from __future__ import annotations
 
 import asyncio
+import errno
+import io
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 
 from exporter.config import TrashConfig
 from exporter.engine.client import EngineError
+from exporter.remediation import trash as trash_module
 from exporter.remediation.trash import PARTIAL_PREFIX, Trash, TrashRefused
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.test_executor import OLD, Harness, act
@@ -165,6 +168,49 @@ async def test_a_save_that_fails_half_way_means_no_delete_and_no_intent(tmp_path
     assert outcomes[pulled].result == "deleted", outcomes[pulled].detail  # a repo digest proves a copy: no save
     assert local in engine.images and [r.image_id for r in engine.removals] == [pulled]
     assert not [r for r in h.audit() if r["event"] in ("intent", "trash") and r["image_id"] == local]
+    assert files(h.executor.trash) == []
+
+
+class FillingFile(io.RawIOBase):
+    """A file on a filesystem that fills after `room` bytes: later writes fail with ENOSPC."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        self.path, self.room = path, room
+        path.write_bytes(b"")  # it exists, as the real one would: the trash must remove it
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "no descriptor")
+
+
+async def test_a_filesystem_that_fills_mid_save_means_no_delete_even_with_bytes_left_in_the_buffer(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Chunks smaller than the file buffer: the write that fails leaves bytes buffered, and closing the file
+    tries them again (and fails again). That too is a save cut short, not an error that ends the run."""
+    engine = SavingEngine()
+    local = engine.add("local", ("app:1",), arrived=OLD)
+    engine.archives[local] = 50_000
+    monkeypatch.setattr(
+        trash_module, "open", lambda path, mode: io.BufferedWriter(FillingFile(Path(path), 10_000)), raising=False
+    )
+    h = Harness(tmp_path, engine)
+    h.executor.trash = Trash(TrashConfig(path=str(tmp_path / "trash"), max_bytes=GIB), engine, statvfs=big_fs)
+    run = await h.run(act("prune_unused"))
+    assert run.result != "failure", run.detail
+    (outcome,) = run.outcomes
+    assert (outcome.result, outcome.skip_reason) == ("skipped", "trash"), outcome
+    assert "No space left on device" in outcome.detail
+    assert local in engine.images and engine.removals == []
+    assert not [r for r in h.audit() if r["event"] in ("intent", "trash")]
     assert files(h.executor.trash) == []
 
 
