@@ -17,7 +17,7 @@ import pytest
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.exporter import ExporterProcess
 from tests.harness.images import ImageSpec, Layer, load_images
-from tests.harness.promstack import PrivateAlertmanager, webhook_receiver_config
+from tests.harness.promstack import PrivateAlertmanager, alert_remediation, webhook_receiver_config
 from tests.harness.state import write_saved_state
 from tests.integration.test_remediation_actions import wait_until_older
 
@@ -73,24 +73,11 @@ def test_alertmanager_triggers_one_run_and_repeats_inside_cooldown_none(
     dockerd, exporter_factory, alertmanager_factory, tmp_path
 ):
     first = load_dangling(dockerd, 2, "first")
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file, remediation = alert_remediation(tmp_path, TOKEN, action="clean-dangling", cooldown="10m")
     write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(
         dockerd,
-        {
-            "state": {"path": str(tmp_path / "state.json")},
-            "poll": {"interval": "10m"},
-            "remediation": {
-                "enabled": True,
-                "auth": {"bearer_token_file": str(token_file)},
-                "audit_log": str(tmp_path / "audit.jsonl"),
-                "actions": {"clean-dangling": {"type": "prune_dangling", "min_age": "1h"}},
-                "routes": [
-                    {"matchers": ['alertname="DockerDanglingImages"'], "action": "clean-dangling", "cooldown": "10m"}
-                ],
-            },
-        },
+        {"state": {"path": str(tmp_path / "state.json")}, "poll": {"interval": "10m"}, "remediation": remediation},
     )
     am = alertmanager_factory(f"{exp.url}/webhook/alertmanager", token_file)
 

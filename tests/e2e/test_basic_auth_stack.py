@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from tests.harness.dockerd import free_port, remove_workdir, short_workdir
-from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, webhook_receiver_config
-from tests.integration.test_web_basic_auth import PROM, PROM_HASH, PROM_PASSWORD, TOKEN, AuthenticatedExporter
+from tests.harness.exporter import ExporterProcess
+from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, alert_remediation, webhook_receiver_config
+from tests.integration.test_web_basic_auth import PROM, PROM_HASH, PROM_PASSWORD, TOKEN
 
 pytestmark = [pytest.mark.e2e]
 
@@ -23,22 +24,12 @@ pytestmark = [pytest.mark.e2e]
 def test_prometheus_scrapes_with_basic_auth_and_alertmanager_with_its_token(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": PROM_HASH}}))
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file, remediation = alert_remediation(tmp_path, TOKEN)
     workdir = short_workdir("die-bauth-e2e-")
-    exp = AuthenticatedExporter(
+    exp = ExporterProcess(
         workdir,
         f"unix:///tmp/die-dead-{free_port()}.sock",
-        {
-            "state": {"path": str(tmp_path / "state.json")},
-            "remediation": {
-                "enabled": True,
-                "auth": {"bearer_token_file": str(token_file)},
-                "audit_log": str(tmp_path / "audit.jsonl"),
-                "actions": {"clean": {"type": "prune_dangling", "min_age": "1h"}},
-                "routes": [{"matchers": ['alertname="DockerDanglingImages"'], "action": "clean"}],
-            },
-        },
+        {"state": {"path": str(tmp_path / "state.json")}, "remediation": remediation},
         extra_args=["--web.config.file", str(web)],
         authorization=PROM,
     )

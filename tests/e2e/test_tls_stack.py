@@ -15,7 +15,7 @@ from tests.harness.certs import client_context, issue, make_ca
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
-from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, webhook_receiver_config
+from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, alert_remediation, webhook_receiver_config
 from tests.harness.state import write_saved_state
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -46,21 +46,11 @@ def test_prometheus_and_alertmanager_speak_mtls_to_the_exporter(
             }
         )
     )
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file, remediation = alert_remediation(tmp_path, TOKEN)
     write_saved_state(tmp_path / "state.json", dockerd)  # the images above were here before
     exp = exporter_factory(
         dockerd,
-        {
-            "state": {"path": str(tmp_path / "state.json")},
-            "remediation": {
-                "enabled": True,
-                "auth": {"bearer_token_file": str(token_file)},
-                "audit_log": str(tmp_path / "audit.jsonl"),
-                "actions": {"clean": {"type": "prune_dangling", "min_age": "1h"}},
-                "routes": [{"matchers": ['alertname="DockerDanglingImages"'], "action": "clean"}],
-            },
-        },
+        {"state": {"path": str(tmp_path / "state.json")}, "remediation": remediation},
         extra_args=["--web.config.file", str(web)],
         client_tls=client_context(ca, client),
     )

@@ -48,6 +48,18 @@ def find_sample(text: str, name: str, labels: Mapping[str, str] | None = None) -
     return None
 
 
+def check_web_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m exporter --web.config.file PATH --config.check`: what a start-up would say of that file."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "--web.config.file", str(path), "--config.check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
 class ExporterProcess(Managed):
     """`python -m exporter` with a config written from a dict, listening on a free loopback port."""
 
@@ -62,6 +74,7 @@ class ExporterProcess(Managed):
         env: Mapping[str, str] | None = None,
         name: str = "exporter",
         client_tls: ssl.SSLContext | None = None,
+        authorization: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.engine_host = engine_host
@@ -72,6 +85,8 @@ class ExporterProcess(Managed):
         self.address = f"127.0.0.1:{self.port}"
         self.client_tls = client_tls  # set: the exporter serves HTTPS (--web.config.file) and we speak it
         self.url = f"{'https' if client_tls else 'http'}://{self.address}"
+        #: Headers sent with every request this harness makes, health checks included (basic auth on every path).
+        self.authorization = dict(authorization or {})
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         self.name = name
@@ -197,11 +212,7 @@ class ExporterProcess(Managed):
 
     def _status(self, path: str) -> int | None:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5, context=self.client_tls) as resp:
-                status: int = resp.status
-                return status
-        except urllib.error.HTTPError as e:
-            return e.code
+            return self.request("GET", path, timeout=5)[0]
         except (urllib.error.URLError, OSError):
             return None
 
@@ -213,8 +224,10 @@ class ExporterProcess(Managed):
         headers: Mapping[str, str] | None = None,
         timeout: float = 30,
     ) -> tuple[int, bytes]:
-        """One HTTP request to the exporter; (status, body) for every status, errors included."""
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
+        """One HTTP request to the exporter, with `authorization`; (status, body) for every status, errors included."""
+        req = urllib.request.Request(
+            self.url + path, data=body, method=method, headers={**self.authorization, **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.client_tls) as resp:
                 return resp.status, resp.read()

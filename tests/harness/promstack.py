@@ -215,6 +215,26 @@ class PrivateAlertmanager(_Program):
                 raise ProgramError(f"alertmanager refused alerts: {resp.status}")
 
 
+def alert_remediation(
+    directory: Path, token: str, *, action: str = "clean", cooldown: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The token file both sides read (written as `directory/token`) and the exporter's `remediation` section an
+    Alertmanager drives: `DockerDanglingImages` routed to `action`, a dangling prune of images an hour old,
+    audited to `directory/audit.jsonl`."""
+    token_file = directory / "token"
+    token_file.write_text(token + "\n")
+    route: dict[str, Any] = {"matchers": ['alertname="DockerDanglingImages"'], "action": action}
+    if cooldown is not None:
+        route["cooldown"] = cooldown
+    return token_file, {
+        "enabled": True,
+        "auth": {"bearer_token_file": str(token_file)},
+        "audit_log": str(directory / "audit.jsonl"),
+        "actions": {action: {"type": "prune_dangling", "min_age": "1h"}},
+        "routes": [route],
+    }
+
+
 def webhook_receiver_config(
     url: str,
     token_file: Path,

@@ -8,6 +8,10 @@ and python_* families of the exporter process are left out. Regenerate with
 Each engine of the matrix has its own file (`DIE_ENGINE=sid-containerd` -> `metrics-sid-containerd.prom`):
 the containerd store lists manifest digests as IDs and other sizes, and sets `LastTagTime` to the load time
 (masked); Podman names short references `localhost/...` and has no shared sizes or layer bytes.
+
+What is pure in this path (the engine's answers parsed, built into a snapshot and rendered) is pinned without
+an engine in `make unit`: tests/unit/test_golden_recorded.py renders each recording of tests/fixtures/api and
+checks that its families and label sets appear here too. This test proves real engines still answer so.
 """
 
 from __future__ import annotations

@@ -10,11 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ from exporter.web.basicauth import BasicAuthGate
 from exporter.web.webconfig import parse_web_config
 from tests.harness.authflood import scrape_during_flood
 from tests.harness.dockerd import free_port, remove_workdir, short_workdir
-from tests.harness.exporter import REPO_ROOT, ExporterProcess
+from tests.harness.exporter import ExporterProcess, check_web_config
 
 TOKEN = "remediation-token-0123456789"
 PROM_PASSWORD = "scrape-secret"
@@ -154,35 +151,11 @@ async def test_without_users_nothing_changes(tmp_path: Path, aiohttp_client: Any
 # ------------------------------------------------------------------------------------------ the real process
 
 
-class AuthenticatedExporter(ExporterProcess):
-    """The harness's exporter process, sending `authorization` with every request it makes (health included)."""
-
-    def __init__(self, *args: Any, authorization: dict[str, str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.authorization = authorization
-
-    def _status(self, path: str) -> int | None:
-        try:
-            return self.request("GET", path, timeout=5)[0]
-        except (urllib.error.URLError, OSError):
-            return None
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 30,
-    ) -> tuple[int, bytes]:
-        return super().request(method, path, body, {**self.authorization, **(headers or {})}, timeout)
-
-
 def test_the_exporter_process_serves_behind_basic_auth(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": PROM_HASH}}))
     workdir = short_workdir("die-bauth-")
-    exp = AuthenticatedExporter(
+    exp = ExporterProcess(
         workdir,
         f"unix:///tmp/die-dead-{free_port()}.sock",
         {"state": {"path": str(tmp_path / "s.json")}, "remediation": remediation(tmp_path)},
@@ -208,14 +181,7 @@ def test_the_exporter_process_serves_behind_basic_auth(tmp_path: Path) -> None:
 def test_a_bad_hash_stops_startup_naming_the_user(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": PROM_HASH, "grafana": "plain-password"}}))
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", "--web.config.file", str(web), "--config.check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    result = check_web_config(web)
     assert result.returncode == 1, result.stdout
     assert "basic_auth_users.grafana: is not a bcrypt hash" in result.stderr
     assert "plain-password" not in result.stderr
@@ -230,7 +196,7 @@ def test_a_wrong_password_flood_does_not_lock_out_a_verified_scraper(tmp_path: P
     cost10 = bcrypt.hashpw(PROM_PASSWORD.encode(), bcrypt.gensalt(10)).decode()
     web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": cost10}}))
     workdir = short_workdir("die-flood-")
-    exp = AuthenticatedExporter(
+    exp = ExporterProcess(
         workdir,
         f"unix:///tmp/die-dead-{free_port()}.sock",
         {"state": {"path": None}},

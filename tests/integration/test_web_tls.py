@@ -11,8 +11,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +22,7 @@ import yaml
 
 from tests.harness.certs import KeyPair, client_context, issue, make_ca
 from tests.harness.dockerd import free_port
-from tests.harness.exporter import REPO_ROOT, ExporterProcess
+from tests.harness.exporter import ExporterProcess, check_web_config
 from tests.harness.fixtures import ExporterFactory
 
 
@@ -176,14 +174,7 @@ def test_bad_web_config_stops_startup_naming_the_key(
     text = yaml.safe_dump(web).replace("CERT", str(pki["server"].cert)).replace("OTHERKEY", str(pki["client"].key))
     path = tmp_path / "web.yml"
     path.write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", "--web.config.file", str(path), "--config.check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    result = check_web_config(path)
     assert result.returncode == 1, result.stdout
     assert named in result.stderr
 
