@@ -29,7 +29,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 #: Seconds a worker may keep the interpreter lock from a thread waiting for it, while off-loop work runs.
-SWITCH_INTERVAL = 0.0002
+SWITCH_INTERVAL = 0.00005
 
 _lock = threading.Lock()
 _computing = 0

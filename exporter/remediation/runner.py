@@ -61,8 +61,7 @@ class Runner:
         self.tasks: set[asyncio.Task[Run]] = set()
         self._trim: asyncio.Task[None] | None = None
         self._warned_local_only = False
-        #: Dry runs' holds on the cyclic collector not released yet (each a moment after its run ends).
-        self._collector_holds = 0
+        #: Finished dry runs' holds on the cyclic collector, each released a moment after its run ended.
         self._releases: set[asyncio.TimerHandle] = set()
 
     def start_background(self, run: Run) -> asyncio.Task[Run]:
@@ -93,11 +92,14 @@ class Runner:
             self._trim.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._trim
+        self._release_collector_now()
+
+    def _release_collector_now(self) -> None:
+        """Release now the holds of finished dry runs still waiting for their moment (runs in progress keep theirs)."""
         for handle in self._releases:
             handle.cancel()
+            offloop.release_collector()
         self._releases.clear()
-        while self._collector_holds:
-            self._release_collector()
 
     def _release_collector_soon(self) -> None:
         """Let the collector resume a moment after a dry run ends: its answer is encoded and sent meanwhile,
@@ -105,21 +107,19 @@ class Runner:
 
         def release() -> None:
             self._releases.discard(handle)
-            self._release_collector()
+            offloop.release_collector()
 
         handle = asyncio.get_running_loop().call_later(TRIM_DELAY_SECONDS, release)
         self._releases.add(handle)
-
-    def _release_collector(self) -> None:
-        self._collector_holds -= 1
-        offloop.release_collector()
 
     async def _run(self, run: Run) -> Run:
         config = self.gate.config_of(run)  # the config of begin(), whatever a reload did
         action = config.actions[run.action]
         if run.dry_run:  # its plan and outcomes are freed with its answer: no collection need ever walk them
+            # dry runs back to back would keep the collector paused without end: the last one's hold goes
+            # first, so the collector sweeps what accumulated since (its objects are gone by now)
+            self._release_collector_now()
             offloop.hold_collector()
-            self._collector_holds += 1
         try:
             snapshot, source = await self._plan_snapshot()
             if not self.poller.up or snapshot is None:
