@@ -29,7 +29,7 @@ from exporter.core import clocks
 from exporter.core.logs import kv
 from exporter.core.snapshot import Filesystem
 from exporter.engine.seam import DELETE_LANE_THREADS, EngineSeam
-from exporter.remediation import prunes
+from exporter.remediation import offloop, prunes
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.deletion import STOPPED, Deleter, hold_reference
 from exporter.remediation.metrics import RemediationMetrics
@@ -168,8 +168,8 @@ class Executor:
             run.result = "dry_run" if run.dry_run else "success"
             run.detail = "goal already met at plan time: nothing to delete"
             return
-        if run.dry_run:  # outcomes for every image are built in a worker thread: no scrape should wait behind them
-            outcomes, goal_met = await asyncio.to_thread(_described, plan, action)
+        if run.dry_run:  # outcomes for every image are built off the loop: no scrape should wait behind them
+            outcomes, goal_met = await offloop.off_loop(_described, plan, action)
             run.outcomes.extend(outcomes)
             if goal_met:
                 run.goal_met = True

@@ -23,10 +23,12 @@ when the image is deletable.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import math
+import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal, get_args
@@ -45,7 +47,7 @@ from exporter.core.snapshot import DigestRef, Filesystem, Image, ImageRef, Snaps
 from exporter.core.units import format_duration
 from exporter.remediation.records import record_json
 
-_ROUGH_UNITS = (("y", 31_536_000), ("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
+_ROUGH_UNITS = ((31_536_000, "y"), (604_800, "w"), (86_400, "d"), (3600, "h"), (60, "m"), (1, "s"))
 
 SkipReason = Literal[
     "in_use",
@@ -270,15 +272,17 @@ def _rough(seconds: float) -> str:
     The same text as the first two units of `format_duration`, computed directly: plans write one or two per
     image, and the general formatter is costly at that rate.
     """
-    rest = max(round(seconds), 0)
-    parts: list[str] = []
-    for unit, size in _ROUGH_UNITS:
+    rest = round(seconds)
+    if rest <= 0:
+        return "0s"
+    for index, (size, unit) in enumerate(_ROUGH_UNITS):
         if rest >= size:
-            parts.append(f"{rest // size}{unit}")
-            if len(parts) == 2:
-                break
-            rest %= size
-    return "".join(parts) or "0s"
+            top, rest = divmod(rest, size)
+            for smaller, second in _ROUGH_UNITS[index + 1 :]:
+                if rest >= smaller:
+                    return f"{top}{unit}{rest // smaller}{second}"
+            return f"{top}{unit}"
+    return "0s"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -318,45 +322,69 @@ def deletable_from(image: Image, min_age: float) -> float | None:
 def _story(image: Image, now: float) -> str:
     """What is known of the image's age and use (`built 28d ago, tagged 2d ago, never seen used`), and, when the
     exporter's first sighting is what counts for min_age, since when it is here."""
-    parts = [f"built {_rough(now - image.created)} ago"]
-    if image.last_tag_time is not None and image.last_tag_time > image.created:
-        parts.append(f"tagged {_rough(now - image.last_tag_time)} ago")
-    parts.append("never seen used" if image.last_used is None else f"last used {_rough(now - image.last_used)} ago")
-    text = ", ".join(parts)
-    arrived = image.arrived
-    if arrived is not None and arrived > max(image.created, image.last_tag_time or 0.0):
+    created, tagged, used, arrived = image.created, image.last_tag_time, image.last_used, image.arrived
+    text = f"built {_rough(now - created)} ago"
+    if tagged is not None and tagged > created:
+        text = f"{text}, tagged {_rough(now - tagged)} ago"
+    text = f"{text}, never seen used" if used is None else f"{text}, last used {_rough(now - used)} ago"
+    if arrived is not None and arrived > max(created, tagged or 0.0):
         text += f"; here since {utc(arrived)} ({_rough(now - arrived)} ago, first seen by the exporter)"
     return text
 
 
 def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: float) -> tuple[SkipReason, str] | None:
     """The first safety rule that forbids touching `image` for this action, with a human detail."""
-    return _exclusion(image, image.references, image.age_reference, action, protect, now)
+    step = clocks.CLOCK.forward_step(image.seen_offset)
+    return _exclusion(image, image.references, image.age_reference, step, action, protect, now)
 
 
 def _exclusion(
     image: Image,
     references: Iterable[ImageRef | DigestRef],
     age_reference: float,
+    step: float,
     action: ActionConfig,
     protect: ProtectConfig,
     now: float,
 ) -> tuple[SkipReason, str] | None:
-    """`exclusion` with the image's references and age reference already worked out (a plan needs them twice)."""
+    """`exclusion` with the image's references, age reference and the wall clock's forward step since it was
+    first seen (a clock step is not age) already worked out: a plan reads the clock once, not per image."""
     held = _held(image, references, action, protect)
     if held is not None:
         return held
-    step = clocks.CLOCK.forward_step(image.seen_offset)  # a clock step is not age
     if now - age_reference - step < action.min_age:
         return "too_young", _too_young(image, age_reference, step, action.min_age, now)
     return None
+
+
+class _Steps:
+    """`Clock.forward_step` for every image of one plan from a single reading of the clock's offset."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset = clocks.CLOCK.offset()
+
+    def of(self, image: Image) -> float:
+        seen = image.seen_offset
+        return 0.0 if seen is None else max(0.0, self.offset - seen)
+
+
+@functools.lru_cache(maxsize=64)
+def _any_glob(patterns: tuple[str, ...]) -> Callable[[str], object] | None:
+    """One compiled pattern matching what any of the globs matches (None for no globs): most references match
+    none, and one regex answers that at once instead of one `fnmatchcase` per glob."""
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 def selected(image: Image, references: Iterable[ImageRef | DigestRef | str], select: SelectConfig | None) -> bool:
     """Whether an action's `select` takes the image: any reference matches a glob or a label matches a rule."""
     if select is None:
         return True
-    if select.references and any(select.reference_rule(str(ref)) is not None for ref in references):
+    match = _any_glob(select.references)
+    if match is not None and any(match(str(ref)) for ref in references):
         return True
     return bool(select.labels and image.labels and select.label_rule(image.labels) is not None)
 
@@ -372,11 +400,12 @@ def _held(
     """The rules before `min_age`: use and protection, whatever the image's age."""
     if image.containers > 0:
         return "in_use", f"used by {image.containers} container(s) (running or stopped)"
-    if protect.references:
+    match = _any_glob(protect.references)
+    if match is not None:
         for ref in references:
-            rule = protect.reference_rule(str(ref))
-            if rule is not None:
-                return "protected_reference", f"{ref} matches protect.references {rule!r}"
+            text = str(ref)
+            if match(text):  # the first glob that matches is the one the detail names
+                return "protected_reference", f"{ref} matches protect.references {protect.reference_rule(text)!r}"
     if protect.labels and image.labels:
         rule = protect.label_rule(image.labels)
         if rule is not None:
@@ -405,18 +434,23 @@ def _too_young(image: Image, age_reference: float, step: float, min_age: float, 
     )
 
 
+def _references(image: Image) -> tuple[ImageRef | DigestRef, ...]:
+    """`Image.references`, without parsing digests the image does not have (most images have none or one)."""
+    return (*image.refs, *image.digest_refs) if image.digests else image.refs
+
+
 def _skip(image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: SkipReason, detail: str) -> Skip:
     size, basis = image_size(image)
-    return Skip(image.id, tuple(str(r) for r in refs), size, basis, reason, detail)
+    return Skip(image.id, tuple(map(str, refs)), size, basis, reason, detail)
 
 
 def _candidate(
     image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: str, removes_image: bool = True
 ) -> Candidate:
     size, basis = image_size(image)
-    known = tuple(str(r) for r in image.refs)
+    known = tuple(map(str, image.refs))
     return Candidate(
-        image.id, tuple(str(r) for r in refs), size, basis, reason, removes_image, known, image.digests, image.created
+        image.id, tuple(map(str, refs)), size, basis, reason, removes_image, known, image.digests, image.created
     )
 
 
@@ -427,8 +461,8 @@ class _Eligible:
 
     image: Image
     references: tuple[str, ...]  # tags first, then digest references
-    age_reference: float
     dangling: bool
+    order: float  # order_time(image)
 
     def candidate(self, reason: str) -> Candidate:
         """Deletes the whole image: every reference (through a hold reference when it has no tag)."""
@@ -447,19 +481,18 @@ def _whole_images(
     skipped: list[Skip] = []
     select = action_select(action)
     not_selected = 0
+    steps = _Steps()
     for image in images:
-        references: tuple[ImageRef | DigestRef, ...] = (
-            (*image.refs, *image.digest_refs) if image.digests else image.refs
-        )
+        references = _references(image)
         if select is not None and not selected(image, references, select):
             not_selected += 1
             continue
         age_reference = image.age_reference
-        excluded = _exclusion(image, references, age_reference, action, protect, now)
+        excluded = _exclusion(image, references, age_reference, steps.of(image), action, protect, now)
         if excluded is not None:
             skipped.append(_skip(image, references, *excluded))
             continue
-        eligible.append(_Eligible(image, tuple(str(r) for r in references), age_reference, not references))
+        eligible.append(_Eligible(image, tuple(map(str, references)), not references, order_time(image)))
     return eligible, skipped, not_selected
 
 
@@ -468,19 +501,27 @@ def _whole_image_reason(e: _Eligible, now: float) -> str:
     return f"{kind}, {_story(e.image, now)}"
 
 
+def _oldest_first(e: _Eligible) -> tuple[float, str]:
+    return e.order, e.image.id
+
+
+def _dangling_then_oldest(e: _Eligible) -> tuple[bool, float, str]:
+    return not e.dangling, e.order, e.image.id
+
+
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
     eligible, skipped, not_selected = _whole_images(snapshot.dangling, action, protect, now)
-    eligible.sort(key=lambda e: (order_time(e.image), e.image.id))  # oldest first
-    candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
+    eligible.sort(key=_oldest_first)
+    candidates = tuple([e.candidate(_whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
 
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
-    eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
-    candidates = tuple(e.candidate(_whole_image_reason(e, now)) for e in eligible)
+    eligible.sort(key=_dangling_then_oldest)
+    candidates = tuple([e.candidate(_whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
 
@@ -510,7 +551,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         )
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
 
-    eligible.sort(key=lambda e: (not e.dangling, order_time(e.image), e.image.id))
+    eligible.sort(key=_dangling_then_oldest)
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
@@ -535,13 +576,23 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
     return replace(plan, notes=(note,)) if note else plan
 
 
-def _versions_newest_first(entries: Iterable[tuple[Image, list[ImageRef]]]) -> list[tuple[Image, list[ImageRef]]]:
-    """Newest version first: latest `Created` (when it was built), then latest `LastTagTime`, then image ID.
+def _newest_version_first(entry: tuple[Image, list[ImageRef]]) -> tuple[float, float, str]:
+    """Newest version first (sorted in reverse): latest `Created` (when it was built), then latest
+    `LastTagTime`, then image ID.
 
     `Created` is the one time every engine keeps for every image and that a re-tag or a pull cannot move:
     an alias (`latest`) added to an old build later does not make it a newer version.
     """
-    return sorted(entries, key=lambda e: (e[0].created, e[0].last_tag_time or 0.0, e[0].id), reverse=True)
+    image = entry[0]
+    return image.created, image.last_tag_time or 0.0, image.id
+
+
+def _ref_order(ref: ImageRef) -> tuple[str, str]:
+    return ref.repository, ref.tag  # ImageRef's own order, without building a dataclass comparison per pair
+
+
+def _tags(refs: list[ImageRef]) -> str:
+    return refs[0].tag if len(refs) == 1 else ", ".join(sorted([r.tag for r in refs]))
 
 
 def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectConfig, now: float) -> Plan:
@@ -556,51 +607,70 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     by_repo: dict[str, dict[str, tuple[Image, list[ImageRef]]]] = {}
     for image in snapshot.images:
         for ref in image.refs:
-            by_repo.setdefault(ref.repository, {}).setdefault(image.id, (image, []))[1].append(ref)
+            entries = by_repo.get(ref.repository)
+            if entries is None:
+                entries = by_repo[ref.repository] = {}
+            entry = entries.get(image.id)
+            if entry is None:
+                entries[image.id] = (image, [ref])
+            else:
+                entry[1].append(ref)
     old_refs: dict[str, list[ImageRef]] = {}
     why: dict[str, list[str]] = {}
     kept: list[str] = []
     images: dict[str, Image] = {}
     select = action.select
+    keep = action.keep
     not_selected = 0
     if select is not None:  # every tagged image not selected, counted once whether or not it is an old version
         not_selected = sum(
-            1 for image in snapshot.images if image.refs and not selected(image, image.references, select)
+            1 for image in snapshot.images if image.refs and not selected(image, _references(image), select)
         )
     for repo, entries in sorted(by_repo.items()):
-        ordered = _versions_newest_first(entries.values())
+        ordered = sorted(entries.values(), key=_newest_version_first, reverse=True)
         total = len(ordered)
         for rank, (image, refs) in enumerate(ordered, start=1):
-            tags = ", ".join(sorted(r.tag for r in refs))
-            if rank <= action.keep:
-                kept.append(f"{repo}: version {rank} of {total}, keep {action.keep}; tags {tags}")
+            if rank <= keep:
+                kept.append(f"{repo}: version {rank} of {total}, keep {keep}; tags {_tags(refs)}")
                 continue
-            images[image.id] = image
-            old_refs.setdefault(image.id, []).extend(refs)
-            why.setdefault(image.id, []).append(f"version {rank} of {total} in {repo}, keep {action.keep}; tags {tags}")
+            line = f"version {rank} of {total} in {repo}, keep {keep}; tags {_tags(refs)}"
+            image_id = image.id
+            known = old_refs.get(image_id)
+            if known is None:
+                images[image_id] = image
+                old_refs[image_id] = list(refs)
+                why[image_id] = [line]
+            else:
+                known.extend(refs)
+                why[image_id].append(line)
     candidates: list[tuple[Image, Candidate]] = []
     skipped: list[Skip] = []
+    steps = _Steps()
     for image_id, refs in old_refs.items():
         image = images[image_id]
-        if select is not None and not selected(image, image.references, select):
+        references = _references(image)
+        if select is not None and not selected(image, references, select):
             continue
-        refs.sort()
-        excluded = _exclusion(image, image.references, image.age_reference, action, protect, now)
+        if len(refs) > 1:
+            refs.sort(key=_ref_order)
+        excluded = _exclusion(image, references, image.age_reference, steps.of(image), action, protect, now)
         if excluded is not None:
             skipped.append(_skip(image, refs, *excluded))
             continue
-        removes = set(refs) == set(image.refs)
-        reason = " | ".join(why[image_id])
+        # refs are some of image.refs, each once: as many means all of them (duplicates: compare the sets)
+        removes = len(refs) == len(image.refs) or set(refs) == set(image.refs)
+        reasons = why[image_id]
+        reason = reasons[0] if len(reasons) == 1 else " | ".join(reasons)
         if not removes:
             reason += " (untag only: the image is a kept version elsewhere or keeps other tags)"
         candidates.append((image, _candidate(image, refs, reason, removes)))
-    ordered_candidates = sorted(candidates, key=lambda p: (p[0].created, p[0].id))  # oldest first
+    candidates.sort(key=lambda p: (p[0].created, p[0].id))  # oldest first
     skipped.sort(key=lambda s: s.image_id)
     return Plan(
         action.name,
         action.type,
         now,
-        tuple(c for _, c in ordered_candidates),
+        tuple([c for _, c in candidates]),
         tuple(skipped),
         tuple(kept),
         not_selected=not_selected,

@@ -20,6 +20,7 @@ from exporter.core import memory
 from exporter.core.logs import kv
 from exporter.core.snapshot import Snapshot
 from exporter.engine import apishapes
+from exporter.remediation import offloop
 from exporter.remediation.executor import Executor
 from exporter.remediation.gate import RunGate
 from exporter.remediation.metrics import RemediationMetrics
@@ -60,6 +61,8 @@ class Runner:
         self.tasks: set[asyncio.Task[Run]] = set()
         self._trim: asyncio.Task[None] | None = None
         self._warned_local_only = False
+        #: Finished dry runs' holds on the cyclic collector, each released a moment after its run ended.
+        self._releases: set[asyncio.TimerHandle] = set()
 
     def start_background(self, run: Run) -> asyncio.Task[Run]:
         """Run in a task the runner tracks (stop() waits for it)."""
@@ -89,10 +92,34 @@ class Runner:
             self._trim.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._trim
+        self._release_collector_now()
+
+    def _release_collector_now(self) -> None:
+        """Release now the holds of finished dry runs still waiting for their moment (runs in progress keep theirs)."""
+        for handle in self._releases:
+            handle.cancel()
+            offloop.release_collector()
+        self._releases.clear()
+
+    def _release_collector_soon(self) -> None:
+        """Let the collector resume a moment after a dry run ends: its answer is encoded and sent meanwhile,
+        and its plan and outcomes freed (see offloop.py); `stop()` releases what is still held."""
+
+        def release() -> None:
+            self._releases.discard(handle)
+            offloop.release_collector()
+
+        handle = asyncio.get_running_loop().call_later(TRIM_DELAY_SECONDS, release)
+        self._releases.add(handle)
 
     async def _run(self, run: Run) -> Run:
         config = self.gate.config_of(run)  # the config of begin(), whatever a reload did
         action = config.actions[run.action]
+        if run.dry_run:  # its plan and outcomes are freed with its answer: no collection need ever walk them
+            # dry runs back to back would keep the collector paused without end: the last one's hold goes
+            # first, so the collector sweeps what accumulated since (its objects are gone by now)
+            self._release_collector_now()
+            offloop.hold_collector()
         try:
             snapshot, source = await self._plan_snapshot()
             if not self.poller.up or snapshot is None:
@@ -103,10 +130,10 @@ class Runner:
                 if action.type not in ("build_cache", "prune_containers"):  # these plan no image sizes
                     snapshot = await self._with_shared_sizes(snapshot)
                 self._warn_engine_limits(snapshot)
-                # in a worker thread: with many images a plan takes long enough to hold up scrapes and webhooks
-                plan = await asyncio.to_thread(make_plan, snapshot, action, config.protect, self.clock())
+                # off the loop: with many images a plan takes long enough to hold up scrapes and webhooks
+                plan = await offloop.off_loop(make_plan, snapshot, action, config.protect, self.clock())
                 if self.executor.trash is not None:  # said before anything is deleted, dry runs included
-                    plan = await asyncio.to_thread(self.executor.trash.annotate, plan)
+                    plan = await offloop.off_loop(self.executor.trash.annotate, plan)
                 local_images, local_bytes = plan.local_only_kept
                 log.info(
                     "remediation run planned",
@@ -141,6 +168,8 @@ class Runner:
             if not run.dry_run:  # deletions: re-list soon (events tell most of it); a dry run changed nothing
                 self.poller.wake()
             self._trim_memory_soon()
+            if run.dry_run:
+                self._release_collector_soon()
         return run
 
     async def _plan_snapshot(self) -> tuple[Snapshot | None, str]:

@@ -33,6 +33,7 @@ from multidict import CIMultiDict
 
 from exporter.config import AuthConfig
 from exporter.core.logs import kv
+from exporter.remediation import offloop
 from exporter.remediation.alerts import PayloadError, Unprocessable, parse_envelope
 from exporter.remediation.audit import AuditError
 from exporter.remediation.gate import Refusal, Refused
@@ -122,7 +123,7 @@ def refused(refusal: Refused) -> web.Response:
 async def json_off_loop(build: Callable[[], dict[str, Any]]) -> web.Response:
     """A JSON answer built and encoded in a worker thread: a large run's answer takes long enough to
     hold up scrapes and webhooks if done on the event loop. `build` must only read finished data."""
-    body = await asyncio.to_thread(lambda: json.dumps(build()).encode())
+    body = await offloop.off_loop(lambda: json.dumps(build()).encode())
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 

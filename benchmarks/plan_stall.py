@@ -1,0 +1,198 @@
+"""Issue 23: does a plan (or a dry run's outcomes) in progress stall the scrapes the event loop serves?
+
+    nice -n 10 .venv/bin/python -m benchmarks.plan_stall [--images 30000] [--plans 12] [--pace-ms 15]
+
+One process serves `GET /metrics` from a prepared body (as the exporter serves it from its render cache:
+no work per scrape beyond writing it) on an aiohttp app, and on the same event loop runs, one after the
+other with pauses between, a `free_space` plan over a synthetic snapshot (benchmarks.deletion) followed by
+its dry-run outcomes, as a dry run does. A second process scrapes over one kept-alive connection every
+`--pace-ms` and records each scrape's start and latency (CLOCK_MONOTONIC is shared across processes).
+Plans alternate between the two ways of taking the work off the loop: a plain `asyncio.to_thread`, and
+`remediation.offloop.off_loop` (the switch interval lowered while the work runs), so both are measured in
+the same run next to the scrapes at rest.
+
+A scrape counts as `during` a plan when it starts while that plan runs, `after` when it starts in the
+`--gap` after it (the plan and its outcomes still held, as a run holds them until its answer is sent), and
+`at_rest` when it starts in the `--rest` seconds before the first plan. The collector's pauses over 5 ms
+are listed (generation, ms). Output: one JSON object (p50/p95/p99/max per class, plan seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def scrape_loop(port: int, seconds: float, pace: float) -> list[tuple[float, float]]:
+    """(start, latency) of each scrape, one every `pace` seconds (start to start) for `seconds`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    samples: list[tuple[float, float]] = []
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while next_at < end:
+        now = time.monotonic()
+        if next_at > now:
+            time.sleep(next_at - now)
+        start = time.monotonic()
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        response.read()
+        samples.append((start, time.monotonic() - start))
+        next_at += pace
+        if time.monotonic() > next_at:  # a slow scrape: start the next one now, not a burst to catch up
+            next_at = time.monotonic()
+    conn.close()
+    return samples
+
+
+def summary(latencies: list[float]) -> dict[str, Any]:
+    if not latencies:
+        return {"n": 0}
+    ordered = sorted(latencies)
+
+    def q(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+
+    return {"n": len(ordered), "p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99), "max_ms": q(1.0)}
+
+
+async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
+    # imported here: the scraping process runs this module too, and must start scraping at once
+    from aiohttp import web
+
+    from benchmarks.deletion import DAY, synthetic_snapshot
+    from exporter.config import ProtectConfig
+    from exporter.remediation import offloop
+    from exporter.remediation.executor import _described
+    from exporter.remediation.planner import make_plan
+    from tests.unit.actions import action_of
+
+    offloop.SWITCH_INTERVAL = args.switch_interval
+    body = b"# synthetic exposition\n" + b"x" * args.body_bytes
+    app = web.Application()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/plain")
+
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    now = time.time()
+    snapshot = synthetic_snapshot(args.images, now)
+    protect = ProtectConfig(references=("repo1/*",), local_only=False)
+    action = action_of("free_space", target_avail_ratio=0.9, min_age=DAY, max_deletions=100000)
+
+    def work() -> tuple[Any, Any]:
+        plan = make_plan(snapshot, action, protect, now)
+        return plan, _described(plan, action)
+
+    async def plain(fn: Callable[[], Any]) -> Any:
+        return await asyncio.to_thread(fn)
+
+    ways: dict[str, Callable[[Callable[[], Any]], Any]] = {"to_thread": plain, "off_loop": offloop.off_loop}
+    total = args.rest + args.plans * (args.gap + 3.0)
+    scraper = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.plan_stall",
+        "--scrape",
+        str(port),
+        str(total),
+        str(args.pace_ms / 1000),
+        stdout=subprocess.PIPE,
+    )
+    plans: dict[str, list[tuple[float, float]]] = {w: [] for w in ways}
+    pauses: list[tuple[int, float, float]] = []  # (generation, seconds, start) of each collection over 5 ms
+    started: list[float] = []
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started and time.perf_counter() - started[0] > 0.005:
+            pauses.append((info["generation"], time.perf_counter() - started[0], time.monotonic()))
+
+    gc.callbacks.append(timed)
+    await asyncio.sleep(args.rest)  # scrapes at rest first (the scraper starts within a fraction of it)
+    names = list(ways)
+    for n in range(args.plans):
+        name = names[n % len(names)]
+        start = time.monotonic()
+        held = name == "off_loop"
+        if held:  # as the runner holds it over a dry run, until its answer is sent
+            offloop.hold_collector()
+        kept = await ways[name](work)  # held for a while, as a run holds its plan and outcomes until answered
+        plans[name].append((start, time.monotonic()))
+        await asyncio.sleep(args.gap / 2)
+        del kept
+        if held:
+            offloop.release_collector()
+        await asyncio.sleep(args.gap / 2)
+    out, _ = await scraper.communicate()
+    gc.callbacks.remove(timed)
+    await runner.cleanup()
+    samples: list[tuple[float, float]] = json.loads(out)
+    every = [span for spans in plans.values() for span in spans]
+    first = min(a for a, _ in every)
+    result: dict[str, Any] = {
+        "images": args.images,
+        "pace_ms": args.pace_ms,
+        "body_bytes": len(body),
+        "python": sys.version.split()[0],
+        "switch_interval_s": args.switch_interval,
+        "load_average": os.getloadavg()[0],
+        "at_rest": summary([lat for s, lat in samples if s < first]),
+    }
+    for name, spans in plans.items():
+        result[name] = {
+            "plan_and_outcomes_seconds_median": round(statistics.median(b - a for a, b in spans), 3),
+            "during": summary([lat for s, lat in samples if any(a <= s <= b for a, b in spans)]),
+            "after": summary([lat for s, lat in samples if any(b < s <= b + args.gap for a, b in spans)]),
+            "gc_pauses_over_5ms_during": [
+                (g, round(t * 1000, 1)) for g, t, at in pauses if any(a <= at <= b for a, b in spans)
+            ],
+            "gc_pauses_over_5ms_after": [
+                (g, round(t * 1000, 1)) for g, t, at in pauses if any(b < at <= b + args.gap for a, b in spans)
+            ],
+        }
+    rest_p99 = result["at_rest"].get("p99_ms")
+    for name in plans:
+        during = result[name]["during"].get("p99_ms")
+        if rest_p99 and during is not None:
+            result[name]["p99_ratio_to_rest"] = round(during / rest_p99, 2)
+    return result
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--scrape":
+        port, seconds, pace = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+        print(json.dumps(scrape_loop(port, seconds, pace)))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=30000)
+    parser.add_argument("--plans", type=int, default=12, help="plans in all, alternating between the two ways")
+    parser.add_argument("--pace-ms", type=float, default=15.0)
+    parser.add_argument("--rest", type=float, default=6.0, help="seconds of scrapes at rest before the plans")
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds between plans (scrapes at rest)")
+    parser.add_argument("--switch-interval", type=float, default=0.00005, help="offloop.SWITCH_INTERVAL to use")
+    parser.add_argument("--body-bytes", type=int, default=1_000_000, help="size of the served exposition")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(serve_and_plan(args)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
