@@ -11,6 +11,8 @@ import json
 import os
 import re
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -33,9 +35,12 @@ TOKEN = "bench-token"
 UNCAPPED = 1_000_000  # the config bound; far above any host
 POLLS = "docker_exporter_polls_total"
 PENDING = "docker_exporter_pending_inspects"
-#: How often the scraper runs while a plan does: often enough to catch a blocked loop, not so often that it
-#: starves the plan (Prometheus itself scrapes every 15-60 s).
-SCRAPE_PACE = 0.25
+#: How often the scraper runs while a plan or a run does (and at rest, for the p99 it is compared with): finer
+#: than the stalls it looks for (tens of ms), paced rather than back to back so it measures the stall, not
+#: the plan's starvation by a scraper that never lets go.
+SCRAPE_PACE = 0.015
+#: Changes made to measure RSS growth over changes (`change_memory`).
+MEMORY_CHANGES = 1000
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Options:
     delete_count: int = 1000
     delete_rounds: int = 2
     profile: bool = True
+    catch_up_rounds: int = 1
+    memory_changes: int = MEMORY_CHANGES
 
 
 # --------------------------------------------------------------------------------------------- exporters
@@ -165,7 +172,28 @@ def startup(engine: PrivateDockerd, workdir: Path, opts: Options) -> dict[str, A
         api.close()
     result = compared(ready, raw_list, digits=3)
     result["inspect_every_image"] = summary(inspect_all, digits=3)
+    result.update(interpreter(opts.startup_rounds))
     return result
+
+
+def interpreter(rounds: int) -> dict[str, Any]:
+    """What any Python process pays before the exporter's own work, beside start -> ready: `python -c pass`
+    (wall), and the exporter's imports (`-X importtime`: the sum of every module's own time, importing
+    the CLI and the app as a start does, and aiohttp as `cli.run` does)."""
+    bare: list[float] = []
+    imports: list[float] = []
+    for _ in range(max(rounds, 3)):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - start)
+        code = (
+            "from exporter.web.aiohttpload import import_aiohttp; import_aiohttp(); import exporter.cli, exporter.app"
+        )
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", code], check=True, capture_output=True, text=True
+        ).stderr
+        imports.append(sum(int(m) for m in re.findall(r"^import time:\s+(\d+) \|", out, re.MULTILINE)) / 1e6)
+    return {"python_c_pass": summary(bare, 3), "imports": summary(imports, 3)}
 
 
 def scrapes(
@@ -268,20 +296,21 @@ def profile_first_poll(engine: PrivateDockerd, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def _probe_tag_present(client: ExporterHTTP, tag: str) -> bool:
-    """Whether the probe's `tag` has a `docker_image_size_bytes` series: a regular expression on the text, not a
-    full parse (parsing the 1 MB default exposition takes the client ~250 ms, which would be the resolution of
-    `change_to_metrics`). prometheus_client writes labels sorted by name, so `tag` follows `repository`."""
-    line = rf'^docker_image_size_bytes\{{(?:[^\n]*,)?repository="{re.escape(PROBE_REPO)}",tag="{re.escape(tag)}"\}} '
-    return re.search(line, client.scrape()[0], re.MULTILINE) is not None
+def _probe_tag_present(client: ExporterHTTP, tag: str) -> tuple[bool, float]:
+    """(whether any series of the probe's `tag` is in a scrape, when that scrape ended): a substring test, not
+    a parse (parsing an uncapped exposition takes the client longer than the exporter takes to serve it).
+    prometheus_client writes labels sorted by name, so `tag` follows `repository` and closes the labels."""
+    text = client.scrape()[0]
+    ended = time.perf_counter()
+    return f'repository="{PROBE_REPO}",tag="{tag}"}}' in text, ended
 
 
 def change_to_metrics(engine: PrivateDockerd, exp: ExporterProcess, opts: Options) -> dict[str, Any]:
     """`docker tag` / `docker rmi` of a tag on the probe image until a scrape shows it, scraping back to back.
 
-    `visible` is from the CLI's return to the start of the first scrape that shows the change (an upper
-    bound on the exporter's delay, off by at most one scrape); `served` to that scrape's end. The CLI call
-    itself is the reference.
+    `value` is from the CLI's return to the end of the first scrape that completes showing the change (what
+    a scraper waits for); `scrape_start` to that scrape's start (the render it waited for shows as the
+    difference). The CLI call itself is the reference.
     """
     client = ExporterHTTP(exp.address)
     visible: list[float] = []
@@ -300,21 +329,53 @@ def change_to_metrics(engine: PrivateDockerd, exp: ExporterProcess, opts: Option
                 cli.append(done - start)
                 while True:
                     scrape_start = time.perf_counter()
-                    present = _probe_tag_present(client, f"c{i}")
+                    present, ended = _probe_tag_present(client, f"c{i}")
                     if present == want:
-                        visible.append(max(0.0, scrape_start - done))
-                        served.append(time.perf_counter() - done)
+                        visible.append(scrape_start - done)
+                        served.append(ended - done)
                         break
                     if scrape_start - done > 120:
                         raise RuntimeError(f"docker {verb} c{i} not visible in /metrics after 120 s")
         polls = (client.sample(POLLS) or 0.0) - polls_before
     finally:
         client.close()
-    result = compared(visible, cli, digits=4)
+    result = compared(served, cli, digits=4)
     result["served"] = summary(served)
+    result["scrape_start"] = summary(visible)
     result["changes"] = len(visible)
     result["polls"] = polls
     return result
+
+
+def change_memory(engine: PrivateDockerd, exp: ExporterProcess, opts: Options) -> dict[str, Any]:
+    """RSS before and after `opts.memory_changes` changes (a tag added to the probe, then removed, over the
+    raw API), once the last one is in `/metrics`: memory must not grow with the number of changes."""
+    assert exp.pid is not None
+    api = EngineAPI(engine)
+    client = ExporterHTTP(exp.address)
+    repo = "bench/churn"
+    try:
+        _settle(client)
+        before = procstat.rss_bytes(exp.pid)
+        start = time.perf_counter()
+        for i in range(opts.memory_changes // 2):
+            api.tag(f"{PROBE_REPO}:base", repo, f"m{i}")
+            api.remove(f"{repo}:m{i}")
+        last = f"m{opts.memory_changes // 2 - 1}"
+        wait_until(lambda: f'repository="{repo}",tag="{last}"}}' not in client.scrape()[0], 300, "the last change")
+        seconds = time.perf_counter() - start
+        _settle(client)
+        after = procstat.rss_bytes(exp.pid)
+    finally:
+        api.close()
+        client.close()
+    return {
+        "changes": opts.memory_changes // 2 * 2,
+        "seconds": round(seconds, 2),
+        "rss_before_bytes": before,
+        "rss_after_bytes": after,
+        "rss_growth_ratio": round(after / before - 1, 4),
+    }
 
 
 def untag_burst(engine: PrivateDockerd, exp: ExporterProcess, opts: Options) -> dict[str, Any]:
@@ -367,8 +428,8 @@ def plans(
     exp: ExporterProcess, rounds: int, actions: tuple[str, ...] = ("free", "keep"), pace: float = SCRAPE_PACE
 ) -> dict[str, Any]:
     """Dry-run plans, each round once alone and once while another connection scrapes every `pace` seconds:
-    plan time, plan time while scraped, and the scrape latencies during plans (compare with the at-rest
-    scrapes). Paced, not back to back: back-to-back scrapes would measure the plan's starvation instead."""
+    plan time, plan time while scraped, and the scrape latencies during plans next to the same paced scraping
+    at rest for as long (`scrape_p99_ratio`: p99 during / p99 at rest)."""
     client = ExporterHTTP(exp.address, token=TOKEN)
     result: dict[str, Any] = {}
     try:
@@ -376,19 +437,21 @@ def plans(
             alone: list[float] = []
             scraped: list[float] = []
             during: list[float] = []
+            rest: list[float] = []
             candidates = 0
             for _ in range(rounds):
                 answer, seconds = client.run_action(action, dry_run=True)
                 alone.append(seconds)
                 candidates = int(answer.get("candidates", 0))
-                latencies, stop = _scrape_in_background(exp, pace)
+                rest.extend(paced_at_rest(exp, max(seconds, 1.0), pace))
+                latencies, stop = scrape_in_background(exp, pace)
                 scraped.append(client.run_action(action, dry_run=True)[1])
                 stop()
                 during.extend(latencies)
             result[action] = {
                 "plan": summary(alone, 3),
                 "plan_while_scraped": summary(scraped, 3),
-                "scrape_during_plan": summary(during),
+                **during_vs_rest(during, rest),
                 "candidates": candidates,
             }
     finally:
@@ -396,7 +459,23 @@ def plans(
     return result
 
 
-def _scrape_in_background(exp: ExporterProcess, pace: float) -> tuple[list[float], Callable[[], None]]:
+def during_vs_rest(during: list[float], rest: list[float], what: str = "plan") -> dict[str, Any]:
+    """Paced scrape latencies while something ran, next to the same pacing at rest."""
+    out: dict[str, Any] = {f"scrape_during_{what}": summary(during), "scrape_at_rest": summary(rest)}
+    at_rest = out["scrape_at_rest"]["p99"]
+    out["scrape_p99_ratio"] = round(out[f"scrape_during_{what}"]["p99"] / at_rest, 3) if at_rest else None
+    return out
+
+
+def paced_at_rest(exp: ExporterProcess, seconds: float, pace: float = SCRAPE_PACE) -> list[float]:
+    """Scrape latencies every `pace` seconds for `seconds`, nothing else going on."""
+    latencies, stop = scrape_in_background(exp, pace)
+    time.sleep(seconds)
+    stop()
+    return latencies
+
+
+def scrape_in_background(exp: ExporterProcess, pace: float) -> tuple[list[float], Callable[[], None]]:
     """Scrape every `pace` seconds (or back to back when a scrape takes longer) in a thread; the returned
     stop() ends it after the current scrape."""
     latencies: list[float] = []
@@ -482,6 +561,8 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
     ours: list[float] = []
     prune: list[float] = []
     loads: list[float] = []
+    during: list[float] = []
+    rest: list[float] = []
     try:
         started(exp)
         client = ExporterHTTP(exp.address, token=TOKEN)
@@ -497,7 +578,11 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
                 wait_until(lambda: client.sample(PENDING) == 0, 300, "LastTagTimes of the load")
                 _settle(client)
                 if who == "exporter":
+                    rest.extend(paced_at_rest(exp, 2.0))
+                    latencies, stop = scrape_in_background(exp, SCRAPE_PACE)
                     answer, seconds = client.run_action("unused", dry_run=False)
+                    stop()
+                    during.extend(latencies)
                     deleted = int(answer.get("images_deleted", 0))
                     rate = ours
                 else:
@@ -517,4 +602,5 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
     result = compared(ours, prune, digits=1)
     result["images"] = opts.delete_count
     result["load_seconds"] = summary(loads, 2)
+    result.update(during_vs_rest(during, rest, "run"))
     return result

@@ -32,6 +32,14 @@ def _vs(c: dict[str, Any], fmt: Callable[[float], str] = _ms) -> str:
     )
 
 
+def _paced(p: dict[str, Any], what: str) -> str:
+    during, rest = p[f"scrape_during_{what}"], p["scrape_at_rest"]
+    return (
+        f"p50 {_ms(during['p50'])}, p99 {_ms(during['p99'])}, max {_ms(during['max'])} (n={during['n']}) vs at rest "
+        f"p99 {_ms(rest['p99'])} (n={rest['n']}) = p99 x{p['scrape_p99_ratio']}"
+    )
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
@@ -52,11 +60,22 @@ ROWS: list[Row] = [
         lambda r: f"{r['scrape']['uncapped']['series']} series, {_mb(r['scrape']['uncapped']['exposition_bytes'])}",
     ),
     ("`/metrics` over HTTPS, new handshake each vs plain HTTP", lambda r: _vs(r["tls_scrape"])),
-    ("change → `/metrics` (tag/rmi) vs the CLI call", lambda r: _vs(r["change"])),
     (
-        "… until served, polls",
+        "change → end of the first scrape showing it, uncapped (tag/rmi) vs the CLI call",
+        lambda r: _vs(r["change"]),
+    ),
+    (
+        "… start of that scrape, polls",
         lambda r: (
-            f"{_spread(r['change']['served'])}; {r['change']['polls']:.0f} polls for {r['change']['changes']} changes"
+            f"{_spread(r['change']['scrape_start'])}; {r['change']['polls']:.0f} polls for "
+            f"{r['change']['changes']} changes"
+        ),
+    ),
+    (
+        "RSS over N changes (uncapped)",
+        lambda r: (
+            f"{r['change_memory']['changes']} changes: {_mb(r['change_memory']['rss_before_bytes'])} → "
+            f"{_mb(r['change_memory']['rss_after_bytes'])} ({r['change_memory']['rss_growth_ratio'] * 100:+.1f} %)"
         ),
     ),
     (
@@ -68,6 +87,18 @@ ROWS: list[Row] = [
     ),
     ("start → ready vs one raw list", lambda r: _vs(r["startup"])),
     ("… inspecting every image (raw)", lambda r: _spread(r["startup"]["inspect_every_image"])),
+    (
+        "… the interpreter: `python -c pass`; the exporter's imports (`-X importtime`)",
+        lambda r: f"{_spread(r['startup']['python_c_pass'])}; {_spread(r['startup']['imports'])}",
+    ),
+    (
+        "catch-up after ready: LastTagTime filled / first disk usage (vs all inspects raw / one raw df)",
+        lambda r: (
+            f"{_spread(r['catch_up']['last_tag_times'])} / {_spread(r['catch_up']['first_disk_usage'])} "
+            f"(vs {_ms(r['catch_up']['raw_inspect_every_image']['p50'])} / "
+            f"{_ms(r['catch_up']['raw_system_df']['p50'])})"
+        ),
+    ),
     (
         "… LastTagTime and `/system/df` filled in behind ready (after the start)",
         lambda r: (
@@ -102,12 +133,16 @@ ROWS: list[Row] = [
         ),
     ),
     ("… one audit line appended + fsync'd there", lambda r: _spread(r["audit_fsync"])),
+    *[
+        (
+            f"scrape every {SCRAPE_PACE * 1000:.0f} ms while `{name}` plans vs the same at rest (default settings)",
+            lambda r, a=a: _paced(r["plans"][a], "plan"),
+        )
+        for a, name in (("free", "free_space"), ("keep", "keep_last"))
+    ],
     (
-        "scrape while a plan runs (default settings)",
-        lambda r: (
-            f"max {_ms(max(r[k][a]['scrape_during_plan']['max'] for k in ('plans', 'plans_audit_on_disk') if k in r for a in ('free', 'keep')))} "
-            f"(at rest p50 {_ms(r['scrape']['default']['value']['p50'])})"
-        ),
+        f"scrape every {SCRAPE_PACE * 1000:.0f} ms while deleting vs the same at rest",
+        lambda r: _paced(r["deletion"], "run"),
     ),
     (
         "RSS default / uncapped",
@@ -165,9 +200,12 @@ FIGURES: list[tuple[tuple[str, ...], bool]] = [
     *[(("scrape", key, field), True) for key in ("default", "uncapped") for field in ("series", "exposition_bytes")],
     (("tls_scrape", "value", "p50"), True),
     (("tls_scrape", "reference", "p50"), True),
-    (("change", "value", "p50"), False),
-    (("change", "value", "p95"), False),
+    (("change", "value", "p50"), True),
+    (("change", "value", "p95"), True),
+    (("change", "scrape_start", "p50"), False),
     (("change", "served", "p50"), True),
+    (("change_memory", "rss_before_bytes"), True),
+    (("change_memory", "rss_after_bytes"), True),
     (("change", "reference", "p50"), True),
     (("change", "polls"), False),  # 0 once events are applied without a re-list (issue 14)
     (("burst", "api_seconds"), True),
@@ -177,8 +215,13 @@ FIGURES: list[tuple[tuple[str, ...], bool]] = [
     (("startup", "reference", "p50"), True),
     (("startup", "ratio", "p50"), True),
     (("startup", "inspect_every_image", "p50"), True),
+    (("startup", "python_c_pass", "p50"), True),
+    (("startup", "imports", "p50"), True),
+    *[(("catch_up", k, "p50"), True) for k in ("last_tag_times", "first_disk_usage", "raw_inspect_every_image")],
     *[(("plans", a, "plan", "p50"), True) for a in ("free", "keep")],
-    *[(("plans", a, "scrape_during_plan", "max"), True) for a in ("free", "keep")],
+    *[(("plans", a, "scrape_during_plan", p), True) for a in ("free", "keep") for p in ("p99", "max")],
+    *[(("plans", a, "scrape_at_rest", "p99"), True) for a in ("free", "keep")],
+    *[(("plans", a, "scrape_p99_ratio"), True) for a in ("free", "keep")],
     *[(("plans", a, "candidates"), True) for a in ("free", "keep")],
     *[(("plans", a, "plan_while_scraped", "p50"), True) for a in ("free", "keep")],
     *[(("plans_audit_on_disk", a, "plan", "p50"), True) for a in ("free", "keep")],
@@ -191,6 +234,8 @@ FIGURES: list[tuple[tuple[str, ...], bool]] = [
     (("deletion", "value", "p50"), True),
     (("deletion", "reference", "p50"), True),
     (("deletion", "ratio", "p50"), True),
+    (("deletion", "scrape_during_run", "p99"), True),
+    (("deletion", "scrape_p99_ratio"), True),
 ]
 
 

@@ -343,6 +343,9 @@ async def run(
     engine = open_engine(config, docker_host, runtime_endpoint)
     reads = await FirstReads.start(engine, early=earlyread.claim(engine.address))
     try:
+        from exporter.web.aiohttpload import import_aiohttp
+
+        import_aiohttp()  # before anything imports it: see the module
         from exporter.app import create_app
         from exporter.web.basicauth import basic_auth_gate
         from exporter.web.reload import ReloadSource

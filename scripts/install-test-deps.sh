@@ -4,7 +4,8 @@
 # for the audit log's rotation tests; faketime to step the exporter's wall clock; containerd and ctr, which
 # docker.io pulls in anyway, named here because the CRI backend's tests start containerd on its own).
 # Only as root on Debian/Ubuntu and only what is missing; otherwise says what is missing.
-# `install-test-deps.sh bench` installs only what `make bench` runs: the engine and mkfs for its data roots.
+# `install-test-deps.sh bench` installs only what `make bench` runs: the engine, mkfs for its data roots and
+# openssl for the HTTPS scrape's certificates.
 set -euo pipefail
 declare -A need=(
   [dockerd]=docker.io
@@ -24,7 +25,7 @@ declare -A need=(
   [faketime]=faketime
 )
 if [ "${1:-}" = bench ]; then
-  need=([dockerd]=docker.io [mkfs.ext4]=e2fsprogs)
+  need=([dockerd]=docker.io [mkfs.ext4]=e2fsprogs [openssl]=openssl)
 fi
 missing=()
 for cmd in "${!need[@]}"; do

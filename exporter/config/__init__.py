@@ -6,6 +6,7 @@ one that fails lists every problem at once (checks.py: cross-references and writ
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -46,7 +47,12 @@ from exporter.config.secrets import SecretFileError, read_secret_file
 from exporter.config.yamlfile import read_yaml
 
 _UNIONS: dict[tuple[str, ...], frozenset[str]] = {("remediation", "actions"): frozenset(ACTION_TYPES)}
-_ACTIONS = TypeAdapter[dict[str, ActionConfig]](dict[str, ActionConfig])
+
+
+@functools.cache
+def _actions() -> TypeAdapter[dict[str, ActionConfig]]:
+    """Built on first use: `make_action` serves code and tests, and building it costs start-up time."""
+    return TypeAdapter[dict[str, ActionConfig]](dict[str, ActionConfig])
 
 
 def parse_config(data: Any) -> Config:
@@ -80,7 +86,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 def make_action(name: str, **fields: Any) -> ActionConfig:
     """One validated action, as if written under `remediation.actions.<name>` (for code and tests)."""
     try:
-        return _ACTIONS.validate_python({name: {**fields, "name": name}})[name]
+        return _actions().validate_python({name: {**fields, "name": name}})[name]
     except ValidationError as exc:
         problems = problems_from(exc, {(): frozenset(ACTION_TYPES)})
         raise ConfigError([f"remediation.actions.{p}" for p in problems]) from None

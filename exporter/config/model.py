@@ -1,7 +1,9 @@
 """The configuration as frozen pydantic models: one per section, one per action type.
 
 `extra="forbid"` everywhere, so a typo in a safety setting is an error rather than silently ignored.
-Each field's docstring becomes its description in docs/config.schema.json.
+Each field's docstring becomes its description in docs/config.schema.json (read by `exporter.config.schema`
+when it generates the schema, not at import: pydantic's `use_attribute_docstrings` re-reads and tokenises this
+file's source for every model, a large share of the exporter's start-up).
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ ACTION_TYPES: tuple[ActionType, ...] = get_args(ActionType)
 
 
 class Model(BaseModel):
-    """Frozen, unknown keys refused, descriptions from attribute docstrings."""
+    """Frozen, unknown keys refused; descriptions from attribute docstrings (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

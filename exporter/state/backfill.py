@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -27,6 +28,11 @@ from exporter.state.store import SnapshotStore
 log = logging.getLogger("exporter.poller")  # the caller= name log pipelines filter on, not the file's place
 
 TagKey = tuple[str, tuple[str, ...]]
+#: Share of a fill's keys inspected between two of its publishes (see `Backfill.fill`).
+FILL_PUBLISH_SHARE = 0.1
+#: Inspects a fill keeps in flight: the engine answers them on several threads, one at a time left it idle
+#: between a reply and the next request.
+FILL_IN_FLIGHT = 4
 
 
 def malformed_warning(warn: WarnOnce, exc: MalformedAnswer, what: str) -> None:
@@ -45,12 +51,16 @@ class TagTimes:
     def __init__(self) -> None:
         self.times: dict[TagKey, float | None] = {}
         self.pending: set[TagKey] = set()
+        #: `pending` in inspect order, reversed (taken from the end); may hold keys no longer pending. Sorted
+        #: once per listing: sorting all pending keys per batch made a fill quadratic in the images.
+        self._queue: list[TagKey] = []
 
     def relisted(self, keys: Iterable[TagKey]) -> None:
         """A new listing: forget the tag sets it no longer holds, and mark the new ones pending."""
         wanted = set(keys)
         self.times = {k: v for k, v in self.times.items() if k in wanted}
         self.pending = wanted - self.times.keys()
+        self._queue = sorted(self.pending, reverse=True)
 
     def learn(self, key: TagKey, value: float | None) -> None:
         self.times[key] = value
@@ -61,25 +71,36 @@ class TagTimes:
         self.pending.discard(key)
 
     def next_batch(self, size: int) -> list[TagKey]:
-        return sorted(self.pending)[:size]
+        """Up to `size` pending keys, in key order."""
+        if not self._queue:  # a failed batch left keys pending that were already taken: queue them again
+            self._queue = sorted(self.pending, reverse=True)
+        batch: list[TagKey] = []
+        while self._queue and len(batch) < size:
+            key = self._queue.pop()
+            if key in self.pending:
+                batch.append(key)
+        return batch
 
-    async def inspect_batch(self, engine: EngineSeam, batch: Iterable[TagKey]) -> None:
-        """Inspect each key's image; MalformedAnswer (naming the image's endpoint) or EngineError stop the
-        batch with the rest still pending. An image deleted between list and inspect is no longer pending:
-        the next poll will not list it."""
-        for key in batch:
-            try:
-                inspect = await engine.inspect_image(key[0])
-            except EngineError as exc:
-                if exc.status != 404:
-                    raise
-                self.pending.discard(key)
-                continue
-            try:
-                value = apishapes.parse_last_tag_time(inspect)
-            except apishapes.MalformedAnswer as exc:
-                raise exc.within(f"/images/{key[0]}/json") from None
-            self.learn(key, value)
+    async def inspect_batch(self, engine: EngineSeam, batch: Iterable[TagKey], in_flight: int = 1) -> None:
+        """Inspect each key's image, `in_flight` at a time; MalformedAnswer (naming the image's endpoint) or
+        EngineError stop the batch with that key and the rest still pending (the answers before it in key
+        order are learned). An image deleted between list and inspect is no longer pending: the next poll
+        will not list it."""
+        keys = list(batch)
+        for start in range(0, len(keys), in_flight):
+            chunk = keys[start : start + in_flight]
+            answers = await asyncio.gather(*(engine.inspect_image(key[0]) for key in chunk), return_exceptions=True)
+            for key, answer in zip(chunk, answers, strict=True):
+                if isinstance(answer, EngineError) and answer.status == 404:
+                    self.pending.discard(key)
+                    continue
+                if isinstance(answer, BaseException):
+                    raise answer
+                try:
+                    value = apishapes.parse_last_tag_time(answer)
+                except apishapes.MalformedAnswer as exc:
+                    raise exc.within(f"/images/{key[0]}/json") from None
+                self.learn(key, value)
 
 
 class Backfill:
@@ -110,10 +131,24 @@ class Backfill:
         self._republish = republish
         self.refused: str | None = None
 
-    async def fill(self, listed: bool, has_listing: Callable[[], bool], batch: int, publish_interval: float) -> bool:
+    async def fill(
+        self,
+        listed: bool,
+        has_listing: Callable[[], bool],
+        batch: int,
+        publish_interval: float,
+        publish_share: float = FILL_PUBLISH_SHARE,
+        in_flight: int = FILL_IN_FLIGHT,
+    ) -> bool:
         """Fill until nothing is pending or an inspect fails; False when a path to the engine failed
-        (EngineUnavailable). `listed`: the last poll's reads all succeeded (a refusal can be lifted)."""
+        (EngineUnavailable). `listed`: the last poll's reads all succeeded (a refusal can be lifted).
+
+        While filling, a publish waits for `publish_interval` seconds and `publish_share` of the keys pending
+        at the start to be filled since the last one: a publish and its render cost time in the number of
+        images, and so does the fill, so publishing per interval alone made a fill quadratic in the images."""
         published = time.monotonic()
+        step = math.ceil(len(self.tag_times.pending) * publish_share)
+        pending_at_publish = len(self.tag_times.pending)
         while True:
             async with self._lock:
                 if not has_listing() or not self.tag_times.pending:
@@ -126,7 +161,7 @@ class Backfill:
                         self._republish()
                     return True
                 try:
-                    await self.tag_times.inspect_batch(self.engine, self.tag_times.next_batch(batch))
+                    await self.tag_times.inspect_batch(self.engine, self.tag_times.next_batch(batch), in_flight)
                 except MalformedAnswer as exc:  # still pending, and the engine not trusted until a poll says so
                     self.metrics.errors.labels("images").inc()
                     self.refused = f"images: malformed answer: {exc}"
@@ -149,6 +184,9 @@ class Backfill:
                     return not unavailable
                 # each publish re-renders rows spread over the whole exposition, and a scrape waits for the
                 # current render
-                if not self.tag_times.pending or time.monotonic() - published >= publish_interval:
+                pending = len(self.tag_times.pending)
+                if not pending or (
+                    time.monotonic() - published >= publish_interval and pending_at_publish - pending >= step
+                ):
                     self._republish()
-                    published = time.monotonic()
+                    published, pending_at_publish = time.monotonic(), pending

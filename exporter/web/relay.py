@@ -14,6 +14,7 @@ import aiohttp
 
 from exporter.config import RelayConfig
 from exporter.remediation.relay import RelayError
+from exporter.web.aiohttpload import load_deferred_trust
 
 MAX_ANSWER_BYTES = 1 << 20
 
@@ -26,6 +27,7 @@ class RelayClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        await asyncio.to_thread(load_deferred_trust)  # the system trust store `ssl=True` relies on
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout))
 
     async def stop(self) -> None:

@@ -1,0 +1,103 @@
+"""LastTagTime fill: the inspect order, a failed batch's keys taken again, and how often a fill publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import pytest
+
+from exporter.core.logs import WarnOnce
+from exporter.engine.client import EngineError
+from exporter.state.backfill import Backfill, TagKey, TagTimes
+
+
+def keys(n: int) -> list[TagKey]:
+    return [(f"sha256:{i:04d}", (f"r:{i}",)) for i in range(n)]
+
+
+class Inspects:
+    """Answers inspects with a LastTagTime; raises a 500 at the `fail_at`-th call."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail_at = fail_at
+
+    async def inspect_image(self, image_id: str) -> dict[str, Any]:
+        self.calls.append(image_id)
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise EngineError("boom", status=500)
+        return {"Id": image_id, "Metadata": {"LastTagTime": "2026-01-01T00:00:00Z"}}
+
+
+class Metrics:
+    class _Errors:
+        def labels(self, *_: str) -> Any:
+            return self
+
+        def inc(self) -> None:
+            pass
+
+    errors = _Errors()
+
+
+class Store:
+    def set_error(self, _: str | None) -> None:
+        pass
+
+    def set_up(self, _: bool) -> None:
+        pass
+
+
+def backfill(tag_times: TagTimes, engine: Inspects, publishes: list[int]) -> Backfill:
+    return Backfill(
+        cast(Any, engine),
+        tag_times,
+        cast(Any, Store()),
+        cast(Any, Metrics()),
+        WarnOnce(logging.getLogger("test")),
+        asyncio.Lock(),
+        lambda: publishes.append(len(tag_times.pending)),
+    )
+
+
+def test_batches_come_in_key_order_and_skip_what_is_no_longer_pending() -> None:
+    times = TagTimes()
+    times.relisted(reversed(keys(10)))
+    times.learn(keys(10)[1], 1.0)  # an event learned it
+    times.forget(keys(10)[2])  # its tags changed
+    assert times.next_batch(3) == [keys(10)[0], *keys(10)[3:5]]
+    assert times.next_batch(100) == keys(10)[5:]
+    assert times.next_batch(100) == [keys(10)[0], *keys(10)[3:]], "taken, not learned: pending, so taken again"
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 4])
+async def test_a_failed_batch_leaves_its_keys_pending_and_the_next_fill_takes_them(in_flight: int) -> None:
+    times = TagTimes()
+    times.relisted(keys(6))
+    engine = Inspects(fail_at=2)
+    published: list[int] = []
+    fill = backfill(times, engine, published)
+    assert await fill.fill(True, lambda: True, batch=3, publish_interval=0.0, in_flight=in_flight)
+    assert len(times.pending) == 5
+    engine.fail_at = None
+    assert await fill.fill(True, lambda: True, batch=3, publish_interval=0.0, in_flight=in_flight)
+    assert not times.pending and sorted(times.times) == keys(6)
+    assert engine.calls.count(keys(6)[1][0]) == 2, "the failed one is inspected again"
+    assert engine.calls.count(keys(6)[0][0]) == 1, "the one answered before it in key order is not"
+
+
+@pytest.mark.parametrize(("images", "share"), [(100, 0.1), (1000, 0.1), (1000, 0.25)])
+async def test_a_fill_publishes_a_bounded_number_of_times_whatever_the_image_count(images: int, share: float) -> None:
+    """Each publish costs time in the number of images: publishing per batch (or per second of a fill that
+    lasts longer with more images) made a fill quadratic. With no interval, the share alone spaces them."""
+    times = TagTimes()
+    times.relisted(keys(images))
+    published: list[int] = []
+    assert await backfill(times, Inspects(), published).fill(
+        True, lambda: True, batch=1, publish_interval=0.0, publish_share=share
+    )
+    assert published[-1] == 0
+    assert len(published) == round(1 / share)
+    assert all(a - b >= images * share for a, b in zip([images, *published], published, strict=False))
