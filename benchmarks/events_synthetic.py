@@ -10,7 +10,8 @@ so on. Each change is timed from the call of `apply` to the end of the render of
 rendered on publish as `/metrics` starts it then (what the first scrape after the change waits for; the
 engine's inspect costs nothing here, so this is the exporter's own share), and to the return of `apply`, which
 includes a state-file save on every change (as when changes are a second or more apart). RSS
-(`/proc/self/status`) is read after the start, after the changes, and the Python heap's growth over them
+(`/proc/self/status`, with the exporter's allocator settings: `exporter.core.memory.configure`) is read after
+the start, after the changes, and the Python heap's growth over them
 (tracemalloc, in a separate pass when `--heap` is given: it slows everything down).
 
 Each size runs in its own process, so one size's memory does not count in the next's. `--profile` prints
@@ -40,6 +41,7 @@ from typing import Any, get_args
 from prometheus_client import CollectorRegistry
 
 from exporter.config import MetricsConfig
+from exporter.core import memory
 from exporter.core.logs import WarnOnce
 from exporter.core.snapshot import EngineInfo, Filesystem, Image, Snapshot
 from exporter.engine import apishapes
@@ -205,6 +207,7 @@ async def changes(rig: Rig, count: int, fmt: Format, seed: int = 23) -> tuple[li
 
 
 def one_size(n: int, count: int, fmt: Format, profile: bool, heap: bool) -> dict[str, Any]:
+    memory.configure()  # the allocator settings the exporter's launcher makes, before any thread starts
     eventapply.EVENT_SAVE_INTERVAL = 0.0  # a save per change: changes a second or more apart
     with tempfile.TemporaryDirectory(prefix="events-bench-") as state_dir:
         start = time.perf_counter()
