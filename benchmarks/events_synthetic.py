@@ -192,6 +192,8 @@ async def changes(rig: Rig, count: int, fmt: Format, seed: int = 23) -> tuple[li
             rig.engine.untag(ref)
             tagged = None
         rendered.clear()
+        if tagged is not None:  # the event follower records a tag's arrival (`ARRIVAL_ACTIONS`) before applying it
+            rig.history.mark_arrived(image_id, time.time())
         start, start_cpu = time.perf_counter(), time.thread_time()
         applied = await rig.applier.apply([([image_id], [ref])])
         applied_in.append(time.perf_counter() - start)
