@@ -10,7 +10,7 @@ BASE_IMAGE ?= python:3.12-slim
 OFFLINE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: test-fleet run test unit lint typecheck pytest test-deps venv runtime-venv bench bench-listener bench-auth-flood image test-engines clean dashboards helm-assets
+.PHONY: test-fleet run test unit lint typecheck pytest test-deps venv runtime-venv bench bench-events bench-listener bench-auth-flood image test-engines clean dashboards helm-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ helm-assets: venv
 bench: $(BIN)/.installed-bench
 	@scripts/install-test-deps.sh bench
 	$(BIN)/python -m benchmarks.run
+
+## bench-events: change -> render and RSS over 1,000 changes at 10k/30k synthetic images, uncapped (no engine needed)
+bench-events: venv
+	$(BIN)/python -m benchmarks.events_synthetic
 
 ## bench-listener: /metrics latency while a slowloris client holds 1,100 connections (no engine needed)
 bench-listener: venv

@@ -6,6 +6,13 @@ so RSS climbs over repeated dry runs while the Python heap stays flat (tracemall
 are enough for an exporter whose threads mostly wait on the engine, and `malloc_trim(0)` after a run gives the
 freed pages back. Elsewhere (musl, macOS, a glibc without these calls) both are no-ops.
 
+Blocks of a few megabytes (the text of a render, of the state file) are allocated and freed on every change.
+glibc serves a large block by mmap, but after the first such block is freed it raises its mmap threshold to
+that block's size, and from then on serves them from the heap, whose freed top is kept while smaller than
+twice the threshold: RSS climbs by tens of megabytes over a few hundred changes with a flat Python heap.
+`configure` therefore holds the threshold at glibc's starting value (MMAP_THRESHOLD), so such blocks
+are unmapped when freed; `MALLOC_MMAP_THRESHOLD_` in the environment wins.
+
 `configure` must run before the first thread starts (arenas are created on a thread's first malloc);
 `MALLOC_ARENA_MAX` in the environment wins, as glibc documents.
 
@@ -30,6 +37,10 @@ log = logging.getLogger("exporter.memory")  # the caller= name log pipelines fil
 M_ARENA_MAX = -8
 #: Arenas for the whole process: the main thread's and one shared by the worker threads.
 ARENA_MAX = 2
+#: glibc's mallopt() parameter for the mmap threshold (malloc.h: M_MMAP_THRESHOLD).
+M_MMAP_THRESHOLD = -3
+#: Blocks from this size up are mmapped (and unmapped when freed): glibc's starting value, held fixed.
+MMAP_THRESHOLD = 128 * 1024
 
 
 @cache
@@ -48,9 +59,14 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def configure() -> bool:
-    """Cap glibc's arenas at ARENA_MAX (unless MALLOC_ARENA_MAX is set); True when the setting took effect."""
+    """Cap glibc's arenas at ARENA_MAX (unless MALLOC_ARENA_MAX is set) and hold the mmap threshold at
+    MMAP_THRESHOLD (unless MALLOC_MMAP_THRESHOLD_ is set); True when the arena cap took effect."""
     libc = _libc()
-    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
+    if libc is None:
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    if "MALLOC_ARENA_MAX" in os.environ:
         return False
     done = bool(libc.mallopt(M_ARENA_MAX, ARENA_MAX))
     log.debug("malloc arenas capped at %d: %s", ARENA_MAX, "done" if done else "refused")

@@ -7,6 +7,7 @@ in this module talks to the engine, so metrics and deletion plans are testable f
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,9 +32,9 @@ class ImageRef:
             return None
         slash = text.rfind("/")
         colon = text.rfind(":")
-        if colon > slash:
-            return cls(text[:colon], text[colon + 1 :])
-        return cls(text, "latest")
+        if colon > slash:  # interned: many tags share a repository, one string each is kept per image otherwise
+            return cls(sys.intern(text[:colon]), text[colon + 1 :])
+        return cls(sys.intern(text), "latest")
 
 
 @dataclass(frozen=True, order=True)

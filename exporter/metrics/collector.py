@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import platform
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import compress
+from operator import itemgetter, not_
 from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -122,6 +123,22 @@ def image_series(images: Iterable[Image]) -> list[Row]:
 TableRow = tuple[tuple[str, ...], tuple[float | None, ...]]
 """(label values, one value per family of the table: None where the row has no sample in that family)."""
 
+#: Table rows per render chunk on average (`exporter.metrics.exposition` renders tables chunk by chunk): a row
+#: whose labels hash to 0 modulo CHUNK_ROWS ends a chunk. The cuts depend on the rows' labels, not their
+#: positions: adding or removing a row changes only the chunk it is in.
+CHUNK_ROWS = 32
+
+
+def ends_chunk(labels: tuple[str, ...]) -> bool:
+    return not hash(labels) % CHUNK_ROWS
+
+
+def chunk_ends(rows: Sequence[TableRow]) -> list[int]:
+    """The index after each row that ends a chunk (`ends_chunk`), in order."""
+    # iterators only (no bytecode per row): a table without kept ends is cut on every render
+    cut = map(not_, map(CHUNK_ROWS.__rmod__, map(hash, map(itemgetter(0), rows))))
+    return list(compress(range(1, len(rows) + 1), cut))
+
 
 @dataclass(frozen=True)
 class TableFamily:
@@ -142,6 +159,8 @@ class Table:
     families: tuple[TableFamily, ...]
     labelnames: tuple[str, ...]
     rows: Sequence[TableRow]
+    #: `chunk_ends(rows)` when the caller keeps them (the TableCache does, row by row); None: computed
+    ends: Sequence[int] | None = None
 
     def metrics(self) -> list[GaugeMetricFamily]:
         """The families as prometheus_client renders them (what `collect()` yields)."""
@@ -264,6 +283,8 @@ class ImageTables:
     rows: list[TableRow]
     repositories: list[TableRow]
     totals: Totals
+    #: `chunk_ends(rows)`, kept up to date with the rows rather than hashing every row's labels per render
+    ends: list[int]
 
 
 @dataclass(slots=True)
@@ -304,9 +325,11 @@ class TableCache:
 
     def _reset(self) -> None:
         self._last: ImageTables | None = None
+        self._by_object: dict[int, Image] = {}  # the images of self._last by id()
         self._entries: dict[str, _Entry] = {}  # by image ID, for the images of self._last
         self._keys: list[SortKey] = []  # sorted, and parallel to _rows
         self._rows: list[TableRow] = []
+        self._cut_keys: list[SortKey] = []  # sorted: the keys of the rows that end a chunk (`ends_chunk`)
         self._totals = [0, 0, 0, 0, 0, 0, 0]
         self._repos = _Repositories(self._known)
 
@@ -318,9 +341,8 @@ class TableCache:
                 self._reset()
             if self._last is not None and self._last.images is images:
                 return self._last
-            previous = self._last.images if self._last is not None else ()
             now = dict(zip(map(id, images), images, strict=True))
-            before = dict(zip(map(id, previous), previous, strict=True))
+            before = self._by_object  # the last images by identity (they are alive: self._last holds them)
             gone = {before[key].id for key in before.keys() - now.keys()}
             removed: list[_Entry] = []
             added: list[_Entry] = []
@@ -348,7 +370,10 @@ class TableCache:
                     self._remove(entry)
                 for entry in added:
                     self._add(entry)
-            self._last = ImageTables(images, list(self._rows), self._repos.rows(), Totals(*self._totals))
+            keys = self._keys
+            ends = [bisect_left(keys, key) + 1 for key in self._cut_keys]
+            self._last = ImageTables(images, list(self._rows), self._repos.rows(), Totals(*self._totals), ends)
+            self._by_object = now
             return self._last
 
     def _add(self, entry: _Entry) -> None:
@@ -356,14 +381,18 @@ class TableCache:
             index = bisect_left(self._keys, key)
             self._keys.insert(index, key)
             self._rows.insert(index, row)
+            if ends_chunk(row[0]):
+                insort(self._cut_keys, key)
         self._totals = [a + b for a, b in zip(self._totals, entry.totals, strict=True)]
         self._repos.add(entry.image)
 
     def _remove(self, entry: _Entry) -> None:
-        for key, _row in entry.rows:
+        for key, row in entry.rows:
             index = bisect_left(self._keys, key)
             del self._keys[index]
             del self._rows[index]
+            if ends_chunk(row[0]):
+                del self._cut_keys[bisect_left(self._cut_keys, key)]
         self._totals = [a - b for a, b in zip(self._totals, entry.totals, strict=True)]
         self._repos.remove(entry.image)
 
@@ -378,6 +407,7 @@ class TableCache:
         keyed.sort(key=itemgetter(0))
         self._keys = [key for key, _row in keyed]
         self._rows = [row for _key, row in keyed]
+        self._cut_keys = [key for key, row in keyed if ends_chunk(row[0])]
         self._totals = totals
         self._repos = repos
 
@@ -447,6 +477,9 @@ def held_by_stopped_containers(snapshot: Snapshot) -> list[Image]:
     for container in snapshot.containers:
         states.setdefault(container.image_id, set()).add(container.state)
     held = {image_id for image_id, seen in states.items() if seen <= STOPPED_STATES}
+    by_id = snapshot.by_id
+    if len(by_id) == len(snapshot.images):  # the published map: no pass over every image (runs every render)
+        return [by_id[image_id] for image_id in held if image_id in by_id]
     return [image for image in snapshot.images if image.id in held]
 
 
@@ -500,6 +533,7 @@ class SnapshotCollector(Collector):
         ]
         if self.config.per_image:
             kept = tables.rows[: self.config.max_image_series]
+            ends = tables.ends[: bisect_right(tables.ends, len(kept))]
             dropped = len(tables.rows) - len(kept)
             sections.append(
                 Section(
@@ -513,7 +547,7 @@ class SnapshotCollector(Collector):
                     ]
                 )
             )
-            sections.append(_table_section(Table(PER_IMAGE_FAMILIES, tuple(PER_IMAGE_LABELS), kept)))
+            sections.append(_table_section(Table(PER_IMAGE_FAMILIES, tuple(PER_IMAGE_LABELS), kept, ends)))
         sections.append(Section(lambda: self._disk(snapshot)))
         return sections
 

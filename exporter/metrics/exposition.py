@@ -35,12 +35,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.core.snapshot import Snapshot
-from exporter.metrics.collector import SnapshotCollector, Table, TableFamily, TableRow
+from exporter.metrics import collector as table_rows
+from exporter.metrics.collector import SnapshotCollector, Table, TableFamily, TableRow, chunk_ends
 
 GZIP_LEVEL = 6  # zlib's default, as aiohttp compresses; the snapshot part is compressed once per state
 OPENMETRICS = "application/openmetrics-text"
 EOF = b"# EOF\n"
-CHUNK_ROWS = 32  # table rows per chunk on average: what one changed image costs to render again
 MAX_CHUNK_ROWS = 256
 SEGMENT_CHUNKS = 8  # table chunks per deflate segment on average: text near the size of deflate's 32 KiB window
 
@@ -140,11 +140,12 @@ class Segments:
             return b"".join(out)
 
 
-def table_chunks(rows: Sequence[TableRow]) -> list[tuple[int, int]]:
-    """Bounds of consecutive runs of rows, each ended by a row whose labels hash to 0 modulo CHUNK_ROWS (or
-    at MAX_CHUNK_ROWS rows). The cuts depend on the rows' labels, not their positions: adding or removing a row
-    changes only the chunk it is in, and a changed value only its own chunk."""
-    ends = [index + 1 for index, code in enumerate(map(hash, map(itemgetter(0), rows))) if not code % CHUNK_ROWS]
+def table_chunks(rows: Sequence[TableRow], ends: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Bounds of consecutive runs of rows, each ended by a row whose labels end a chunk (`ends_chunk`: they
+    hash to 0 modulo CHUNK_ROWS) or at MAX_CHUNK_ROWS rows; `ends`: those rows' indices + 1 when known. The cuts
+    depend on the rows' labels, not their positions: adding or removing a row changes only the chunk it is
+    in, and a changed value only its own chunk."""
+    ends = chunk_ends(rows) if ends is None else list(ends)
     if not ends or ends[-1] != len(rows):
         ends.append(len(rows))
     bounds: list[tuple[int, int]] = []
@@ -228,7 +229,7 @@ class FormatRenderer:
         chunks: dict[tuple[int, ...], tuple[tuple[TableRow, ...], tuple[bytes, ...]]] = {}
         ordered: list[tuple[bytes, ...]] = []
         ends: list[bool] = []
-        for start, end in table_chunks(rows):
+        for start, end in table_chunks(rows, table.ends):
             chunk = tuple(rows[start:end])
             key = tuple(map(id, chunk))
             entry = text.chunks.get(key) or chunks.get(key)
@@ -240,14 +241,14 @@ class FormatRenderer:
                 self.rows_rendered += len(chunk)
             chunks[key] = entry
             ordered.append(entry[1])
-            ends.append(not (hash(chunk[-1][0]) // CHUNK_ROWS) % SEGMENT_CHUNKS)
+            ends.append(not (hash(chunk[-1][0]) // table_rows.CHUNK_ROWS) % SEGMENT_CHUNKS)
         text.chunks = chunks  # only the chunks of this render: memory follows the table's size
         if ends:
             ends[-1] = True  # the next family's header starts a segment
         for index, header in enumerate(text.headers):
             texts.append(header)
             cuts.append(not ordered)
-            texts.extend(lines[index] for lines in ordered)
+            texts.extend(map(itemgetter(index), ordered))
             cuts.extend(ends)
 
     def _lines(self, table: Table, index: int, rows: tuple[TableRow, ...], header: bytes) -> bytes:

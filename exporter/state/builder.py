@@ -7,20 +7,29 @@ LastTagTimes (`backfill`), /system/df's SharedSize (`diskusage`), and arrivals, 
 An unchanged image is the same object in the next Snapshot: the merged copy of the last publish is reused
 when neither the listed image nor what was learned about it changed. The metrics' render caches key on that
 identity (`exporter.metrics.render`), so a publish after an event re-renders only the images it touched.
+
+Applied events change the listing in place (`change`): the listed images are kept by ID in listing order, with
+an index of which images hold each tag, so an event finds the images it touches without a scan and its publish
+merges only those again; what stays proportional to the images is copying the image tuple and ID map of the
+new Snapshot (in C).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import islice
 from types import MappingProxyType
 from typing import Any
 
-from exporter.core.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, Snapshot
+from exporter.core.snapshot import Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.state.backfill import TagKey, TagTimes, tag_key
 from exporter.state.history import ImageHistory
 from exporter.state.store import SnapshotStore
 
 Listing = tuple[EngineInfo, list[Image], list[Container], Filesystem | None]
+#: A listing as the builder keeps it: the images by ID, in listing order.
+Listed = tuple[EngineInfo, dict[str, Image], list[Container], Filesystem | None]
+_NOBODY: frozenset[str] = frozenset()
 
 
 def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
@@ -55,19 +64,77 @@ class SnapshotBuilder:
         self.history = history
         self.tag_times = tag_times
         self.clock = clock
-        self.listing: Listing | None = None
+        self.listing: Listed | None = None
         self.disk_usage: DiskUsage | None = None
         #: The clock offset when the last listing was taken (see `publish`).
         self.listed_offset: float | None = None
+        #: Whether the last poll's listing had SharedSize for some image (an event's inspect has none).
+        self.shares_known = False
+        #: tag -> the ID of the listed image holding it (a set in the rare case of several: a listing that raced a
+        #: tag move); one string rather than a set per tag keeps this index small
+        self._holders: dict[ImageRef, str | set[str]] = {}
         #: The last publish per image: (listed image, learned values, merged image, tag key), so an event's
         #: publish rebuilds only the images it changed (rebuilding all is a large share of a poll).
         self._merged: dict[str, tuple[Image, tuple[Any, ...], Image, TagKey]] = {}
+        self._out: dict[str, Image] = {}  # the merged images of the last publish, in listing order
+        self._unpublished: set[str] = set()  # IDs `change` touched since the last publish
+        self._relisted = True  # a new listing: the next publish merges every image
 
     def set_listing(self, listing: Listing, listed_offset: float | None = None) -> None:
-        """A new listing (a poll's; an applied event's keeps the poll's offset when `listed_offset` is None)."""
-        self.listing = listing
+        """A poll's new listing, and the clock offset when it was taken."""
+        engine, images, containers, filesystem = listing
+        self.listing = (engine, {i.id: i for i in images}, containers, filesystem)
+        self._holders = {}
+        for image in images:
+            self._hold(image)
+        self.shares_known = any(i.shared_size is not None for i in images)
+        self._relisted = True
         if listed_offset is not None:
             self.listed_offset = listed_offset
+
+    def holders(self, ref: ImageRef) -> Iterable[str]:
+        """The IDs of the listed images tagged `ref` (one, unless a listing raced a tag move)."""
+        held = self._holders.get(ref, _NOBODY)
+        return (held,) if isinstance(held, str) else held
+
+    def change(self, inspected: dict[str, Image], gone: Iterable[str]) -> None:
+        """Applied events: `inspected` images replace the listed ones (in place; new ones go last), `gone` leave."""
+        assert self.listing is not None
+        images = self.listing[1]
+        for image_id in gone:
+            old = images.pop(image_id, None)
+            if old is not None:
+                self._release(old)
+                self._unpublished.add(image_id)
+        for image_id, image in inspected.items():
+            old = images.get(image_id)
+            if old is not None:
+                self._release(old)
+            images[image_id] = image
+            self._hold(image)
+            self._unpublished.add(image_id)
+
+    def _hold(self, image: Image) -> None:
+        holders = self._holders
+        for ref in image.refs:
+            held = holders.setdefault(ref, image.id)
+            if held == image.id:
+                continue
+            if isinstance(held, str):
+                holders[ref] = {held, image.id}
+            else:
+                held.add(image.id)
+
+    def _release(self, image: Image) -> None:
+        holders = self._holders
+        for ref in image.refs:
+            held = holders.get(ref)
+            if held == image.id:
+                del holders[ref]
+            elif isinstance(held, set):
+                held.discard(image.id)
+                if len(held) == 1:
+                    holders[ref] = held.pop()
 
     def set_disk_usage(self, usage: DiskUsage) -> None:
         """/system/df's figures, merged into a fresh published view when there is a listing."""
@@ -102,55 +169,99 @@ class SnapshotBuilder:
         in_use: dict[str, int] = {}
         for c in containers:
             in_use[c.image_id] = in_use.get(c.image_id, 0) + 1
-        du = self.disk_usage
-        merged: list[Image] = []
-        previous = self._merged
-        self._merged = {}
-        last_used, arrived = self.history.last_used, self.history.arrived
         if offset is None:
             offset = self.history.clock.offset()
-        anchors, anchor = self.history.anchors, self.history.anchor
-        tag_times, pending_keys = self.tag_times.times, self.tag_times.pending
-        for image in images:
-            cached = previous.get(image.id)
-            same = cached is not None and cached[0] is image
-            if only is not None and same and image.id not in only:
-                assert cached is not None
-                self._merged[image.id] = cached
-                merged.append(cached[2])
-                continue
-            shared = image.shared_size
-            if shared is None and du is not None:  # 1.41 computes SharedSize only in /system/df
-                shared = du.shared_sizes.get(image.id)
-            if cached is not None and same:
-                key = cached[3]
-            elif keys is not None:
-                key = keys[image.id]
-            else:
-                key = tag_key(image)
-            tag_time, pending, arrival = tag_times.get(key), key in pending_keys, arrived.get(image.id)
-            seen: float | None = None
-            if not pending:  # pending: counted as too young anyway; anchored once its tag time is known
-                reference = image.created  # `Image.age_reference`, spelled out: this loop runs per image
-                if tag_time is not None and tag_time > reference:
-                    reference = tag_time
-                if arrival is not None and arrival > reference:
-                    reference = arrival
-                held = anchors.get(image.id)
-                seen = held[1] if held is not None and held[0] == reference else anchor(image.id, reference, offset)
-            values = (shared, in_use.get(image.id, 0), tag_time, pending, last_used.get(image.id), arrival, seen)
-            # the same listed image with the same learned values: reuse, do not rebuild
-            out = cached[2] if cached is not None and same and cached[1] == values else _with_learned(image, values)
-            self._merged[image.id] = (image, values, out, key)
-            merged.append(out)
+        merge = _Merge(self, in_use, offset, keys)
+        if only is None or self._relisted or not self._merge_changed(merge, only | self._unpublished):
+            previous = self._merged
+            self._merged = {}
+            self._out = {}
+            for image_id, image in images.items():
+                entry = merge.entry(image, previous.get(image_id))
+                self._merged[image_id] = entry
+                self._out[image_id] = entry[2]
+            self._relisted = False
+        self._unpublished = set()
         snapshot = Snapshot(
             taken_at=taken_at,
             engine=engine,
-            images=tuple(merged),
+            images=tuple(self._out.values()),
             containers=tuple(containers),
-            disk_usage=du,
+            disk_usage=self.disk_usage,
             filesystem=filesystem,
-            by_id=MappingProxyType({i.id: i for i in merged}),
-            pending_inspects=len(pending_keys),
+            by_id=MappingProxyType(dict(self._out)),
+            pending_inspects=len(self.tag_times.pending),
         )
         self.store.publish(snapshot, by_events=by_events)
+
+    def _merge_changed(self, merge: _Merge, changed: set[str]) -> bool:
+        """Merge only the `changed` images again (the others keep their merged copy: nothing they depend on
+        moved); False (nothing done) when the changes cannot be placed in listing order this way."""
+        assert self.listing is not None
+        images = self.listing[1]
+        new = [i for i in changed if i in images and i not in self._out]
+        tail = list(islice(reversed(images), len(new)))[::-1]  # `change` appends new images to the listing
+        if set(tail) != set(new):
+            return False
+        for image_id in changed:
+            image = images.get(image_id)
+            if image is None:
+                self._merged.pop(image_id, None)
+                self._out.pop(image_id, None)
+            elif image_id in self._out:
+                entry = merge.entry(image, self._merged.get(image_id))
+                self._merged[image_id] = entry
+                self._out[image_id] = entry[2]
+        for image_id in tail:
+            entry = merge.entry(images[image_id], None)
+            self._merged[image_id] = entry
+            self._out[image_id] = entry[2]
+        return True
+
+
+class _Merge:
+    """One publish's merge of a listed image with what was learned about it (see `SnapshotBuilder.publish`)."""
+
+    def __init__(
+        self, builder: SnapshotBuilder, in_use: dict[str, int], offset: float, keys: dict[str, TagKey] | None
+    ) -> None:
+        self.in_use = in_use
+        self.offset = offset
+        self.keys = keys
+        self.du = builder.disk_usage
+        history = builder.history
+        self.last_used, self.arrived = history.last_used, history.arrived
+        self.anchors, self.anchor = history.anchors, history.anchor
+        self.tag_times, self.pending_keys = builder.tag_times.times, builder.tag_times.pending
+
+    def entry(
+        self, image: Image, cached: tuple[Image, tuple[Any, ...], Image, TagKey] | None
+    ) -> tuple[Image, tuple[Any, ...], Image, TagKey]:
+        """(listed image, learned values, merged image, tag key); the cached merged image when nothing moved."""
+        same = cached is not None and cached[0] is image
+        shared = image.shared_size
+        if shared is None and self.du is not None:  # 1.41 computes SharedSize only in /system/df
+            shared = self.du.shared_sizes.get(image.id)
+        if cached is not None and same:
+            key = cached[3]
+        elif self.keys is not None:
+            key = self.keys[image.id]
+        else:
+            key = tag_key(image)
+        tag_time, pending, arrival = self.tag_times.get(key), key in self.pending_keys, self.arrived.get(image.id)
+        seen: float | None = None
+        if not pending:  # pending: counted as too young anyway; anchored once its tag time is known
+            reference = image.created  # `Image.age_reference`, spelled out: this runs per image
+            if tag_time is not None and tag_time > reference:
+                reference = tag_time
+            if arrival is not None and arrival > reference:
+                reference = arrival
+            held = self.anchors.get(image.id)
+            seen = (
+                held[1] if held is not None and held[0] == reference else self.anchor(image.id, reference, self.offset)
+            )
+        values = (shared, self.in_use.get(image.id, 0), tag_time, pending, self.last_used.get(image.id), arrival, seen)
+        # the same listed image with the same learned values: reuse, do not rebuild
+        if cached is not None and same and cached[1] == values:
+            return cached
+        return (image, values, _with_learned(image, values), key)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from exporter.core.logs import WarnOnce
@@ -22,8 +22,8 @@ from exporter.state.backfill import malformed_warning, tag_key
 from exporter.state.builder import SnapshotBuilder
 from exporter.state.history import ImageHistory
 
-#: Seconds between state-file writes caused by applied events (each is a JSON dump and fsync of every image's
-#: history): a burst of events writes once, and what it left unwritten goes with the next poll's or the
+#: Seconds between state-file writes caused by applied events (each rewrites and fsyncs the whole file,
+#: re-encoding only the entries that changed): a burst of events writes once, and what it left unwritten goes with the next poll's or the
 #: shutdown's save. A crash in between loses only arrivals and presence, which count as new on restart:
 #: the safe side (too young to delete).
 EVENT_SAVE_INTERVAL = 1.0
@@ -85,8 +85,8 @@ class EventApplier:
             listing = self.builder.listing
             if self.builder.store.snapshot is None or listing is None or not self._up() or listing[0].containerd_store:
                 return False
-            engine, images, containers, filesystem = listing
-            by_id = {i.id: i for i in images}
+            engine, images = listing[0], listing[1]
+            builder = self.builder
             touched: set[str] = set()
             for image_ids, refs in events:
                 named = {apishapes.normalize_id(i) for i in image_ids if i}
@@ -94,42 +94,37 @@ class EventApplier:
                     ref = ImageRef.parse(text)
                     if ref is None:
                         continue
-                    touched.update(i.id for i in images if ref in i.refs)
+                    touched.update(builder.holders(ref))
                     if not named:
                         touched.add(text)  # what the name points to now (a tag event's ID already is that)
                 touched |= named
             # dockerd says `delete` once the image is gone; Podman says it for each reference it removes
-            gone = set() if engine.podman else {apishapes.normalize_id(i) for i in deleted} & by_id.keys()
+            gone = set() if engine.podman else {apishapes.normalize_id(i) for i in deleted} & images.keys()
             touched -= gone
             inspected: dict[str, Image] = {}
             try:
-                await self._inspect_into(touched, engine, by_id, inspected, gone)
+                await self._inspect_into(touched, engine, images, inspected, gone)
                 # an image that lost a tag to an inspected one (a tag moved, e.g. by `load`): inspect it too
                 moved = {r for i in inspected.values() for r in i.refs}
-                losers = {i.id for i in images if i.id not in inspected and moved.intersection(i.refs)}
-                await self._inspect_into(losers, engine, by_id, inspected, gone)
+                losers = {i for r in moved for i in builder.holders(r) if i not in inspected}
+                await self._inspect_into(losers, engine, images, inspected, gone)
             except MalformedAnswer as exc:  # nothing applied: the re-list the caller schedules says what is true
                 self.metrics.errors.labels("events").inc()
                 malformed_warning(self.malformed, exc, "event not applied; re-listing")
                 return False
-            if gone - inspected.keys() and any(i.shared_size is not None for i in images):
+            removed = gone - inspected.keys()
+            if removed and builder.shares_known:
                 self._reconcile = True
-            updated: list[Image] = []
-            for image in images:
-                if image.id in gone and image.id not in inspected:
-                    continue
-                updated.append(inspected.pop(image.id, image))
-            updated.extend(inspected.values())  # images new to the snapshot
-            updated_ids = {i.id: i for i in updated}
+            before = {i: images[i] for i in touched | losers | gone if i in images}
+            builder.change(inspected, removed)
             now, offset = self._clock(), self.history.clock.offset()
-            self.history.observe((i.id for i in updated), now)  # an image new here arrives now
-            self.builder.set_listing((engine, updated, containers, filesystem))
-            for image_id in (touched | losers | gone) & by_id.keys():  # their old tag sets are not wanted now
-                old_key = tag_key(by_id[image_id])
-                if image_id in gone or image_id not in updated_ids or tag_key(updated_ids[image_id]) != old_key:
-                    self.builder.tag_times.forget(old_key)
-            changed = set(updated_ids.keys() - by_id.keys()) | (touched | losers) & updated_ids.keys()
-            self.builder.publish(now, only=changed, offset=offset, by_events=True)
+            self.history.observe(images.keys(), now)  # an image new here arrives now
+            for image_id, old in before.items():  # their old tag sets are not wanted now
+                image = images.get(image_id)
+                if image is None or tag_key(image) != tag_key(old):
+                    builder.tag_times.forget(tag_key(old))
+            changed = (inspected.keys() | touched | losers) & images.keys()
+            builder.publish(now, only=changed, offset=offset, by_events=True)
         if self._reconcile:
             self._wake()
         if time.monotonic() - self._event_saved >= EVENT_SAVE_INTERVAL:
@@ -141,7 +136,7 @@ class EventApplier:
         self,
         names: Iterable[str],
         engine: EngineInfo,
-        by_id: dict[str, Image],
+        by_id: Mapping[str, Image],
         inspected: dict[str, Image],
         gone: set[str],
     ) -> None:
@@ -164,7 +159,7 @@ class EventApplier:
                 continue
             if image.id in by_id:  # same layers, same sharing (None where the engine cannot tell)
                 image = replace(image, shared_size=by_id[image.id].shared_size)
-            elif any(i.shared_size is not None for i in by_id.values()):
+            elif self.builder.shares_known:
                 self._reconcile = True  # a new image may share layers: the listing's SharedSize moves
             inspected[image.id] = image
             self.builder.tag_times.learn(tag_key(image), tag_time)

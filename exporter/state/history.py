@@ -104,6 +104,40 @@ def _times(table: object, what: str, latest: float) -> dict[str, float]:
     return {str(k): _time(v, f"{what}[{k}]", latest) for k, v in table.items()}
 
 
+class _Members:
+    """One table's JSON object text kept member by member (`"key": value`), re-encoded only for the keys
+    changed since the last save: encoding every entry holds the interpreter lock in proportion to the images,
+    while a change touches a few. The members keep the table's insertion order (the loader reads a mapping)."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, str] = {}
+        self._changed: set[str] = set()
+        self._all = True
+
+    def touch(self, key: str) -> None:
+        self._changed.add(key)
+
+    def replaced(self) -> None:
+        """The whole table was replaced (a load): encode it afresh."""
+        self._all = True
+
+    def text(self, table: dict[str, Any]) -> str:
+        members = self._members
+        if self._all:
+            members.clear()
+            keys: Iterable[str] = table
+            self._all = False
+        else:
+            keys = self._changed
+        for key in keys:
+            if key in table:
+                members[key] = f"{json.dumps(key)}: {json.dumps(table[key])}"
+            else:
+                members.pop(key, None)
+        self._changed = set()
+        return "{" + ", ".join(members.values()) + "}"
+
+
 class ImageHistory:
     """Image ID -> last-used and arrival timestamps, plus the IDs present at the last save."""
 
@@ -124,6 +158,9 @@ class ImageHistory:
         self.schedules = ScheduleState()
         self._dirty = False
         self._save_lock = threading.Lock()  # the poller and the remediation service both save
+        #: The encoded tables (see `_Members`), and `present` as a sorted JSON list while it holds.
+        self._encoded = {"last_used": _Members(), "arrived": _Members(), "anchors": _Members()}
+        self._present_text: str | None = None
 
     def load(self) -> None:
         """Read the state file; missing, unreadable, from an older format or with times that cannot be trusted
@@ -164,6 +201,9 @@ class ImageHistory:
             return
         self.last_used, self.arrived, self.present, self.saved_at = last_used, arrived, present, saved_at
         self.anchors = anchors
+        for members in self._encoded.values():
+            members.replaced()
+        self._present_text = None
         log.info("loaded image history", extra=kv(images=len(present), path=self.path))
 
     def _saved_at(self, data: dict[str, Any], now: float) -> float:
@@ -219,6 +259,7 @@ class ImageHistory:
             self.mark_arrived(image_id, now)
         if ids != self.present:
             self.present = ids
+            self._present_text = None
             self._dirty = True
         self.retain(ids)
         return new
@@ -226,11 +267,13 @@ class ImageHistory:
     def mark_used(self, image_id: str, when: float) -> None:
         if self.last_used.get(image_id, 0.0) < when:
             self.last_used[image_id] = when
+            self._encoded["last_used"].touch(image_id)
             self._dirty = True
 
     def mark_arrived(self, image_id: str, when: float) -> None:
         if self.arrived.get(image_id, 0.0) < when:
             self.arrived[image_id] = when
+            self._encoded["arrived"].touch(image_id)
             self._dirty = True
 
     def anchor(self, image_id: str, reference: float, offset: float) -> float:
@@ -242,16 +285,19 @@ class ImageHistory:
         if held is not None and held[0] == reference:
             return held[1]
         self.anchors[image_id] = (reference, offset)
+        self._encoded["anchors"].touch(image_id)
         self._dirty = True
         return offset
 
     def retain(self, present: Iterable[str]) -> None:
         """Forget images that are gone, so the file stays as small as the image list."""
-        keep = set(present)
-        tables: tuple[dict[str, Any], ...] = (self.last_used, self.arrived, self.anchors)
-        for table in tables:
+        keep = present if isinstance(present, set | frozenset) else set(present)
+        for name, table in (("last_used", self.last_used), ("arrived", self.arrived), ("anchors", self.anchors)):
+            if len(table) <= len(keep) and keep.issuperset(table):
+                continue  # nothing gone from this table (checked in C: this runs on every applied event)
             for image_id in [i for i in table if i not in keep]:
                 del table[image_id]
+                self._encoded[name].touch(image_id)
                 self._dirty = True
 
     def save(self) -> None:
@@ -266,33 +312,40 @@ class ImageHistory:
             self.write(data)
 
     async def save_in_thread(self) -> None:
-        """`save` with the file work in a worker thread. The tables are copied here, on the event loop thread
-        that changes them: copying them in the worker could meet a dict changing size mid-copy."""
+        """`save` with the file work in a worker thread. The tables are encoded here, on the event loop thread
+        that changes them: reading them in the worker could meet a dict changing size mid-read."""
         data = self.prepare()
         if data is not None:
             await asyncio.to_thread(self.write, data)
 
-    def prepare(self) -> dict[str, Any] | None:
-        """What to write now (copies), or None when nothing changed; marks it as being written."""
+    def prepare(self) -> str | None:
+        """The file's text now (encoded on the thread that changes the tables, re-encoding only what changed
+        since the last save), or None when nothing changed; marks it as being written."""
         schedules_changed = self.schedules.changed
         if self.path is None or not (schedules_changed or (self._dirty and self.observed_at is not None)):
             return None
-        data: dict[str, Any] = {"version": STATE_VERSION, SCHEDULES: self.schedules.to_json()}
+        parts: dict[str, str] = {
+            "version": json.dumps(STATE_VERSION),
+            SCHEDULES: json.dumps(self.schedules.to_json(), sort_keys=True),
+        }
         saved_at = self.observed_at if self.observed_at is not None else self.saved_at
         if saved_at is not None:
-            data.update(
-                saved_at=saved_at,
-                present=sorted(self.present),
-                last_used=dict(self.last_used),
-                arrived=dict(self.arrived),
+            if self._present_text is None:
+                self._present_text = json.dumps(sorted(self.present))
+            parts.update(
+                saved_at=json.dumps(saved_at),
+                present=self._present_text,
+                last_used=self._encoded["last_used"].text(self.last_used),
+                arrived=self._encoded["arrived"].text(self.arrived),
             )
+            anchors = self._encoded["anchors"].text(self.anchors)  # kept current even when not written
             if self.clock.boot_id is not None:
-                data.update(boot_id=self.clock.boot_id, anchors={k: list(v) for k, v in self.anchors.items()})
+                parts.update(boot_id=json.dumps(self.clock.boot_id), anchors=anchors)
         self.schedules.changed = False
         self._dirty = False
-        return data
+        return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in sorted(parts.items())) + "}"
 
-    def write(self, data: dict[str, Any]) -> None:
+    def write(self, data: str) -> None:
         """Write `data` (from `prepare`) atomically; serialised, since the poller and the service both save.
         On failure the state counts as changed again, so the next save retries."""
         assert self.path is not None
@@ -302,7 +355,7 @@ class ImageHistory:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
                 with os.fdopen(fd, "w") as handle:
-                    json.dump(data, handle, sort_keys=True)
+                    handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(tmp, self.path)

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
-from exporter.core.snapshot import DiskUsage
+from exporter.core.snapshot import DiskUsage, EngineInfo, Image, ImageRef
 from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.backfill import TagTimes
+from exporter.state.builder import SnapshotBuilder
 from exporter.state.events import EventFollower
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller
+from exporter.state.store import SnapshotStore
 from tests.unit.test_event_apply import BLOBS, ClassicStore, Clock
+
+ENGINE = EngineInfo("28.5.1", "1.51", "overlay2", "linux", "amd64")
 
 
 def start(store: ClassicStore, clock: Clock) -> tuple[Poller, EventFollower]:
@@ -66,3 +73,58 @@ async def test_an_applied_event_publishes_a_new_object_for_the_image_it_changed_
     changed = {i.id for i in after.images if i is not old.get(i.id)}
     assert len(changed) == 1
     assert any(str(r) == "app:extra" for r in after.by_id[changed.pop()].refs)
+
+
+def _image(number: int, tags: frozenset[int], size: int) -> Image:
+    refs = tuple(sorted(ImageRef("app", str(t)) for t in tags))
+    return Image(f"sha256:{number:064x}", refs, (), float(number), size, None, MappingProxyType({}))
+
+
+def _builder() -> SnapshotBuilder:
+    return SnapshotBuilder(SnapshotStore(), ImageHistory(None), TagTimes(), lambda: 1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    start=st.dictionaries(
+        st.integers(0, 12), st.tuples(st.frozensets(st.integers(0, 6), max_size=2), st.integers(1, 9))
+    ),
+    changes=st.lists(
+        st.tuples(
+            st.dictionaries(
+                st.integers(0, 12), st.tuples(st.frozensets(st.integers(0, 6), max_size=2), st.integers(1, 9))
+            ),
+            st.sets(st.integers(0, 12)),
+        ),
+        max_size=12,
+    ),
+)
+def test_applied_changes_publish_what_a_full_merge_of_the_same_listing_publishes(
+    start: dict[int, tuple[frozenset[int], int]], changes: list[tuple[dict[int, tuple[frozenset[int], int]], set[int]]]
+) -> None:
+    """`change` edits the listing in place and the publish after it merges only the images it names: the
+    Snapshot must still equal a full merge of the same listing (same images, same order), unchanged images
+    must stay the very same objects, and the tag index must answer as a scan of the listing would."""
+    builder = _builder()
+    listed = [_image(n, tags, size) for n, (tags, size) in start.items()]
+    builder.set_listing((ENGINE, listed, [], None), 0.0)
+    builder.publish(1.0, offset=0.0)
+    for replaced, gone in changes:
+        before = builder.store.snapshot
+        assert before is not None
+        inspected = {i.id: i for i in (_image(n, tags, size) for n, (tags, size) in replaced.items())}
+        gone_ids = {f"sha256:{n:064x}" for n in gone} - inspected.keys()
+        builder.change(inspected, gone_ids)
+        builder.publish(2.0, only=set(inspected), offset=0.0, by_events=True)
+        after = builder.store.snapshot
+        assert after is not None and builder.listing is not None
+        full = _builder()
+        full.set_listing((ENGINE, list(builder.listing[1].values()), [], None), 0.0)
+        full.publish(2.0, offset=0.0)
+        assert full.store.snapshot is not None
+        assert after.images == full.store.snapshot.images and dict(after.by_id) == dict(full.store.snapshot.by_id)
+        untouched = before.by_id.keys() - inspected.keys() - gone_ids
+        assert all(after.by_id[i] is before.by_id[i] for i in untouched)
+        for tag in range(7):
+            ref = ImageRef("app", str(tag))
+            assert set(builder.holders(ref)) == {i.id for i in after.images if ref in i.refs}

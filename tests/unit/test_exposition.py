@@ -23,6 +23,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.config import MetricsConfig, parse_config
 from exporter.core.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from exporter.metrics import collector as table_rows
 from exporter.metrics import exposition as rendering
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.exposition import RenderedPart, crc32_combine, deflate, gzip_member
@@ -244,8 +245,9 @@ async def test_a_publish_renders_and_compresses_only_what_changed(
     randomises per process: a stable hash here makes the test the same in every run (with the random one, one
     run in a few dozen drew a segment holding over a quarter of the text).
     """
-    monkeypatch.setattr(rendering, "hash", lambda labels: zlib.crc32("\0".join(labels).encode()), raising=False)
-    monkeypatch.setattr(rendering, "CHUNK_ROWS", 8)
+    for module in (rendering, table_rows):
+        monkeypatch.setattr(module, "hash", lambda labels: zlib.crc32("\0".join(labels).encode()), raising=False)
+    monkeypatch.setattr(table_rows, "CHUNK_ROWS", 8)
     monkeypatch.setattr(rendering, "MAX_CHUNK_ROWS", 1_000_000)
     poller = FakePoller(snapshot(taken_at=1.0, images=2000))
     setup = Setup(poller, MetricsConfig(max_image_series=1_000_000))
@@ -485,7 +487,7 @@ async def test_incremental_render_equals_a_full_render(
     away) is byte for byte what a fresh collector and prometheus_client render for that state, in every
     format, gzip included. Tiny chunks and segments (and forced cuts) so that 40 images span many of them."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rendering, "CHUNK_ROWS", 3)
+        patch.setattr(table_rows, "CHUNK_ROWS", 3)
         patch.setattr(rendering, "MAX_CHUNK_ROWS", 4)
         patch.setattr(rendering, "SEGMENT_CHUNKS", 2)
         images = {spec[0]: spec_image(spec) for spec in start}

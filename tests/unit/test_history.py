@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -11,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
+from exporter.core.clocks import Clock
 from exporter.engine.apishapes import normalize_id
 from exporter.engine.client import Engine, EngineNotFound, Lane
 from exporter.metrics.selfmetrics import PollMetrics
@@ -354,3 +358,52 @@ def test_a_corrupt_image_history_keeps_the_schedules(tmp_path: Path) -> None:
     history.load()
     assert history.saved_at is None and history.present == set()
     assert history.schedules.counts_from("w", T0 + 60) == T0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["use", "arrive", "anchor", "observe", "save", "reload"]),
+            st.sets(st.sampled_from([A, B, C, "sha256:" + "d" * 64]), max_size=4),
+            st.integers(min_value=1, max_value=1000),
+        ),
+        max_size=40,
+    )
+)
+def test_a_save_re_encoding_only_what_changed_writes_every_table_as_it_is(
+    steps: list[tuple[str, set[str], int]],
+) -> None:
+    """Each save re-encodes only the entries changed since the last one; the file must still hold every table
+    exactly as it is in memory (and `present` sorted), after any sequence of changes, saves and reloads."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "state.json"
+        history = ImageHistory(str(path), clock=Clock(lambda: T0 + 2000, boot_id="boot"))
+        for action, ids, when in steps:
+            now = T0 + when
+            if action == "use":
+                for image_id in ids:
+                    history.mark_used(image_id, now)
+            elif action == "arrive":
+                for image_id in ids:
+                    history.mark_arrived(image_id, now)
+            elif action == "anchor":
+                for image_id in ids:
+                    history.anchor(image_id, now, float(when))
+            elif action == "observe":
+                history.observe(ids, now)
+            elif action == "save":
+                history.save()
+            elif path.exists():
+                history = ImageHistory(str(path), clock=Clock(lambda: T0 + 2000, boot_id="boot"))
+                history.load()
+        history.save()
+        if history.observed_at is None:
+            return  # nothing listed since the start or the reload: nothing new is written
+        if not path.exists():  # only empty listings so far: nothing changed to write
+            assert not (history.present or history.last_used or history.arrived or history.anchors)
+            return
+        data = json.loads(path.read_text())
+        assert data["present"] == sorted(history.present)
+        assert data["last_used"] == history.last_used and data["arrived"] == history.arrived
+        assert data["anchors"] == {k: list(v) for k, v in history.anchors.items()}

@@ -20,7 +20,7 @@ GLIBC = platform.libc_ver()[0] == "glibc"
 
 
 def fresh(code: str, **env: str) -> str:
-    base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    base = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}
     out = subprocess.run(
         [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True, timeout=60
     )
@@ -34,6 +34,29 @@ def test_on_glibc_the_arena_cap_takes_effect_before_threads_start():
 
 def test_an_operator_malloc_arena_max_wins():
     assert fresh("import exporter.core.memory as m; print(m.configure())", MALLOC_ARENA_MAX="4") == "False"
+
+
+RSS_AFTER_BIG_BLOCKS = """
+import exporter.core.memory as m
+if CONFIGURE:
+    m.configure()
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+before = rss()
+for size in (8 << 20, 7 << 20, 6 << 20):  # blocks of a few MB made and dropped, as a render's text per change
+    block = b"x" * size
+    del block
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt exists on glibc only")
+def test_blocks_of_a_few_megabytes_go_back_to_the_system_when_freed():
+    """Without the fixed mmap threshold glibc keeps such blocks in the heap once one was freed (the control)."""
+    kept = int(fresh(RSS_AFTER_BIG_BLOCKS.replace("CONFIGURE", "True")))
+    control = int(fresh(RSS_AFTER_BIG_BLOCKS.replace("CONFIGURE", "False")))
+    assert kept < 2048 and control > 4096, (kept, control)  # KiB
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim exists on glibc only")

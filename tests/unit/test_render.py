@@ -16,6 +16,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter.config import MetricsConfig
 from exporter.core.snapshot import Snapshot
+from exporter.metrics import collector as table_rows
 from exporter.metrics import exposition as rendering
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.render import Format, SnapshotRenderer
@@ -74,7 +75,7 @@ def test_render_equals_generate_latest_over_sequences_of_snapshots(
     every format: each render is byte for byte what prometheus_client writes for that snapshot, and the gzip
     variant decompresses to the plain one. Tiny chunks and segments so that 40 images span many of them."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rendering, "CHUNK_ROWS", 3)
+        patch.setattr(table_rows, "CHUNK_ROWS", 3)
         patch.setattr(rendering, "MAX_CHUNK_ROWS", 4)
         patch.setattr(rendering, "SEGMENT_CHUNKS", 2)
         config = MetricsConfig(max_image_series=30)
@@ -93,6 +94,8 @@ def test_render_equals_generate_latest_over_sequences_of_snapshots(
             current = snapshot_of(images.values(), 2.0 + n)
             body = rendered(renderer, current, fmt, up)
             assert body == reference(current, up, config, fmt)
+            tables = renderer.collector.tables.tables(current)  # the chunk ends kept row by row, as if cut afresh
+            assert tables.ends == table_rows.chunk_ends(tables.rows)
             if fmt.endswith("+gzip"):
                 assert body == renderer.render(current, fmt.removesuffix("+gzip"), up=up)  # type: ignore[arg-type]
 
