@@ -146,6 +146,11 @@ class PrivateRegistry(Managed):
         with urllib.request.urlopen(req, timeout=10) as resp:
             return str(resp.headers["Docker-Content-Digest"])
 
+    def pinned(self, name: str, tag: str) -> str:
+        """`127.0.0.1:<port>/<name>@sha256:…`, the digest reference this registry serves for `name:tag`
+        (Podman lists one it computed at load, which the registry lacks)."""
+        return f"{self.ref(name)}@{self.manifest_digest(name, tag)}"
+
     def _log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -360,7 +360,7 @@ def test_registry_push_then_pull_gives_repo_digests(dockerd: PrivateDockerd, reg
     else:  # the containerd store and Podman give a loaded image a digest under its name right away
         assert [d.split("@", 1)[0] for d in before] == [repo]
     dockerd.cli("push", ref)
-    served = f"{repo}@{registry.manifest_digest('team/app', '1.0')}"
+    served = registry.pinned("team/app", "1.0")
     digests = dockerd.get_json(f"/images/{image_id}/json")["RepoDigests"]
     if engine_store(dockerd) == "podman":
         # Podman keeps the digest it computed at load; the registry got a recompressed manifest

@@ -71,8 +71,7 @@ async def test_a_digest_only_image_that_gains_a_tag_during_its_delete_stays(
     ref = registry.ref("holdref/app:1")
     (image_id,) = load_images(dockerd, [spec(ref, "hold-digest")])
     dockerd.cli("push", ref)
-    # the digest the registry serves (Podman lists one it computed at load, which the registry lacks)
-    pinned = f"{registry.address}/holdref/app@{registry.manifest_digest('holdref/app', '1')}"
+    pinned = registry.pinned("holdref/app", "1")
     dockerd.cli("rmi", ref)
     dockerd.cli("pull", pinned)
     production = registry.ref("holdref/app:production")

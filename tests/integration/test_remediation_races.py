@@ -145,8 +145,7 @@ async def test_an_image_pulled_by_digest_is_kept_by_prune_dangling_and_protected
     ref = registry.ref("base/os:1")
     (image_id,) = load_images(dockerd, [spec(ref, "digest-base")])
     dockerd.cli("push", ref)
-    # the digest the registry serves (Podman lists one it computed at load, which the registry lacks)
-    pinned = f"{registry.address}/base/os@{registry.manifest_digest('base/os', '1')}"
+    pinned = registry.pinned("base/os", "1")
     dockerd.cli("rmi", ref)
     assert image_id not in present(dockerd)
     dockerd.cli("pull", pinned)
