@@ -112,7 +112,7 @@ async def executor_delete(
         # a running exporter has polled already (LastTagTimes read) and, its event stream live, plans on
         # that snapshot without re-listing (service._plan_snapshot)
         snapshot = await poller.poll_once()
-        assert snapshot is not None, poller.last_error
+        assert snapshot is not None, poller.store.last_error
         engine_cpu, own_cpu = cpu_seconds(engine.pid), time.process_time()
         start = time.perf_counter()
         polled = time.perf_counter()

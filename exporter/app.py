@@ -74,7 +74,7 @@ class Services:
             if self.engine.follows_events
             else None
         )
-        self.store.on_change.append(self.disk_usage.mark_changed)
+        self.store.subscribe_changes(self.disk_usage.mark_changed)
         self.collector = SnapshotCollector(self.store, config.metrics)
         self.registry.register(self.collector)
         remediation = config.remediation
@@ -219,7 +219,7 @@ def create_app(
 
     app.on_shutdown.append(stop_runs)
     metrics_endpoint = MetricsEndpoint(services.registry, services.collector)
-    services.store.on_publish.append(metrics_endpoint.prerender)
+    services.store.subscribe(metrics_endpoint.prerender)
     metrics_handler = metrics_endpoint.handle
 
     pages = Pages(services.store, services.engine, services.remediation, telemetry_path)

@@ -122,9 +122,9 @@ class Runner:
             offloop.hold_collector()
         try:
             snapshot, source = await self._plan_snapshot()
-            if not self.poller.up or snapshot is None:
+            if not self.poller.store.up or snapshot is None:
                 run.result = "failure"
-                run.detail = f"engine unreachable: {self.poller.last_error or 'no snapshot'}"
+                run.detail = f"engine unreachable: {self.poller.store.last_error or 'no snapshot'}"
                 run.finished_at = self.clock()
             else:
                 if action.type not in ("build_cache", "prune_containers"):  # these plan no image sizes
@@ -184,7 +184,7 @@ class Runner:
         waits for a fresh poll.
         """
         if not self.poller.behind:
-            return self.poller.snapshot, "live"
+            return self.poller.store.snapshot, "live"
         return await self.poller.poll_once(), "fresh poll"
 
     def _trim_memory_soon(self) -> None:

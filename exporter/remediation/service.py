@@ -88,7 +88,7 @@ class RemediationService:
         self.audit = AuditLog(config.audit_log)
         current = self.current_config
         self.executor = Executor(engine, self.audit, self.metrics, read_fs, protect_now=lambda: current().protect)
-        self.gate = RunGate(self.executor, current, lambda: poller.up, clock, monotonic)
+        self.gate = RunGate(self.executor, current, lambda: poller.store.up, clock, monotonic)
         self.runner = Runner(self.gate, self.executor, poller, disk_usage, self.metrics, current, clock)
         self.scheduler = Scheduler(
             poller.history,
@@ -100,10 +100,10 @@ class RemediationService:
             clock,
         )
         self.status = StatusView(current, self.gate, self.scheduler, self.runner.history)
-        self.unknown_watch = UnknownWatch(self.executor, poller, self.metrics, self.runner.history, monotonic)
+        self.unknown_watch = UnknownWatch(self.executor, poller.store, self.metrics, self.runner.history, monotonic)
         self.executor.on_unknown = self.unknown_watch.watch
         self.executor.trash = self._trash_for(config)
-        poller.on_publish.append(self.unknown_watch.on_publish)
+        poller.store.subscribe(self.unknown_watch.on_publish)
         # the parts' state under the names tests and the API read (the same objects, not copies)
         self.history = self.runner.history
         self.last_started = self.gate.last_started
@@ -183,7 +183,7 @@ class RemediationService:
             return None
 
         def digests_prove_copy() -> bool:
-            snapshot = self.poller.snapshot
+            snapshot = self.poller.store.snapshot
             engine = snapshot.engine if snapshot is not None else None
             return engine is not None and not apishapes.local_images_have_digests(engine)
 

@@ -22,7 +22,7 @@ from exporter.remediation.executor import Executor
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate
 from exporter.remediation.runs import Outcome, Run
-from exporter.state.poller import Poller
+from exporter.state.store import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,18 @@ class Unconfirmed:
 
 
 class UnknownWatch:
-    """Hooked to the executor (`watch`) and to every publish of the poller (`on_publish`)."""
+    """Hooked to the executor (`watch`) and to every publish of the snapshot store (`on_publish`)."""
 
     def __init__(
         self,
         executor: Executor,
-        poller: Poller,
+        store: SnapshotStore,
         metrics: RemediationMetrics,
         history: Iterable[dict[str, Any]],
         monotonic: Callable[[], float],
     ) -> None:
         self.executor = executor
-        self.poller = poller
+        self.store = store
         self.metrics = metrics
         self.history = history
         self.monotonic = monotonic
@@ -76,18 +76,18 @@ class UnknownWatch:
         # only what its audit line needs: the run itself holds its whole plan (every image) and outcomes
         names = Run(run.action, run.type, run.trigger, run.dry_run, run.fingerprints, run.run_id, run.started_at)
         self.watched[cand.image_id] = Unconfirmed(names, outcome, cand, self.monotonic())
-        snapshot = self.poller.snapshot
+        snapshot = self.store.snapshot
         if snapshot is not None:  # a publish may have shown it gone while its line was written
             self.on_publish(snapshot)
 
     def on_publish(self, snapshot: Snapshot) -> None:
-        """Poller hook (every publish): confirm watched images the snapshot no longer has.
+        """Store hook (every publish): confirm watched images the snapshot no longer has.
 
         Not once stopping: the audit log closes when the service stops; the `unknown` line stays.
         """
         if not self.watched or self.executor.stopping:
             return
-        by = "event" if self.poller.publishing_events else "poll"
+        by = "event" if self.store.publishing_events else "poll"
         now = self.monotonic()
         for image_id, entry in list(self.watched.items()):
             if image_id not in snapshot.by_id:

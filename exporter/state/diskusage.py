@@ -59,7 +59,7 @@ class DiskUsageRefresher:
             self.mark_changed()
 
     async def run(self) -> None:
-        await self.poller.ready.wait()  # parsing needs the engine's identity (Podman's sizes are unknown)
+        await self.poller.store.ready.wait()  # parsing needs the engine's identity (Podman's sizes are unknown)
         while True:
             if await self.refresh_now() is None:
                 # an outage, or another /system/df running (20.10 refuses a second one: two exporters or a
@@ -96,7 +96,7 @@ class DiskUsageRefresher:
             return None
         finally:
             self.metrics.disk_usage_duration.set(time.monotonic() - start)
-        info = self.poller.snapshot.engine if self.poller.snapshot else None
+        info = self.poller.store.snapshot.engine if self.poller.store.snapshot else None
         try:
             usage = apishapes.parse_disk_usage(raw, self.clock(), info)
         except apishapes.MalformedAnswer as exc:  # the last good figures stay, their age shows
@@ -104,4 +104,4 @@ class DiskUsageRefresher:
             log.warning("/system/df answer malformed", extra=kv(field=exc.field, problem=exc.problem))
             return None
         self.poller.set_disk_usage(usage)
-        return self.poller.snapshot
+        return self.poller.store.snapshot

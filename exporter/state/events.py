@@ -312,7 +312,7 @@ class EventFollower:
     async def _resolve_image(self, name: str) -> str | None:
         if not name:
             return None
-        snapshot = self.poller.snapshot
+        snapshot = self.store.snapshot if self.store is not None else None
         candidate = normalize_id(name) if _HEX_ID.fullmatch(name) else name  # Podman names IDs bare
         if snapshot is not None and candidate in snapshot.by_id:
             return candidate

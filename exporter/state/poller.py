@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from exporter.config import Config
 from exporter.core import memory
@@ -59,41 +59,9 @@ FILL_PUBLISH_INTERVAL = 1.0  # seconds between publishes while LastTagTimes fill
 #: `poll_once`).
 TRIM_AFTER_DROP = 10_000
 
-T = TypeVar("T")
-
-
-class _Store(Generic[T]):
-    """A field of the poller's SnapshotStore, read on the poller for code that holds only the poller; a set
-    goes through the store's own method (`setter`), so the store stays the one owner of the value."""
-
-    def __init__(self, setter: str | None = None) -> None:
-        self.setter = setter
-        self.name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, poller: Any, owner: type | None = None) -> T:
-        value: T = getattr(poller.store, self.name)
-        return value
-
-    def __set__(self, poller: Any, value: T) -> None:
-        if self.setter is None:
-            raise AttributeError(f"{self.name} is the SnapshotStore's: it changes only by a publish")
-        getattr(poller.store, self.setter)(value)
-
 
 class Poller:
     """The poll loop: `wake()` asks for a refresh soon (debounced); `store` holds what it publishes."""
-
-    snapshot = _Store[Snapshot | None]()
-    up = _Store[bool]("set_up")
-    last_error = _Store[str | None]("set_error")
-    events_live = _Store[bool | None]("stream_live")
-    ready = _Store[asyncio.Event]()
-    on_publish = _Store[list[Callable[[Snapshot], object]]]()
-    on_change = _Store[list[Callable[[], None]]]()
-    publishing_events = _Store[bool]()
 
     def __init__(
         self,

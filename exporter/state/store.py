@@ -45,6 +45,15 @@ class SnapshotStore:
         self.on_change: list[Callable[[], None]] = []  # the set of image IDs changed
         self._published_ids: frozenset[str] = frozenset()
 
+    # -- subscribers -----------------------------------------------------------------------------------
+    def subscribe(self, on_publish: Callable[[Snapshot], object]) -> None:
+        """Call `on_publish` with every snapshot published from now on, in the publishing task."""
+        self.on_publish.append(on_publish)
+
+    def subscribe_changes(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` after every publish whose set of image IDs differs from the one before."""
+        self.on_change.append(on_change)
+
     # -- writers ---------------------------------------------------------------------------------------
     def set_up(self, up: bool) -> None:
         self.up = up

@@ -82,7 +82,7 @@ async def test_a_rotation_between_two_deletes_keeps_every_line_and_the_rest_goes
                 engine, parse_config({"filesystem": {"path": str(tmp_path)}}), ImageHistory(None), PollMetrics(registry)
             )
             snapshot = await poller.poll_once()
-            assert snapshot is not None, poller.last_error
+            assert snapshot is not None, poller.store.last_error
             action = action_of("prune_unused", name="prune", min_age=0.0)
             plan = make_plan(snapshot, action, ProtectConfig(local_only=False), snapshot.taken_at)
             candidates = [c for c in plan.candidates if c.image_id in ids]

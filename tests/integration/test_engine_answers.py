@@ -80,15 +80,15 @@ async def test_a_bad_listing_fails_the_poll_and_the_next_good_one_recovers(
 ) -> None:
     async with polling(dockerd, tmp_path) as (proxy, poller, registry):
         good = await poller.poll_once()
-        assert good is not None and poller.up, poller.last_error
+        assert good is not None and poller.store.up, poller.store.last_error
         bad = proxy.replace("GET", r"^/images/json$", body, chunked=chunked)
         assert await poller.poll_once() is good  # the last good snapshot stays served
         assert bad.served == 1
-        assert not poller.up and poller.last_error is not None and problem in poller.last_error
+        assert not poller.store.up and poller.store.last_error is not None and problem in poller.store.last_error
         assert errors(registry, "images") == 1
         proxy.restore(bad)
         again = await poller.poll_once()
-        assert poller.up and poller.last_error is None and again is not None
+        assert poller.store.up and poller.store.last_error is None and again is not None
         assert {i.id for i in again.images} == {i.id for i in good.images}
 
 
@@ -145,10 +145,10 @@ async def test_bad_version_containers_and_disk_usage_answers_are_engine_errors(
             with pytest.raises(EngineError, match="expected"):
                 await call()
             await poller.poll_once()
-            assert not poller.up and errors(registry, stage) == 1
+            assert not poller.store.up and errors(registry, stage) == 1
             proxy.restore(bad)
             await poller.poll_once()
-            assert poller.up
+            assert poller.store.up
         bad = proxy.replace("GET", r"^/system/df$", DEEP, chunked=True)
         with pytest.raises(EngineError, match="nests too deeply"):
             await engine.disk_usage()

@@ -149,7 +149,7 @@ async def test_protections_added_while_a_run_is_in_progress_protect_its_remainin
         )
         try:
             snapshot = await poller.poll_once()
-            assert snapshot is not None and poller.up, poller.last_error
+            assert snapshot is not None and poller.store.up, poller.store.last_error
             action = action_of("prune_unused", name="prune_unused", min_age=0.0)
             plan = make_plan(snapshot, action, protect_now, snapshot.taken_at)
             candidates = [c.image_id for c in plan.candidates if c.image_id in ours]

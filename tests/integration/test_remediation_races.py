@@ -54,7 +54,7 @@ class Rig:
     ) -> Plan:
         """A plan on a fresh poll, limited to this test's images."""
         snapshot = await self.poller.poll_once()
-        assert snapshot is not None and self.poller.up, self.poller.last_error
+        assert snapshot is not None and self.poller.store.up, self.poller.store.last_error
         action = action_of(kind, name=kind, min_age=min_age)
         plan = make_plan(snapshot, action, protect, snapshot.taken_at)
         return replace(

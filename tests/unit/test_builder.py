@@ -39,7 +39,7 @@ async def test_a_publish_between_polls_that_changes_no_image_publishes_the_same_
     first = await poller.poll_once()
     assert first is not None and len(first.images) == 4
     poller.set_disk_usage(DiskUsage(clock(), 100, 50, MappingProxyType({}), None))  # /system/df merged
-    second = poller.snapshot
+    second = poller.store.snapshot
     assert second is not None and second is not first and second.disk_usage is not None
     assert all(a is b for a, b in zip(first.images, second.images, strict=True))
 
@@ -67,7 +67,7 @@ async def test_an_applied_event_publishes_a_new_object_for_the_image_it_changed_
     assert before is not None
     for event in store.tag(BLOBS[1], "app:extra"):
         await follower.handle(event)
-    after = poller.snapshot
+    after = poller.store.snapshot
     assert after is not None and after is not before
     old = {i.id: i for i in before.images}
     changed = {i.id for i in after.images if i is not old.get(i.id)}

@@ -82,13 +82,13 @@ def exporter_on(machine: Machine, state: Path | None) -> Poller:
 
 
 def deletable(poller: Poller, machine: Machine) -> set[str]:
-    assert poller.snapshot is not None
-    return {c.image_id for c in make_plan(poller.snapshot, ACTION, PROTECT, machine.wall).candidates}
+    assert poller.store.snapshot is not None
+    return {c.image_id for c in make_plan(poller.store.snapshot, ACTION, PROTECT, machine.wall).candidates}
 
 
 def unused(poller: Poller) -> set[str]:
-    assert poller.snapshot is not None
-    return {i.id for i in poller.snapshot.images if i.containers == 0}
+    assert poller.store.snapshot is not None
+    return {i.id for i in poller.store.snapshot.images if i.containers == 0}
 
 
 # ---------------------------------------------------------------------------------------------- clock steps
@@ -103,7 +103,7 @@ async def test_a_forward_step_of_the_wall_clock_does_not_age_a_just_arrived_imag
     machine.step(3 * DAY)
     await poller.poll_once()
     assert deletable(poller, machine) == set()
-    plan = make_plan(poller.snapshot, ACTION, PROTECT, machine.wall)  # type: ignore[arg-type]
+    plan = make_plan(poller.store.snapshot, ACTION, PROTECT, machine.wall)  # type: ignore[arg-type]
     assert {s.reason for s in plan.skipped if s.image_id in unused(poller)} == {"too_young"}
     machine.advance(MIN_AGE)  # a real hour later they are old enough, the step notwithstanding
     assert deletable(poller, machine) == unused(poller) != set()
@@ -139,8 +139,8 @@ async def test_a_step_while_tag_times_are_inspected_behind_the_listing_is_not_ag
         machine.step(3 * DAY) if call == "inspect_image" and machine.wall < WALL0 + DAY else None
     )
     await poller.poll_once()
-    assert machine.wall == WALL0 + 3 * DAY and poller.snapshot is not None
-    assert poller.snapshot.pending_inspects == 0
+    assert machine.wall == WALL0 + 3 * DAY and poller.store.snapshot is not None
+    assert poller.store.snapshot.pending_inspects == 0
     assert deletable(poller, machine) == set()
     machine.advance(MIN_AGE)
     assert deletable(poller, machine) == unused(poller) != set()

@@ -36,7 +36,7 @@ async def test_refresh_now_publishes_disk_usage(tmp_path: Path, engine: str) -> 
     polled = await poller.poll_once()
     assert polled is not None and polled.engine is not None
     snapshot = await refresher.refresh_now()
-    assert snapshot is poller.snapshot and snapshot is not None and snapshot is not polled
+    assert snapshot is poller.store.snapshot and snapshot is not None and snapshot is not polled
     assert snapshot.disk_usage == apishapes.parse_disk_usage(recorded.df, NOW, polled.engine)
     if recorded.api >= "1.42":  # the listing had every shared size already: df changes no image
         assert snapshot.images == polled.images
@@ -65,7 +65,7 @@ async def test_a_failed_call_keeps_the_last_figures(tmp_path: Path) -> None:
     assert first is not None and first.disk_usage is not None
     recorded.failing = {"disk_usage"}
     assert await refresher.refresh_now() is None
-    assert poller.snapshot is first and poller.disk_usage is first.disk_usage
+    assert poller.store.snapshot is first and poller.disk_usage is first.disk_usage
     assert registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": "disk_usage"}) == 1
 
 
@@ -79,7 +79,7 @@ async def test_background_refresh_waits_for_the_first_poll_and_follows_changes(t
         assert df_calls.empty()  # no engine identity yet: nothing to parse the answer with
         await poller.poll_once()
         await asyncio.wait_for(df_calls.get(), 10)
-        assert poller.snapshot is not None and poller.snapshot.disk_usage is not None
+        assert poller.store.snapshot is not None and poller.store.snapshot.disk_usage is not None
         refresher.mark_changed()  # what the poller's on_change does when the set of images changes
         await asyncio.wait_for(df_calls.get(), 10)
     finally:
@@ -118,10 +118,10 @@ async def test_a_failed_background_call_is_retried_soon_not_an_interval_later(
         for _ in range(2):
             await asyncio.wait_for(df_calls.get(), 10)
         for _ in range(1000):  # the second call's answer is published right after it returns
-            if poller.snapshot is not None and poller.snapshot.disk_usage is not None:
+            if poller.store.snapshot is not None and poller.store.snapshot.disk_usage is not None:
                 break
             await asyncio.sleep(0.01)
-        assert poller.snapshot is not None and poller.snapshot.disk_usage is not None
+        assert poller.store.snapshot is not None and poller.store.snapshot.disk_usage is not None
         assert registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": "disk_usage"}) == 1
     finally:
         task.cancel()

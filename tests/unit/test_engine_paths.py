@@ -58,22 +58,24 @@ async def test_a_failing_lean_path_is_not_up_until_it_answers_again(tmp_path: Pa
     poller = Poller(engine, config, ImageHistory(None), PollMetrics(registry))
     try:
         await poller.poll_once()  # the SDK's reads work, the inspects behind the publish do not
-        assert poller.snapshot is not None and poller.snapshot.pending_inspects > 0
-        assert poller.up is False
-        assert poller.last_error is not None and "FileNotFoundError" in poller.last_error  # says what failed
+        assert poller.store.snapshot is not None and poller.store.snapshot.pending_inspects > 0
+        assert poller.store.up is False
+        assert (
+            poller.store.last_error is not None and "FileNotFoundError" in poller.store.last_error
+        )  # says what failed
         assert errors(registry, "images") >= 1
 
         failed = errors(registry, "images")
         await poller.poll_once()  # the next poll asks the lean path again: still failing, still down
-        assert poller.up is False
+        assert poller.store.up is False
         assert errors(registry, "images") > failed
 
         server = ClosingServer(socket_path)
         server.start()
         try:
             await poller.poll_once()  # the lean path answers again: up, and the inspects are done
-            assert poller.up is True
-            assert poller.snapshot is not None and poller.snapshot.pending_inspects == 0
+            assert poller.store.up is True
+            assert poller.store.snapshot is not None and poller.store.snapshot.pending_inspects == 0
             assert any(target.endswith("/version") for _, _, target in server.requests)
         finally:
             server.stop()

@@ -232,7 +232,7 @@ async def test_events_applied_to_the_snapshot_agree_with_a_full_poll(
     for name, *args in steps:
         for event in getattr(store, name)(*args):
             await follower.handle(event)
-    applied = poller.snapshot
+    applied = poller.store.snapshot
     assert applied is not None
     # no full poll was needed: every event was applied by inspecting what it named
     assert registry.get_sample_value("docker_exporter_polls_total") == 1
@@ -296,9 +296,9 @@ async def test_events_applied_in_batches_agree_with_one_at_a_time(
         for event in events:
             await one_at_a_time.handle(event)
         await in_batches.handle_batch(events)
-    assert single.snapshot is not None and batched.snapshot is not None
-    assert {i: _engine_view(v) for i, v in batched.snapshot.by_id.items()} == {
-        i: _engine_view(v) for i, v in single.snapshot.by_id.items()
+    assert single.store.snapshot is not None and batched.store.snapshot is not None
+    assert {i: _engine_view(v) for i, v in batched.store.snapshot.by_id.items()} == {
+        i: _engine_view(v) for i, v in single.store.snapshot.by_id.items()
     }
     assert registry.get_sample_value("docker_exporter_polls_total") == 1
     assert batched._wake.is_set() == single._wake.is_set()
@@ -315,12 +315,12 @@ async def test_a_batch_of_deletions_inspects_nothing_and_publishes_once() -> Non
     poller, follower, _ = _start(store, clock)
     await poller.poll_once()
     published: list[object] = []
-    poller.on_publish.append(published.append)
+    poller.store.subscribe(published.append)
     inspects = store.calls.count("inspect_image")
     events = [event for blob in BLOBS for event in store.rmi_id(blob)]
     await follower.handle_batch(events)
     assert store.calls.count("inspect_image") == inspects
-    assert poller.snapshot is not None and not poller.snapshot.by_id
+    assert poller.store.snapshot is not None and not poller.store.snapshot.by_id
     assert len(published) == 1
     assert not poller._wake.is_set()
 
@@ -336,7 +336,7 @@ async def test_a_burst_of_untags_is_applied_without_re_listing() -> None:
     for n in range(200):
         for event in store.rmi(f"burst:{n}"):
             await follower.handle(event)
-    snapshot = poller.snapshot
+    snapshot = poller.store.snapshot
     assert snapshot is not None
     assert [str(r) for r in snapshot.by_id[blob_id("alpha")].refs] == ["keep:1"]
     assert registry.get_sample_value("docker_exporter_polls_total") == 1
@@ -350,7 +350,7 @@ async def test_every_publish_calls_the_publish_hooks() -> None:
     store.load_image("alpha", ["app:1"])
     poller, follower, _ = _start(store, clock)
     published: list[object] = []
-    poller.on_publish.append(published.append)
+    poller.store.subscribe(published.append)
     await poller.poll_once()  # publishes after the listing, then again when LastTagTime is known
     assert len(published) == 2 and published[0] is not published[1]
     await poller.poll_once()  # nothing changed: still a publish (taken_at moves)
@@ -358,7 +358,7 @@ async def test_every_publish_calls_the_publish_hooks() -> None:
     for event in store.tag("alpha", "app:2"):
         await follower.handle(event)
     assert len(published) == 4
-    assert published[-1] is poller.snapshot
+    assert published[-1] is poller.store.snapshot
 
 
 async def test_containerd_store_events_fall_back_to_a_full_poll() -> None:
@@ -368,10 +368,10 @@ async def test_containerd_store_events_fall_back_to_a_full_poll() -> None:
     history = ImageHistory(None)
     poller = Poller(recorded, parse_config({"filesystem": {"path": "/"}}), history, PollMetrics(registry))
     await poller.poll_once()
-    before = poller.snapshot
+    before = poller.store.snapshot
     image = recorded.images[0]
     assert await poller.apply_image_event([image["Id"]]) is False
-    assert poller.snapshot is before
+    assert poller.store.snapshot is before
 
 
 async def _two_tags_each_watched() -> tuple[ClassicStore, Poller, EventFollower, list[object]]:
@@ -383,7 +383,7 @@ async def _two_tags_each_watched() -> tuple[ClassicStore, Poller, EventFollower,
     poller, follower, _ = _start(store, clock)
     await poller.poll_once()
     published: list[object] = []
-    poller.on_publish.append(published.append)
+    poller.store.subscribe(published.append)
     return store, poller, follower, published
 
 
@@ -402,8 +402,8 @@ async def test_events_that_queued_up_while_one_was_handled_go_in_one_batch() -> 
     finally:
         worker.cancel()
     assert len(published) == 1
-    assert poller.snapshot is not None
-    assert sorted(str(r) for i in poller.snapshot.images for r in i.refs) == sorted(f"{b}:1" for b in BLOBS)
+    assert poller.store.snapshot is not None
+    assert sorted(str(r) for i in poller.store.snapshot.images for r in i.refs) == sorted(f"{b}:1" for b in BLOBS)
 
 
 async def test_on_podman_a_delete_event_is_not_taken_as_the_image_gone() -> None:
@@ -419,8 +419,8 @@ async def test_on_podman_a_delete_event_is_not_taken_as_the_image_gone() -> None
     doomed = [e for e in events if e["Actor"]["Attributes"].get("name") == "docker.io/library/doomed:2"]
     assert [e["Action"] for e in doomed] == ["tag", "untag", "delete"]
     await follower.handle_batch(doomed[1:])
-    assert poller.snapshot is not None
-    assert "sha256:" + doomed[-1]["Actor"]["ID"] in poller.snapshot.by_id
+    assert poller.store.snapshot is not None
+    assert "sha256:" + doomed[-1]["Actor"]["ID"] in poller.store.snapshot.by_id
 
 
 async def test_a_burst_of_applied_events_writes_the_state_file_once_and_the_next_poll_catches_up(
@@ -486,5 +486,5 @@ async def test_in_a_burst_events_gather_for_one_batch_per_interval(monkeypatch: 
     finally:
         worker.cancel()
     assert len(published) == 2 and len(sleeps) == 1 and 0 < sleeps[0] <= 30.0
-    assert poller.snapshot is not None
-    assert sorted(str(r) for i in poller.snapshot.images for r in i.refs) == sorted(f"{b}:1" for b in BLOBS)
+    assert poller.store.snapshot is not None
+    assert sorted(str(r) for i in poller.store.snapshot.images for r in i.refs) == sorted(f"{b}:1" for b in BLOBS)

@@ -21,8 +21,6 @@ ENGINES = sorted(p.name for p in FIXTURES.iterdir() if (p / "events.json").exist
 
 
 class CountingPoller:
-    snapshot = None
-
     def __init__(self) -> None:
         self.wakes = 0
 

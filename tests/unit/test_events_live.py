@@ -118,7 +118,7 @@ async def connect_and_replay(engine: GatedStreamEngine, poller: Poller) -> Strea
     assert poller.behind is True  # connected, but what came before is not applied yet
     replay.set_result([])
     await until(lambda: not poller.behind)
-    assert poller.events_live is True
+    assert poller.store.events_live is True
     return stream
 
 
@@ -130,7 +130,7 @@ async def test_behind_until_connected_and_replayed_and_again_as_soon_as_the_stre
     poller = make_poller(engine, tmp_path)
     await poller.poll_once()
     follower = EventFollower(engine, poller, poller.history, poller.metrics)
-    assert poller.behind is True and poller.events_live is False  # attached, never connected
+    assert poller.behind is True and poller.store.events_live is False  # attached, never connected
     follower.resume_from = time.time() - 60  # a replay is due, as after a start with a state file
     task = asyncio.create_task(follower.run())
     try:
@@ -138,7 +138,7 @@ async def test_behind_until_connected_and_replayed_and_again_as_soon_as_the_stre
 
         first.end.set()  # the engine closes the stream (a restart, a proxy timeout)
         await until(lambda: poller.behind)
-        assert poller.events_live is False
+        assert poller.store.events_live is False
         second = await connect_and_replay(engine, poller)  # reconnected after the backoff
         said = [r.getMessage() for r in caplog.records if r.name == "exporter.events"]
         assert said == ["event stream ended; reconnecting", "event stream live again; re-listing"]
@@ -146,7 +146,7 @@ async def test_behind_until_connected_and_replayed_and_again_as_soon_as_the_stre
         second.error = EngineUnavailable("event stream broke: connection reset")
         second.end.set()
         await until(lambda: poller.behind)
-        assert poller.events_live is False
+        assert poller.store.events_live is False
     finally:
         await stop(task, engine)
 
@@ -162,14 +162,14 @@ async def test_a_follower_that_stops_leaves_the_poller_behind(tmp_path: Path) ->
         await connect_and_replay(engine, poller)
     finally:
         await stop(task, engine)
-    assert poller.events_live is False and poller.behind is True
+    assert poller.store.events_live is False and poller.behind is True
 
 
 async def test_a_poller_without_a_follower_is_current_after_a_poll(tmp_path: Path) -> None:
     """No follower (unit tests, benchmarks, embedding): `behind` is what it was before events existed."""
     engine = RecordedEngine("bookworm")
     poller = make_poller(engine, tmp_path, cls=Poller)
-    assert poller.events_live is None and poller.behind is True  # no snapshot yet
+    assert poller.store.events_live is None and poller.behind is True  # no snapshot yet
     await poller.poll_once()
     assert poller.behind is False
     poller.wake()
@@ -181,5 +181,5 @@ async def test_behind_follows_events_live_on_a_current_snapshot(tmp_path: Path, 
     engine = RecordedEngine("bookworm")
     poller = make_poller(engine, tmp_path)
     await poller.poll_once()
-    poller.events_live = live
+    poller.store.stream_live(live)
     assert poller.behind is (not live)

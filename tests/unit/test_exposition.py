@@ -276,14 +276,15 @@ async def test_a_publish_renders_and_compresses_only_what_changed(
 
 
 async def test_poller_publishes_and_disk_usage_updates_invalidate(tmp_path: Path) -> None:
-    """Every place that replaces poller.snapshot goes through Poller._publish: a poll and a /system/df result."""
+    """Every place that replaces the store's snapshot goes through SnapshotStore.publish: a poll and a /system/df
+    result."""
     recorded = RecordedEngine("bookworm")
     setup_registry = CollectorRegistry(auto_describe=True)
     metrics = PollMetrics(setup_registry)
     config = parse_config({"filesystem": {"path": str(tmp_path)}})
     poller = Poller(recorded, config, ImageHistory(None), metrics)
     refresher = DiskUsageRefresher(recorded, poller, config.poll, metrics)
-    collector = SnapshotCollector(poller, config.metrics)
+    collector = SnapshotCollector(poller.store, config.metrics)
     setup_registry.register(collector)
     endpoint = MetricsEndpoint(setup_registry, collector)
 
@@ -543,16 +544,16 @@ async def test_every_event_applied_change_is_in_the_next_scrape(
     poller = Poller(store, parse_config({"filesystem": {"path": "/"}}), history, metrics, clock=clock)
     follower = EventFollower(store, poller, history, metrics)
     registry = CollectorRegistry(auto_describe=True)
-    collector = SnapshotCollector(poller, MetricsConfig())
+    collector = SnapshotCollector(poller.store, MetricsConfig())
     registry.register(collector)
     endpoint = MetricsEndpoint(registry, collector)
-    poller.on_publish.append(endpoint.prerender)
+    poller.store.subscribe(endpoint.prerender)
 
     async def check() -> None:
         response = await endpoint.handle(make_mocked_request("GET", "/metrics", headers={"Accept-Encoding": "gzip"}))
         assert isinstance(response.body, bytes)
         fresh = CollectorRegistry(auto_describe=True)
-        fresh.register(SnapshotCollector(FakePoller(poller.snapshot, poller.up), MetricsConfig()))
+        fresh.register(SnapshotCollector(FakePoller(poller.store.snapshot, poller.store.up), MetricsConfig()))
         assert gzip.decompress(response.body) == generate_latest(fresh)
 
     await poller.poll_once()

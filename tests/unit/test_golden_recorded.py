@@ -78,7 +78,7 @@ async def exposition(engine: str, monkeypatch: pytest.MonkeyPatch) -> str:
     config = parse_config({})
     metrics = PollMetrics(CollectorRegistry())
     poller = Poller(recorded, config, ImageHistory(None), metrics, clock=lambda: now)
-    assert await poller.poll_once() is not None and poller.up, poller.last_error
+    assert await poller.poll_once() is not None and poller.store.up, poller.store.last_error
     snapshot = await DiskUsageRefresher(recorded, poller, config.poll, metrics, clock=lambda: now).refresh_now()
     assert snapshot is not None and snapshot.disk_usage is not None
     assert snapshot.pending_inspects == 0, "every LastTagTime inspect answered"

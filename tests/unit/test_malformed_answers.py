@@ -192,7 +192,7 @@ async def clean_summary(engine_name: str, tmp_path: Path) -> Any:
     poller, _ = make_poller(engine, tmp_path)
     await poller.poll_once()
     await DiskUsageRefresher(engine, poller, poller.config.poll, poller.metrics, clock=lambda: NOW).refresh_now()
-    return summary(poller.snapshot)
+    return summary(poller.store.snapshot)
 
 
 async def poll_through(engine: MutableEngine, poller: Poller, read: str) -> Any:
@@ -217,7 +217,7 @@ async def malformed_then_good(engine_name: str, read: str, bad: Any, tmp_path: P
             if rounds == 1 or read == "disk_usage":  # /system/df waits for a first snapshot (the engine's identity)
                 await poll_through(engine, poller, "list_images")
             engine.replace[read] = bad
-            before = errors(registry), poller.snapshot
+            before = errors(registry), poller.store.snapshot
             await poll_through(engine, poller, read)  # never raises
             failed = errors(registry) > before[0]
             if failed:  # visibly: counted, logged with the field, the engine shown down, the old data kept
@@ -225,23 +225,23 @@ async def malformed_then_good(engine_name: str, read: str, bad: Any, tmp_path: P
                     r.getMessage() for r in handler.records
                 ]
                 if read != "disk_usage":
-                    assert not poller.up and poller.last_error and "malformed" in poller.last_error
+                    assert not poller.store.up and poller.store.last_error and "malformed" in poller.store.last_error
                 if before[1] is not None:
-                    assert poller.snapshot is not None
+                    assert poller.store.snapshot is not None
             else:  # the mutation left a valid answer: what it says is published, sanely
-                assert poller.up
+                assert poller.store.up
                 # and an inspect's LastTagTime is kept until the image's tags change (it is not asked again)
                 accepted_inspect = read == "inspect_image"
-            if poller.snapshot is not None:
-                assert_sane(poller.snapshot)
+            if poller.store.snapshot is not None:
+                assert_sane(poller.store.snapshot)
             del engine.replace[read]
             await poller.poll_once()
             await poll_through(engine, poller, "disk_usage")
-            assert poller.up and poller.last_error is None
+            assert poller.store.up and poller.store.last_error is None
             if accepted_inspect:
-                assert without_tag_times(summary(poller.snapshot)) == without_tag_times(expected)
+                assert without_tag_times(summary(poller.store.snapshot)) == without_tag_times(expected)
             else:
-                assert summary(poller.snapshot) == expected
+                assert summary(poller.store.snapshot) == expected
     finally:
         logging.getLogger("exporter").removeHandler(handler)
 
@@ -285,15 +285,15 @@ async def test_each_malformed_read_names_its_field(
     with caplog.at_level(logging.WARNING, logger="exporter.poller"):
         await poller.poll_once()
     if field is None:
-        assert poller.up and errors(registry) == 0
+        assert poller.store.up and errors(registry) == 0
         return
-    assert not poller.up and errors(registry) == 1
+    assert not poller.store.up and errors(registry) == 1
     [record] = [r for r in caplog.records if "malformed engine answer" in r.getMessage()]
     assert getattr(record, FIELDS_ATTR)["field"].endswith(field)
-    assert poller.last_error is not None and field in poller.last_error
+    assert poller.store.last_error is not None and field in poller.store.last_error
     del engine.replace[read]
     await poller.poll_once()
-    assert poller.up and poller.last_error is None
+    assert poller.store.up and poller.store.last_error is None
 
 
 async def test_a_malformed_system_df_keeps_the_last_figures(tmp_path: Path) -> None:
@@ -371,10 +371,10 @@ async def test_memory_is_handed_back_after_a_failed_poll_and_after_a_listing_shr
     phantoms = [{"Id": f"sha256:{i:064x}", "Created": 1, "Size": 1} for i in range(TRIM_AFTER_DROP)]
     engine.replace["list_images"] = engine.images + phantoms
     await poller.poll_once()
-    assert poller.up and len(trims) == 1
+    assert poller.store.up and len(trims) == 1
     del engine.replace["list_images"]
     await poller.poll_once()  # the phantoms are gone: thousands of images freed at once
-    assert poller.up and len(trims) == 2
+    assert poller.store.up and len(trims) == 2
 
 
 async def test_an_unforeseen_error_in_a_poll_does_not_end_polling(tmp_path: Path) -> None:
@@ -407,15 +407,15 @@ async def test_an_unforeseen_error_in_a_poll_does_not_end_polling(tmp_path: Path
     try:
         async with asyncio.timeout(30):
             await logged.wait()
-            assert not poller.up and poller.last_error == "poll: RuntimeError: a bug"
+            assert not poller.store.up and poller.store.last_error == "poll: RuntimeError: a bug"
             poller.wake()
-            await poller.ready.wait()
+            await poller.store.ready.wait()
     finally:
         logging.getLogger("exporter.poller").removeHandler(handler)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert poller.up and registry.get_sample_value("docker_exporter_polls_total") == 2
+    assert poller.store.up and registry.get_sample_value("docker_exporter_polls_total") == 2
 
 
 async def test_an_unforeseen_error_handling_events_does_not_end_the_event_worker(tmp_path: Path) -> None:
@@ -455,17 +455,17 @@ async def test_a_malformed_inspect_keeps_docker_up_0_at_every_publish_until_it_i
     engine = MutableEngine("bookworm")
     poller, registry = make_poller(engine, tmp_path)
     published: list[bool] = []
-    poller.on_publish.append(lambda _: published.append(poller.up))
+    poller.store.subscribe(lambda _: published.append(poller.store.up))
     engine.replace["inspect_image"] = mutated(engine.inspect, ("Metadata",), "garbage", False)
     await poller.poll_once()
-    assert not poller.up and poller.last_error is not None and "Metadata" in poller.last_error
+    assert not poller.store.up and poller.store.last_error is not None and "Metadata" in poller.store.last_error
     published.clear()
     await poller.poll_once()
     await poller.poll_once()
     assert published and not any(published)
-    assert not poller.up and poller.last_error is not None and "Metadata" in poller.last_error
+    assert not poller.store.up and poller.store.last_error is not None and "Metadata" in poller.store.last_error
     assert registry.get_sample_value("docker_exporter_poll_errors_total", {"stage": "images"}) == 3
     del engine.replace["inspect_image"]
     await poller.poll_once()
-    assert poller.up and poller.last_error is None and published[-1] is True
-    assert poller.snapshot is not None and poller.snapshot.pending_inspects == 0
+    assert poller.store.up and poller.store.last_error is None and published[-1] is True
+    assert poller.store.snapshot is not None and poller.store.snapshot.pending_inspects == 0

@@ -54,7 +54,7 @@ def errors(registry: CollectorRegistry, stage: str) -> float | None:
 async def test_poll_publishes_what_the_engine_listed(make_poller: PollerFactory, tmp_path: Path, engine: str) -> None:
     poller, recorded, _ = make_poller(engine)
     snapshot = await poller.poll_once()
-    assert snapshot is not None and poller.up and poller.ready.is_set() and poller.last_error is None
+    assert snapshot is not None and poller.store.up and poller.store.ready.is_set() and poller.store.last_error is None
     assert {i.id for i in snapshot.images} == {apishapes.normalize_id(r["Id"]) for r in recorded.images}
     assert snapshot.by_id.keys() == {i.id for i in snapshot.images}
     used: dict[str, int] = {}
@@ -87,12 +87,12 @@ async def test_an_outage_keeps_the_last_snapshot_and_names_the_stage(make_poller
     first = await poller.poll_once()
     recorded.failing = {"list_containers"}
     assert await poller.poll_once() is first
-    assert not poller.up
-    assert poller.last_error is not None and poller.last_error.startswith("containers:")
+    assert not poller.store.up
+    assert poller.store.last_error is not None and poller.store.last_error.startswith("containers:")
     assert errors(registry, "containers") == 1 and errors(registry, "images") == 0
     recorded.failing = set()
     second = await poller.poll_once()
-    assert poller.up and poller.last_error is None and second is not first
+    assert poller.store.up and poller.store.last_error is None and second is not first
 
 
 async def test_the_outage_log_line_says_what_to_do(
@@ -115,7 +115,7 @@ async def test_no_snapshot_while_the_engine_was_never_reached(make_poller: Polle
     poller, recorded, registry = make_poller()
     recorded.failing = {"version_and_info"}
     assert await poller.poll_once() is None
-    assert not poller.up and not poller.ready.is_set()
+    assert not poller.store.up and not poller.store.ready.is_set()
     assert errors(registry, "info") == 1
     assert recorded.calls == ["version_and_info"]  # nothing else is asked of an engine that did not answer
 
@@ -138,7 +138,7 @@ async def test_an_image_deleted_between_list_and_inspect_is_not_an_error(make_po
     gone = apishapes.normalize_id(recorded.inspect["Id"])
     recorded.gone = {gone}
     snapshot = await poller.poll_once()
-    assert snapshot is not None and poller.up and errors(registry, "images") == 0
+    assert snapshot is not None and poller.store.up and errors(registry, "images") == 0
     assert snapshot.by_id[gone].last_tag_time is None
     recorded.gone = set()
     snapshot = await poller.poll_once()  # a skipped inspect is not remembered as "no tag time": asked again
@@ -150,7 +150,9 @@ async def test_an_image_deleted_between_list_and_inspect_is_not_an_error(make_po
 async def test_on_change_fires_when_the_set_of_images_changes(make_poller: PollerFactory) -> None:
     poller, recorded, _ = make_poller()
     changes: list[int] = []
-    poller.on_change.append(lambda: changes.append(len(poller.snapshot.images if poller.snapshot else ())))
+    poller.store.subscribe_changes(
+        lambda: changes.append(len(poller.store.snapshot.images if poller.store.snapshot else ()))
+    )
     await poller.poll_once()
     await poller.poll_once()
     assert changes == [len(recorded.images)]
@@ -178,8 +180,8 @@ async def test_a_missing_filesystem_is_reported_but_the_engine_is_up(
 ) -> None:
     poller, _, registry = make_poller(fs_path=tmp_path / "not-mounted")
     snapshot = await poller.poll_once()
-    assert snapshot is not None and poller.up and snapshot.filesystem is None
-    assert poller.last_error is not None and poller.last_error.startswith("filesystem:")
+    assert snapshot is not None and poller.store.up and snapshot.filesystem is None
+    assert poller.store.last_error is not None and poller.store.last_error.startswith("filesystem:")
     assert errors(registry, "filesystem") == 1
 
 
@@ -190,7 +192,7 @@ async def test_the_first_publish_comes_before_the_inspects_and_says_what_is_pend
     from exporter.metrics.collector import SnapshotCollector
 
     poller, recorded, _ = make_poller()
-    collector = SnapshotCollector(poller, parse_config({}).metrics)
+    collector = SnapshotCollector(poller.store, parse_config({}).metrics)
     seen: list[tuple[bool, float, list[float]]] = []
 
     def at_first_inspect(call: str) -> None:
@@ -198,7 +200,7 @@ async def test_the_first_publish_comes_before_the_inspects_and_says_what_is_pend
             text = {m.name: m for m in collector.collect()}
             pending = text["docker_exporter_pending_inspects"].samples[0].value
             tag_times = [s.value for s in text["docker_image_last_tag_timestamp_seconds"].samples]
-            seen.append((poller.ready.is_set(), pending, tag_times))
+            seen.append((poller.store.ready.is_set(), pending, tag_times))
 
     recorded.on_call = at_first_inspect
     snapshot = await poller.poll_once()
@@ -216,12 +218,12 @@ async def test_an_image_whose_tag_time_is_pending_counts_as_young(make_poller: P
     recorded.failing = {"inspect_image"}  # the inspects behind the first publish fail: they stay pending
     snapshot = await poller.poll_once()
     # an inspect that cannot reach the engine is a path to it failing: not up (see test_engine_paths.py)
-    assert snapshot is not None and not poller.up and errors(registry, "images") == 1
+    assert snapshot is not None and not poller.store.up and errors(registry, "images") == 1
     assert snapshot.pending_inspects == len(snapshot.images) > 0
     assert all(i.tag_time_pending and i.age_reference == math.inf for i in snapshot.images)
     recorded.failing = set()
     snapshot = await poller.poll_once()  # retried by the next poll
-    assert snapshot is not None and snapshot.pending_inspects == 0 and poller.up
+    assert snapshot is not None and snapshot.pending_inspects == 0 and poller.store.up
     assert all(i.age_reference < math.inf for i in snapshot.images)
 
 
@@ -235,7 +237,7 @@ async def test_the_first_poll_takes_the_reads_started_before_it(make_poller: Pol
     assert recorded.calls == ["list_images", "version_and_info", "list_containers"]  # the long one first
     poller.first_reads = reads
     snapshot = await poller.poll_once()
-    assert snapshot is not None and poller.up and poller.first_reads is None
+    assert snapshot is not None and poller.store.up and poller.first_reads is None
     assert recorded.calls.count("list_images") == 1 and recorded.calls.count("version_and_info") == 1
     assert recorded.calls.count("list_containers") == 1
     assert snapshot.taken_at == reads.started_at
@@ -248,11 +250,11 @@ async def test_reads_started_before_an_outage_are_dropped_and_asked_again(make_p
     poller, recorded, registry = make_poller()
     recorded.failing = {"list_images", "version_and_info", "list_containers"}
     poller.first_reads = await FirstReads.start(recorded)
-    assert await poller.poll_once() is None and not poller.up
+    assert await poller.poll_once() is None and not poller.store.up
     assert errors(registry, "info") == 1 and poller.first_reads is None  # the stage a poll reads first
     recorded.failing = set()
     snapshot = await poller.poll_once()
-    assert snapshot is not None and poller.up and recorded.calls.count("list_images") == 2
+    assert snapshot is not None and poller.store.up and recorded.calls.count("list_images") == 2
 
 
 async def test_an_event_before_the_first_poll_is_not_dropped_when_the_listing_was_taken_ahead(
@@ -296,7 +298,7 @@ async def test_the_fill_publishes_at_most_once_per_interval_and_always_when_done
     monkeypatch.setattr(exporter.state.poller, "FILL_PUBLISH_INTERVAL", interval)
     poller, recorded, _ = make_poller()
     published: list[int] = []
-    poller.on_publish.append(lambda snapshot: published.append(snapshot.pending_inspects))
+    poller.store.subscribe(lambda snapshot: published.append(snapshot.pending_inspects))
     snapshot = await poller.poll_once()
     assert snapshot is not None and snapshot.pending_inspects == 0
     batches = len({(i["Id"], tuple(sorted(i.get("RepoTags") or []))) for i in recorded.images})
@@ -320,7 +322,7 @@ async def test_a_wake_at_the_moment_of_stopping_does_not_swallow_the_cancel(
     poller, _, _ = make_poller()
     task = asyncio.create_task(poller.run())
     for _ in range(1000):
-        if poller.snapshot is not None and not poller._lock.locked():
+        if poller.store.snapshot is not None and not poller._lock.locked():
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)  # the first poll's fill is done: the poller waits for the interval or a wake
@@ -341,7 +343,7 @@ async def test_without_filesystem_path_the_engines_own_data_root_is_measured(tmp
     poller = Poller(recorded, parse_config({}), ImageHistory(None), PollMetrics(CollectorRegistry()), clock=Clock())
     snapshot = await poller.poll_once()
     assert snapshot is not None and snapshot.filesystem is not None
-    assert snapshot.filesystem.path == str(tmp_path) and poller.last_error is None
+    assert snapshot.filesystem.path == str(tmp_path) and poller.store.last_error is None
 
 
 async def test_a_data_root_this_process_cannot_see_is_named_with_its_own_hint(tmp_path: Path) -> None:
@@ -352,9 +354,9 @@ async def test_a_data_root_this_process_cannot_see_is_named_with_its_own_hint(tm
     recorded.info = {**recorded.info, "DockerRootDir": str(tmp_path / "host-only")}
     poller = Poller(recorded, parse_config({}), ImageHistory(None), PollMetrics(CollectorRegistry()), clock=Clock())
     await poller.poll_once()
-    assert poller.up and poller.last_error is not None
-    assert str(tmp_path / "host-only") in poller.last_error and "filesystem.path unset" in poller.last_error
-    hint = engine_error_hint(poller.last_error)
+    assert poller.store.up and poller.store.last_error is not None
+    assert str(tmp_path / "host-only") in poller.store.last_error and "filesystem.path unset" in poller.store.last_error
+    hint = engine_error_hint(poller.store.last_error)
     assert hint is not None and "mount the host's data root" in hint and "socket" not in hint
 
     configured = Poller(
@@ -365,6 +367,6 @@ async def test_a_data_root_this_process_cannot_see_is_named_with_its_own_hint(tm
         clock=Clock(),
     )
     await configured.poll_once()
-    assert configured.last_error is not None
-    hint = engine_error_hint(configured.last_error)
+    assert configured.store.last_error is not None
+    hint = engine_error_hint(configured.store.last_error)
     assert hint is not None and hint.startswith("filesystem.path must be")

@@ -189,7 +189,9 @@ async def test_while_the_event_stream_is_not_live_a_run_plans_on_a_fresh_poll(ap
     planned = [r for r in caplog.records if r.getMessage() == "remediation run planned"]
     assert [getattr(r, "log_fields", {}).get("snapshot") for r in planned] == ["fresh poll"]
 
-    poller.events_live = True  # what `follower.run` says once connected and replayed (tests/unit/test_events_live.py)
+    poller.store.stream_live(
+        True
+    )  # what `follower.run` says once connected and replayed (tests/unit/test_events_live.py)
     engine.calls.clear()
     await dry_run(client, "free-disk")
     assert "list_images" not in engine.calls
@@ -207,10 +209,10 @@ async def test_an_event_applied_to_the_snapshot_plans_as_the_next_listing_does(a
     engine.images = [i for i in engine.images if normalize_id(i["Id"]) != gone]
     engine.gone.add(gone)
     assert await poller.apply_image_event([gone])
-    live = poller.snapshot
+    live = poller.store.snapshot
     assert live is not None and gone not in live.by_id
     await poller.poll_once()
-    listed = poller.snapshot
+    listed = poller.store.snapshot
     assert listed is not None and listed is not live
 
     same_plan(make_plan(live, action, protect, 5e9), make_plan(listed, action, protect, 5e9))

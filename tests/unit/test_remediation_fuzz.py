@@ -135,4 +135,4 @@ async def test_random_requests_never_get_a_5xx_and_refusals_start_nothing(
     assert resp.status < 500, (resp.status, await resp.text())
     if resp.status >= 400:
         assert len(started) == before, "a refused request started a run"
-    assert service.poller.up
+    assert service.poller.store.up

@@ -51,7 +51,7 @@ async def ready_app(app_factory: AppFactory) -> Any:
     """An app whose engine answers (recorded payloads), so anything let through would really start a run."""
     client, service, clock = await app_factory(RecordedEngine(), actions=NOTHING_TO_DELETE)
     await service.poller.poll_once()
-    assert service.poller.up
+    assert service.poller.store.up
     return client, service, clock
 
 

@@ -48,14 +48,14 @@ async def deliver(client: Any) -> dict[str, Any]:
 async def test_a_run_that_fails_gives_its_cooldown_back_so_the_redelivery_runs(app_factory):
     """The engine hangs/goes away after the webhook accepted the alert: the run fails, the alert must not be lost."""
     client, service, _ = await app_factory(NoEngine())
-    service.poller.up = True  # the last poll succeeded; the engine is gone by the time the run polls
+    service.poller.store.set_up(True)  # the last poll succeeded; the engine is gone by the time the run polls
     first = await deliver(client)
     assert first["alerts"][0]["outcome"] == "routed"
     await asyncio.gather(*service._tasks)
     assert service.history[0]["result"] == "failure"
     assert "free-disk" not in service.last_started
 
-    service.poller.up = True  # Alertmanager redelivers once the engine answers again
+    service.poller.store.set_up(True)  # Alertmanager redelivers once the engine answers again
     again = await deliver(client)
     assert again["alerts"][0]["outcome"] == "routed"
     assert len(again["runs_started"]) == 1

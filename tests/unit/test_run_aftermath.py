@@ -50,7 +50,7 @@ async def ready(service: RemediationService) -> None:
     """One delete at a time (the failures below come at one exact DELETE) and a first poll."""
     service.executor.in_flight = 1
     await service.poller.poll_once()
-    assert service.poller.up
+    assert service.poller.store.up
 
 
 def deleted_count(service: RemediationService) -> float:

@@ -164,7 +164,7 @@ async def test_resolved_unrouted_and_out_of_scope_alerts_are_acknowledged_not_ru
 
 async def test_routed_alert_while_engine_unreachable_is_503_and_claims_nothing(app_factory):
     client, service, _ = await app_factory()
-    assert service.poller.up is False
+    assert service.poller.store.up is False
     resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
     assert resp.status == 503
     assert service.last_started == {}
@@ -207,7 +207,7 @@ async def test_one_run_then_cooldown_then_again(app_factory):
 
 async def test_alert_for_a_running_action_is_deduplicated(app_factory):
     client, service, _ = await app_factory()
-    service.poller.up = True
+    service.poller.store.set_up(True)
     assert service.executor.try_begin("free-disk")  # a run in progress
     resp = await client.post("/webhook/alertmanager", data=body(alert()), headers=BEARER)
     assert resp.status == 200
@@ -219,7 +219,7 @@ async def test_alert_for_a_running_action_is_deduplicated(app_factory):
 
 async def test_actions_api_codes(app_factory):
     client, service, _ = await app_factory()
-    service.poller.up = True
+    service.poller.store.set_up(True)
     assert (await client.post("/api/v1/actions/nope", headers=BEARER)).status == 404
     assert (await client.post("/api/v1/actions/free-disk?dry_run=maybe", headers=BEARER)).status == 400
     resp = await client.get("/api/v1/actions", headers=BEARER)
