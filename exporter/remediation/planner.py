@@ -45,6 +45,7 @@ from exporter.config import (
 from exporter.core import clocks
 from exporter.core.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.core.units import format_duration
+from exporter.remediation import offloop
 from exporter.remediation.records import record_json
 
 _ROUGH_UNITS = ((31_536_000, "y"), (604_800, "w"), (86_400, "d"), (3600, "h"), (60, "m"), (1, "s"))
@@ -78,6 +79,8 @@ SKIP_SUMMARIES: dict[SkipReason, str] = {
     "trash": "kept: could not be saved to the trash (no known registry copy)",
 }
 SizeBasis = Literal["unique", "total"]
+_UNIQUE: SizeBasis = "unique"
+_TOTAL: SizeBasis = "total"
 
 
 @dataclass(frozen=True)
@@ -391,10 +394,15 @@ class _Rules:
                 age_reference = arrived
         seen = image.seen_offset
         step = 0.0 if seen is None else max(0.0, self.offset - seen)
+        maybe = image.containers > 0
         protected = self.protected
+        if protected is not None and not maybe:
+            for name in names:
+                if protected(name):
+                    maybe = True
+                    break
         if (
-            image.containers > 0
-            or (protected is not None and any(protected(name) for name in names))
+            maybe
             or (self.labels and image.labels)
             or (self.local_only and image.refs and not image.digests)
             or self.now - age_reference - step < self.min_age
@@ -498,7 +506,8 @@ _Eligible = tuple[bool, float, str, int, Image, tuple[str, ...]]
 def _whole_candidate(e: _Eligible, reason: str) -> Candidate:
     """Deletes the whole image: every reference (through a hold reference when it has no tag)."""
     image, references = e[4], e[5]
-    size, basis = image_size(image)
+    shared = image.shared_size  # image_size, inlined
+    size, basis = (image.size, _TOTAL) if shared is None else (max(image.size - shared, 0), _UNIQUE)
     known = references[: len(image.refs)]
     return Candidate(image.id, references, size, basis, reason, True, known, image.digests, image.created)
 
@@ -548,7 +557,7 @@ def _whole_image_reason(e: _Eligible, now: float) -> str:
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
     eligible, skipped, not_selected = _whole_images(snapshot.dangling, action, protect, now)
-    eligible.sort()  # oldest first: none has references
+    eligible = offloop.sorted_in_slices(eligible)  # oldest first: none has references
     candidates = tuple([_whole_candidate(e, _whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
@@ -556,7 +565,7 @@ def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: Prote
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
-    eligible.sort()  # dangling first, then oldest first
+    eligible = offloop.sorted_in_slices(eligible)  # dangling first, then oldest first
     candidates = tuple([_whole_candidate(e, _whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
@@ -587,7 +596,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         )
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
 
-    eligible.sort()  # dangling first, then least recently used
+    eligible = offloop.sorted_in_slices(eligible)  # dangling first, then least recently used
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
@@ -665,7 +674,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     for repo, entries in sorted(by_repo.items()):
         # _newest_version_first as each entry's own sort key (image IDs are distinct: images never compared)
         versions = [(i.created, i.last_tag_time or 0.0, i.id, i, r) for i, r in entries.values()]
-        versions.sort(reverse=True)
+        versions = offloop.sorted_in_slices(versions)[::-1]  # newest first
         total = len(versions)
         for rank, (_, _, _, image, refs) in enumerate(versions, start=1):
             if rank <= keep:
@@ -707,7 +716,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         tags = names[: len(image.refs)]  # references are the tags first
         candidate = Candidate(image_id, names_of_refs, size, basis, reason, removes, tags, image.digests, image.created)
         candidates.append((image.created, image_id, candidate))
-    candidates.sort()  # oldest first (image IDs are distinct: candidates never compared)
+    candidates = offloop.sorted_in_slices(candidates)  # oldest first (distinct IDs: candidates never compared)
     skipped.sort(key=lambda s: s.image_id)
     return Plan(
         action.name,
