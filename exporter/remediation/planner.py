@@ -548,6 +548,14 @@ def _whole_images(
     return eligible, skipped, not_selected
 
 
+def _dangling_then_oldest(eligible: list[_Eligible]) -> list[_Eligible]:
+    """Sorted as their keys say: dangling first, then by order time, then image ID (sorted by time alone
+    first: see `offloop.sorted_by`)."""
+    dangling = [e for e in eligible if not e[0]]
+    named = [e for e in eligible if e[0]]
+    return offloop.sorted_by(dangling, 1, 2) + offloop.sorted_by(named, 1, 2)
+
+
 def _whole_image_reason(e: _Eligible, now: float) -> str:
     image = e[4]
     kind = "unused" if image.refs else "unused, pinned by digest only" if e[0] else "dangling"
@@ -557,7 +565,7 @@ def _whole_image_reason(e: _Eligible, now: float) -> str:
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
     eligible, skipped, not_selected = _whole_images(snapshot.dangling, action, protect, now)
-    eligible = offloop.sorted_in_slices(eligible)  # oldest first: none has references
+    eligible = _dangling_then_oldest(eligible)  # none has references: oldest first
     candidates = tuple([_whole_candidate(e, _whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
@@ -565,7 +573,7 @@ def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: Prote
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
-    eligible = offloop.sorted_in_slices(eligible)  # dangling first, then oldest first
+    eligible = _dangling_then_oldest(eligible)
     candidates = tuple([_whole_candidate(e, _whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
@@ -596,7 +604,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         )
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
 
-    eligible = offloop.sorted_in_slices(eligible)  # dangling first, then least recently used
+    eligible = _dangling_then_oldest(eligible)  # then least recently used
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
@@ -660,10 +668,8 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
                 entries[image.id] = (image, [ref])
             else:
                 entry[1].append(ref)
-    old_refs: dict[str, list[ImageRef]] = {}
-    why: dict[str, list[str]] = {}
+    old: dict[str, tuple[Image, list[ImageRef], list[str]]] = {}  # image ID: the image, its old tags, why
     kept: list[str] = []
-    images: dict[str, Image] = {}
     select = action.select
     keep = action.keep
     not_selected = 0
@@ -676,25 +682,21 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         versions = [(i.created, i.last_tag_time or 0.0, i.id, i, r) for i, r in entries.values()]
         versions = offloop.sorted_in_slices(versions)[::-1]  # newest first
         total = len(versions)
-        for rank, (_, _, _, image, refs) in enumerate(versions, start=1):
-            if rank <= keep:
-                kept.append(f"{repo}: version {rank} of {total}, keep {keep}; tags {_tags(refs)}")
-                continue
-            line = f"version {rank} of {total} in {repo}, keep {keep}; tags {_tags(refs)}"
-            image_id = image.id
-            known = old_refs.get(image_id)
+        for rank, (_, _, _, _, refs) in enumerate(versions[:keep], start=1):
+            kept.append(f"{repo}: version {rank} of {total}, keep {keep}; tags {_tags(refs)}")
+        for rank, (_, _, image_id, image, refs) in enumerate(versions[keep:], start=keep + 1):
+            tag_text = refs[0].tag if len(refs) == 1 else _tags(refs)
+            line = f"version {rank} of {total} in {repo}, keep {keep}; tags {tag_text}"
+            known = old.get(image_id)
             if known is None:
-                images[image_id] = image
-                old_refs[image_id] = list(refs)
-                why[image_id] = [line]
+                old[image_id] = (image, list(refs), [line])
             else:
-                known.extend(refs)
-                why[image_id].append(line)
+                known[1].extend(refs)
+                known[2].append(line)
     candidates: list[tuple[float, str, Candidate]] = []
     skipped: list[Skip] = []
     rules = _Rules(action, protect, now)
-    for image_id, refs in old_refs.items():
-        image = images[image_id]
+    for image_id, (image, refs, reasons) in old.items():
         references = _references(image)
         if select is not None and not selected(image, references, select):
             continue
@@ -707,16 +709,16 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
             continue
         # refs are some of image.refs, each once: as many means all of them (duplicates: compare the sets)
         removes = len(refs) == len(image.refs) or set(refs) == set(image.refs)
-        reasons = why[image_id]
         reason = reasons[0] if len(reasons) == 1 else " | ".join(reasons)
         if not removes:
             reason += " (untag only: the image is a kept version elsewhere or keeps other tags)"
         size, basis = image_size(image)
-        names_of_refs = (str(refs[0]),) if len(refs) == 1 else tuple(map(str, refs))
-        tags = names[: len(image.refs)]  # references are the tags first
+        tagged = len(image.refs)
+        tags = names[:tagged]  # references are the tags first
+        names_of_refs = tags if len(refs) == tagged == 1 else tuple(map(str, refs))
         candidate = Candidate(image_id, names_of_refs, size, basis, reason, removes, tags, image.digests, image.created)
         candidates.append((image.created, image_id, candidate))
-    candidates = offloop.sorted_in_slices(candidates)  # oldest first (distinct IDs: candidates never compared)
+    candidates = offloop.sorted_by(candidates, 0, 1)  # oldest first
     skipped.sort(key=lambda s: s.image_id)
     return Plan(
         action.name,

@@ -91,6 +91,14 @@ def test_sorting_in_slices_gives_the_order_of_one_sort(monkeypatch: pytest.Monke
     assert offloop.sorted_in_slices(items[:5]) == sorted(items[:5])
 
 
+def test_sorting_by_a_number_then_a_field_gives_the_order_of_one_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offloop, "SLICE", 7)
+    rng = random.Random(6)
+    # few distinct times: runs of equal times, some longer than a slice; inf as for a pending tag time
+    items = [(rng.choice([1.0, 2.5, float("inf"), 3]), f"id{rng.randrange(1000)}", n) for n in range(200)]
+    assert offloop.sorted_by(list(items), 0, 1) == sorted(items, key=lambda i: (i[0], i[1]))
+
+
 class Freed:
     """Records the thread it is freed in."""
 
