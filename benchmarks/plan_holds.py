@@ -120,7 +120,7 @@ def main() -> int:
                 "median": round(statistics.median(samples) * 1000, 1),
             }
             entry["longest_c_call_cpu_ms"][side] = longest_c_call(
-                lambda module=module: module.make_plan(snapshot, action, protect, now)
+                lambda module=module, action=action: module.make_plan(snapshot, action, protect, now)
             )
         entry["plan_cpu_ratio_min"] = round(
             entry["plan_cpu_ms"]["this tree"]["min"] / entry["plan_cpu_ms"][args.against]["min"], 3

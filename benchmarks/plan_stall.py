@@ -17,7 +17,8 @@ the runner does), which frees them in a worker thread, a slice at a time (`--no-
 loop too). A scrape counts as `during` a plan when it starts while that plan runs, `after` when it starts in
 the `--gap` after it (the collector held for its first half, as a dry run holds it until its answer is sent), and
 `at_rest` when it starts in the `--rest` seconds before the first plan. The collector's pauses over 5 ms
-are listed (generation, ms). Output: one JSON object (p50/p95/p99/max per class, plan seconds).
+are listed (generation, ms); `--freeze` freezes the snapshot out of their walks first, as a publisher calling
+`core.gcpolicy.freeze_long_lived` does. Output: one JSON object (p50/p95/p99/max per class, plan seconds).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.deletion import DAY, synthetic_snapshot
     from exporter.config import ProtectConfig
+    from exporter.core import gcpolicy
     from exporter.remediation import offloop
     from exporter.remediation.executor import _described
     from exporter.remediation.planner import make_plan
@@ -96,6 +98,8 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     now = time.time()
     snapshot = synthetic_snapshot(args.images, now)
+    if args.freeze:  # as a publisher calling core.gcpolicy.freeze_long_lived after each publish
+        gcpolicy.freeze_long_lived()
     protect = ProtectConfig(references=("repo1/*",), local_only=False)
     action = action_of("free_space", target_avail_ratio=0.9, min_age=DAY, max_deletions=100000)
 
@@ -159,6 +163,7 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "switch_interval_s": args.switch_interval,
         "free_later": args.free_later,
+        "freeze": args.freeze,
         "load_average": os.getloadavg()[0],
         "at_rest": summary([lat for s, lat in samples if s < first]),
     }
@@ -195,6 +200,9 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between plans (scrapes at rest)")
     parser.add_argument("--switch-interval", type=float, default=0.00005, help="offloop.SWITCH_INTERVAL to use")
     parser.add_argument("--body-bytes", type=int, default=1_000_000, help="size of the served exposition")
+    parser.add_argument(
+        "--freeze", action="store_true", help="freeze the snapshot out of the collector's walks (core.gcpolicy)"
+    )
     parser.add_argument(
         "--no-free-later",
         dest="free_later",

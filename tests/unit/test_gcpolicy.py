@@ -27,10 +27,10 @@ def cycle() -> weakref.ref[Node]:
 
 
 @pytest.fixture(autouse=True)
-def collecting() -> Iterator[None]:
+def collecting(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     was = gc.isenabled()
     gc.enable()
-    gc.collect()  # a collection: whatever chain of holds came before has ended
+    monkeypatch.setattr(gcpolicy, "_collections_at_pause", -1)  # whatever chain of holds came before has ended
     yield
     assert gcpolicy.holds() == 0 and not gcpolicy.paused()
     gc.unfreeze()
@@ -52,6 +52,8 @@ def test_back_to_back_holds_without_a_collection_stop_pausing_it_after_the_bound
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(gcpolicy, "MAX_PAUSE_SECONDS", 0.05)
+    ran = [0]  # collections so far, as the policy counts them: none unless the test says so
+    monkeypatch.setattr(gcpolicy, "_collections", lambda: ran[0])
     gcpolicy.hold()
     gcpolicy.release()
     gcpolicy.hold()  # the next dry run, at once: the same chain, within the bound
@@ -61,8 +63,24 @@ def test_back_to_back_holds_without_a_collection_stop_pausing_it_after_the_bound
     gcpolicy.hold()  # still no collection since the chain began: this hold leaves the collector running
     assert gc.isenabled() and not gcpolicy.paused() and gcpolicy.holds() == 1
     gcpolicy.release()
-    gc.collect()  # it ran: the next hold starts a new chain
+    ran[0] += 1  # it ran: the next hold starts a new chain
     gcpolicy.hold()
+    assert not gc.isenabled()
+    gcpolicy.release()
+
+
+def test_a_collector_left_running_for_the_gap_starts_a_new_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gcpolicy, "MAX_PAUSE_SECONDS", 0.05)
+    monkeypatch.setattr(gcpolicy, "CHAIN_GAP_SECONDS", 0.1)
+    monkeypatch.setattr(gcpolicy, "_collections", lambda: 0)  # as if no collection ever ran
+    gcpolicy.hold()
+    time.sleep(0.06)
+    gcpolicy.release()
+    gcpolicy.hold()  # at once: the same chain, past the bound
+    assert gc.isenabled()
+    gcpolicy.release()
+    time.sleep(0.11)
+    gcpolicy.hold()  # after the gap: a new chain
     assert not gc.isenabled()
     gcpolicy.release()
 
