@@ -11,10 +11,14 @@ Plans alternate between the two ways of taking the work off the loop: a plain `a
 `remediation.offloop.off_loop` (the switch interval lowered while the work runs), so both are measured in
 the same run next to the scrapes at rest.
 
-A scrape counts as `during` a plan when it starts while that plan runs, `after` when it starts in the
-`--gap` after it (the plan and its outcomes still held, as a run holds them until its answer is sent), and
+A plan ends when its results are let go of on the loop, as a run's answer lets go of them: with
+`to_thread` they are freed there and then; with `off_loop` they are handed to `offloop.free_later` first (as
+the runner does), which frees them in a worker thread, a slice at a time (`--no-free-later`: freed on the
+loop too). A scrape counts as `during` a plan when it starts while that plan runs, `after` when it starts in
+the `--gap` after it (the collector held for its first half, as a dry run holds it until its answer is sent), and
 `at_rest` when it starts in the `--rest` seconds before the first plan. The collector's pauses over 5 ms
-are listed (generation, ms). Output: one JSON object (p50/p95/p99/max per class, plan seconds).
+are listed (generation, ms); `--freeze` freezes the snapshot out of their walks first, as a publisher calling
+`core.gcpolicy.freeze_long_lived` does. Output: one JSON object (p50/p95/p99/max per class, plan seconds).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.deletion import DAY, synthetic_snapshot
     from exporter.config import ProtectConfig
+    from exporter.core import gcpolicy
     from exporter.remediation import offloop
     from exporter.remediation.executor import _described
     from exporter.remediation.planner import make_plan
@@ -93,6 +98,8 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     now = time.time()
     snapshot = synthetic_snapshot(args.images, now)
+    if args.freeze:  # as a publisher calling core.gcpolicy.freeze_long_lived after each publish
+        gcpolicy.freeze_long_lived()
     protect = ProtectConfig(references=("repo1/*",), local_only=False)
     action = action_of("free_space", target_avail_ratio=0.9, min_age=DAY, max_deletions=100000)
 
@@ -134,10 +141,12 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
         held = name == "off_loop"
         if held:  # as the runner holds it over a dry run, until its answer is sent
             offloop.hold_collector()
-        kept = await ways[name](work)  # held for a while, as a run holds its plan and outcomes until answered
+        kept = await ways[name](work)
+        if held and args.free_later:  # as the runner does when a run ends
+            offloop.free_later(*kept)
+        del kept  # as a run's answer lets go of its plan and outcomes: part of the plan's time on the loop
         plans[name].append((start, time.monotonic()))
         await asyncio.sleep(args.gap / 2)
-        del kept
         if held:
             offloop.release_collector()
         await asyncio.sleep(args.gap / 2)
@@ -153,6 +162,8 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
         "body_bytes": len(body),
         "python": sys.version.split()[0],
         "switch_interval_s": args.switch_interval,
+        "free_later": args.free_later,
+        "freeze": args.freeze,
         "load_average": os.getloadavg()[0],
         "at_rest": summary([lat for s, lat in samples if s < first]),
     }
@@ -189,6 +200,15 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between plans (scrapes at rest)")
     parser.add_argument("--switch-interval", type=float, default=0.00005, help="offloop.SWITCH_INTERVAL to use")
     parser.add_argument("--body-bytes", type=int, default=1_000_000, help="size of the served exposition")
+    parser.add_argument(
+        "--freeze", action="store_true", help="freeze the snapshot out of the collector's walks (core.gcpolicy)"
+    )
+    parser.add_argument(
+        "--no-free-later",
+        dest="free_later",
+        action="store_false",
+        help="off_loop: free the plan and outcomes on the loop (as to_thread does), not through offloop.free_later",
+    )
     args = parser.parse_args()
     print(json.dumps(asyncio.run(serve_and_plan(args)), indent=2))
     return 0

@@ -9,56 +9,51 @@ plan. While such work runs, the interval is lowered to `SWITCH_INTERVAL`, so eac
 hand-back is short; the previous interval returns when the last such work ends.
 The interval is process-wide: meanwhile the other threads only switch more often, which costs little.
 
-The cyclic garbage collector is held meanwhile too (`hold_collector`): a collection keeps the lock for its
-whole length, and the work's own allocations (a candidate and an outcome per image) trigger collections that
-walk every image of the snapshot. What the work builds has no
-cycles and is freed by reference counting; freeing it lowers the collector's counts again, so when the
-objects are gone before the collector resumes (a dry run holds it until its answer is sent), they cost no
-collection at all.
+The cyclic garbage collector is held meanwhile too (`hold_collector`, see exporter.core.gcpolicy): a
+collection keeps the lock for its whole length, and the work's own allocations (a candidate and an outcome
+per image) trigger collections that walk every image of the snapshot.
+
+What holds the lock without a switch point is a single call into C: sorting many keys (`sorted_in_slices`
+sorts in slices and merges them in Python) and freeing many objects at once, as when the last reference to
+a large plan goes. `free_later` takes such results over so that they are freed here, a slice at a time, once
+everything else has let go of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
+import heapq
 import sys
 import threading
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from operator import itemgetter
+from typing import Any, TypeVar
+
+from exporter.core import gcpolicy
 
 T = TypeVar("T")
+K = TypeVar("K", bound=tuple[Any, ...])
 
 #: Seconds a worker may keep the interpreter lock from a thread waiting for it, while off-loop work runs.
 SWITCH_INTERVAL = 0.00005
 
+#: Items sorted, or freed, in one call at most: such a call holds the interpreter lock from start to end.
+SLICE = 2048
+#: How often `free_later` looks whether the results it holds are its own alone (seconds), and how long it
+#: waits for that before letting go of them as they are.
+FREE_INTERVAL = 0.25
+FREE_PATIENCE = 60.0
+
 _lock = threading.Lock()
 _computing = 0
 _saved_interval = 0.0
-_holds = 0
-_collecting = False
+_held: list[tuple[float, object]] = []  # (when taken over, result) for free_later
+_freeing = False
 
-
-def hold_collector() -> None:
-    """Pause cyclic collection until the matching `release_collector` (holds nest, from any thread)."""
-    global _holds, _collecting
-    with _lock:
-        if _holds == 0:
-            _collecting = gc.isenabled()  # off already (start-up, a test): left as found
-            gc.disable()
-        _holds += 1
-
-
-def release_collector() -> None:
-    global _holds
-    with _lock:
-        _holds -= 1
-        if _holds == 0 and _collecting:
-            gc.enable()
-
-
-def collector_holds() -> int:
-    """How many holds keep the collector paused now."""
-    return _holds
+hold_collector = gcpolicy.hold
+release_collector = gcpolicy.release
+collector_holds = gcpolicy.holds
 
 
 def computing() -> int:
@@ -90,3 +85,97 @@ def _lowered(fn: Callable[..., T], args: tuple[object, ...]) -> T:
 async def off_loop(fn: Callable[..., T], /, *args: object) -> T:
     """`fn(*args)` in a worker thread, the event loop handed the interpreter lock promptly meanwhile."""
     return await asyncio.to_thread(_lowered, fn, args)
+
+
+def sorted_in_slices(items: list[K]) -> list[K]:
+    """`sorted(items)`, for tuples whose keys are distinct, in steps that each hold the interpreter lock
+    briefly: slices of `SLICE` sorted one call each, merged by `heapq.merge` (Python code, where the lock
+    changes hands as anywhere else). The same order as one sort."""
+    if len(items) <= SLICE:
+        return sorted(items)
+    runs = [sorted(items[i : i + SLICE]) for i in range(0, len(items), SLICE)]
+    return list(heapq.merge(*runs))
+
+
+def sorted_by(items: list[K], first: int, then: int) -> list[K]:
+    """`sorted(items, key=lambda i: (i[first], i[then]))`, for tuples whose `first` is a number, holding the
+    interpreter lock briefly: one sort by that number alone (numbers compare much faster than tuples), then,
+    in Python, each run of equal numbers sorted by `then` (in slices when long). Stable, as one sort."""
+    out = sorted(items, key=itemgetter(first))
+    by_then = itemgetter(then)
+    start, count = 0, len(out)
+    while start < count:
+        value = out[start][first]
+        end = start + 1
+        while end < count and out[end][first] == value:
+            end += 1
+        if end - start > SLICE:
+            keyed = sorted_in_slices([(by_then(item), n, item) for n, item in enumerate(out[start:end])])
+            out[start:end] = [item for _, _, item in keyed]
+        elif end - start > 1:
+            out[start:end] = sorted(out[start:end], key=by_then)
+        start = end
+    return out
+
+
+def free_later(*results: object) -> None:
+    """Take `results` over so that they are freed in a worker thread, a slice at a time, once nothing else
+    refers to them (or after `FREE_PATIENCE` seconds, then wherever their last reference goes). For results
+    with many items (a plan, a list of outcomes) whose last reference would otherwise go on the event loop:
+    freeing them there is one long call into C."""
+    global _freeing
+    now = time.monotonic()
+    with _lock:
+        _held.extend((now, result) for result in results)
+        if _freeing:
+            return
+        _freeing = True
+    threading.Thread(target=_free_held, name="offloop-free", daemon=True).start()
+
+
+def held_for_freeing() -> int:
+    """How many results `free_later` holds now."""
+    return len(_held)
+
+
+def _free_held() -> None:
+    """The thread of `free_later`: until nothing is held, every `FREE_INTERVAL` free what is ours alone."""
+    global _freeing
+    while True:
+        time.sleep(FREE_INTERVAL)
+        with _lock:
+            if not _held:
+                _freeing = False
+                return
+            now = time.monotonic()
+            ours: list[object] = []
+            for index in range(len(_held) - 1, -1, -1):
+                since, result = _held[index]
+                # references: the list entry's tuple, `result` here, getrefcount's argument
+                if sys.getrefcount(result) <= 3 or now - since > FREE_PATIENCE:
+                    ours.append(result)
+                    del _held[index]
+            del result
+        if ours:
+            _lowered(_free_in_slices, (ours,))
+
+
+def _free_in_slices(results: list[object]) -> None:
+    """Free `results` (each ours alone), their large tuples and lists a slice of items at a time."""
+    while results:
+        result = results.pop()
+        parts = _large_parts(result)
+        del result  # the container goes; its items stay in `parts` for now
+        for items in parts:
+            while items:
+                del items[-SLICE:]
+
+
+def _large_parts(result: object) -> list[list[Any]]:
+    """The items of `result` (a sequence, or a record whose fields are) in lists of their own."""
+    if isinstance(result, list | tuple):
+        return [list(result)]
+    fields = getattr(result, "__dict__", None)
+    if fields is None:
+        return []
+    return [list(value) for value in fields.values() if isinstance(value, list | tuple) and len(value) > SLICE]

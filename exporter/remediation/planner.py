@@ -45,6 +45,7 @@ from exporter.config import (
 from exporter.core import clocks
 from exporter.core.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.core.units import format_duration
+from exporter.remediation import offloop
 from exporter.remediation.records import record_json
 
 _ROUGH_UNITS = ((31_536_000, "y"), (604_800, "w"), (86_400, "d"), (3600, "h"), (60, "m"), (1, "s"))
@@ -78,6 +79,8 @@ SKIP_SUMMARIES: dict[SkipReason, str] = {
     "trash": "kept: could not be saved to the trash (no known registry copy)",
 }
 SizeBasis = Literal["unique", "total"]
+_UNIQUE: SizeBasis = "unique"
+_TOTAL: SizeBasis = "total"
 
 
 @dataclass(frozen=True)
@@ -357,17 +360,55 @@ def _exclusion(
     return None
 
 
-class _Steps:
-    """`Clock.forward_step` for every image of one plan from a single reading of the clock's offset."""
+class _Rules:
+    """The rules of one plan, read once (the clock's offset, the compiled protection globs), for each image.
 
-    __slots__ = ("offset",)
+    Most images break no rule: a quick test that can only err towards "maybe" (each rule's precondition,
+    inlined) clears them, and `_exclusion` itself decides every image it does not clear, so skips and their
+    details are exactly `_exclusion`'s.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("action", "labels", "local_only", "min_age", "now", "offset", "protect", "protected")
+
+    def __init__(self, action: ActionConfig, protect: ProtectConfig, now: float) -> None:
+        self.action, self.protect, self.now = action, protect, now
         self.offset = clocks.CLOCK.offset()
+        self.protected = _any_glob(protect.references)
+        self.labels = bool(protect.labels)
+        self.local_only = protect.local_only and action.type in ("keep_last", "prune_unused", "free_space")
+        self.min_age = action.min_age
 
-    def of(self, image: Image) -> float:
+    def excluded(
+        self, image: Image, references: tuple[ImageRef | DigestRef, ...], names: tuple[str, ...]
+    ) -> tuple[SkipReason, str] | None:
+        """`exclusion(image, ...)`, given the image's references and the same as text."""
+        # Image.age_reference and Clock.forward_step, inlined (the same comparisons, so the same floats)
+        if image.tag_time_pending:
+            age_reference = math.inf
+        else:
+            age_reference = image.created
+            tagged, arrived = image.last_tag_time, image.arrived
+            if tagged is not None and tagged > age_reference:
+                age_reference = tagged
+            if arrived is not None and arrived > age_reference:
+                age_reference = arrived
         seen = image.seen_offset
-        return 0.0 if seen is None else max(0.0, self.offset - seen)
+        step = 0.0 if seen is None else max(0.0, self.offset - seen)
+        maybe = image.containers > 0
+        protected = self.protected
+        if protected is not None and not maybe:
+            for name in names:
+                if protected(name):
+                    maybe = True
+                    break
+        if (
+            maybe
+            or (self.labels and image.labels)
+            or (self.local_only and image.refs and not image.digests)
+            or self.now - age_reference - step < self.min_age
+        ):
+            return _exclusion(image, references, age_reference, step, self.action, self.protect, self.now)
+        return None
 
 
 @functools.lru_cache(maxsize=64)
@@ -454,22 +495,21 @@ def _candidate(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Eligible:
-    """An image no rule excludes, with what planning it needs worked out once (recomputing references and
-    ages per use would be most of a plan's time)."""
+#: An image no rule excludes, as its own sort key: (has references, order time, image ID, position in the
+#: snapshot), then the image and its references as text (tags first, then digest references), each worked
+#: out once (recomputing references and ages per use would be most of a plan's time). The position makes
+#: every key distinct, so sorting never compares images and keeps the snapshot's order among equal keys; a
+#: plain tuple, as `list.sort` compares exact tuples fastest.
+_Eligible = tuple[bool, float, str, int, Image, tuple[str, ...]]
 
-    image: Image
-    references: tuple[str, ...]  # tags first, then digest references
-    dangling: bool
-    order: float  # order_time(image)
 
-    def candidate(self, reason: str) -> Candidate:
-        """Deletes the whole image: every reference (through a hold reference when it has no tag)."""
-        image = self.image
-        size, basis = image_size(image)
-        known = self.references[: len(image.refs)]
-        return Candidate(image.id, self.references, size, basis, reason, True, known, image.digests, image.created)
+def _whole_candidate(e: _Eligible, reason: str) -> Candidate:
+    """Deletes the whole image: every reference (through a hold reference when it has no tag)."""
+    image, references = e[4], e[5]
+    shared = image.shared_size  # image_size, inlined
+    size, basis = (image.size, _TOTAL) if shared is None else (max(image.size - shared, 0), _UNIQUE)
+    known = references[: len(image.refs)]
+    return Candidate(image.id, references, size, basis, reason, True, known, image.digests, image.created)
 
 
 def _whole_images(
@@ -481,47 +521,60 @@ def _whole_images(
     skipped: list[Skip] = []
     select = action_select(action)
     not_selected = 0
-    steps = _Steps()
-    for image in images:
-        references = _references(image)
+    rules = _Rules(action, protect, now)
+    inf = math.inf
+    for position, image in enumerate(images):
+        references: tuple[ImageRef | DigestRef, ...] = (
+            (*image.refs, *image.digest_refs) if image.digests else image.refs
+        )
         if select is not None and not selected(image, references, select):
             not_selected += 1
             continue
-        age_reference = image.age_reference
-        excluded = _exclusion(image, references, age_reference, steps.of(image), action, protect, now)
+        names = tuple(map(str, references))
+        excluded = rules.excluded(image, references, names)
         if excluded is not None:
-            skipped.append(_skip(image, references, *excluded))
+            skipped.append(_skip(image, names, *excluded))
             continue
-        eligible.append(_Eligible(image, tuple(map(str, references)), not references, order_time(image)))
+        # order_time, inlined
+        used = image.last_used
+        if used is not None:
+            order = used
+        elif image.tag_time_pending:
+            order = inf
+        else:
+            tagged = image.last_tag_time
+            order = image.created if tagged is None or not tagged > image.created else tagged
+        eligible.append((bool(names), order, image.id, position, image, names))
     return eligible, skipped, not_selected
 
 
+def _dangling_then_oldest(eligible: list[_Eligible]) -> list[_Eligible]:
+    """Sorted as their keys say: dangling first, then by order time, then image ID (sorted by time alone
+    first: see `offloop.sorted_by`)."""
+    dangling = [e for e in eligible if not e[0]]
+    named = [e for e in eligible if e[0]]
+    return offloop.sorted_by(dangling, 1, 2) + offloop.sorted_by(named, 1, 2)
+
+
 def _whole_image_reason(e: _Eligible, now: float) -> str:
-    kind = "dangling" if e.dangling else "unused" if e.image.refs else "unused, pinned by digest only"
-    return f"{kind}, {_story(e.image, now)}"
-
-
-def _oldest_first(e: _Eligible) -> tuple[float, str]:
-    return e.order, e.image.id
-
-
-def _dangling_then_oldest(e: _Eligible) -> tuple[bool, float, str]:
-    return not e.dangling, e.order, e.image.id
+    image = e[4]
+    kind = "unused" if image.refs else "unused, pinned by digest only" if e[0] else "dangling"
+    return f"{kind}, {_story(image, now)}"
 
 
 def plan_prune_dangling(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Untagged images no container uses, older than min_age, without a protected label."""
     eligible, skipped, not_selected = _whole_images(snapshot.dangling, action, protect, now)
-    eligible.sort(key=_oldest_first)
-    candidates = tuple([e.candidate(_whole_image_reason(e, now)) for e in eligible])
+    eligible = _dangling_then_oldest(eligible)  # none has references: oldest first
+    candidates = tuple([_whole_candidate(e, _whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
 
 def plan_prune_unused(snapshot: Snapshot, action: ActionConfig, protect: ProtectConfig, now: float) -> Plan:
     """Every image no container uses (tagged or not), older than min_age and unprotected."""
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
-    eligible.sort(key=_dangling_then_oldest)
-    candidates = tuple([e.candidate(_whole_image_reason(e, now)) for e in eligible])
+    eligible = _dangling_then_oldest(eligible)
+    candidates = tuple([_whole_candidate(e, _whole_image_reason(e, now)) for e in eligible])
     return Plan(action.name, action.type, now, candidates, tuple(skipped), not_selected=not_selected)
 
 
@@ -551,15 +604,15 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         )
     eligible, skipped, not_selected = _whole_images(snapshot.images, action, protect, now)
 
-    eligible.sort(key=_dangling_then_oldest)
+    eligible = _dangling_then_oldest(eligible)  # then least recently used
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
-        if e.dangling:
-            candidates.append(e.candidate(_whole_image_reason(e, now)))
+        if not e[0]:
+            candidates.append(_whole_candidate(e, _whole_image_reason(e, now)))
             continue
         tagged_rank += 1
-        candidates.append(e.candidate(f"{_story(e.image, now)} (LRU rank {tagged_rank})"))
+        candidates.append(_whole_candidate(e, f"{_story(e[4], now)} (LRU rank {tagged_rank})"))
     plan = Plan(
         action.name,
         action.type,
@@ -615,10 +668,8 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
                 entries[image.id] = (image, [ref])
             else:
                 entry[1].append(ref)
-    old_refs: dict[str, list[ImageRef]] = {}
-    why: dict[str, list[str]] = {}
+    old: dict[str, tuple[Image, list[ImageRef], list[str]]] = {}  # image ID: the image, its old tags, why
     kept: list[str] = []
-    images: dict[str, Image] = {}
     select = action.select
     keep = action.keep
     not_selected = 0
@@ -627,50 +678,53 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
             1 for image in snapshot.images if image.refs and not selected(image, _references(image), select)
         )
     for repo, entries in sorted(by_repo.items()):
-        ordered = sorted(entries.values(), key=_newest_version_first, reverse=True)
-        total = len(ordered)
-        for rank, (image, refs) in enumerate(ordered, start=1):
-            if rank <= keep:
-                kept.append(f"{repo}: version {rank} of {total}, keep {keep}; tags {_tags(refs)}")
-                continue
-            line = f"version {rank} of {total} in {repo}, keep {keep}; tags {_tags(refs)}"
-            image_id = image.id
-            known = old_refs.get(image_id)
+        # _newest_version_first as each entry's own sort key (image IDs are distinct: images never compared)
+        versions = [(i.created, i.last_tag_time or 0.0, i.id, i, r) for i, r in entries.values()]
+        versions = offloop.sorted_in_slices(versions)[::-1]  # newest first
+        total = len(versions)
+        for rank, (_, _, _, _, refs) in enumerate(versions[:keep], start=1):
+            kept.append(f"{repo}: version {rank} of {total}, keep {keep}; tags {_tags(refs)}")
+        for rank, (_, _, image_id, image, refs) in enumerate(versions[keep:], start=keep + 1):
+            tag_text = refs[0].tag if len(refs) == 1 else _tags(refs)
+            line = f"version {rank} of {total} in {repo}, keep {keep}; tags {tag_text}"
+            known = old.get(image_id)
             if known is None:
-                images[image_id] = image
-                old_refs[image_id] = list(refs)
-                why[image_id] = [line]
+                old[image_id] = (image, list(refs), [line])
             else:
-                known.extend(refs)
-                why[image_id].append(line)
-    candidates: list[tuple[Image, Candidate]] = []
+                known[1].extend(refs)
+                known[2].append(line)
+    candidates: list[tuple[float, str, Candidate]] = []
     skipped: list[Skip] = []
-    steps = _Steps()
-    for image_id, refs in old_refs.items():
-        image = images[image_id]
+    rules = _Rules(action, protect, now)
+    for image_id, (image, refs, reasons) in old.items():
         references = _references(image)
         if select is not None and not selected(image, references, select):
             continue
         if len(refs) > 1:
             refs.sort(key=_ref_order)
-        excluded = _exclusion(image, references, image.age_reference, steps.of(image), action, protect, now)
+        names = tuple(map(str, references))
+        excluded = rules.excluded(image, references, names)
         if excluded is not None:
             skipped.append(_skip(image, refs, *excluded))
             continue
         # refs are some of image.refs, each once: as many means all of them (duplicates: compare the sets)
         removes = len(refs) == len(image.refs) or set(refs) == set(image.refs)
-        reasons = why[image_id]
         reason = reasons[0] if len(reasons) == 1 else " | ".join(reasons)
         if not removes:
             reason += " (untag only: the image is a kept version elsewhere or keeps other tags)"
-        candidates.append((image, _candidate(image, refs, reason, removes)))
-    candidates.sort(key=lambda p: (p[0].created, p[0].id))  # oldest first
+        size, basis = image_size(image)
+        tagged = len(image.refs)
+        tags = names[:tagged]  # references are the tags first
+        names_of_refs = tags if len(refs) == tagged == 1 else tuple(map(str, refs))
+        candidate = Candidate(image_id, names_of_refs, size, basis, reason, removes, tags, image.digests, image.created)
+        candidates.append((image.created, image_id, candidate))
+    candidates = offloop.sorted_by(candidates, 0, 1)  # oldest first
     skipped.sort(key=lambda s: s.image_id)
     return Plan(
         action.name,
         action.type,
         now,
-        tuple([c for _, c in candidates]),
+        tuple([c for _, _, c in candidates]),
         tuple(skipped),
         tuple(kept),
         not_selected=not_selected,

@@ -24,7 +24,7 @@ from exporter.remediation import offloop
 from exporter.remediation.executor import Executor
 from exporter.remediation.gate import RunGate
 from exporter.remediation.metrics import RemediationMetrics
-from exporter.remediation.planner import make_plan
+from exporter.remediation.planner import Plan, make_plan
 from exporter.remediation.runs import Run
 from exporter.state.diskusage import DiskUsageRefresher
 from exporter.state.poller import Poller
@@ -134,7 +134,8 @@ class Runner:
                 plan = await offloop.off_loop(make_plan, snapshot, action, config.protect, self.clock())
                 if self.executor.trash is not None:  # said before anything is deleted, dry runs included
                     plan = await offloop.off_loop(self.executor.trash.annotate, plan)
-                local_images, local_bytes = plan.local_only_kept
+                # passes over every candidate and skip, off the loop too (estimated_bytes is kept once summed)
+                local_images, local_bytes = await offloop.off_loop(_summed, plan)
                 log.info(
                     "remediation run planned",
                     extra=kv(
@@ -164,9 +165,11 @@ class Runner:
             run.finished_at = self.clock()
         finally:
             self.gate.end(run)
-            self._record(run, action)
+            await self._record(run, action)
             if not run.dry_run:  # deletions: re-list soon (events tell most of it); a dry run changed nothing
                 self.poller.wake()
+            # its plan and outcomes are freed off the loop once the answer (if any) has let go of them
+            offloop.free_later(*(part for part in (run.plan, run.outcomes) if part))
             self._trim_memory_soon()
             if run.dry_run:
                 self._release_collector_soon()
@@ -227,22 +230,31 @@ class Runner:
             return snapshot
         return refreshed
 
-    def _record(self, run: Run, action: ActionConfig) -> None:
+    async def _record(self, run: Run, action: ActionConfig) -> None:
+        """Count the ended run and keep its summary; what passes over every outcome is worked out off the loop
+        (on it only when the run is cancelled meanwhile: it is recorded all the same)."""
+        try:
+            digest = await offloop.off_loop(_digest, run, action)
+        except asyncio.CancelledError:
+            self._count(run, _digest(run, action))
+            raise
+        self._count(run, digest)
+
+    def _count(self, run: Run, digest: _Digest) -> None:
+        skipped, shortfall, summary = digest
         result = run.result or "failure"
         m = self.metrics
         m.runs.labels(run.action, run.trigger, result).inc()
         m.images_deleted.labels(run.action).inc(run.images_deleted)
         m.reclaimed.labels(run.action).inc(run.reclaimed_bytes)
-        for outcome in run.outcomes:
-            if outcome.skip_reason is not None:
-                m.skipped.labels(run.action, outcome.skip_reason).inc()
+        for reason, count in skipped.items():
+            m.skipped.labels(run.action, reason).inc(count)
         m.last_run.labels(run.action).set(run.finished_at or self.clock())
         m.last_reclaimed.labels(run.action).set(run.reclaimed_bytes)
         m.last_candidates.labels(run.action).set(len(run.plan.candidates) if run.plan else 0)
-        shortfall = run.shortfall_bytes(action if isinstance(action, FreeSpaceAction) else None)
         if shortfall is not None:
             m.last_shortfall.labels(run.action).set(shortfall)
-        self.history.appendleft(run.summary())
+        self.history.appendleft(summary)
         log.info(
             "remediation run ended",
             extra=kv(
@@ -254,3 +266,23 @@ class Runner:
                 detail=run.detail or None,
             ),
         )
+
+
+#: What recording an ended run needs from every outcome: skips by reason, the free_space shortfall, the summary.
+_Digest = tuple[dict[str, int], int | None, dict[str, Any]]
+
+
+def _digest(run: Run, action: ActionConfig) -> _Digest:
+    """The passes over an ended run's outcomes that recording it needs (pure reads: runs off the loop)."""
+    skipped: dict[str, int] = {}
+    for outcome in run.outcomes:
+        if outcome.skip_reason is not None:
+            skipped[outcome.skip_reason] = skipped.get(outcome.skip_reason, 0) + 1
+    shortfall = run.shortfall_bytes(action if isinstance(action, FreeSpaceAction) else None)
+    return skipped, shortfall, run.summary()
+
+
+def _summed(plan: Plan) -> tuple[int, int]:
+    """`plan.local_only_kept`, with `plan.estimated_bytes` summed on the way (it is kept once summed)."""
+    _ = plan.estimated_bytes
+    return plan.local_only_kept

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -79,3 +81,70 @@ async def test_a_hold_outlives_the_work_and_a_collector_found_off_stays_off() ->
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_sorting_in_slices_gives_the_order_of_one_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offloop, "SLICE", 7)
+    rng = random.Random(5)
+    items = [(rng.random() < 0.5, float(rng.randrange(20)), f"id{n}", n) for n in range(100)]
+    assert offloop.sorted_in_slices(list(items)) == sorted(items)
+    assert offloop.sorted_in_slices(items[:5]) == sorted(items[:5])
+
+
+def test_sorting_by_a_number_then_a_field_gives_the_order_of_one_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offloop, "SLICE", 7)
+    rng = random.Random(6)
+    # few distinct times: runs of equal times, some longer than a slice; inf as for a pending tag time
+    items = [(rng.choice([1.0, 2.5, float("inf"), 3]), f"id{rng.randrange(1000)}", n) for n in range(200)]
+    assert offloop.sorted_by(list(items), 0, 1) == sorted(items, key=lambda i: (i[0], i[1]))
+
+
+class Freed:
+    """Records the thread it is freed in."""
+
+    threads: list[str] = []
+
+    def __del__(self) -> None:
+        Freed.threads.append(threading.current_thread().name)
+
+
+@dataclass(frozen=True)
+class Result:
+    items: tuple[Freed, ...]
+    few: tuple[Freed, ...]
+
+
+async def test_results_handed_over_are_freed_in_a_worker_once_nothing_else_refers_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(offloop, "FREE_INTERVAL", 0.01)
+    monkeypatch.setattr(offloop, "SLICE", 10)
+    Freed.threads = []
+    outcomes = [Freed() for _ in range(25)]
+    plan = Result(tuple(Freed() for _ in range(30)), (Freed(),))
+    offloop.free_later(plan, outcomes)
+    await asyncio.sleep(0.2)
+    assert Freed.threads == [] and offloop.held_for_freeing() == 2  # the caller still refers to both
+    del plan, outcomes  # as a run's answer lets go: nothing is freed here, on the loop
+    assert Freed.threads == []
+    for _ in range(200):
+        if len(Freed.threads) == 56:
+            break
+        await asyncio.sleep(0.01)
+    assert Freed.threads == ["offloop-free"] * 56
+    assert offloop.held_for_freeing() == 0
+
+
+async def test_results_still_referred_to_are_let_go_after_the_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offloop, "FREE_INTERVAL", 0.01)
+    monkeypatch.setattr(offloop, "FREE_PATIENCE", 0.05)
+    Freed.threads = []
+    kept = [Freed()]
+    offloop.free_later(kept)
+    for _ in range(100):
+        if offloop.held_for_freeing() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert offloop.held_for_freeing() == 0 and Freed.threads == []
+    del kept
+    assert Freed.threads == [threading.current_thread().name]  # its last reference went here
