@@ -8,9 +8,11 @@ same state (tests/unit/test_exposition.py checks it for both formats).
   images). The collector cuts its families into sections (`SnapshotCollector.sections`): plain ones (tens of
   series: `docker_up`, totals, disk) are rendered whole each time; the per-tag and per-repository families are
   Tables, rendered in chunks of about CHUNK_ROWS rows whose cuts depend on the rows' labels (`table_chunks`).
-  A chunk made of the same row objects as one of the last render keeps its text (`FormatRenderer`, one per
-  format); the collector's `TableCache` keeps the row objects of unchanged images (same or equal Image), so
-  a publish after an event renders a chunk or two per table, a quiet poll or a /system/df result none.
+  A chunk that is the same tuple as one of the last render (the per-tag table: the collector's `TableCache`
+  keeps its chunks) or is made of the same row objects (a table cut per render) keeps its text
+  (`FormatRenderer`, one per format); the `TableCache` keeps the row objects and chunks of unchanged images
+  (same or equal Image), so a publish after an event renders a chunk or two per table, a quiet poll or a
+  /system/df result none, and walks the chunks, not the rows.
   Byte-identical to a full render: the tests compare with prometheus_client over random sequences of
   snapshots.
 - OpenMetrics: every part is rendered without its `# EOF`, which the handler appends once, at the end.
@@ -36,12 +38,11 @@ from prometheus_client.registry import Collector
 
 from exporter.core.snapshot import Snapshot
 from exporter.metrics import collector as table_rows
-from exporter.metrics.collector import SnapshotCollector, Table, TableFamily, TableRow, chunk_ends
+from exporter.metrics.collector import Chunk, SnapshotCollector, Table, TableFamily, TableRow, chunk_ends
 
 GZIP_LEVEL = 6  # zlib's default, as aiohttp compresses; the snapshot part is compressed once per state
 OPENMETRICS = "application/openmetrics-text"
 EOF = b"# EOF\n"
-MAX_CHUNK_ROWS = 256
 SEGMENT_CHUNKS = 8  # table chunks per deflate segment on average: text near the size of deflate's 32 KiB window
 
 Encoder = Callable[[Collector], bytes]
@@ -140,24 +141,25 @@ class Segments:
             return b"".join(out)
 
 
-def table_chunks(rows: Sequence[TableRow], ends: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """Bounds of consecutive runs of rows, each ended by a row whose labels end a chunk (`ends_chunk`: they
-    hash to 0 modulo CHUNK_ROWS) or at MAX_CHUNK_ROWS rows; `ends`: those rows' indices + 1 when known. The cuts
-    depend on the rows' labels, not their positions: adding or removing a row changes only the chunk it is
-    in, and a changed value only its own chunk."""
-    ends = chunk_ends(rows) if ends is None else list(ends)
+def table_chunks(rows: Sequence[TableRow]) -> list[Chunk]:
+    """Consecutive runs of rows, each ended by a row whose labels end a chunk (`ends_chunk`: they hash to 0
+    modulo CHUNK_ROWS) or at MAX_CHUNK_ROWS rows. The cuts depend on the rows' labels, not their positions:
+    adding or removing a row changes only the chunk it is in, and a changed value only its own chunk. (The
+    collector's TableCache keeps these chunks up to date instead for the per-tag table.)"""
+    ends = chunk_ends(rows)
     if not ends or ends[-1] != len(rows):
         ends.append(len(rows))
-    bounds: list[tuple[int, int]] = []
+    size = table_rows.MAX_CHUNK_ROWS
+    chunks: list[Chunk] = []
     start = 0
     for end in ends:
-        while end - start > MAX_CHUNK_ROWS:
-            bounds.append((start, start + MAX_CHUNK_ROWS))
-            start += MAX_CHUNK_ROWS
+        while end - start > size:
+            chunks.append(tuple(rows[start : start + size]))
+            start += size
         if end > start:
-            bounds.append((start, end))
+            chunks.append(tuple(rows[start:end]))
         start = end
-    return bounds
+    return chunks
 
 
 class _TableText:
@@ -165,19 +167,22 @@ class _TableText:
 
     def __init__(self, headers: tuple[bytes, ...]) -> None:
         self.headers = headers
-        #: by the identity of the chunk's rows (held in the entry) -> the chunk's rows, its text per family
-        self.chunks: dict[tuple[int, ...], tuple[tuple[TableRow, ...], tuple[bytes, ...]]] = {}
+        #: by the identity of the chunk (a kept chunk tuple) or of its rows (a chunk cut for this render) -> the
+        #: chunk (held: an identity is not reused meanwhile), its text per family, whether a segment may end after it
+        self.chunks: dict[int | tuple[int, ...], ChunkText] = {}
 
 
 TableKey = tuple[tuple[TableFamily, ...], tuple[str, ...]]
+ChunkText = tuple[Chunk, tuple[bytes, ...], bool]
 
 
 class FormatRenderer:
     """Renders the snapshot part in one format, keeping what the next render of a new state can reuse.
 
     Plain sections (tens of series) are rendered whole every time. A table is rendered chunk by chunk
-    (`table_chunks`): a chunk made of the very same row objects as one of the last render keeps its text (the
-    collector's `TableCache` keeps the rows of unchanged images), so a publish that changed one image renders
+    (`table_chunks`, or the chunks the table carries): a chunk that is the very same tuple, or is made of the
+    very same row objects, as one of the last render keeps its text (the collector's `TableCache` keeps the
+    rows and chunks of unchanged images), so a publish that changed one image renders
     about CHUNK_ROWS rows per family. A family's text is its header followed by its lines of each chunk in
     order, which is what the encoder writes for the whole family: a gauge's samples are independent lines
     (the tests compare the bytes with prometheus_client's). Renders of one format run one at a time.
@@ -225,30 +230,31 @@ class FormatRenderer:
 
     def _table(self, table: Table, text: _TableText, texts: list[bytes], cuts: list[bool]) -> None:
         """Append the table's pieces to `texts` (and where segments may end to `cuts`)."""
-        rows = table.rows
-        chunks: dict[tuple[int, ...], tuple[tuple[TableRow, ...], tuple[bytes, ...]]] = {}
-        ordered: list[tuple[bytes, ...]] = []
-        ends: list[bool] = []
-        for start, end in table_chunks(rows, table.ends):
-            chunk = tuple(rows[start:end])
-            key = tuple(map(id, chunk))
-            entry = text.chunks.get(key) or chunks.get(key)
+        kept = table.chunks
+        chunks: dict[int | tuple[int, ...], ChunkText] = {}
+        ordered: list[ChunkText] = []
+        old = text.chunks
+        for chunk in kept if kept is not None else table_chunks(table.rows):
+            key: int | tuple[int, ...] = id(chunk) if kept is not None else tuple(map(id, chunk))
+            entry = old.get(key) or chunks.get(key)
             if entry is None:
                 entry = (
                     chunk,
                     tuple(self._lines(table, index, chunk, header) for index, header in enumerate(text.headers)),
+                    not (hash(chunk[-1][0]) // table_rows.CHUNK_ROWS) % SEGMENT_CHUNKS,
                 )
                 self.rows_rendered += len(chunk)
             chunks[key] = entry
-            ordered.append(entry[1])
-            ends.append(not (hash(chunk[-1][0]) // table_rows.CHUNK_ROWS) % SEGMENT_CHUNKS)
+            ordered.append(entry)
         text.chunks = chunks  # only the chunks of this render: memory follows the table's size
+        ends = list(map(itemgetter(2), ordered))
         if ends:
             ends[-1] = True  # the next family's header starts a segment
+        lines = list(map(itemgetter(1), ordered))
         for index, header in enumerate(text.headers):
             texts.append(header)
             cuts.append(not ordered)
-            texts.extend(map(itemgetter(index), ordered))
+            texts.extend(map(itemgetter(index), lines))
             cuts.extend(ends)
 
     def _lines(self, table: Table, index: int, rows: tuple[TableRow, ...], header: bytes) -> bytes:
