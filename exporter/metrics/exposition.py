@@ -30,6 +30,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from operator import itemgetter
 
 from prometheus_client.core import GaugeMetricFamily
@@ -121,11 +122,12 @@ class Segments:
             old = self._by_pieces
             new: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes]] = {}
             out: list[bytes] = []
-            run: list[bytes] = []
-            for text, cut in zip(texts, cuts, strict=True):
-                run.append(text)
-                if not cut:
-                    continue
+            if len(texts) != len(cuts):
+                raise AssertionError("a cut per piece")
+            start = 0
+            for end in compress(range(1, len(cuts) + 1), cuts):  # a loop per segment, not per piece
+                run = texts[start:end]
+                start = end
                 key = tuple(map(id, run))  # the entry keeps the pieces alive: an id is not reused meanwhile
                 entry = old.get(key) or new.get(key)
                 if entry is None:
@@ -134,8 +136,7 @@ class Segments:
                     self.compressed += len(joined)
                 new[key] = entry
                 out.append(entry[1])
-                run = []
-            if run:
+            if start != len(texts):
                 raise AssertionError("the last piece of a part must end a segment")
             self._by_pieces = new
             return b"".join(out)
