@@ -95,33 +95,36 @@ class RenderedPart:
         self.deflated: Deflated | None = None
 
     def deflate(self) -> Deflated:
-        """The whole part as one deflate segment, for splicing into a gzip member (in a worker thread).
-
-        The CRC is computed over the text (zlib, in C) rather than combined per segment (pure Python).
-        """
+        """The whole part as one deflate segment, for splicing into a gzip member (in a worker thread)."""
         if self.deflated is None:
-            crc = 0
-            for text in self.texts:
-                crc = zlib.crc32(text, crc)
-            data = self.segments.deflate(self.texts, self.cuts)
-            self.deflated = Deflated(data, crc, sum(map(len, self.texts)))
+            self.deflated = self.segments.deflate(self.texts, self.cuts)
         return self.deflated
 
 
+#: A segment as kept: its pieces (held: their ids key it), its deflate, its text's CRC-32 and size, and
+#: x^(8 * size) modulo the CRC polynomial (what combining a CRC with this segment's multiplies by).
+_Segment = tuple[tuple[bytes, ...], bytes, int, int, int]
+
+
 class Segments:
-    """The deflate segments of the last gzip render of one format, by the identity of the pieces they hold."""
+    """The deflate segments of the last gzip render of one format, by the identity of the pieces they hold.
+
+    The part's CRC-32 is combined from the segments' (one multiplication each, the factor kept with the
+    segment) rather than computed over every byte of text on every render: that pass would cost in
+    proportion to the series."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_pieces: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes]] = {}
+        self._by_pieces: dict[tuple[int, ...], _Segment] = {}
         #: bytes compressed so far (not reused): what shows a change is compressed incrementally
         self.compressed = 0
 
-    def deflate(self, texts: Sequence[bytes], cuts: Sequence[bool]) -> bytes:
+    def deflate(self, texts: Sequence[bytes], cuts: Sequence[bool]) -> Deflated:
         with self._lock:
             old = self._by_pieces
-            new: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes]] = {}
+            new: dict[tuple[int, ...], _Segment] = {}
             out: list[bytes] = []
+            crc = size = 0
             if len(texts) != len(cuts):
                 raise AssertionError("a cut per piece")
             start = 0
@@ -132,14 +135,17 @@ class Segments:
                 entry = old.get(key) or new.get(key)
                 if entry is None:
                     joined = b"".join(run)
-                    entry = (tuple(run), deflate(joined).data if joined else b"")
+                    done = deflate(joined)
+                    entry = (tuple(run), done.data if joined else b"", done.crc, done.size, _shift(done.size))
                     self.compressed += len(joined)
                 new[key] = entry
                 out.append(entry[1])
+                crc = _multmodp(entry[4], crc) ^ entry[2] if crc else entry[2]
+                size += entry[3]
             if start != len(texts):
                 raise AssertionError("the last piece of a part must end a segment")
             self._by_pieces = new
-            return b"".join(out)
+            return Deflated(b"".join(out), crc, size)
 
 
 def table_chunks(rows: Sequence[TableRow]) -> list[Chunk]:
@@ -303,16 +309,21 @@ def _x2n_table() -> list[int]:
 _X2N = _x2n_table()
 
 
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A+B from crc(A), crc(B) and len(B), without reading B (zlib's crc32_combine)."""
+def _shift(length: int) -> int:
+    """x^(8 * length) modulo the CRC polynomial: a CRC followed by `length` bytes is multiplied by it."""
     p = 1 << 31  # x^0
-    n, k = len2, 3  # x^(8 * len2)
+    n, k = length, 3
     while n:
         if n & 1:
             p = _multmodp(_X2N[k & 31], p)
         n >>= 1
         k += 1
-    return _multmodp(p, crc1) ^ crc2
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A+B from crc(A), crc(B) and len(B), without reading B (zlib's crc32_combine)."""
+    return _multmodp(_shift(len2), crc1) ^ crc2
 
 
 @dataclass(frozen=True)
