@@ -110,19 +110,23 @@ class Segments:
     """The deflate segments of the last gzip render of one format, by the identity of the pieces they hold.
 
     The part's CRC-32 is combined from the segments' (one multiplication each, the factor kept with the
-    segment) rather than computed over every byte of text on every render: that pass would cost in
-    proportion to the series."""
+    segment, and none for the unchanged segments before the first change) rather than computed over every
+    byte of text on every render: that pass would cost in proportion to the series."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_pieces: dict[tuple[int, ...], _Segment] = {}
+        #: per segment of the last render: the CRC of the text before it and the CRC up to its end, so the
+        #: segments before the first change are not combined again
+        self._links: dict[tuple[int, ...], tuple[int, int]] = {}
         #: bytes compressed so far (not reused): what shows a change is compressed incrementally
         self.compressed = 0
 
     def deflate(self, texts: Sequence[bytes], cuts: Sequence[bool]) -> Deflated:
         with self._lock:
-            old = self._by_pieces
+            old, links = self._by_pieces, self._links
             new: dict[tuple[int, ...], _Segment] = {}
+            new_links: dict[tuple[int, ...], tuple[int, int]] = {}
             out: list[bytes] = []
             crc = size = 0
             if len(texts) != len(cuts):
@@ -140,11 +144,15 @@ class Segments:
                     self.compressed += len(joined)
                 new[key] = entry
                 out.append(entry[1])
-                crc = _multmodp(entry[4], crc) ^ entry[2] if crc else entry[2]
+                link = links.get(key)  # the same segment after the same CRC as last time: the same CRC after it
+                if link is None or link[0] != crc:
+                    link = (crc, _multmodp(entry[4], crc) ^ entry[2] if crc else entry[2])
+                new_links[key] = link
+                crc = link[1]
                 size += entry[3]
             if start != len(texts):
                 raise AssertionError("the last piece of a part must end a segment")
-            self._by_pieces = new
+            self._by_pieces, self._links = new, new_links
             return Deflated(b"".join(out), crc, size)
 
 
