@@ -140,6 +140,29 @@ class _Members:
         return ["{", ", ".join(members.values()), "}"]
 
 
+def _object_pieces(parts: dict[str, list[str]]) -> list[str]:
+    """A JSON object's text in pieces, its members' keys sorted, from each member's value in pieces."""
+    out = ["{"]
+    for key, value in sorted(parts.items()):
+        out += [", " if len(out) > 1 else "", json.dumps(key), ": ", *value]
+    out.append("}")
+    return out
+
+
+def _forget(table: dict[str, Any], members: _Members, image_ids: list[str]) -> bool:
+    """Take `image_ids` out of `table` (and its encoded members); whether there were any."""
+    for image_id in image_ids:
+        del table[image_id]
+        members.touch(image_id)
+    return bool(image_ids)
+
+
+def _came_and_went(known: set[str], present: Collection[str], touched: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Of the `touched` IDs: those present and not `known`, and those `known` and no longer present."""
+    came = [i for i in touched if i in present and i not in known]
+    return came, [i for i in touched if i in known and i not in present]
+
+
 class _SortedList:
     """`present` as its sorted JSON list, kept item by item: an applied event adds or removes an ID or two,
     and sorting and encoding every ID on each save would cost in proportion to the images."""
@@ -300,18 +323,9 @@ class ImageHistory:
 
     def observe_changed(self, present: Collection[str], touched: Iterable[str], now: float) -> list[str]:
         """`observe(present, now)` when only the `touched` IDs can differ from the images observed last (an
-        applied event): costs those, not every image. Falls back to `observe` when the counts disagree (the
-        last observation was not of the images `present` was derived from)."""
-        came: list[str] = []
-        went: list[str] = []
-        known = self.present
-        touched = set(touched)
-        for image_id in touched:
-            if image_id in present:
-                if image_id not in known:
-                    came.append(image_id)
-            elif image_id in known:
-                went.append(image_id)
+        applied event): costs those, not every image. `observe` when the counts disagree."""
+        known, touched = self.present, set(touched)
+        came, went = _came_and_went(known, present, touched)
         if self.observed_at is None or len(known) + len(came) - len(went) != len(present):
             return self.observe(present, now)
         self.observed_at = now
@@ -323,11 +337,9 @@ class ImageHistory:
             known.difference_update(went)
             self._present_list.change(came, went)
             self._dirty = True
-        for image_id in [i for i in touched if i not in present]:  # `retain` for these (an arrival marked for an
-            for name, table in self._tables():  # image that never came is forgotten too, as `observe` does)
-                if table.pop(image_id, None) is not None:
-                    self._encoded[name].touch(image_id)
-                    self._dirty = True
+        # `retain` for these: an arrival marked for an image that never came is forgotten too, as `observe` does
+        for name, table in self._tables():
+            self._dirty |= _forget(table, self._encoded[name], [i for i in touched if i in table and i not in present])
         return came
 
     def mark_used(self, image_id: str, when: float) -> None:
@@ -361,10 +373,7 @@ class ImageHistory:
         for name, table in self._tables():
             if len(table) <= len(keep) and keep.issuperset(table):
                 continue  # nothing gone from this table (checked in C: this runs on every applied event)
-            for image_id in [i for i in table if i not in keep]:
-                del table[image_id]
-                self._encoded[name].touch(image_id)
-                self._dirty = True
+            self._dirty |= _forget(table, self._encoded[name], [i for i in table if i not in keep])
 
     def _tables(self) -> tuple[tuple[str, dict[str, Any]], ...]:
         return (("last_used", self.last_used), ("arrived", self.arrived), ("anchors", self.anchors))
@@ -410,11 +419,7 @@ class ImageHistory:
                 parts.update(boot_id=[json.dumps(self.clock.boot_id)], anchors=anchors)
         self.schedules.changed = False
         self._dirty = False
-        out = ["{"]
-        for key, value in sorted(parts.items()):
-            out += [", " if len(out) > 1 else "", json.dumps(key), ": ", *value]
-        out.append("}")
-        return out
+        return _object_pieces(parts)
 
     def write(self, data: list[str]) -> None:
         """Write `data` (from `prepare`) atomically; serialised, since the poller and the service both save.
