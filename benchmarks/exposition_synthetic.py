@@ -25,7 +25,7 @@ from exporter.config import MetricsConfig
 from exporter.core.snapshot import BuildCache, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.selfmetrics import PollMetrics, register_runtime_metrics
-from exporter.web.exposition import MetricsEndpoint
+from exporter.web.exposition import MetricsEndpoint, PiecesPayload
 
 OM = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 
@@ -117,8 +117,9 @@ async def main() -> None:
                     t = time.perf_counter()
                     r = await endpoint.handle(make_mocked_request("GET", "/metrics", headers=headers))
                     after.append(time.perf_counter() - t)
-                assert isinstance(r.body, bytes)
-                body = gzip.decompress(r.body) if enc else r.body
+                sent = b"".join(r.body.pieces) if isinstance(r.body, PiecesPayload) else r.body
+                assert isinstance(sent, bytes)  # the plain text is written as its pieces, gzip as one member
+                body = gzip.decompress(sent) if enc else sent
                 assert body.count(b"docker_image_size_bytes{") == min(
                     cap, sum(max(1, len(i.refs)) for i in snap.images)
                 )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import platform
 import threading
-from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import chain, compress
 from operator import itemgetter, not_
 from typing import Protocol
 
@@ -129,6 +129,13 @@ TableRow = tuple[tuple[str, ...], tuple[float | None, ...]]
 CHUNK_ROWS = 32
 
 
+#: At most this many rows per chunk: a run of rows longer than that between two that end a chunk is split every
+#: MAX_CHUNK_ROWS rows from its start.
+MAX_CHUNK_ROWS = 256
+
+Chunk = tuple[TableRow, ...]
+
+
 def ends_chunk(labels: tuple[str, ...]) -> bool:
     return not hash(labels) % CHUNK_ROWS
 
@@ -159,8 +166,9 @@ class Table:
     families: tuple[TableFamily, ...]
     labelnames: tuple[str, ...]
     rows: Sequence[TableRow]
-    #: `chunk_ends(rows)` when the caller keeps them (the TableCache does, row by row); None: computed
-    ends: Sequence[int] | None = None
+    #: the rows cut in chunks (`exporter.metrics.exposition.table_chunks`) when the caller keeps them (the
+    #: TableCache does, run by run: an unchanged chunk is the same tuple); None: cut on every render
+    chunks: Sequence[Chunk] | None = None
 
     def metrics(self) -> list[GaugeMetricFamily]:
         """The families as prometheus_client renders them (what `collect()` yields)."""
@@ -283,8 +291,8 @@ class ImageTables:
     rows: list[TableRow]
     repositories: list[TableRow]
     totals: Totals
-    #: `chunk_ends(rows)`, kept up to date with the rows rather than hashing every row's labels per render
-    ends: list[int]
+    #: `rows` cut in chunks, kept up to date with the rows rather than cut again per render (`_SortedRows`)
+    chunks: list[Chunk]
 
 
 @dataclass(slots=True)
@@ -310,11 +318,13 @@ class TableCache:
 
     Why: with many images, building and sorting every per-tag row and summing every image is most of what a
     render costs beyond the text. A publish after an event shares nearly every Image object with the one
-    before; a quiet poll has equal ones. So the two image tuples are compared by object identity (dicts and
-    set operations, in C), a new object equal to the one it replaces keeps its rows, and only the images that
-    really changed have their rows taken out of and put into the sorted rows (bisect), their repositories
-    recounted and their totals subtracted and added. The row objects of unchanged images stay the same, which
-    the exposition's chunk cache relies on. Shared by the renders of each format (worker threads) and
+    before; a quiet poll has equal ones. The store's publish log (`PublishLog`) names the images a publish
+    changed, so only those are looked at; without it (or beyond what it keeps) the two image tuples are
+    compared by object identity (dicts and set operations, in C). A new object equal to the one it replaces
+    keeps its rows, and only the images that really changed have their rows taken out of and put into the
+    sorted rows and their chunks (`_SortedRows`), their repositories recounted and their totals subtracted
+    and added. The row objects and chunks of unchanged images stay the same, which the exposition's chunk
+    cache relies on. Shared by the renders of each format (worker threads) and
     `collect()`, hence the lock; every result is a copy, so a render reading the previous one is undisturbed.
     """
 
@@ -325,41 +335,35 @@ class TableCache:
 
     def _reset(self) -> None:
         self._last: ImageTables | None = None
-        self._by_object: dict[int, Image] = {}  # the images of self._last by id()
+        self._number: int | None = None  # the publish number of self._last's snapshot, when known
         self._entries: dict[str, _Entry] = {}  # by image ID, for the images of self._last
-        self._keys: list[SortKey] = []  # sorted, and parallel to _rows
-        self._rows: list[TableRow] = []
-        self._cut_keys: list[SortKey] = []  # sorted: the keys of the rows that end a chunk (`ends_chunk`)
+        self._sorted = _SortedRows([])
         self._totals = [0, 0, 0, 0, 0, 0, 0]
         self._repos = _Repositories(self._known)
 
-    def tables(self, snapshot: Snapshot) -> ImageTables:
+    def tables(self, snapshot: Snapshot, publishes: PublishLog | None = None) -> ImageTables:
+        """The tables of `snapshot`; `publishes`: which images each recent publish changed, so that only
+        those are looked at (else, or when it does not know, every image is compared by identity)."""
         images = snapshot.images
         with self._lock:
             if digests_known(snapshot.engine) != self._known:  # another engine kind: every row changes
                 self._known = not self._known
                 self._reset()
+            number = publishes.number_of(snapshot) if publishes is not None else None
             if self._last is not None and self._last.images is images:
+                self._number = number
                 return self._last
-            now = dict(zip(map(id, images), images, strict=True))
-            before = self._by_object  # the last images by identity (they are alive: self._last holds them)
-            gone = {before[key].id for key in before.keys() - now.keys()}
-            removed: list[_Entry] = []
-            added: list[_Entry] = []
-            for key in now.keys() - before.keys():
-                image = now[key]
-                entry = self._entries.get(image.id)
-                if entry is not None:
-                    gone.discard(image.id)
-                    if entry.image == image:  # a new object, equal (a poll): keep its rows
-                        entry.image = image
-                        continue
-                    removed.append(entry)
-                entry = _Entry.of(image, self._known)
-                self._entries[image.id] = entry
-                added.append(entry)
-            for image_id in gone:
-                removed.append(self._entries.pop(image_id))
+            changed = None
+            if number is not None and self._number is not None and self._last is not None:
+                changed = publishes.changed_between(self._number, number) if publishes is not None else None
+            if changed is not None and len(snapshot.by_id) == len(images):
+                removed, added = self._diff_changed(snapshot.by_id, changed)
+                if len(self._entries) != len(images):  # the log missed a change: start again from the images
+                    self._reset()
+                    removed, added = self._diff_identity(images)
+            else:
+                removed, added = self._diff_identity(images)
+            self._number = number
             if len(self._entries) != len(images):  # a listing never has: keyed by ID, the tables would be wrong
                 self._reset()
                 raise ValueError("a snapshot lists an image ID twice")
@@ -370,29 +374,64 @@ class TableCache:
                     self._remove(entry)
                 for entry in added:
                     self._add(entry)
-            keys = self._keys
-            ends = [bisect_left(keys, key) + 1 for key in self._cut_keys]
-            self._last = ImageTables(images, list(self._rows), self._repos.rows(), Totals(*self._totals), ends)
-            self._by_object = now
+            rows = self._sorted
+            self._last = ImageTables(images, list(rows.rows), self._repos.rows(), Totals(*self._totals), rows.chunks())
             return self._last
+
+    def _diff_changed(self, by_id: Mapping[str, Image], changed: Iterable[str]) -> tuple[list[_Entry], list[_Entry]]:
+        """The entries to take out and put in for the `changed` IDs (every other image is the same object)."""
+        removed: list[_Entry] = []
+        added: list[_Entry] = []
+        for image_id in changed:
+            image = by_id.get(image_id)
+            entry = self._entries.get(image_id)
+            if entry is not None:
+                if entry.image is image:
+                    continue
+                if image is not None and entry.image == image:  # a new object, equal: keep its rows
+                    entry.image = image
+                    continue
+                removed.append(entry)
+                del self._entries[image_id]
+            if image is not None:
+                entry = self._entries[image_id] = _Entry.of(image, self._known)
+                added.append(entry)
+        return removed, added
+
+    def _diff_identity(self, images: tuple[Image, ...]) -> tuple[list[_Entry], list[_Entry]]:
+        """The entries to take out and put in, found by comparing every image with the last ones by identity
+        (dicts and set operations, in C), then by equality for the new objects."""
+        now = dict(zip(map(id, images), images, strict=True))
+        last = self._last.images if self._last is not None else ()
+        before = dict(zip(map(id, last), last, strict=True))  # alive: self._last holds them
+        gone = {before[key].id for key in before.keys() - now.keys()}
+        removed: list[_Entry] = []
+        added: list[_Entry] = []
+        for key in now.keys() - before.keys():
+            image = now[key]
+            entry = self._entries.get(image.id)
+            if entry is not None:
+                gone.discard(image.id)
+                if entry.image == image:  # a new object, equal (a poll): keep its rows
+                    entry.image = image
+                    continue
+                removed.append(entry)
+            entry = _Entry.of(image, self._known)
+            self._entries[image.id] = entry
+            added.append(entry)
+        for image_id in gone:
+            removed.append(self._entries.pop(image_id))
+        return removed, added
 
     def _add(self, entry: _Entry) -> None:
         for key, row in entry.rows:
-            index = bisect_left(self._keys, key)
-            self._keys.insert(index, key)
-            self._rows.insert(index, row)
-            if ends_chunk(row[0]):
-                insort(self._cut_keys, key)
+            self._sorted.insert(key, row)
         self._totals = [a + b for a, b in zip(self._totals, entry.totals, strict=True)]
         self._repos.add(entry.image)
 
     def _remove(self, entry: _Entry) -> None:
         for key, row in entry.rows:
-            index = bisect_left(self._keys, key)
-            del self._keys[index]
-            del self._rows[index]
-            if ends_chunk(row[0]):
-                del self._cut_keys[bisect_left(self._cut_keys, key)]
+            self._sorted.remove(key, row)
         self._totals = [a - b for a, b in zip(self._totals, entry.totals, strict=True)]
         self._repos.remove(entry.image)
 
@@ -405,11 +444,86 @@ class TableCache:
             totals = [a + b for a, b in zip(totals, entry.totals, strict=True)]
             repos.add(entry.image)
         keyed.sort(key=itemgetter(0))
-        self._keys = [key for key, _row in keyed]
-        self._rows = [row for _key, row in keyed]
-        self._cut_keys = [key for key, row in keyed if ends_chunk(row[0])]
+        self._sorted = _SortedRows(keyed)
         self._totals = totals
         self._repos = repos
+
+
+def _split(rows: Sequence[TableRow]) -> tuple[Chunk, ...]:
+    """One run of rows as chunks of at most MAX_CHUNK_ROWS, from its start."""
+    size = MAX_CHUNK_ROWS
+    return tuple(tuple(rows[start : start + size]) for start in range(0, len(rows), size))
+
+
+class _SortedRows:
+    """The per-tag rows in exposition order with their sort keys, and their render chunks, kept up to date row
+    by row.
+
+    The chunks are what `exporter.metrics.exposition.table_chunks` cuts: runs of rows, each ended by a row
+    that ends a chunk (`ends_chunk`) or by the last row, split every MAX_CHUNK_ROWS rows. Each run's chunks
+    are kept in a list parallel to the keys of the rows ending them; a row put in or taken out rebuilds only
+    its run (and the next one when the row ends a chunk), so the other chunks stay the very same tuples: the
+    exposition keys its chunk texts on them, and neither side walks every row for a change.
+    """
+
+    def __init__(self, keyed: list[tuple[SortKey, TableRow]]) -> None:
+        self.keys = [key for key, _row in keyed]  # sorted, parallel to rows
+        self.rows = [row for _key, row in keyed]
+        ends = chunk_ends(self.rows)
+        self._cuts = [self.keys[end - 1] for end in ends]  # sorted: the keys of the rows that end a chunk
+        #: the chunks of the run ended by each cut, then of the rows after the last cut
+        self._runs: list[tuple[Chunk, ...]] = []
+        start = 0
+        for end in ends:
+            self._runs.append(_split(self.rows[start:end]))
+            start = end
+        self._runs.append(_split(self.rows[start:]))
+        self._touched: list[SortKey] = []  # keys put in or taken out since `chunks` last ran
+        self._chunks: list[Chunk] | None = None
+
+    def insert(self, key: SortKey, row: TableRow) -> None:
+        index = bisect_left(self.keys, key)
+        self.keys.insert(index, key)
+        self.rows.insert(index, row)
+        if ends_chunk(row[0]):
+            cut = bisect_left(self._cuts, key)
+            self._cuts.insert(cut, key)
+            self._runs.insert(cut, ())  # a run split in two: both rebuilt by `chunks`
+        self._touched.append(key)
+
+    def remove(self, key: SortKey, row: TableRow) -> None:
+        index = bisect_left(self.keys, key)
+        del self.keys[index]
+        del self.rows[index]
+        if ends_chunk(row[0]):
+            cut = bisect_left(self._cuts, key)
+            del self._cuts[cut]
+            del self._runs[cut]  # its rows join the next run, rebuilt by `chunks`
+        self._touched.append(key)
+
+    def chunks(self) -> list[Chunk]:
+        """Every chunk in order (a new list when one changed: a render may still read the last one)."""
+        if self._touched:
+            cuts = self._cuts
+            runs: set[int] = set()
+            for key in self._touched:
+                index = bisect_left(cuts, key)
+                runs.add(index)
+                if index < len(cuts) and cuts[index] == key:  # a row that ends a chunk: the next run lost rows
+                    runs.add(index + 1)
+            for index in runs:
+                self._build_run(index)
+            self._touched = []
+            self._chunks = None
+        if self._chunks is None:
+            self._chunks = list(chain.from_iterable(self._runs))
+        return self._chunks
+
+    def _build_run(self, index: int) -> None:
+        cuts, keys = self._cuts, self.keys
+        start = bisect_left(keys, cuts[index - 1]) + 1 if index else 0
+        end = bisect_left(keys, cuts[index]) + 1 if index < len(cuts) else len(keys)
+        self._runs[index] = _split(self.rows[start:end])
 
 
 class _Repositories:
@@ -483,6 +597,14 @@ def held_by_stopped_containers(snapshot: Snapshot) -> list[Image]:
     return [image for image in snapshot.images if image.id in held]
 
 
+class PublishLog(Protocol):
+    """Which images recent publishes changed (`exporter.state.store.PublishLog` provides it)."""
+
+    def number_of(self, snapshot: Snapshot) -> int | None: ...
+
+    def changed_between(self, first: int, last: int) -> frozenset[str] | None: ...
+
+
 class SnapshotSource(Protocol):
     """All the collector reads (the `SnapshotStore` provides it): the current snapshot, and whether the engine
     answered."""
@@ -501,6 +623,9 @@ class SnapshotCollector(Collector):
         self.source = source
         self.config = config
         self.tables = TableCache()
+        #: the source's log of what each publish changed, if it keeps one (the store does)
+        self.publishes: PublishLog | None = getattr(source, "publishes", None)
+        self._cut_chunk: tuple[Chunk, Chunk] | None = None  # (a chunk the cap cuts, its kept start)
 
     def describe(self) -> Iterable[Metric]:
         """Names and types only: registration must not call collect(), and `?name[]=` needs the names."""
@@ -524,7 +649,7 @@ class SnapshotCollector(Collector):
         head = Section(lambda: self._head(snapshot, up))
         if snapshot is None:
             return [head]
-        tables = self.tables.tables(snapshot)
+        tables = self.tables.tables(snapshot, self.publishes)
         sections = [
             head,
             Section(lambda: self._totals(tables.totals, snapshot.engine)),
@@ -532,9 +657,10 @@ class SnapshotCollector(Collector):
             _table_section(Table(REPOSITORY_FAMILIES, ("repository",), tables.repositories)),
         ]
         if self.config.per_image:
-            kept = tables.rows[: self.config.max_image_series]
-            ends = tables.ends[: bisect_right(tables.ends, len(kept))]
-            dropped = len(tables.rows) - len(kept)
+            rows = tables.rows
+            kept = rows if len(rows) <= self.config.max_image_series else rows[: self.config.max_image_series]
+            chunks = tables.chunks if kept is rows else self._kept_chunks(tables.chunks, len(kept))
+            dropped = len(rows) - len(kept)
             sections.append(
                 Section(
                     lambda: [
@@ -547,9 +673,26 @@ class SnapshotCollector(Collector):
                     ]
                 )
             )
-            sections.append(_table_section(Table(PER_IMAGE_FAMILIES, tuple(PER_IMAGE_LABELS), kept, ends)))
+            sections.append(_table_section(Table(PER_IMAGE_FAMILIES, tuple(PER_IMAGE_LABELS), kept, chunks)))
         sections.append(Section(lambda: self._disk(snapshot)))
         return sections
+
+    def _kept_chunks(self, chunks: list[Chunk], kept: int) -> list[Chunk]:
+        """The chunks of the first `kept` rows: whole ones, then the start of the one the cap cuts (the same
+        tuple as last time for the same cut, so its text is reused)."""
+        out: list[Chunk] = []
+        count = 0
+        for chunk in chunks:
+            if count + len(chunk) > kept:
+                if kept > count:
+                    last = self._cut_chunk
+                    if last is None or last[0] is not chunk or len(last[1]) != kept - count:
+                        last = self._cut_chunk = (chunk, chunk[: kept - count])
+                    out.append(last[1])
+                return out
+            out.append(chunk)
+            count += len(chunk)
+        return out
 
     def _head(self, snapshot: Snapshot | None, up: bool) -> Iterator[Metric]:
         yield _gauge("docker_up", "1 if the last poll reached the engine, 0 if not.", 1.0 if up else 0.0)

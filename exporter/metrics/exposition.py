@@ -8,9 +8,11 @@ same state (tests/unit/test_exposition.py checks it for both formats).
   images). The collector cuts its families into sections (`SnapshotCollector.sections`): plain ones (tens of
   series: `docker_up`, totals, disk) are rendered whole each time; the per-tag and per-repository families are
   Tables, rendered in chunks of about CHUNK_ROWS rows whose cuts depend on the rows' labels (`table_chunks`).
-  A chunk made of the same row objects as one of the last render keeps its text (`FormatRenderer`, one per
-  format); the collector's `TableCache` keeps the row objects of unchanged images (same or equal Image), so
-  a publish after an event renders a chunk or two per table, a quiet poll or a /system/df result none.
+  A chunk that is the same tuple as one of the last render (the per-tag table: the collector's `TableCache`
+  keeps its chunks) or is made of the same row objects (a table cut per render) keeps its text
+  (`FormatRenderer`, one per format); the `TableCache` keeps the row objects and chunks of unchanged images
+  (same or equal Image), so a publish after an event renders a chunk or two per table, a quiet poll or a
+  /system/df result none, and walks the chunks, not the rows.
   Byte-identical to a full render: the tests compare with prometheus_client over random sequences of
   snapshots.
 - OpenMetrics: every part is rendered without its `# EOF`, which the handler appends once, at the end.
@@ -28,6 +30,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from operator import itemgetter
 
 from prometheus_client.core import GaugeMetricFamily
@@ -36,12 +39,11 @@ from prometheus_client.registry import Collector
 
 from exporter.core.snapshot import Snapshot
 from exporter.metrics import collector as table_rows
-from exporter.metrics.collector import SnapshotCollector, Table, TableFamily, TableRow, chunk_ends
+from exporter.metrics.collector import Chunk, SnapshotCollector, Table, TableFamily, TableRow, chunk_ends
 
 GZIP_LEVEL = 6  # zlib's default, as aiohttp compresses; the snapshot part is compressed once per state
 OPENMETRICS = "application/openmetrics-text"
 EOF = b"# EOF\n"
-MAX_CHUNK_ROWS = 256
 SEGMENT_CHUNKS = 8  # table chunks per deflate segment on average: text near the size of deflate's 32 KiB window
 
 Encoder = Callable[[Collector], bytes]
@@ -93,71 +95,86 @@ class RenderedPart:
         self.deflated: Deflated | None = None
 
     def deflate(self) -> Deflated:
-        """The whole part as one deflate segment, for splicing into a gzip member (in a worker thread).
-
-        The CRC is computed over the text (zlib, in C) rather than combined per segment (pure Python).
-        """
+        """The whole part as one deflate segment, for splicing into a gzip member (in a worker thread)."""
         if self.deflated is None:
-            crc = 0
-            for text in self.texts:
-                crc = zlib.crc32(text, crc)
-            data = self.segments.deflate(self.texts, self.cuts)
-            self.deflated = Deflated(data, crc, sum(map(len, self.texts)))
+            self.deflated = self.segments.deflate(self.texts, self.cuts)
         return self.deflated
 
 
+#: A segment as kept: its pieces (held: their ids key it), its deflate, its text's CRC-32 and size, and
+#: x^(8 * size) modulo the CRC polynomial (what combining a CRC with this segment's multiplies by).
+_Segment = tuple[tuple[bytes, ...], bytes, int, int, int]
+
+
 class Segments:
-    """The deflate segments of the last gzip render of one format, by the identity of the pieces they hold."""
+    """The deflate segments of the last gzip render of one format, by the identity of the pieces they hold.
+
+    The part's CRC-32 is combined from the segments' (one multiplication each, the factor kept with the
+    segment, and none for the unchanged segments before the first change) rather than computed over every
+    byte of text on every render: that pass would cost in proportion to the series."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_pieces: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes]] = {}
+        self._by_pieces: dict[tuple[int, ...], _Segment] = {}
+        #: per segment of the last render: the CRC of the text before it and the CRC up to its end, so the
+        #: segments before the first change are not combined again
+        self._links: dict[tuple[int, ...], tuple[int, int]] = {}
         #: bytes compressed so far (not reused): what shows a change is compressed incrementally
         self.compressed = 0
 
-    def deflate(self, texts: Sequence[bytes], cuts: Sequence[bool]) -> bytes:
+    def deflate(self, texts: Sequence[bytes], cuts: Sequence[bool]) -> Deflated:
         with self._lock:
-            old = self._by_pieces
-            new: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes]] = {}
+            old, links = self._by_pieces, self._links
+            new: dict[tuple[int, ...], _Segment] = {}
+            new_links: dict[tuple[int, ...], tuple[int, int]] = {}
             out: list[bytes] = []
-            run: list[bytes] = []
-            for text, cut in zip(texts, cuts, strict=True):
-                run.append(text)
-                if not cut:
-                    continue
+            crc = size = 0
+            if len(texts) != len(cuts):
+                raise AssertionError("a cut per piece")
+            start = 0
+            for end in compress(range(1, len(cuts) + 1), cuts):  # a loop per segment, not per piece
+                run = texts[start:end]
+                start = end
                 key = tuple(map(id, run))  # the entry keeps the pieces alive: an id is not reused meanwhile
                 entry = old.get(key) or new.get(key)
                 if entry is None:
                     joined = b"".join(run)
-                    entry = (tuple(run), deflate(joined).data if joined else b"")
+                    done = deflate(joined)
+                    entry = (tuple(run), done.data if joined else b"", done.crc, done.size, _shift(done.size))
                     self.compressed += len(joined)
                 new[key] = entry
                 out.append(entry[1])
-                run = []
-            if run:
+                link = links.get(key)  # the same segment after the same CRC as last time: the same CRC after it
+                if link is None or link[0] != crc:
+                    link = (crc, _multmodp(entry[4], crc) ^ entry[2] if crc else entry[2])
+                new_links[key] = link
+                crc = link[1]
+                size += entry[3]
+            if start != len(texts):
                 raise AssertionError("the last piece of a part must end a segment")
-            self._by_pieces = new
-            return b"".join(out)
+            self._by_pieces, self._links = new, new_links
+            return Deflated(b"".join(out), crc, size)
 
 
-def table_chunks(rows: Sequence[TableRow], ends: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """Bounds of consecutive runs of rows, each ended by a row whose labels end a chunk (`ends_chunk`: they
-    hash to 0 modulo CHUNK_ROWS) or at MAX_CHUNK_ROWS rows; `ends`: those rows' indices + 1 when known. The cuts
-    depend on the rows' labels, not their positions: adding or removing a row changes only the chunk it is
-    in, and a changed value only its own chunk."""
-    ends = chunk_ends(rows) if ends is None else list(ends)
+def table_chunks(rows: Sequence[TableRow]) -> list[Chunk]:
+    """Consecutive runs of rows, each ended by a row whose labels end a chunk (`ends_chunk`: they hash to 0
+    modulo CHUNK_ROWS) or at MAX_CHUNK_ROWS rows. The cuts depend on the rows' labels, not their positions:
+    adding or removing a row changes only the chunk it is in, and a changed value only its own chunk. (The
+    collector's TableCache keeps these chunks up to date instead for the per-tag table.)"""
+    ends = chunk_ends(rows)
     if not ends or ends[-1] != len(rows):
         ends.append(len(rows))
-    bounds: list[tuple[int, int]] = []
+    size = table_rows.MAX_CHUNK_ROWS
+    chunks: list[Chunk] = []
     start = 0
     for end in ends:
-        while end - start > MAX_CHUNK_ROWS:
-            bounds.append((start, start + MAX_CHUNK_ROWS))
-            start += MAX_CHUNK_ROWS
+        while end - start > size:
+            chunks.append(tuple(rows[start : start + size]))
+            start += size
         if end > start:
-            bounds.append((start, end))
+            chunks.append(tuple(rows[start:end]))
         start = end
-    return bounds
+    return chunks
 
 
 class _TableText:
@@ -165,19 +182,22 @@ class _TableText:
 
     def __init__(self, headers: tuple[bytes, ...]) -> None:
         self.headers = headers
-        #: by the identity of the chunk's rows (held in the entry) -> the chunk's rows, its text per family
-        self.chunks: dict[tuple[int, ...], tuple[tuple[TableRow, ...], tuple[bytes, ...]]] = {}
+        #: by the identity of the chunk (a kept chunk tuple) or of its rows (a chunk cut for this render) -> the
+        #: chunk (held: an identity is not reused meanwhile), its text per family, whether a segment may end after it
+        self.chunks: dict[int | tuple[int, ...], ChunkText] = {}
 
 
 TableKey = tuple[tuple[TableFamily, ...], tuple[str, ...]]
+ChunkText = tuple[Chunk, tuple[bytes, ...], bool]
 
 
 class FormatRenderer:
     """Renders the snapshot part in one format, keeping what the next render of a new state can reuse.
 
     Plain sections (tens of series) are rendered whole every time. A table is rendered chunk by chunk
-    (`table_chunks`): a chunk made of the very same row objects as one of the last render keeps its text (the
-    collector's `TableCache` keeps the rows of unchanged images), so a publish that changed one image renders
+    (`table_chunks`, or the chunks the table carries): a chunk that is the very same tuple, or is made of the
+    very same row objects, as one of the last render keeps its text (the collector's `TableCache` keeps the
+    rows and chunks of unchanged images), so a publish that changed one image renders
     about CHUNK_ROWS rows per family. A family's text is its header followed by its lines of each chunk in
     order, which is what the encoder writes for the whole family: a gauge's samples are independent lines
     (the tests compare the bytes with prometheus_client's). Renders of one format run one at a time.
@@ -225,30 +245,31 @@ class FormatRenderer:
 
     def _table(self, table: Table, text: _TableText, texts: list[bytes], cuts: list[bool]) -> None:
         """Append the table's pieces to `texts` (and where segments may end to `cuts`)."""
-        rows = table.rows
-        chunks: dict[tuple[int, ...], tuple[tuple[TableRow, ...], tuple[bytes, ...]]] = {}
-        ordered: list[tuple[bytes, ...]] = []
-        ends: list[bool] = []
-        for start, end in table_chunks(rows, table.ends):
-            chunk = tuple(rows[start:end])
-            key = tuple(map(id, chunk))
-            entry = text.chunks.get(key) or chunks.get(key)
+        kept = table.chunks
+        chunks: dict[int | tuple[int, ...], ChunkText] = {}
+        ordered: list[ChunkText] = []
+        old = text.chunks
+        for chunk in kept if kept is not None else table_chunks(table.rows):
+            key: int | tuple[int, ...] = id(chunk) if kept is not None else tuple(map(id, chunk))
+            entry = old.get(key) or chunks.get(key)
             if entry is None:
                 entry = (
                     chunk,
                     tuple(self._lines(table, index, chunk, header) for index, header in enumerate(text.headers)),
+                    not (hash(chunk[-1][0]) // table_rows.CHUNK_ROWS) % SEGMENT_CHUNKS,
                 )
                 self.rows_rendered += len(chunk)
             chunks[key] = entry
-            ordered.append(entry[1])
-            ends.append(not (hash(chunk[-1][0]) // table_rows.CHUNK_ROWS) % SEGMENT_CHUNKS)
+            ordered.append(entry)
         text.chunks = chunks  # only the chunks of this render: memory follows the table's size
+        ends = list(map(itemgetter(2), ordered))
         if ends:
             ends[-1] = True  # the next family's header starts a segment
+        lines = list(map(itemgetter(1), ordered))
         for index, header in enumerate(text.headers):
             texts.append(header)
             cuts.append(not ordered)
-            texts.extend(map(itemgetter(index), ordered))
+            texts.extend(map(itemgetter(index), lines))
             cuts.extend(ends)
 
     def _lines(self, table: Table, index: int, rows: tuple[TableRow, ...], header: bytes) -> bytes:
@@ -296,16 +317,21 @@ def _x2n_table() -> list[int]:
 _X2N = _x2n_table()
 
 
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A+B from crc(A), crc(B) and len(B), without reading B (zlib's crc32_combine)."""
+def _shift(length: int) -> int:
+    """x^(8 * length) modulo the CRC polynomial: a CRC followed by `length` bytes is multiplied by it."""
     p = 1 << 31  # x^0
-    n, k = len2, 3  # x^(8 * len2)
+    n, k = length, 3
     while n:
         if n & 1:
             p = _multmodp(_X2N[k & 31], p)
         n >>= 1
         k += 1
-    return _multmodp(p, crc1) ^ crc2
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A+B from crc(A), crc(B) and len(B), without reading B (zlib's crc32_combine)."""
+    return _multmodp(_shift(len2), crc1) ^ crc2
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
 """The snapshot collector's exposition behind one call: `SnapshotRenderer.render(snapshot, format) -> bytes`.
 
 Every render cache of the snapshot's part sits behind it, each keyed on what it can trust:
-- the collector's `TableCache`: the per-tag rows, repository rows and totals of the last snapshot's images,
-  compared by identity and then by equality, so an unchanged image keeps its row objects. Between polls
+- the collector's `TableCache`: the per-tag rows (and their chunks), repository rows and totals of the last
+  snapshot's images, updated for the images the store's publish log names (or, without it, those that are
+  not the same object) and compared by equality, so an unchanged image keeps its row objects. Between polls
   (an applied event, a LastTagTime, /system/df) the state builder (`exporter.state.builder`) publishes an
-  unchanged image as the very same object, so such a publish costs the images it touched; a poll's new
-  listing gives equal new objects, matched by equality (tests/unit/test_builder.py and
-  tests/unit/test_render.py prove both);
-- per format, `exposition.FormatRenderer`: the text of each table chunk, kept while the chunk holds the same
-  row objects;
+  unchanged image as the very same object and says which images it merged again, so such a publish costs
+  the images it touched; a poll's new listing gives equal new objects, matched by equality
+  (tests/unit/test_builder.py, tests/unit/test_collector.py and tests/unit/test_render.py prove these);
+- per format, `exposition.FormatRenderer`: the text of each table chunk, kept while the chunk is the same
+  tuple or holds the same row objects;
 - per format, `exposition.Segments`: the deflate of each segment, kept while it holds the same pieces.
 
 `render` gives the bytes prometheus_client's `generate_latest` writes for a registry holding only the snapshot
@@ -71,6 +72,10 @@ class SnapshotRenderer:
 
     def render(self, snapshot: Snapshot | None, format: Format = "text", *, up: bool = True) -> bytes:
         """The snapshot collector's whole exposition of `snapshot` in `format` (`up`: what `docker_up` says)."""
+        return b"".join(self.pieces(snapshot, format, up=up))
+
+    def pieces(self, snapshot: Snapshot | None, format: Format = "text", *, up: bool = True) -> list[bytes]:
+        """`render` as the pieces `/metrics` writes one after the other (the plain text is not joined)."""
         base = format.removesuffix("+gzip")
         encoder, content_type = choose_encoder(_ACCEPT[base])
         openmetrics = base == "openmetrics"
@@ -79,5 +84,5 @@ class SnapshotRenderer:
         part = self.part(state, content_type, encoder, openmetrics, compress=gzipped)
         tail = EOF if openmetrics else b""
         if gzipped:
-            return gzip_member([part.deflate(), deflate(tail, final=True)])
-        return b"".join([*part.texts, tail])
+            return [gzip_member([part.deflate(), deflate(tail, final=True)])]
+        return [*part.texts, tail]

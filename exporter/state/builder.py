@@ -172,14 +172,20 @@ class SnapshotBuilder:
         if offset is None:
             offset = self.history.clock.offset()
         merge = _Merge(self, in_use, offset, keys)
-        if only is None or self._relisted or not self._merge_changed(merge, only | self._unpublished):
+        changed = None if only is None else only | self._unpublished
+        if changed is None or self._relisted or not self._merge_changed(merge, changed):
             previous = self._merged
             self._merged = {}
             self._out = {}
+            remerged: set[str] = set(previous.keys() - images.keys())  # gone
             for image_id, image in images.items():
-                entry = merge.entry(image, previous.get(image_id))
+                cached = previous.get(image_id)
+                entry = merge.entry(image, cached)
+                if entry is not cached:
+                    remerged.add(image_id)
                 self._merged[image_id] = entry
                 self._out[image_id] = entry[2]
+            changed = remerged
             self._relisted = False
         self._unpublished = set()
         snapshot = Snapshot(
@@ -192,7 +198,7 @@ class SnapshotBuilder:
             by_id=MappingProxyType(dict(self._out)),
             pending_inspects=len(self.tag_times.pending),
         )
-        self.store.publish(snapshot, by_events=by_events)
+        self.store.publish(snapshot, by_events=by_events, changed=changed)
 
     def _merge_changed(self, merge: _Merge, changed: set[str]) -> bool:
         """Merge only the `changed` images again (the others keep their merged copy: nothing they depend on

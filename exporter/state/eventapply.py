@@ -118,7 +118,8 @@ class EventApplier:
             before = {i: images[i] for i in touched | losers | gone if i in images}
             builder.change(inspected, removed)
             now, offset = self._clock(), self.history.clock.offset()
-            self.history.observe(images.keys(), now)  # an image new here arrives now
+            # an image new here arrives now; only the images these events touched can have come or gone
+            self.history.observe_changed(images.keys(), touched | losers | gone | inspected.keys(), now)
             for image_id, old in before.items():  # their old tag sets are not wanted now
                 image = images.get(image_id)
                 if image is None or tag_key(image) != tag_key(old):

@@ -41,7 +41,8 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,8 @@ class _Members:
         """The whole table was replaced (a load): encode it afresh."""
         self._all = True
 
-    def text(self, table: dict[str, Any]) -> str:
+    def text(self, table: dict[str, Any]) -> list[str]:
+        """The object's text in pieces (written one after the other: no copy of the whole)."""
         members = self._members
         if self._all:
             members.clear()
@@ -135,7 +137,62 @@ class _Members:
             else:
                 members.pop(key, None)
         self._changed = set()
-        return "{" + ", ".join(members.values()) + "}"
+        return ["{", ", ".join(members.values()), "}"]
+
+
+def _object_pieces(parts: dict[str, list[str]]) -> list[str]:
+    """A JSON object's text in pieces, its members' keys sorted, from each member's value in pieces."""
+    out = ["{"]
+    for key, value in sorted(parts.items()):
+        out += [", " if len(out) > 1 else "", json.dumps(key), ": ", *value]
+    out.append("}")
+    return out
+
+
+def _forget(table: dict[str, Any], members: _Members, image_ids: list[str]) -> bool:
+    """Take `image_ids` out of `table` (and its encoded members); whether there were any."""
+    for image_id in image_ids:
+        del table[image_id]
+        members.touch(image_id)
+    return bool(image_ids)
+
+
+def _came_and_went(known: set[str], present: Collection[str], touched: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Of the `touched` IDs: those present and not `known`, and those `known` and no longer present."""
+    came = [i for i in touched if i in present and i not in known]
+    return came, [i for i in touched if i in known and i not in present]
+
+
+class _SortedList:
+    """`present` as its sorted JSON list, kept item by item: an applied event adds or removes an ID or two,
+    and sorting and encoding every ID on each save would cost in proportion to the images."""
+
+    def __init__(self) -> None:
+        self._ids: list[str] | None = None  # sorted; None: encode afresh from the set
+        self._items: list[str] = []  # json.dumps of each, parallel
+
+    def replaced(self) -> None:
+        self._ids = None
+
+    def change(self, came: Iterable[str], went: Iterable[str]) -> None:
+        ids, items = self._ids, self._items
+        if ids is None:
+            return
+        for image_id in went:
+            index = bisect_left(ids, image_id)
+            if index < len(ids) and ids[index] == image_id:
+                del ids[index], items[index]
+        for image_id in came:
+            index = bisect_left(ids, image_id)
+            if index == len(ids) or ids[index] != image_id:
+                ids.insert(index, image_id)
+                items.insert(index, json.dumps(image_id))
+
+    def text(self, present: set[str]) -> list[str]:
+        if self._ids is None:
+            self._ids = sorted(present)
+            self._items = [json.dumps(i) for i in self._ids]
+        return ["[", ", ".join(self._items), "]"]
 
 
 class ImageHistory:
@@ -160,7 +217,7 @@ class ImageHistory:
         self._save_lock = threading.Lock()  # the poller and the remediation service both save
         #: The encoded tables (see `_Members`), and `present` as a sorted JSON list while it holds.
         self._encoded = {"last_used": _Members(), "arrived": _Members(), "anchors": _Members()}
-        self._present_text: str | None = None
+        self._present_list = _SortedList()
 
     def load(self) -> None:
         """Read the state file; missing, unreadable, from an older format or with times that cannot be trusted
@@ -203,7 +260,7 @@ class ImageHistory:
         self.anchors = anchors
         for members in self._encoded.values():
             members.replaced()
-        self._present_text = None
+        self._present_list.replaced()
         log.info("loaded image history", extra=kv(images=len(present), path=self.path))
 
     def _saved_at(self, data: dict[str, Any], now: float) -> float:
@@ -259,10 +316,31 @@ class ImageHistory:
             self.mark_arrived(image_id, now)
         if ids != self.present:
             self.present = ids
-            self._present_text = None
+            self._present_list.replaced()
             self._dirty = True
         self.retain(ids)
         return new
+
+    def observe_changed(self, present: Collection[str], touched: Iterable[str], now: float) -> list[str]:
+        """`observe(present, now)` when only the `touched` IDs can differ from the images observed last (an
+        applied event): costs those, not every image. `observe` when the counts disagree."""
+        known, touched = self.present, set(touched)
+        came, went = _came_and_went(known, present, touched)
+        if self.observed_at is None or len(known) + len(came) - len(went) != len(present):
+            return self.observe(present, now)
+        self.observed_at = now
+        came.sort()
+        for image_id in came:
+            self.mark_arrived(image_id, now)
+        if came or went:
+            known.update(came)
+            known.difference_update(went)
+            self._present_list.change(came, went)
+            self._dirty = True
+        # `retain` for these: an arrival marked for an image that never came is forgotten too, as `observe` does
+        for name, table in self._tables():
+            self._dirty |= _forget(table, self._encoded[name], [i for i in touched if i in table and i not in present])
+        return came
 
     def mark_used(self, image_id: str, when: float) -> None:
         if self.last_used.get(image_id, 0.0) < when:
@@ -292,13 +370,13 @@ class ImageHistory:
     def retain(self, present: Iterable[str]) -> None:
         """Forget images that are gone, so the file stays as small as the image list."""
         keep = present if isinstance(present, set | frozenset) else set(present)
-        for name, table in (("last_used", self.last_used), ("arrived", self.arrived), ("anchors", self.anchors)):
+        for name, table in self._tables():
             if len(table) <= len(keep) and keep.issuperset(table):
                 continue  # nothing gone from this table (checked in C: this runs on every applied event)
-            for image_id in [i for i in table if i not in keep]:
-                del table[image_id]
-                self._encoded[name].touch(image_id)
-                self._dirty = True
+            self._dirty |= _forget(table, self._encoded[name], [i for i in table if i not in keep])
+
+    def _tables(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        return (("last_used", self.last_used), ("arrived", self.arrived), ("anchors", self.anchors))
 
     def save(self) -> None:
         """Write atomically (temp file + rename) when something changed; failures are logged, not fatal.
@@ -318,34 +396,32 @@ class ImageHistory:
         if data is not None:
             await asyncio.to_thread(self.write, data)
 
-    def prepare(self) -> str | None:
-        """The file's text now (encoded on the thread that changes the tables, re-encoding only what changed
-        since the last save), or None when nothing changed; marks it as being written."""
+    def prepare(self) -> list[str] | None:
+        """The file's text now, in pieces (encoded on the thread that changes the tables, re-encoding only
+        what changed since the last save), or None when nothing changed; marks it as being written."""
         schedules_changed = self.schedules.changed
         if self.path is None or not (schedules_changed or (self._dirty and self.observed_at is not None)):
             return None
-        parts: dict[str, str] = {
-            "version": json.dumps(STATE_VERSION),
-            SCHEDULES: json.dumps(self.schedules.to_json(), sort_keys=True),
+        parts: dict[str, list[str]] = {
+            "version": [json.dumps(STATE_VERSION)],
+            SCHEDULES: [json.dumps(self.schedules.to_json(), sort_keys=True)],
         }
         saved_at = self.observed_at if self.observed_at is not None else self.saved_at
         if saved_at is not None:
-            if self._present_text is None:
-                self._present_text = json.dumps(sorted(self.present))
             parts.update(
-                saved_at=json.dumps(saved_at),
-                present=self._present_text,
+                saved_at=[json.dumps(saved_at)],
+                present=self._present_list.text(self.present),
                 last_used=self._encoded["last_used"].text(self.last_used),
                 arrived=self._encoded["arrived"].text(self.arrived),
             )
             anchors = self._encoded["anchors"].text(self.anchors)  # kept current even when not written
             if self.clock.boot_id is not None:
-                parts.update(boot_id=json.dumps(self.clock.boot_id), anchors=anchors)
+                parts.update(boot_id=[json.dumps(self.clock.boot_id)], anchors=anchors)
         self.schedules.changed = False
         self._dirty = False
-        return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in sorted(parts.items())) + "}"
+        return _object_pieces(parts)
 
-    def write(self, data: str) -> None:
+    def write(self, data: list[str]) -> None:
         """Write `data` (from `prepare`) atomically; serialised, since the poller and the service both save.
         On failure the state counts as changed again, so the next save retries."""
         assert self.path is not None
@@ -355,7 +431,7 @@ class ImageHistory:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
                 with os.fdopen(fd, "w") as handle:
-                    handle.write(data)
+                    handle.writelines(data)
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(tmp, self.path)

@@ -9,13 +9,68 @@ the store through a method; readers read the store. Nobody sets another componen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Collection
 
 from exporter.core.snapshot import Snapshot
+
+#: Publishes whose changed image IDs are kept: a render that skipped this many publishes diffs the images.
+PUBLISHES_KEPT = 64
 
 
 def _never() -> bool:
     return False
+
+
+class PublishLog:
+    """Which image IDs each of the last PUBLISHES_KEPT publishes changed, for the render caches.
+
+    Why: the collector's row cache (`exporter.metrics.collector.TableCache`) would otherwise find what changed
+    by comparing every image of two snapshots, a cost in proportion to the images on every applied event,
+    while the builder knows exactly which images it merged again. A publish records that set (None: not known,
+    e.g. a poll's new listing); `changed_between` answers the union over a span of publishes, or None when one
+    of them is unknown or no longer kept (then the cache compares the images, as with no log at all).
+    Snapshots are numbered by identity, verified through a weak reference (an `id()` alone may be reused).
+    """
+
+    def __init__(self) -> None:
+        self.number = 0  # of the last publish
+        self._changed: dict[int, frozenset[str] | None] = {}  # publish number -> changed IDs
+        self._numbers: dict[int, tuple[weakref.ref[Snapshot], int]] = {}  # id(snapshot) -> (it, its number)
+        self._ids: dict[int, int] = {}  # publish number -> id(snapshot), to forget it
+
+    def record(self, snapshot: Snapshot, changed: Collection[str] | None) -> None:
+        self.number += 1
+        number = self.number
+        self._changed[number] = None if changed is None else frozenset(changed)
+        try:
+            self._numbers[id(snapshot)] = (weakref.ref(snapshot), number)
+            self._ids[number] = id(snapshot)
+        except TypeError:  # a Snapshot without weak references: every render diffs the images
+            pass
+        old = number - PUBLISHES_KEPT
+        self._changed.pop(old, None)
+        key = self._ids.pop(old, None)
+        if key is not None and self._numbers.get(key, (None, 0))[1] == old:
+            del self._numbers[key]
+
+    def number_of(self, snapshot: Snapshot) -> int | None:
+        """The publish number of `snapshot` if it is one of the last kept, else None."""
+        entry = self._numbers.get(id(snapshot))
+        return entry[1] if entry is not None and entry[0]() is snapshot else None
+
+    def changed_between(self, first: int, last: int) -> frozenset[str] | None:
+        """The IDs changed by the publishes after number `first` up to `last` (a superset of the images that
+        are not the same object in both), or None when unknown."""
+        if last < first:
+            return None
+        out: set[str] = set()
+        for number in range(first + 1, last + 1):
+            changed = self._changed.get(number)
+            if changed is None:
+                return None
+            out |= changed
+        return frozenset(out)
 
 
 class SnapshotStore:
@@ -43,7 +98,8 @@ class SnapshotStore:
         #: Every publish (a poll, an event applied, /system/df merged): e.g. start rendering /metrics now.
         self.on_publish: list[Callable[[Snapshot], object]] = []
         self.on_change: list[Callable[[], None]] = []  # the set of image IDs changed
-        self._published_ids: frozenset[str] = frozenset()
+        #: which images each recent publish changed (read by the collector's row cache)
+        self.publishes = PublishLog()
 
     # -- subscribers -----------------------------------------------------------------------------------
     def subscribe(self, on_publish: Callable[[Snapshot], object]) -> None:
@@ -69,8 +125,12 @@ class SnapshotStore:
         """The follower's stream is connected with its replay applied (True), or ended, broke or stopped."""
         self.events_live = live
 
-    def publish(self, snapshot: Snapshot, *, by_events: bool = False) -> None:
-        """Make `snapshot` current and tell every subscriber; `by_events`: it shows engine events applied."""
+    def publish(self, snapshot: Snapshot, *, by_events: bool = False, changed: Collection[str] | None = None) -> None:
+        """Make `snapshot` current and tell every subscriber; `by_events`: it shows engine events applied;
+        `changed`: the IDs of every image that is not the very same object as in the last publish (None: not
+        known)."""
+        previous = self.snapshot
+        self.publishes.record(snapshot, changed if previous is not None else None)
         self.snapshot = snapshot
         self.ready.set()
         self.publishing_events = by_events
@@ -79,9 +139,14 @@ class SnapshotStore:
                 publish(snapshot)
         finally:
             self.publishing_events = False
-        ids = frozenset(snapshot.by_id)
-        if ids != self._published_ids:
-            self._published_ids = ids
+        if previous is None:
+            moved = bool(snapshot.by_id)
+        elif changed is not None:  # the IDs moved only if a changed image came or went: no pass over every image
+            by_id, before = snapshot.by_id, previous.by_id
+            moved = any((i in by_id) != (i in before) for i in changed)
+        else:
+            moved = snapshot.by_id.keys() != previous.by_id.keys()
+        if moved:
             for callback in self.on_change:
                 callback()
 

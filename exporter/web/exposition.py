@@ -32,15 +32,18 @@ How:
   compresses only its own metrics. Other codings (deflate) fall back to aiohttp compressing the whole body.
 - `?name[]=` requests bypass the cache: prometheus_client's restricted registry, rendered in a worker thread.
 - OpenMetrics: every part is rendered without its `# EOF`, which is appended once, at the end.
+- The plain text is written as the pieces it is cached in (`PiecesPayload`), never joined into one body: with
+  many images that body is tens of MB, and joining it per scrape would cost in proportion to the series.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs, payload, web
+from aiohttp.abc import AbstractStreamWriter
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
@@ -107,8 +110,8 @@ class MetricsEndpoint:
             return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type, hdrs.CONTENT_ENCODING: "gzip"})
         rendered = await self.textencode_part(state, encoder, content_type, openmetrics)
         prefix, suffix = self._own_parts(encoder, openmetrics)
-        body = b"".join([prefix, *rendered.texts, suffix])
-        response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+        pieces = PiecesPayload([prefix, *rendered.texts, suffix])
+        response = web.Response(body=pieces, headers={hdrs.CONTENT_TYPE: content_type})
         response.enable_compression()  # deflate-only clients, as prometheus_client's handler did
         return response
 
@@ -229,6 +232,36 @@ class MetricsEndpoint:
             metric.add_sample("target_info", target_info, 1)
             before.insert(0, MetricsOf(lambda: [metric]))
         return before, collectors[index + 1 :]
+
+
+#: Bytes handed to the connection per write when a body is written piece by piece.
+WRITE_BATCH = 1 << 16
+
+
+class PiecesPayload(payload.Payload):
+    """A body written as the pieces it is made of, a batch of them at a time: the snapshot's part is thousands of
+    cached pieces (tens of MB uncapped), and joining them into one copy per scrape would cost in proportion
+    to the series; the connection copies what it cannot send at once in any case, a batch at a time here."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        super().__init__(pieces)
+        self.pieces = pieces
+        self._size = sum(map(len, pieces))
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self.pieces).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        batch: list[bytes] = []
+        size = 0
+        for piece in self.pieces:
+            batch.append(piece)
+            size += len(piece)
+            if size >= WRITE_BATCH:
+                await writer.write(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            await writer.write(b"".join(batch))
 
 
 T = TypeVar("T")

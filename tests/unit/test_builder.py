@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
-from exporter.core.snapshot import DiskUsage, EngineInfo, Image, ImageRef
+from exporter.core.snapshot import DiskUsage, EngineInfo, Image, ImageRef, Snapshot
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.backfill import TagTimes
 from exporter.state.builder import SnapshotBuilder
@@ -128,3 +128,22 @@ def test_applied_changes_publish_what_a_full_merge_of_the_same_listing_publishes
         for tag in range(7):
             ref = ImageRef("app", str(tag))
             assert set(builder.holders(ref)) == {i.id for i in after.images if ref in i.refs}
+        _assert_logged(builder, before)
+        builder.republish()  # every image merged again, none changed: the log says so
+        _assert_logged(builder, after)
+        assert (
+            builder.store.publishes.changed_between(builder.store.publishes.number - 1, builder.store.publishes.number)
+            == frozenset()
+        )
+
+
+def _assert_logged(builder: SnapshotBuilder, before: Snapshot) -> None:
+    """The store's publish log names every image that is not the very same object as in `before` (the render
+    caches read only those)."""
+    after = builder.store.snapshot
+    assert after is not None
+    log = builder.store.publishes
+    said = log.changed_between(log.number - 1, log.number)
+    assert said is not None and log.number_of(after) == log.number
+    moved = {i for i in before.by_id.keys() | after.by_id.keys() if before.by_id.get(i) is not after.by_id.get(i)}
+    assert moved <= said

@@ -20,6 +20,8 @@ import exporter
 from exporter.app import create_app
 from exporter.config import MetricsConfig, parse_config
 from exporter.core.snapshot import BuildCache, Container, DiskUsage, EngineInfo, Filesystem, Image, ImageRef, Snapshot
+from exporter.metrics import collector as collector_module
+from exporter.metrics import exposition as rendering
 from exporter.metrics.collector import (
     GAUGE_FAMILIES,
     INFO_FAMILIES,
@@ -29,6 +31,7 @@ from exporter.metrics.collector import (
     image_series,
 )
 from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state.store import SnapshotStore
 from tests.unit.recorded import RecordedEngine
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -322,3 +325,84 @@ def test_table_cache_updated_by_changes_equals_one_built_from_scratch(
         snap = Snapshot(taken_at=float(n), engine=None, images=tuple(images))
         got, want = cache.tables(snap), TableCache().tables(snap)
         assert (got.rows, got.repositories, got.totals) == (want.rows, want.repositories, want.totals)
+
+
+def snapshot_with(images: list[Image], taken_at: float) -> Snapshot:
+    """A Snapshot as the builder publishes it: with its ID map."""
+    return Snapshot(
+        taken_at=taken_at, engine=None, images=tuple(images), by_id=MappingProxyType({i.id: i for i in images})
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(
+                    st.sampled_from("0123456789abcdef"),
+                    st.sampled_from([5, 50, 500]),
+                    st.lists(
+                        st.sampled_from(["app:1", "app:2", "web:1", "web:2", "reg.local:5000/t/app:1"]),
+                        max_size=3,
+                        unique=True,
+                    ),
+                ),
+                max_size=14,
+                unique_by=lambda spec: spec[0],
+            ),
+            st.sampled_from(["exact", "more", "unknown"]),  # what the publish says it changed
+            st.booleans(),  # whether this snapshot is rendered (renders skip publishes)
+        ),
+        min_size=1,
+        max_size=15,
+    )
+)
+def test_table_cache_fed_by_the_publish_log_equals_one_built_from_scratch(
+    steps: list[tuple[list[tuple[str, int, list[str]]], str, bool]],
+) -> None:
+    """Publishes that say which images they changed (exactly, a superset, or not at all), rendered or
+    skipped: the rows, repositories, totals and kept chunks of the cache reading the store's publish log
+    are those of a fresh cache, and the chunks are what the exposition would cut from the rows. Tiny chunks, so
+    a few images span many of them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(collector_module, "CHUNK_ROWS", 3)
+        patch.setattr(collector_module, "MAX_CHUNK_ROWS", 2)
+        store = SnapshotStore()
+        cache = TableCache()
+        previous: dict[str, Image] = {}
+        for n, (specs, says, rendered) in enumerate(steps):
+            images = []
+            for id_, size, refs in specs:
+                new = image(id_, size, *refs)
+                old = previous.get(id_)
+                images.append(old if old is not None and old == new else new)  # unchanged: the same object
+            now = {i.id: i for i in images}
+            exact = {i for i in now.keys() | previous.keys() if now.get(i) is not previous.get(i)}
+            changed = {"exact": exact, "more": exact | set(list(now)[:2]), "unknown": None}[says]
+            snap = snapshot_with(images, float(n))
+            store.publish(snap, changed=changed)
+            previous = {i.id: i for i in images}
+            if not rendered:
+                continue
+            got, want = cache.tables(snap, store.publishes), TableCache().tables(snap)
+            assert (got.rows, got.repositories, got.totals) == (want.rows, want.repositories, want.totals)
+            assert got.chunks == want.chunks == rendering.table_chunks(got.rows)
+
+
+def test_a_publish_that_says_what_changed_is_not_diffed_over_every_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row cache looks only at the images the publish log names: no comparison of every image."""
+    store = SnapshotStore()
+    cache = TableCache()
+    images = [image(f"{n:04x}", 10 + n, f"app:{n}") for n in range(2000)]
+    first = snapshot_with(images, 1.0)
+    store.publish(first)
+    cache.tables(first, store.publishes)
+    images[7] = image(f"{7:04x}", 5, "app:7", "app:new")
+    second = snapshot_with(images, 2.0)
+    store.publish(second, changed={images[7].id})
+    monkeypatch.setattr(TableCache, "_diff_identity", None)  # any full comparison fails the test
+    tables = cache.tables(second, store.publishes)
+    assert ("app", "new", images[7].short_id) in [labels for labels, _values in tables.rows]
+    monkeypatch.undo()
+    assert tables.rows == TableCache().tables(second).rows

@@ -437,10 +437,10 @@ async def test_a_burst_of_applied_events_writes_the_state_file_once_and_the_next
     poller = Poller(store, parse_config({"filesystem": {"path": "/"}}), history, metrics, clock=clock)
     follower = EventFollower(store, poller, history, metrics)
     await poller.poll_once()
-    writes: list[str] = []
+    writes: list[list[str]] = []
     real_write = history.write
 
-    def write(data: str) -> None:
+    def write(data: list[str]) -> None:
         writes.append(data)
         real_write(data)
 
@@ -450,7 +450,7 @@ async def test_a_burst_of_applied_events_writes_the_state_file_once_and_the_next
             await follower.handle(event)
     assert len(writes) == 1
     await poller.poll_once()
-    assert len(writes) == 2 and json.loads(writes[-1])["present"] == []
+    assert len(writes) == 2 and json.loads("".join(writes[-1]))["present"] == []
     assert json.loads((tmp_path / "state.json").read_text())["present"] == []
 
 

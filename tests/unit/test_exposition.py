@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -97,7 +97,7 @@ class Setup:
         return await self.endpoint.handle(make_mocked_request("GET", "/metrics" + query, headers=headers))
 
     async def text(self, accept: str = "") -> str:
-        body = (await self.scrape(accept)).body
+        body = body_of(await self.scrape(accept))
         assert isinstance(body, bytes)
         return body.decode()
 
@@ -106,6 +106,15 @@ class Setup:
         response = await self.reference(make_mocked_request("GET", "/metrics" + query, headers=headers))
         assert isinstance(response, web.Response)
         return response
+
+
+def body_of(response: web.Response) -> bytes:
+    """The bytes a response sends: its body, or the pieces a `PiecesPayload` writes one after the other."""
+    body = response.body
+    if isinstance(body, exposition.PiecesPayload):
+        return b"".join(body.pieces)
+    assert isinstance(body, bytes)
+    return body
 
 
 @pytest.fixture
@@ -129,7 +138,7 @@ async def test_bytes_and_content_type_equal_prometheus_client(accept: str, state
     setup = Setup(FakePoller(snap, up=state == "up"), MetricsConfig(max_image_series=3))
     for _ in range(2):  # uncached, then cached
         got, want = await setup.scrape(accept), await setup.expected(accept)
-        assert got.body == want.body
+        assert body_of(got) == body_of(want)
         assert got.content_type == want.content_type and got.charset == want.charset
         assert got.headers["Content-Type"] == want.headers["Content-Type"]
 
@@ -161,19 +170,40 @@ async def test_gzip_is_one_member_equal_to_the_uncached_render(accept: str) -> N
     for _ in range(2):
         response = await setup.scrape(accept, encoding="deflate, gzip")
         assert response.headers["Content-Encoding"] == "gzip"
-        assert isinstance(response.body, bytes)
         one = zlib.decompressobj(16 + zlib.MAX_WBITS)  # a single-member reader: no multi-member tolerance
-        plain = one.decompress(response.body)
+        plain = one.decompress(body_of(response))
         assert one.eof and one.unused_data == b""
-        assert plain == (await setup.expected(accept)).body == gzip.decompress(response.body)
-        assert len(response.body) < len(plain) / 3
+        assert plain == body_of(await setup.expected(accept)) == gzip.decompress(body_of(response))
+        assert len(body_of(response)) < len(plain) / 3
 
 
 async def test_deflate_only_clients_get_aiohttp_compression() -> None:
     setup = Setup(FakePoller(snapshot()))
     response = await setup.scrape(encoding="deflate")
     assert "Content-Encoding" not in response.headers and response.compression  # aiohttp compresses at prepare
-    assert response.body == (await setup.expected()).body
+    assert body_of(response) == body_of(await setup.expected())
+
+
+@pytest.mark.parametrize("encoding", ["", "deflate"])
+async def test_a_body_written_piece_by_piece_arrives_whole_over_http(encoding: str) -> None:
+    """The plain body is written as its cached pieces, in batches (`PiecesPayload`): through a real aiohttp
+    server, identity and aiohttp-compressed alike, the client reads exactly the reference bytes, with a
+    Content-Length equal to their size when not compressed."""
+    setup = Setup(FakePoller(snapshot(images=3000)), MetricsConfig(max_image_series=100_000))
+    app = web.Application()
+    app.router.add_get("/metrics", setup.endpoint.handle)
+    want = body_of(await setup.expected())
+    assert len(want) > 4 * exposition.WRITE_BATCH
+    async with TestClient(TestServer(app)) as client:
+        headers = {"Accept-Encoding": encoding} if encoding else {"Accept-Encoding": "identity"}
+        for _ in range(2):  # rendered, then cached
+            response = await client.get("/metrics", headers=headers)
+            got = await response.read()
+            assert got == want
+            if encoding:
+                assert response.headers["Content-Encoding"] == "deflate"
+            else:
+                assert int(response.headers["Content-Length"]) == len(want)
 
 
 def test_crc32_combine_matches_zlib() -> None:
@@ -199,7 +229,7 @@ async def test_own_metrics_change_per_scrape_while_the_snapshot_part_is_reused(
     second = await setup.text()
     assert "docker_exporter_polls_total 0.0\n" in first and "docker_exporter_polls_total 3.0\n" in second
     assert 'docker_exporter_test_runs_total{x="b"} 1.0' in second
-    assert second.encode() == (await setup.expected()).body
+    assert second.encode() == body_of(await setup.expected())
     assert len(renders) == 1
 
 
@@ -248,12 +278,12 @@ async def test_a_publish_renders_and_compresses_only_what_changed(
     for module in (rendering, table_rows):
         monkeypatch.setattr(module, "hash", lambda labels: zlib.crc32("\0".join(labels).encode()), raising=False)
     monkeypatch.setattr(table_rows, "CHUNK_ROWS", 8)
-    monkeypatch.setattr(rendering, "MAX_CHUNK_ROWS", 1_000_000)
+    monkeypatch.setattr(table_rows, "MAX_CHUNK_ROWS", 1_000_000)
     poller = FakePoller(snapshot(taken_at=1.0, images=2000))
     setup = Setup(poller, MetricsConfig(max_image_series=1_000_000))
 
     async def scrape() -> bytes:
-        body = (await setup.scrape(encoding=encoding)).body
+        body = body_of(await setup.scrape(encoding=encoding))
         assert isinstance(body, bytes)
         return gzip.decompress(body) if encoding else body
 
@@ -269,7 +299,7 @@ async def test_a_publish_renders_and_compresses_only_what_changed(
     images = list(poller.snapshot.images)
     images[700] = replace(images[700], size=images[700].size + 1, containers=5)  # moves in the sort order
     poller.snapshot = replace(poller.snapshot, taken_at=3.0, images=tuple(images))
-    assert await scrape() == (await Setup(FakePoller(poller.snapshot), setup.collector.config).expected()).body
+    assert await scrape() == body_of(await Setup(FakePoller(poller.snapshot), setup.collector.config).expected())
     assert 0 < renderer.rows_rendered - rows < rows / 10
     if encoding:
         assert 0 < renderer.segments.compressed - compressed < compressed / 4
@@ -289,7 +319,7 @@ async def test_poller_publishes_and_disk_usage_updates_invalidate(tmp_path: Path
     endpoint = MetricsEndpoint(setup_registry, collector)
 
     async def scrape() -> str:
-        body = (await endpoint.handle(make_mocked_request("GET", "/metrics"))).body
+        body = body_of(await endpoint.handle(make_mocked_request("GET", "/metrics")))
         assert isinstance(body, bytes)
         return body.decode()
 
@@ -344,7 +374,7 @@ async def test_concurrent_scrapes_share_one_render(monkeypatch: pytest.MonkeyPat
     await settle()
     assert not any(t.done() for t in [first, *others])  # all waiting for the one render
     blocking.release.set()
-    bodies = {(await t).body for t in [first, *others]}
+    bodies = {body_of(await t) for t in [first, *others]}
     assert len(bodies) == 1 and len(blocking.calls) == 1
 
 
@@ -373,7 +403,7 @@ async def test_a_client_going_away_does_not_cancel_the_shared_render(monkeypatch
     await settle()
     gone.cancel()
     blocking.release.set()
-    assert (await staying).body == (await setup.expected()).body
+    assert body_of(await staying) == body_of(await setup.expected())
     assert len(blocking.calls) == 1
 
 
@@ -390,7 +420,7 @@ async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest
     setup = Setup(FakePoller(snapshot()))
     with pytest.raises(RuntimeError, match="boom"):
         await setup.scrape()
-    assert (await setup.scrape()).body == (await setup.expected()).body
+    assert body_of(await setup.scrape()) == body_of(await setup.expected())
 
 
 @pytest.mark.parametrize(
@@ -399,7 +429,7 @@ async def test_a_failed_render_is_retried_by_the_next_scrape(monkeypatch: pytest
 async def test_name_filter_bypasses_the_cache(query: str, renders: list[rendering.State]) -> None:
     setup = Setup(FakePoller(snapshot()))
     got = await setup.scrape(query=query)
-    assert got.body == (await setup.expected(query=query)).body
+    assert body_of(got) == body_of(await setup.expected(query=query))
     text = got.text or ""
     assert ("docker_images " in text) is ("docker_images" in query)
     assert "docker_image_size_bytes" not in text
@@ -413,7 +443,7 @@ async def test_uncommon_accept_headers_are_not_cached_without_bound(
     accepts = [f"application/openmetrics-text;version=1.0.{n}" for n in range(exposition.MAX_VARIANTS + 4)]
     for accept in accepts:
         got = await setup.scrape(accept)
-        assert got.body == (await setup.expected(accept)).body
+        assert body_of(got) == body_of(await setup.expected(accept))
     assert len(setup.endpoint._texts) == exposition.MAX_VARIANTS
     for accept in accepts[: exposition.MAX_VARIANTS]:
         await setup.scrape(accept)
@@ -489,7 +519,7 @@ async def test_incremental_render_equals_a_full_render(
     format, gzip included. Tiny chunks and segments (and forced cuts) so that 40 images span many of them."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(table_rows, "CHUNK_ROWS", 3)
-        patch.setattr(rendering, "MAX_CHUNK_ROWS", 4)
+        patch.setattr(table_rows, "MAX_CHUNK_ROWS", 4)
         patch.setattr(rendering, "SEGMENT_CHUNKS", 2)
         images = {spec[0]: spec_image(spec) for spec in start}
         poller = FakePoller(snapshot_of(images.values(), 1.0))
@@ -514,10 +544,9 @@ async def test_incremental_render_equals_a_full_render(
             else:
                 poller.up = args[0]
             response = await setup.scrape(accept, encoding="gzip" if gzipped else "")
-            assert isinstance(response.body, bytes)
-            body = gzip.decompress(response.body) if gzipped else response.body
+            body = gzip.decompress(body_of(response)) if gzipped else body_of(response)
             fresh = Setup(FakePoller(poller.snapshot, poller.up), setup.collector.config)
-            assert body == (await fresh.expected(accept)).body
+            assert body == body_of(await fresh.expected(accept))
 
 
 def snapshot_of(images: Iterable[Image], taken_at: float) -> Snapshot:
@@ -551,10 +580,9 @@ async def test_every_event_applied_change_is_in_the_next_scrape(
 
     async def check() -> None:
         response = await endpoint.handle(make_mocked_request("GET", "/metrics", headers={"Accept-Encoding": "gzip"}))
-        assert isinstance(response.body, bytes)
         fresh = CollectorRegistry(auto_describe=True)
         fresh.register(SnapshotCollector(FakePoller(poller.store.snapshot, poller.store.up), MetricsConfig()))
-        assert gzip.decompress(response.body) == generate_latest(fresh)
+        assert gzip.decompress(body_of(response)) == generate_latest(fresh)
 
     await poller.poll_once()
     await check()

@@ -407,3 +407,56 @@ def test_a_save_re_encoding_only_what_changed_writes_every_table_as_it_is(
         assert data["present"] == sorted(history.present)
         assert data["last_used"] == history.last_used and data["arrived"] == history.arrived
         assert data["anchors"] == {k: list(v) for k, v in history.anchors.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sets(st.sampled_from("abcdefgh"), max_size=6),
+    st.lists(
+        st.tuples(
+            st.sets(st.sampled_from("abcdefgh"), max_size=3),  # the IDs an event touched (toggled present)
+            st.sets(st.sampled_from("abcdefghij"), max_size=2),  # touched too, present or not as they are
+            st.sets(st.sampled_from("abcdefghij"), max_size=2),  # marked arrived before the apply
+            st.booleans(),  # a save after this step
+        ),
+        max_size=12,
+    ),
+)
+def test_observing_only_the_touched_images_equals_observing_all(
+    first: set[str], steps: list[tuple[set[str], set[str], set[str], bool]]
+) -> None:
+    """`observe_changed` (an applied event: only the touched IDs can have come or gone) leaves the history,
+    and the file it saves, exactly as `observe` of every image would."""
+    with tempfile.TemporaryDirectory() as folder:
+        full = ImageHistory(f"{folder}/full.json")
+        changed = ImageHistory(f"{folder}/changed.json")
+        present = {f"sha256:{c * 64}" for c in first}
+        for history in (full, changed):
+            history.observe(present, T0)
+            history.save()
+        for n, (toggled, also, arrivals, save) in enumerate(steps, start=1):
+            now = T0 + n
+            toggled_ids = {f"sha256:{c * 64}" for c in toggled}
+            touched = toggled_ids | {f"sha256:{c * 64}" for c in also} | {f"sha256:{c * 64}" for c in arrivals}
+            present = present ^ toggled_ids
+            for history in (full, changed):
+                for c in sorted(arrivals):
+                    history.mark_arrived(f"sha256:{c * 64}", now - 0.5)
+            assert full.observe(present, now) == changed.observe_changed(present, touched, now)
+            assert (full.present, full.arrived, full.last_used, full.anchors, full.observed_at) == (
+                changed.present,
+                changed.arrived,
+                changed.last_used,
+                changed.anchors,
+                changed.observed_at,
+            )
+            if save:
+                assert full.prepare() == changed.prepare()
+
+
+def test_observing_only_the_touched_images_falls_back_when_the_last_listing_differs(tmp_path: Path) -> None:
+    """Counts that disagree (the last observation was of another listing): every image is observed."""
+    history = ImageHistory(str(tmp_path / "state.json"))
+    history.observe([A], T0)
+    assert history.observe_changed([A, B, C], [B], T0 + 1) == [B, C]
+    assert history.present == {A, B, C} and history.arrived == {A: T0, B: T0 + 1, C: T0 + 1}

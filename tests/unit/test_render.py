@@ -76,7 +76,7 @@ def test_render_equals_generate_latest_over_sequences_of_snapshots(
     variant decompresses to the plain one. Tiny chunks and segments so that 40 images span many of them."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(table_rows, "CHUNK_ROWS", 3)
-        patch.setattr(rendering, "MAX_CHUNK_ROWS", 4)
+        patch.setattr(table_rows, "MAX_CHUNK_ROWS", 4)
         patch.setattr(rendering, "SEGMENT_CHUNKS", 2)
         config = MetricsConfig(max_image_series=30)
         renderer = SnapshotRenderer(SnapshotCollector(Source(None), config))
@@ -94,8 +94,8 @@ def test_render_equals_generate_latest_over_sequences_of_snapshots(
             current = snapshot_of(images.values(), 2.0 + n)
             body = rendered(renderer, current, fmt, up)
             assert body == reference(current, up, config, fmt)
-            tables = renderer.collector.tables.tables(current)  # the chunk ends kept row by row, as if cut afresh
-            assert tables.ends == table_rows.chunk_ends(tables.rows)
+            tables = renderer.collector.tables.tables(current)  # the chunks kept run by run, as if cut afresh
+            assert tables.chunks == rendering.table_chunks(tables.rows)
             if fmt.endswith("+gzip"):
                 assert body == renderer.render(current, fmt.removesuffix("+gzip"), up=up)  # type: ignore[arg-type]
 
@@ -120,7 +120,7 @@ def test_one_changed_image_renders_about_one_chunk_per_family() -> None:
     changed[150] = replace(changed[150], containers=changed[150].containers + 1)
     second = snapshot_of(changed, 2.0)
     assert renderer.render(second) == reference(second, True, MetricsConfig(), "text")
-    assert 0 < renderer.renderer(*_text_format()).rows_rendered - before <= 2 * rendering.MAX_CHUNK_ROWS
+    assert 0 < renderer.renderer(*_text_format()).rows_rendered - before <= 2 * table_rows.MAX_CHUNK_ROWS
 
 
 def _text_format() -> tuple[str, Any, bool]:
