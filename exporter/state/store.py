@@ -12,6 +12,7 @@ import asyncio
 import weakref
 from collections.abc import Callable, Collection
 
+from exporter.core import gcpolicy
 from exporter.core.snapshot import Snapshot
 
 #: Publishes whose changed image IDs are kept: a render that skipped this many publishes diffs the images.
@@ -149,6 +150,8 @@ class SnapshotStore:
         if moved:
             for callback in self.on_change:
                 callback()
+        if not by_events:  # a poll or a catch-up replaced many objects: keep later collections off them
+            gcpolicy.freeze_long_lived()
 
     # -- readers ---------------------------------------------------------------------------------------
     @property

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import pytest
+
+from exporter.core import gcpolicy
 from exporter.core.snapshot import Snapshot
 from exporter.state import store as store_module
 from exporter.state.store import PublishLog, SnapshotStore
@@ -53,3 +56,19 @@ def test_the_store_records_every_publish_and_tells_on_change_only_when_the_ids_m
     store.publish(Snapshot(4.0, None, (b,), by_id=MappingProxyType({b.id: b})))  # unknown: compared whole
     assert calls == [1, 3, 4]
     assert store.publishes.changed_between(1, 3) == frozenset({a.id, b.id})
+
+
+def test_a_poll_publish_freezes_the_long_lived_objects_and_an_event_publish_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a full collection walks every object tracked: a poll's new snapshot is moved out of its reach, while one
+    # event's few objects are not worth a collection each
+    freezes: list[float] = []
+    store = SnapshotStore()
+    monkeypatch.setattr(
+        gcpolicy, "freeze_long_lived", lambda: freezes.append(store.snapshot.taken_at if store.snapshot else -1)
+    )
+    store.publish(snap(1))
+    store.publish(snap(2), by_events=True, changed=set())
+    store.publish(snap(3), changed=set())
+    assert freezes == [1, 3]
