@@ -74,6 +74,7 @@ class Executor:
         self.trash: Trash | None = None
         self._stopping = False
         self._running: set[str] = set()
+        self._deleting = 0  # runs sending DELETEs now (not planning, not dry)
 
     def stop(self) -> None:
         """Shutdown: runs in progress end before their next candidate, and nothing new starts."""
@@ -82,6 +83,11 @@ class Executor:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def deleting(self) -> bool:
+        """True while a run deletes images (the event follower gathers the events it causes meanwhile)."""
+        return self._deleting > 0
 
     # -- one run per action ----------------------------------------------------------------------------
     def is_running(self, action: str) -> bool:
@@ -177,7 +183,11 @@ class Executor:
             if free_space and not run.goal_met:
                 run.goal_met = False
             return
-        incomplete = await self._delete_all(run, plan, action)
+        self._deleting += 1
+        try:
+            incomplete = await self._delete_all(run, plan, action)
+        finally:
+            self._deleting -= 1
         if free_space:
             if not run.goal_met:
                 run.goal_met = False
