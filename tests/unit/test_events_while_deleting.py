@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from exporter.app import Services
+from exporter.config import parse_config
 from exporter.core.snapshot import Filesystem
 from exporter.remediation.executor import Executor
+from exporter.remediation.runs import Run
 from exporter.state import events as events_module
 from tests.unit.fake_engine import FakeEngine
 from tests.unit.test_event_apply import BLOBS, _two_tags_each_watched
@@ -87,3 +90,32 @@ async def test_while_a_run_deletes_a_burst_gathers_for_the_longer_interval(
         worker.cancel()
     assert len(published) == 2 and len(sleeps) == 1
     assert (30.0 < sleeps[0] <= 40.0) if deleting else (0 < sleeps[0] <= 7.0)
+
+
+async def test_the_app_tells_the_event_follower_while_its_executor_deletes(tmp_path: Path) -> None:
+    """`Services` hands the follower the executor's `deleting`: True during a real run's DELETEs only."""
+    engine = FakeEngine()
+    for n in range(2):
+        engine.add(f"old{n}", (f"app:{n}",), arrived=OLD + n)
+    config = parse_config(
+        {
+            "filesystem": {"path": str(tmp_path)},
+            "state": {"path": str(tmp_path / "state.json")},
+            "remediation": {
+                "enabled": True,
+                "auth": {"bearer_token": "t0ken-t0ken"},
+                "audit_log": str(tmp_path / "audit.jsonl"),
+                "actions": {"unused": {"type": "prune_unused", "min_age": "0s"}},
+            },
+        }
+    )
+    services = Services(config, None, engine)
+    assert services.events is not None and services.remediation is not None
+    seen: list[bool] = []
+    follower = services.events
+    engine.before = lambda call, _arg: seen.append(follower.deleting()) if call == "remove_image" else None
+    assert not follower.deleting()
+    await services.poller.poll_once()
+    run = await services.remediation.run_manual("unused", False)
+    assert isinstance(run, Run) and run.images_deleted == 2, run
+    assert seen == [True, True] and not follower.deleting()
