@@ -25,7 +25,7 @@ from typing import Any
 from benchmarks import procstat, profiling
 from benchmarks.clients import EngineAPI, ExporterHTTP
 from benchmarks.imageset import PROBE_REPO
-from benchmarks.stats import compared, summary
+from benchmarks.stats import compared, percentile, summary
 from tests.harness.certs import client_context, issue, make_ca
 from tests.harness.dockerd import PrivateDockerd
 from tests.harness.exporter import ExporterProcess, find_sample
@@ -60,7 +60,9 @@ class Options:
     dry_run_budget_seconds: float = 900.0
     idle_seconds: float = 30.0
     delete_count: int = 1000
-    delete_rounds: int = 2
+    #: rounds of the deletion figure, alternating which side goes first: one round's rate varies 2-3x on a
+    #: shared machine, so two were too few to tell x0.85 from x0.7
+    delete_rounds: int = 4
     profile: bool = True
     catch_up_rounds: int = 1
     memory_changes: int = MEMORY_CHANGES
@@ -221,6 +223,19 @@ def scrapes(
         result[key]["exposition_bytes"] = len(texts[key].encode())
         result[key]["series"] = series_count(texts[key])
     return result
+
+
+def _cpu_of(*pids: int | None) -> list[float | None]:
+    return [procstat.cpu_seconds(pid) if pid else None for pid in pids]
+
+
+def _cpu_since(before: list[float | None], pids: tuple[int | None, ...], images: int) -> list[float | None]:
+    """CPU ms per image of each of `pids` since `before` (`_cpu_of` of the same pids)."""
+    now = _cpu_of(*pids)
+    return [
+        round((b - a) * 1000 / images, 3) if a is not None and b is not None else None
+        for a, b in zip(before, now, strict=True)
+    ]
 
 
 def tls_scrapes(engine: PrivateDockerd, workdir: Path, plain: ExporterProcess, opts: Options) -> dict[str, Any]:
@@ -549,12 +564,20 @@ def dry_run_memory(exp: ExporterProcess, audit_log: Path, opts: Options) -> dict
     }
 
 
-def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], opts: Options) -> dict[str, Any]:
+def deletion(
+    engine: PrivateDockerd,
+    workdir: Path,
+    load: Callable[[], float],
+    opts: Options,
+    watch: Callable[[ExporterProcess], Callable[[], None]] | None = None,
+) -> dict[str, Any]:
     """Images/s deleting `opts.delete_count` fresh unused images: the exporter's `prune_unused` (one DELETE
     per image, after planning) against `docker image prune -a -f` on the same freshly loaded set.
 
     Rounds alternate which goes first. The exporter runs throughout (it must see the images to plan them),
-    and each side starts with it at rest after the load (LastTagTimes read, no poll pending).
+    and each side starts with it at rest after the load (LastTagTimes read, no poll pending). `watch` (a
+    profiler, `benchmarks.deletion_only`) is started right before each of the exporter's runs and stopped
+    right after it.
     """
     api = EngineAPI(engine)
     exp = ExporterProcess(workdir, engine.host, deleting_config(engine, workdir, opts.delete_count), name="delete")
@@ -563,10 +586,12 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
     loads: list[float] = []
     during: list[float] = []
     rest: list[float] = []
+    per_round: list[dict[str, Any]] = []
     try:
         started(exp)
         client = ExporterHTTP(exp.address, token=TOKEN)
         for r in range(opts.delete_rounds):
+            this_round: dict[str, Any] = {"first": "exporter" if r % 2 == 0 else "prune"}
             order = ("exporter", "prune") if r % 2 == 0 else ("prune", "exporter")
             for who in order:
                 if api.list_images()[0]:
@@ -578,23 +603,41 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
                 wait_until(lambda: client.sample(PENDING) == 0, 300, "LastTagTimes of the load")
                 _settle(client)
                 if who == "exporter":
-                    rest.extend(paced_at_rest(exp, 2.0))
+                    at_rest = paced_at_rest(exp, 2.0)
+                    rest.extend(at_rest)
                     latencies, stop = scrape_in_background(exp, SCRAPE_PACE)
+                    unwatch = watch(exp) if watch is not None else None
+                    cpu = _cpu_of(exp.pid, engine.pid)
                     answer, seconds = client.run_action("unused", dry_run=False)
+                    this_round["exporter_cpu_ms_per_image"], this_round["engine_cpu_ms_per_image"] = _cpu_since(
+                        cpu, (exp.pid, engine.pid), opts.delete_count
+                    )
+                    if unwatch is not None:
+                        unwatch()
                     stop()
                     during.extend(latencies)
+                    this_round["scrape_p99_ms"] = {
+                        "during": round(percentile(latencies, 99) * 1000, 2),
+                        "at_rest": round(percentile(at_rest, 99) * 1000, 2),
+                    }
                     deleted = int(answer.get("images_deleted", 0))
                     rate = ours
                 else:
+                    cpu = _cpu_of(None, engine.pid)
                     start = time.perf_counter()
                     engine.cli("image", "prune", "-a", "-f")
                     seconds = time.perf_counter() - start
+                    this_round["prune_engine_cpu_ms_per_image"] = _cpu_since(
+                        cpu, (None, engine.pid), opts.delete_count
+                    )[1]
                     deleted = opts.delete_count - len(api.list_images()[0])
                     rate = prune
                 if deleted != opts.delete_count:
                     raise RuntimeError(f"{who} deleted {deleted} of {opts.delete_count} images")
                 rate.append(deleted / seconds)
+                this_round[f"{who}_per_s"] = round(deleted / seconds, 1)
                 wait_until(lambda: client.sample("docker_images") == 0, 300, "exporter sees the deletion")
+            per_round.append(this_round)
         client.close()
     finally:
         exp.stop()
@@ -603,4 +646,7 @@ def deletion(engine: PrivateDockerd, workdir: Path, load: Callable[[], float], o
     result["images"] = opts.delete_count
     result["load_seconds"] = summary(loads, 2)
     result.update(during_vs_rest(during, rest, "run"))
+    # each round's exporter rate over prune's from the same round: a load spell hits both sides of a round
+    result["paired_ratio"] = summary([r["exporter_per_s"] / r["prune_per_s"] for r in per_round], 3)
+    result["rounds"] = per_round
     return result

@@ -93,6 +93,9 @@ class Services:
             if remediation.enabled
             else None
         )
+        if self.events is not None and self.remediation is not None:
+            executor = self.remediation.executor
+            self.events.deleting = lambda: executor.deleting
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded config (already checked by the Reloader to change no restart-only key)."""

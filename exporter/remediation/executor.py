@@ -12,7 +12,10 @@ or of a hold and one digest reference) run at once on the engine's `delete` lane
 and intent; their audit lines share fsyncs (GroupCommit). A candidate that needs untags by name runs
 alone, so nothing of ours widens that unavoidable window.
 `max_deletions` counts deletions in flight, and `free_space` starts no candidate while those in flight
-would already meet the goal: the bounds hold exactly as with one at a time.
+would already meet the goal: the bounds hold exactly as with one at a time. A deletion in flight counts as
+freed only for that decision; the goal is met when the data root's statvfs after a returned DELETE says so,
+and one refused frees nothing (the next candidates start). So a goal is overshot by at most the last
+candidate started, as one at a time would (plus whatever the plan's size estimates were off).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, Pro
 from exporter.core import clocks
 from exporter.core.logs import kv
 from exporter.core.snapshot import Filesystem
-from exporter.engine.seam import DELETE_LANE_THREADS, EngineSeam
+from exporter.engine.seam import EngineSeam
 from exporter.remediation import offloop, prunes
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.deletion import STOPPED, Deleter, hold_reference
@@ -38,10 +41,14 @@ from exporter.remediation.runaudit import RunAborted, RunAudit
 from exporter.remediation.runs import Outcome, Run, outcome_of
 from exporter.remediation.trash import Trash
 
-__all__ = ["PLAN_SLACK", "Executor", "RunAborted", "hold_reference"]
+__all__ = ["DELETE_IN_FLIGHT", "PLAN_SLACK", "Executor", "RunAborted", "hold_reference"]
 
 #: Seconds a run may start after its plan was made: the span `young_after` looks back for clock steps.
 PLAN_SLACK = 300.0
+#: Deletions in flight at once. More delete no faster (the engine's own work per DELETE dominates, on the
+#: same cores), while their callbacks, ready together on the event loop, hold up the scrapes meanwhile;
+#: fewer leave the engine idle between one deletion's round trips.
+DELETE_IN_FLIGHT = 4
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,7 +63,7 @@ class Executor:
         audit: AuditLog,
         metrics: RemediationMetrics,
         read_filesystem: Callable[[str], Filesystem],
-        in_flight: int = DELETE_LANE_THREADS,
+        in_flight: int = DELETE_IN_FLIGHT,
         protect_now: Callable[[], ProtectConfig | None] = lambda: None,
     ) -> None:
         self.engine = engine
@@ -74,6 +81,7 @@ class Executor:
         self.trash: Trash | None = None
         self._stopping = False
         self._running: set[str] = set()
+        self._deleting = 0  # runs sending DELETEs now (not planning, not dry)
 
     def stop(self) -> None:
         """Shutdown: runs in progress end before their next candidate, and nothing new starts."""
@@ -82,6 +90,11 @@ class Executor:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def deleting(self) -> bool:
+        """True while a run deletes images (the event follower gathers the events it causes meanwhile)."""
+        return self._deleting > 0
 
     # -- one run per action ----------------------------------------------------------------------------
     def is_running(self, action: str) -> bool:
@@ -177,7 +190,11 @@ class Executor:
             if free_space and not run.goal_met:
                 run.goal_met = False
             return
-        incomplete = await self._delete_all(run, plan, action)
+        self._deleting += 1
+        try:
+            incomplete = await self._delete_all(run, plan, action)
+        finally:
+            self._deleting -= 1
         if free_space:
             if not run.goal_met:
                 run.goal_met = False

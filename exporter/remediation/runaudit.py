@@ -65,27 +65,26 @@ class RunAudit:
 
     async def settle(self, run: Run) -> RunAborted | None:
         """Wait until the run's queued outcome lines are on disk; the failure if one could not be written."""
-        futures = self._unsettled.pop(run.run_id, [])
-        waiting = [f for f in futures if not f.done()]
-        if waiting:
-            await asyncio.wait(waiting)
-        for f in futures:
-            if f.cancelled():
-                return RunAborted("audit write cancelled")
-            if f.exception() is not None:
-                return RunAborted(str(f.exception()))
-        return None
+        return await _settled(self._unsettled.pop(run.run_id, []))
 
     async def intent(self, run: Run, cand: Candidate, target: str, hold: bool = False) -> None:
         """The durable line that says a DELETE is about to be sent; if it cannot be written, nothing is.
 
         `hold`: `target` is a hold reference about to be added (`POST /images/{id}/tag`) and DELETEd last.
+        The outcome lines queued before the intent are on disk with it (lines go in order): checked here, so
+        no DELETE follows a line that did not make it. Those queued after it (deletions beside this one that
+        end meanwhile) are not waited for: their fsync would hold this DELETE up for nothing.
         """
         fields: dict[str, Any] = {"image_id": cand.image_id, "target": target, "references": list(cand.references)}
         if hold:
             fields["hold"] = True
-        await self.event(run, "intent", **fields)
-        unwritten = await self.settle(run)  # queued before the intent, so on disk by now: check they made it
+        earlier = self._unsettled.pop(run.run_id, [])
+        try:
+            await self.event(run, "intent", **fields)
+        except BaseException:
+            self._unsettled.setdefault(run.run_id, [])[:0] = earlier  # still the run's, for `settle`
+            raise
+        unwritten = await _settled(earlier)
         if unwritten is not None:
             raise unwritten
 
@@ -126,3 +125,16 @@ def image_fields(o: Outcome) -> dict[str, Any]:
         "repo_digests": list(o.repo_digests),
         "created": o.created,
     }
+
+
+async def _settled(futures: list[asyncio.Future[None]]) -> RunAborted | None:
+    """Wait until these queued lines are on disk; the failure if one could not be written."""
+    waiting = [f for f in futures if not f.done()]
+    if waiting:
+        await asyncio.wait(waiting)
+    for f in futures:
+        if f.cancelled():
+            return RunAborted("audit write cancelled")
+        if f.exception() is not None:
+            return RunAborted(str(f.exception()))
+    return None

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from exporter.core.logs import kv
@@ -48,6 +49,10 @@ MAX_BATCH = 1024
 #: number of images on the event loop the remediation executor shares: a run deleting 1,000 images made
 #: a batch of two or three events every few milliseconds. An event after a quiet spell is taken at once.
 BATCH_INTERVAL = 0.05
+#: The same while a remediation run deletes: each DELETE causes an untag and a delete event, and every publish
+#: they cause makes the next scrape wait for a render; the run's own outcome matters more than metrics fresher
+#: than this while it lasts.
+DELETING_BATCH_INTERVAL = 0.5
 _HEX_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
 
 
@@ -107,6 +112,8 @@ class EventFollower:
         if self.store is not None:
             self.store.follower_attached()  # the snapshot is current only while the stream is live
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        #: True while a remediation run deletes images: batches gather for DELETING_BATCH_INTERVAL then.
+        self.deleting: Callable[[], bool] = lambda: False
 
     async def run(self) -> None:
         """Follow the stream until cancelled; the store's `events_live` is True only while the snapshot is current.
@@ -211,11 +218,13 @@ class EventFollower:
         return engine_now if engine_now is not None else time.time()
 
     async def _handle_events(self) -> None:
-        """Take queued events in batches; in a burst, at most one batch per BATCH_INTERVAL (see there)."""
+        """Take queued events in batches; in a burst, at most one batch per BATCH_INTERVAL (see there), or per
+        DELETING_BATCH_INTERVAL while a remediation run deletes."""
         applied = float("-inf")
         while True:
             batch = [await self._queue.get()]
-            gather = applied + BATCH_INTERVAL - time.monotonic()
+            interval = DELETING_BATCH_INTERVAL if self.deleting() else BATCH_INTERVAL
+            gather = applied + interval - time.monotonic()
             if gather > 0:  # the previous batch was just now: this is a burst, let it gather
                 await asyncio.sleep(gather)
             applied = time.monotonic()

@@ -69,6 +69,7 @@ def test_freed_heap_goes_back_to_the_system():
 def test_the_collector_paused_at_launch_resumes_with_start_up_frozen() -> None:
     """The launcher pauses cyclic collection; building the app resumes it, with what start-up made frozen
     (never scanned again). Run inside another program (tests, embedding) nothing changes."""
+    gc.unfreeze()  # what an earlier test's publishes froze (gcpolicy.freeze_long_lived)
     assert gc.isenabled()
     assert not memory.resume_collector_after_startup()  # not paused: left alone, nothing frozen
     assert gc.get_freeze_count() == 0
