@@ -290,6 +290,8 @@ class Poller:
             self.store.set_up(False)
             self._listed = False
             return
+        if reads is not None:
+            reads.discard()  # answered and parsed: the raw answers are not kept
         self.store.set_error(None)  # the engine answered; a statvfs failure below is the one left to show
         fs_path = data_root_path(self.config.filesystem.path, engine)
         filesystem = await self.filesystem.read(fs_path, bool(self.config.filesystem.path))
