@@ -85,9 +85,17 @@ class SnapshotBuilder:
     def set_listing(self, listing: Listing, listed_offset: float | None = None) -> None:
         """A poll's new listing, and the clock offset when it was taken."""
         engine, images, containers, filesystem = listing
-        self.listing = (engine, {i.id: i for i in images}, containers, filesystem)
-        self._holders = {}
+        before = self.listing[1] if self.listing is not None else {}
+        listed: dict[str, Image] = {}
         for image in images:
+            # an image listed again unchanged keeps its object: its merged copy, rows and texts are reused by
+            # identity, and the new one is freed with the answer it was parsed from instead of being kept
+            # among that answer's freed objects, which would keep their memory from going back to the system
+            old = before.get(image.id)
+            listed[image.id] = old if old is not None and old == image else image
+        self.listing = (engine, listed, containers, filesystem)
+        self._holders = {}
+        for image in listed.values():
             self._hold(image)
         self.shares_known = any(i.shared_size is not None for i in images)
         self._relisted = True
