@@ -307,10 +307,14 @@ class Poller:
             self._logged_up = True
             self.malformed.clear()
         self.container_use.track(images, containers, now)
-        keys = {i.id: tag_key(i) for i in images}
-        self.tag_times.relisted(keys.values())  # the new tag sets are inspected behind the publish: `_fill_pending`
-        self.builder.set_listing((engine, images, containers, filesystem), listed_offset)
-        self.builder.publish(now, keys=keys, offset=listed_offset)
+        self.builder.set_listing((engine, images, containers, filesystem), listed_offset)  # keeps unchanged objects
+        # the answer and its parse are dropped before the publish: what the publish and its render keep would
+        # otherwise be placed among them, and keep their freed memory from going back to the system
+        del raw_images, raw_containers, listed, images
+        assert self.builder.listing is not None
+        # the new tag sets are inspected behind the publish: `_fill_pending`
+        self.tag_times.relisted(map(tag_key, self.builder.listing[1].values()))
+        self.builder.publish(now, offset=listed_offset)
         await self.history.save_in_thread()
 
     async def _fill_pending(self) -> None:
