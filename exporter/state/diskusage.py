@@ -103,5 +103,8 @@ class DiskUsageRefresher:
             self.metrics.errors.labels("disk_usage").inc()
             log.warning("/system/df answer malformed", extra=kv(field=exc.field, problem=exc.problem))
             return None
+        # dropped before the publish: what the publish and its render keep would otherwise be placed among the
+        # answer's objects (a listing of every image) and keep their freed memory from going back to the system
+        del raw
         self.poller.set_disk_usage(usage)
         return self.poller.snapshot
