@@ -15,7 +15,7 @@ from types import MappingProxyType
 NONE_LABEL = "<none>"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)  # slots: one or more per image, kept for the image's life
 class ImageRef:
     """One `repository:tag` of an image; the repository may carry a registry host with a port."""
 
@@ -37,7 +37,7 @@ class ImageRef:
         return cls(sys.intern(text), "latest")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class DigestRef:
     """One `repository@sha256:<hex>` of an image: how images pulled by digest (no tag) are named.
 
@@ -59,7 +59,7 @@ class DigestRef:
         return cls(repository, digest)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: two per image are kept (the listed one, the published one)
 class Image:
     """One image as `/images/json` lists it, with what the exporter learned about it elsewhere."""
 

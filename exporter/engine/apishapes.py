@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -80,9 +81,13 @@ def _text(value: Any, field: str) -> str:
 
 
 def normalize_id(raw: str) -> str:
-    """Engine IDs as `sha256:<hex>` (Podman omits the prefix) so IDs compare across endpoints."""
+    """Engine IDs as `sha256:<hex>` (Podman omits the prefix) so IDs compare across endpoints.
+
+    Interned: every answer naming an image (the listing, /system/df's, inspects, containers) decodes its own
+    copy of the ID, and the copies kept (shared sizes by ID, each container's image) would each cost as much
+    as the image's own."""
     raw = raw or ""
-    return raw if ":" in raw or not raw else f"sha256:{raw}"
+    return sys.intern(raw if ":" in raw or not raw else f"sha256:{raw}")
 
 
 def _known(value: Any, field: str) -> int | None:
@@ -186,9 +191,14 @@ def _image_id(value: Any, field: str = "Id") -> str:
     raise MalformedAnswer(field, f"expected an image ID, got {_describe(value)}")
 
 
-def parse_image(raw: Any) -> Image:
+#: Label sets already read in one listing, by their items: images built alike (from one base image, by one
+#: pipeline) carry equal labels, and one read-only mapping per distinct set is kept instead of one per image.
+SeenLabels = dict[tuple[tuple[str, str], ...], Mapping[str, str]]
+
+
+def parse_image(raw: Any, seen_labels: SeenLabels | None = None) -> Image:
     """One `/images/json` entry; `Size` is preferred over the removed `VirtualSize`. MalformedAnswer when
-    a field has the wrong type."""
+    a field has the wrong type. `seen_labels`: the listing's label sets so far (equal ones are shared)."""
     if type(raw) is not dict:
         raw = _mapping(raw, "")
     size = _known(raw.get("Size"), "Size")
@@ -202,18 +212,24 @@ def parse_image(raw: Any) -> Image:
         created=_seconds(raw.get("Created"), "Created"),
         size=size,
         shared_size=_known(raw.get("SharedSize"), "SharedSize"),
-        labels=_labels(labels, "Labels") if labels else _EMPTY,
+        labels=_labels(labels, "Labels", seen_labels) if labels else _EMPTY,
         containers=_known(raw.get("Containers"), "Containers") or 0,
     )
 
 
-def _labels(labels: Any, field: str) -> Mapping[str, str]:
-    """A read-only copy of a JSON object of strings."""
+def _labels(labels: Any, field: str, seen: SeenLabels | None = None) -> Mapping[str, str]:
+    """A read-only copy of a JSON object of strings; the one in `seen` when an equal set was read before."""
     labels = _mapping(labels, field)
     for key, value in labels.items():
         if type(value) is not str:
             raise MalformedAnswer(f"{field}.{key}", f"expected a string, got {_describe(value)}")
-    return MappingProxyType(dict(labels))
+    if seen is None:
+        return MappingProxyType(dict(labels))
+    items = tuple(labels.items())
+    found = seen.get(items)
+    if found is None:
+        found = seen[items] = MappingProxyType(dict(items))
+    return found
 
 
 def parse_image_inspect(raw: Mapping[str, Any], engine: EngineInfo) -> Image:
@@ -261,8 +277,9 @@ def parse_images(raw: Any, engine: EngineInfo) -> list[Image]:
 def parse_listing(raw: Any) -> list[Image]:
     """`/images/json` as `parse_image` reads each entry; MalformedAnswer names the entry and field."""
     entries = _list(raw, "")
+    seen_labels: SeenLabels = {}
     try:
-        return [parse_image(entry) for entry in entries]
+        return [parse_image(entry, seen_labels) for entry in entries]
     except MalformedAnswer as exc:
         index = next(i for i, entry in enumerate(entries) if not _parses(entry))
         raise exc.within(f"[{index}]") from None

@@ -38,11 +38,11 @@ class FirstReads:
         self, engine: EngineSeam, clock: Callable[[], float] = time.time, early: EarlyListing | None = None
     ) -> None:
         self.started_at = clock() if early is None else min(clock(), early.started_at)
-        self.images: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(_listing(engine, early))
-        self.info: asyncio.Task[tuple[dict[str, Any], dict[str, Any], str]] = asyncio.ensure_future(
+        self.images: asyncio.Future[list[dict[str, Any]]] = asyncio.ensure_future(_listing(engine, early))
+        self.info: asyncio.Future[tuple[dict[str, Any], dict[str, Any], str]] = asyncio.ensure_future(
             engine.version_and_info()
         )
-        self.containers: asyncio.Task[list[dict[str, Any]]] = asyncio.ensure_future(engine.list_containers())
+        self.containers: asyncio.Future[list[dict[str, Any]]] = asyncio.ensure_future(engine.list_containers())
 
     @classmethod
     async def start(
@@ -54,13 +54,18 @@ class FirstReads:
         return reads
 
     def discard(self) -> None:
-        """Cancel what has not answered (a queued read never reaches the engine) and retrieve failures, so
-        an unused read neither runs for nothing nor logs "exception never retrieved"."""
+        """The first poll is done with these reads (or never will be): cancel what has not answered (a queued
+        read never reaches the engine), retrieve failures (no "exception never retrieved" log), and forget the
+        answers. Why forget: the launcher keeps this object for the process's life (to discard the reads of a
+        start that fails), and the listing's answer is tens of megabytes with many images."""
         for task in (self.info, self.images, self.containers):
             if not task.done():
                 task.cancel()
             elif not task.cancelled():
                 task.exception()
+        taken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        taken.cancel()
+        self.images = self.info = self.containers = taken
 
 
 async def _listing(engine: EngineSeam, early: EarlyListing | None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from exporter.core.logs import WarnOnce, kv
-from exporter.core.snapshot import Image
+from exporter.core.snapshot import Image, ImageRef
 from exporter.engine import apishapes
 from exporter.engine.apishapes import MalformedAnswer
 from exporter.engine.errors import EngineError, EngineUnavailable
@@ -27,7 +27,8 @@ from exporter.state.store import SnapshotStore
 
 log = logging.getLogger("exporter.poller")  # the caller= name log pipelines filter on, not the file's place
 
-TagKey = tuple[str, tuple[str, ...]]
+#: (image ID, its tags): the image's own refs tuple, shared with it, rather than a string per tag per image.
+TagKey = tuple[str, tuple[ImageRef, ...]]
 #: Share of a fill's keys inspected between two of its publishes (see `Backfill.fill`).
 FILL_PUBLISH_SHARE = 0.1
 #: Inspects a fill keeps in flight: the engine answers them on several threads, one at a time left it idle
@@ -42,7 +43,7 @@ def malformed_warning(warn: WarnOnce, exc: MalformedAnswer, what: str) -> None:
 
 def tag_key(image: Image) -> TagKey:
     """LastTagTime changes only with the tag set: an image is inspected again when its tags change."""
-    return (image.id, tuple(map(str, image.refs)))
+    return (image.id, image.refs)
 
 
 class TagTimes:

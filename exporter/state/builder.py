@@ -35,23 +35,25 @@ _NOBODY: frozenset[str] = frozenset()
 def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
     """`image` with what the poller learned elsewhere (`values` in `SnapshotBuilder.publish`'s order).
 
-    A shallow copy of the frozen dataclass's fields, as `copy.copy` makes it: `dataclasses.replace`
-    re-reads the field list and re-runs `__init__` per call (several times the cost, for every
-    image on every publish before the first ready).
+    The constructor with every field by position: `dataclasses.replace` re-reads the field list and passes
+    them by name per call (several times the cost, for every image on every publish before the first ready).
     """
-    out: Image = object.__new__(Image)
-    fields = out.__dict__
-    fields.update(image.__dict__)
-    (
-        fields["shared_size"],
-        fields["containers"],
-        fields["last_tag_time"],
-        fields["tag_time_pending"],
-        fields["last_used"],
-        fields["arrived"],
-        fields["seen_offset"],
-    ) = values
-    return out
+    shared_size, containers, last_tag_time, tag_time_pending, last_used, arrived, seen_offset = values
+    return Image(
+        image.id,
+        image.refs,
+        image.digests,
+        image.created,
+        image.size,
+        shared_size,
+        image.labels,
+        containers,
+        last_tag_time,
+        last_used,
+        arrived,
+        seen_offset,
+        tag_time_pending,
+    )
 
 
 class SnapshotBuilder:
@@ -83,9 +85,17 @@ class SnapshotBuilder:
     def set_listing(self, listing: Listing, listed_offset: float | None = None) -> None:
         """A poll's new listing, and the clock offset when it was taken."""
         engine, images, containers, filesystem = listing
-        self.listing = (engine, {i.id: i for i in images}, containers, filesystem)
-        self._holders = {}
+        before = self.listing[1] if self.listing is not None else {}
+        listed: dict[str, Image] = {}
         for image in images:
+            # an image listed again unchanged keeps its object: its merged copy, rows and texts are reused by
+            # identity, and the new one is freed with the answer it was parsed from instead of being kept
+            # among that answer's freed objects, which would keep their memory from going back to the system
+            old = before.get(image.id)
+            listed[image.id] = old if old is not None and old == image else image
+        self.listing = (engine, listed, containers, filesystem)
+        self._holders = {}
+        for image in listed.values():
             self._hold(image)
         self.shares_known = any(i.shared_size is not None for i in images)
         self._relisted = True

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from exporter.config import PollConfig
 from exporter.core.logs import kv
@@ -96,12 +97,20 @@ class DiskUsageRefresher:
             return None
         finally:
             self.metrics.disk_usage_duration.set(time.monotonic() - start)
-        info = self.poller.store.snapshot.engine if self.poller.store.snapshot else None
+        snapshot = self.poller.store.snapshot
         try:
-            usage = apishapes.parse_disk_usage(raw, self.clock(), info)
+            usage = apishapes.parse_disk_usage(raw, self.clock(), snapshot.engine if snapshot else None)
         except apishapes.MalformedAnswer as exc:  # the last good figures stay, their age shows
             self.metrics.errors.labels("disk_usage").inc()
             log.warning("/system/df answer malformed", extra=kv(field=exc.field, problem=exc.problem))
             return None
+        last = snapshot.disk_usage if snapshot else None
+        if last is not None and last.shared_sizes == usage.shared_sizes:
+            # unchanged: the last mapping stays, and the new one (a number per image, decoded among the answer's
+            # objects) goes with the answer instead of keeping its memory from going back to the system
+            usage = replace(usage, shared_sizes=last.shared_sizes)
+        # dropped before the publish: what the publish and its render keep would otherwise be placed among the
+        # answer's objects (a listing of every image) and keep their freed memory from going back to the system
+        del raw
         self.poller.set_disk_usage(usage)
         return self.poller.store.snapshot

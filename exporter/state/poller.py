@@ -258,6 +258,8 @@ class Poller:
             self.store.set_up(False)
             self._listed = False
             return
+        if reads is not None:
+            reads.discard()  # answered and parsed: the raw answers are not kept
         self.store.set_error(None)  # the engine answered; a statvfs failure below is the one left to show
         fs_path = data_root_path(self.config.filesystem.path, engine)
         filesystem = await self.filesystem.read(fs_path, bool(self.config.filesystem.path))
@@ -273,10 +275,14 @@ class Poller:
             self._logged_up = True
             self.malformed.clear()
         self.container_use.track(images, containers, now)
-        keys = {i.id: tag_key(i) for i in images}
-        self.tag_times.relisted(keys.values())  # the new tag sets are inspected behind the publish: `_fill_pending`
-        self.builder.set_listing((engine, images, containers, filesystem), listed_offset)
-        self.builder.publish(now, keys=keys, offset=listed_offset)
+        self.builder.set_listing((engine, images, containers, filesystem), listed_offset)  # keeps unchanged objects
+        # the answer and its parse are dropped before the publish: what the publish and its render keep would
+        # otherwise be placed among them, and keep their freed memory from going back to the system
+        del raw_images, raw_containers, listed, images
+        assert self.builder.listing is not None
+        # the new tag sets are inspected behind the publish: `_fill_pending`
+        self.tag_times.relisted(map(tag_key, self.builder.listing[1].values()))
+        self.builder.publish(now, offset=listed_offset)
         await self.history.save_in_thread()
 
     async def _fill_pending(self) -> None:

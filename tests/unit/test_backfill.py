@@ -9,12 +9,13 @@ from typing import Any, cast
 import pytest
 
 from exporter.core.logs import WarnOnce
+from exporter.core.snapshot import ImageRef
 from exporter.engine.client import EngineError
 from exporter.state.backfill import Backfill, TagKey, TagTimes
 
 
 def keys(n: int) -> list[TagKey]:
-    return [(f"sha256:{i:04d}", (f"r:{i}",)) for i in range(n)]
+    return [(f"sha256:{i:04d}", (ImageRef("r", str(i)),)) for i in range(n)]
 
 
 class Inspects:

@@ -44,8 +44,9 @@ async def test_a_publish_between_polls_that_changes_no_image_publishes_the_same_
     assert all(a is b for a, b in zip(first.images, second.images, strict=True))
 
 
-async def test_a_poll_that_finds_nothing_new_publishes_equal_images() -> None:
-    """A poll parses a new listing: equal new objects, which the render caches match by equality."""
+async def test_a_poll_that_finds_nothing_new_publishes_the_same_image_objects() -> None:
+    """A poll parses a new listing; an image listed again unchanged keeps the object it had (the new one is
+    freed with the answer), one that changed is published anew."""
     clock = Clock()
     store = ClassicStore(clock)
     for n, blob in enumerate(BLOBS[:4]):
@@ -54,7 +55,12 @@ async def test_a_poll_that_finds_nothing_new_publishes_equal_images() -> None:
     first = await poller.poll_once()
     second = await poller.poll_once()
     assert first is not None and second is not None
-    assert first.images == second.images
+    assert all(a is b for a, b in zip(first.images, second.images, strict=True))
+    store.tag(BLOBS[1], "app:other")  # no event follower here: the next poll finds it
+    third = await poller.poll_once()
+    assert third is not None and len(third.images) == 4
+    same = [a is b for a, b in zip(second.images, third.images, strict=True)]
+    assert same.count(False) == 1 and ImageRef("app", "other") in third.images[same.index(False)].refs
 
 
 async def test_an_applied_event_publishes_a_new_object_for_the_image_it_changed_only() -> None:

@@ -142,3 +142,19 @@ def exporter_retry_seconds() -> float:
     from exporter.state.diskusage import RETRY_SECONDS
 
     return RETRY_SECONDS
+
+
+async def test_a_refresh_with_the_same_shared_sizes_keeps_the_last_mapping(tmp_path: Path) -> None:
+    """An unchanged answer's mapping (a number per image) is dropped with the answer, a changed one replaces it."""
+    refresher, poller, recorded, _ = make("bookworm", tmp_path)
+    await poller.poll_once()
+    first = await refresher.refresh_now()
+    second = await refresher.refresh_now()
+    assert first is not None and second is not None and first.disk_usage and second.disk_usage
+    assert second is not first and second.disk_usage.shared_sizes is first.disk_usage.shared_sizes
+    image = recorded.df["Images"][0]
+    image["SharedSize"] += 1
+    third = await refresher.refresh_now()
+    assert third is not None and third.disk_usage is not None
+    assert third.disk_usage.shared_sizes[apishapes.normalize_id(image["Id"])] == image["SharedSize"]
+    assert third.disk_usage.shared_sizes is not first.disk_usage.shared_sizes
