@@ -454,12 +454,12 @@ async def test_a_burst_of_applied_events_writes_the_state_file_once_and_the_next
     assert json.loads((tmp_path / "state.json").read_text())["present"] == []
 
 
-async def test_in_a_burst_events_gather_for_one_batch_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An event after a quiet spell is applied at once; events following it within BATCH_INTERVAL wait for
-    the interval's end and go as one batch, one publish (each publish costs time in the number of images, on
-    the loop the remediation executor shares)."""
-    monkeypatch.setattr(events_module, "BATCH_INTERVAL", 30.0)  # the whole burst falls within it
-    store, poller, follower, published = await _two_tags_each_watched()
+async def burst_in_two_batches(
+    monkeypatch: pytest.MonkeyPatch, store: ClassicStore, follower: EventFollower, published: list[object]
+) -> tuple[list[float], bool]:
+    """Feed the running follower a burst of untags: the first alone, the rest once it was published. The
+    interval waits the follower asked for (recorded and cut short), and whether the first event was published
+    at once, alone and without a wait."""
     worker = asyncio.create_task(follower._handle_events())
     sleeps: list[float] = []
     real_sleep = asyncio.sleep
@@ -476,7 +476,7 @@ async def test_in_a_burst_events_gather_for_one_batch_per_interval(monkeypatch: 
             if published:
                 break
             await real_sleep(0.01)
-        assert len(published) == 1 and not sleeps  # the first one was not held back
+        first_alone = len(published) == 1 and not sleeps
         for event in rest:
             follower._queue.put_nowait(event)
         for _ in range(1000):
@@ -485,6 +485,17 @@ async def test_in_a_burst_events_gather_for_one_batch_per_interval(monkeypatch: 
             await real_sleep(0.01)
     finally:
         worker.cancel()
+    return sleeps, first_alone
+
+
+async def test_in_a_burst_events_gather_for_one_batch_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event after a quiet spell is applied at once; events following it within BATCH_INTERVAL wait for
+    the interval's end and go as one batch, one publish (each publish costs time in the number of images, on
+    the loop the remediation executor shares)."""
+    monkeypatch.setattr(events_module, "BATCH_INTERVAL", 30.0)  # the whole burst falls within it
+    store, poller, follower, published = await _two_tags_each_watched()
+    sleeps, first_alone = await burst_in_two_batches(monkeypatch, store, follower, published)
+    assert first_alone  # the first one was not held back
     assert len(published) == 2 and len(sleeps) == 1 and 0 < sleeps[0] <= 30.0
     assert poller.store.snapshot is not None
     assert sorted(str(r) for i in poller.store.snapshot.images for r in i.refs) == sorted(f"{b}:1" for b in BLOBS)

@@ -7,7 +7,6 @@ after a publish waits for its render. So batches gather for DELETING_BATCH_INTER
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from exporter.remediation.executor import Executor
 from exporter.remediation.runs import Run
 from exporter.state import events as events_module
 from tests.unit.fake_engine import FakeEngine
-from tests.unit.test_event_apply import BLOBS, _two_tags_each_watched
+from tests.unit.test_event_apply import _two_tags_each_watched, burst_in_two_batches
 from tests.unit.test_executor import OLD, Harness, act
 
 
@@ -64,30 +63,7 @@ async def test_while_a_run_deletes_a_burst_gathers_for_the_longer_interval(
     monkeypatch.setattr(events_module, "DELETING_BATCH_INTERVAL", 40.0)
     store, _poller, follower, published = await _two_tags_each_watched()
     follower.deleting = lambda: deleting
-    worker = asyncio.create_task(follower._handle_events())
-    sleeps: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(seconds: float) -> None:  # the interval's wait, recorded and cut short
-        sleeps.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr(asyncio, "sleep", sleep)
-    try:
-        first, *rest = [event for blob in BLOBS for event in store.rmi(f"{blob}:2")]
-        follower._queue.put_nowait(first)
-        for _ in range(1000):
-            if published:
-                break
-            await real_sleep(0.01)
-        for event in rest:
-            follower._queue.put_nowait(event)
-        for _ in range(1000):
-            if len(published) > 1:
-                break
-            await real_sleep(0.01)
-    finally:
-        worker.cancel()
+    sleeps, _first_alone = await burst_in_two_batches(monkeypatch, store, follower, published)
     assert len(published) == 2 and len(sleeps) == 1
     assert (30.0 < sleeps[0] <= 40.0) if deleting else (0 < sleeps[0] <= 7.0)
 
