@@ -3,10 +3,10 @@
 Every render cache of the snapshot's part sits behind it, each keyed on what it can trust:
 - the collector's `TableCache`: the per-tag rows (and their chunks), repository rows and totals of the last
   snapshot's images, updated for the images the store's publish log names (or, without it, those that are
-  not the same object) and compared by equality, so an unchanged image keeps its row objects. Between polls
-  (an applied event, a LastTagTime, /system/df) the state builder (`exporter.state.builder`) publishes an
-  unchanged image as the very same object and says which images it merged again, so such a publish costs
-  the images it touched; a poll's new listing gives equal new objects, matched by equality
+  not the same object) and compared by equality, so an unchanged image keeps its row objects. The state
+  builder (`exporter.state.builder`) publishes an unchanged image as the very same object, on a poll's new
+  listing too, and says which images it merged again, so a publish costs the images it touched; an equal new
+  object (a source without the log) is matched by equality
   (tests/unit/test_builder.py, tests/unit/test_collector.py and tests/unit/test_render.py prove these);
 - per format, `exposition.FormatRenderer`: the text of each table chunk, kept while the chunk is the same
   tuple or holds the same row objects;
