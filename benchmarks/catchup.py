@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import profiling
+from benchmarks import procstat, profiling
 from benchmarks.clients import EngineAPI, ExporterHTTP
 from benchmarks.stats import summary
 from tests.harness.dockerd import PrivateDockerd
@@ -35,6 +35,7 @@ def catch_up(
     from benchmarks.measure import started
 
     filled: list[float] = []
+    filled_cpu: list[float] = []
     disk: list[float] = []
     ready: list[float] = []
     raw_inspects: list[float] = []
@@ -54,10 +55,11 @@ def catch_up(
                 assert exp.pid is not None
                 if profile is not None and i == 0:
                     with profiling.sampled(exp.pid, profile) as prof:
-                        f, d = _watch(exp, t0)
+                        f, d, c = _watch(exp, t0)
                 else:
-                    f, d = _watch(exp, t0)
+                    f, d, c = _watch(exp, t0)
                 filled.append(f)
+                filled_cpu.append(c)
                 disk.append(d)
             finally:
                 exp.stop()
@@ -65,6 +67,8 @@ def catch_up(
         api.close()
     result: dict[str, Any] = {
         "last_tag_times": summary(filled, 3),
+        "last_tag_times_cpu": summary(filled_cpu, 3),
+        "cpu_per_image_ms": round(summary(filled_cpu, 3)["p50"] / max(1, len(images)) * 1000, 4),
         "first_disk_usage": summary(disk, 3),
         "ready": summary(ready, 3),
         "raw_inspect_every_image": summary(raw_inspects, 3),
@@ -75,16 +79,20 @@ def catch_up(
     return result
 
 
-def _watch(exp: ExporterProcess, t0: float, timeout: float = 900) -> tuple[float, float]:
-    """(seconds to no pending inspect, seconds to the first disk usage), both from `t0`, read every PACE."""
+def _watch(exp: ExporterProcess, t0: float, timeout: float = 900) -> tuple[float, float, float]:
+    """(seconds to no pending inspect, seconds to the first disk usage), both from `t0`, read every PACE, and
+    the exporter's CPU seconds (every thread) from `t0` to no pending inspect."""
+    assert exp.pid is not None
     client = ExporterHTTP(exp.address)
-    filled = disk = None
+    filled = disk = cpu = None
+    cpu0 = procstat.cpu_seconds(exp.pid)
     try:
         while filled is None or disk is None:
             text, _ = client.scrape()
             now = time.perf_counter() - t0
             if filled is None and find_sample(text, PENDING) == 0:
                 filled = now
+                cpu = procstat.cpu_seconds(exp.pid) - cpu0
             if disk is None and find_sample(text, DISK) is not None:
                 disk = now
             if now > timeout:
@@ -92,7 +100,8 @@ def _watch(exp: ExporterProcess, t0: float, timeout: float = 900) -> tuple[float
             time.sleep(PACE)
     finally:
         client.close()
-    return filled, disk
+    assert cpu is not None
+    return filled, disk, cpu
 
 
 def main(argv: list[str]) -> int:

@@ -29,8 +29,12 @@ log = logging.getLogger("exporter.poller")  # the caller= name log pipelines fil
 
 #: (image ID, its tags): the image's own refs tuple, shared with it, rather than a string per tag per image.
 TagKey = tuple[str, tuple[ImageRef, ...]]
-#: Share of a fill's keys inspected between two of its publishes (see `Backfill.fill`).
-FILL_PUBLISH_SHARE = 0.1
+#: Share of a fill's keys inspected between two of its publishes (see `Backfill.fill`): a fill publishes about
+#: 1 / share times before its last, however many images it fills.
+FILL_PUBLISH_SHARE = 0.25
+#: Seconds after which a fill publishes whatever share it reached: what it shows lags at most this much (a
+#: pending image counts as young meanwhile, so the lag delays its last-tag series, never makes it deletable).
+FILL_MAX_STALENESS = 10.0
 #: Inspects a fill keeps in flight: the engine answers them on several threads, one at a time left it idle
 #: between a reply and the next request.
 FILL_IN_FLIGHT = 4
@@ -121,7 +125,7 @@ class Backfill:
         metrics: PollMetrics,
         malformed: WarnOnce,
         lock: asyncio.Lock,
-        republish: Callable[[], None],
+        republish: Callable[[set[str]], None],
     ) -> None:
         self.engine = engine
         self.tag_times = tag_times
@@ -140,16 +144,21 @@ class Backfill:
         publish_interval: float,
         publish_share: float = FILL_PUBLISH_SHARE,
         in_flight: int = FILL_IN_FLIGHT,
+        max_staleness: float = FILL_MAX_STALENESS,
     ) -> bool:
         """Fill until nothing is pending or an inspect fails; False when a path to the engine failed
         (EngineUnavailable). `listed`: the last poll's reads all succeeded (a refusal can be lifted).
 
         While filling, a publish waits for `publish_interval` seconds and `publish_share` of the keys pending
-        at the start to be filled since the last one: a publish and its render cost time in the number of
-        images, and so does the fill, so publishing per interval alone made a fill quadratic in the images."""
+        at the start to be filled since the last one, or for `max_staleness` seconds: a publish and its render
+        cost time in the number of images (the render in the rows shown), and so does the fill, so publishing
+        per interval made a fill quadratic in the images. A publish merges again only the images inspected
+        since the one before."""
         published = time.monotonic()
         step = math.ceil(len(self.tag_times.pending) * publish_share)
         pending_at_publish = len(self.tag_times.pending)
+        # the images inspected since the last publish: only they are merged and rendered again by the next
+        learned: set[str] = set()
         while True:
             async with self._lock:
                 if not has_listing() or not self.tag_times.pending:
@@ -159,17 +168,19 @@ class Backfill:
                         self.malformed.clear()
                         self.store.set_up(True)  # answered properly now
                         log.info("image inspects answer properly again")
-                        self._republish()
+                        self._republish(learned)
                     return True
+                taken = self.tag_times.next_batch(batch)
+                learned.update(key[0] for key in taken)  # a superset: a failed batch learned only some
                 try:
-                    await self.tag_times.inspect_batch(self.engine, self.tag_times.next_batch(batch), in_flight)
+                    await self.tag_times.inspect_batch(self.engine, taken, in_flight)
                 except MalformedAnswer as exc:  # still pending, and the engine not trusted until a poll says so
                     self.metrics.errors.labels("images").inc()
                     self.refused = f"images: malformed answer: {exc}"
                     self.store.set_error(self.refused)
                     malformed_warning(self.malformed, exc, "LastTagTime not known; retried next poll")
                     self.store.set_up(False)
-                    self._republish()
+                    self._republish(learned)
                     return True
                 except EngineError as exc:  # still pending: the next poll retries
                     self.metrics.errors.labels("images").inc()
@@ -181,13 +192,17 @@ class Backfill:
                     unavailable = isinstance(exc, EngineUnavailable)
                     if unavailable:  # a path to the engine fails: not up, whatever the poll saw
                         self.store.set_up(False)
-                    self._republish()
+                    self._republish(learned)
                     return not unavailable
                 # each publish re-renders rows spread over the whole exposition, and a scrape waits for the
                 # current render
                 pending = len(self.tag_times.pending)
-                if not pending or (
-                    time.monotonic() - published >= publish_interval and pending_at_publish - pending >= step
+                waited = time.monotonic() - published
+                if (
+                    not pending
+                    or (waited >= publish_interval and pending_at_publish - pending >= step)
+                    or waited >= max_staleness
                 ):
-                    self._republish()
+                    self._republish(learned)
+                    learned = set()
                     published, pending_at_publish = time.monotonic(), pending

@@ -153,10 +153,11 @@ class SnapshotBuilder:
             snapshot = self.store.snapshot
             self.publish(snapshot.taken_at if snapshot else usage.taken_at)
 
-    def republish(self) -> None:
-        """Publish the same listing again with what was learned since (LastTagTimes, `up`)."""
+    def republish(self, learned: set[str] | None = None) -> None:
+        """Publish the same listing again with what was learned since (LastTagTimes, `up`); `learned`: the IDs
+        of the only images whose learned values may have moved (None: merge every image again)."""
         snapshot = self.store.snapshot
-        self.publish(snapshot.taken_at if snapshot else self.clock(), offset=self.listed_offset)
+        self.publish(snapshot.taken_at if snapshot else self.clock(), only=learned, offset=self.listed_offset)
 
     def publish(
         self,

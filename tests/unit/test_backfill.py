@@ -51,7 +51,14 @@ class Store:
         pass
 
 
-def backfill(tag_times: TagTimes, engine: Inspects, publishes: list[int]) -> Backfill:
+def backfill(
+    tag_times: TagTimes, engine: Inspects, publishes: list[int], learned: list[set[str]] | None = None
+) -> Backfill:
+    def republish(ids: set[str]) -> None:
+        publishes.append(len(tag_times.pending))
+        if learned is not None:
+            learned.append(set(ids))
+
     return Backfill(
         cast(Any, engine),
         tag_times,
@@ -59,7 +66,7 @@ def backfill(tag_times: TagTimes, engine: Inspects, publishes: list[int]) -> Bac
         cast(Any, Metrics()),
         WarnOnce(logging.getLogger("test")),
         asyncio.Lock(),
-        lambda: publishes.append(len(tag_times.pending)),
+        republish,
     )
 
 
@@ -102,3 +109,28 @@ async def test_a_fill_publishes_a_bounded_number_of_times_whatever_the_image_cou
     assert published[-1] == 0
     assert len(published) == round(1 / share)
     assert all(a - b >= images * share for a, b in zip([images, *published], published, strict=False))
+
+
+async def test_each_publish_names_the_images_inspected_since_the_one_before() -> None:
+    """The builder merges (and the renders re-render) only the images a fill publish names: each inspected
+    image must be named by the publish after its inspect, and by that one only."""
+    times = TagTimes()
+    times.relisted(keys(40))
+    published: list[int] = []
+    learned: list[set[str]] = []
+    assert await backfill(times, Inspects(), published, learned).fill(
+        True, lambda: True, batch=3, publish_interval=0.0, publish_share=0.25
+    )
+    assert len(learned) == 4 and set().union(*learned) == {key[0] for key in keys(40)}
+    assert sum(map(len, learned)) == 40, "no image named twice"
+
+
+async def test_a_fill_publishes_at_least_once_per_max_staleness() -> None:
+    """A share of many images can take long: past `max_staleness` seconds the fill publishes what it has."""
+    times = TagTimes()
+    times.relisted(keys(12))
+    published: list[int] = []
+    assert await backfill(times, Inspects(), published).fill(
+        True, lambda: True, batch=2, publish_interval=0.0, publish_share=1.0, max_staleness=0.0
+    )
+    assert published == [10, 8, 6, 4, 2, 0]

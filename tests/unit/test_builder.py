@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -13,7 +15,7 @@ from exporter.config import parse_config
 from exporter.core.snapshot import DiskUsage, EngineInfo, Image, ImageRef, Snapshot
 from exporter.metrics.selfmetrics import PollMetrics
 from exporter.state.backfill import TagTimes
-from exporter.state.builder import SnapshotBuilder
+from exporter.state.builder import SnapshotBuilder, _Merge
 from exporter.state.events import EventFollower
 from exporter.state.history import ImageHistory
 from exporter.state.poller import Poller
@@ -153,3 +155,56 @@ def _assert_logged(builder: SnapshotBuilder, before: Snapshot) -> None:
     assert said is not None and log.number_of(after) == log.number
     moved = {i for i in before.by_id.keys() | after.by_id.keys() if before.by_id.get(i) is not after.by_id.get(i)}
     assert moved <= said
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    start=st.dictionaries(
+        st.integers(0, 12),
+        st.tuples(st.frozensets(st.integers(0, 6), max_size=2), st.integers(1, 9), st.integers(0, 30)),
+        min_size=1,
+    ),
+    steps=st.lists(st.sets(st.integers(0, 12)), max_size=6),
+)
+def test_a_fill_publish_of_the_learned_images_equals_a_full_merge(
+    start: dict[int, tuple[frozenset[int], int, int]], steps: list[set[int]]
+) -> None:
+    """A LastTagTime fill republishes merging only the images it inspected since the last publish (`learned`):
+    the Snapshot must equal a full merge of the same listing with the same learned values (tag times, their
+    anchors, pending counts), and the images not inspected must stay the very same objects."""
+    builder = _builder()
+    listed = [_image(n, tags, size) for n, (tags, size, _) in start.items()]
+    builder.set_listing((ENGINE, listed, [], None), 0.0)
+    assert builder.listing is not None
+    times = builder.tag_times
+    times.relisted((i.id, i.refs) for i in builder.listing[1].values())
+    builder.publish(1.0, offset=0.0)
+    merged: list[str] = []
+    entry = _Merge.entry
+
+    def counted(self: _Merge, image: Image, cached: Any) -> Any:
+        merged.append(image.id)
+        return entry(self, image, cached)
+
+    for step in steps:
+        before = builder.store.snapshot
+        assert before is not None
+        learned = {f"sha256:{n:064x}" for n in step if n in start}
+        for image_id in learned:
+            image = builder.listing[1][image_id]
+            times.learn((image.id, image.refs), float(start[int(image_id[7:], 16)][2]))
+        merged.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_Merge, "entry", counted)
+            builder.republish(learned)
+        assert set(merged) <= learned, "a fill's publish merges the images it learned, not every image"
+        after = builder.store.snapshot
+        assert after is not None
+        full = SnapshotBuilder(SnapshotStore(), builder.history, times, lambda: 1.0)
+        full.set_listing((ENGINE, list(builder.listing[1].values()), [], None), 0.0)
+        full.publish(after.taken_at, offset=0.0)
+        assert full.store.snapshot is not None
+        assert after.images == full.store.snapshot.images
+        assert after.pending_inspects == full.store.snapshot.pending_inspects == len(times.pending)
+        assert all(after.by_id[i] is before.by_id[i] for i in before.by_id.keys() - learned)
+        _assert_logged(builder, before)

@@ -289,12 +289,14 @@ def test_a_published_image_is_the_listed_one_with_the_learned_values() -> None:
     assert listed.shared_size != 7 or listed.containers != 2  # the listed image itself is not changed
 
 
-@pytest.mark.parametrize(("interval", "fill_publishes"), [(0.0, "one per batch"), (3600.0, "one at the end")])
+@pytest.mark.parametrize(("interval", "fill_publishes"), [(0.0, "one per share"), (3600.0, "one at the end")])
 async def test_the_fill_publishes_at_most_once_per_interval_and_always_when_done(
     make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch, interval: float, fill_publishes: str
 ) -> None:
-    """Each fill publish re-renders rows all over the exposition: throttled, but the last one never withheld."""
+    """Each fill publish re-renders rows all over the exposition: throttled (with no interval, once per
+    `FILL_PUBLISH_SHARE` of the images), but the last one never withheld."""
     import exporter.state.poller
+    from exporter.state.backfill import FILL_PUBLISH_SHARE
 
     monkeypatch.setattr(exporter.state.poller, "FILL_BATCH", 1)
     monkeypatch.setattr(exporter.state.poller, "FILL_PUBLISH_INTERVAL", interval)
@@ -307,8 +309,9 @@ async def test_the_fill_publishes_at_most_once_per_interval_and_always_when_done
     assert batches > 1, "the recorded engine needs several images for this test"
     fills = published[1:]  # the first publish is the listing's, before any inspect
     assert published[0] == batches and fills[-1] == 0
-    if fill_publishes == "one per batch":
-        assert fills == list(range(batches - 1, -1, -1))
+    if fill_publishes == "one per share":
+        step = math.ceil(batches * FILL_PUBLISH_SHARE)
+        assert fills == [*range(batches - step, 0, -step), 0]
     else:
         assert fills == [0]
 
