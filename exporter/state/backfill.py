@@ -10,10 +10,11 @@ publishes as they come.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from exporter.core.logs import WarnOnce, kv
 from exporter.core.snapshot import Image, ImageRef
@@ -38,6 +39,8 @@ FILL_MAX_STALENESS = 10.0
 #: Inspects a fill keeps in flight: the engine answers them on several threads, one at a time left it idle
 #: between a reply and the next request.
 FILL_IN_FLIGHT = 4
+#: Longest a fill holds its inspects back for one /system/df in flight (see `Backfill.disk_usage_call`).
+FILL_DISK_USAGE_WAIT = 60.0
 
 
 def malformed_warning(warn: WarnOnce, exc: MalformedAnswer, what: str) -> None:
@@ -135,6 +138,29 @@ class Backfill:
         self._lock = lock
         self._republish = republish
         self.refused: str | None = None
+        self._disk_usage_idle = asyncio.Event()  # cleared while a /system/df is in flight
+        self._disk_usage_idle.set()
+        self._disk_usage_since = 0.0
+
+    @contextlib.contextmanager
+    def disk_usage_call(self) -> Iterator[None]:
+        """Around a /system/df: the fill's next batch waits until it ends, at most `FILL_DISK_USAGE_WAIT`
+        seconds from its start. Why: the engine answers a df and a stream of inspects slower side by side than
+        one after the other, the more so the more images it holds; the df's figures come sooner too."""
+        self._disk_usage_since = time.monotonic()
+        self._disk_usage_idle.clear()
+        try:
+            yield
+        finally:
+            self._disk_usage_idle.set()
+
+    async def _after_disk_usage(self) -> None:
+        left = self._disk_usage_since + FILL_DISK_USAGE_WAIT - time.monotonic()
+        if self._disk_usage_idle.is_set() or left <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):  # not wait_for: see Poller.run
+                await self._disk_usage_idle.wait()
 
     async def fill(
         self,
@@ -160,6 +186,7 @@ class Backfill:
         # the images inspected since the last publish: only they are merged and rendered again by the next
         learned: set[str] = set()
         while True:
+            await self._after_disk_usage()  # outside the lock: events apply meanwhile
             async with self._lock:
                 if not has_listing() or not self.tag_times.pending:
                     if self.refused is not None and listed and not self.tag_times.pending:

@@ -90,7 +90,8 @@ class DiskUsageRefresher:
         self._last_attempt = time.monotonic()
         start = time.monotonic()
         try:
-            raw = await self.engine.disk_usage()
+            with self.poller.disk_usage_call():
+                raw = await self.engine.disk_usage()
         except EngineError as exc:
             self.metrics.errors.labels("disk_usage").inc()
             log.warning("/system/df failed", extra=kv(err=exc))

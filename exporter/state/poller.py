@@ -118,6 +118,10 @@ class Poller:
     def disk_usage(self) -> DiskUsage | None:
         return self.builder.disk_usage
 
+    def disk_usage_call(self) -> contextlib.AbstractContextManager[None]:
+        """Around a /system/df call: LastTagTime inspects wait for it (`Backfill.disk_usage_call`)."""
+        return self.backfill.disk_usage_call()
+
     def set_disk_usage(self, usage: DiskUsage) -> None:
         """Called by the disk-usage task: merge the new /system/df data into a fresh published view."""
         self.builder.set_disk_usage(usage)

@@ -11,6 +11,7 @@ import pytest
 from exporter.core.logs import WarnOnce
 from exporter.core.snapshot import ImageRef
 from exporter.engine.client import EngineError
+from exporter.state import backfill as backfill_module
 from exporter.state.backfill import Backfill, TagKey, TagTimes
 
 
@@ -134,3 +135,31 @@ async def test_a_fill_publishes_at_least_once_per_max_staleness() -> None:
         True, lambda: True, batch=2, publish_interval=0.0, publish_share=1.0, max_staleness=0.0
     )
     assert published == [10, 8, 6, 4, 2, 0]
+
+
+async def test_a_fill_waits_for_a_disk_usage_call_in_flight() -> None:
+    """The engine answers a /system/df and a stream of inspects slower side by side than one after the other:
+    no inspect starts while a df is in flight, and the fill goes on once it ends."""
+    times = TagTimes()
+    times.relisted(keys(6))
+    engine = Inspects()
+    fill = backfill(times, engine, [])
+    with fill.disk_usage_call():
+        task = asyncio.create_task(fill.fill(True, lambda: True, batch=2, publish_interval=0.0))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert engine.calls == [] and not task.done()
+    assert await asyncio.wait_for(task, 5)
+    assert not times.pending and len(engine.calls) == 6
+
+
+async def test_a_fill_waits_for_a_disk_usage_call_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A df can take minutes on a large host: past FILL_DISK_USAGE_WAIT the inspects run beside it."""
+    monkeypatch.setattr(backfill_module, "FILL_DISK_USAGE_WAIT", 0.05)
+    times = TagTimes()
+    times.relisted(keys(6))
+    engine = Inspects()
+    fill = backfill(times, engine, [])
+    with fill.disk_usage_call():
+        assert await asyncio.wait_for(fill.fill(True, lambda: True, batch=2, publish_interval=0.0), 5)
+        assert not times.pending and len(engine.calls) == 6

@@ -158,3 +158,16 @@ async def test_a_refresh_with_the_same_shared_sizes_keeps_the_last_mapping(tmp_p
     assert third is not None and third.disk_usage is not None
     assert third.disk_usage.shared_sizes[apishapes.normalize_id(image["Id"])] == image["SharedSize"]
     assert third.disk_usage.shared_sizes is not first.disk_usage.shared_sizes
+
+
+async def test_the_fill_waits_while_a_disk_usage_call_is_in_flight(tmp_path: Path) -> None:
+    """A /system/df holds the LastTagTime inspects back for as long as it runs (`Backfill.disk_usage_call`)."""
+    refresher, poller, recorded, _ = make("sid", tmp_path)
+    await poller.poll_once()
+    seen: list[bool] = []
+    recorded.on_call = lambda call: (
+        seen.append(poller.backfill._disk_usage_idle.is_set()) if call == "disk_usage" else None
+    )
+    assert await refresher.refresh_now() is not None
+    assert seen == [False], "the df ran without holding the fill back"
+    assert poller.backfill._disk_usage_idle.is_set(), "and the fill goes on after it"
