@@ -27,7 +27,7 @@ RunResultKind = Literal["success", "partial", "failure", "dry_run"]
 OutcomeKind = Literal["deleted", "untagged", "skipped", "would_delete", "unknown"]
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a dry run holds one per candidate, and they are made at that rate
 class Outcome:
     """What happened to one candidate or skipped image in one run (also its audit line)."""
 
@@ -85,6 +85,24 @@ def outcome_of(
         item.known_references,
         item.repo_digests,
         item.created,
+    )
+
+
+def would_delete(candidate: Candidate) -> Outcome:
+    """`outcome_of(candidate, "would_delete")`, the outcome a dry run lists for each candidate it reaches."""
+    return Outcome(
+        candidate.image_id,
+        candidate.references,
+        candidate.size,
+        candidate.size_basis,
+        candidate.reason,
+        "would_delete",
+        None,
+        "",
+        (),
+        candidate.known_references,
+        candidate.repo_digests,
+        candidate.created,
     )
 
 
