@@ -342,13 +342,11 @@ def _story(image: Image, now: float) -> str:
     """What is known of the image's age and use (`built 28d ago, tagged 2d ago, never seen used`), and, when the
     exporter's first sighting is what counts for min_age, since when it is here."""
     created, tagged, used, arrived = image.created, image.last_tag_time, image.last_used, image.arrived
-    text = f"built {_rough(now - created)} ago"
-    if tagged is not None and tagged > created:
-        text = f"{text}, tagged {_rough(now - tagged)} ago"
-    text = f"{text}, never seen used" if used is None else f"{text}, last used {_rough(now - used)} ago"
-    if arrived is not None and arrived > max(created, tagged or 0.0):
-        text += _here_since(arrived, now)
-    return text
+    # each part on its own, the text built once
+    retagged = f", tagged {_rough(now - tagged)} ago" if tagged is not None and tagged > created else ""
+    use = ", never seen used" if used is None else f", last used {_rough(now - used)} ago"
+    since = _here_since(arrived, now) if arrived is not None and arrived > max(created, tagged or 0.0) else ""
+    return f"built {_rough(now - created)} ago{retagged}{use}{since}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -745,9 +743,10 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         total = len(versions)
         for rank, (_, _, _, _, refs) in enumerate(versions[:keep], start=1):
             kept.append(f"{repo}: version {rank} of {total}, keep {keep}; tags {_tags(refs)}")
+        in_repo = f" of {total} in {repo}, keep {keep}; tags "  # formatted once per repository
         for rank, (_, _, image_id, image, refs) in enumerate(versions[keep:], start=keep + 1):
             tag_text = refs[0].tag if len(refs) == 1 else _tags(refs)
-            line = f"version {rank} of {total} in {repo}, keep {keep}; tags {tag_text}"
+            line = f"version {rank}{in_repo}{tag_text}"
             known = old.get(image_id)
             if known is None:  # this repository is done with `refs`: it may grow by another's old tags
                 old[image_id] = (image, refs, [line])

@@ -208,17 +208,28 @@ class Run:
         `limit` entries (None: all). `totals` always counts every entry and `truncated` says whether any list
         was cut, so a bounded answer hides nothing: the counts and bytes are those of the whole run.
         """
-        groups: dict[str, list[Outcome]] = {"deleted": [], "would_delete": [], "skipped": []}
-        for o in self.outcomes:
-            kind: str = "deleted" if o.result in ("deleted", "untagged") else o.result
-            if kind in groups:
-                groups[kind].append(o)
         data = self.summary()
+        counts = data["counts"]
+        totals = {
+            "deleted": counts.get("deleted", 0) + counts.get("untagged", 0),
+            "would_delete": counts.get("would_delete", 0),
+            "skipped": counts.get("skipped", 0),
+        }
+        groups: dict[str, list[Outcome]] = {kind: [] for kind in totals}
+        wanted = {kind: n if limit is None else min(n, limit) for kind, n in totals.items()}
+        missing = sum(wanted.values())
+        for o in self.outcomes:  # only as far as the listed ones reach: the summary has counted them all
+            if not missing:
+                break
+            kind: str = "deleted" if o.result in ("deleted", "untagged") else o.result
+            listed = groups.get(kind)
+            if listed is not None and len(listed) < wanted[kind]:
+                listed.append(o)
+                missing -= 1
         for kind, items in groups.items():
-            data[kind] = [o.to_json() for o in items[:limit]]
+            data[kind] = [o.to_json() for o in items]
         data["outcomes"] = [o.to_json() for o in self.outcomes[:limit]]
         data["plan"] = self.plan.to_json(limit) if self.plan else None
-        totals = {kind: len(items) for kind, items in groups.items()}
         totals["outcomes"] = len(self.outcomes)
         if self.plan is not None:
             totals.update(self.plan.totals())

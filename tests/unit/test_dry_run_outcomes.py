@@ -20,7 +20,7 @@ from exporter.core.snapshot import Filesystem
 from exporter.remediation import planner
 from exporter.remediation.executor import _described, _goal_avail
 from exporter.remediation.planner import Candidate, Plan, goal_met
-from exporter.remediation.runs import Outcome, outcome_of
+from exporter.remediation.runs import Outcome, Run, outcome_of
 from tests.unit.actions import action_of
 
 
@@ -118,3 +118,32 @@ def test_a_planned_candidate_is_the_candidate_of_its_fields() -> None:
     assert made == built and hash(made) == hash(built) and dataclasses.astuple(made) == fields
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.reason = "changed"  # type: ignore[misc]
+
+
+def grouped_answer(run: Run, limit: int | None) -> dict[str, Any]:
+    """A run's answer lists and totals, grouping every outcome (what `Run.to_json` gives from its counts)."""
+    groups: dict[str, list[Outcome]] = {"deleted": [], "would_delete": [], "skipped": []}
+    for o in run.outcomes:
+        kind: str = "deleted" if o.result in ("deleted", "untagged") else o.result
+        if kind in groups:
+            groups[kind].append(o)
+    data: dict[str, Any] = {kind: [o.to_json() for o in items[:limit]] for kind, items in groups.items()}
+    data["totals"] = {kind: len(items) for kind, items in groups.items()}
+    return data
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    results=st.lists(st.sampled_from(["deleted", "untagged", "skipped", "would_delete", "unknown"]), max_size=30),
+    limit=st.none() | st.integers(0, 8),
+)
+def test_an_answer_lists_the_first_outcomes_of_each_kind_and_counts_all(results: list[Any], limit: int | None) -> None:
+    run = Run("a", "prune_unused", "manual", False)
+    run.outcomes.extend(outcome_of(candidate(n, 10, True), result) for n, result in enumerate(results))
+    answer = run.to_json(limit)
+    want = grouped_answer(run, limit)
+    for kind in ("deleted", "would_delete", "skipped"):
+        assert answer[kind] == want[kind]
+        assert answer["totals"][kind] == want["totals"][kind]
+    assert answer["totals"]["outcomes"] == len(results)
+    assert answer["truncated"] == (limit is not None and any(n > limit for n in answer["totals"].values()))
