@@ -170,10 +170,14 @@ def answers(count: int) -> dict[str, str]:
 
 def against(revision: str, count: int, n: int, turns: int) -> dict[str, Any]:
     """This tree and `revision` in child processes, alternating turns of `n` rounds each."""
-    old = Path(tempfile.mkdtemp())
-    archive = subprocess.run(["git", "archive", revision, "exporter"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-    sides = {revision: str(old), "this tree": ""}
+    with tempfile.TemporaryDirectory() as old:
+        archive = subprocess.run(["git", "archive", revision, "exporter"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        return _alternating(revision, old, count, n, turns)
+
+
+def _alternating(revision: str, old: str, count: int, n: int, turns: int) -> dict[str, Any]:
+    sides = {revision: old, "this tree": ""}
     per: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     digests: dict[str, Any] = {}
     for turn in range(turns):

@@ -501,6 +501,16 @@ def _references(image: Image) -> tuple[ImageRef | DigestRef, ...]:
     return (*image.refs, *image.digest_refs) if image.digests else image.refs
 
 
+def _names(image: Image, references: tuple[ImageRef | DigestRef, ...]) -> tuple[str, ...]:
+    """The references as text; most images have one tag and no digest, written here without a call of
+    `ImageRef.__str__` (the same text)."""
+    refs = image.refs
+    if len(refs) == 1 and not image.digests:
+        ref = refs[0]
+        return (f"{ref.repository}:{ref.tag}",)
+    return tuple(map(str, references))
+
+
 def _skip(image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: SkipReason, detail: str) -> Skip:
     size, basis = image_size(image)
     return Skip(image.id, tuple(map(str, refs)), size, basis, reason, detail)
@@ -589,7 +599,7 @@ def _whole_images(
         if select is not None and not selected(image, references, select):
             not_selected += 1
             continue
-        names = tuple(map(str, references))
+        names = _names(image, references)
         excluded = rules.excluded(image, references, names)
         if excluded is not None:
             skipped.append(_skip(image, names, *excluded))
@@ -764,7 +774,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
             continue
         if len(refs) > 1:
             refs.sort(key=_ref_order)
-        names = tuple(map(str, references))
+        names = _names(image, references)
         excluded = rules.excluded(image, references, names)
         if excluded is not None:
             skipped.append(_skip(image, refs, *excluded))

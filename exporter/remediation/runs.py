@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal
 
 from exporter.config import FreeSpaceAction
@@ -16,6 +18,7 @@ from exporter.core.snapshot import Filesystem
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason, restore_hint
 from exporter.remediation.records import record_json
 
+_RESULT = attrgetter("result")
 SUMMARY_LIST_LIMIT = 20  # images listed per kind in a history summary; the counts cover the rest
 #: Entries per list in a manual run's answer unless the request says otherwise (`?limit=`); totals cover the rest.
 ANSWER_LIST_LIMIT = 100
@@ -155,26 +158,26 @@ class Run:
         Bounded because history keeps it for the exporter's lifetime: a dry run over every image must not
         keep an entry per image (the full lists are in the run's own API answer and, for deletions, the audit log).
         """
-        counts: dict[str, int] = {}
+        outcomes = self.outcomes  # it runs over every outcome when a run ends: passes in C where they can be
+        counts = dict(Counter(map(_RESULT, outcomes)))  # in the order results first occur
         skipped: dict[str, int] = {}
-        would_bytes = 0
+        if "skipped" in counts:
+            skipped = dict(Counter([o.skip_reason or "error" for o in outcomes if o.result == "skipped"]))
+        would_bytes = sum([o.size for o in outcomes if o.result == "would_delete"]) if "would_delete" in counts else 0
         first: dict[str, list[Outcome]] = {"deleted": [], "would_delete": []}
-        for o in self.outcomes:  # one pass: it runs on the event loop when a run ends, over every outcome
-            result = o.result
-            counts[result] = counts.get(result, 0) + 1
-            if result == "skipped":
-                key = o.skip_reason or "error"
-                skipped[key] = skipped.get(key, 0) + 1
-                continue
-            if result in ("deleted", "untagged"):
-                listed = first["deleted"]
-            elif result == "would_delete":
-                would_bytes += o.size
-                listed = first["would_delete"]
-            else:
-                continue
-            if len(listed) < SUMMARY_LIST_LIMIT:
+        wanted = {
+            "deleted": min(counts.get("deleted", 0) + counts.get("untagged", 0), SUMMARY_LIST_LIMIT),
+            "would_delete": min(counts.get("would_delete", 0), SUMMARY_LIST_LIMIT),
+        }
+        missing = sum(wanted.values())
+        for o in outcomes:  # only as far as the first ones of each kind reach
+            if not missing:
+                break
+            kind = "deleted" if o.result in ("deleted", "untagged") else o.result
+            listed = first.get(kind)
+            if listed is not None and len(listed) < wanted[kind]:
                 listed.append(o)
+                missing -= 1
         data: dict[str, Any] = {
             "run_id": self.run_id,
             "action": self.action,

@@ -20,7 +20,7 @@ from exporter.core.snapshot import Filesystem
 from exporter.remediation import planner
 from exporter.remediation.executor import _described, _goal_avail
 from exporter.remediation.planner import Candidate, Plan, goal_met
-from exporter.remediation.runs import Outcome, Run, outcome_of
+from exporter.remediation.runs import SUMMARY_LIST_LIMIT, Outcome, Run, outcome_of
 from tests.unit.actions import action_of
 
 
@@ -147,3 +147,56 @@ def test_an_answer_lists_the_first_outcomes_of_each_kind_and_counts_all(results:
         assert answer["totals"][kind] == want["totals"][kind]
     assert answer["totals"]["outcomes"] == len(results)
     assert answer["truncated"] == (limit is not None and any(n > limit for n in answer["totals"].values()))
+
+
+def summed_up(run: Run) -> dict[str, Any]:
+    """A summary's counts, skips, bytes and first outcomes, one outcome at a time (what `Run.summary` gives)."""
+    counts: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    would_bytes = 0
+    first: dict[str, list[Outcome]] = {"deleted": [], "would_delete": []}
+    for o in run.outcomes:
+        counts[o.result] = counts.get(o.result, 0) + 1
+        if o.result == "skipped":
+            key = o.skip_reason or "error"
+            skipped[key] = skipped.get(key, 0) + 1
+            continue
+        if o.result in ("deleted", "untagged"):
+            listed = first["deleted"]
+        elif o.result == "would_delete":
+            would_bytes += o.size
+            listed = first["would_delete"]
+        else:
+            continue
+        if len(listed) < SUMMARY_LIST_LIMIT:
+            listed.append(o)
+    return {
+        "counts": counts,
+        "skipped_by_reason": skipped,
+        "would_delete_bytes": would_bytes,
+        "deleted": [o.to_json() for o in first["deleted"]],
+        "would_delete": [o.to_json() for o in first["would_delete"]],
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(
+            st.sampled_from(["deleted", "untagged", "skipped", "would_delete", "unknown"]),
+            st.none() | st.sampled_from(["in_use", "conflict", "max_deletions"]),
+            st.integers(0, 10**12),
+        ),
+        max_size=60,
+    )
+)
+def test_a_summary_counts_every_outcome_and_lists_the_first(items: list[Any]) -> None:
+    run = Run("a", "prune_unused", "manual", False)
+    run.outcomes.extend(
+        outcome_of(candidate(n, size, True), result, reason) for n, (result, reason, size) in enumerate(items)
+    )
+    summary = run.summary()
+    for key, value in summed_up(run).items():
+        assert summary[key] == value, key
+        if isinstance(value, dict):
+            assert list(summary[key]) == list(value), key  # the same order, so the same bytes
