@@ -109,6 +109,18 @@ def would_delete(candidate: Candidate) -> Outcome:
     )
 
 
+def tally(outcomes: list[Outcome]) -> tuple[dict[str, int], dict[str, int], int]:
+    """Outcomes by result, skips by reason (`error` when none is given), and the bytes of those that would be
+    deleted; each dict in the order its keys first occur. Runs over every outcome when a run ends: counted in
+    C where it can be (a Counter over the results), and the rest only when there is any."""
+    counts = dict(Counter(map(_RESULT, outcomes)))
+    skipped: dict[str, int] = {}
+    if "skipped" in counts:
+        skipped = dict(Counter([o.skip_reason or "error" for o in outcomes if o.result == "skipped"]))
+    would_bytes = sum([o.size for o in outcomes if o.result == "would_delete"]) if "would_delete" in counts else 0
+    return counts, skipped, would_bytes
+
+
 @dataclass
 class Run:
     """One run of one action: its trigger, plan, outcomes and result; JSON for the API and history."""
@@ -158,12 +170,8 @@ class Run:
         Bounded because history keeps it for the exporter's lifetime: a dry run over every image must not
         keep an entry per image (the full lists are in the run's own API answer and, for deletions, the audit log).
         """
-        outcomes = self.outcomes  # it runs over every outcome when a run ends: passes in C where they can be
-        counts = dict(Counter(map(_RESULT, outcomes)))  # in the order results first occur
-        skipped: dict[str, int] = {}
-        if "skipped" in counts:
-            skipped = dict(Counter([o.skip_reason or "error" for o in outcomes if o.result == "skipped"]))
-        would_bytes = sum([o.size for o in outcomes if o.result == "would_delete"]) if "would_delete" in counts else 0
+        outcomes = self.outcomes
+        counts, skipped, would_bytes = tally(outcomes)
         first: dict[str, list[Outcome]] = {"deleted": [], "would_delete": []}
         wanted = {
             "deleted": min(counts.get("deleted", 0) + counts.get("untagged", 0), SUMMARY_LIST_LIMIT),
