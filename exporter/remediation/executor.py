@@ -350,9 +350,10 @@ def _described(plan: Plan, action: ActionConfig) -> tuple[list[Outcome], bool]:
     goal = None if fs is None else _goal_avail(action, fs, plan.estimated_bytes)
     outcomes: list[Outcome] = []
     append = outcomes.append
+    max_deletions = action.max_deletions
     for index, cand in enumerate(plan.candidates):
-        if index >= action.max_deletions:
-            detail = f"max_deletions {action.max_deletions} reached"
+        if index >= max_deletions:
+            detail = f"max_deletions {max_deletions} reached"
             outcomes.extend(outcome_of(rest, "skipped", "max_deletions", detail) for rest in plan.candidates[index:])
             return outcomes, False
         append(would_delete(cand))

@@ -566,8 +566,8 @@ def _planned(
     repo_digests: tuple[str, ...],
     created: float | None,
 ) -> Candidate:
-    """`Candidate(...)` with every field given, at half the cost: a frozen dataclass's `__init__` sets each
-    field through a lookup of `object.__setattr__`, here each slot is set directly; a plan makes one per image."""
+    """`Candidate(...)` with every field given, made more cheaply: a frozen dataclass's `__init__` looks up
+    `object.__setattr__` for each field, here each slot is set directly; a plan makes one per image."""
     candidate = _new(Candidate)
     _set_image_id(candidate, image_id)
     _set_references(candidate, references)
