@@ -19,6 +19,7 @@ Both plans must be equal (their JSON and every candidate). Output: one JSON obje
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -109,7 +110,7 @@ def main() -> int:
                 cpu[side].append(time.thread_time() - start)
         a, b = plans.values()
         assert a.to_json() == b.to_json(), name
-        assert [vars(c) for c in a.candidates] == [vars(c) for c in b.candidates], name
+        assert [dataclasses.asdict(c) for c in a.candidates] == [dataclasses.asdict(c) for c in b.candidates], name
         del a, b
         plans.clear()
         entry: dict[str, Any] = {"candidates": None, "plan_cpu_ms": {}, "longest_c_call_cpu_ms": {}}

@@ -38,7 +38,7 @@ from exporter.remediation.deletion import STOPPED, Deleter, hold_reference
 from exporter.remediation.metrics import RemediationMetrics
 from exporter.remediation.planner import Candidate, Plan, goal_met
 from exporter.remediation.runaudit import RunAborted, RunAudit
-from exporter.remediation.runs import Outcome, Run, outcome_of
+from exporter.remediation.runs import Outcome, Run, outcome_of, would_delete
 from exporter.remediation.trash import Trash
 
 __all__ = ["DELETE_IN_FLIGHT", "PLAN_SLACK", "Executor", "RunAborted", "hold_reference"]
@@ -347,15 +347,35 @@ def _described(plan: Plan, action: ActionConfig) -> tuple[list[Outcome], bool]:
     whether the goal is met by then. Pure, so it can run off the event loop."""
     fs = plan.filesystem if isinstance(action, FreeSpaceAction) else None
     projected_avail = fs.avail if fs else 0
+    goal = None if fs is None else _goal_avail(action, fs, plan.estimated_bytes)
     outcomes: list[Outcome] = []
+    append = outcomes.append
+    max_deletions = action.max_deletions
     for index, cand in enumerate(plan.candidates):
-        if index >= action.max_deletions:
-            detail = f"max_deletions {action.max_deletions} reached"
+        if index >= max_deletions:
+            detail = f"max_deletions {max_deletions} reached"
             outcomes.extend(outcome_of(rest, "skipped", "max_deletions", detail) for rest in plan.candidates[index:])
             return outcomes, False
-        outcomes.append(outcome_of(cand, "would_delete"))
+        append(would_delete(cand))
         if fs is not None:
             projected_avail += cand.size if cand.removes_image else 0
-            if goal_met(action, fs.size, projected_avail):
+            if goal is not None and projected_avail >= goal:
                 return outcomes, True
     return outcomes, False
+
+
+def _goal_avail(action: ActionConfig, fs: Filesystem, most: int) -> int | None:
+    """The fewest available bytes, up to `fs.avail + most`, with which `goal_met` says yes (None: not even
+    then), found by bisection: a dry run then compares one number per candidate instead of asking `goal_met`.
+    Exact because `goal_met` is monotone in the available bytes (each goal is `avail` or `avail / size`
+    compared to a bound, and both grow with `avail`)."""
+    low, high = fs.avail, fs.avail + most
+    if not goal_met(action, fs.size, high):
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if goal_met(action, fs.size, middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low

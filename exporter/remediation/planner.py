@@ -48,8 +48,6 @@ from exporter.core.units import format_duration
 from exporter.remediation import offloop
 from exporter.remediation.records import record_json
 
-_ROUGH_UNITS = ((31_536_000, "y"), (604_800, "w"), (86_400, "d"), (3600, "h"), (60, "m"), (1, "s"))
-
 SkipReason = Literal[
     "in_use",
     "protected_reference",
@@ -83,7 +81,7 @@ _UNIQUE: SizeBasis = "unique"
 _TOTAL: SizeBasis = "total"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a plan holds one per image, and they are made at that rate
 class Candidate:
     """One image to delete (through a hold reference when it has no tag) or to untag (`references`, one DELETE each, in order).
 
@@ -272,20 +270,38 @@ def _ordinal(n: int) -> str:
 def _rough(seconds: float) -> str:
     """The two largest units of a duration (`28d3h`, `5m54s`): enough for a reason, exact times are in the data.
 
-    The same text as the first two units of `format_duration`, computed directly: plans write one or two per
-    image, and the general formatter is costly at that rate.
+    The same text as the first two units of `format_duration`, computed directly by comparisons: plans write
+    one or two per image, and the general formatter is costly at that rate.
     """
     rest = round(seconds)
-    if rest <= 0:
-        return "0s"
-    for index, (size, unit) in enumerate(_ROUGH_UNITS):
-        if rest >= size:
-            top, rest = divmod(rest, size)
-            for smaller, second in _ROUGH_UNITS[index + 1 :]:
-                if rest >= smaller:
-                    return f"{top}{unit}{rest // smaller}{second}"
-            return f"{top}{unit}"
-    return "0s"
+    if rest >= 86_400:
+        if rest >= 31_536_000:
+            top, rest = divmod(rest, 31_536_000)
+            unit = "y"
+        elif rest >= 604_800:
+            top, rest = divmod(rest, 604_800)
+            unit = "w"
+        else:
+            top, rest = divmod(rest, 86_400)
+            unit = "d"
+    elif rest >= 3600:
+        top, rest = divmod(rest, 3600)
+        unit = "h"
+    elif rest >= 60:
+        top, rest = divmod(rest, 60)
+        unit = "m"
+    else:
+        return f"{rest}s" if rest > 0 else "0s"
+    # the second unit: the largest smaller one the rest fills (it is below the first unit's size)
+    if rest >= 3600:
+        if rest >= 604_800:
+            return f"{top}{unit}{rest // 604_800}w"
+        if rest >= 86_400:
+            return f"{top}{unit}{rest // 86_400}d"
+        return f"{top}{unit}{rest // 3600}h"
+    if rest >= 60:
+        return f"{top}{unit}{rest // 60}m"
+    return f"{top}{unit}{rest}s" if rest > 0 else f"{top}{unit}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -326,13 +342,18 @@ def _story(image: Image, now: float) -> str:
     """What is known of the image's age and use (`built 28d ago, tagged 2d ago, never seen used`), and, when the
     exporter's first sighting is what counts for min_age, since when it is here."""
     created, tagged, used, arrived = image.created, image.last_tag_time, image.last_used, image.arrived
-    text = f"built {_rough(now - created)} ago"
-    if tagged is not None and tagged > created:
-        text = f"{text}, tagged {_rough(now - tagged)} ago"
-    text = f"{text}, never seen used" if used is None else f"{text}, last used {_rough(now - used)} ago"
-    if arrived is not None and arrived > max(created, tagged or 0.0):
-        text += f"; here since {utc(arrived)} ({_rough(now - arrived)} ago, first seen by the exporter)"
-    return text
+    # each part on its own, the text built once
+    retagged = f", tagged {_rough(now - tagged)} ago" if tagged is not None and tagged > created else ""
+    use = ", never seen used" if used is None else f", last used {_rough(now - used)} ago"
+    since = _here_since(arrived, now) if arrived is not None and arrived > max(created, tagged or 0.0) else ""
+    return f"built {_rough(now - created)} ago{retagged}{use}{since}"
+
+
+@functools.lru_cache(maxsize=256)
+def _here_since(arrived: float, now: float) -> str:
+    """The arrival part of `_story`; cached: on a first start every image shares one arrival time, and a plan
+    has one `now`, so a plan writes the same text for each of them."""
+    return f"; here since {utc(arrived)} ({_rough(now - arrived)} ago, first seen by the exporter)"
 
 
 def exclusion(image: Image, action: ActionConfig, protect: ProtectConfig, now: float) -> tuple[SkipReason, str] | None:
@@ -480,6 +501,16 @@ def _references(image: Image) -> tuple[ImageRef | DigestRef, ...]:
     return (*image.refs, *image.digest_refs) if image.digests else image.refs
 
 
+def _names(image: Image, references: tuple[ImageRef | DigestRef, ...]) -> tuple[str, ...]:
+    """The references as text; most images have one tag and no digest, written here without a call of
+    `ImageRef.__str__` (the same text)."""
+    refs = image.refs
+    if len(refs) == 1 and not image.digests:
+        ref = refs[0]
+        return (f"{ref.repository}:{ref.tag}",)
+    return tuple(map(str, references))
+
+
 def _skip(image: Image, refs: Iterable[ImageRef | DigestRef | str], reason: SkipReason, detail: str) -> Skip:
     size, basis = image_size(image)
     return Skip(image.id, tuple(map(str, refs)), size, basis, reason, detail)
@@ -509,7 +540,45 @@ def _whole_candidate(e: _Eligible, reason: str) -> Candidate:
     shared = image.shared_size  # image_size, inlined
     size, basis = (image.size, _TOTAL) if shared is None else (max(image.size - shared, 0), _UNIQUE)
     known = references[: len(image.refs)]
-    return Candidate(image.id, references, size, basis, reason, True, known, image.digests, image.created)
+    return _planned(image.id, references, size, basis, reason, True, known, image.digests, image.created)
+
+
+_new = object.__new__
+_slot = Candidate.__dict__  # each field's slot descriptor: its `__set__` sets the field, frozen or not
+_set_image_id, _set_references, _set_size = (
+    _slot["image_id"].__set__,
+    _slot["references"].__set__,
+    _slot["size"].__set__,
+)
+_set_size_basis, _set_reason = _slot["size_basis"].__set__, _slot["reason"].__set__
+_set_removes_image, _set_known_references = _slot["removes_image"].__set__, _slot["known_references"].__set__
+_set_repo_digests, _set_created = _slot["repo_digests"].__set__, _slot["created"].__set__
+
+
+def _planned(
+    image_id: str,
+    references: tuple[str, ...],
+    size: int,
+    size_basis: SizeBasis,
+    reason: str,
+    removes_image: bool,
+    known_references: tuple[str, ...],
+    repo_digests: tuple[str, ...],
+    created: float | None,
+) -> Candidate:
+    """`Candidate(...)` with every field given, made more cheaply: a frozen dataclass's `__init__` looks up
+    `object.__setattr__` for each field, here each slot is set directly; a plan makes one per image."""
+    candidate = _new(Candidate)
+    _set_image_id(candidate, image_id)
+    _set_references(candidate, references)
+    _set_size(candidate, size)
+    _set_size_basis(candidate, size_basis)
+    _set_reason(candidate, reason)
+    _set_removes_image(candidate, removes_image)
+    _set_known_references(candidate, known_references)
+    _set_repo_digests(candidate, repo_digests)
+    _set_created(candidate, created)
+    return candidate
 
 
 def _whole_images(
@@ -530,7 +599,7 @@ def _whole_images(
         if select is not None and not selected(image, references, select):
             not_selected += 1
             continue
-        names = tuple(map(str, references))
+        names = _names(image, references)
         excluded = rules.excluded(image, references, names)
         if excluded is not None:
             skipped.append(_skip(image, names, *excluded))
@@ -684,12 +753,13 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         total = len(versions)
         for rank, (_, _, _, _, refs) in enumerate(versions[:keep], start=1):
             kept.append(f"{repo}: version {rank} of {total}, keep {keep}; tags {_tags(refs)}")
+        in_repo = f" of {total} in {repo}, keep {keep}; tags "  # formatted once per repository
         for rank, (_, _, image_id, image, refs) in enumerate(versions[keep:], start=keep + 1):
             tag_text = refs[0].tag if len(refs) == 1 else _tags(refs)
-            line = f"version {rank} of {total} in {repo}, keep {keep}; tags {tag_text}"
+            line = f"version {rank}{in_repo}{tag_text}"
             known = old.get(image_id)
-            if known is None:
-                old[image_id] = (image, list(refs), [line])
+            if known is None:  # this repository is done with `refs`: it may grow by another's old tags
+                old[image_id] = (image, refs, [line])
             else:
                 known[1].extend(refs)
                 known[2].append(line)
@@ -697,12 +767,14 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     skipped: list[Skip] = []
     rules = _Rules(action, protect, now)
     for image_id, (image, refs, reasons) in old.items():
-        references = _references(image)
+        references: tuple[ImageRef | DigestRef, ...] = (  # _references, inlined
+            (*image.refs, *image.digest_refs) if image.digests else image.refs
+        )
         if select is not None and not selected(image, references, select):
             continue
         if len(refs) > 1:
             refs.sort(key=_ref_order)
-        names = tuple(map(str, references))
+        names = _names(image, references)
         excluded = rules.excluded(image, references, names)
         if excluded is not None:
             skipped.append(_skip(image, refs, *excluded))
@@ -712,11 +784,12 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         reason = reasons[0] if len(reasons) == 1 else " | ".join(reasons)
         if not removes:
             reason += " (untag only: the image is a kept version elsewhere or keeps other tags)"
-        size, basis = image_size(image)
+        shared = image.shared_size  # image_size, inlined
+        size, basis = (image.size, _TOTAL) if shared is None else (max(image.size - shared, 0), _UNIQUE)
         tagged = len(image.refs)
         tags = names[:tagged]  # references are the tags first
         names_of_refs = tags if len(refs) == tagged == 1 else tuple(map(str, refs))
-        candidate = Candidate(image_id, names_of_refs, size, basis, reason, removes, tags, image.digests, image.created)
+        candidate = _planned(image_id, names_of_refs, size, basis, reason, removes, tags, image.digests, image.created)
         candidates.append((image.created, image_id, candidate))
     candidates = offloop.sorted_by(candidates, 0, 1)  # oldest first
     skipped.sort(key=lambda s: s.image_id)

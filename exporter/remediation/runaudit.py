@@ -14,7 +14,7 @@ from typing import Any
 
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.planner import Candidate
-from exporter.remediation.runs import Outcome, Run
+from exporter.remediation.runs import Outcome, Run, tally
 
 
 class RunAborted(Exception):
@@ -90,15 +90,7 @@ class RunAudit:
 
     async def dry_run_summary(self, run: Run) -> None:
         """A dry run deletes nothing, so its audit is one line of counts, not a line per image."""
-        counts: dict[str, int] = {}
-        skipped: dict[str, int] = {}
-        would_bytes = 0
-        for o in run.outcomes:
-            counts[o.result] = counts.get(o.result, 0) + 1
-            if o.result == "skipped":
-                skipped[o.skip_reason or "error"] = skipped.get(o.skip_reason or "error", 0) + 1
-            if o.result == "would_delete":
-                would_bytes += o.size
+        counts, skipped, would_bytes = tally(run.outcomes)
         await self.event(
             run, "dry_run_summary", counts=counts, skipped_by_reason=skipped, would_delete_bytes=would_bytes
         )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal
 
 from exporter.config import FreeSpaceAction
@@ -16,6 +18,7 @@ from exporter.core.snapshot import Filesystem
 from exporter.remediation.planner import Candidate, Plan, Skip, SkipReason, restore_hint
 from exporter.remediation.records import record_json
 
+_RESULT = attrgetter("result")
 SUMMARY_LIST_LIMIT = 20  # images listed per kind in a history summary; the counts cover the rest
 #: Entries per list in a manual run's answer unless the request says otherwise (`?limit=`); totals cover the rest.
 ANSWER_LIST_LIMIT = 100
@@ -27,7 +30,7 @@ RunResultKind = Literal["success", "partial", "failure", "dry_run"]
 OutcomeKind = Literal["deleted", "untagged", "skipped", "would_delete", "unknown"]
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a dry run holds one per candidate, and they are made at that rate
 class Outcome:
     """What happened to one candidate or skipped image in one run (also its audit line)."""
 
@@ -88,6 +91,36 @@ def outcome_of(
     )
 
 
+def would_delete(candidate: Candidate) -> Outcome:
+    """`outcome_of(candidate, "would_delete")`, the outcome a dry run lists for each candidate it reaches."""
+    return Outcome(
+        candidate.image_id,
+        candidate.references,
+        candidate.size,
+        candidate.size_basis,
+        candidate.reason,
+        "would_delete",
+        None,
+        "",
+        (),
+        candidate.known_references,
+        candidate.repo_digests,
+        candidate.created,
+    )
+
+
+def tally(outcomes: list[Outcome]) -> tuple[dict[str, int], dict[str, int], int]:
+    """Outcomes by result, skips by reason (`error` when none is given), and the bytes of those that would be
+    deleted; each dict in the order its keys first occur. Runs over every outcome when a run ends: counted in
+    C where it can be (a Counter over the results), and the rest only when there is any."""
+    counts = dict(Counter(map(_RESULT, outcomes)))
+    skipped: dict[str, int] = {}
+    if "skipped" in counts:
+        skipped = dict(Counter([o.skip_reason or "error" for o in outcomes if o.result == "skipped"]))
+    would_bytes = sum([o.size for o in outcomes if o.result == "would_delete"]) if "would_delete" in counts else 0
+    return counts, skipped, would_bytes
+
+
 @dataclass
 class Run:
     """One run of one action: its trigger, plan, outcomes and result; JSON for the API and history."""
@@ -137,26 +170,22 @@ class Run:
         Bounded because history keeps it for the exporter's lifetime: a dry run over every image must not
         keep an entry per image (the full lists are in the run's own API answer and, for deletions, the audit log).
         """
-        counts: dict[str, int] = {}
-        skipped: dict[str, int] = {}
-        would_bytes = 0
+        outcomes = self.outcomes
+        counts, skipped, would_bytes = tally(outcomes)
         first: dict[str, list[Outcome]] = {"deleted": [], "would_delete": []}
-        for o in self.outcomes:  # one pass: it runs on the event loop when a run ends, over every outcome
-            result = o.result
-            counts[result] = counts.get(result, 0) + 1
-            if result == "skipped":
-                key = o.skip_reason or "error"
-                skipped[key] = skipped.get(key, 0) + 1
-                continue
-            if result in ("deleted", "untagged"):
-                listed = first["deleted"]
-            elif result == "would_delete":
-                would_bytes += o.size
-                listed = first["would_delete"]
-            else:
-                continue
-            if len(listed) < SUMMARY_LIST_LIMIT:
+        wanted = {
+            "deleted": min(counts.get("deleted", 0) + counts.get("untagged", 0), SUMMARY_LIST_LIMIT),
+            "would_delete": min(counts.get("would_delete", 0), SUMMARY_LIST_LIMIT),
+        }
+        missing = sum(wanted.values())
+        for o in outcomes:  # only as far as the first ones of each kind reach
+            if not missing:
+                break
+            kind = "deleted" if o.result in ("deleted", "untagged") else o.result
+            listed = first.get(kind)
+            if listed is not None and len(listed) < wanted[kind]:
                 listed.append(o)
+                missing -= 1
         data: dict[str, Any] = {
             "run_id": self.run_id,
             "action": self.action,
@@ -190,17 +219,28 @@ class Run:
         `limit` entries (None: all). `totals` always counts every entry and `truncated` says whether any list
         was cut, so a bounded answer hides nothing: the counts and bytes are those of the whole run.
         """
-        groups: dict[str, list[Outcome]] = {"deleted": [], "would_delete": [], "skipped": []}
-        for o in self.outcomes:
-            kind: str = "deleted" if o.result in ("deleted", "untagged") else o.result
-            if kind in groups:
-                groups[kind].append(o)
         data = self.summary()
+        counts = data["counts"]
+        totals = {
+            "deleted": counts.get("deleted", 0) + counts.get("untagged", 0),
+            "would_delete": counts.get("would_delete", 0),
+            "skipped": counts.get("skipped", 0),
+        }
+        groups: dict[str, list[Outcome]] = {kind: [] for kind in totals}
+        wanted = {kind: n if limit is None else min(n, limit) for kind, n in totals.items()}
+        missing = sum(wanted.values())
+        for o in self.outcomes:  # only as far as the listed ones reach: the summary has counted them all
+            if not missing:
+                break
+            kind: str = "deleted" if o.result in ("deleted", "untagged") else o.result
+            listed = groups.get(kind)
+            if listed is not None and len(listed) < wanted[kind]:
+                listed.append(o)
+                missing -= 1
         for kind, items in groups.items():
-            data[kind] = [o.to_json() for o in items[:limit]]
+            data[kind] = [o.to_json() for o in items]
         data["outcomes"] = [o.to_json() for o in self.outcomes[:limit]]
         data["plan"] = self.plan.to_json(limit) if self.plan else None
-        totals = {kind: len(items) for kind, items in groups.items()}
         totals["outcomes"] = len(self.outcomes)
         if self.plan is not None:
             totals.update(self.plan.totals())
