@@ -22,8 +22,8 @@ from exporter.core.clocks import Clock
 from exporter.engine.apishapes import normalize_id
 from exporter.engine.client import Engine, EngineNotFound, Lane
 from exporter.metrics.selfmetrics import PollMetrics
-from exporter.state.events import EventFollower, event_time
 from exporter.state import history as history_module
+from exporter.state.events import EventFollower, event_time
 from exporter.state.history import STATE_VERSION, ImageHistory
 from exporter.state.poller import Poller
 
