@@ -172,21 +172,24 @@ def _came_and_went(known: set[str], present: Collection[str], touched: Iterable[
     return came, [i for i in touched if i in known and i not in present]
 
 
-def _json_strings(items: list[str]) -> str:
-    """The JSON list items (without brackets) of `items`: joined in C when none needs escaping (image IDs
-    never do), which costs less than keeping every item's encoded copy; encoded one by one otherwise."""
-    joined = '", "'.join(items)
-    if joined.isascii() and joined.isprintable() and "\\" not in joined and joined.count('"') == 2 * len(items) - 2:
-        return f'"{joined}"'
-    return ", ".join(map(json.dumps, items))
+#: The characters a JSON string holds as they are: printable ASCII but the quote and the backslash.
+_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+
+
+def _plain(text: str) -> bool:
+    """Whether `json.dumps(text)` is `text` in quotes (no escapes): checked in C, not character by character."""
+    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN)
 
 
 class _SortedList:
     """`present` as its sorted JSON list, kept sorted item by item: an applied event adds or removes an ID or
-    two, and sorting every ID on each save would cost in proportion to the images."""
+    two, and sorting every ID on each save would cost in proportion to the images. The IDs are joined as they
+    are (in C) when none needs escaping (image IDs never do), which costs less than keeping every item's
+    encoded copy; encoded one by one otherwise."""
 
     def __init__(self) -> None:
         self._ids: list[str] | None = None  # sorted; None: sort afresh from the set
+        self._escaped: set[str] = set()  # the IDs whose JSON text needs escapes
 
     def replaced(self) -> None:
         self._ids = None
@@ -199,15 +202,21 @@ class _SortedList:
             index = bisect_left(ids, image_id)
             if index < len(ids) and ids[index] == image_id:
                 del ids[index]
+                self._escaped.discard(image_id)
         for image_id in came:
             index = bisect_left(ids, image_id)
             if index == len(ids) or ids[index] != image_id:
                 ids.insert(index, image_id)
+                if not _plain(image_id):
+                    self._escaped.add(image_id)
 
     def text(self, present: set[str]) -> list[str]:
         if self._ids is None:
-            self._ids = sorted(present)
-        return ["[", _json_strings(self._ids), "]"]
+            self._ids = ids = sorted(present)
+            self._escaped = set() if _plain("".join(ids)) else {i for i in ids if not _plain(i)}
+        if self._escaped:
+            return ["[", ", ".join(map(json.dumps, self._ids)), "]"]
+        return ['["', '", "'.join(self._ids), '"]'] if self._ids else ["[]"]
 
 
 class ImageHistory:
