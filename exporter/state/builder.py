@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from itertools import islice
-from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -95,6 +94,9 @@ class SnapshotBuilder:
         #: publish rebuilds only the images it changed (rebuilding all is a large share of a poll). The learned
         #: values are compared with the merged image's own fields: a tuple of them per image costs memory.
         self._merged: dict[str, Merged] = {}
+        #: the merged images of the last publish, in listing order: the next Snapshot's by-ID map is a copy
+        #: (a copy of a dict is several times faster than building one from the images)
+        self._out: dict[str, Image] = {}
         self._unpublished: set[str] = set()  # IDs `change` touched since the last publish
         self._relisted = True  # a new listing: the next publish merges every image
 
@@ -202,6 +204,7 @@ class SnapshotBuilder:
         if changed is None or self._relisted or not self._merge_changed(merge, changed):
             previous = self._merged
             self._merged = {}
+            self._out = {}
             remerged: set[str] = set(previous.keys() - images.keys())  # gone
             for image_id, image in images.items():
                 cached = previous.get(image_id)
@@ -209,18 +212,18 @@ class SnapshotBuilder:
                 if entry is not cached:
                     remerged.add(image_id)
                 self._merged[image_id] = entry
+                self._out[image_id] = entry[1]
             changed = remerged
             self._relisted = False
         self._unpublished = set()
-        merged = tuple(map(itemgetter(1), self._merged.values()))
         snapshot = Snapshot(
             taken_at=taken_at,
             engine=engine,
-            images=merged,
+            images=tuple(self._out.values()),
             containers=tuple(containers),
             disk_usage=self.disk_usage,
             filesystem=filesystem,
-            by_id=MappingProxyType(dict(zip(self._merged, merged, strict=True))),
+            by_id=MappingProxyType(dict(self._out)),
             pending_inspects=len(self.tag_times.pending),
         )
         self.store.publish(snapshot, by_events=by_events, changed=changed)
@@ -238,10 +241,13 @@ class SnapshotBuilder:
             image = images.get(image_id)
             if image is None:
                 self._merged.pop(image_id, None)
+                self._out.pop(image_id, None)
             elif image_id in self._merged:
-                self._merged[image_id] = merge.entry(image, self._merged[image_id])
+                entry = self._merged[image_id] = merge.entry(image, self._merged[image_id])
+                self._out[image_id] = entry[1]
         for image_id in tail:
-            self._merged[image_id] = merge.entry(images[image_id], None)
+            entry = self._merged[image_id] = merge.entry(images[image_id], None)
+            self._out[image_id] = entry[1]
         return True
 
 
