@@ -312,11 +312,11 @@ class _Entry:
     again from `image` when needed (an equal image adds the same) rather than kept per image."""
 
     image: Image
-    rows: list[tuple[RowKey, TableRow]]
+    rows: tuple[tuple[RowKey, TableRow], ...]  # a tuple: a list's spare room and header cost more per image
 
     @classmethod
     def of(cls, image: Image, known: bool = True) -> _Entry:
-        return cls(image, _image_table_rows(image, known))
+        return cls(image, tuple(_image_table_rows(image, known)))
 
 
 #: Beyond this many changed images (or an eighth of them) the tables are rebuilt and sorted from scratch.
