@@ -146,7 +146,14 @@ class _Members:
             self._keys[block] = keys
             self._texts[block] = ", ".join([f"{json.dumps(key)}: {json.dumps(table[key])}" for key in keys])
         self._changed = set()
-        return ["{", ", ".join(filter(None, self._texts)), "}"]
+        pieces = ["{"]
+        for text in filter(None, self._texts):  # the blocks as they are: no copy of the whole text per save
+            pieces += (text, ", ")
+        if len(pieces) > 1:
+            pieces[-1] = "}"  # in place of the last separator
+        else:
+            pieces.append("}")
+        return pieces
 
 
 def _object_pieces(parts: dict[str, list[str]]) -> list[str]:
