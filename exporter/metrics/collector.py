@@ -96,11 +96,20 @@ def build_labels() -> dict[str, str]:
 
 Row = tuple[Image, ImageRef | None]
 SortKey = tuple[int, str, str]
+#: What a kept row's place is decided from: (size, repository, tag, image ID), strings the image holds already
+#: (no tag: None, None). Its `SortKey` (`_key_order`) is made when compared only: a kept `repository:tag`
+#: string per row costs more than the row. Strings only, so the garbage collector does not track the tuples.
+RowKey = tuple[int, str | None, str | None, str]
 
 
 def _row_order(row: Row) -> SortKey:
     image, ref = row
     return (-image.size, str(ref) if ref else NONE_LABEL, image.id)
+
+
+def _key_order(key: RowKey) -> SortKey:
+    size, repository, tag, image_id = key
+    return (-size, NONE_LABEL if tag is None else f"{repository}:{tag}", image_id)
 
 
 def image_rows(images: Iterable[Image]) -> list[Row]:
@@ -237,7 +246,7 @@ def digests_known(engine: EngineInfo | None) -> bool:
     return engine is not None and not (engine.containerd_store or engine.podman)
 
 
-def _image_table_rows(image: Image, known: bool = True) -> list[tuple[SortKey, TableRow]]:
+def _image_table_rows(image: Image, known: bool = True) -> list[tuple[RowKey, TableRow]]:
     """The per-tag rows of one image with their sort keys; values in `PER_IMAGE_FAMILIES` order. `known`:
     whether repo digests tell what can be restored on this engine (else `docker_image_restorable` is absent)."""
     values = (
@@ -251,7 +260,7 @@ def _image_table_rows(image: Image, known: bool = True) -> list[tuple[SortKey, T
         (1 if image.digests else 0) if known else None,
     )
     short_id = image.short_id
-    rows: list[tuple[SortKey, TableRow]] = []
+    rows: list[tuple[RowKey, TableRow]] = []
     for row in image_rows((image,)):
         ref = row[1]
         if ref is not None:
@@ -259,7 +268,8 @@ def _image_table_rows(image: Image, known: bool = True) -> list[tuple[SortKey, T
         else:  # pinned by digest: its repository, as `docker images` shows it; dangling: nothing names it
             pinned = min((d.repository for d in image.digest_refs), default=NONE_LABEL)
             labels = (pinned, NONE_LABEL, short_id)
-        rows.append((_row_order(row), (labels, values)))
+        key = (image.size, None, None, image.id) if ref is None else (image.size, ref.repository, ref.tag, image.id)
+        rows.append((key, (labels, values)))
     return rows
 
 
@@ -297,16 +307,16 @@ class ImageTables:
 
 @dataclass(slots=True)
 class _Entry:
-    """One image's part of the tables: its per-tag rows (with sort keys) and its Totals contribution; `image`
-    is the object of the last snapshot (replaced by an equal new one without rebuilding the rest)."""
+    """One image's part of the tables: its per-tag rows (with sort keys); `image` is the object of the last
+    snapshot (replaced by an equal new one without rebuilding the rest). Its Totals contribution is computed
+    again from `image` when needed (an equal image adds the same) rather than kept per image."""
 
     image: Image
-    rows: list[tuple[SortKey, TableRow]]
-    totals: tuple[int, int, int, int, int, int, int]
+    rows: tuple[tuple[RowKey, TableRow], ...]  # a tuple: a list's spare room and header cost more per image
 
     @classmethod
     def of(cls, image: Image, known: bool = True) -> _Entry:
-        return cls(image, _image_table_rows(image, known), _contribution(image))
+        return cls(image, tuple(_image_table_rows(image, known)))
 
 
 #: Beyond this many changed images (or an eighth of them) the tables are rebuilt and sorted from scratch.
@@ -426,27 +436,31 @@ class TableCache:
     def _add(self, entry: _Entry) -> None:
         for key, row in entry.rows:
             self._sorted.insert(key, row)
-        self._totals = [a + b for a, b in zip(self._totals, entry.totals, strict=True)]
+        self._totals = [a + b for a, b in zip(self._totals, _contribution(entry.image), strict=True)]
         self._repos.add(entry.image)
 
     def _remove(self, entry: _Entry) -> None:
         for key, row in entry.rows:
             self._sorted.remove(key, row)
-        self._totals = [a - b for a, b in zip(self._totals, entry.totals, strict=True)]
+        self._totals = [a - b for a, b in zip(self._totals, _contribution(entry.image), strict=True)]
         self._repos.remove(entry.image)
 
     def _rebuild(self, entries: Iterable[_Entry]) -> None:
-        keyed: list[tuple[SortKey, TableRow]] = []
+        keyed: list[tuple[RowKey, TableRow]] = []
         totals = [0, 0, 0, 0, 0, 0, 0]
         repos = _Repositories(self._known)
         for entry in entries:
             keyed.extend(entry.rows)
-            totals = [a + b for a, b in zip(totals, entry.totals, strict=True)]
+            totals = [a + b for a, b in zip(totals, _contribution(entry.image), strict=True)]
             repos.add(entry.image)
-        keyed.sort(key=itemgetter(0))
+        keyed.sort(key=_keyed_order)
         self._sorted = _SortedRows(keyed)
         self._totals = totals
         self._repos = repos
+
+
+def _keyed_order(keyed: tuple[RowKey, TableRow]) -> SortKey:
+    return _key_order(keyed[0])
 
 
 def _split(rows: Sequence[TableRow]) -> tuple[Chunk, ...]:
@@ -466,7 +480,7 @@ class _SortedRows:
     exposition keys its chunk texts on them, and neither side walks every row for a change.
     """
 
-    def __init__(self, keyed: list[tuple[SortKey, TableRow]]) -> None:
+    def __init__(self, keyed: list[tuple[RowKey, TableRow]]) -> None:
         self.keys = [key for key, _row in keyed]  # sorted, parallel to rows
         self.rows = [row for _key, row in keyed]
         ends = chunk_ends(self.rows)
@@ -478,25 +492,27 @@ class _SortedRows:
             self._runs.append(_split(self.rows[start:end]))
             start = end
         self._runs.append(_split(self.rows[start:]))
-        self._touched: list[SortKey] = []  # keys put in or taken out since `chunks` last ran
+        self._touched: list[RowKey] = []  # keys put in or taken out since `chunks` last ran
         self._chunks: list[Chunk] | None = None
 
-    def insert(self, key: SortKey, row: TableRow) -> None:
-        index = bisect_left(self.keys, key)
+    def insert(self, key: RowKey, row: TableRow) -> None:
+        order = _key_order(key)
+        index = bisect_left(self.keys, order, key=_key_order)
         self.keys.insert(index, key)
         self.rows.insert(index, row)
         if ends_chunk(row[0]):
-            cut = bisect_left(self._cuts, key)
+            cut = bisect_left(self._cuts, order, key=_key_order)
             self._cuts.insert(cut, key)
             self._runs.insert(cut, ())  # a run split in two: both rebuilt by `chunks`
         self._touched.append(key)
 
-    def remove(self, key: SortKey, row: TableRow) -> None:
-        index = bisect_left(self.keys, key)
+    def remove(self, key: RowKey, row: TableRow) -> None:
+        order = _key_order(key)
+        index = bisect_left(self.keys, order, key=_key_order)
         del self.keys[index]
         del self.rows[index]
         if ends_chunk(row[0]):
-            cut = bisect_left(self._cuts, key)
+            cut = bisect_left(self._cuts, order, key=_key_order)
             del self._cuts[cut]
             del self._runs[cut]  # its rows join the next run, rebuilt by `chunks`
         self._touched.append(key)
@@ -507,7 +523,7 @@ class _SortedRows:
             cuts = self._cuts
             runs: set[int] = set()
             for key in self._touched:
-                index = bisect_left(cuts, key)
+                index = bisect_left(cuts, _key_order(key), key=_key_order)
                 runs.add(index)
                 if index < len(cuts) and cuts[index] == key:  # a row that ends a chunk: the next run lost rows
                     runs.add(index + 1)
@@ -521,8 +537,8 @@ class _SortedRows:
 
     def _build_run(self, index: int) -> None:
         cuts, keys = self._cuts, self.keys
-        start = bisect_left(keys, cuts[index - 1]) + 1 if index else 0
-        end = bisect_left(keys, cuts[index]) + 1 if index < len(cuts) else len(keys)
+        start = bisect_left(keys, _key_order(cuts[index - 1]), key=_key_order) + 1 if index else 0
+        end = bisect_left(keys, _key_order(cuts[index]), key=_key_order) + 1 if index < len(cuts) else len(keys)
         self._runs[index] = _split(self.rows[start:end])
 
 

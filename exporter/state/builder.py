@@ -30,6 +30,21 @@ Listing = tuple[EngineInfo, list[Image], list[Container], Filesystem | None]
 #: A listing as the builder keeps it: the images by ID, in listing order.
 Listed = tuple[EngineInfo, dict[str, Image], list[Container], Filesystem | None]
 _NOBODY: frozenset[str] = frozenset()
+#: One image's last publish: (listed image, merged image, tag key).
+Merged = tuple[Image, Image, TagKey]
+
+
+def _learned(merged: Image) -> tuple[Any, ...]:
+    """What `_with_learned` put into `merged`, in its order."""
+    return (
+        merged.shared_size,
+        merged.containers,
+        merged.last_tag_time,
+        merged.tag_time_pending,
+        merged.last_used,
+        merged.arrived,
+        merged.seen_offset,
+    )
 
 
 def _with_learned(image: Image, values: tuple[Any, ...]) -> Image:
@@ -75,10 +90,13 @@ class SnapshotBuilder:
         #: tag -> the ID of the listed image holding it (a set in the rare case of several: a listing that raced a
         #: tag move); one string rather than a set per tag keeps this index small
         self._holders: dict[ImageRef, str | set[str]] = {}
-        #: The last publish per image: (listed image, learned values, merged image, tag key), so an event's
-        #: publish rebuilds only the images it changed (rebuilding all is a large share of a poll).
-        self._merged: dict[str, tuple[Image, tuple[Any, ...], Image, TagKey]] = {}
-        self._out: dict[str, Image] = {}  # the merged images of the last publish, in listing order
+        #: The last publish per image, in listing order: (listed image, merged image, tag key), so an event's
+        #: publish rebuilds only the images it changed (rebuilding all is a large share of a poll). The learned
+        #: values are compared with the merged image's own fields: a tuple of them per image costs memory.
+        self._merged: dict[str, Merged] = {}
+        #: the merged images of the last publish, in listing order: the next Snapshot's by-ID map is a copy
+        #: (a copy of a dict is several times faster than building one from the images)
+        self._out: dict[str, Image] = {}
         self._unpublished: set[str] = set()  # IDs `change` touched since the last publish
         self._relisted = True  # a new listing: the next publish merges every image
 
@@ -195,7 +213,7 @@ class SnapshotBuilder:
                 if entry is not cached:
                     remerged.add(image_id)
                 self._merged[image_id] = entry
-                self._out[image_id] = entry[2]
+                self._out[image_id] = entry[1]
             changed = remerged
             self._relisted = False
         self._unpublished = set()
@@ -216,7 +234,7 @@ class SnapshotBuilder:
         moved); False (nothing done) when the changes cannot be placed in listing order this way."""
         assert self.listing is not None
         images = self.listing[1]
-        new = [i for i in changed if i in images and i not in self._out]
+        new = [i for i in changed if i in images and i not in self._merged]
         tail = list(islice(reversed(images), len(new)))[::-1]  # `change` appends new images to the listing
         if set(tail) != set(new):
             return False
@@ -225,14 +243,12 @@ class SnapshotBuilder:
             if image is None:
                 self._merged.pop(image_id, None)
                 self._out.pop(image_id, None)
-            elif image_id in self._out:
-                entry = merge.entry(image, self._merged.get(image_id))
-                self._merged[image_id] = entry
-                self._out[image_id] = entry[2]
+            elif image_id in self._merged:
+                entry = self._merged[image_id] = merge.entry(image, self._merged[image_id])
+                self._out[image_id] = entry[1]
         for image_id in tail:
-            entry = merge.entry(images[image_id], None)
-            self._merged[image_id] = entry
-            self._out[image_id] = entry[2]
+            entry = self._merged[image_id] = merge.entry(images[image_id], None)
+            self._out[image_id] = entry[1]
         return True
 
 
@@ -251,16 +267,14 @@ class _Merge:
         self.anchors, self.anchor = history.anchors, history.anchor
         self.tag_times, self.pending_keys = builder.tag_times.times, builder.tag_times.pending
 
-    def entry(
-        self, image: Image, cached: tuple[Image, tuple[Any, ...], Image, TagKey] | None
-    ) -> tuple[Image, tuple[Any, ...], Image, TagKey]:
-        """(listed image, learned values, merged image, tag key); the cached merged image when nothing moved."""
+    def entry(self, image: Image, cached: Merged | None) -> Merged:
+        """(listed image, merged image, tag key); the cached entry when nothing moved."""
         same = cached is not None and cached[0] is image
         shared = image.shared_size
         if shared is None and self.du is not None:  # 1.41 computes SharedSize only in /system/df
             shared = self.du.shared_sizes.get(image.id)
         if cached is not None and same:
-            key = cached[3]
+            key = cached[2]
         elif self.keys is not None:
             key = self.keys[image.id]
         else:
@@ -279,6 +293,6 @@ class _Merge:
             )
         values = (shared, self.in_use.get(image.id, 0), tag_time, pending, self.last_used.get(image.id), arrival, seen)
         # the same listed image with the same learned values: reuse, do not rebuild
-        if cached is not None and same and cached[1] == values:
+        if cached is not None and same and _learned(cached[1]) == values:
             return cached
-        return (image, values, _with_learned(image, values), key)
+        return (image, _with_learned(image, values), key)

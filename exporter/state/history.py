@@ -105,13 +105,20 @@ def _times(table: object, what: str, latest: float) -> dict[str, float]:
     return {str(k): _time(v, f"{what}[{k}]", latest) for k, v in table.items()}
 
 
+#: Blocks a table's encoded members are kept in (by the key's hash): a change re-encodes its block's members.
+MEMBER_BLOCKS = 1024
+
+
 class _Members:
-    """One table's JSON object text kept member by member (`"key": value`), re-encoded only for the keys
-    changed since the last save: encoding every entry holds the interpreter lock in proportion to the images,
-    while a change touches a few. The members keep the table's insertion order (the loader reads a mapping)."""
+    """One table's JSON object text kept block by block, each block the members (`"key": value`) of the keys
+    that hash to it, re-encoded only for the blocks whose keys changed since the last save: encoding every
+    entry holds the interpreter lock in proportion to the images, while a change touches a few. One string per
+    block rather than one per member: a member string costs its header and the allocator's rounding on top of
+    its text, about as much again, for every image (the loader reads a mapping: member order is free)."""
 
     def __init__(self) -> None:
-        self._members: dict[str, str] = {}
+        self._keys: list[list[str]] = [[] for _ in range(MEMBER_BLOCKS)]  # each block's keys, as last encoded
+        self._texts: list[str] = [""] * MEMBER_BLOCKS
         self._changed: set[str] = set()
         self._all = True
 
@@ -124,20 +131,29 @@ class _Members:
 
     def text(self, table: dict[str, Any]) -> list[str]:
         """The object's text in pieces (written one after the other: no copy of the whole)."""
-        members = self._members
+        blocks: dict[int, list[str]] = {}
         if self._all:
-            members.clear()
-            keys: Iterable[str] = table
+            self._keys = [[] for _ in range(MEMBER_BLOCKS)]
+            self._texts = [""] * MEMBER_BLOCKS
+            for key in table:
+                blocks.setdefault(hash(key) % MEMBER_BLOCKS, []).append(key)
             self._all = False
         else:
-            keys = self._changed
-        for key in keys:
-            if key in table:
-                members[key] = f"{json.dumps(key)}: {json.dumps(table[key])}"
-            else:
-                members.pop(key, None)
+            for key in self._changed:
+                blocks.setdefault(hash(key) % MEMBER_BLOCKS, []).append(key)
+        for block, touched in blocks.items():
+            keys = [key for key in dict.fromkeys([*self._keys[block], *touched]) if key in table]
+            self._keys[block] = keys
+            self._texts[block] = ", ".join([f"{json.dumps(key)}: {json.dumps(table[key])}" for key in keys])
         self._changed = set()
-        return ["{", ", ".join(members.values()), "}"]
+        pieces = ["{"]
+        for text in filter(None, self._texts):  # the blocks as they are: no copy of the whole text per save
+            pieces += (text, ", ")
+        if len(pieces) > 1:
+            pieces[-1] = "}"  # in place of the last separator
+        else:
+            pieces.append("}")
+        return pieces
 
 
 def _object_pieces(parts: dict[str, list[str]]) -> list[str]:
@@ -163,36 +179,51 @@ def _came_and_went(known: set[str], present: Collection[str], touched: Iterable[
     return came, [i for i in touched if i in known and i not in present]
 
 
+#: The characters a JSON string holds as they are: printable ASCII but the quote and the backslash.
+_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+
+
+def _plain(text: str) -> bool:
+    """Whether `json.dumps(text)` is `text` in quotes (no escapes): checked in C, not character by character."""
+    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN)
+
+
 class _SortedList:
-    """`present` as its sorted JSON list, kept item by item: an applied event adds or removes an ID or two,
-    and sorting and encoding every ID on each save would cost in proportion to the images."""
+    """`present` as its sorted JSON list, kept sorted item by item: an applied event adds or removes an ID or
+    two, and sorting every ID on each save would cost in proportion to the images. The IDs are joined as they
+    are (in C) when none needs escaping (image IDs never do), which costs less than keeping every item's
+    encoded copy; encoded one by one otherwise."""
 
     def __init__(self) -> None:
-        self._ids: list[str] | None = None  # sorted; None: encode afresh from the set
-        self._items: list[str] = []  # json.dumps of each, parallel
+        self._ids: list[str] | None = None  # sorted; None: sort afresh from the set
+        self._escaped: set[str] = set()  # the IDs whose JSON text needs escapes
 
     def replaced(self) -> None:
         self._ids = None
 
     def change(self, came: Iterable[str], went: Iterable[str]) -> None:
-        ids, items = self._ids, self._items
+        ids = self._ids
         if ids is None:
             return
         for image_id in went:
             index = bisect_left(ids, image_id)
             if index < len(ids) and ids[index] == image_id:
-                del ids[index], items[index]
+                del ids[index]
+                self._escaped.discard(image_id)
         for image_id in came:
             index = bisect_left(ids, image_id)
             if index == len(ids) or ids[index] != image_id:
                 ids.insert(index, image_id)
-                items.insert(index, json.dumps(image_id))
+                if not _plain(image_id):
+                    self._escaped.add(image_id)
 
     def text(self, present: set[str]) -> list[str]:
         if self._ids is None:
-            self._ids = sorted(present)
-            self._items = [json.dumps(i) for i in self._ids]
-        return ["[", ", ".join(self._items), "]"]
+            self._ids = ids = sorted(present)
+            self._escaped = set() if _plain("".join(ids)) else {i for i in ids if not _plain(i)}
+        if self._escaped:
+            return ["[", ", ".join(map(json.dumps, self._ids)), "]"]
+        return ['["', '", "'.join(self._ids), '"]'] if self._ids else ["[]"]
 
 
 class ImageHistory:

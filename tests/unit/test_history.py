@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from exporter.core.clocks import Clock
 from exporter.engine.apishapes import normalize_id
 from exporter.engine.client import Engine, EngineNotFound, Lane
 from exporter.metrics.selfmetrics import PollMetrics
+from exporter.state import history as history_module
 from exporter.state.events import EventFollower, event_time
 from exporter.state.history import STATE_VERSION, ImageHistory
 from exporter.state.poller import Poller
@@ -460,3 +462,45 @@ def test_observing_only_the_touched_images_falls_back_when_the_last_listing_diff
     history.observe([A], T0)
     assert history.observe_changed([A, B, C], [B], T0 + 1) == [B, C]
     assert history.present == {A, B, C} and history.arrived == {A: T0, B: T0 + 1, C: T0 + 1}
+
+
+_IDS = st.sampled_from([A, B, C, 'sha256:"quoted"', "sha256:back\\slash", "sha256:caf\u00e9", "sha256:tab\there", ""])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["observe", "changed", "used", "arrived", "save"]), st.lists(_IDS, max_size=4)),
+        max_size=12,
+    )
+)
+def test_the_saved_file_holds_the_tables_whatever_changed_between_saves(steps: list[tuple[str, list[str]]]) -> None:
+    """The file is encoded incrementally (blocks of members, the present list joined as is when no ID needs
+    escaping): after any sequence of changes and saves it reads back as the tables, IDs needing escapes too."""
+    # two blocks: changed keys share a block with unchanged ones
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(history_module, "MEMBER_BLOCKS", 2):
+        path = Path(tmp) / "state.json"
+        history = ImageHistory(str(path))
+        now = T0
+        history.observe([A], now)  # something to save
+        for step, ids in steps:
+            now += 1
+            if step == "observe":
+                history.observe(ids, now)
+            elif step == "changed" and history.observed_at is not None:
+                touched = set(ids)
+                present = (history.present - touched) | {i for i in ids if hash(i) % 2}
+                history.observe_changed(present, touched, now)
+            elif step == "used":
+                for image_id in ids:
+                    history.mark_used(image_id, now)
+            elif step == "arrived":
+                for image_id in ids:
+                    history.mark_arrived(image_id, now)
+            else:
+                history.save()
+        history.mark_used(A, now + 1)  # something changed since the last save
+        history.save()
+        data = json.loads(path.read_text())
+        assert data["present"] == sorted(history.present)
+        assert (data["last_used"], data["arrived"]) == (history.last_used, history.arrived)
