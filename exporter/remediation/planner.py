@@ -524,6 +524,8 @@ def _whole_images(
     rules = _Rules(action, protect, now)
     inf = math.inf
     for position, image in enumerate(images):
+        if not position & 255:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         references: tuple[ImageRef | DigestRef, ...] = (
             (*image.refs, *image.digest_refs) if image.digests else image.refs
         )
@@ -608,6 +610,8 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
+        if not len(candidates) & 255:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         if not e[0]:
             candidates.append(_whole_candidate(e, _whole_image_reason(e, now)))
             continue
@@ -658,7 +662,9 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     the image is deleted when no other repository keeps it, untagged otherwise.
     """
     by_repo: dict[str, dict[str, tuple[Image, list[ImageRef]]]] = {}
-    for image in snapshot.images:
+    for position, image in enumerate(snapshot.images):
+        if not position & 255:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         for ref in image.refs:
             entries = by_repo.get(ref.repository)
             if entries is None:
@@ -678,6 +684,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
             1 for image in snapshot.images if image.refs and not selected(image, _references(image), select)
         )
     for repo, entries in sorted(by_repo.items()):
+        offloop.checkpoint()  # scrapes first (see offloop.py)
         # _newest_version_first as each entry's own sort key (image IDs are distinct: images never compared)
         versions = [(i.created, i.last_tag_time or 0.0, i.id, i, r) for i, r in entries.values()]
         versions = offloop.sorted_in_slices(versions)[::-1]  # newest first
@@ -697,6 +704,8 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     skipped: list[Skip] = []
     rules = _Rules(action, protect, now)
     for image_id, (image, refs, reasons) in old.items():
+        if not len(candidates) & 255:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         references = _references(image)
         if select is not None and not selected(image, references, select):
             continue
