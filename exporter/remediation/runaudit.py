@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from exporter.remediation import offloop
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.planner import Candidate
 from exporter.remediation.runs import Outcome, Run
@@ -89,16 +91,9 @@ class RunAudit:
             raise unwritten
 
     async def dry_run_summary(self, run: Run) -> None:
-        """A dry run deletes nothing, so its audit is one line of counts, not a line per image."""
-        counts: dict[str, int] = {}
-        skipped: dict[str, int] = {}
-        would_bytes = 0
-        for o in run.outcomes:
-            counts[o.result] = counts.get(o.result, 0) + 1
-            if o.result == "skipped":
-                skipped[o.skip_reason or "error"] = skipped.get(o.skip_reason or "error", 0) + 1
-            if o.result == "would_delete":
-                would_bytes += o.size
+        """A dry run deletes nothing, so its audit is one line of counts, not a line per image (counted off
+        the event loop: a pass over every outcome)."""
+        counts, skipped, would_bytes = await offloop.off_loop(_dry_run_counts, run.outcomes)
         await self.event(
             run, "dry_run_summary", counts=counts, skipped_by_reason=skipped, would_delete_bytes=would_bytes
         )
@@ -107,6 +102,20 @@ class RunAudit:
         """The `deleted` line of an `unknown` outcome whose image went after its run (raises AuditError)."""
         line = self.line(run, "image", **image_fields(outcome), confirmed_by=confirmed_by)
         await self.writer.write_many([line])
+
+
+def _dry_run_counts(outcomes: Sequence[Outcome]) -> tuple[dict[str, int], dict[str, int], int]:
+    """Outcomes by result, skips by reason, and the bytes of those that would go."""
+    counts: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    would_bytes = 0
+    for o in outcomes:
+        counts[o.result] = counts.get(o.result, 0) + 1
+        if o.result == "skipped":
+            skipped[o.skip_reason or "error"] = skipped.get(o.skip_reason or "error", 0) + 1
+        if o.result == "would_delete":
+            would_bytes += o.size
+    return counts, skipped, would_bytes
 
 
 def image_fields(o: Outcome) -> dict[str, Any]:
