@@ -196,8 +196,11 @@ def sorted_by(items: list[K], first: int, then: int) -> list[K]:
     in Python, each run of equal numbers sorted by `then` (in slices when long). Stable, as one sort."""
     out = sorted(items, key=itemgetter(first))
     by_then = itemgetter(then)
-    start, count = 0, len(out)
+    start, count, checked = 0, len(out), 0
     while start < count:
+        if start - checked >= SLICE:
+            checkpoint()
+            checked = start
         value = out[start][first]
         end = start + 1
         while end < count and out[end][first] == value:
@@ -266,9 +269,12 @@ def _free_in_slices(results: list[object]) -> None:
 
 
 def _large_parts(result: object) -> list[list[Any]]:
-    """The items of `result` (a sequence, or a record whose fields are) in lists of their own."""
+    """The items of `result` (a sequence, the values of a dict, or a record whose fields are) in lists of
+    their own."""
     if isinstance(result, list | tuple):
         return [list(result)]
+    if isinstance(result, dict):
+        return [list(result.values())]
     fields = getattr(result, "__dict__", None)
     if fields is None:
         return []

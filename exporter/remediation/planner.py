@@ -629,6 +629,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         target_avail_ratio=ratio,
         target_avail_bytes=goal_bytes,
     )
+    offloop.free_later(eligible)  # freed a slice at a time, not in one call as this returns (see offloop.py)
     note = plan.unreachable_note
     return replace(plan, notes=(note,)) if note else plan
 
@@ -729,6 +730,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         candidates.append((image.created, image_id, candidate))
     candidates = offloop.sorted_by(candidates, 0, 1)  # oldest first
     skipped.sort(key=lambda s: s.image_id)
+    offloop.free_later(by_repo, old, candidates)  # freed a slice at a time, not in one call as this returns
     return Plan(
         action.name,
         action.type,

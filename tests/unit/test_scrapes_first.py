@@ -276,3 +276,8 @@ async def test_plans_and_outcomes_are_the_same_with_scrapes_in_flight(
         paused = await offloop.off_loop(work)
     assert len(pauses) > 10  # it did pause, in the loops over the images
     assert paused == alone
+    del alone, paused
+    for _ in range(300):  # what the planner handed over to be freed, gone before the next test
+        if offloop.held_for_freeing() == 0 and offloop.computing() == 0:
+            break
+        await asyncio.sleep(0.01)
