@@ -349,7 +349,7 @@ def _described(plan: Plan, action: ActionConfig) -> tuple[list[Outcome], bool]:
     projected_avail = fs.avail if fs else 0
     outcomes: list[Outcome] = []
     for index, cand in enumerate(plan.candidates):
-        if not index & 255:
+        if not index & 63:
             offloop.checkpoint()  # scrapes first (see offloop.py)
         if index >= action.max_deletions:
             detail = f"max_deletions {action.max_deletions} reached"

@@ -68,9 +68,9 @@ _held: list[tuple[float, object]] = []  # (when taken over, result) for free_lat
 _freeing = False
 
 #: Longest one checkpoint waits for the scrapes in flight to end (seconds): a scrape takes a few milliseconds.
-PAUSE_LIMIT = 0.025
+PAUSE_LIMIT = 0.05
 #: After a pause cut short by `PAUSE_LIMIT`, how long the thread runs before a checkpoint pauses it again.
-RUN_AFTER_LIMIT = 0.025
+RUN_AFTER_LIMIT = 0.05
 _scrapes = 0  # scrapes in flight (`scrapes_first`)
 _no_scrape = threading.Event()  # set while none is
 _no_scrape.set()

@@ -524,7 +524,7 @@ def _whole_images(
     rules = _Rules(action, protect, now)
     inf = math.inf
     for position, image in enumerate(images):
-        if not position & 255:
+        if not position & 63:
             offloop.checkpoint()  # scrapes first (see offloop.py)
         references: tuple[ImageRef | DigestRef, ...] = (
             (*image.refs, *image.digest_refs) if image.digests else image.refs
@@ -610,7 +610,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
-        if not len(candidates) & 255:
+        if not len(candidates) & 63:
             offloop.checkpoint()  # scrapes first (see offloop.py)
         if not e[0]:
             candidates.append(_whole_candidate(e, _whole_image_reason(e, now)))
@@ -664,7 +664,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     """
     by_repo: dict[str, dict[str, tuple[Image, list[ImageRef]]]] = {}
     for position, image in enumerate(snapshot.images):
-        if not position & 255:
+        if not position & 63:
             offloop.checkpoint()  # scrapes first (see offloop.py)
         for ref in image.refs:
             entries = by_repo.get(ref.repository)
@@ -705,7 +705,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     skipped: list[Skip] = []
     rules = _Rules(action, protect, now)
     for image_id, (image, refs, reasons) in old.items():
-        if not len(candidates) & 255:
+        if not len(candidates) & 63:
             offloop.checkpoint()  # scrapes first (see offloop.py)
         references = _references(image)
         if select is not None and not selected(image, references, select):
