@@ -223,7 +223,7 @@ def create_app(
     app.on_shutdown.append(stop_runs)
     metrics_endpoint = MetricsEndpoint(services.registry, services.collector)
     services.store.subscribe(metrics_endpoint.prerender)
-    metrics_handler = metrics_endpoint.handle
+    metrics_handler = metrics_endpoint.serve
 
     pages = Pages(services.store, services.engine, services.remediation, telemetry_path)
     reload_endpoint = ReloadEndpoint(reloader.reload, reload is not None and reload.enable_lifecycle)

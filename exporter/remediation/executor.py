@@ -352,6 +352,8 @@ def _described(plan: Plan, action: ActionConfig) -> tuple[list[Outcome], bool]:
     append = outcomes.append
     max_deletions = action.max_deletions
     for index, cand in enumerate(plan.candidates):
+        if not index & 63:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         if index >= max_deletions:
             detail = f"max_deletions {max_deletions} reached"
             outcomes.extend(outcome_of(rest, "skipped", "max_deletions", detail) for rest in plan.candidates[index:])

@@ -17,16 +17,28 @@ What holds the lock without a switch point is a single call into C: sorting many
 sorts in slices and merges them in Python) and freeing many objects at once, as when the last reference to
 a large plan goes. `free_later` takes such results over so that they are freed here, a slice at a time, once
 everything else has let go of them.
+
+Scrapes first: even with the lock handed back promptly, a scrape served while such work runs shares the
+interpreter with it about evenly, so it takes about twice its own time. While the event loop serves a scrape
+(`scrapes_first`, from its handler's start until its body is written), off-loop work pauses at its
+`checkpoint()` calls: a read of one number while no scrape is in flight, a wait (without the lock) for the
+scrape to end when one is. A pause is bounded (`PAUSE_LIMIT`); after a pause cut short by that bound the
+thread runs `RUN_AFTER_LIMIT` without pausing, so scrapes that never stop (overlapping, or one stuck writing
+to a slow client) slow a plan down by half at most, never stop it. Only threads running `off_loop` work (and
+`free_later`'s) pause: a checkpoint anywhere else, the event loop above all, returns at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
+import json
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -40,6 +52,8 @@ SWITCH_INTERVAL = 0.00005
 
 #: Items sorted, or freed, in one call at most: such a call holds the interpreter lock from start to end.
 SLICE = 2048
+#: Items of a list encoded in one `json.dumps` call at most by `dumps_in_slices` (records of a dozen fields).
+JSON_SLICE = 256
 #: How often `free_later` looks whether the results it holds are its own alone (seconds), and how long it
 #: waits for that before letting go of them as they are. Short: a result still held when the next dry run
 #: builds its own (back to back, a few tenths of a second apart) puts two runs' records in memory at once,
@@ -52,6 +66,15 @@ _computing = 0
 _saved_interval = 0.0
 _held: list[tuple[float, object]] = []  # (when taken over, result) for free_later
 _freeing = False
+
+#: Longest one checkpoint waits for the scrapes in flight to end (seconds): a scrape takes a few milliseconds.
+PAUSE_LIMIT = 0.05
+#: After a pause cut short by `PAUSE_LIMIT`, how long the thread runs before a checkpoint pauses it again.
+RUN_AFTER_LIMIT = 0.05
+_scrapes = 0  # scrapes in flight (`scrapes_first`)
+_no_scrape = threading.Event()  # set while none is
+_no_scrape.set()
+_worker = threading.local()  # .depth: off-loop calls running in this thread; .free_until: see RUN_AFTER_LIMIT
 
 hold_collector = gcpolicy.hold
 release_collector = gcpolicy.release
@@ -74,9 +97,12 @@ def _lowered(fn: Callable[..., T], args: tuple[object, ...]) -> T:
             _saved_interval = sys.getswitchinterval()
             sys.setswitchinterval(min(_saved_interval, SWITCH_INTERVAL))
         _computing += 1
+    _worker.depth = getattr(_worker, "depth", 0) + 1
     try:
+        checkpoint()  # a scrape in flight goes first from the start
         return fn(*args)
     finally:
+        _worker.depth -= 1
         with _lock:
             _computing -= 1
             if _computing == 0:
@@ -89,14 +115,79 @@ async def off_loop(fn: Callable[..., T], /, *args: object) -> T:
     return await asyncio.to_thread(_lowered, fn, args)
 
 
+def checkpoint() -> None:
+    """Where off-loop work may pause for the scrapes in flight (see the module doc); call it every few hundred
+    items of a long loop. Costs one read of a number while no scrape is in flight."""
+    if _scrapes:
+        _pause()
+
+
+def _pause() -> None:
+    if not getattr(_worker, "depth", 0):  # not off-loop work: the event loop itself, or an unrelated thread
+        return
+    if time.monotonic() < getattr(_worker, "free_until", 0.0):
+        return
+    if not _no_scrape.wait(PAUSE_LIMIT):
+        _worker.free_until = time.monotonic() + RUN_AFTER_LIMIT
+
+
+@contextlib.contextmanager
+def scrapes_first() -> Iterator[None]:
+    """Off-loop work pauses at its checkpoints while this runs (on the event loop: a scrape being served),
+    whatever way it ends; nested and concurrent uses count, the work resumes when the last one ends."""
+    global _scrapes
+    with _lock:
+        _scrapes += 1
+        _no_scrape.clear()
+    try:
+        yield
+    finally:
+        with _lock:
+            _scrapes -= 1
+            if _scrapes == 0:
+                _no_scrape.set()
+
+
+def scrapes_in_flight() -> int:
+    """How many `scrapes_first` blocks are running now."""
+    return _scrapes
+
+
+def dumps_in_slices(value: Any) -> str:
+    """`json.dumps(value)` (default options: the same text), with a checkpoint between slices of `SLICE`
+    items of each long list (`JSON_SLICE`): one `json.dumps` call over a large answer holds the interpreter lock
+    throughout.
+    Dicts with keys other than strings, and anything else, are encoded in one call each."""
+    if isinstance(value, dict) and all(type(key) is str for key in value):
+        return "{" + ", ".join(f"{json.dumps(key)}: {dumps_in_slices(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple) and len(value) > JSON_SLICE:
+        parts: list[str] = []
+        for start in range(0, len(value), JSON_SLICE):
+            checkpoint()
+            parts.append(json.dumps(value[start : start + JSON_SLICE])[1:-1])
+        return "[" + ", ".join(parts) + "]"
+    checkpoint()
+    return json.dumps(value)
+
+
 def sorted_in_slices(items: list[K]) -> list[K]:
     """`sorted(items)`, for tuples whose keys are distinct, in steps that each hold the interpreter lock
     briefly: slices of `SLICE` sorted one call each, merged by `heapq.merge` (Python code, where the lock
     changes hands as anywhere else). The same order as one sort."""
     if len(items) <= SLICE:
         return sorted(items)
-    runs = [sorted(items[i : i + SLICE]) for i in range(0, len(items), SLICE)]
-    return list(heapq.merge(*runs))
+    runs: list[list[K]] = []
+    for i in range(0, len(items), SLICE):
+        checkpoint()
+        runs.append(sorted(items[i : i + SLICE]))
+    merged = heapq.merge(*runs)
+    out: list[K] = []
+    while True:
+        checkpoint()
+        step = len(out)
+        out.extend(islice(merged, SLICE))
+        if len(out) == step:
+            return out
 
 
 def sorted_by(items: list[K], first: int, then: int) -> list[K]:
@@ -105,8 +196,11 @@ def sorted_by(items: list[K], first: int, then: int) -> list[K]:
     in Python, each run of equal numbers sorted by `then` (in slices when long). Stable, as one sort."""
     out = sorted(items, key=itemgetter(first))
     by_then = itemgetter(then)
-    start, count = 0, len(out)
+    start, count, checked = 0, len(out), 0
     while start < count:
+        if start - checked >= SLICE:
+            checkpoint()
+            checked = start
         value = out[start][first]
         end = start + 1
         while end < count and out[end][first] == value:
@@ -170,13 +264,17 @@ def _free_in_slices(results: list[object]) -> None:
         del result  # the container goes; its items stay in `parts` for now
         for items in parts:
             while items:
+                checkpoint()
                 del items[-SLICE:]
 
 
 def _large_parts(result: object) -> list[list[Any]]:
-    """The items of `result` (a sequence, or a record whose fields are) in lists of their own."""
+    """The items of `result` (a sequence, the values of a dict, or a record whose fields are) in lists of
+    their own."""
     if isinstance(result, list | tuple):
         return [list(result)]
+    if isinstance(result, dict):
+        return [list(result.values())]
     fields = getattr(result, "__dict__", None)
     if fields is None:
         return []

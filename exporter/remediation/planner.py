@@ -593,6 +593,8 @@ def _whole_images(
     rules = _Rules(action, protect, now)
     inf = math.inf
     for position, image in enumerate(images):
+        if not position & 63:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         references: tuple[ImageRef | DigestRef, ...] = (
             (*image.refs, *image.digest_refs) if image.digests else image.refs
         )
@@ -677,6 +679,8 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
     candidates: list[Candidate] = []
     tagged_rank = 0
     for e in eligible:
+        if not len(candidates) & 63:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         if not e[0]:
             candidates.append(_whole_candidate(e, _whole_image_reason(e, now)))
             continue
@@ -694,6 +698,7 @@ def plan_free_space(snapshot: Snapshot, action: FreeSpaceAction, protect: Protec
         target_avail_ratio=ratio,
         target_avail_bytes=goal_bytes,
     )
+    offloop.free_later(eligible)  # freed a slice at a time, not in one call as this returns (see offloop.py)
     note = plan.unreachable_note
     return replace(plan, notes=(note,)) if note else plan
 
@@ -727,7 +732,9 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     the image is deleted when no other repository keeps it, untagged otherwise.
     """
     by_repo: dict[str, dict[str, tuple[Image, list[ImageRef]]]] = {}
-    for image in snapshot.images:
+    for position, image in enumerate(snapshot.images):
+        if not position & 63:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         for ref in image.refs:
             entries = by_repo.get(ref.repository)
             if entries is None:
@@ -747,6 +754,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
             1 for image in snapshot.images if image.refs and not selected(image, _references(image), select)
         )
     for repo, entries in sorted(by_repo.items()):
+        offloop.checkpoint()  # scrapes first (see offloop.py)
         # _newest_version_first as each entry's own sort key (image IDs are distinct: images never compared)
         versions = [(i.created, i.last_tag_time or 0.0, i.id, i, r) for i, r in entries.values()]
         versions = offloop.sorted_in_slices(versions)[::-1]  # newest first
@@ -767,6 +775,8 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
     skipped: list[Skip] = []
     rules = _Rules(action, protect, now)
     for image_id, (image, refs, reasons) in old.items():
+        if not len(candidates) & 63:
+            offloop.checkpoint()  # scrapes first (see offloop.py)
         references: tuple[ImageRef | DigestRef, ...] = (  # _references, inlined
             (*image.refs, *image.digest_refs) if image.digests else image.refs
         )
@@ -793,6 +803,7 @@ def plan_keep_last(snapshot: Snapshot, action: KeepLastAction, protect: ProtectC
         candidates.append((image.created, image_id, candidate))
     candidates = offloop.sorted_by(candidates, 0, 1)  # oldest first
     skipped.sort(key=lambda s: s.image_id)
+    offloop.free_later(by_repo, old, candidates)  # freed a slice at a time, not in one call as this returns
     return Plan(
         action.name,
         action.type,

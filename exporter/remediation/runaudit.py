@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import Any
 
+from exporter.remediation import offloop
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.planner import Candidate
 from exporter.remediation.runs import Outcome, Run, tally
@@ -89,8 +90,9 @@ class RunAudit:
             raise unwritten
 
     async def dry_run_summary(self, run: Run) -> None:
-        """A dry run deletes nothing, so its audit is one line of counts, not a line per image."""
-        counts, skipped, would_bytes = tally(run.outcomes)
+        """A dry run deletes nothing, so its audit is one line of counts, not a line per image (counted off
+        the event loop: a pass over every outcome)."""
+        counts, skipped, would_bytes = await offloop.off_loop(tally, run.outcomes)
         await self.event(
             run, "dry_run_summary", counts=counts, skipped_by_reason=skipped, would_delete_bytes=would_bytes
         )

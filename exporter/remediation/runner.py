@@ -278,6 +278,7 @@ def _digest(run: Run, action: ActionConfig) -> _Digest:
     for outcome in run.outcomes:
         if outcome.skip_reason is not None:
             skipped[outcome.skip_reason] = skipped.get(outcome.skip_reason, 0) + 1
+    offloop.checkpoint()  # scrapes first between the passes (see offloop.py)
     shortfall = run.shortfall_bytes(action if isinstance(action, FreeSpaceAction) else None)
     return skipped, shortfall, run.summary()
 
@@ -285,4 +286,5 @@ def _digest(run: Run, action: ActionConfig) -> _Digest:
 def _summed(plan: Plan) -> tuple[int, int]:
     """`plan.local_only_kept`, with `plan.estimated_bytes` summed on the way (it is kept once summed)."""
     _ = plan.estimated_bytes
+    offloop.checkpoint()  # scrapes first between the passes (see offloop.py)
     return plan.local_only_kept

@@ -66,6 +66,7 @@ from exporter.metrics.exposition import (
     render_snapshot,
 )
 from exporter.metrics.render import SnapshotRenderer
+from exporter.remediation import offloop
 
 MAX_VARIANTS = 8  # cached renders per state: (content type, gzip) pairs; Prometheus uses one
 
@@ -88,6 +89,17 @@ class MetricsEndpoint:
         self._formats: dict[str, tuple[Encoder, bool, bool]] = {}  # content type -> encoder, openmetrics, gzip
         self._prerendering: asyncio.Future[Any] | None = None  # the renders the last publish started
         self._prerender_again = False  # publishes landed while they ran: render the newest state next
+
+    async def serve(self, request: web.Request) -> web.Response:
+        """The route's handler: `handle`, its body written here, and off-loop work (plans, dry-run outcomes)
+        paused at its checkpoints meanwhile (`offloop.scrapes_first`), so that a scrape does not share the
+        interpreter with them. Written here rather than by aiohttp after returning, so that the pause covers
+        it; aiohttp sees a response already sent."""
+        with offloop.scrapes_first():
+            response = await self.handle(request)
+            await response.prepare(request)
+            await response.write_eof()
+        return response
 
     async def handle(self, request: web.Request) -> web.Response:
         accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import binascii
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -122,8 +121,10 @@ def refused(refusal: Refused) -> web.Response:
 
 async def json_off_loop(build: Callable[[], dict[str, Any]]) -> web.Response:
     """A JSON answer built and encoded in a worker thread: a large run's answer takes long enough to
-    hold up scrapes and webhooks if done on the event loop. `build` must only read finished data."""
-    body = await offloop.off_loop(lambda: json.dumps(build()).encode())
+    hold up scrapes and webhooks if done on the event loop. Encoded in slices, so that a scrape served
+    meanwhile need not wait behind one long call (`offloop.dumps_in_slices`, the same text as `json.dumps`).
+    `build` must only read finished data."""
+    body = await offloop.off_loop(lambda: offloop.dumps_in_slices(build()).encode())
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 

@@ -191,7 +191,7 @@ async def test_a_body_written_piece_by_piece_arrives_whole_over_http(encoding: s
     Content-Length equal to their size when not compressed."""
     setup = Setup(FakePoller(snapshot(images=3000)), MetricsConfig(max_image_series=100_000))
     app = web.Application()
-    app.router.add_get("/metrics", setup.endpoint.handle)
+    app.router.add_get("/metrics", setup.endpoint.serve)  # the route the app registers
     want = body_of(await setup.expected())
     assert len(want) > 4 * exposition.WRITE_BATCH
     async with TestClient(TestServer(app)) as client:

@@ -135,6 +135,22 @@ async def test_results_handed_over_are_freed_in_a_worker_once_nothing_else_refer
     assert offloop.held_for_freeing() == 0
 
 
+async def test_a_dict_handed_over_is_freed_in_a_worker_value_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a planner hands over its large working dicts (by repository, by image) when it returns."""
+    monkeypatch.setattr(offloop, "FREE_INTERVAL", 0.01)
+    monkeypatch.setattr(offloop, "SLICE", 10)
+    Freed.threads = []
+    by_id = {n: (Freed(), [Freed()]) for n in range(25)}
+    offloop.free_later(by_id)
+    del by_id
+    for _ in range(200):
+        if len(Freed.threads) == 50:
+            break
+        await asyncio.sleep(0.01)
+    assert Freed.threads == ["offloop-free"] * 50
+    assert offloop.held_for_freeing() == 0
+
+
 async def test_results_still_referred_to_are_let_go_after_the_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(offloop, "FREE_INTERVAL", 0.01)
     monkeypatch.setattr(offloop, "FREE_PATIENCE", 0.05)
