@@ -32,7 +32,6 @@ Safety beyond the plan, because the engine moves while we work:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -101,9 +100,6 @@ class Deleter:
         except EngineError as exc:
             raise RunAborted(f"engine error on {cand.image_id}: {exc}") from exc
 
-    #: Whether a one-tag image's intent line is written during its re-check (see `_delete_image`).
-    early_intent = True
-
     async def _delete_image(self, cand: Candidate, steps: _Steps) -> Outcome | None:
         """The whole image goes: extra tags are untagged by name, the last reference goes conditionally.
 
@@ -114,20 +110,6 @@ class Deleter:
         DELETE. An image without tags (dangling, or known only by digest) goes through a hold reference
         instead (`_delete_held`): a DELETE by ID would take a tag it gained on the way.
         """
-        # the intent of the likely DELETE by ID needs nothing the re-check reads: its fsync runs during the
-        # inspect instead of after it, and it is still durable before that DELETE (`_delete_by_id` awaits it);
-        # when the re-check stops the image, the line is followed by its skipped outcome with no DELETE
-        if self.early_intent and self.trash is None and _one_tag(cand):
-            steps.intent = asyncio.ensure_future(self.audit.intent(self.run, cand, cand.image_id))
-        try:
-            outcome = await self._checked_delete(cand, steps)
-        except BaseException:
-            await steps.intent_settled(raising=False)
-            raise
-        await steps.intent_settled()
-        return outcome
-
-    async def _checked_delete(self, cand: Candidate, steps: _Steps) -> Outcome | None:
         try:
             current = await self.engine.inspect_image(cand.image_id, lane="delete")
         except EngineNotFound as exc:
@@ -160,11 +142,7 @@ class Deleter:
         return await self._delete_by_id(cand, steps)
 
     async def _delete_by_id(self, cand: Candidate, steps: _Steps) -> Outcome:
-        if steps.intent is not None:  # written beside the re-check (`_delete_image`)
-            intent, steps.intent = steps.intent, None
-            await intent
-        else:
-            await self.audit.intent(self.run, cand, cand.image_id)
+        await self.audit.intent(self.run, cand, cand.image_id)
         try:
             answer = await self.engine.remove_image(cand.image_id)
         except EngineConflict as exc:
@@ -397,21 +375,6 @@ class _Steps:
     untagged: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     gone: bool = False
-    #: The intent line of the DELETE by ID, queued before the re-check and not awaited yet.
-    intent: asyncio.Future[None] | None = None
-
-    async def intent_settled(self, raising: bool = True) -> None:
-        """An early intent not awaited by a DELETE (the re-check stopped the image, or it went another way):
-        wait for it all the same, so a line that could not be written still ends the run (`raising`; not
-        when the deletion already ends with an error of its own)."""
-        intent, self.intent = self.intent, None
-        if intent is None:
-            return
-        await asyncio.wait([intent])
-        if raising or intent.cancelled():
-            await intent
-        else:
-            intent.exception()  # retrieved: the deletion's own error is the one that counts
 
     def changed(self, inspect: dict[str, Any]) -> Problem | None:
         """What the engine now says that the plan did not know: a protection added by a reload since the run
@@ -457,11 +420,6 @@ def _protected(inspect: dict[str, Any], protect: ProtectConfig) -> Problem | Non
         if rule is not None:
             return "protected_label", f"label matches protect.labels {rule!r} (as in force right before the DELETE)"
     return None
-
-
-def _one_tag(cand: Candidate) -> bool:
-    """Planned as a one-tag image (no digest reference): its last DELETE is by ID, after the re-check only."""
-    return cand.removes_image and len(cand.references) == 1 and "@" not in cand.references[0]
 
 
 def _in_use(conflict: EngineConflict) -> bool:
