@@ -1,20 +1,20 @@
 """The bench's `deletion` figure alone, on a private engine with `--images` generated unused images.
 
     nice -n 10 .venv/bin/python -m benchmarks.deletion_only [--images 1000] [--rounds 4] [--out FILE]
-        [--variants 8/0.05,8/0.5,4/0.5] [--spy] [--gc]
+        [--variants 8/0.05,8/0.5,4/0.5] [--spy] [--gc] [--phases] [--slow]
 
 The same function `make bench` runs (`measure.deletion`: the running exporter's `prune_unused` against
 `docker image prune -a -f` on the same freshly loaded set, rounds alternating which goes first, scraped every
 15 ms during the exporter's runs next to the same pacing at rest), without the read side's 10k/30k engine:
 the deletion engine holds only the images it deletes in every profile. `--variants 8/0.05,8/0.5,4/0.5` gives
-the rounds those deletions in flight and event batch intervals while deleting, in turn (a third field `/0`
-writes each intent line after the re-check instead of beside it, `Deleter.early_intent`) (side by side in
+the rounds those deletions in flight and event batch intervals while deleting, in turn (side by side in
 `by_variant`; an odd number of variants meets both orders); `--spy` records py-spy samples of
 each run (collapsed stacks in `--dir`); `--gc` every collection's pause during the runs (`gc.callbacks`);
-`--phases` the count and wall time of the engine calls (inspects by lane, DELETEs, listings), the intent
-waits and the audit writes (each write's lines and its fsync) during the runs (seconds, totals over runs);
+`--phases` per variant, the count and wall time of the engine calls (inspects by lane, DELETEs, listings,
+the plan's `/system/df` where the API lists no SharedSize), the intent waits, the audit writes (each write's
+lines and its fsync) and whole candidates (`Deleter.delete`) during the runs;
 `--slow` the event loop's steps over 12 ms during the runs (what scrapes waited behind).
-Both hooks go into the exporter through a `sitecustomize` on its PYTHONPATH.
+The hooks go into the exporter through a `sitecustomize` on its PYTHONPATH.
 Output: the result as JSON on stdout (and in `--out`).
 """
 
@@ -79,6 +79,11 @@ HOOK = textwrap.dedent(
         _client.Engine.inspect_image = _timed("inspect", _client.Engine.inspect_image, True)
         _client.Engine.remove_image = _timed("delete", _client.Engine.remove_image)
         _client.Engine.list_images = _timed("list_images", _client.Engine.list_images)
+        _client.Engine.disk_usage = _timed("disk_usage", _client.Engine.disk_usage)
+        from exporter.state import diskusage as _diskusage
+        _diskusage.DiskUsageRefresher.refresh_now = _timed("disk_usage_refresh", _diskusage.DiskUsageRefresher.refresh_now)
+        from exporter.remediation import runner as _runner
+        _runner.Runner._with_shared_sizes = _timed("plan_shared_sizes", _runner.Runner._with_shared_sizes)
         _runaudit.RunAudit.intent = _timed("intent", _runaudit.RunAudit.intent)
         from exporter.remediation import deletion as _deletion_module
         _deletion_module.Deleter.delete = _timed("candidate", _deletion_module.Deleter.delete)
@@ -127,15 +132,14 @@ HOOK = textwrap.dedent(
         atexit.register(_dump_slow)
     _variant = os.environ.get("DIE_VARIANT_FILE")
     if _variant:
-        from exporter.remediation import deletion as _deletion, executor as _executor
+        from exporter.remediation import executor as _executor
         from exporter.state import events as _events
         _delete_all = _executor.Executor._delete_all
         async def _as_variant(self, *args, **kwargs):
             with open(_variant) as fh:
-                width, interval, *early = fh.read().split("/")
+                width, interval = fh.read().split("/")
             self.in_flight = int(width)
             _events.DELETING_BATCH_INTERVAL = float(interval)
-            _deletion.Deleter.early_intent = early != ["0"]
             return await _delete_all(self, *args, **kwargs)
         _executor.Executor._delete_all = _as_variant
     """
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="",
-        help="comma-separated <in flight>/<deleting batch interval>[/0: intent after the re-check], one per round in turn",
+        help="comma-separated <in flight>/<deleting batch interval>, one per round in turn",
     )
     args = parser.parse_args(argv)
     opts = replace(PROFILES["1k"], delete_count=args.images, delete_rounds=args.rounds)
