@@ -1,7 +1,7 @@
 """The bench's `deletion` figure alone, on a private engine with `--images` generated unused images.
 
     nice -n 10 .venv/bin/python -m benchmarks.deletion_only [--images 1000] [--rounds 4] [--out FILE]
-        [--variants 8/0.05,8/0.5,4/0.5] [--spy] [--gc]
+        [--variants 8/0.05,8/0.5,4/0.5] [--spy] [--gc] [--phases] [--slow]
 
 The same function `make bench` runs (`measure.deletion`: the running exporter's `prune_unused` against
 `docker image prune -a -f` on the same freshly loaded set, rounds alternating which goes first, scraped every
@@ -9,8 +9,12 @@ The same function `make bench` runs (`measure.deletion`: the running exporter's 
 the deletion engine holds only the images it deletes in every profile. `--variants 8/0.05,8/0.5,4/0.5` gives
 the rounds those deletions in flight and event batch intervals while deleting, in turn (side by side in
 `by_variant`; an odd number of variants meets both orders); `--spy` records py-spy samples of
-each run (collapsed stacks in `--dir`); `--gc` every collection's pause during the runs (`gc.callbacks`).
-Both hooks go into the exporter through a `sitecustomize` on its PYTHONPATH.
+each run (collapsed stacks in `--dir`); `--gc` every collection's pause during the runs (`gc.callbacks`);
+`--phases` per variant, the count and wall time of the engine calls (inspects by lane, DELETEs, listings,
+the plan's `/system/df` where the API lists no SharedSize), the intent waits, the audit writes (each write's
+lines and its fsync) and whole candidates (`Deleter.delete`) during the runs;
+`--slow` the event loop's steps over 12 ms during the runs (what scrapes waited behind).
+The hooks go into the exporter through a `sitecustomize` on its PYTHONPATH.
 Output: the result as JSON on stdout (and in `--out`).
 """
 
@@ -56,6 +60,76 @@ HOOK = textwrap.dedent(
             with open(_out + "." + str(os.getpid()), "w") as fh:
                 json.dump(_pauses, fh)
         atexit.register(_dump)
+    _phases_out = os.environ.get("DIE_PHASES_LOG")
+    if _phases_out:
+        import functools
+        from exporter.engine import client as _client
+        from exporter.remediation import audit as _audit, runaudit as _runaudit
+        _spans = []
+        def _timed(name, fn, lane_of=None):
+            @functools.wraps(fn)
+            async def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    label = name + ("." + str(kwargs.get("lane", "api")) if lane_of else "")
+                    _spans.append((label, round(time.time(), 4), round(time.perf_counter() - start, 6)))
+            return wrapper
+        _client.Engine.inspect_image = _timed("inspect", _client.Engine.inspect_image, True)
+        _client.Engine.remove_image = _timed("delete", _client.Engine.remove_image)
+        _client.Engine.list_images = _timed("list_images", _client.Engine.list_images)
+        _client.Engine.disk_usage = _timed("disk_usage", _client.Engine.disk_usage)
+        from exporter.state import diskusage as _diskusage
+        _diskusage.DiskUsageRefresher.refresh_now = _timed("disk_usage_refresh", _diskusage.DiskUsageRefresher.refresh_now)
+        from exporter.remediation import runner as _runner
+        _runner.Runner._with_shared_sizes = _timed("plan_shared_sizes", _runner.Runner._with_shared_sizes)
+        _runaudit.RunAudit.intent = _timed("intent", _runaudit.RunAudit.intent)
+        from exporter.remediation import deletion as _deletion_module
+        _deletion_module.Deleter.delete = _timed("candidate", _deletion_module.Deleter.delete)
+        _write_many = _audit.AuditLog.write_many
+        def _written(self, records):
+            start = time.perf_counter()
+            try:
+                return _write_many(self, records)
+            finally:
+                _spans.append(("fsync_batch", round(time.time(), 4), round(time.perf_counter() - start, 6)))
+                _spans.append(("fsync_lines", round(time.time(), 4), len(records)))
+        _audit.AuditLog.write_many = _written
+        def _dump_phases():
+            with open(_phases_out + "." + str(os.getpid()), "w") as fh:
+                json.dump(_spans, fh)
+        atexit.register(_dump_phases)
+    _slow_out = os.environ.get("DIE_SLOW_LOG")
+    if _slow_out:
+        import asyncio.events as _loop_events
+        _slow = []
+        _handle_run = _loop_events.Handle._run
+        def _what(handle):
+            task = getattr(handle._callback, "__self__", None)
+            coro = task.get_coro() if hasattr(task, "get_coro") else None
+            if coro is None:
+                return getattr(handle._callback, "__qualname__", repr(handle._callback))[:120]
+            frame, where = coro, []
+            while frame is not None:  # the await chain where the step stopped
+                f = getattr(frame, "cr_frame", None) or getattr(frame, "gi_frame", None)
+                if f is None:
+                    break
+                where.append(f"{f.f_code.co_qualname}:{f.f_lineno}")
+                frame = getattr(frame, "cr_await", None) or getattr(frame, "gi_yieldfrom", None)
+            return coro.__qualname__ + " > " + " > ".join(where[1:4])
+        def _timed_run(self):
+            start, cpu = time.perf_counter(), time.thread_time()
+            _handle_run(self)
+            took = time.perf_counter() - start
+            if took > 0.012:
+                used = round((time.thread_time() - cpu) * 1000, 2)
+                _slow.append((_what(self), round(time.time(), 3), round(took * 1000, 2), used))
+        _loop_events.Handle._run = _timed_run
+        def _dump_slow():
+            with open(_slow_out + "." + str(os.getpid()), "w") as fh:
+                json.dump(_slow, fh)
+        atexit.register(_dump_slow)
     _variant = os.environ.get("DIE_VARIANT_FILE")
     if _variant:
         from exporter.remediation import executor as _executor
@@ -125,6 +199,40 @@ class Watch:
         return stop
 
 
+def phase_summary(path: Path, variants: list[str | None]) -> dict[str, Any]:
+    """Per variant, engine calls, audit writes and whole candidates (`candidate`: `Deleter.delete`) during the
+    runs: count, mean and total seconds (`fsync_lines`: lines per write)."""
+    out: dict[str, Any] = {}
+    for file in path.parent.glob(path.name + ".*"):
+        for name, at, value in json.loads(file.read_text()):
+            run = next((n for n, (start, end) in enumerate(WINDOWS) if start <= at <= end), None)
+            if run is None:
+                continue
+            variant = variants[run] if run < len(variants) else None
+            p = out.setdefault(str(variant), {}).setdefault(name, {"count": 0, "total": 0.0})
+            p["count"] += 1
+            p["total"] += value
+    for phases in out.values():
+        for p in phases.values():
+            p["mean"] = round(p["total"] / p["count"], 5)
+            p["total"] = round(p["total"], 4)
+    return out
+
+
+def slow_summary(path: Path) -> list[Any]:
+    """The event loop's steps over 12 ms (wall) during the runs, longest first: (what, wall ms, the loop thread's
+    CPU ms) (what: the task's coroutine and where it stopped next, or the callback). A step with little CPU of
+    its own waited for the interpreter lock or for a core."""
+    found = []
+    for file in path.parent.glob(path.name + ".*"):
+        found += [
+            (what, ms, cpu)
+            for what, at, ms, cpu in json.loads(file.read_text())
+            if any(a <= at <= b for a, b in WINDOWS)
+        ]
+    return sorted(found, key=lambda x: -x[1])[:40]
+
+
 def by_variant(deletion: dict[str, Any], variants: list[str | None]) -> dict[str, Any]:
     """Per variant: the exporter's rates, prune's in the same rounds, scrape p99s during and at rest."""
     out: dict[str, Any] = {}
@@ -150,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/die-deletion-only"))
     parser.add_argument("--spy", action="store_true", help="py-spy each run (run-<n>-w<variant>.txt)")
     parser.add_argument("--gc", action="store_true", help="collector pauses during the runs")
+    parser.add_argument("--phases", action="store_true", help="engine calls and audit writes during the runs")
+    parser.add_argument("--slow", action="store_true", help="the event loop's steps over 12 ms during the runs")
     parser.add_argument(
-        "--variants", default="", help="comma-separated <in flight>/<deleting batch interval>, one per round in turn"
+        "--variants",
+        default="",
+        help="comma-separated <in flight>/<deleting batch interval>, one per round in turn",
     )
     args = parser.parse_args(argv)
     opts = replace(PROFILES["1k"], delete_count=args.images, delete_rounds=args.rounds)
@@ -163,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
     if args.gc:
         os.environ["DIE_GC_LOG"] = str(args.dir / "gc.json")
+    if args.slow:
+        os.environ["DIE_SLOW_LOG"] = str(args.dir / "slow.json")
+    if args.phases:
+        os.environ["DIE_PHASES_LOG"] = str(args.dir / "phases.json")
     if variants:
         os.environ["DIE_VARIANT_FILE"] = str(args.dir / "variant")
     watch = Watch(args.dir, variants, args.spy)
@@ -182,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         result["by_variant"] = by_variant(result["deletion"], watch.variant_of_run)
     if args.gc:
         result["gc"] = gc_summary(args.dir / "gc.json")
+    if args.phases:
+        result["phases"] = phase_summary(args.dir / "phases.json", watch.variant_of_run)
+    if args.slow:
+        result["slow_steps"] = slow_summary(args.dir / "slow.json")
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
