@@ -115,7 +115,7 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
     from exporter.remediation.executor import _described
     from exporter.remediation.metrics import RemediationMetrics
     from exporter.remediation.planner import make_plan
-    from exporter.remediation.runaudit import _dry_run_counts
+    from exporter.remediation.runs import tally
     from exporter.web.exposition import MetricsEndpoint
     from tests.unit.actions import action_of
 
@@ -226,9 +226,9 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
             offloop.hold_collector()
         kept = await ways[name](work)
         if name == "scrapes_first":  # the audit line's counts of a dry run, off the loop or on it
-            await offloop.off_loop(_dry_run_counts, kept[1])
+            await offloop.off_loop(tally, kept[1])
         elif name == "off_loop":
-            _dry_run_counts(kept[1])
+            tally(kept[1])
         if held and args.free_later:  # as the runner does when a run ends
             offloop.free_later(*kept)
         del kept  # as a run's answer lets go of its plan and outcomes: part of the plan's time on the loop
