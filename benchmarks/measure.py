@@ -574,7 +574,9 @@ def deletion(
     """Images/s deleting `opts.delete_count` fresh unused images: the exporter's `prune_unused` (one DELETE
     per image, after planning) against `docker image prune -a -f` on the same freshly loaded set.
 
-    Rounds alternate which goes first. The exporter runs throughout (it must see the images to plan them),
+    Rounds alternate which goes first. Both sides run while the exporter is scraped every `SCRAPE_PACE` (the
+    scraper costs a share of the cores; the scrapes while prune deletes are the reference for those while
+    the exporter does). The exporter runs throughout (it must see the images to plan them),
     and each side starts with it at rest after the load (LastTagTimes read, no poll pending). `watch` (a
     profiler, `benchmarks.deletion_only`) is started right before each of the exporter's runs and stopped
     right after it.
@@ -585,6 +587,7 @@ def deletion(
     prune: list[float] = []
     loads: list[float] = []
     during: list[float] = []
+    during_prune: list[float] = []
     rest: list[float] = []
     per_round: list[dict[str, Any]] = []
     try:
@@ -623,10 +626,16 @@ def deletion(
                     deleted = int(answer.get("images_deleted", 0))
                     rate = ours
                 else:
+                    # scraped as the exporter's runs are: both rates are taken with the same scraper taking its
+                    # share of the two cores, and the scrapes meanwhile say what a deletion this fast does to them
+                    latencies, stop = scrape_in_background(exp, SCRAPE_PACE)
                     cpu = _cpu_of(None, engine.pid)
                     start = time.perf_counter()
                     engine.cli("image", "prune", "-a", "-f")
                     seconds = time.perf_counter() - start
+                    stop()
+                    during_prune.extend(latencies)
+                    this_round["prune_scrape_p99_ms"] = round(percentile(latencies, 99) * 1000, 2)
                     this_round["prune_engine_cpu_ms_per_image"] = _cpu_since(
                         cpu, (None, engine.pid), opts.delete_count
                     )[1]
@@ -646,6 +655,9 @@ def deletion(
     result["images"] = opts.delete_count
     result["load_seconds"] = summary(loads, 2)
     result.update(during_vs_rest(during, rest, "run"))
+    result["scrape_during_prune"] = summary(during_prune)
+    prune_p99 = result["scrape_during_prune"]["p99"]
+    result["scrape_p99_vs_prune"] = round(result["scrape_during_run"]["p99"] / prune_p99, 3) if prune_p99 else None
     # each round's exporter rate over prune's from the same round: a load spell hits both sides of a round
     result["paired_ratio"] = summary([r["exporter_per_s"] / r["prune_per_s"] for r in per_round], 3)
     result["rounds"] = per_round

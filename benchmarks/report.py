@@ -145,6 +145,13 @@ ROWS: list[Row] = [
         lambda r: _paced(r["deletion"], "run"),
     ),
     (
+        "… the same while `docker image prune -a` deletes (the exporter following its events)",
+        lambda r: (
+            f"p50 {_ms(r['deletion']['scrape_during_prune']['p50'])}, p99 {_ms(r['deletion']['scrape_during_prune']['p99'])}"
+            f" (n={r['deletion']['scrape_during_prune']['n']}); ours p99 x{r['deletion']['scrape_p99_vs_prune']} of it"
+        ),
+    ),
+    (
         "RSS default / uncapped",
         lambda r: f"{_mb(r['process']['default']['rss_bytes'])} / {_mb(r['process']['uncapped']['rss_bytes'])}",
     ),
