@@ -281,3 +281,17 @@ async def test_plans_and_outcomes_are_the_same_with_scrapes_in_flight(
         if offloop.held_for_freeing() == 0 and offloop.computing() == 0:
             break
         await asyncio.sleep(0.01)
+
+
+async def test_a_head_request_to_the_metrics_route_sends_headers_only_and_ends_the_priority() -> None:
+    setup = served()
+    app = web.Application()
+    app.router.add_get("/metrics", setup.endpoint.serve)  # GET routes answer HEAD too
+    async with TestClient(TestServer(app)) as client:
+        got = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+        head = await client.head("/metrics", headers={"Accept-Encoding": "identity"})
+        assert head.status == 200
+        assert head.headers["Content-Type"] == got.headers["Content-Type"]
+        assert await head.read() == b""
+        assert await got.read() != b""
+    assert offloop.scrapes_in_flight() == 0
