@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness.dockerd import free_port, remove_workdir, short_workdir
+from tests.harness.dockerd import remove_workdir, short_workdir
 from tests.harness.exporter import ExporterProcess
+from tests.harness.ports import free_port
 from tests.harness.promstack import PrivateAlertmanager, PrivatePrometheus, alert_remediation, webhook_receiver_config
 from tests.integration.test_web_basic_auth import PROM, PROM_HASH, PROM_PASSWORD, TOKEN
 

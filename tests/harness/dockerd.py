@@ -69,14 +69,6 @@ def remove_workdir(path: Path) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A loopback TCP port free right now (the usual small race is acceptable for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP over a unix socket (the engine's API), for the harness and the benchmarks' raw references."""
 

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.dockerd import DOCKER_ENV_VARS, free_port
+from tests.harness.dockerd import DOCKER_ENV_VARS
 from tests.harness.lifecycle import Managed
+from tests.harness.ports import free_port, listener_owned_by
 from tests.harness.waiting import poll
 
 T = TypeVar("T")
@@ -165,7 +166,8 @@ class ExporterProcess(Managed):
                 code = self._proc.returncode
                 self._proc = None
                 raise ExporterError(f"{self.name} exited with {code}:\n{self.logs(40)}")
-            if self._status("/-/healthy") == 200:
+            # healthy, from this process: another program on a port this one failed to bind answers too
+            if self._status("/-/healthy") == 200 and listener_owned_by(self._proc.pid, self.port):
                 return
             if time.monotonic() > deadline:
                 self.stop()

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.harness.dockerd import free_port
 from tests.harness.exporter import find_sample
+from tests.harness.ports import free_port, listener_owned_by
 from tests.harness.waiting import poll
 
 T = TypeVar("T")
@@ -54,7 +54,12 @@ class _Program:
             self._proc = subprocess.Popen(
                 [binary, *self.args()], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
             )
-        self.wait_for(lambda: self._status("/-/ready") == 200, timeout, what=f"{self.name} ready")
+        self.wait_for(self._ready, timeout, what=f"{self.name} ready on its own port")
+
+    def _ready(self) -> bool:
+        """Ready, and the listener is this process's: another's on a port it failed to bind says ready too."""
+        assert self._proc is not None
+        return self._status("/-/ready") == 200 and listener_owned_by(self._proc.pid, self.port)
 
     def stop(self) -> None:
         if self._proc is None:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness.dockerd import EngineError, find_program, free_port, isolated_env
+from tests.harness.dockerd import EngineError, find_program, isolated_env
 from tests.harness.lifecycle import Managed
+from tests.harness.ports import free_port, listener_owned_by
 
 
 class PrivateRegistry(Managed):
@@ -118,10 +119,11 @@ class PrivateRegistry(Managed):
                 raise EngineError(f"registry exited with {self._proc.returncode}:\n{self._log_tail()}")
             try:
                 with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and listener_owned_by(self._proc.pid, self.port):
                         return
             except urllib.error.HTTPError as exc:
-                if exc.code == 401 and self.users:  # serving, and asking for credentials as configured
+                # serving, and asking for credentials as configured
+                if exc.code == 401 and self.users and listener_owned_by(self._proc.pid, self.port):
                     return
             except (urllib.error.URLError, OSError):
                 pass

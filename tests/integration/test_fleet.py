@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness.dockerd import PrivateDockerd, free_port
+from tests.harness.dockerd import PrivateDockerd
 from tests.harness.exporter import ExporterProcess
 from tests.harness.fixtures import EngineFactory, ExporterFactory
 from tests.harness.images import ImageSpec, Layer, load_images
+from tests.harness.ports import free_port
 from tests.harness.state import write_saved_state
 
 # subject: fleet relays; the engine does not matter, so one engine (make test) is enough

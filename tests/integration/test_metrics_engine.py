@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from tests.harness.dockerd import EngineError, PrivateDockerd, free_port
+from tests.harness.dockerd import EngineError, PrivateDockerd
 from tests.harness.engines import engine_store
 from tests.harness.exporter import ExporterProcess, parse_samples
 from tests.harness.fixtures import ExporterFactory
 from tests.harness.images import LoadedScenario, listed_ref
+from tests.harness.ports import free_port
 from tests.harness.requires import require_programs
 
 pytestmark = pytest.mark.engine

@@ -27,8 +27,8 @@ from aiohttp import web
 from exporter.web import server
 from exporter.web.listen import ListenerLimits
 from exporter.web.server import connection_budget, serve, waiting_for_auth
-from tests.harness.dockerd import free_port
 from tests.harness.exporter import ExporterProcess
+from tests.harness.ports import free_port
 
 NOWHERE = "unix:///nonexistent/die-server-limits.sock"
 PARTIAL_HEADERS = b"GET /metrics HTTP/1.1\r\nHost: exporter\r\nUser-Agent: slow"

@@ -26,8 +26,9 @@ from exporter.web import basicauth
 from exporter.web.basicauth import BasicAuthGate
 from exporter.web.webconfig import parse_web_config
 from tests.harness.authflood import scrape_during_flood
-from tests.harness.dockerd import free_port, remove_workdir, short_workdir
+from tests.harness.dockerd import remove_workdir, short_workdir
 from tests.harness.exporter import ExporterProcess, check_web_config
+from tests.harness.ports import free_port
 
 TOKEN = "remediation-token-0123456789"
 PROM_PASSWORD = "scrape-secret"

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from tests.harness.certs import KeyPair, client_context, issue, make_ca
-from tests.harness.dockerd import free_port
 from tests.harness.exporter import ExporterProcess, check_web_config
 from tests.harness.fixtures import ExporterFactory
+from tests.harness.ports import free_port
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.dockerd import PrivateDockerd, free_port, remove_workdir, short_workdir
+from tests.harness.dockerd import PrivateDockerd, remove_workdir, short_workdir
+from tests.harness.ports import free_port
 from tests.harness.requires import require_engine, require_programs
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1200)]
