@@ -134,7 +134,7 @@ def rounds(count: int, n: int, profile: str | None) -> dict[str, Any]:
                 "answer_bytes": size,
             }
             if profile == name:
-                from exporter.remediation import offloop
+                from exporter.core import offloop
 
                 async def inline(fn: Any, /, *args: Any) -> Any:
                     return fn(*args)

@@ -35,7 +35,7 @@ from typing import Any
 
 from benchmarks.deletion import DAY, synthetic_snapshot
 from exporter.config import ProtectConfig
-from exporter.remediation import offloop
+from exporter.core import offloop
 from exporter.remediation import planner as this_tree
 from exporter.remediation.executor import _described
 from tests.unit.actions import action_of

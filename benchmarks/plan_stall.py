@@ -8,7 +8,7 @@ other with pauses between, a `free_space` plan over a synthetic snapshot (benchm
 its dry-run outcomes, as a dry run does. A second process scrapes over one kept-alive connection every
 `--pace-ms` and records each scrape's start and latency (CLOCK_MONOTONIC is shared across processes).
 Plans alternate between the two ways of taking the work off the loop: a plain `asyncio.to_thread`, and
-`remediation.offloop.off_loop` (the switch interval lowered while the work runs), so both are measured in
+`core.offloop.off_loop` (the switch interval lowered while the work runs), so both are measured in
 the same run next to the scrapes at rest.
 
 A plan ends when its results are let go of on the loop, as a run's answer lets go of them: with
@@ -108,10 +108,9 @@ async def serve_and_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.deletion import DAY, synthetic_snapshot
     from exporter.config import MetricsConfig, ProtectConfig
-    from exporter.core import gcpolicy
+    from exporter.core import gcpolicy, offloop
     from exporter.metrics.collector import SnapshotCollector
     from exporter.metrics.selfmetrics import PollMetrics, register_runtime_metrics
-    from exporter.remediation import offloop
     from exporter.remediation.executor import _described
     from exporter.remediation.metrics import RemediationMetrics
     from exporter.remediation.planner import make_plan

@@ -28,11 +28,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from exporter.config import ActionConfig, BuildCacheAction, FreeSpaceAction, ProtectConfig, PruneContainersAction
-from exporter.core import clocks
+from exporter.core import clocks, offloop
 from exporter.core.logs import kv
 from exporter.core.snapshot import Filesystem
 from exporter.engine.seam import EngineSeam
-from exporter.remediation import offloop, prunes
+from exporter.remediation import prunes
 from exporter.remediation.audit import AuditLog
 from exporter.remediation.deletion import STOPPED, Deleter, hold_reference
 from exporter.remediation.metrics import RemediationMetrics

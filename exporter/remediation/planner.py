@@ -42,10 +42,9 @@ from exporter.config import (
     ProtectConfig,
     SelectConfig,
 )
-from exporter.core import clocks
+from exporter.core import clocks, offloop
 from exporter.core.snapshot import DigestRef, Filesystem, Image, ImageRef, Snapshot
 from exporter.core.units import format_duration
-from exporter.remediation import offloop
 from exporter.remediation.records import record_json
 
 SkipReason = Literal[

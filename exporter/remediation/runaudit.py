@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any
 
-from exporter.remediation import offloop
+from exporter.core import offloop
 from exporter.remediation.audit import AuditError, AuditLog, GroupCommit
 from exporter.remediation.planner import Candidate
 from exporter.remediation.runs import Outcome, Run, tally

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from exporter.config import ActionConfig, FreeSpaceAction, RemediationConfig
-from exporter.core import memory
+from exporter.core import memory, offloop
 from exporter.core.logs import kv
 from exporter.core.snapshot import Snapshot
 from exporter.engine import apishapes
-from exporter.remediation import offloop
 from exporter.remediation.executor import Executor
 from exporter.remediation.gate import RunGate
 from exporter.remediation.metrics import RemediationMetrics

@@ -49,6 +49,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from exporter.core import offloop
 from exporter.core.snapshot import Snapshot
 from exporter.metrics.collector import SnapshotCollector
 from exporter.metrics.exposition import (
@@ -66,7 +67,6 @@ from exporter.metrics.exposition import (
     render_snapshot,
 )
 from exporter.metrics.render import SnapshotRenderer
-from exporter.remediation import offloop
 
 MAX_VARIANTS = 8  # cached renders per state: (content type, gzip) pairs; Prometheus uses one
 

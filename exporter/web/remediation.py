@@ -31,8 +31,8 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from exporter.config import AuthConfig
+from exporter.core import offloop
 from exporter.core.logs import kv
-from exporter.remediation import offloop
 from exporter.remediation.alerts import PayloadError, Unprocessable, parse_envelope
 from exporter.remediation.audit import AuditError
 from exporter.remediation.gate import Refusal, Refused

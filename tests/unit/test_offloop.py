@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from exporter.remediation import offloop
+from exporter.core import offloop
 
 
 @pytest.fixture(autouse=True)

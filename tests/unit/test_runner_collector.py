@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from exporter.remediation import offloop, runner
+from exporter.core import offloop
+from exporter.remediation import runner
 from tests.unit.webhook_support import TOKEN, AppFactory, RecordedEngine, app_factory_for
 
 ACTIONS = {"free-disk": {"type": "prune_unused", "min_age": "0s"}}

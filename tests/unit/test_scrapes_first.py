@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from exporter.config import MetricsConfig, ProtectConfig
+from exporter.core import offloop
 from exporter.core.snapshot import Filesystem, Image, ImageRef, Snapshot
 from exporter.metrics.exposition import MetricsOf
-from exporter.remediation import offloop
 from exporter.remediation.executor import _described
 from exporter.remediation.planner import make_plan
 from tests.unit.actions import action_of
