@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import heapq
 import json
+import re
 import sys
 import threading
 import time
@@ -52,8 +53,11 @@ SWITCH_INTERVAL = 0.00005
 
 #: Items sorted, or freed, in one call at most: such a call holds the interpreter lock from start to end.
 SLICE = 2048
-#: Items of a list encoded in one `json.dumps` call at most by `dumps_in_slices` (records of a dozen fields).
+#: Items of a list encoded in one `json.dumps` call at most by `dumps_in_slices` (records of a dozen fields),
+#: and decoded between two checkpoints by `loads_in_slices`.
 JSON_SLICE = 256
+#: Answers shorter than this (bytes) are decoded in one `json.loads` call: a few milliseconds at most.
+LOADS_IN_ONE = 256 * 1024
 #: How often `free_later` looks whether the results it holds are its own alone (seconds), and how long it
 #: waits for that before letting go of them as they are. Short: a result still held when the next dry run
 #: builds its own (back to back, a few tenths of a second apart) puts two runs' records in memory at once,
@@ -168,6 +172,103 @@ def dumps_in_slices(value: Any) -> str:
         return "[" + ", ".join(parts) + "]"
     checkpoint()
     return json.dumps(value)
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+#: Characters of an array of objects decoded in one `json.loads` call by `loads_in_slices` (about a hundred
+#: images of a listing: well under a millisecond).
+LOADS_SLICE = 64 * 1024
+#: Where one object ends and the next begins in an engine's compact JSON. Inside a string the same characters
+#: can occur (a label value), so a cut there is only a guess, confirmed by its slice decoding (below).
+_NEXT_OBJECT = '},{"'
+
+
+def loads_in_slices(body: bytes | bytearray | str) -> Any:
+    """`json.loads(body)`: the same value, the same errors, in slices with a checkpoint between them, for the
+    top-level array and the arrays in a top-level object (an engine's listing, `/system/df`'s `Images`): one
+    `json.loads` of a large host's listing holds the interpreter lock from its first byte to its last.
+
+    An array of objects is cut after about `LOADS_SLICE` characters where one object seems to end and the
+    next to begin, and each slice is decoded as an array of its own. A wrong cut (inside a string, or past the
+    array's end) leaves a slice that is not JSON: a string left open, a bracket unmatched, data after the
+    end. Then the rest of the array is decoded an item per call. Short answers, other shapes and anything
+    malformed go to one `json.loads` call, whose value or error is the answer."""
+    if len(body) < LOADS_IN_ONE:
+        return json.loads(body)
+    text = body if isinstance(body, str) else bytes(body).decode(json.detect_encoding(body), "surrogatepass")
+    start = _space_after(text, 0)
+    if text[start : start + 1] not in ("[", "{"):
+        return json.loads(text)
+    try:
+        value, end = _container(text, start, 0)
+        if _space_after(text, end) != len(text):
+            raise ValueError("extra data")
+    except (ValueError, IndexError):
+        return json.loads(text)  # malformed: json.loads raises its own error, naming the place
+    return value
+
+
+def _space_after(text: str, at: int) -> int:
+    match = _SPACE.match(text, at)
+    return match.end() if match else at
+
+
+def _container(text: str, at: int, depth: int) -> tuple[Any, int]:
+    """The array or object opening at `text[at]` and where it ends: an object's members one call each (an
+    array among them sliced), an array's items in slices."""
+    if text[at] == "[":
+        return _array(text, at)
+    members: dict[str, Any] = {}
+    at = _space_after(text, at + 1)
+    if text[at] == "}":
+        return members, at + 1
+    while True:
+        if text[at] != '"':
+            raise ValueError("expecting a key")
+        key, at = json.decoder.scanstring(text, at + 1)  # type: ignore[attr-defined]
+        at = _space_after(text, at)
+        if text[at] != ":":
+            raise ValueError("expecting ':'")
+        at = _space_after(text, at + 1)
+        if depth == 0 and text[at] == "[":
+            members[key], at = _array(text, at)
+        else:
+            members[key], at = _DECODER.raw_decode(text, at)
+        at = _space_after(text, at)
+        if text[at] == "}":
+            return members, at + 1
+        if text[at] != ",":
+            raise ValueError("expecting ','")
+        at = _space_after(text, at + 1)
+
+
+def _array(text: str, at: int) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    at = _space_after(text, at + 1)
+    if text[at] == "]":
+        return items, at + 1
+    while text[at] == "{":  # slices of objects, while the cuts hold
+        cut = text.find(_NEXT_OBJECT, at + LOADS_SLICE)
+        if cut < 0:
+            break
+        try:
+            items.extend(json.loads("[" + text[at : cut + 1] + "]"))
+        except ValueError:
+            break
+        at = cut + 2
+        checkpoint()
+    while True:  # the rest, an item per call
+        if len(items) % JSON_SLICE == 0:
+            checkpoint()
+        item, at = _DECODER.raw_decode(text, at)
+        items.append(item)
+        at = _space_after(text, at)
+        if text[at] == "]":
+            return items, at + 1
+        if text[at] != ",":
+            raise ValueError("expecting ','")
+        at = _space_after(text, at + 1)
 
 
 def sorted_in_slices(items: list[K]) -> list[K]:

@@ -24,6 +24,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from exporter.core.offloop import checkpoint
 from exporter.core.snapshot import BuildCache, Container, DigestRef, DiskUsage, EngineInfo, Image, ImageRef
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -278,8 +279,13 @@ def parse_listing(raw: Any) -> list[Image]:
     """`/images/json` as `parse_image` reads each entry; MalformedAnswer names the entry and field."""
     entries = _list(raw, "")
     seen_labels: SeenLabels = {}
+    images: list[Image] = []
     try:
-        return [parse_image(entry, seen_labels) for entry in entries]
+        for index, entry in enumerate(entries):
+            if not index & 63:
+                checkpoint()  # off the loop (the poller's parse), a scrape in flight goes first
+            images.append(parse_image(entry, seen_labels))
+        return images
     except MalformedAnswer as exc:
         index = next(i for i, entry in enumerate(entries) if not _parses(entry))
         raise exc.within(f"[{index}]") from None

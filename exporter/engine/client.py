@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import docker
 
-from exporter.core import engineaddress
+from exporter.core import engineaddress, offloop
 from exporter.engine.apiversion import api_at_least, images_query
 from exporter.engine.errors import (
     AnswerTooLarge,
@@ -30,10 +30,11 @@ from exporter.engine.errors import (
     EngineNotFound,
     EngineUnavailable,
     answered,
+    decode,
     shaped,
 )
 from exporter.engine.lean import LeanClient
-from exporter.engine.sdk import EVENT_TYPES, SdkLanes, bounded_get
+from exporter.engine.sdk import EVENT_TYPES, SdkLanes, bounded_get, bounded_read
 from exporter.engine.seam import DELETE_LANE_THREADS, DISK_USAGE_KINDS, RESTORE_PULL_TIMEOUT, Lane
 from exporter.engine.transfer import DockerTransfer
 
@@ -169,13 +170,13 @@ class Engine:
         The SDK's public `images()` cannot pass `shared-size`, hence the raw request.
         """
 
-        def get(c: docker.APIClient) -> list[dict[str, Any]]:
+        def get(c: docker.APIClient) -> bytearray:
             params = dict(urllib.parse.parse_qsl(images_query(c.api_version)))
-            return list(
-                shaped(bounded_get(c, self.max_response_bytes, "/images/json", params), list, "GET /images/json")
-            )
+            return bounded_read(c, self.max_response_bytes, "/images/json", params)
 
-        return await self._call(get)
+        what = "GET /images/json"
+        # decoded off the loop, in slices: one json.loads of a large listing holds the interpreter lock throughout
+        return list(shaped(await offloop.off_loop(decode, await self._call(get), what), list, what))
 
     async def list_containers(self, *, lane: Lane = "api") -> list[dict[str, Any]]:
         """Every container, running or stopped: a stopped one still holds its image."""
@@ -211,15 +212,16 @@ class Engine:
         public `df()` takes neither parameter, hence the raw request.
         """
 
-        def get(c: docker.APIClient) -> dict[str, Any]:
+        def get(c: docker.APIClient) -> bytearray:
             params: dict[str, Any] = {}
             if api_at_least(c.api_version, "1.42"):
                 params["type"] = list(kinds)
             if api_at_least(c.api_version, "1.52"):
                 params["verbose"] = "1"
-            return dict(shaped(bounded_get(c, self.max_response_bytes, "/system/df", params), dict, "GET /system/df"))
+            return bounded_read(c, self.max_response_bytes, "/system/df", params)
 
-        return await self._call(get, lane="df")
+        what = "GET /system/df"
+        return dict(shaped(await offloop.off_loop(decode, await self._call(get, lane="df"), what), dict, what))
 
     # -- writes (only the remediation executor calls these) -----------------------------------------
     async def remove_image(self, ref: str) -> list[dict[str, Any]]:

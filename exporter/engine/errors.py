@@ -6,8 +6,9 @@ whichever path read it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from exporter.core import offloop
 
 
 class EngineError(Exception):
@@ -39,9 +40,11 @@ class AnswerTooLarge(EngineError):
 
 
 def decode(body: bytes | bytearray, what: str) -> Any:
-    """The JSON in `body`; EngineError naming `what` when it is not JSON (or nests deeper than Python parses)."""
+    """The JSON in `body`; EngineError naming `what` when it is not JSON (or nests deeper than Python parses).
+    A large answer is decoded in slices (`offloop.loads_in_slices`): other threads, the event loop above all,
+    get the interpreter lock between them."""
     try:
-        return json.loads(body) if body.strip() else None
+        return offloop.loads_in_slices(body) if body.strip() else None
     except RecursionError:
         raise EngineError(f"{what}: the answer nests too deeply to be a Docker API answer") from None
     except ValueError as exc:

@@ -42,12 +42,19 @@ def _translate(exc: Exception) -> EngineError:
 
 
 def bounded_get(c: docker.APIClient, limit: int, path: str, params: Mapping[str, Any] | None = None, **url: Any) -> Any:
-    """`GET path` through the SDK client, read up to `limit` bytes (`docker.max_response_bytes`) and decoded.
+    """`bounded_read`, decoded: an answer that is not JSON, or nests too deeply, is an EngineError naming the call."""
+    return decode(bounded_read(c, limit, path, params, **url), f"GET {path}")
+
+
+def bounded_read(
+    c: docker.APIClient, limit: int, path: str, params: Mapping[str, Any] | None = None, **url: Any
+) -> bytearray:
+    """`GET path` through the SDK client, read up to `limit` bytes (`docker.max_response_bytes`).
 
     Why not the SDK's own readers: they read the whole answer into memory whatever its size (and a parsed
     answer needs several times that), and hand on whatever JSON came. Here the body is streamed into
-    one buffer that stops at the limit (`Content-Length` is refused before anything is read), and an
-    answer that is not JSON, or nests too deeply for the parser, is an EngineError naming the call.
+    one buffer that stops at the limit (`Content-Length` is refused before anything is read). The body is
+    decoded by the caller: `bounded_get` at once, a listing's caller off the event loop (`core.offloop`).
     """
     what = f"GET {path}"
     response = c._get(c._url(path, **url), params=dict(params or {}), stream=True)
@@ -64,7 +71,7 @@ def bounded_get(c: docker.APIClient, limit: int, path: str, params: Mapping[str,
                 raise AnswerTooLarge(what, limit, None)
     finally:
         response.close()
-    return decode(body, what)
+    return body
 
 
 class SdkLanes:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from exporter.config import PollConfig
+from exporter.core import offloop
 from exporter.core.logs import kv
 from exporter.core.snapshot import Snapshot
 from exporter.engine import apishapes
@@ -100,7 +101,10 @@ class DiskUsageRefresher:
             self.metrics.disk_usage_duration.set(time.monotonic() - start)
         snapshot = self.poller.store.snapshot
         try:
-            usage = apishapes.parse_disk_usage(raw, self.clock(), snapshot.engine if snapshot else None)
+            # off the loop: its `Images` are a listing of every image, as long to parse as a poll's
+            usage = await offloop.off_loop(
+                apishapes.parse_disk_usage, raw, self.clock(), snapshot.engine if snapshot else None
+            )
         except apishapes.MalformedAnswer as exc:  # the last good figures stay, their age shows
             self.metrics.errors.labels("disk_usage").inc()
             log.warning("/system/df answer malformed", extra=kv(field=exc.field, problem=exc.problem))

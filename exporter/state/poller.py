@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from exporter.config import Config
-from exporter.core import memory
+from exporter.core import memory, offloop
 from exporter.core.logs import WarnOnce, kv
 from exporter.core.snapshot import DiskUsage, Image, Snapshot
 from exporter.engine import apishapes
@@ -208,6 +208,14 @@ class Poller:
         except MalformedAnswer as exc:
             raise self._malformed(stage, exc.within(endpoint) if not exc.field.startswith("/") else exc) from None
 
+    async def _parse_off_loop(self, stage: str, endpoint: str, parse: Callable[..., Any], *raw: Any) -> Any:
+        """`_parse` in a worker thread (`core.offloop`): a large host's listing is long to parse, and scrapes
+        would wait behind it on the event loop at every poll."""
+        try:
+            return await offloop.off_loop(parse, *raw)
+        except MalformedAnswer as exc:
+            raise self._malformed(stage, exc.within(endpoint) if not exc.field.startswith("/") else exc) from None
+
     async def _poll(self) -> None:
         reads, self.first_reads = self.first_reads, None
         now = reads.started_at if reads is not None else self.clock()
@@ -220,7 +228,7 @@ class Poller:
             if not reads.images.cancelled() and reads.images.exception() is None:
                 # a malformed one is parsed again below, in order, where its error is counted and logged
                 with contextlib.suppress(MalformedAnswer):
-                    listed = apishapes.parse_listing(reads.images.result())
+                    listed = await offloop.off_loop(apishapes.parse_listing, reads.images.result())
         try:
             version, info, api = await self._stage(
                 "info", reads.info if reads is not None else self.engine.version_and_info()
@@ -233,7 +241,9 @@ class Poller:
             if listed is not None:
                 images = apishapes.for_engine(listed, engine)
             else:
-                images = self._parse("images", "/images/json", apishapes.parse_images, raw_images, engine)
+                images = await self._parse_off_loop(
+                    "images", "/images/json", apishapes.parse_images, raw_images, engine
+                )
             containers = list(self._parse("containers", "/containers/json", apishapes.parse_containers, raw_containers))
             try:
                 await self._stage("containers", self.container_use.fill(self.engine, containers))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -171,3 +173,19 @@ async def test_the_fill_waits_while_a_disk_usage_call_is_in_flight(tmp_path: Pat
     assert await refresher.refresh_now() is not None
     assert seen == [False], "the df ran without holding the fill back"
     assert poller.backfill._disk_usage_idle.is_set(), "and the fill goes on after it"
+
+
+async def test_the_answer_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/system/df` lists every image, as long to parse as a poll's listing: not on the loop scrapes need."""
+    refresher, poller, _, _ = make("bookworm", tmp_path)
+    await poller.poll_once()
+    parsed_in: list[threading.Thread] = []
+    real = apishapes.parse_disk_usage
+
+    def parse_disk_usage(*raw: Any) -> Any:
+        parsed_in.append(threading.current_thread())
+        return real(*raw)
+
+    monkeypatch.setattr(apishapes, "parse_disk_usage", parse_disk_usage)
+    assert await refresher.refresh_now() is not None
+    assert parsed_in and threading.current_thread() not in parsed_in

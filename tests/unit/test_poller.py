@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -375,3 +376,20 @@ async def test_a_data_root_this_process_cannot_see_is_named_with_its_own_hint(tm
     assert configured.store.last_error is not None
     hint = engine_error_hint(configured.store.last_error)
     assert hint is not None and hint.startswith("filesystem.path must be")
+
+
+async def test_the_listing_is_parsed_off_the_event_loop(
+    make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large host's listing is long to parse: scrapes on the event loop must not wait behind it at each poll."""
+    poller, _, _ = make_poller()
+    parsed_in: list[threading.Thread] = []
+    real = apishapes.parse_images
+
+    def parse_images(*raw: Any) -> Any:
+        parsed_in.append(threading.current_thread())
+        return real(*raw)
+
+    monkeypatch.setattr(apishapes, "parse_images", parse_images)
+    assert await poller.poll_once() is not None
+    assert parsed_in and threading.current_thread() not in parsed_in

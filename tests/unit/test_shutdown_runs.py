@@ -46,6 +46,11 @@ async def test_shutdown_stops_a_manual_run_at_the_next_deletion(tmp_path: Path) 
 
     engine.before = shut_down_at_first_delete
     async with ClientSession() as session:
+        for _ in range(500):  # the first poll's parse runs in a worker thread: ready says when it is done
+            async with session.get(server.make_url("/-/ready")) as ready:
+                if ready.status == 200:
+                    break
+            await asyncio.sleep(0.01)
         url = server.make_url("/api/v1/actions/unused?dry_run=false")
         request = asyncio.create_task(session.post(url, headers={"Authorization": f"Bearer {TOKEN}"}))
         await asyncio.wait([request], timeout=30)
