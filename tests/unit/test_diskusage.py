@@ -81,6 +81,10 @@ async def test_background_refresh_waits_for_the_first_poll_and_follows_changes(t
         assert df_calls.empty()  # no engine identity yet: nothing to parse the answer with
         await poller.poll_once()
         await asyncio.wait_for(df_calls.get(), 10)
+        for _ in range(500):  # the answer is parsed in a worker thread after the call, then published
+            if poller.store.snapshot is not None and poller.store.snapshot.disk_usage is not None:
+                break
+            await asyncio.sleep(0.01)
         assert poller.store.snapshot is not None and poller.store.snapshot.disk_usage is not None
         refresher.mark_changed()  # what the poller's on_change does when the set of images changes
         await asyncio.wait_for(df_calls.get(), 10)
