@@ -235,12 +235,9 @@ def _container(text: str, at: int, depth: int) -> tuple[Any, int]:
             members[key], at = _array(text, at)
         else:
             members[key], at = _DECODER.raw_decode(text, at)
-        at = _space_after(text, at)
-        if text[at] == "}":
-            return members, at + 1
-        if text[at] != ",":
-            raise ValueError("expecting ','")
-        at = _space_after(text, at + 1)
+        ended, at = _after_item(text, at, "}")
+        if ended:
+            return members, at
 
 
 def _array(text: str, at: int) -> tuple[list[Any], int]:
@@ -263,12 +260,19 @@ def _array(text: str, at: int) -> tuple[list[Any], int]:
             checkpoint()
         item, at = _DECODER.raw_decode(text, at)
         items.append(item)
-        at = _space_after(text, at)
-        if text[at] == "]":
-            return items, at + 1
-        if text[at] != ",":
-            raise ValueError("expecting ','")
-        at = _space_after(text, at + 1)
+        ended, at = _after_item(text, at, "]")
+        if ended:
+            return items, at
+
+
+def _after_item(text: str, at: int, close: str) -> tuple[bool, int]:
+    """Past an item of an array or object: (True, past `close`) at its end, else (False, the next item)."""
+    at = _space_after(text, at)
+    if text[at] == close:
+        return True, at + 1
+    if text[at] != ",":
+        raise ValueError("expecting ','")
+    return False, _space_after(text, at + 1)
 
 
 def sorted_in_slices(items: list[K]) -> list[K]:
