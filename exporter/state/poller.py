@@ -58,6 +58,9 @@ FILL_PUBLISH_INTERVAL = 1.0  # seconds between publishes while LastTagTimes fill
 #: Images fewer than the poll before, from which the freed memory is handed back to the system at once (see
 #: `poll_once`).
 TRIM_AFTER_DROP = 10_000
+#: After a failed poll the next one comes this soon (seconds; the interval if shorter): an engine that was slow
+#: or down at the exporter's start would otherwise leave it unready for a whole `poll.interval`.
+RETRY_SECONDS = 5.0
 
 
 class Poller:
@@ -148,20 +151,26 @@ class Poller:
         while True:
             try:
                 await self.poll_once()
+                failed = not self._listed
             except Exception as exc:  # a bug or an answer nobody foresaw must not end polling for good
                 self.store.set_up(False)
                 self.store.set_error(f"poll: {type(exc).__name__}: {exc}")
                 self._logged_up = False
-                log.exception("poll failed unexpectedly; retrying next interval", extra=kv(err=exc))
+                log.exception("poll failed unexpectedly; retrying", extra=kv(err=exc))
+                failed = True
             # asyncio.timeout, not wait_for: on 3.11 wait_for returns the result of an inner future done at
             # the moment the task is cancelled and swallows the cancel, and a wake() at shutdown hung the
             # stop for a whole poll interval
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.poll.interval):
+                async with asyncio.timeout(self.retry_delay() if failed else self.config.poll.interval):
                     await self._wake.wait()
             if self._wake.is_set():
                 await asyncio.sleep(self.config.poll.debounce)  # let a burst of events settle
                 self._wake.clear()
+
+    def retry_delay(self) -> float:
+        """Seconds from a failed poll to the next: RETRY_SECONDS, or the interval when that is shorter."""
+        return min(self.config.poll.interval, RETRY_SECONDS)
 
     def _listed_images(self) -> int:
         listing = self.builder.listing

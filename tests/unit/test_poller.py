@@ -393,3 +393,34 @@ async def test_the_listing_is_parsed_off_the_event_loop(
     monkeypatch.setattr(apishapes, "parse_images", parse_images)
     assert await poller.poll_once() is not None
     assert parsed_in and threading.current_thread() not in parsed_in
+
+
+async def test_a_failed_poll_is_retried_soon_not_an_interval_later(
+    make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine slow or down at the exporter's start left it unready for a whole `poll.interval` (30 s by
+    default, 10 minutes where a large host raises it): after a failure the next poll comes RETRY_SECONDS later."""
+    import exporter.state.poller
+
+    monkeypatch.setattr(exporter.state.poller, "RETRY_SECONDS", 0.05)
+    poller, recorded, _ = make_poller()
+    assert poller.config.poll.interval == 30  # the default: far longer than this test waits
+    assert poller.retry_delay() == 0.05
+    recorded.failing = {"list_images"}
+    task = asyncio.create_task(poller.run())
+    try:
+        for _ in range(100):
+            if poller._attempted:
+                break
+            await asyncio.sleep(0.01)
+        assert poller.store.snapshot is None and not poller.store.up
+        recorded.failing = set()  # the engine answers now: the retry, not the interval, brings the first snapshot
+        for _ in range(500):
+            if poller.store.snapshot is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert poller.store.snapshot is not None and poller.store.up
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
